@@ -1,0 +1,97 @@
+"""The wire format: the only module that knows how a job is laid out in a stream entry.
+
+A stream entry written by streamq has exactly one field, ``j``, whose value is a JSON object
+(the :class:`Envelope`). One field keeps XADD and XREADGROUP replies small and lets the worker
+tell a foreign entry (any other shape) from one of ours without guessing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Final
+
+import msgspec
+import orjson
+
+from streamq.errors import PayloadError
+
+ENTRY_FIELD: Final = b"j"
+FORMAT_VERSION: Final = 1
+
+
+class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+    """A job as stored in a stream entry.
+
+    Field names are short because they are repeated in every entry; unknown fields are ignored so
+    that an older worker can read entries written by a newer producer during a rolling upgrade.
+    """
+
+    id: str
+    payload: Any
+    enqueued_at_ms: int = msgspec.field(name="t")
+    attempt: int = msgspec.field(default=1, name="a")
+    key: str | None = msgspec.field(default=None, name="k")
+    version: int = msgspec.field(default=FORMAT_VERSION, name="v")
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Envelope)
+
+
+def encode(envelope: Envelope) -> bytes:
+    try:
+        return _encoder.encode(envelope)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise PayloadError(f"payload cannot be encoded as JSON: {exc}") from None
+
+
+def decode(raw: bytes) -> Envelope:
+    """Decode an entry's ``j`` value; raises msgspec errors if it is not ours."""
+    return _decoder.decode(raw)
+
+
+class UnknownEntry(ValueError):
+    """A stream entry streamq did not write, or cannot read."""
+
+
+def decode_fields(fields: list[bytes] | dict[bytes, bytes]) -> Envelope:
+    """Decode a raw entry (a flat field/value list or a dict); raises UnknownEntry."""
+    if isinstance(fields, dict):
+        if len(fields) != 1 or ENTRY_FIELD not in fields:
+            raise UnknownEntry(f"foreign entry with fields {_field_names(list(fields))}")
+        raw = fields[ENTRY_FIELD]
+    else:
+        if len(fields) != 2 or fields[0] != ENTRY_FIELD:
+            raise UnknownEntry(f"foreign entry with fields {_field_names(fields[::2])}")
+        raw = fields[1]
+    try:
+        envelope = _decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UnknownEntry(f"undecodable entry: {exc}") from None
+    if envelope.version > FORMAT_VERSION:
+        raise UnknownEntry(f"entry format v{envelope.version} is newer than this worker's")
+    return envelope
+
+
+def _field_names(names: list[bytes]) -> str:
+    shown = [n.decode("utf-8", "backslashreplace") for n in names[:5]]
+    return "[" + ", ".join(shown) + (", ..." if len(names) > 5 else "") + "]"
+
+
+def parse_json(text: str | bytes, what: str = "payload") -> Any:
+    """Parse user-supplied JSON, raising PayloadError with a one-line reason."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"{what} is not valid JSON: {exc}") from None
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_job_id(stream: str, at_ms: int | None = None) -> str:
+    """A job id that names its stream and sorts by creation time: ``<stream>:<ms hex>-<random>``."""
+    ms = now_ms() if at_ms is None else at_ms
+    return f"{stream}:{ms:011x}-{os.urandom(6).hex()}"

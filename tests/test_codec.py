@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamq import codec, keys
+from streamq.config import parse_duration
+from streamq.errors import ConfigError, PayloadError
+
+json_values: st.SearchStrategy[Any] = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(payload=json_values, attempt=st.integers(1, 1000), key=st.none() | st.text(min_size=1))
+def test_envelope_round_trips_any_json_payload(payload: Any, attempt: int, key: str | None) -> None:
+    env = codec.Envelope(id="s:1", payload=payload, enqueued_at_ms=1, attempt=attempt, key=key)
+    decoded = codec.decode_fields([codec.ENTRY_FIELD, codec.encode(env)])
+    assert decoded == env
+
+
+def test_entry_with_foreign_fields_is_rejected() -> None:
+    with pytest.raises(codec.UnknownEntry, match="foreign entry"):
+        codec.decode_fields([b"text", b"hello"])
+    with pytest.raises(codec.UnknownEntry, match="foreign entry"):
+        codec.decode_fields({b"j": b"{}", b"extra": b"1"})
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"not json", b'{"payload": 1}', b"[1,2]"])
+def test_undecodable_entry_is_rejected(raw: bytes) -> None:
+    with pytest.raises(codec.UnknownEntry, match="undecodable"):
+        codec.decode_fields([codec.ENTRY_FIELD, raw])
+
+
+def test_entry_from_a_newer_format_is_rejected() -> None:
+    raw = b'{"id":"s:1","payload":1,"t":1,"v":99}'
+    with pytest.raises(codec.UnknownEntry, match="newer"):
+        codec.decode_fields([codec.ENTRY_FIELD, raw])
+
+
+def test_unknown_envelope_fields_are_ignored_for_rolling_upgrades() -> None:
+    raw = b'{"id":"s:1","payload":{"a":1},"t":5,"future":"x"}'
+    assert codec.decode_fields([codec.ENTRY_FIELD, raw]).payload == {"a": 1}
+
+
+def test_unencodable_payload_is_a_payload_error() -> None:
+    with pytest.raises(PayloadError):
+        codec.encode(codec.Envelope(id="s:1", payload=object(), enqueued_at_ms=1))
+
+
+def test_bad_json_is_a_one_line_payload_error() -> None:
+    with pytest.raises(PayloadError, match="not valid JSON") as info:
+        codec.parse_json("{oops")
+    assert "\n" not in str(info.value)
+
+
+def test_job_ids_name_their_stream_and_are_unique() -> None:
+    ids = {codec.new_job_id("instagram") for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert {keys.stream_of_job(i) for i in ids} == {"instagram"}
+
+
+@pytest.mark.parametrize("name", ["", "a:b", "{x}", "a b", "-x", "x" * 65])
+def test_bad_stream_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="invalid stream name"):
+        keys.check_stream_name(name)
+
+
+def test_keys_share_the_stream_hash_tag() -> None:
+    all_keys = [*keys.lanes("instagram"), keys.dead("instagram"), keys.dedup("instagram")]
+    assert all("{instagram}" in k for k in all_keys)
+    assert keys.lanes("x")[0].endswith(":lane:high")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("250ms", 0.25), ("90s", 90), ("10m", 600), ("6h", 21600), ("2", 2)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["ten", "5 weeks", "-3s", ""])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_duration(text)
