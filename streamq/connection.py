@@ -1,0 +1,92 @@
+"""Where the server is, and a checked connection to it.
+
+The URL comes from, in order: the caller (``--redis-url``), ``STREAMQ_REDIS_URL``, the config
+file's ``redis_url``; with none of these, the embedded Valkey server (started on first use).
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from streamq import server
+from streamq.errors import ConnectionFailed
+
+SUPPORTED_SCHEMES = ("redis", "rediss", "unix")
+MIN_VERSIONS = {"redis": (7, 0), "valkey": (7, 2)}
+
+
+def resolve_url(url: str | None = None, config_url: str | None = None) -> str:
+    chosen = url or os.environ.get("STREAMQ_REDIS_URL") or config_url
+    if chosen:
+        scheme = urlsplit(chosen).scheme
+        if scheme not in SUPPORTED_SCHEMES:
+            raise ConnectionFailed(
+                f"unsupported Redis URL {redact(chosen)!r}: use redis://, rediss:// or unix://"
+            )
+        return chosen
+    return server.ensure_running()
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def client(url: str, *, max_connections: int | None = None) -> Redis:
+    tcp_only: dict[str, bool] = {}
+    if urlsplit(url).scheme != "unix":  # keepalive is a TCP option; unix sockets refuse it
+        tcp_only["socket_keepalive"] = True
+    return Redis.from_url(
+        url,
+        decode_responses=False,
+        max_connections=max_connections,
+        health_check_interval=30,
+        **tcp_only,
+    )
+
+
+async def check(redis: Redis, url: str) -> str:
+    """Reach the server and check its version; returns e.g. 'valkey 8.1.8'."""
+    try:
+        info = await redis.info("server")
+    except redis_errors.AuthenticationError as exc:
+        raise ConnectionFailed(f"Redis at {redact(url)} refused the credentials: {exc}") from None
+    except redis_errors.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            raise ConnectionFailed(
+                f"Redis at {redact(url)} refused the credentials: {exc}"
+            ) from None
+        raise ConnectionFailed(f"Redis at {redact(url)} answered with an error: {exc}") from None
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise ConnectionFailed(f"cannot reach Redis at {redact(url)}: {exc}") from None
+    engine = "valkey" if "valkey_version" in info else "redis"
+    version = str(info.get("valkey_version") or info.get("redis_version") or "0")
+    numbers = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if numbers < MIN_VERSIONS[engine]:
+        low = ".".join(map(str, MIN_VERSIONS[engine]))
+        raise ConnectionFailed(
+            f"{engine} {version} at {redact(url)} is too old: streamq needs {low}+"
+        )
+    return f"{engine} {version}"
+
+
+async def connect(url: str | None = None, config_url: str | None = None) -> tuple[Redis, str]:
+    """A checked client and the URL it talks to; raises ConnectionFailed or ServerError."""
+    resolved = resolve_url(url, config_url)
+    redis = client(resolved)
+    try:
+        await check(redis, resolved)
+    except BaseException:
+        await redis.aclose()
+        raise
+    return redis, resolved

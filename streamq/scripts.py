@@ -1,0 +1,57 @@
+"""Loads the Lua scripts in ``streamq/lua`` once and calls them by SHA.
+
+Every script lives in its own ``verb_noun.lua`` file whose header lists KEYS, ARGV and the reply.
+Scripts are sent with EVALSHA; a server that has not seen one (a restart, SCRIPT FLUSH, a new
+cluster node) answers NOSCRIPT and the script is loaded and the call repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+EncodableArg = bytes | str | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: bytes
+    sha: str
+
+    async def __call__(self, redis: Redis, keys: list[str], args: list[EncodableArg]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.source)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
+@cache
+def load(name: str) -> Script:
+    source = resources.files("streamq").joinpath("lua", f"{name}.lua").read_bytes()
+    return Script(name, source, hashlib.sha1(source).hexdigest())
+
+
+def all_names() -> list[str]:
+    return sorted(
+        entry.name.removesuffix(".lua")
+        for entry in resources.files("streamq").joinpath("lua").iterdir()
+        if entry.name.endswith(".lua")
+    )
+
+
+enqueue_jobs = load("enqueue_jobs")
+fetch_jobs = load("fetch_jobs")
+ack_jobs = load("ack_jobs")
+dead_letter = load("dead_letter")
+reclaim_jobs = load("reclaim_jobs")
+refresh_claims = load("refresh_claims")
+release_jobs = load("release_jobs")
+retire_consumer = load("retire_consumer")

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from streamq import keys, scripts
+from streamq.errors import ConfigError
+from streamq.producer import Producer
+from tests.conftest import entries
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_enqueue_adds_one_entry_to_the_chosen_lane(redis: Redis, stream: str) -> None:
+    producer = Producer(redis)
+    job_id = await producer.enqueue(stream, {"text": "hi"}, priority="high")
+    assert job_id.startswith(f"{stream}:")
+    assert await redis.xlen(keys.lane(stream, "high")) == 1
+    assert await redis.xlen(keys.lane(stream, "normal")) == 0
+    assert await redis.sismember(keys.STREAM_REGISTRY, stream)
+
+
+async def test_enqueue_many_returns_ids_in_order(redis: Redis, stream: str) -> None:
+    producer = Producer(redis)
+    ids = await producer.enqueue_many(stream, [{"i": i} for i in range(1_234)])
+    assert len(ids) == len(set(ids)) == 1_234
+    found = await entries(redis, keys.lane(stream, "normal"))
+    assert [e[1][b"j"].count(b'"i":') for e in found] == [1] * 1_234
+    assert ids[0].encode() in found[0][1][b"j"]
+    assert ids[-1].encode() in found[-1][1][b"j"]
+
+
+async def test_a_live_key_returns_the_existing_job(redis: Redis, stream: str) -> None:
+    producer = Producer(redis)
+    first = await producer.enqueue(stream, {"v": 1}, key="post-42")
+    second = await producer.enqueue(stream, {"v": 2}, key="post-42", priority="high")
+    assert second == first
+    assert await redis.xlen(keys.lane(stream, "normal")) == 1
+    assert await redis.xlen(keys.lane(stream, "high")) == 0
+
+
+async def test_a_key_repeated_in_one_batch_is_added_once(redis: Redis, stream: str) -> None:
+    ids = await Producer(redis).enqueue_many(stream, [1, 2, 3], keys=["a", None, "a"])
+    assert ids[2] == ids[0] != ids[1]
+    assert await redis.xlen(keys.lane(stream, "normal")) == 2
+
+
+async def test_concurrent_producers_with_one_key_add_one_job(redis_url: str, stream: str) -> None:
+    from streamq import connection
+
+    results: list[str] = []
+
+    async def produce() -> None:
+        client = connection.client(redis_url)
+        try:
+            results.append(await Producer(client).enqueue(stream, {"x": 1}, key="same"))
+        finally:
+            await client.aclose()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(produce)
+    assert len(set(results)) == 1
+    client = connection.client(redis_url)
+    assert await client.xlen(keys.lane(stream, "normal")) == 1
+    await client.aclose()
+
+
+async def test_unknown_priority_and_bad_stream_are_refused(redis: Redis, stream: str) -> None:
+    producer = Producer(redis)
+    with pytest.raises(ConfigError, match="unknown priority 'urgent'"):
+        await producer.enqueue(stream, {}, priority="urgent")
+    with pytest.raises(ConfigError, match="invalid stream name"):
+        await producer.enqueue("bad:name", {})
+    with pytest.raises(ConfigError, match="one entry per payload"):
+        await producer.enqueue_many(stream, [1, 2], keys=["a"])
+
+
+async def test_enqueue_survives_script_flush(redis: Redis, stream: str) -> None:
+    producer = Producer(redis)
+    await producer.enqueue(stream, 1)
+    await redis.script_flush()
+    await producer.enqueue_many(stream, list(range(1_200)))
+    await redis.script_flush()
+    assert await redis.xlen(keys.lane(stream, "normal")) == 1_201
+    # A script called by SHA after a flush is loaded again and runs (here: to its NOGROUP error).
+    with pytest.raises(ResponseError, match="NOGROUP"):
+        await scripts.fetch_jobs(redis, keys.lanes(stream), ["nogroup", "c", 1])
