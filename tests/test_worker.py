@@ -1,0 +1,318 @@
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from streamq import keys, stats
+from streamq.job import Job
+from streamq.producer import Producer
+from streamq.worker import Worker, WorkerOptions
+from tests.conftest import entries
+
+pytestmark = pytest.mark.anyio
+
+FAST = WorkerOptions(burst=True, visibility_timeout=1.0, block_seconds=0.2, grace=5.0)
+
+
+def options(**changes: Any) -> WorkerOptions:
+    values = {f: getattr(FAST, f) for f in FAST.__dataclass_fields__}
+    return WorkerOptions(**{**values, **changes})
+
+
+async def poll(condition: Any, within: float = 10.0, every: float = 0.02) -> None:
+    """Wait until ``condition()`` (or its awaited result) is true; fail after ``within`` s."""
+    with anyio.fail_after(within):
+        while True:
+            result = condition()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
+            await anyio.sleep(every)
+
+
+async def test_burst_worker_runs_every_job_once_and_leaves_streams_empty(
+    redis: Redis, stream: str
+) -> None:
+    ids = await Producer(redis).enqueue_many(stream, [{"n": i} for i in range(500)])
+    seen: list[Job] = []
+
+    async def handler(job: Job) -> None:
+        seen.append(job)
+
+    counts = await Worker(redis, stream, handler, FAST).run()
+    assert counts.completed == 500
+    assert sorted(j.id for j in seen) == sorted(ids)
+    job = next(j for j in seen if j.payload == {"n": 7})
+    assert (job.stream, job.attempt, job.priority) == (stream, 1, "normal")
+    assert job.enqueued_at.year >= 2024
+    for lane in keys.lanes(stream):
+        assert await redis.xlen(lane) == 0
+        assert (await redis.xpending(lane, keys.GROUP))["pending"] == 0
+
+
+async def test_keys_left_behind_after_a_workload(redis: Redis, stream: str) -> None:
+    producer = Producer(redis)
+    await producer.enqueue_many(stream, [1, 2, 3], keys=["a", "b", None])
+
+    async def handler(job: Job) -> None:
+        return None
+
+    await Worker(redis, stream, handler, FAST).run()
+    left = {k.decode() async for k in redis.scan_iter(match=f"*{{{stream}}}*")}
+    # Empty lanes keep their consumer group; dedup keys are freed; nothing else remains.
+    assert left == set(keys.lanes(stream))
+    for lane in keys.lanes(stream):
+        assert await redis.ttl(lane) == -1
+    # A finished job's key is free again.
+    assert await producer.enqueue(stream, 9, key="a") not in {None, ""}
+    assert await redis.xlen(keys.lane(stream, "normal")) == 1
+
+
+async def test_higher_lanes_are_served_first(redis: Redis, stream: str) -> None:
+    producer = Producer(redis)
+    await producer.enqueue_many(stream, [f"low{i}" for i in range(5)], priority="low")
+    await producer.enqueue_many(stream, [f"normal{i}" for i in range(5)])
+    await producer.enqueue_many(stream, [f"high{i}" for i in range(5)], priority="high")
+    order: list[str] = []
+
+    async def handler(job: Job) -> None:
+        order.append(job.payload)
+
+    await Worker(redis, stream, handler, options(concurrency=1, prefetch=0)).run()
+    assert order == [f"{lane}{i}" for lane in ("high", "normal", "low") for i in range(5)]
+
+
+async def test_a_lower_lane_runs_while_higher_lanes_are_empty(redis: Redis, stream: str) -> None:
+    await Producer(redis).enqueue_many(stream, ["a", "b"], priority="low")
+    ran: list[str] = []
+
+    async def handler(job: Job) -> None:
+        ran.append(job.payload)
+
+    await Worker(redis, stream, handler, FAST).run()
+    assert sorted(ran) == ["a", "b"]
+
+
+async def test_a_batch_mixes_lanes_in_priority_order(redis: Redis, stream: str) -> None:
+    producer = Producer(redis)
+    await producer.enqueue_many(stream, ["l1", "l2"], priority="low")
+    await producer.enqueue_many(stream, ["h1"], priority="high")
+    order: list[str] = []
+
+    async def handler(job: Job) -> None:
+        order.append(job.payload)
+
+    await Worker(redis, stream, handler, options(concurrency=1, prefetch=10)).run()
+    assert order == ["h1", "l1", "l2"]
+
+
+async def test_foreign_and_undecodable_entries_go_to_dead_letters(
+    redis: Redis, stream: str
+) -> None:
+    lane = keys.lane(stream, "normal")
+    await redis.xadd(lane, {"text": "from another app"})
+    await redis.xadd(lane, {"j": b"\xff\xfe not json"})
+    await Producer(redis).enqueue(stream, {"ok": True})
+    ran: list[Any] = []
+
+    async def handler(job: Job) -> None:
+        ran.append(job.payload)
+
+    counts = await Worker(redis, stream, handler, FAST).run()
+    assert ran == [{"ok": True}]
+    assert counts.dead_lettered == 2
+    dead = await entries(redis, keys.dead(stream))
+    assert dead[0][1][b"text"] == b"from another app"
+    assert b"foreign entry" in dead[0][1][b"_reason"]
+    assert dead[1][1][b"j"] == b"\xff\xfe not json"  # bytes kept exactly
+    assert b"undecodable" in dead[1][1][b"_reason"]
+    assert dead[1][1][b"_source"] == lane.encode()
+    assert await redis.xlen(lane) == 0
+
+
+async def test_entries_of_a_crashed_consumer_are_reclaimed(redis: Redis, stream: str) -> None:
+    ids = await Producer(redis).enqueue_many(stream, list(range(10)))
+    lane = keys.lane(stream, "normal")
+    await redis.xgroup_create(lane, keys.GROUP, id="0", mkstream=True)
+    # A consumer takes every entry and dies without acknowledging.
+    await redis.xreadgroup(keys.GROUP, "ghost", {lane: ">"}, count=100)
+    seen: list[str] = []
+
+    async def handler(job: Job) -> None:
+        seen.append(job.id)
+
+    worker = Worker(redis, stream, handler, options(burst=False))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await poll(lambda: len(seen) == 10)
+        worker.stop()
+    assert sorted(seen) == sorted(ids)
+    assert worker.counts.reclaimed == 10
+    assert await redis.xlen(lane) == 0
+
+
+async def test_crash_loops_end_in_dead_letters_after_max_deliveries(
+    redis: Redis, stream: str
+) -> None:
+    job_id = await Producer(redis).enqueue(stream, "poison", key="k1")
+    lane = keys.lane(stream, "normal")
+    await redis.xgroup_create(lane, keys.GROUP, id="0", mkstream=True)
+    [(entry_id, _)] = await entries(redis, lane)
+    await redis.xreadgroup(keys.GROUP, "ghost", {lane: ">"})
+    for _ in range(2):  # two more deliveries to crashing consumers: three so far
+        await redis.xclaim(lane, keys.GROUP, "ghost", 0, [entry_id])
+    ran: list[str] = []
+
+    async def handler(job: Job) -> None:
+        ran.append(job.id)
+
+    worker = Worker(redis, stream, handler, options(burst=False, max_deliveries=3))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await poll(lambda: worker.counts.dead_lettered == 1)
+        worker.stop()
+    assert ran == []
+    [(_, fields)] = await entries(redis, keys.dead(stream))
+    assert b"delivered 4 times" in fields[b"_reason"]
+    assert job_id.encode() in fields[b"j"]
+    assert await redis.hget(keys.dedup(stream), "k1") is None
+
+
+async def test_a_failing_handler_is_delivered_again_then_dead_lettered(
+    redis: Redis, stream: str
+) -> None:
+    await Producer(redis).enqueue(stream, "always fails")
+    attempts = 0
+
+    async def handler(job: Job) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise RuntimeError("platform said no")
+
+    worker = Worker(redis, stream, handler, options(burst=False, max_deliveries=2))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await poll(lambda: worker.counts.dead_lettered == 1, within=15)
+        worker.stop()
+    assert attempts == 2
+    assert worker.counts.failed == 2
+
+
+async def test_a_long_job_keeps_its_claim(redis: Redis, stream: str) -> None:
+    await Producer(redis).enqueue(stream, "long")
+    runs: list[str] = []
+    release = anyio.Event()
+
+    async def slow(job: Job) -> None:
+        runs.append("slow")
+        await release.wait()
+
+    async def other(job: Job) -> None:
+        runs.append("other")
+
+    first = Worker(redis, stream, slow, options(burst=False, visibility_timeout=1.0))
+    second = Worker(redis, stream, other, options(burst=False, visibility_timeout=1.0))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first.run)
+        await poll(lambda: runs == ["slow"])
+        tg.start_soon(second.run)
+        # Three visibility timeouts pass while the job runs; the second worker reclaims every
+        # 0.25 s and would take the entry if the first worker did not keep its claim fresh.
+        await anyio.sleep(3.0)
+        release.set()
+        await poll(lambda: first.counts.completed == 1)
+        first.stop()
+        second.stop()
+    assert runs == ["slow"]
+    assert second.counts.reclaimed == 0
+
+
+async def test_stop_finishes_running_jobs_and_releases_unstarted_ones(
+    redis: Redis, stream: str
+) -> None:
+    await Producer(redis).enqueue_many(stream, list(range(6)))
+    started: list[int] = []
+    release = anyio.Event()
+
+    async def handler(job: Job) -> None:
+        started.append(job.payload)
+        await release.wait()
+
+    worker = Worker(redis, stream, handler, options(burst=False, concurrency=2, prefetch=4))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await poll(lambda: len(started) == 2)
+        worker.stop()
+        await anyio.sleep(0.1)
+        release.set()
+    assert worker.counts.completed == 2
+    assert worker.counts.released == 4
+    lane = keys.lane(stream, "normal")
+    assert await redis.xlen(lane) == 4
+    assert (await redis.xpending(lane, keys.GROUP))["pending"] == 0  # all free for others
+
+
+async def test_jobs_still_running_after_grace_stay_pending(redis: Redis, stream: str) -> None:
+    await Producer(redis).enqueue(stream, "stuck")
+    started = anyio.Event()
+
+    async def handler(job: Job) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    worker = Worker(redis, stream, handler, options(burst=False, grace=0.3))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await started.wait()
+        worker.stop()
+    lane = keys.lane(stream, "normal")
+    pending = await redis.xpending(lane, keys.GROUP)
+    assert pending["pending"] == 1
+    assert pending["consumers"][0]["name"] == worker.consumer.encode()
+
+
+async def test_stats_count_depth_pending_waiting_and_consumers(redis: Redis, stream: str) -> None:
+    producer = Producer(redis)
+    await producer.enqueue_many(stream, list(range(10)))
+    await producer.enqueue_many(stream, list(range(3)), priority="high")
+    started = anyio.Event()
+    hold = anyio.Event()
+
+    async def handler(job: Job) -> None:
+        started.set()
+        await hold.wait()
+
+    worker = Worker(redis, stream, handler, options(burst=False, concurrency=2, prefetch=0))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await started.wait()
+        await poll(lambda: len(worker._held) == 2)
+        snap = await stats.snapshot(redis, [stream])
+        [s] = snap.streams
+        assert (s.depth, s.pending, s.waiting, s.lag, s.length) == (13, 2, 11, 11, 13)
+        assert s.consumers == 1
+        assert s.oldest_pending_age_s is not None
+        assert s.oldest_pending_age_s >= 0
+        assert [lane.pending for lane in s.lanes] == [2, 0, 0]
+        assert s.keys["dead"] == keys.dead(stream)
+        hold.set()
+        await poll(lambda: _depth(redis, stream, 0))
+        worker.stop()
+    # Acknowledged entries were deleted, and the figures stay right after a trim.
+    await producer.enqueue_many(stream, list(range(4)))
+    await redis.xtrim(keys.lane(stream, "normal"), maxlen=1, approximate=False)
+    [s] = (await stats.snapshot(redis, [stream])).streams
+    assert (s.depth, s.pending, s.waiting, s.consumers) == (1, 0, 1, 0)
+    data = stats.to_json(await stats.snapshot(redis, [stream]))
+    assert b'"depth":1' in data
+    assert b'"format":1' in data
+
+
+async def _depth(redis: Redis, stream: str, expected: int) -> bool:
+    [s] = (await stats.snapshot(redis, [stream])).streams
+    return s.depth == expected
