@@ -1,0 +1,281 @@
+"""The ``streamq`` command: the only module that prints.
+
+Every domain error ends as one line on stderr and a non-zero exit, never a traceback:
+``streamq: error: <message>`` with exit code 1 (2 for a command line that does not parse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import anyio
+from redis import exceptions as redis_errors
+
+from streamq import __version__, codec, server, stats
+from streamq.client import Queue
+from streamq.config import Config, StreamConfig, load_config, parse_duration
+from streamq.errors import ConfigError, HandlerError, PayloadError, StreamqError
+from streamq.handler import Handler, load_handler
+from streamq.producer import check_priority, check_stream
+from streamq.worker import Worker, WorkerOptions
+
+STDIN_BATCH = 10_000
+"""JSON Lines read from stdin are enqueued this many at a time."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--redis-url",
+        help="redis://, rediss:// or unix:// URL (default: $STREAMQ_REDIS_URL, else the "
+        "embedded server)",
+    )
+    common.add_argument("--config", help="TOML config file (default: $STREAMQ_CONFIG)")
+    common.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+    parser = _Parser(prog="streamq", description="Reliable job engine on Redis Streams.")
+    parser.add_argument("--version", action="version", version=f"streamq {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    consume = commands.add_parser("consume", parents=[common], help="run a worker on a stream")
+    consume.add_argument("--stream", required=True, help="stream to consume, e.g. instagram")
+    consume.add_argument("--handler", help="async handler as 'package.module:function'")
+    consume.add_argument("--concurrency", type=_positive_int, help="jobs run at once (32)")
+    consume.add_argument("--prefetch", type=int, help="entries fetched ahead (= concurrency)")
+    consume.add_argument(
+        "--visibility-timeout", type=_duration, help="idle time before a job is reclaimed (60s)"
+    )
+    consume.add_argument(
+        "--max-deliveries", type=_positive_int, help="deliveries before dead-lettering (5)"
+    )
+    consume.add_argument("--grace", type=_duration, help="time running jobs get on stop (30s)")
+    consume.add_argument(
+        "--burst", action="store_true", help="exit once the stream has nothing left to run"
+    )
+
+    enqueue = commands.add_parser("enqueue", parents=[common], help="add jobs to a stream")
+    enqueue.add_argument("--stream", required=True)
+    enqueue.add_argument(
+        "--payload",
+        required=True,
+        help="JSON text, @file.json, or - to read JSON Lines from stdin (one job per line)",
+    )
+    enqueue.add_argument("--key", help="dedup key: a live job with this key is not added twice")
+    enqueue.add_argument("--priority", default="normal", help="high, normal or low")
+
+    stats_cmd = commands.add_parser("stats", parents=[common], help="figures per stream")
+    stats_cmd.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    stats_cmd.add_argument("--json", action="store_true", help="print the stable JSON shape")
+
+    srv = commands.add_parser("server", help="manage the embedded Valkey server")
+    srv.add_argument("action", choices=["start", "stop", "status"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code = _dispatch(args)
+    except StreamqError as exc:
+        _fail(str(exc))
+    except redis_errors.RedisError as exc:
+        _fail(f"redis: {exc}")
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"streamq: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "server":
+        return _server(args.action)
+    config = load_config(args.config)
+    commands: dict[str, Callable[[argparse.Namespace, Config], Awaitable[int]]] = {
+        "consume": _consume,
+        "enqueue": _enqueue,
+        "stats": _stats,
+    }
+    command = commands[args.command]
+    return anyio.run(command, args, config, backend_options={"use_uvloop": True})
+
+
+# -- consume ------------------------------------------------------------------------------------
+
+
+def worker_options(args: argparse.Namespace, stream: StreamConfig) -> WorkerOptions:
+    def pick(flag: Any, configured: Any) -> Any:
+        return configured if flag is None else flag
+
+    options = StreamConfig(
+        handler=stream.handler,
+        concurrency=pick(args.concurrency, stream.concurrency),
+        prefetch=pick(args.prefetch, stream.prefetch),
+        visibility_timeout=pick(args.visibility_timeout, stream.visibility_timeout),
+        max_deliveries=pick(args.max_deliveries, stream.max_deliveries),
+        grace=pick(args.grace, stream.grace),
+    )
+    return WorkerOptions(
+        concurrency=options.concurrency,
+        prefetch=options.prefetch,
+        visibility_timeout=options.visibility_timeout,
+        max_deliveries=options.max_deliveries,
+        grace=options.grace,
+        burst=args.burst,
+    )
+
+
+def resolve_handler(stream: str, flag: str | None, configured: StreamConfig) -> Handler:
+    spec = flag or configured.handler
+    if spec is None:
+        raise HandlerError(
+            f"no handler for stream {stream!r}: pass --handler package.module:function "
+            f'or set handler = "package.module:function" under [streams.{stream}] in the config'
+        )
+    return load_handler(spec)
+
+
+async def _consume(args: argparse.Namespace, config: Config) -> int:
+    stream_config = config.stream(args.stream)
+    options = worker_options(args, stream_config)
+    handler = resolve_handler(args.stream, args.handler, stream_config)
+    async with Queue(args.redis_url, config_url=config.redis_url) as q:
+        worker = Worker(q.redis, check_stream(args.stream), handler, options)
+        await worker.run(handle_signals=True)
+    return 0
+
+
+# -- enqueue ------------------------------------------------------------------------------------
+
+
+async def _enqueue(args: argparse.Namespace, config: Config) -> int:
+    check_priority(args.priority)
+    check_stream(args.stream)
+    if args.payload == "-":
+        if args.key:
+            raise ConfigError("--key names one job; with --payload - put keys in the payloads")
+        async with Queue(args.redis_url, config_url=config.redis_url) as q:
+            for batch in _json_lines(sys.stdin):
+                ids = await q.enqueue_many(args.stream, batch, priority=args.priority)
+                sys.stdout.write("".join(f"{job_id}\n" for job_id in ids))
+            sys.stdout.flush()
+        return 0
+    payload = _read_payload(args.payload)
+    async with Queue(args.redis_url, config_url=config.redis_url) as q:
+        print(await q.enqueue(args.stream, payload, key=args.key, priority=args.priority))
+    return 0
+
+
+def _read_payload(text: str) -> Any:
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise PayloadError(f"cannot read payload file {path}: {exc.strerror}") from None
+        return codec.parse_json(data, what=f"payload file {path}")
+    return codec.parse_json(text)
+
+
+def _json_lines(stream: TextIO) -> Iterator[list[Any]]:
+    """Batches of parsed JSON Lines; a bad line stops before its batch is enqueued."""
+    batch: list[Any] = []
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        batch.append(codec.parse_json(line, what=f"stdin line {number}"))
+        if len(batch) == STDIN_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# -- stats --------------------------------------------------------------------------------------
+
+
+async def _stats(args: argparse.Namespace, config: Config) -> int:
+    async with Queue(args.redis_url, config_url=config.redis_url) as q:
+        snap = await q.stats(args.stream)
+    if args.json:
+        sys.stdout.write(stats.to_json(snap).decode() + "\n")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="streamq streams")
+    for column in ("stream", "depth", "waiting", "pending", "oldest pending", "consumers", "dead"):
+        table.add_column(column, justify="left" if column == "stream" else "right")
+    for s in snap.streams:
+        age = "-" if s.oldest_pending_age_s is None else f"{s.oldest_pending_age_s:.1f}s"
+        table.add_row(
+            s.stream,
+            str(s.depth),
+            str(s.waiting),
+            str(s.pending),
+            age,
+            str(s.consumers),
+            str(s.dead),
+        )
+    Console().print(table)
+    return 0
+
+
+# -- server -------------------------------------------------------------------------------------
+
+
+def _server(action: str) -> int:
+    if action == "start":
+        state = server.start()
+        print(f"running: pid {state.pid}, {server.url_for(state.home)}")
+    elif action == "stop":
+        print("stopped" if server.stop() else "not running")
+    else:
+        state = server.status()
+        if state.running:
+            print(f"running: pid {state.pid}, {server.url_for(state.home)}, valkey {state.version}")
+        else:
+            print(f"not running (home {state.home})")
+            return 3
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Read-only figures about streams: what ``streamq stats`` prints and scalers read.
+
+Acknowledged entries are deleted at once, so a lane holds exactly the entries still to finish:
+``length`` is the depth, ``pending`` comes from the group's PEL, and ``waiting`` (never
+delivered, the group's lag) is their difference. This stays right after deletes and trims, where
+XINFO GROUPS reports lag as null on Redis 7.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+from redis.asyncio import Redis
+
+from streamq import keys
+
+ALIVE_SECONDS: Final = 15.0
+"""A consumer that touched its group this recently counts as alive: workers touch it at least
+every ``worker.HEARTBEAT_SECONDS`` (5 s), so this allows two missed beats."""
+
+STATS_FORMAT: Final = 1
+
+
+class LaneStats(msgspec.Struct):
+    priority: str
+    key: str
+    length: int
+    pending: int
+    waiting: int
+    oldest_pending_age_s: float | None
+
+
+class StreamStats(msgspec.Struct):
+    stream: str
+    group: str
+    keys: dict[str, str]
+    length: int
+    """Entries in all lanes: waiting plus in flight."""
+    pending: int
+    """Delivered to a consumer and not yet acknowledged (in flight)."""
+    waiting: int
+    """Not yet delivered to any consumer."""
+    lag: int
+    """Same as waiting: what the group has still to read."""
+    depth: int
+    """waiting + pending: the work left."""
+    oldest_pending_age_s: float | None
+    """Seconds since the oldest unacknowledged entry was added to its lane."""
+    consumers: int
+    """Consumers alive (seen within ALIVE_SECONDS) in the group of any lane."""
+    dead: int
+    """Entries in the dead-letter stream."""
+    lanes: list[LaneStats]
+
+
+class Snapshot(msgspec.Struct):
+    format: int
+    server_time_ms: int
+    streams: list[StreamStats]
+
+
+async def known_streams(redis: Redis) -> list[str]:
+    members: set[bytes] = await redis.smembers(keys.STREAM_REGISTRY)  # type: ignore[assignment]
+    return sorted(m.decode() for m in members)
+
+
+async def snapshot(redis: Redis, streams: list[str] | None = None) -> Snapshot:
+    names = streams if streams is not None else await known_streams(redis)
+    seconds, micros = await redis.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    return Snapshot(STATS_FORMAT, now_ms, [await stream_stats(redis, s, now_ms) for s in names])
+
+
+async def stream_stats(redis: Redis, stream: str, now_ms: int) -> StreamStats:
+    lane_keys = keys.lanes(stream)
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in lane_keys:
+            pipe.xlen(key)
+            pipe.execute_command("XPENDING", key, keys.GROUP)
+            pipe.execute_command("XINFO", "CONSUMERS", key, keys.GROUP)
+        pipe.xlen(keys.dead(stream))
+        replies = await pipe.execute(raise_on_error=False)
+    lanes: list[LaneStats] = []
+    alive: set[bytes] = set()
+    for index, (priority, key) in enumerate(zip(keys.LANES, lane_keys, strict=True)):
+        length, summary, consumers = replies[index * 3 : index * 3 + 3]
+        length = length if isinstance(length, int) else 0
+        pending, oldest = _pending(summary, now_ms)
+        alive |= _alive(consumers)
+        waiting = max(0, length - pending)
+        lanes.append(LaneStats(priority, key, length, pending, waiting, oldest))
+    dead = replies[-1] if isinstance(replies[-1], int) else 0
+    length = sum(lane.length for lane in lanes)
+    pending = sum(lane.pending for lane in lanes)
+    ages = [lane.oldest_pending_age_s for lane in lanes if lane.oldest_pending_age_s is not None]
+    return StreamStats(
+        stream=stream,
+        group=keys.GROUP,
+        keys={**{lane.priority: lane.key for lane in lanes}, "dead": keys.dead(stream)},
+        length=length,
+        pending=pending,
+        waiting=length - pending,
+        lag=length - pending,
+        depth=length,
+        oldest_pending_age_s=max(ages) if ages else None,
+        consumers=len(alive),
+        dead=dead,
+        lanes=lanes,
+    )
+
+
+def _pending(summary: Any, now_ms: int) -> tuple[int, float | None]:
+    """Count and age of the oldest entry from an XPENDING summary (an error if no group yet)."""
+    if isinstance(summary, Exception) or not summary:
+        return 0, None
+    if isinstance(summary, dict):  # redis-py parses the summary form into a dict
+        count, smallest = summary.get("pending", 0), summary.get("min")
+    else:
+        count, smallest = summary[0], summary[1]
+    if not count or not smallest:
+        return int(count or 0), None
+    added_ms = int(_text(smallest).split("-")[0])
+    return int(count), max(0.0, (now_ms - added_ms) / 1000)
+
+
+def _alive(consumers: Any) -> set[bytes]:
+    if isinstance(consumers, Exception) or not consumers:
+        return set()
+    names: set[bytes] = set()
+    for consumer in consumers:
+        info = consumer if isinstance(consumer, dict) else _pairs(consumer)
+        # Valkey and Redis 7.2+ report "inactive" (since the last successful read/claim);
+        # Redis 7.0 only "idle" (since the last attempt, which is what liveness needs).
+        idle_ms = info.get("idle", info.get(b"idle")) or 0
+        name = info.get("name", info.get(b"name", b""))
+        if int(idle_ms) < ALIVE_SECONDS * 1000:
+            names.add(name if isinstance(name, bytes) else str(name).encode())
+    return names
+
+
+def _pairs(flat: list[Any]) -> dict[Any, Any]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+encoder = msgspec.json.Encoder()
+
+
+def to_json(snap: Snapshot) -> bytes:
+    return encoder.encode(snap)

@@ -1,0 +1,301 @@
+"""The ``streamq`` command end to end: real processes against a real server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import redis as sync_redis
+
+from streamq import keys
+from streamq.server import LocalServer
+from tests.conftest import run_cli, spawn_worker, sync_entries
+
+
+def one_line_error(result: object, *fragments: str) -> None:
+    """The command failed with exactly one line on stderr naming the problem, no traceback."""
+    assert getattr(result, "returncode", 0) != 0
+    err: str = getattr(result, "stderr", "")
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("streamq: error:"), err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+
+
+def test_enqueue_prints_the_job_id(redis_url: str, stream: str) -> None:
+    result = run_cli(
+        "enqueue",
+        "--redis-url",
+        redis_url,
+        "--stream",
+        stream,
+        "--payload",
+        '{"text": "hi"}',
+        "--key",
+        "post-42",
+        "--priority",
+        "high",
+    )
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    assert job_id.startswith(f"{stream}:")
+    again = run_cli(
+        "enqueue",
+        "--redis-url",
+        redis_url,
+        "--stream",
+        stream,
+        "--payload",
+        "{}",
+        "--key",
+        "post-42",
+    )
+    assert again.stdout.strip() == job_id
+    client = sync_redis.Redis.from_url(redis_url)
+    assert client.xlen(keys.lane(stream, "high")) == 1
+
+
+def test_enqueue_reads_a_payload_file(redis_url: str, stream: str, tmp_path: Path) -> None:
+    payload = tmp_path / "post.json"
+    payload.write_text('{"text": "from a file"}')
+    result = run_cli(
+        "enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", f"@{payload}"
+    )
+    assert result.returncode == 0, result.stderr
+    client = sync_redis.Redis.from_url(redis_url)
+    [(_, fields)] = sync_entries(client, keys.lane(stream, "normal"))
+    assert json.loads(fields[b"j"])["payload"] == {"text": "from a file"}
+
+
+def test_enqueue_bulk_imports_json_lines_from_stdin(redis_url: str, stream: str) -> None:
+    lines = "".join(json.dumps({"n": i}) + "\n" for i in range(25_000)) + "\n"
+    result = run_cli(
+        "enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "-", input=lines
+    )
+    assert result.returncode == 0, result.stderr
+    ids = result.stdout.split()
+    assert len(ids) == len(set(ids)) == 25_000
+    client = sync_redis.Redis.from_url(redis_url)
+    assert client.xlen(keys.lane(stream, "normal")) == 25_000
+
+
+def test_bad_json_line_stops_before_its_batch(redis_url: str, stream: str) -> None:
+    result = run_cli(
+        "enqueue",
+        "--redis-url",
+        redis_url,
+        "--stream",
+        stream,
+        "--payload",
+        "-",
+        input='{"ok": 1}\n{broken\n',
+    )
+    one_line_error(result, "stdin line 2", "not valid JSON")
+    assert sync_redis.Redis.from_url(redis_url).xlen(keys.lane(stream, "normal")) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--payload", "{not json"], ["payload is not valid JSON"]),
+        (["--payload", "{}", "--priority", "urgent"], ["unknown priority 'urgent'"]),
+        (["--payload", "@/nonexistent/post.json"], ["cannot read payload file"]),
+    ],
+)
+def test_bad_enqueue_input_is_one_line(
+    redis_url: str, stream: str, args: list[str], fragments: list[str]
+) -> None:
+    result = run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, *args)
+    one_line_error(result, *fragments)
+
+
+def test_bad_stream_name_is_one_line(redis_url: str) -> None:
+    result = run_cli("enqueue", "--redis-url", redis_url, "--stream", "a:b", "--payload", "{}")
+    one_line_error(result, "invalid stream name")
+
+
+def test_unreachable_server_is_one_line() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once the socket closes
+    result = run_cli(
+        "enqueue", "--redis-url", f"redis://127.0.0.1:{port}", "--stream", "x", "--payload", "{}"
+    )
+    one_line_error(result, "cannot reach Redis at redis://127.0.0.1")
+
+
+def test_wrong_password_is_one_line_and_never_echoed() -> None:
+    with LocalServer(extra_args=["--requirepass", "right-secret"]) as srv:
+        url = f"redis://:wrong-secret@127.0.0.1:{srv.port}/0"
+        result = run_cli("stats", "--redis-url", url)
+        one_line_error(result, "refused the credentials")
+        assert "wrong-secret" not in result.stderr
+        good = run_cli(
+            "stats", "--json", "--redis-url", f"redis://:right-secret@127.0.0.1:{srv.port}"
+        )
+        assert good.returncode == 0, good.stderr
+
+
+@pytest.mark.parametrize(
+    ("handler", "fragment"),
+    [
+        ("tests.nowhere:publish", "cannot import 'tests.nowhere'"),
+        ("tests.handlers:missing", "has no 'missing'"),
+        ("tests.handlers:not_async", "must be an async function"),
+        ("tests.handlers:NOT_CALLABLE", "is not callable"),
+        ("no_colon", "must look like"),
+    ],
+)
+def test_bad_handlers_are_one_line(
+    redis_url: str, stream: str, handler: str, fragment: str
+) -> None:
+    result = run_cli("consume", "--redis-url", redis_url, "--stream", stream, "--handler", handler)
+    one_line_error(result, fragment)
+
+
+def test_consume_without_a_handler_says_how_to_name_one(redis_url: str, stream: str) -> None:
+    result = run_cli("consume", "--redis-url", redis_url, "--stream", stream)
+    one_line_error(result, "no handler for stream", "--handler", f"[streams.{stream}]")
+
+
+def test_bad_config_is_one_line(redis_url: str, stream: str, tmp_path: Path) -> None:
+    config = tmp_path / "streamq.toml"
+    config.write_text(f'[streams.{stream}]\nconcurrency = "many"\n')
+    result = run_cli(
+        "consume", "--config", str(config), "--redis-url", redis_url, "--stream", stream
+    )
+    one_line_error(result, "Expected `int`")
+    config.write_text("[streams\n")
+    result = run_cli("stats", "--config", str(config), "--redis-url", redis_url)
+    one_line_error(result, "not valid TOML")
+
+
+def test_consume_runs_the_configured_handler(redis_url: str, stream: str, tmp_path: Path) -> None:
+    config = tmp_path / "streamq.toml"
+    config.write_text(f'[streams.{stream}]\nhandler = "tests.handlers:record"\nconcurrency = 4\n')
+    lines = "".join(f"{i}\n" for i in range(20))
+    run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "-", input=lines)
+    env = {"STREAMQ_TEST_RECORD_URL": redis_url, "STREAMQ_TEST_RECORD": stream}
+    result = run_cli(
+        "consume",
+        "--config",
+        str(config),
+        "--redis-url",
+        redis_url,
+        "--stream",
+        stream,
+        "--burst",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    runs = sync_redis.Redis.from_url(redis_url).hgetall(f"{stream}:runs")
+    assert len(runs) == 20
+    assert set(runs.values()) == {b"1"}
+
+
+def test_sigterm_lets_running_jobs_finish_then_exits_zero(redis_url: str, stream: str) -> None:
+    client = sync_redis.Redis.from_url(redis_url)
+    run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", '"slow"')
+    env = {
+        "STREAMQ_TEST_RECORD_URL": redis_url,
+        "STREAMQ_TEST_RECORD": stream,
+        "STREAMQ_TEST_JOB_SECONDS": "1.5",
+    }
+    worker = spawn_worker(
+        "--redis-url", redis_url, "--stream", stream, "--handler", "tests.handlers:record", env=env
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not client.hgetall(f"{stream}:runs"):
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.02)
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=20)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, output
+    lane = keys.lane(stream, "normal")
+    assert client.xlen(lane) == 0  # the job finished within the grace period and was acked
+    assert client.xpending(lane, keys.GROUP)["pending"] == 0
+
+
+def test_stats_json_has_the_documented_shape(redis_url: str, stream: str) -> None:
+    run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "1")
+    result = run_cli("stats", "--json", "--redis-url", redis_url, "--stream", stream)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["format"] == 1
+    [entry] = data["streams"]
+    assert set(entry) == {
+        "stream",
+        "group",
+        "keys",
+        "length",
+        "pending",
+        "waiting",
+        "lag",
+        "depth",
+        "oldest_pending_age_s",
+        "consumers",
+        "dead",
+        "lanes",
+    }
+    assert (entry["stream"], entry["depth"], entry["waiting"], entry["pending"]) == (
+        stream,
+        1,
+        1,
+        0,
+    )
+    assert entry["keys"]["normal"] == keys.lane(stream, "normal")
+    table = run_cli("stats", "--redis-url", redis_url, "--stream", stream, env={"COLUMNS": "120"})
+    assert stream in table.stdout
+
+
+def test_usage_errors_exit_2() -> None:
+    result = run_cli("enqueue", "--stream", "x")
+    assert result.returncode == 2
+    assert "required: --payload" in result.stderr
+    result = run_cli("consume", "--stream", "x", "--concurrency", "0")
+    assert result.returncode == 2
+    assert "must be at least 1" in result.stderr
+
+
+def test_without_a_url_every_command_uses_the_embedded_server(stream: str) -> None:
+    home = tempfile.mkdtemp(dir="/tmp", prefix="sqcli")  # short: unix socket paths are limited
+    env = {"STREAMQ_HOME": home, "STREAMQ_REDIS_URL": ""}
+    try:
+        added = run_cli("enqueue", "--stream", stream, "--payload", '{"text": "hi"}', env=env)
+        assert added.returncode == 0, added.stderr
+        status = run_cli("server", "status", env=env)
+        assert status.returncode == 0
+        assert f"unix://{home}/valkey.sock" in status.stdout
+        consumed = run_cli(
+            "consume",
+            "--stream",
+            stream,
+            "--handler",
+            "tests.handlers:record",
+            "--burst",
+            env={
+                **env,
+                "STREAMQ_TEST_RECORD_URL": f"unix://{home}/valkey.sock",
+                "STREAMQ_TEST_RECORD": stream,
+            },
+        )
+        assert consumed.returncode == 0, consumed.stderr
+        client = sync_redis.Redis(unix_socket_path=f"{home}/valkey.sock")
+        assert client.hget(f"{stream}:runs", added.stdout.strip()) == b"1"
+        client.close()
+        stopped = run_cli("server", "stop", env=env)
+        assert stopped.stdout.strip() == "stopped"
+        assert run_cli("server", "status", env=env).returncode == 3
+    finally:
+        run_cli("server", "stop", env=env)
+        shutil.rmtree(home, ignore_errors=True)

@@ -1,0 +1,83 @@
+"""A worker killed with SIGKILL mid-run loses nothing; only its in-flight jobs may run twice."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis as sync_redis
+
+from streamq import keys
+from tests.conftest import members, run_cli, spawn_worker
+
+JOBS = 2_000
+CONCURRENCY = 8
+PREFETCH = 8
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_of_two_workers_loses_no_job(redis_url: str, stream: str) -> None:
+    client = sync_redis.Redis.from_url(redis_url)
+    lines = "".join(json.dumps({"n": i}) + "\n" for i in range(JOBS))
+    enqueued = run_cli(
+        "enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "-", input=lines
+    )
+    assert enqueued.returncode == 0, enqueued.stderr
+    ids = set(enqueued.stdout.split())
+    env = {
+        "STREAMQ_TEST_RECORD_URL": redis_url,
+        "STREAMQ_TEST_RECORD": stream,
+        "STREAMQ_TEST_JOB_SECONDS": "0.01",
+    }
+    args = [
+        "--redis-url",
+        redis_url,
+        "--stream",
+        stream,
+        "--handler",
+        "tests.handlers:record",
+        "--concurrency",
+        str(CONCURRENCY),
+        "--prefetch",
+        str(PREFETCH),
+        "--visibility-timeout",
+        "2s",
+        "--log-level",
+        "WARNING",
+    ]
+    victim = spawn_worker(*args, env=env)
+    survivor = spawn_worker(*args, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while client.scard(f"{stream}:by:{victim.pid}") < 300:
+            assert time.monotonic() < deadline, "the victim never got going"
+            assert victim.poll() is None, victim.communicate()[0]
+            time.sleep(0.01)
+        victim.kill()
+        victim.wait()
+        ran_by_victim = members(client, f"{stream}:by:{victim.pid}")
+        assert len(ran_by_victim) < JOBS, "the victim finished everything before it was killed"
+
+        lane = keys.lane(stream, "normal")
+        while client.hlen(f"{stream}:runs") < JOBS or client.xlen(lane) > 0:
+            assert time.monotonic() < deadline, (
+                f"{client.hlen(f'{stream}:runs')} of {JOBS} jobs ran; {client.xlen(lane)} left"
+            )
+            assert survivor.poll() is None, survivor.communicate()[0]
+            time.sleep(0.05)
+    finally:
+        for process in (victim, survivor):
+            process.kill()
+            process.wait()
+
+    recorded: dict[bytes, bytes] = client.hgetall(f"{stream}:runs")  # type: ignore[assignment]
+    runs = {k.decode(): int(v) for k, v in recorded.items()}
+    assert set(runs) == ids  # every job ran: none lost
+    twice = {job for job, count in runs.items() if count > 1}
+    assert all(count <= 2 for count in runs.values())
+    # Only what the victim held (running, or finished but not yet acknowledged) runs again.
+    assert twice <= ran_by_victim
+    # Held entries plus completions whose acknowledgement was still on the wire.
+    assert len(twice) <= 2 * (CONCURRENCY + PREFETCH)
+    assert client.xpending(lane, keys.GROUP)["pending"] == 0
