@@ -1,6 +1,6 @@
 """Handlers to try streamq with before writing your own.
 
-    streamq consume --stream instagram --handler streamq.examples:print_post
+streamq consume --stream instagram --handler streamq.examples:print_post
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import signal
 import socket
+import tempfile
 import time
 from pathlib import Path
 
