@@ -48,6 +48,8 @@ def client(url: str, *, max_connections: int | None = None) -> Redis:
         tcp_only["socket_keepalive"] = True
     return Redis.from_url(
         url,
+        # Pinned so reply shapes (lists, not RESP3 maps) do not change with redis-py's default.
+        protocol=2,
         decode_responses=False,
         max_connections=max_connections,
         health_check_interval=30,

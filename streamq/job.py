@@ -21,9 +21,15 @@ class Job(msgspec.Struct):
     enqueued_at_ms: int
     key: str | None
     priority: str
-    entry_id: str
-    """The Redis stream entry id this delivery came from."""
+    _lane: int
+    _entry: bytes
+    """The stream entry this delivery came from, as the worker acknowledges it."""
 
     @property
     def enqueued_at(self) -> datetime:
         return datetime.fromtimestamp(self.enqueued_at_ms / 1000, tz=UTC)
+
+    @property
+    def entry_id(self) -> str:
+        """The Redis stream entry id this delivery came from."""
+        return self._entry.decode()

@@ -48,7 +48,6 @@ def all_names() -> list[str]:
 
 
 enqueue_jobs = load("enqueue_jobs")
-fetch_jobs = load("fetch_jobs")
 ack_jobs = load("ack_jobs")
 dead_letter = load("dead_letter")
 reclaim_jobs = load("reclaim_jobs")

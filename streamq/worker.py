@@ -6,8 +6,8 @@
     reclaimer   takes over entries idle past the visibility timeout (crashed consumers)
     refresher   keeps the claims of jobs this worker holds fresh, so nobody takes them over
 
-Nothing is done per job against Redis: entries arrive in batches (``fetch_jobs`` reads the
-highest lane first), and completions are acknowledged in batches, each ack call carrying every
+Nothing is done per job against Redis: entries arrive in batches (the highest lane read
+first), and completions are acknowledged in batches, each ack call carrying every
 job that finished while the previous call was in flight. An entry is acknowledged only after its
 handler returned, so a worker that dies loses nothing: its entries stay pending and the
 reclaimer of a live worker runs them once they have been idle for the visibility timeout.
@@ -22,7 +22,7 @@ import signal
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -39,6 +39,7 @@ T = TypeVar("T")
 
 RECONNECT_ERRORS: Final = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 HEARTBEAT_SECONDS: Final = 5.0
+MAX_PREFETCH: Final = 1024
 """How often a worker touches its consumer group at the least: the reclaimer's period."""
 
 
@@ -46,7 +47,9 @@ HEARTBEAT_SECONDS: Final = 5.0
 class WorkerOptions:
     concurrency: int = 32
     prefetch: int | None = None
-    """Entries fetched ahead of free slots; None means as many as ``concurrency``."""
+    """Entries fetched ahead of free slots. None adapts it: it starts at ``concurrency`` and
+    doubles (up to MAX_PREFETCH) while consumers sit idle waiting for full reads, that is while
+    jobs are fast and the backlog deep; it halves when a read comes back short."""
     visibility_timeout: float = 60.0
     max_deliveries: int = 5
     grace: float = 30.0
@@ -65,18 +68,10 @@ class WorkerCounts:
     released: int = 0
 
 
-@dataclass(slots=True)
-class _Batch:
-    """Entries per lane in lane order, as the scripts want them."""
-
-    by_lane: list[list[str]] = field(default_factory=lambda: [[] for _ in keys.LANES])
-
-    def add(self, lane: int, entry_id: str) -> None:
-        self.by_lane[lane].append(entry_id)
-
-    def args(self) -> list[scripts.EncodableArg]:
-        counts: list[scripts.EncodableArg] = [len(ids) for ids in self.by_lane]
-        return counts + [i for ids in self.by_lane for i in ids]
+def _lane_args(by_lane: list[list[bytes]]) -> list[scripts.EncodableArg]:
+    """Entry ids grouped by lane as the scripts take them: the count of each lane, then the ids."""
+    counts: list[scripts.EncodableArg] = [len(ids) for ids in by_lane]
+    return counts + [i for ids in by_lane for i in ids]
 
 
 def consumer_name() -> str:
@@ -102,15 +97,18 @@ class Worker:
         self._lanes = keys.lanes(stream)
         self._dedup = keys.dedup(stream)
         self._dead = keys.dead(stream)
-        prefetch = self.options.prefetch
-        self._capacity = self.options.concurrency + (
-            self.options.concurrency if prefetch is None else prefetch
-        )
-        self._refill_at = max(1, self._capacity // 4)
-        # Every entry this worker has claimed and not yet finished: (lane index, entry id).
-        # Entry ids are unique only within one lane.
-        self._held: set[tuple[int, str]] = set()
-        self._ready: deque[Job] = deque()
+        self._prefetch = self.options.concurrency
+        if self.options.prefetch is not None:
+            self._prefetch = self.options.prefetch
+        self._starved_reads = 0
+        self._adaptive = self.options.prefetch is None
+        # Entries this worker has claimed and not yet finished, per lane (ids are unique only
+        # within one lane).
+        self._held: list[set[bytes]] = [set() for _ in keys.LANES]
+        # Fetched jobs waiting for a free consumer, one queue per lane so a higher lane's job
+        # fetched later still starts before a lower lane's fetched earlier.
+        self._ready: list[deque[Job]] = [deque() for _ in keys.LANES]
+        self._running = 0
         self._ready_event = anyio.Event()
         self._room_event: anyio.Event | None = None
         self._acks: list[Job] = []
@@ -120,7 +118,10 @@ class Worker:
         self._closing = False
         self._stopping = False
         self._stop_event = anyio.Event()
-        self._reader = redis.client()  # one connection of its own for blocking reads
+        # One connection of its own for reads: a blocking read holds it, and a stop request
+        # interrupts that read by its client id. Replies stay raw (no dict per entry).
+        self._reader = redis.client()
+        self._reader.set_response_callback("XREADGROUP", _raw)
         self._reader_id: int | None = None
         self._cursors: list[str] = ["0-0"] * len(keys.LANES)
         self._last_reclaim_found = 0
@@ -216,18 +217,24 @@ class Worker:
     async def _fetch_loop(self) -> None:
         failures = 0
         while not self._stopping:
-            room = self._capacity - len(self._held)
-            if room < self._refill_at and self._held:
+            held = self.claimed
+            capacity = self.options.concurrency + self._prefetch
+            room = capacity - held
+            if room < max(1, capacity // 4) and held:
                 await self._wait_for_room()
                 continue
             try:
-                found = await self._fetch(room)
-                if not found and not self._held and self.options.burst:
-                    if await self._reclaim_once() == 0 and not self._held:
-                        self.stop()
-                    continue
-                if not found and not self._stopping:
+                found, starved = await self._fetch(room)
+                if self._adaptive:
+                    self._adapt_prefetch(starved, full=found >= room)
+                if found or self._stopping:
+                    pass
+                elif not self.options.burst:
                     await self._blocking_fetch(room)
+                elif self.claimed:
+                    await self._wait_for_room()  # the last jobs are running: see them through
+                elif await self._reclaim_once() == 0 and not self.claimed:
+                    self.stop()
                 failures = 0
             except redis_errors.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -241,44 +248,84 @@ class Worker:
                 self._reader_id = None
                 await self._pause_after_failure("fetch", exc, failures)
 
-    async def _fetch(self, count: int) -> int:
-        reply = await scripts.fetch_jobs(
-            self._reader, self._lanes, [keys.GROUP, self.consumer, count]
-        )
+    def _adapt_prefetch(self, starved: bool, *, full: bool) -> None:
+        """Grow the read-ahead while consumers go idle between full reads; shrink it when the
+        backlog runs out. Slow jobs never leave consumers idle, so they keep a small read-ahead
+        and one worker does not hoard entries other workers could run."""
+        if starved and full:
+            # The first read after a pause always finds consumers idle: wait for a second.
+            self._starved_reads += 1
+            if self._starved_reads >= 2:
+                self._prefetch = min(self._prefetch * 2, MAX_PREFETCH)
+            return
+        self._starved_reads = 0
+        if not full:
+            self._prefetch = max(self.options.concurrency, self._prefetch // 2)
+
+    async def _fetch(self, count: int) -> tuple[int, bool]:
+        """Read up to ``count`` new entries, a lane at a time from the highest.
+
+        Plain XREADGROUP per lane rather than one script: a script would have to copy every
+        entry into Lua and back, which costs the server twice as much per entry, and reading
+        several lanes in one command could claim lower-lane entries that later higher-lane
+        jobs would then wait behind. An empty lane costs one short round trip.
+        Returns how many entries came, and whether consumers ran out of work meanwhile.
+        """
         found = 0
-        for i in range(0, len(reply), 2):
-            found += await self._accept(int(reply[i]) - 1, reply[i + 1])
-        return found
+        starved = False
+        for lane, key in enumerate(self._lanes):
+            if found >= count:
+                break
+            reply = await self._reader.execute_command(  # type: ignore[no-untyped-call]
+                "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count - found,
+                "STREAMS", key, ">",
+            )  # fmt: skip
+            if reply:
+                # Consumers idle with nothing buffered: the read-ahead is too short.
+                starved = starved or (
+                    not any(self._ready) and self._running < self.options.concurrency
+                )
+                found += await self._accept(lane, reply[0][1])
+        return found, starved
 
     async def _blocking_fetch(self, count: int) -> None:
+        """Wait on every lane at once for the next entries (all were empty a moment ago)."""
         if self._reader_id is None:
             self._reader_id = int(await self._reader.client_id())
             if self._stopping:
                 return
-        reply: Any = await self._reader.xreadgroup(
-            keys.GROUP,
-            self.consumer,
-            dict.fromkeys(self._lanes, ">"),
-            count=count,
-            block=max(1, int(self.options.block_seconds * 1000)),
-        )
+        reply = await self._reader.execute_command(  # type: ignore[no-untyped-call]
+            "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count,
+            "BLOCK", max(1, int(self.options.block_seconds * 1000)),
+            "STREAMS", *self._lanes, *[">"] * len(self._lanes),
+        )  # fmt: skip
         # Several lanes may answer at once: take them in priority order.
         by_name = {_text(name): entries for name, entries in reply or []}
         for lane, name in enumerate(self._lanes):
             if by_name.get(name):
                 await self._accept(lane, by_name[name])
 
+    @property
+    def claimed(self) -> int:
+        """Entries this worker holds: running, or fetched and waiting for a free slot."""
+        return sum(map(len, self._held))
+
+    @property
+    def prefetch(self) -> int:
+        """The current read-ahead (it adapts unless WorkerOptions.prefetch was given)."""
+        return self._prefetch
+
     async def _accept(
         self, lane: int, entries: list[Any], deliveries: list[int] | None = None
     ) -> int:
         """Turn raw entries into jobs on the ready buffer; dead-letter what cannot run."""
         priority = keys.LANES[lane]
-        held = self._held
+        held = self._held[lane]
+        stream = self.stream
         jobs: list[Job] = []
-        rejects: list[tuple[str, str, codec.Envelope | None]] = []
-        for index, (raw_id, fields) in enumerate(entries):
-            entry_id = _text(raw_id)
-            held.add((lane, entry_id))
+        rejects: list[tuple[bytes, str, codec.Envelope | None]] = []
+        for index, (entry_id, fields) in enumerate(entries):
+            held.add(entry_id)
             try:
                 env = codec.decode_fields(fields)
             except codec.UnknownEntry as exc:
@@ -294,28 +341,29 @@ class Worker:
             jobs.append(
                 Job(
                     env.id,
-                    self.stream,
+                    stream,
                     env.payload,
                     env.attempt,
                     env.enqueued_at_ms,
                     env.key,
                     priority,
+                    lane,
                     entry_id,
                 )
             )
         if rejects:
             await self._dead_letter(lane, rejects)
         if jobs:
-            self._ready.extend(jobs)
+            self._ready[lane].extend(jobs)
             self._wake_consumers()
         return len(entries)
 
     async def _dead_letter(
-        self, lane: int, rejects: list[tuple[str, str, codec.Envelope | None]]
+        self, lane: int, rejects: list[tuple[bytes, str, codec.Envelope | None]]
     ) -> None:
         args: list[scripts.EncodableArg] = [keys.GROUP]
         for entry_id, reason, env in rejects:
-            log.warning("dead-lettering %s entry %s: %s", self.stream, entry_id, reason)
+            log.warning("dead-lettering %s entry %s: %s", self.stream, entry_id.decode(), reason)
             args += (entry_id, reason, (env and env.key) or "", env.id if env else "")
         await self._retrying(
             "dead-letter",
@@ -324,7 +372,7 @@ class Worker:
             ),
         )
         for entry_id, _, _ in rejects:
-            self._held.discard((lane, entry_id))
+            self._held[lane].discard(entry_id)
         self.counts.dead_lettered += len(rejects)
 
     async def _wait_for_room(self) -> None:
@@ -339,15 +387,10 @@ class Worker:
 
     async def _release_ready(self) -> None:
         """Hand back jobs fetched but never started, so a stop does not delay them."""
-        if not self._ready:
-            return
-        by_lane = _Batch()
-        for job in self._ready:
-            lane = keys.LANE_INDEX[job.priority]
-            by_lane.add(lane, job.entry_id)
-            self._held.discard((lane, job.entry_id))
-        self._ready.clear()
-        for lane, ids in enumerate(by_lane.by_lane):
+        for lane, lane_jobs in enumerate(self._ready):
+            ids = [job._entry for job in lane_jobs]
+            lane_jobs.clear()
+            self._held[lane].difference_update(ids)
             if ids:
                 released = await self._retrying(
                     "release",
@@ -362,15 +405,19 @@ class Worker:
 
     async def _consume(self) -> None:
         ready = self._ready
+        held = self._held
         handler = self.handler
         while True:
-            if ready:
-                job = ready.popleft()
-            elif self._closing:
-                return
+            for lane_jobs in ready:
+                if lane_jobs:
+                    job = lane_jobs.popleft()
+                    break
             else:
+                if self._closing:
+                    return
                 await self._ready_event.wait()
                 continue
+            self._running += 1
             try:
                 await handler(job)
             except Exception:
@@ -387,7 +434,8 @@ class Worker:
                 if self._ack_event is not None:
                     self._ack_event.set()
             finally:
-                self._held.discard((keys.LANE_INDEX[job.priority], job.entry_id))
+                self._running -= 1
+                held[job._lane].discard(job._entry)
                 if self._room_event is not None:
                     self._room_event.set()
 
@@ -416,15 +464,15 @@ class Worker:
             await self._acks_done.wait()
 
     async def _ack(self, batch: list[Job]) -> None:
-        ids = _Batch()
+        ids: list[list[bytes]] = [[] for _ in keys.LANES]
         dedup: list[scripts.EncodableArg] = []
-        lane_index = keys.LANE_INDEX
         for job in batch:
-            ids.add(lane_index[job.priority], job.entry_id)
+            ids[job._lane].append(job._entry)
             if job.key is not None:
                 dedup += (job.key, job.id)
+        joined = [b" ".join(lane_ids) for lane_ids in ids]
         await scripts.ack_jobs(
-            self.redis, [*self._lanes, self._dedup], [keys.GROUP, *ids.args(), *dedup]
+            self.redis, [*self._lanes, self._dedup], [keys.GROUP, *joined, *dedup]
         )
 
     # -- recovering -----------------------------------------------------------------------------
@@ -445,7 +493,7 @@ class Worker:
         """Claim entries idle past the visibility timeout; returns how many were taken."""
         if self._closing:
             return 0
-        room = max(1, self._capacity - len(self._held))
+        room = max(1, self.options.concurrency + self._prefetch - self.claimed)
         reply = await scripts.reclaim_jobs(
             self.redis,
             self._lanes,
@@ -470,14 +518,12 @@ class Worker:
         period = self.options.visibility_timeout / 3
         while True:
             await anyio.sleep(period)
-            if not self._held:
+            if not self.claimed:
                 continue
-            held = _Batch()
-            for lane, entry_id in list(self._held):
-                held.add(lane, entry_id)
+            held = [list(ids) for ids in self._held]
             try:
                 lost = await scripts.refresh_claims(
-                    self.redis, self._lanes, [keys.GROUP, self.consumer, *held.args()]
+                    self.redis, self._lanes, [keys.GROUP, self.consumer, *_lane_args(held)]
                 )
             except RECONNECT_ERRORS as exc:
                 log.warning("could not refresh claims, will try again: %s", exc)
@@ -521,6 +567,10 @@ class Worker:
         log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
         with anyio.move_on_after(delay):
             await self._stop_event.wait() if what == "fetch" else anyio.sleep(delay)
+
+
+def _raw(response: Any, **options: Any) -> Any:
+    return response
 
 
 def _text(value: bytes | str) -> str:

@@ -87,4 +87,4 @@ async def test_enqueue_survives_script_flush(redis: Redis, stream: str) -> None:
     assert await redis.xlen(keys.lane(stream, "normal")) == 1_201
     # A script called by SHA after a flush is loaded again and runs (here: to its NOGROUP error).
     with pytest.raises(ResponseError, match="NOGROUP"):
-        await scripts.fetch_jobs(redis, keys.lanes(stream), ["nogroup", "c", 1])
+        await scripts.reclaim_jobs(redis, keys.lanes(stream), ["nogroup", "c", 1, 1, "0", "0", "0"])

@@ -291,7 +291,7 @@ async def test_stats_count_depth_pending_waiting_and_consumers(redis: Redis, str
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker.run)
         await started.wait()
-        await poll(lambda: len(worker._held) == 2)
+        await poll(lambda: worker.claimed == 2)
         snap = await stats.snapshot(redis, [stream])
         [s] = snap.streams
         assert (s.depth, s.pending, s.waiting, s.lag, s.length) == (13, 2, 11, 11, 13)
@@ -316,3 +316,48 @@ async def test_stats_count_depth_pending_waiting_and_consumers(redis: Redis, str
 async def _depth(redis: Redis, stream: str, expected: int) -> bool:
     [s] = (await stats.snapshot(redis, [stream])).streams
     return s.depth == expected
+
+
+async def test_read_ahead_grows_for_fast_jobs_and_stays_small_for_slow_ones(
+    redis: Redis, stream: str
+) -> None:
+    producer = Producer(redis)
+    await producer.enqueue_many(stream, list(range(5_000)))
+
+    async def fast(job: Job) -> None:
+        return None
+
+    fast_worker = Worker(redis, stream, fast, options(concurrency=4))
+    await fast_worker.run()
+    assert fast_worker.prefetch > 4  # consumers starved between full reads: it grew
+
+    await producer.enqueue_many(stream, list(range(40)))
+    most_held = 0
+
+    async def slow(job: Job) -> None:
+        nonlocal most_held
+        most_held = max(most_held, slow_worker.claimed)
+        await anyio.sleep(0.02)
+
+    slow_worker = Worker(redis, stream, slow, options(concurrency=4))
+    await slow_worker.run()
+    assert most_held <= 8  # concurrency + a read-ahead of concurrency: no hoarding
+    assert slow_worker.counts.completed == 40
+
+
+async def test_a_high_job_fetched_later_overtakes_buffered_normal_ones(
+    redis: Redis, stream: str
+) -> None:
+    producer = Producer(redis)
+    await producer.enqueue_many(stream, [f"n{i}" for i in range(5)])
+    order: list[str] = []
+
+    async def handler(job: Job) -> None:
+        order.append(job.payload)
+        if job.payload == "n0":
+            await producer.enqueue(stream, "h", priority="high")
+            await poll(lambda: worker.claimed == 6)  # the fetcher has picked it up
+
+    worker = Worker(redis, stream, handler, options(concurrency=1, prefetch=10))
+    await worker.run()
+    assert order == ["n0", "h", "n1", "n2", "n3", "n4"]
