@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import anyio
+import msgspec
 from redis import exceptions as redis_errors
 
 from streamq import __version__, codec, server, stats
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     consume.add_argument("--grace", type=_duration, help="time running jobs get on stop (30s)")
     consume.add_argument(
+        "--job-timeout", type=_duration, help="cancel a handler running longer (10m)"
+    )
+    consume.add_argument(
         "--burst", action="store_true", help="exit once the stream has nothing left to run"
     )
 
@@ -141,25 +145,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def worker_options(args: argparse.Namespace, stream: StreamConfig) -> WorkerOptions:
-    def pick(flag: Any, configured: Any) -> Any:
-        return configured if flag is None else flag
-
-    options = StreamConfig(
-        handler=stream.handler,
-        concurrency=pick(args.concurrency, stream.concurrency),
-        prefetch=pick(args.prefetch, stream.prefetch),
-        visibility_timeout=pick(args.visibility_timeout, stream.visibility_timeout),
-        max_deliveries=pick(args.max_deliveries, stream.max_deliveries),
-        grace=pick(args.grace, stream.grace),
-    )
-    return WorkerOptions(
-        concurrency=options.concurrency,
-        prefetch=options.prefetch,
-        visibility_timeout=options.visibility_timeout,
-        max_deliveries=options.max_deliveries,
-        grace=options.grace,
-        burst=args.burst,
-    )
+    """The stream's configuration with the command line's flags on top."""
+    flags = {
+        "concurrency": args.concurrency,
+        "prefetch": args.prefetch,
+        "visibility_timeout": args.visibility_timeout,
+        "max_deliveries": args.max_deliveries,
+        "grace": args.grace,
+        "job_timeout": args.job_timeout,
+    }
+    given = {name: value for name, value in flags.items() if value is not None}
+    return WorkerOptions(**{**msgspec.structs.asdict(stream), **given, "burst": args.burst})
 
 
 def resolve_handler(stream: str, flag: str | None, configured: StreamConfig) -> Handler:

@@ -33,6 +33,13 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     attempt: int = msgspec.field(default=1, name="a")
     key: str | None = msgspec.field(default=None, name="k")
     version: int = msgspec.field(default=FORMAT_VERSION, name="v")
+    run_at_ms: int | None = msgspec.field(default=None, name="r")
+    """When the job was due (scheduled jobs and retries); None means at enqueue."""
+    expire_after_ms: int | None = msgspec.field(default=None, name="x")
+    max_attempts: int | None = msgspec.field(default=None, name="m")
+    job_timeout_ms: int | None = msgspec.field(default=None, name="o")
+    cron: str | None = msgspec.field(default=None, name="c")
+    """Name of the recurring schedule this occurrence belongs to."""
 
 
 _encoder = msgspec.json.Encoder()

@@ -8,6 +8,11 @@
     visibility_timeout = "60s"
     max_deliveries = 5
     grace = "30s"
+    max_attempts = 5
+    backoff = { base = "2s", factor = 2, max = "10m", jitter = 0.2 }
+    expire_after = "6h"
+    job_timeout = "10m"
+    retention = "7d"
 
 Durations are seconds (a number) or a string such as "250ms", "90s", "10m", "6h", "7d".
 Command-line flags override the file; the file overrides the defaults below.
@@ -48,6 +53,22 @@ def parse_duration(value: str | int | float, what: str = "duration") -> float:
     return seconds
 
 
+class Backoff(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Delay before retry n (n = 1, 2, ...): min(max, base * factor ** (n - 1)), then spread
+    by +/- jitter (a fraction) so retries of a failed batch do not return in lockstep."""
+
+    base: float = 2.0
+    factor: float = 2.0
+    max: float = 600.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.max < 0 or self.factor < 1:
+            raise ConfigError("backoff needs base >= 0, max >= 0 and factor >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise ConfigError("backoff jitter is a fraction between 0 and 1")
+
+
 class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     handler: str | None = None
     concurrency: int = 32
@@ -56,8 +77,21 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     visibility_timeout: float = 60.0
     max_deliveries: int = 5
     grace: float = 30.0
+    max_attempts: int = 5
+    """Runs of a job before it is dead-lettered (RateLimited deferrals do not count)."""
+    backoff: Backoff = msgspec.field(default_factory=Backoff)
+    expire_after: float | None = None
+    """A job that comes due longer than this ago is not run: it ends as expired."""
+    job_timeout: float | None = 600.0
+    """A handler running longer is cancelled and the attempt counts as failed."""
+    retention: float = 7 * 86400.0
+    """How long records of finished jobs are kept."""
 
     def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
+        if self.job_timeout is not None and self.job_timeout <= 0:
+            raise ConfigError("job_timeout must be positive")
         if self.concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
         if self.prefetch is not None and self.prefetch < 0:
@@ -68,7 +102,8 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             raise ConfigError("max_deliveries must be at least 1")
 
 
-_DURATION_FIELDS = ("visibility_timeout", "grace")
+_DURATION_FIELDS = ("visibility_timeout", "grace", "expire_after", "job_timeout", "retention")
+_BACKOFF_DURATIONS = ("base", "max")
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -110,7 +145,14 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
         for field in _DURATION_FIELDS:
             if field in table:
                 table[field] = parse_duration(table[field], f"streams.{name}.{field}")
+        backoff = table.get("backoff")
+        if isinstance(backoff, dict):
+            for field in _BACKOFF_DURATIONS:
+                if field in backoff:
+                    backoff[field] = parse_duration(
+                        backoff[field], f"streams.{name}.backoff.{field}"
+                    )
     try:
         return msgspec.convert(data, Config)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, ConfigError) as exc:
         raise ConfigError(f"{source}: {exc}") from None

@@ -16,6 +16,7 @@ from streamq import server
 from streamq.errors import ConnectionFailed
 
 SUPPORTED_SCHEMES = ("redis", "rediss", "unix")
+SOCKET_TIMEOUT_SECONDS = 30.0
 MIN_VERSIONS = {"redis": (7, 0), "valkey": (7, 2)}
 
 
@@ -46,15 +47,22 @@ def client(url: str, *, max_connections: int | None = None) -> Redis:
     tcp_only: dict[str, bool] = {}
     if urlsplit(url).scheme != "unix":  # keepalive is a TCP option; unix sockets refuse it
         tcp_only["socket_keepalive"] = True
-    return Redis.from_url(
-        url,
-        # Pinned so reply shapes (lists, not RESP3 maps) do not change with redis-py's default.
-        protocol=2,
-        decode_responses=False,
-        max_connections=max_connections,
-        health_check_interval=30,
-        **tcp_only,
-    )
+    try:
+        return Redis.from_url(
+            url,
+            # Pinned so reply shapes (lists, not RESP3 maps) do not change with redis-py's default.
+            protocol=2,
+            decode_responses=False,
+            max_connections=max_connections,
+            health_check_interval=30,
+            # Longer than any blocking read streamq issues (5 s), which redis-py's own default
+            # (5 s) is not; still short enough to notice a connection that went silent.
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=5,
+            **tcp_only,
+        )
+    except ValueError as exc:
+        raise ConnectionFailed(f"invalid Redis URL {redact(url)!r}: {exc}") from None
 
 
 async def check(redis: Redis, url: str) -> str:

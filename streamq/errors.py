@@ -5,9 +5,19 @@
     ├── PayloadError         a payload that is not JSON, or not encodable
     ├── HandlerError         a handler spec that does not import or is not async
     ├── ServerError          the embedded server cannot be started or found
-    └── ConnectionFailed     Redis is unreachable or refused our credentials
+    ├── ConnectionFailed     Redis is unreachable or refused our credentials
+    ├── JobNotFound          no record for that job id (never enqueued, or past retention)
+    └── InvalidJobState      the job is not in a state that allows the operation
 
 Every message is one line meant for a person: the CLI prints it as it is and exits non-zero.
+
+Handlers steer a job's outcome by raising one of these (they are not errors of streamq's):
+
+    JobSignal
+    ├── Retry(after=None)        run it again: after `after` seconds, or after the backoff
+    ├── Fail(reason)             give up now: straight to the dead-letter stream
+    └── RateLimited(retry_after) the platform said "slow down": run it again later, and do
+                                 not count this as an attempt
 """
 
 from __future__ import annotations
@@ -35,3 +45,42 @@ class ServerError(StreamqError):
 
 class ConnectionFailed(StreamqError):
     """Redis could not be reached, or refused the credentials given."""
+
+
+class JobNotFound(StreamqError):
+    """No record exists for the job id (never enqueued, or removed after retention)."""
+
+
+class InvalidJobState(StreamqError):
+    """The job's state does not allow the operation (e.g. rescheduling a finished job)."""
+
+
+class JobSignal(Exception):
+    """Base of the exceptions a handler raises to choose its job's outcome."""
+
+
+class Retry(JobSignal):
+    """Run the job again, after ``after`` seconds or, when None, after the stream's backoff."""
+
+    def __init__(self, after: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.after = after
+        self.reason = reason
+
+
+class Fail(JobSignal):
+    """Give up on the job now: it goes to the dead-letter stream with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RateLimited(JobSignal):
+    """The platform asked to slow down: run the job again after ``retry_after`` seconds,
+    without counting an attempt."""
+
+    def __init__(self, retry_after: float, reason: str = "rate limited") -> None:
+        super().__init__(reason)
+        self.retry_after = max(0.0, float(retry_after))
+        self.reason = reason

@@ -7,6 +7,11 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:lane:high|normal|low     the ready jobs, one Redis stream per priority lane
     streamq:{S}:dead                     dead letters: entries that will not be run again
     streamq:{S}:keys                     hash: dedup key -> id of the live job holding it
+    streamq:{S}:delayed                  sorted set: scheduled jobs and delayed retries, by due ms
+    streamq:{S}:job:<id>                 hash: the job's record (state, attempts, times, result)
+    streamq:{S}:counts                   hash: counters (expired, ...) and the retrying gauge
+    streamq:{S}:control                  stream, capped: wake-ups and cancellations for workers
+    streamq:{S}:cron                     hash: recurring schedule name -> its definition
 """
 
 from __future__ import annotations
@@ -70,3 +75,28 @@ def stream_of_job(job_id: str) -> str:
     if not sep or not token:
         raise ValueError(f"invalid job id {job_id!r}: expected '<stream>:<token>'")
     return check_stream_name(stream)
+
+
+def delayed(stream: str) -> str:
+    return f"{stream_prefix(stream)}:delayed"
+
+
+def job(stream: str, job_id: str) -> str:
+    return f"{stream_prefix(stream)}:job:{job_id}"
+
+
+def job_of(job_id: str) -> str:
+    """The record key of a job id alone (the id names its stream)."""
+    return job(stream_of_job(job_id), job_id)
+
+
+def counts(stream: str) -> str:
+    return f"{stream_prefix(stream)}:counts"
+
+
+def control(stream: str) -> str:
+    return f"{stream_prefix(stream)}:control"
+
+
+def cron(stream: str) -> str:
+    return f"{stream_prefix(stream)}:cron"

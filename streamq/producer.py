@@ -1,25 +1,41 @@
-"""Putting jobs on a stream: one at a time or in bulk, with dedup keys and priority lanes.
+"""Putting jobs on a stream: now or later, one at a time or in bulk, with dedup keys and lanes.
 
 Jobs go in through the ``enqueue_jobs`` script in slices of up to ``SLICE`` jobs, and the slices of
 one call are pipelined, so a bulk import costs one round trip per ``PIPELINE_SLICES`` slices and
-no per-job Redis work beyond the XADD itself.
+no per-job Redis work beyond the XADD (or ZADD) and the job's record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, get_args
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal, get_args
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from streamq import codec, scripts
+from streamq import codec, scheduler, scripts
 from streamq import keys as keyspace
+from streamq.config import parse_duration
 from streamq.errors import ConfigError
 from streamq.keys import Priority
 
 SLICE: Final = 500
 PIPELINE_SLICES: Final = 16
+
+OnConflict = Literal["keep", "replace"]
+
+
+class JobOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """What may be set per job at enqueue; None means the stream's configured default."""
+
+    run_at: datetime | None = None
+    delay: timedelta | float | str | None = None
+    max_attempts: int | None = None
+    expire_after: float | str | None = None
+    job_timeout: float | str | None = None
+    on_conflict: OnConflict = "keep"
 
 
 def check_priority(priority: str) -> Priority:
@@ -35,15 +51,28 @@ def check_stream(stream: str) -> str:
         raise ConfigError(str(exc)) from None
 
 
+def _ms(value: float | str | None, what: str) -> int | None:
+    return None if value is None else round(parse_duration(value, what) * 1000)
+
+
 class Producer:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._registered: set[str] = set()
 
     async def enqueue(
-        self, stream: str, payload: Any, *, key: str | None = None, priority: str = "normal"
+        self,
+        stream: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        priority: str = "normal",
+        options: JobOptions | None = None,
+        cron: str | None = None,
     ) -> str:
-        [job_id] = await self.enqueue_many(stream, [payload], keys=[key], priority=priority)
+        [job_id] = await self.enqueue_many(
+            stream, [payload], keys=[key], priority=priority, options=options, cron=cron
+        )
         return job_id
 
     async def enqueue_many(
@@ -53,40 +82,106 @@ class Producer:
         *,
         keys: Sequence[str | None] | None = None,
         priority: str = "normal",
+        options: JobOptions | None = None,
+        cron: str | None = None,
     ) -> list[str]:
         """Enqueue every payload; returns one id per payload, in order.
 
-        A payload whose key is held by a live job gets that job's id back and adds nothing.
+        A payload whose key is held by a live job gets that job's id back and adds nothing
+        (or, with ``on_conflict="replace"``, replaces that job's payload and due time while it
+        is still scheduled).
         """
         stream = check_stream(stream)
         lane = check_priority(priority)
+        opts = options or JobOptions()
+        if opts.on_conflict not in get_args(OnConflict):
+            raise ConfigError(f"unknown on_conflict {opts.on_conflict!r}: use keep or replace")
+        if opts.max_attempts is not None and opts.max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
         payload_list = payloads if isinstance(payloads, list) else list(payloads)
         if keys is not None and len(keys) != len(payload_list):
             raise ConfigError("enqueue_many: keys must have one entry per payload")
         if not payload_list:
             return []
+        now = codec.now_ms()
+        due = scheduler.due_ms(opts.run_at, opts.delay, now_ms=now)
+        template = codec.Envelope(
+            id="",
+            payload=None,
+            enqueued_at_ms=now,
+            run_at_ms=due,
+            expire_after_ms=_ms(opts.expire_after, "expire_after"),
+            max_attempts=opts.max_attempts,
+            job_timeout_ms=_ms(opts.job_timeout, "job_timeout"),
+            cron=cron,
+        )
         await self._register(stream)
-        ids, slices = _encode(stream, payload_list, keys)
-        script_keys = [keyspace.lane(stream, lane), keyspace.dedup(stream)]
+        ids, slices = _encode(stream, payload_list, keys, template)
+        fixed_keys = [
+            keyspace.lane(stream, lane),
+            keyspace.dedup(stream),
+            keyspace.delayed(stream),
+            keyspace.control(stream),
+        ]
+        head: list[scripts.EncodableArg] = [
+            lane,
+            "" if template.expire_after_ms is None else template.expire_after_ms,
+        ]
         for start in range(0, len(slices), PIPELINE_SLICES):
-            replies = await self._run_slices(script_keys, slices[start : start + PIPELINE_SLICES])
+            batch = [
+                ([*fixed_keys, *record_keys], [*head, *args])
+                for record_keys, args in slices[start : start + PIPELINE_SLICES]
+            ]
+            replies = await self._run_pipelined(batch)
             for offset, taken in enumerate(replies):
                 base = (start + offset) * SLICE
                 for i in range(0, len(taken), 2):
                     ids[base + int(taken[i]) - 1] = taken[i + 1].decode()
+        if opts.on_conflict == "replace" and keys is not None:
+            await self._replace_taken(stream, payload_list, keys, ids, template)
         return ids
 
-    async def _run_slices(
-        self, script_keys: list[str], slices: list[list[scripts.EncodableArg]]
+    async def _replace_taken(
+        self,
+        stream: str,
+        payloads: list[Any],
+        job_keys: Sequence[str | None],
+        ids: list[str],
+        template: codec.Envelope,
+    ) -> None:
+        """Give jobs that kept their key (still scheduled) the new payload and due time."""
+        for payload, key, job_id in zip(payloads, job_keys, ids, strict=True):
+            if key is None:
+                continue
+            envelope = msgspec.structs.replace(template, id=job_id, payload=payload, key=key)
+            await scripts.replace_job(
+                self._redis,
+                [
+                    keyspace.job(stream, job_id),
+                    keyspace.delayed(stream),
+                    keyspace.dedup(stream),
+                    keyspace.control(stream),
+                ],
+                [
+                    job_id,
+                    key,
+                    codec.encode(envelope),
+                    "" if template.run_at_ms is None else template.run_at_ms,
+                ],
+            )
+
+    async def _run_pipelined(
+        self, calls: list[tuple[list[str], list[scripts.EncodableArg]]]
     ) -> list[Any]:
         """Pipeline one EVALSHA per slice; a slice the server answers NOSCRIPT for (it had not
         seen the script, or lost it mid-pipeline) is sent again after loading, and only it."""
-        replies: list[Any] = [None] * len(slices)
-        todo = list(range(len(slices)))
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
         for _ in range(2):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for i in todo:
-                    pipe.evalsha(scripts.enqueue_jobs.sha, 2, *script_keys, *slices[i])
+                    script_keys, args = calls[i]
+                    pipe.evalsha(scripts.enqueue_jobs.sha, len(script_keys), *script_keys, *args)
                 results = await pipe.execute(raise_on_error=False)
             missing = []
             for i, result in zip(todo, results, strict=True):
@@ -109,22 +204,28 @@ class Producer:
 
 
 def _encode(
-    stream: str, payloads: list[Any], job_keys: Sequence[str | None] | None
-) -> tuple[list[str], list[list[scripts.EncodableArg]]]:
-    """Job ids and the enqueue_jobs ARGV of each slice."""
-    now = codec.now_ms()
+    stream: str,
+    payloads: list[Any],
+    job_keys: Sequence[str | None] | None,
+    template: codec.Envelope,
+) -> tuple[list[str], list[tuple[list[str], list[scripts.EncodableArg]]]]:
+    """Job ids, and the record keys and enqueue_jobs ARGV tail of each slice."""
     ids: list[str] = []
-    slices: list[list[scripts.EncodableArg]] = []
+    slices: list[tuple[list[str], list[scripts.EncodableArg]]] = []
+    record_keys: list[str] = []
     args: list[scripts.EncodableArg] = []
+    due: scripts.EncodableArg = "" if template.run_at_ms is None else template.run_at_ms
+    replace = msgspec.structs.replace
     for index, payload in enumerate(payloads):
-        job_id = codec.new_job_id(stream, now)
+        job_id = codec.new_job_id(stream, template.enqueued_at_ms)
         key = job_keys[index] if job_keys is not None else None
         ids.append(job_id)
-        envelope = codec.Envelope(id=job_id, payload=payload, enqueued_at_ms=now, key=key)
-        args += (job_id, key or "", codec.encode(envelope))
-        if len(args) == SLICE * 3:
-            slices.append([SLICE, *args])
-            args = []
-    if args:
-        slices.append([len(args) // 3, *args])
+        envelope = replace(template, id=job_id, payload=payload, key=key)
+        record_keys.append(keyspace.job(stream, job_id))
+        args += (job_id, key or "", codec.encode(envelope), due)
+        if len(record_keys) == SLICE:
+            slices.append((record_keys, args))
+            record_keys, args = [], []
+    if record_keys:
+        slices.append((record_keys, args))
     return ids, slices

@@ -48,7 +48,12 @@ def all_names() -> list[str]:
 
 
 enqueue_jobs = load("enqueue_jobs")
-ack_jobs = load("ack_jobs")
+finish_jobs = load("finish_jobs")
+promote_due = load("promote_due")
+cancel_job = load("cancel_job")
+reschedule_job = load("reschedule_job")
+replace_job = load("replace_job")
+revive_job = load("revive_job")
 dead_letter = load("dead_letter")
 reclaim_jobs = load("reclaim_jobs")
 refresh_claims = load("refresh_claims")

@@ -5,31 +5,40 @@
        └──────────── room to fetch more ◄─────────────┘
     reclaimer   takes over entries idle past the visibility timeout (crashed consumers)
     refresher   keeps the claims of jobs this worker holds fresh, so nobody takes them over
+    promoter    moves due scheduled jobs and retries onto the lanes; hears cancellations
+    watchdog    cancels handlers that run past their job timeout
 
 Nothing is done per job against Redis: entries arrive in batches (the highest lane read
 first), and completions are acknowledged in batches, each ack call carrying every
-job that finished while the previous call was in flight. An entry is acknowledged only after its
-handler returned, so a worker that dies loses nothing: its entries stay pending and the
-reclaimer of a live worker runs them once they have been idle for the visibility timeout.
+job that finished while the previous call was in flight, together with its outcome (done,
+retry, dead, deferred, expired, cancelled) so acknowledging and rescheduling are one step. An
+entry is acknowledged only after its handler returned, so a worker that dies loses nothing: its
+entries stay pending and the reclaimer of a live worker runs them once they have been idle for
+the visibility timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import anyio
+import msgspec
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from streamq import codec, keys, scripts
+from streamq import codec, keys, scheduler, scripts
+from streamq.config import StreamConfig
+from streamq.errors import Fail, RateLimited, Retry
 from streamq.handler import Handler
 from streamq.job import Job
 
@@ -39,20 +48,16 @@ T = TypeVar("T")
 
 RECONNECT_ERRORS: Final = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 HEARTBEAT_SECONDS: Final = 5.0
+ACKS_IN_FLIGHT: Final = 2
+WATCHDOG_SECONDS: Final = 0.25
+"""How often running jobs are checked against their timeout (and so its precision)."""
 MAX_PREFETCH: Final = 1024
 """How often a worker touches its consumer group at the least: the reclaimer's period."""
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerOptions:
-    concurrency: int = 32
-    prefetch: int | None = None
-    """Entries fetched ahead of free slots. None adapts it: it starts at ``concurrency`` and
-    doubles (up to MAX_PREFETCH) while consumers sit idle waiting for full reads, that is while
-    jobs are fast and the backlog deep; it halves when a read comes back short."""
-    visibility_timeout: float = 60.0
-    max_deliveries: int = 5
-    grace: float = 30.0
+class WorkerOptions(StreamConfig, frozen=True, kw_only=True):
+    """A stream's configuration, plus how this worker process runs."""
+
     burst: bool = False
     """Stop once the stream has nothing left for this worker (handy in tests and batch jobs)."""
     block_seconds: float = 5.0
@@ -62,10 +67,28 @@ class WorkerOptions:
 @dataclass(slots=True)
 class WorkerCounts:
     completed: int = 0
+    """Jobs whose handler returned."""
     failed: int = 0
+    """Runs that raised or timed out (each retried or dead-lettered)."""
     dead_lettered: int = 0
+    deferred: int = 0
+    expired: int = 0
+    cancelled: int = 0
     reclaimed: int = 0
     released: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """One consumer's current job, so the watchdog can find and cancel an overrunning one."""
+
+    job: Job | None = None
+    deadline: float = math.inf
+    scope: anyio.CancelScope | None = None
+
+
+class JobTimeout(Exception):
+    pass
 
 
 def _lane_args(by_lane: list[list[bytes]]) -> list[scripts.EncodableArg]:
@@ -87,6 +110,7 @@ class Worker:
         options: WorkerOptions | None = None,
         *,
         consumer: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
         self.stream = keys.check_stream_name(stream)
@@ -108,10 +132,9 @@ class Worker:
         # Fetched jobs waiting for a free consumer, one queue per lane so a higher lane's job
         # fetched later still starts before a lower lane's fetched earlier.
         self._ready: list[deque[Job]] = [deque() for _ in keys.LANES]
-        self._running = 0
+        self._idle = 0  # consumers parked waiting for work
         self._ready_event = anyio.Event()
         self._room_event: anyio.Event | None = None
-        self._acks: list[Job] = []
         self._ack_event: anyio.Event | None = None
         self._acks_closed = False
         self._acks_done = anyio.Event()
@@ -124,7 +147,26 @@ class Worker:
         self._reader.set_response_callback("XREADGROUP", _raw)
         self._reader_id: int | None = None
         self._cursors: list[str] = ["0-0"] * len(keys.LANES)
-        self._last_reclaim_found = 0
+        self._slots = [_Slot() for _ in range(self.options.concurrency)]
+        self._finished: list[tuple[Job, tuple[Any, ...]]] = []
+        self._fixed_finish_keys = [
+            *self._lanes,
+            self._dedup,
+            keys.delayed(stream),
+            self._dead,
+            keys.counts(stream),
+            keys.control(stream),
+        ]
+        self._retention_ms = round(self.options.retention * 1000)
+        self._record_prefix = keys.job(self.stream, "")
+        self._clock = clock
+        self.promoter = scheduler.Promoter(
+            redis,
+            self.stream,
+            retention_ms=self._retention_ms,
+            on_cancel=self.cancel_local,
+            clock=clock,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -152,6 +194,8 @@ class Worker:
                 background.start_soon(self._ack_loop)
                 background.start_soon(self._refresh_loop)
                 background.start_soon(self._reclaim_loop)
+                background.start_soon(self.promoter.run)
+                background.start_soon(self._watchdog)
                 await self._run_consumers()
                 await self._finish_acks()
                 background.cancel_scope.cancel()
@@ -161,11 +205,12 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 await self._reader.aclose()
         log.info(
-            "worker %s stopped: %d completed, %d failed, %d dead-lettered",
+            "worker %s stopped: %d completed, %d failed, %d dead-lettered, %d expired",
             self.consumer,
             self.counts.completed,
             self.counts.failed,
             self.counts.dead_lettered,
+            self.counts.expired,
         )
         return self.counts
 
@@ -183,8 +228,8 @@ class Worker:
     async def _run_consumers(self) -> None:
         with anyio.CancelScope() as grace_scope:
             async with anyio.create_task_group() as consumers:
-                for _ in range(self.options.concurrency):
-                    consumers.start_soon(self._consume)
+                for slot in self._slots:
+                    consumers.start_soon(self._consume, slot)
                 await self._fetch_loop()
                 await self._release_ready()
                 self._closing = True
@@ -281,9 +326,9 @@ class Worker:
                 "STREAMS", key, ">",
             )  # fmt: skip
             if reply:
-                # Consumers idle with nothing buffered: the read-ahead is too short.
+                # Half the consumers parked with nothing buffered: the read-ahead is too short.
                 starved = starved or (
-                    not any(self._ready) and self._running < self.options.concurrency
+                    not any(self._ready) and 2 * self._idle >= self.options.concurrency
                 )
                 found += await self._accept(lane, reply[0][1])
         return found, starved
@@ -338,19 +383,7 @@ class Worker:
                 )
                 rejects.append((entry_id, reason, env))
                 continue
-            jobs.append(
-                Job(
-                    env.id,
-                    stream,
-                    env.payload,
-                    env.attempt,
-                    env.enqueued_at_ms,
-                    env.key,
-                    priority,
-                    lane,
-                    entry_id,
-                )
-            )
+            jobs.append(Job(stream, priority, env, lane, entry_id))
         if rejects:
             await self._dead_letter(lane, rejects)
         if jobs:
@@ -361,15 +394,23 @@ class Worker:
     async def _dead_letter(
         self, lane: int, rejects: list[tuple[bytes, str, codec.Envelope | None]]
     ) -> None:
-        args: list[scripts.EncodableArg] = [keys.GROUP]
+        args: list[scripts.EncodableArg] = [keys.GROUP, self._retention_ms]
+        record_keys: list[str] = []
         for entry_id, reason, env in rejects:
             log.warning("dead-lettering %s entry %s: %s", self.stream, entry_id.decode(), reason)
-            args += (entry_id, reason, (env and env.key) or "", env.id if env else "")
+            if env is not None:
+                record_keys.append(keys.job(self.stream, env.id))
+            args += (
+                entry_id,
+                reason,
+                (env and env.key) or "",
+                env.id if env else "",
+                len(record_keys) if env is not None else 0,
+            )
+        script_keys = [self._lanes[lane], self._dead, self._dedup, keys.counts(self.stream)]
         await self._retrying(
             "dead-letter",
-            lambda: scripts.dead_letter(
-                self.redis, [self._lanes[lane], self._dead, self._dedup], args
-            ),
+            lambda: scripts.dead_letter(self.redis, [*script_keys, *record_keys], args),
         )
         for entry_id, _, _ in rejects:
             self._held[lane].discard(entry_id)
@@ -403,10 +444,26 @@ class Worker:
 
     # -- running --------------------------------------------------------------------------------
 
-    async def _consume(self) -> None:
+    async def _consume(self, slot: _Slot) -> None:
+        while True:
+            with anyio.CancelScope() as scope:
+                slot.scope = scope
+                await self._consume_jobs(slot)
+                return
+            # Only the watchdog cancels this scope: the slot's job ran past its timeout.
+            job, slot.job = slot.job, None
+            if job is not None:
+                timeout = self._timeout_of(job)
+                self._finish(job, self._failure(job, JobTimeout(f"timed out after {timeout:g}s")))
+
+    async def _consume_jobs(self, slot: _Slot) -> None:
         ready = self._ready
         held = self._held
         handler = self.handler
+        default_timeout = self.options.job_timeout
+        stream_expires = self.options.expire_after is not None
+        clock = self._clock
+        monotonic = time.monotonic
         while True:
             for lane_jobs in ready:
                 if lane_jobs:
@@ -415,45 +472,169 @@ class Worker:
             else:
                 if self._closing:
                     return
-                await self._ready_event.wait()
+                self._idle += 1
+                try:
+                    await self._ready_event.wait()
+                finally:
+                    self._idle -= 1
                 continue
-            self._running += 1
+            env = job.envelope
+            if job.cancelled:
+                self._finish(job, ("c", env.id, env.key or "", env.attempt, 0, _text_of(env)))
+                held[job._lane].discard(job._entry)
+                continue
+            if (stream_expires or env.expire_after_ms is not None) and self._expired(env):
+                self._finish(job, ("e", env.id, env.key or "", env.attempt, 0))
+                held[job._lane].discard(job._entry)
+                continue
+            timeout = default_timeout if env.job_timeout_ms is None else env.job_timeout_ms / 1000
+            slot.job = job
+            if timeout is not None:
+                slot.deadline = monotonic() + timeout
+            started = int(clock() * 1000)
             try:
-                await handler(job)
-            except Exception:
-                self.counts.failed += 1
-                log.exception(
-                    "job %s (stream %s, attempt %d) failed; it stays pending and is delivered "
-                    "again after the visibility timeout",
-                    job.id,
-                    job.stream,
-                    job.attempt,
-                )
+                result = await handler(job)
+            except Exception as exc:
+                self._finish(job, self._failure(job, exc, started))
             else:
-                self._acks.append(job)
+                # Inlined _finish: this is the path every successful job takes. (The ack loop
+                # swaps the list out, so it must be looked up each time.)
+                self._finished.append(
+                    (job, ("d", env.id, env.key or "", env.attempt, started, _result(result)))
+                )
                 if self._ack_event is not None:
                     self._ack_event.set()
             finally:
-                self._running -= 1
+                slot.job = None
+                slot.deadline = math.inf
                 held[job._lane].discard(job._entry)
                 if self._room_event is not None:
                     self._room_event.set()
 
+    def _expired(self, env: codec.Envelope) -> bool:
+        expire_ms = env.expire_after_ms
+        if expire_ms is None:
+            if self.options.expire_after is None:
+                return False
+            expire_ms = round(self.options.expire_after * 1000)
+        due = env.run_at_ms if env.run_at_ms is not None else env.enqueued_at_ms
+        return self.promoter.server_now_ms() > due + expire_ms
+
+    def _timeout_of(self, job: Job) -> float:
+        if job.envelope.job_timeout_ms is not None:
+            return job.envelope.job_timeout_ms / 1000
+        return self.options.job_timeout or math.inf
+
+    def _failure(self, job: Job, exc: BaseException, started: int = 0) -> tuple[Any, ...]:
+        """The outcome of a run that raised: retry, defer, or dead-letter."""
+        env = job.envelope
+        key = env.key or ""
+        if isinstance(exc, RateLimited):
+            delay_ms = round(exc.retry_after * 1000)
+            later = msgspec.structs.replace(env, run_at_ms=self.promoter.server_now_ms() + delay_ms)
+            return (
+                "l",
+                env.id,
+                key,
+                env.attempt,
+                started,
+                _text_of(later),
+                delay_ms,
+                exc.reason,
+            )
+        self.counts.failed += 1
+        error = _describe(exc)
+        allowed = env.max_attempts or self.options.max_attempts
+        if isinstance(exc, Fail) or env.attempt >= allowed or job.cancelled:
+            reason = (
+                error if isinstance(exc, Fail) else f"gave up after {env.attempt} attempts: {error}"
+            )
+            if job.cancelled:
+                reason = f"cancelled while running: {error}"
+            source = f"{self._lanes[job._lane]} {job.entry_id}"
+            log.warning("job %s is dead: %s", env.id, reason)
+            return ("x", env.id, key, env.attempt, started, _text_of(env), reason, source)
+        if isinstance(exc, Retry) and exc.after is not None:
+            delay = exc.after
+        else:
+            delay = scheduler.backoff_seconds(self.options.backoff, env.attempt)
+        delay_ms = round(delay * 1000)
+        log.info(
+            "job %s attempt %d failed (%s); retrying in %.1fs", env.id, env.attempt, error, delay
+        )
+        again = msgspec.structs.replace(
+            env, attempt=env.attempt + 1, run_at_ms=self.promoter.server_now_ms() + delay_ms
+        )
+        return ("r", env.id, key, env.attempt + 1, started, _text_of(again), delay_ms, error)
+
+    def _finish(self, job: Job, outcome: tuple[Any, ...]) -> None:
+        self._finished.append((job, outcome))
+        if self._ack_event is not None:
+            self._ack_event.set()
+
+    def cancel_local(self, job_id: str) -> None:
+        """Flag a job this worker holds as cancelled (a cancellation arrived on the control
+        stream): it will not start if it has not, and a running handler sees job.cancelled."""
+        for lane_jobs in self._ready:
+            for job in lane_jobs:
+                if job.id == job_id:
+                    job.cancelled = True
+        for slot in self._slots:
+            if slot.job is not None and slot.job.id == job_id:
+                slot.job.cancelled = True
+
+    async def _watchdog(self) -> None:
+        while True:
+            await anyio.sleep(WATCHDOG_SECONDS)
+            now = time.monotonic()
+            for slot in self._slots:
+                if slot.job is not None and now > slot.deadline and slot.scope is not None:
+                    log.warning("job %s ran past its timeout: cancelling it", slot.job.id)
+                    slot.deadline = math.inf
+                    slot.scope.cancel()
+
     # -- acknowledging --------------------------------------------------------------------------
 
     async def _ack_loop(self) -> None:
-        while True:
-            if not self._acks:
-                if self._acks_closed:
-                    self._acks_done.set()
-                    return
-                event = self._ack_event = anyio.Event()
-                await event.wait()
-                self._ack_event = None
-                continue
-            batch, self._acks = self._acks, []
-            await self._retrying("ack", lambda batch=batch: self._ack(batch))  # type: ignore[misc]
-            self.counts.completed += len(batch)
+        # Two calls may be in flight, so the worker keeps collecting (and the server keeps
+        # working) while one is on the wire; batches are disjoint, so order does not matter.
+        in_flight = anyio.Semaphore(ACKS_IN_FLIGHT)
+        async with anyio.create_task_group() as calls:
+            while True:
+                if not self._finished:
+                    if self._acks_closed:
+                        break
+                    event = self._ack_event = anyio.Event()
+                    await event.wait()
+                    self._ack_event = None
+                    continue
+                await in_flight.acquire()
+                batch, self._finished = self._finished, []
+                calls.start_soon(self._record_batch, batch, in_flight)
+        self._acks_done.set()
+
+    async def _record_batch(
+        self, batch: list[tuple[Job, tuple[Any, ...]]], in_flight: anyio.Semaphore
+    ) -> None:
+        try:
+            await self._retrying("ack", lambda: self._record(batch))
+        finally:
+            in_flight.release()
+        for _, outcome in batch:
+            self._count(outcome[0])
+
+    def _count(self, code: str) -> None:
+        counts = self.counts
+        if code == "d":
+            counts.completed += 1
+        elif code == "x":
+            counts.dead_lettered += 1
+        elif code == "l":
+            counts.deferred += 1
+        elif code == "e":
+            counts.expired += 1
+        elif code == "c":
+            counts.cancelled += 1
 
     async def _finish_acks(self) -> None:
         self._acks_closed = True
@@ -463,16 +644,21 @@ class Worker:
         with anyio.move_on_after(max(self.options.grace, 5.0)):
             await self._acks_done.wait()
 
-    async def _ack(self, batch: list[Job]) -> None:
+    async def _record(self, batch: list[tuple[Job, tuple[Any, ...]]]) -> None:
+        """Acknowledge a batch and record each job's outcome: one script call."""
         ids: list[list[bytes]] = [[] for _ in keys.LANES]
-        dedup: list[scripts.EncodableArg] = []
-        for job in batch:
+        record_keys: list[str] = []
+        outcomes: list[tuple[Any, ...]] = []
+        prefix = self._record_prefix
+        for job, outcome in batch:
             ids[job._lane].append(job._entry)
-            if job.key is not None:
-                dedup += (job.key, job.id)
+            record_keys.append(prefix + outcome[1])
+            outcomes.append(outcome)
         joined = [b" ".join(lane_ids) for lane_ids in ids]
-        await scripts.ack_jobs(
-            self.redis, [*self._lanes, self._dedup], [keys.GROUP, *joined, *dedup]
+        await scripts.finish_jobs(
+            self.redis,
+            [*self._fixed_finish_keys, *record_keys],
+            [keys.GROUP, *joined, self._retention_ms, _msgpack(outcomes)],
         )
 
     # -- recovering -----------------------------------------------------------------------------
@@ -567,6 +753,25 @@ class Worker:
         log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
         with anyio.move_on_after(delay):
             await self._stop_event.wait() if what == "fetch" else anyio.sleep(delay)
+
+
+_msgpack = msgspec.msgpack.Encoder().encode
+_result_encoder = msgspec.json.Encoder(enc_hook=repr)
+
+
+def _result(value: Any) -> str:
+    """A handler's return value as stored in the job record ('' for None)."""
+    return "" if value is None else _result_encoder.encode(value).decode()
+
+
+def _text_of(envelope: codec.Envelope) -> str:
+    # Outcomes travel as msgpack, and the server's cmsgpack reads str values but not bin.
+    return codec.encode(envelope).decode()
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:1000]
 
 
 def _raw(response: Any, **options: Any) -> Any:

@@ -4,10 +4,12 @@ import inspect
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
 from streamq import keys, stats
+from streamq.config import Backoff
 from streamq.job import Job
 from streamq.producer import Producer
 from streamq.worker import Worker, WorkerOptions
@@ -19,8 +21,7 @@ FAST = WorkerOptions(burst=True, visibility_timeout=1.0, block_seconds=0.2, grac
 
 
 def options(**changes: Any) -> WorkerOptions:
-    values = {f: getattr(FAST, f) for f in FAST.__dataclass_fields__}
-    return WorkerOptions(**{**values, **changes})
+    return msgspec.structs.replace(FAST, **changes)
 
 
 async def poll(condition: Any, within: float = 10.0, every: float = 0.02) -> None:
@@ -62,12 +63,20 @@ async def test_keys_left_behind_after_a_workload(redis: Redis, stream: str) -> N
     async def handler(job: Job) -> None:
         return None
 
-    await Worker(redis, stream, handler, FAST).run()
+    ids = await producer.enqueue_many(stream, [4])
+    await Worker(redis, stream, handler, options(retention=3600.0)).run()
     left = {k.decode() async for k in redis.scan_iter(match=f"*{{{stream}}}*")}
-    # Empty lanes keep their consumer group; dedup keys are freed; nothing else remains.
-    assert left == set(keys.lanes(stream))
+    records = {k for k in left if ":job:" in k}
+    # Empty lanes keep their consumer group, dedup keys are freed, finished records expire
+    # after the retention period, and the counters stay.
+    assert left - records == {*keys.lanes(stream), keys.counts(stream)}
+    assert len(records) == 4
+    assert keys.job(stream, ids[0]) in records
+    for key in records:
+        assert 3000 < await redis.ttl(key) <= 3600
     for lane in keys.lanes(stream):
         assert await redis.ttl(lane) == -1
+    assert await redis.hget(keys.counts(stream), "done") == b"4"
     # A finished job's key is free again.
     assert await producer.enqueue(stream, 9, key="a") not in {None, ""}
     assert await redis.xlen(keys.lane(stream, "normal")) == 1
@@ -183,24 +192,29 @@ async def test_crash_loops_end_in_dead_letters_after_max_deliveries(
     assert await redis.hget(keys.dedup(stream), "k1") is None
 
 
-async def test_a_failing_handler_is_delivered_again_then_dead_lettered(
+async def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(
     redis: Redis, stream: str
 ) -> None:
-    await Producer(redis).enqueue(stream, "always fails")
-    attempts = 0
+    job_id = await Producer(redis).enqueue(stream, "always fails", key="k")
+    attempts: list[int] = []
 
     async def handler(job: Job) -> None:
-        nonlocal attempts
-        attempts += 1
+        attempts.append(job.attempt)
         raise RuntimeError("platform said no")
 
-    worker = Worker(redis, stream, handler, options(burst=False, max_deliveries=2))
+    policy = options(max_attempts=3, backoff=Backoff(base=0.05, factor=2, max=1, jitter=0))
+    worker = Worker(redis, stream, handler, msgspec.structs.replace(policy, burst=False))
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker.run)
         await poll(lambda: worker.counts.dead_lettered == 1, within=15)
         worker.stop()
-    assert attempts == 2
-    assert worker.counts.failed == 2
+    assert attempts == [1, 2, 3]
+    assert worker.counts.failed == 3
+    [(_, fields)] = await entries(redis, keys.dead(stream))
+    assert fields[b"_reason"] == b"gave up after 3 attempts: RuntimeError: platform said no"
+    record = await redis.hgetall(keys.job(stream, job_id))
+    assert record[b"state"] == b"dead"
+    assert await redis.hget(keys.dedup(stream), "k") is None
 
 
 async def test_a_long_job_keeps_its_claim(redis: Redis, stream: str) -> None:

@@ -3,23 +3,34 @@
 KEYS[1]  lane stream
 KEYS[2]  dead-letter stream
 KEYS[3]  dedup hash
+KEYS[4]  counts hash
+KEYS[5..] record keys of the entries that carry a job id (see the record index below)
 ARGV[1]  consumer group
-ARGV[2..] quadruples: entry id, reason, dedup key ('' for none), job id ('' for none)
+ARGV[2]  retention of finished records, ms
+ARGV[3..] quintuples: entry id, reason, dedup key ('' for none), job id ('' for none),
+          1-based index of its record key after KEYS[4] (0 for an entry without a job id)
 
 Each entry's fields are copied verbatim (foreign or undecodable bytes included, so nothing is
-lost), followed by _reason, _source and _entry; then it is acknowledged and deleted, and its
-dedup key freed. An entry already gone from the lane still leaves a dead letter with its reason.
-Returns the number of dead letters written.
+lost), followed by _reason, _source and _entry; then it is acknowledged and deleted, its dedup
+key freed and its record marked dead. An entry already gone from the lane still leaves a dead
+letter with its reason. Returns the number of dead letters written.
 ]]
-local lane, dead, dedup = KEYS[1], KEYS[2], KEYS[3]
-local group = ARGV[1]
+local lane, dead, dedup, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local group, retention = ARGV[1], ARGV[2]
 local written = 0
-for q = 2, #ARGV, 4 do
-  local id, reason, key, job = ARGV[q], ARGV[q + 1], ARGV[q + 2], ARGV[q + 3]
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+for q = 3, #ARGV, 5 do
+  local id, reason, key, job, index = ARGV[q], ARGV[q + 1], ARGV[q + 2], ARGV[q + 3],
+    tonumber(ARGV[q + 4])
   local found = redis.call('XRANGE', lane, id, id)
   local fields = {}
+  local envelope = false
   if found[1] then
     fields = found[1][2]
+    if fields[1] == 'j' then
+      envelope = fields[2]
+    end
   end
   fields[#fields + 1] = '_reason'
   fields[#fields + 1] = reason
@@ -27,12 +38,22 @@ for q = 2, #ARGV, 4 do
   fields[#fields + 1] = lane
   fields[#fields + 1] = '_entry'
   fields[#fields + 1] = id
-  redis.call('XADD', dead, '*', unpack(fields))
+  local dead_entry = redis.call('XADD', dead, '*', unpack(fields))
   written = written + 1
   redis.call('XACK', lane, group, id)
   redis.call('XDEL', lane, id)
   if key ~= '' and redis.call('HGET', dedup, key) == job then
     redis.call('HDEL', dedup, key)
   end
+  if index > 0 then
+    local record = KEYS[4 + index]
+    redis.call('HSET', record, 'state', 'dead', 'error', reason, 'finished_at', now,
+      'dead_entry', dead_entry)
+    if envelope then
+      redis.call('HSET', record, 'env', envelope)
+    end
+    redis.call('PEXPIRE', record, retention)
+  end
 end
+redis.call('HINCRBY', counts, 'dead', written)
 return written

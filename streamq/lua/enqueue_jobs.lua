@@ -1,32 +1,64 @@
---[[ enqueue_jobs: add jobs to one priority lane of a stream, honouring dedup keys.
+--[[ enqueue_jobs: add jobs to a stream, now or at a due time, honouring dedup keys.
 
-KEYS[1]  lane stream        streamq:{S}:lane:<priority>
-KEYS[2]  dedup hash         streamq:{S}:keys
-ARGV[1]  number of jobs n
-ARGV[2..] n triples: job id, dedup key ('' for none), encoded envelope
+KEYS[1]     lane stream          streamq:{S}:lane:<priority>
+KEYS[2]     dedup hash           streamq:{S}:keys
+KEYS[3]     delayed set          streamq:{S}:delayed
+KEYS[4]     control stream       streamq:{S}:control
+KEYS[5..]   one record key per job, in order   streamq:{S}:job:<id>
+ARGV[1]     priority name (stored so promotion knows the lane)
+ARGV[2]     expire_after in ms, or '' (stored so promotion can expire the job)
+ARGV[3..]   quadruples: job id, dedup key ('' for none), encoded envelope, due ms ('' = now)
 
+A job due later than the server's clock (TIME) waits in the delayed set with its envelope in
+its record; any other goes straight onto the lane. A job due before everything else waiting
+appends a wake-up to the control stream, so sleeping workers re-plan.
 Returns a flat array of (1-based position, existing job id) for every job NOT added because its
-dedup key is held by a live job; an empty array when all were added. A key repeated within one
-call resolves to the first job that claimed it.
+dedup key is held by a live job; an empty array when all were added.
 ]]
-local lane, dedup = KEYS[1], KEYS[2]
+local lane, dedup, delayed, control = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local priority, expire_after = ARGV[1], ARGV[2]
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
+head = head and tonumber(head) or math.huge
+local earliest = math.huge
 local taken = {}
-local n = tonumber(ARGV[1])
-for i = 0, n - 1 do
-  local at = 2 + i * 3
-  local id, key = ARGV[at], ARGV[at + 1]
+local job = 0
+for at = 3, #ARGV, 4 do
+  job = job + 1
+  local id, key, envelope, due = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local existing = false
   if key ~= '' then
     existing = redis.call('HGET', dedup, key)
   end
   if existing then
-    taken[#taken + 1] = i + 1
+    taken[#taken + 1] = job
     taken[#taken + 1] = existing
   else
+    local record = KEYS[4 + job]
     if key ~= '' then
       redis.call('HSET', dedup, key, id)
+      redis.call('HSET', record, 'key', key)
     end
-    redis.call('XADD', lane, '*', 'j', ARGV[at + 2])
+    if expire_after ~= '' then
+      redis.call('HSET', record, 'expire_after', expire_after)
+    end
+    if due ~= '' and tonumber(due) > now then
+      redis.call('ZADD', delayed, due, id)
+      redis.call('HSET', record, 'state', 'scheduled', 'attempt', 1, 'priority', priority,
+        'enqueued_at', now, 'run_at', due, 'env', envelope)
+      earliest = math.min(earliest, tonumber(due))
+    else
+      local entry = redis.call('XADD', lane, '*', 'j', envelope)
+      redis.call('HSET', record, 'state', 'queued', 'attempt', 1, 'priority', priority,
+        'enqueued_at', now, 'entry', entry)
+      if due ~= '' then
+        redis.call('HSET', record, 'run_at', due)
+      end
+    end
   end
+end
+if earliest < head then
+  redis.call('XADD', control, 'MAXLEN', '~', 100, '*', 'w', earliest)
 end
 return taken

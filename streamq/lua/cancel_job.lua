@@ -1,0 +1,66 @@
+--[[ cancel_job: stop a job from running.
+
+KEYS[1]     the job's record
+KEYS[2]     delayed set
+KEYS[3..5]  lane streams: high, normal, low
+KEYS[6]     dedup hash
+KEYS[7]     counts hash
+KEYS[8]     control stream
+ARGV[1]     job id
+ARGV[2]     consumer group
+ARGV[3]     retention of finished records, ms
+
+A scheduled or retrying job leaves the delayed set; a queued job nobody has read yet is deleted
+from its lane: either way it never starts, and ends as cancelled. A job already delivered to a
+worker is running (or about to): it is flagged, its workers are told through the control stream
+(the handler sees job.cancelled), and it will not be retried.
+Returns { outcome, state before }: outcome is 'cancelled', 'cancelling' (it was running),
+'unchanged' (already finished) or 'missing'.
+]]
+local record, delayed, dedup, counts, control = KEYS[1], KEYS[2], KEYS[6], KEYS[7], KEYS[8]
+local lanes = { high = KEYS[3], normal = KEYS[4], low = KEYS[5] }
+local id, group, retention = ARGV[1], ARGV[2], ARGV[3]
+local f = redis.call('HMGET', record, 'state', 'priority', 'entry', 'key')
+local state = f[1]
+if not state then
+  return { 'missing', '' }
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+
+local function cancelled()
+  redis.call('HSET', record, 'state', 'cancelled', 'finished_at', now)
+  redis.call('PEXPIRE', record, retention)
+  redis.call('HINCRBY', counts, 'cancelled', 1)
+  if f[4] and redis.call('HGET', dedup, f[4]) == id then
+    redis.call('HDEL', dedup, f[4])
+  end
+  return { 'cancelled', state }
+end
+
+if state == 'scheduled' or state == 'retrying' then
+  redis.call('ZREM', delayed, id)
+  if state == 'retrying' then
+    redis.call('HINCRBY', counts, 'retrying', -1)
+  end
+  return cancelled()
+end
+if state == 'queued' then
+  local lane = lanes[f[2]] or lanes.normal
+  local delivered = f[3] and redis.call('XPENDING', lane, group, f[3], f[3], 1)[1]
+  if delivered then
+    redis.call('HSET', record, 'cancel', 1)
+    redis.call('XADD', control, 'MAXLEN', '~', 100, '*', 'c', id)
+    return { 'cancelling', 'active' }
+  end
+  if f[3] then
+    local found = redis.call('XRANGE', lane, f[3], f[3])
+    if found[1] and found[1][2][1] == 'j' then
+      redis.call('HSET', record, 'env', found[1][2][2])
+    end
+    redis.call('XDEL', lane, f[3])
+  end
+  redis.call('HDEL', record, 'entry')
+  return cancelled()
+end
+return { 'unchanged', state }

@@ -1,0 +1,119 @@
+--[[ finish_jobs: record what happened to a batch of delivered jobs, in one atomic step.
+
+KEYS[1..3]  lane streams: high, normal, low
+KEYS[4]     dedup hash
+KEYS[5]     delayed set
+KEYS[6]     dead-letter stream
+KEYS[7]     counts hash
+KEYS[8]     control stream
+KEYS[9..]   one record key per outcome, in the order of the outcomes
+ARGV[1]     consumer group
+ARGV[2..4]  for each lane, the entry ids of the batch joined by single spaces ('' for none)
+ARGV[5]     retention of finished records, ms
+ARGV[6]     the outcomes, msgpack: an array of
+              { code, job id, dedup key or '', attempt, started ms, a, b, c }
+            code 'd' done       a = result as JSON ('' for none)
+                 'r' retry      a = envelope of the next attempt, b = delay ms, c = error
+                 'l' deferred   a = envelope (attempt unchanged), b = delay ms, c = reason
+                 'x' dead       a = envelope, b = reason, c = 'lane-key entry-id' it came from
+                 'e' expired    (not run: it came due too long ago)
+                 'c' cancelled  a = envelope
+
+Acknowledging, deleting the entries and rescheduling happen together, so a crash can neither
+lose a retry nor run a finished job again. The ids of a lane travel as one argument and the
+outcomes as one msgpack value because this is the hot path: the client joins and packs in C
+instead of sending thousands of arguments. A retry or deferral of a job whose cancellation was
+requested while it ran ends it as cancelled instead.
+Returns the number of entries acknowledged.
+]]
+local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local group, retention = ARGV[1], ARGV[5]
+local acked = 0
+
+local function ack(lane, ids)
+  acked = acked + redis.call('XACK', lane, group, unpack(ids))
+  redis.call('XDEL', lane, unpack(ids))
+end
+
+for l = 1, 3 do
+  local ids = {}
+  for id in string.gmatch(ARGV[l + 1], '%S+') do
+    ids[#ids + 1] = id
+    -- unpack() is bounded by the Lua C stack, so large batches go in slices.
+    if #ids == 1000 then
+      ack(KEYS[l], ids)
+      ids = {}
+    end
+  end
+  if #ids > 0 then
+    ack(KEYS[l], ids)
+  end
+end
+
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
+head = head and tonumber(head) or math.huge
+local earliest = math.huge
+local tally = {}
+
+local function free_key(id, key)
+  if key ~= '' and redis.call('HGET', dedup, key) == id then
+    redis.call('HDEL', dedup, key)
+  end
+end
+
+local function finish(record, id, key, state)
+  redis.call('PEXPIRE', record, retention)
+  free_key(id, key)
+  tally[state] = (tally[state] or 0) + 1
+end
+
+for i, o in ipairs(cmsgpack.unpack(ARGV[6])) do
+  local record = KEYS[8 + i]
+  local code, id, key, attempt, started = o[1], o[2], o[3], o[4], o[5]
+  if (code == 'r' or code == 'l') and redis.call('HGET', record, 'cancel') then
+    code = 'c'
+  end
+  if code == 'd' then
+    -- attempt is already in the record (set at enqueue, or by the retry that led here).
+    redis.call('HSET', record, 'state', 'done', 'started_at', started, 'finished_at', now)
+    if o[6] ~= '' then
+      redis.call('HSET', record, 'result', o[6])
+    end
+    finish(record, id, key, 'done')
+  elseif code == 'r' or code == 'l' then
+    local due = now + o[7]
+    redis.call('ZADD', delayed, due, id)
+    redis.call('HSET', record, 'state', code == 'r' and 'retrying' or 'scheduled',
+      'attempt', attempt, 'started_at', started, 'run_at', due, 'env', o[6], 'error', o[8])
+    redis.call('HDEL', record, 'entry')
+    if code == 'r' then
+      redis.call('HINCRBY', counts, 'retrying', 1)
+      tally.retried = (tally.retried or 0) + 1
+    else
+      tally.deferred = (tally.deferred or 0) + 1
+    end
+    earliest = math.min(earliest, due)
+  elseif code == 'x' then
+    local lane, entry = string.match(o[8], '^(%S+) (%S+)$')
+    local dead_entry = redis.call('XADD', dead, '*', 'j', o[6], '_reason', o[7],
+      '_source', lane, '_entry', entry)
+    redis.call('HSET', record, 'state', 'dead', 'attempt', attempt, 'started_at', started,
+      'finished_at', now, 'error', o[7], 'env', o[6], 'dead_entry', dead_entry)
+    finish(record, id, key, 'dead')
+  elseif code == 'e' then
+    redis.call('HSET', record, 'state', 'expired', 'finished_at', now)
+    finish(record, id, key, 'expired')
+  elseif code == 'c' then
+    redis.call('HSET', record, 'state', 'cancelled', 'finished_at', now, 'env', o[6])
+    finish(record, id, key, 'cancelled')
+  end
+end
+for state, n in pairs(tally) do
+  redis.call('HINCRBY', counts, state, n)
+end
+if earliest < head then
+  redis.call('XADD', control, 'MAXLEN', '~', 100, '*', 'w', earliest)
+end
+return acked

@@ -1,0 +1,52 @@
+--[[ promote_due: move due jobs from the delayed set onto their lanes, by the server's clock.
+
+KEYS[1]     delayed set
+KEYS[2..4]  lane streams: high, normal, low
+KEYS[5]     dedup hash
+KEYS[6]     counts hash
+KEYS[7..]   record keys of the candidate jobs, in ARGV order
+ARGV[1]     retention of finished records, ms
+ARGV[2..]   candidate job ids (the earliest members of the delayed set, read just before)
+
+A candidate is promoted only if it is still in the delayed set and due by TIME; it leaves the
+set in the same step, so however many workers promote at once, each job moves exactly once.
+A job whose record holds expire_after and that is later than that past its due time is not
+run: it ends as expired.
+Returns { promoted, expired, server now ms, due ms of the next waiting job or -1 }.
+]]
+local delayed, dedup, counts = KEYS[1], KEYS[5], KEYS[6]
+local lanes = { high = KEYS[2], normal = KEYS[3], low = KEYS[4] }
+local retention = ARGV[1]
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local promoted, expired = 0, 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local due = redis.call('ZSCORE', delayed, id)
+  if due and tonumber(due) <= now then
+    local record = KEYS[5 + i]
+    redis.call('ZREM', delayed, id)
+    local f = redis.call('HMGET', record, 'state', 'env', 'priority', 'expire_after', 'key')
+    if f[1] == 'retrying' then
+      redis.call('HINCRBY', counts, 'retrying', -1)
+    end
+    if f[2] then
+      if f[4] and now > tonumber(due) + tonumber(f[4]) then
+        redis.call('HSET', record, 'state', 'expired', 'finished_at', now)
+        redis.call('PEXPIRE', record, retention)
+        redis.call('HINCRBY', counts, 'expired', 1)
+        if f[5] and redis.call('HGET', dedup, f[5]) == id then
+          redis.call('HDEL', dedup, f[5])
+        end
+        expired = expired + 1
+      else
+        local entry = redis.call('XADD', lanes[f[3]] or lanes.normal, '*', 'j', f[2])
+        redis.call('HSET', record, 'state', 'queued', 'entry', entry)
+        redis.call('HDEL', record, 'env')
+        promoted = promoted + 1
+      end
+    end
+  end
+end
+local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
+return { promoted, expired, now, head and tonumber(head) or -1 }

@@ -1,0 +1,30 @@
+--[[ replace_job: give a scheduled job a new envelope and due time ("edit my scheduled post").
+
+KEYS[1]  the job's record
+KEYS[2]  delayed set
+KEYS[3]  dedup hash
+KEYS[4]  control stream
+ARGV[1]  job id
+ARGV[2]  dedup key that must still name this job
+ARGV[3]  new envelope (same job id)
+ARGV[4]  new due time, ms ('' keeps the current one)
+
+Replaces only while the job still waits (scheduled or retrying) and still holds the key; a job
+already queued or running keeps its payload. Returns 1 if replaced, 0 if not.
+]]
+local record, delayed, dedup, control = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, key, envelope, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local state = redis.call('HGET', record, 'state')
+if redis.call('HGET', dedup, key) ~= id or (state ~= 'scheduled' and state ~= 'retrying') then
+  return 0
+end
+redis.call('HSET', record, 'env', envelope)
+if due ~= '' then
+  local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
+  redis.call('ZADD', delayed, 'XX', due, id)
+  redis.call('HSET', record, 'run_at', due)
+  if not head or tonumber(due) < tonumber(head) then
+    redis.call('XADD', control, 'MAXLEN', '~', 100, '*', 'w', due)
+  end
+end
+return 1

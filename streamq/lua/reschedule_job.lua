@@ -1,0 +1,25 @@
+--[[ reschedule_job: move a waiting job to another due time.
+
+KEYS[1]  the job's record
+KEYS[2]  delayed set
+KEYS[3]  control stream
+ARGV[1]  job id
+ARGV[2]  new due time, ms
+ARGV[3]  the job's envelope re-encoded with the new due time
+
+Only a scheduled or retrying job can move; wakes workers when it becomes the earliest.
+Returns the job's state, or false when there is no record.
+]]
+local record, delayed, control = KEYS[1], KEYS[2], KEYS[3]
+local id, due = ARGV[1], ARGV[2]
+local state = redis.call('HGET', record, 'state')
+if state ~= 'scheduled' and state ~= 'retrying' then
+  return state
+end
+local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
+redis.call('ZADD', delayed, 'XX', due, id)
+redis.call('HSET', record, 'run_at', due, 'env', ARGV[3])
+if not head or tonumber(due) < tonumber(head) then
+  redis.call('XADD', control, 'MAXLEN', '~', 100, '*', 'w', due)
+end
+return state
