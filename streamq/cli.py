@@ -114,13 +114,32 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         code = _dispatch(args)
-    except StreamqError as exc:
-        _fail(str(exc))
-    except redis_errors.RedisError as exc:
-        _fail(f"redis: {exc}")
     except KeyboardInterrupt:
         code = 130
+    except BaseException as exc:
+        message = _one_line(exc)
+        if message is None:
+            raise
+        _fail(message)
     sys.exit(code)
+
+
+def _one_line(exc: BaseException) -> str | None:
+    """The one-line message for an error a person can act on; None for a bug (re-raised).
+
+    Errors from inside the worker's task groups arrive wrapped in exception groups.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            message = _one_line(inner)
+            if message is not None:
+                return message
+        return None
+    if isinstance(exc, StreamqError):
+        return str(exc)
+    if isinstance(exc, redis_errors.RedisError):
+        return f"redis: {exc}"
+    return None
 
 
 def _fail(message: str) -> NoReturn:
@@ -228,6 +247,8 @@ def _json_lines(stream: TextIO) -> Iterator[list[Any]]:
 
 
 async def _stats(args: argparse.Namespace, config: Config) -> int:
+    for stream in args.stream or []:
+        check_stream(stream)
     async with Queue(args.redis_url, config_url=config.redis_url) as q:
         snap = await q.stats(args.stream)
     if args.json:

@@ -114,6 +114,12 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         return self.streams.get(name, StreamConfig())
 
 
+def _duration_value(value: Any, what: str) -> float:
+    if not isinstance(value, str | int | float):
+        raise ConfigError(f"{what} must be a duration like '30s', not {value!r}")
+    return parse_duration(value, what)
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read the config file named by ``path`` or ``STREAMQ_CONFIG``; no file means defaults."""
     chosen = path if path is not None else os.environ.get("STREAMQ_CONFIG")
@@ -144,15 +150,15 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
             raise ConfigError(f"{source}: [streams.{name}] must be a table")
         for field in _DURATION_FIELDS:
             if field in table:
-                table[field] = parse_duration(table[field], f"streams.{name}.{field}")
+                table[field] = _duration_value(table[field], f"streams.{name}.{field}")
         backoff = table.get("backoff")
         if isinstance(backoff, dict):
             for field in _BACKOFF_DURATIONS:
                 if field in backoff:
-                    backoff[field] = parse_duration(
+                    backoff[field] = _duration_value(
                         backoff[field], f"streams.{name}.backoff.{field}"
                     )
     try:
         return msgspec.convert(data, Config)
-    except (msgspec.ValidationError, ConfigError) as exc:
+    except (msgspec.ValidationError, ConfigError, TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}") from None

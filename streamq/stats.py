@@ -91,6 +91,8 @@ async def stream_stats(redis: Redis, stream: str, now_ms: int) -> StreamStats:
         waiting = max(0, length - pending)
         lanes.append(LaneStats(priority, key, length, pending, waiting, oldest))
     dead = replies[-1] if isinstance(replies[-1], int) else 0
+    # Summed lane by lane: after a trim a lane can hold fewer entries than are pending.
+    waiting = sum(lane.waiting for lane in lanes)
     length = sum(lane.length for lane in lanes)
     pending = sum(lane.pending for lane in lanes)
     ages = [lane.oldest_pending_age_s for lane in lanes if lane.oldest_pending_age_s is not None]
@@ -100,9 +102,9 @@ async def stream_stats(redis: Redis, stream: str, now_ms: int) -> StreamStats:
         keys={**{lane.priority: lane.key for lane in lanes}, "dead": keys.dead(stream)},
         length=length,
         pending=pending,
-        waiting=length - pending,
-        lag=length - pending,
-        depth=length,
+        waiting=waiting,
+        lag=waiting,
+        depth=waiting + pending,
         oldest_pending_age_s=max(ages) if ages else None,
         consumers=len(alive),
         dead=dead,

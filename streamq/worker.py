@@ -282,7 +282,7 @@ class Worker:
                     self.stop()
                 failures = 0
             except redis_errors.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not _lane_gone(exc):
                     raise
                 log.warning(
                     "consumer group of %s is gone (stream deleted?): recreating", self.stream
@@ -351,6 +351,10 @@ class Worker:
                 await self._accept(lane, by_name[name])
 
     @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
     def claimed(self) -> int:
         """Entries this worker holds: running, or fetched and waiting for a free slot."""
         return sum(map(len, self._held))
@@ -376,13 +380,16 @@ class Worker:
             except codec.UnknownEntry as exc:
                 rejects.append((entry_id, str(exc), None))
                 continue
-            if deliveries is not None and deliveries[index] > self.options.max_deliveries:
-                reason = (
-                    f"delivered {deliveries[index]} times without being acknowledged "
-                    f"(max_deliveries={self.options.max_deliveries})"
-                )
-                rejects.append((entry_id, reason, env))
-                continue
+            if deliveries is not None:
+                if deliveries[index] > self.options.max_deliveries:
+                    reason = (
+                        f"delivered {deliveries[index]} times without being acknowledged "
+                        f"(max_deliveries={self.options.max_deliveries})"
+                    )
+                    rejects.append((entry_id, reason, env))
+                    continue
+                # A run cut short by a crash counts as an attempt too.
+                env = msgspec.structs.replace(env, attempt=env.attempt + deliveries[index] - 1)
             jobs.append(Job(stream, priority, env, lane, entry_id))
         if rejects:
             await self._dead_letter(lane, rejects)
@@ -671,15 +678,15 @@ class Worker:
             except RECONNECT_ERRORS as exc:
                 log.warning("reclaim failed, will try again: %s", exc)
             except redis_errors.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not _lane_gone(exc):
                     raise
             await anyio.sleep(period)
 
     async def _reclaim_once(self) -> int:
         """Claim entries idle past the visibility timeout; returns how many were taken."""
-        if self._closing:
+        if self._stopping:
             return 0
-        room = max(1, self.options.concurrency + self._prefetch - self.claimed)
+        room = max(0, self.options.concurrency + self._prefetch - self.claimed)
         reply = await scripts.reclaim_jobs(
             self.redis,
             self._lanes,
@@ -694,6 +701,14 @@ class Worker:
         found = 0
         for lane, (cursor, entries, deliveries) in enumerate(reply):
             self._cursors[lane] = _text(cursor)
+            if self.stopping and entries:
+                # Stopped while the claim was on the wire: hand them straight back.
+                await scripts.release_jobs(
+                    self.redis,
+                    [self._lanes[lane]],
+                    [keys.GROUP, self.consumer, *(entry_id for entry_id, _ in entries)],
+                )
+                continue
             if entries:
                 log.info("reclaimed %d idle %s entries", len(entries), self._lanes[lane])
                 found += await self._accept(lane, entries, [int(d) for d in deliveries])
@@ -711,9 +726,13 @@ class Worker:
                 lost = await scripts.refresh_claims(
                     self.redis, self._lanes, [keys.GROUP, self.consumer, *_lane_args(held)]
                 )
-            except RECONNECT_ERRORS as exc:
+            except (*RECONNECT_ERRORS, redis_errors.ResponseError) as exc:
                 log.warning("could not refresh claims, will try again: %s", exc)
                 continue
+            for entry_id in lost:
+                # Someone else runs it now; stop refreshing (its result is still recorded).
+                for lane_ids in self._held:
+                    lane_ids.discard(entry_id)
             if lost:
                 log.warning(
                     "%d entries were taken over by another consumer while running here "
@@ -772,6 +791,12 @@ def _text_of(envelope: codec.Envelope) -> str:
 def _describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return text[:1000]
+
+
+def _lane_gone(exc: redis_errors.ResponseError) -> bool:
+    """The lane or its group was deleted under us: Valkey says NOGROUP; Redis 7.0 tells a
+    blocked reader UNBLOCKED."""
+    return str(exc).startswith(("NOGROUP", "UNBLOCKED"))
 
 
 def _raw(response: Any, **options: Any) -> Any:

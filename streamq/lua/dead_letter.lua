@@ -32,6 +32,11 @@ for q = 3, #ARGV, 5 do
       envelope = fields[2]
     end
   end
+  if #fields > 1000 then
+    -- Too many fields to pass to XADD one by one (the Lua stack is bounded): keep them all,
+    -- packed as one msgpack value, so even a pathological entry cannot stop a worker.
+    fields = { '_fields', cmsgpack.pack(fields) }
+  end
   fields[#fields + 1] = '_reason'
   fields[#fields + 1] = reason
   fields[#fields + 1] = '_source'

@@ -25,9 +25,11 @@ for l = 1, lanes do
       lost[#lost + 1] = ARGV[i]
     end
   end
-  if #mine > 0 then
-    mine[#mine + 1] = 'JUSTID'
-    redis.call('XCLAIM', KEYS[l], group, consumer, 0, unpack(mine))
+  -- unpack() is bounded by the Lua C stack, so claims go in slices.
+  for first = 1, #mine, 1000 do
+    local slice = { unpack(mine, first, math.min(first + 999, #mine)) }
+    slice[#slice + 1] = 'JUSTID'
+    redis.call('XCLAIM', KEYS[l], group, consumer, 0, unpack(slice))
   end
   at = at + n
 end
