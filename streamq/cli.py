@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -17,7 +18,7 @@ import anyio
 import msgspec
 from redis import exceptions as redis_errors
 
-from streamq import __version__, codec, server, stats
+from streamq import __version__, codec, control, scheduler, server, stats
 from streamq.client import Queue
 from streamq.config import Config, StreamConfig, load_config, parse_duration
 from streamq.errors import ConfigError, HandlerError, PayloadError, StreamqError
@@ -49,6 +50,21 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def _add_when(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--at", help="due time: 2026-12-01T09:00:00+01:00, or a wall time + --tz")
+    parser.add_argument("--tz", help="IANA time zone for a wall-time --at, e.g. Europe/Paris")
+    parser.add_argument("--delay", type=_duration, help="due after this long, e.g. 90s")
+
+
+def _when(args: argparse.Namespace) -> tuple[datetime | None, float | None]:
+    if args.at is not None and args.delay is not None:
+        raise ConfigError("give --at or --delay, not both")
+    if args.tz is not None and args.at is None:
+        raise ConfigError("--tz goes with --at")
+    run_at = scheduler.parse_at(args.at, args.tz) if args.at is not None else None
+    return run_at, args.delay
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +111,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enqueue.add_argument("--key", help="dedup key: a live job with this key is not added twice")
     enqueue.add_argument("--priority", default="normal", help="high, normal or low")
+    _add_when(enqueue)
+    enqueue.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --key: replace the payload and time of a still-scheduled job holding it",
+    )
+    enqueue.add_argument("--max-attempts", type=_positive_int, help="runs before dead-lettering")
+    enqueue.add_argument("--expire-after", type=_duration, help="skip if this late when due")
+    enqueue.add_argument("--job-timeout", type=_duration, help="cancel a run longer than this")
+
+    job = commands.add_parser("job", parents=[common], help="show or steer one job by id")
+    job_actions = job.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    show = job_actions.add_parser("show", parents=[common], help="a job's state and record")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    for action, text in (
+        ("cancel", "never start it, or do not retry it"),
+        ("retry", "run a dead, cancelled or expired job again"),
+    ):
+        job_actions.add_parser(action, parents=[common], help=text).add_argument("id")
+    move = job_actions.add_parser("reschedule", parents=[common], help="move a scheduled job")
+    move.add_argument("id")
+    _add_when(move)
+
+    dead = commands.add_parser("dead", parents=[common], help="dead letters of a stream")
+    dead_actions = dead.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    listing = dead_actions.add_parser("list", parents=[common], help="show dead letters")
+    listing.add_argument("--stream", required=True)
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--count", type=_positive_int, default=100)
+    again = dead_actions.add_parser("replay", parents=[common], help="run dead letters again")
+    again.add_argument("--stream", required=True)
+    which = again.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true")
+    which.add_argument("ids", nargs="*", default=[], metavar="ID", help="job or entry ids")
+    purge = dead_actions.add_parser("purge", parents=[common], help="delete all dead letters")
+    purge.add_argument("--stream", required=True)
+
+    cron = commands.add_parser("cron", parents=[common], help="recurring jobs")
+    cron_actions = cron.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    add = cron_actions.add_parser("add", parents=[common], help="add or replace a schedule")
+    add.add_argument("name")
+    add.add_argument("--stream", required=True)
+    add.add_argument("--cron", required=True, help='cron expression, e.g. "30 2 * * *"')
+    add.add_argument("--tz", default="UTC", help="IANA time zone, e.g. Europe/Paris")
+    add.add_argument("--payload", default="null", help="JSON text or @file.json")
+    add.add_argument("--priority", default="normal")
+    cron_list = cron_actions.add_parser("list", parents=[common], help="schedules of a stream")
+    cron_list.add_argument("--stream", required=True)
+    cron_list.add_argument("--json", action="store_true")
+    remove = cron_actions.add_parser("remove", parents=[common], help="forget a schedule")
+    remove.add_argument("name")
+    remove.add_argument("--stream", required=True)
 
     stats_cmd = commands.add_parser("stats", parents=[common], help="figures per stream")
     stats_cmd.add_argument("--stream", action="append", help="only this stream (repeatable)")
@@ -155,6 +224,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         "consume": _consume,
         "enqueue": _enqueue,
         "stats": _stats,
+        "job": _job,
+        "dead": _dead,
+        "cron": _cron,
     }
     command = commands[args.command]
     return anyio.run(command, args, config, backend_options={"use_uvloop": True})
@@ -191,7 +263,7 @@ async def _consume(args: argparse.Namespace, config: Config) -> int:
     stream_config = config.stream(args.stream)
     options = worker_options(args, stream_config)
     handler = resolve_handler(args.stream, args.handler, stream_config)
-    async with Queue(args.redis_url, config_url=config.redis_url) as q:
+    async with Queue(args.redis_url, config=config) as q:
         worker = Worker(q.redis, check_stream(args.stream), handler, options)
         await worker.run(handle_signals=True)
     return 0
@@ -203,18 +275,38 @@ async def _consume(args: argparse.Namespace, config: Config) -> int:
 async def _enqueue(args: argparse.Namespace, config: Config) -> int:
     check_priority(args.priority)
     check_stream(args.stream)
+    run_at, delay = _when(args)
+    if args.replace and not args.key:
+        raise ConfigError("--replace needs --key: it replaces the job holding that key")
+    options = {
+        "run_at": run_at,
+        "delay": delay,
+        "max_attempts": args.max_attempts,
+        "expire_after": args.expire_after,
+        "job_timeout": args.job_timeout,
+    }
     if args.payload == "-":
         if args.key:
             raise ConfigError("--key names one job; with --payload - put keys in the payloads")
-        async with Queue(args.redis_url, config_url=config.redis_url) as q:
+        async with Queue(args.redis_url, config=config) as q:
             for batch in _json_lines(sys.stdin):
-                ids = await q.enqueue_many(args.stream, batch, priority=args.priority)
+                ids = await q.enqueue_many(
+                    args.stream, batch, priority=args.priority, run_at=run_at, delay=delay
+                )
                 sys.stdout.write("".join(f"{job_id}\n" for job_id in ids))
             sys.stdout.flush()
         return 0
     payload = _read_payload(args.payload)
-    async with Queue(args.redis_url, config_url=config.redis_url) as q:
-        print(await q.enqueue(args.stream, payload, key=args.key, priority=args.priority))
+    async with Queue(args.redis_url, config=config) as q:
+        job_id = await q.enqueue(
+            args.stream,
+            payload,
+            key=args.key,
+            priority=args.priority,
+            on_conflict="replace" if args.replace else "keep",
+            **options,
+        )
+        print(job_id)
     return 0
 
 
@@ -249,7 +341,7 @@ def _json_lines(stream: TextIO) -> Iterator[list[Any]]:
 async def _stats(args: argparse.Namespace, config: Config) -> int:
     for stream in args.stream or []:
         check_stream(stream)
-    async with Queue(args.redis_url, config_url=config.redis_url) as q:
+    async with Queue(args.redis_url, config=config) as q:
         snap = await q.stats(args.stream)
     if args.json:
         sys.stdout.write(stats.to_json(snap).decode() + "\n")
@@ -272,6 +364,110 @@ async def _stats(args: argparse.Namespace, config: Config) -> int:
             str(s.dead),
         )
     Console().print(table)
+    return 0
+
+
+# -- job control --------------------------------------------------------------------------------
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _when_text(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+async def _job(args: argparse.Namespace, config: Config) -> int:
+    async with Queue(args.redis_url, config=config) as q:
+        if args.action == "show":
+            info = await q.job(args.id)
+            if args.json:
+                _print_json(info)
+                return 0
+            rows = [
+                ("id", info.id), ("state", info.state), ("attempt", str(info.attempt)),
+                ("priority", info.priority), ("key", info.key or "-"),
+                ("enqueued", _when_text(info.enqueued_at_ms)),
+                ("scheduled", _when_text(info.run_at_ms)),
+                ("started", _when_text(info.started_at_ms)),
+                ("finished", _when_text(info.finished_at_ms)),
+                ("worker", info.consumer or "-"), ("error", info.error or "-"),
+                ("result", _json_text(info.result) if info.result is not None else "-"),
+                ("payload", _json_text(info.payload)),
+            ]  # fmt: skip
+            width = max(len(name) for name, _ in rows)
+            for name, value in rows:
+                print(f"{name:<{width}}  {value}")
+        elif args.action == "cancel":
+            outcome = await q.cancel(args.id)
+            print(outcome if outcome == "cancelled" else "cancelling: it is running; not retried")
+        elif args.action == "retry":
+            await q.retry(args.id)
+            print("queued")
+        else:
+            run_at, delay = _when(args)
+            if run_at is None and delay is None:
+                raise ConfigError("reschedule needs --at or --delay")
+            print(_when_text(await q.reschedule(args.id, run_at=run_at, delay=delay)))
+    return 0
+
+
+async def _dead(args: argparse.Namespace, config: Config) -> int:
+    check_stream(args.stream)
+    async with Queue(args.redis_url, config=config) as q:
+        if args.action == "list":
+            letters = await q.dead(args.stream, args.count)
+            if args.json:
+                _print_json(letters)
+                return 0
+            for letter in letters:
+                print(f"{letter.entry_id}  {letter.job_id or '(foreign entry)'}  {letter.reason}")
+        elif args.action == "replay":
+            replayed, skipped = await control.replay(
+                q.redis, args.stream, None if args.all else args.ids
+            )
+            print(
+                f"replayed {replayed}"
+                + (f", skipped {skipped} (not streamq jobs)" if skipped else "")
+            )
+        else:
+            print(f"purged {await q.purge_dead(args.stream)}")
+    return 0
+
+
+async def _cron(args: argparse.Namespace, config: Config) -> int:
+    check_stream(args.stream)
+    async with Queue(args.redis_url, config=config) as q:
+        if args.action == "add":
+            scheduler.check_cron(args.cron)
+            await q.schedule_recurring(
+                args.name,
+                args.stream,
+                cron=args.cron,
+                tz=args.tz,
+                payload=_read_payload(args.payload),
+                priority=args.priority,
+            )
+            print(f"scheduled {args.name}")
+        elif args.action == "list":
+            schedules = await q.recurring(args.stream)
+            if args.json:
+                _print_json(schedules)
+                return 0
+            for schedule in schedules:
+                last = _when_text(schedule.last_ms or None)
+                print(f"{schedule.name}  {schedule.cron}  {schedule.tz}  last fired {last}")
+        else:
+            if not await q.remove_recurring(args.stream, args.name):
+                raise ConfigError(f"no schedule {args.name!r} on stream {args.stream!r}")
+            print(f"removed {args.name}")
     return 0
 
 

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 from redis.asyncio import Redis
 
-from streamq import connection, stats
-from streamq.producer import Producer
+from streamq import connection, control, scheduler, stats
+from streamq.config import Config, load_config
+from streamq.control import DeadLetter, JobInfo
+from streamq.producer import JobOptions, OnConflict, Producer
 
 
 class Queue:
     """A connection to streamq: enqueue jobs and read figures. Use as an async context manager."""
 
-    def __init__(self, url: str | None = None, *, config_url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, config: Config | None = None) -> None:
         self._url = url
-        self._config_url = config_url
+        self.config = config if config is not None else load_config()
+        self._config_url = self.config.redis_url
         self._redis: Redis | None = None
         self._producer: Producer | None = None
         self.resolved_url: str | None = None
@@ -53,10 +58,35 @@ class Queue:
         return self._producer
 
     async def enqueue(
-        self, stream: str, payload: Any, *, key: str | None = None, priority: str = "normal"
+        self,
+        stream: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        priority: str = "normal",
+        run_at: datetime | None = None,
+        delay: timedelta | float | str | None = None,
+        on_conflict: OnConflict = "keep",
+        max_attempts: int | None = None,
+        expire_after: float | str | None = None,
+        job_timeout: float | str | None = None,
     ) -> str:
-        """Add one job; returns its id (an existing job's id if ``key`` is held by a live job)."""
-        return await self.producer.enqueue(stream, payload, key=key, priority=priority)
+        """Add one job; returns its id (an existing job's id if ``key`` is held by a live job).
+
+        ``run_at`` (an aware datetime) or ``delay`` schedules it; ``on_conflict="replace"``
+        gives a still-scheduled job holding ``key`` this payload and due time instead.
+        """
+        options = JobOptions(
+            run_at=run_at,
+            delay=delay,
+            on_conflict=on_conflict,
+            max_attempts=max_attempts,
+            expire_after=expire_after,
+            job_timeout=job_timeout,
+        )
+        return await self.producer.enqueue(
+            stream, payload, key=key, priority=priority, options=options
+        )
 
     async def enqueue_many(
         self,
@@ -65,14 +95,90 @@ class Queue:
         *,
         keys: Sequence[str | None] | None = None,
         priority: str = "normal",
+        run_at: datetime | None = None,
+        delay: timedelta | float | str | None = None,
     ) -> list[str]:
         """Add many jobs in pipelined batches; returns one id per payload, in order."""
-        return await self.producer.enqueue_many(stream, payloads, keys=keys, priority=priority)
+        options = JobOptions(run_at=run_at, delay=delay)
+        return await self.producer.enqueue_many(
+            stream, payloads, keys=keys, priority=priority, options=options
+        )
 
     async def stats(self, streams: list[str] | None = None) -> stats.Snapshot:
         return await stats.snapshot(self.redis, streams)
 
+    async def job(self, job_id: str) -> JobInfo:
+        """A job's record and state; raises JobNotFound."""
+        return await control.job_info(self.redis, job_id)
 
-def connect(url: str | None = None) -> Queue:
-    """A Queue for ``url``; None means ``STREAMQ_REDIS_URL``, else the embedded server."""
-    return Queue(url)
+    async def cancel(self, job_id: str) -> str:
+        """'cancelled' (it will never start) or 'cancelling' (already running: not retried)."""
+        stream_config = self.config.stream(control._stream_of(job_id))
+        return await control.cancel(self.redis, job_id, stream_config)
+
+    async def reschedule(
+        self,
+        job_id: str,
+        run_at: datetime | None = None,
+        delay: timedelta | float | str | None = None,
+    ) -> int:
+        """Move a scheduled or retrying job; returns its new due time in ms since the epoch."""
+        return await control.reschedule(self.redis, job_id, run_at=run_at, delay=delay)
+
+    async def retry(self, job_id: str) -> None:
+        """Run a dead, cancelled or expired job again, attempts reset."""
+        await control.retry(self.redis, job_id)
+
+    async def dead(self, stream: str, count: int = 100) -> list[DeadLetter]:
+        return await control.dead_letters(self.redis, stream, count)
+
+    async def replay(self, stream: str, ids: list[str] | None = None) -> int:
+        """Run dead letters again (all, or by job id / entry id); returns how many."""
+        replayed, _ = await control.replay(self.redis, stream, ids)
+        return replayed
+
+    async def purge_dead(self, stream: str) -> int:
+        return await control.purge_dead(self.redis, stream)
+
+    async def schedule_recurring(
+        self,
+        name: str,
+        stream: str,
+        *,
+        cron: str,
+        tz: str = "UTC",
+        payload: Any = None,
+        priority: str = "normal",
+    ) -> None:
+        """Run ``payload`` on ``stream`` at every time ``cron`` names in ``tz``; each occurrence
+        runs once however many workers there are. Replaces a schedule of the same name."""
+        from streamq.producer import check_priority, check_stream
+
+        schedule = scheduler.Recurring(
+            name=name,
+            stream=check_stream(stream),
+            cron=cron,
+            tz=tz,
+            payload=payload,
+            priority=check_priority(priority),
+        )
+        await scheduler.add_recurring(self.redis, schedule)
+
+    async def recurring(self, stream: str) -> list[scheduler.Recurring]:
+        return await scheduler.list_recurring(self.redis, stream)
+
+    async def remove_recurring(self, stream: str, name: str) -> bool:
+        """Forget a schedule and cancel its waiting occurrence; False if there was none."""
+        holder = await scheduler.remove_recurring(self.redis, stream, name)
+        if holder is None:
+            return False
+        if holder:
+            with contextlib.suppress(control.InvalidJobState):  # it finished meanwhile
+                await self.cancel(holder)
+        return True
+
+
+def connect(url: str | None = None, *, config: Config | None = None) -> Queue:
+    """A Queue for ``url``; None means ``STREAMQ_REDIS_URL``, then the config file's
+    ``redis_url`` (``STREAMQ_CONFIG``), else the embedded server."""
+    return Queue(url, config=config)

@@ -51,6 +51,12 @@ class StreamStats(msgspec.Struct):
     """Consumers alive (seen within ALIVE_SECONDS) in the group of any lane."""
     dead: int
     """Entries in the dead-letter stream."""
+    delayed: int
+    """Scheduled jobs and retries waiting for their time."""
+    retrying: int
+    """Of the delayed, those waiting to retry after a failure."""
+    expired: int
+    """Jobs that came due too late and were not run (since the stream was created)."""
     lanes: list[LaneStats]
 
 
@@ -80,6 +86,8 @@ async def stream_stats(redis: Redis, stream: str, now_ms: int) -> StreamStats:
             pipe.execute_command("XPENDING", key, keys.GROUP)
             pipe.execute_command("XINFO", "CONSUMERS", key, keys.GROUP)
         pipe.xlen(keys.dead(stream))
+        pipe.zcard(keys.delayed(stream))
+        pipe.hmget(keys.counts(stream), ["retrying", "expired"])
         replies = await pipe.execute(raise_on_error=False)
     lanes: list[LaneStats] = []
     alive: set[bytes] = set()
@@ -90,7 +98,7 @@ async def stream_stats(redis: Redis, stream: str, now_ms: int) -> StreamStats:
         alive |= _alive(consumers)
         waiting = max(0, length - pending)
         lanes.append(LaneStats(priority, key, length, pending, waiting, oldest))
-    dead = replies[-1] if isinstance(replies[-1], int) else 0
+    dead, delayed, (retrying, expired) = replies[-3:]
     # Summed lane by lane: after a trim a lane can hold fewer entries than are pending.
     waiting = sum(lane.waiting for lane in lanes)
     length = sum(lane.length for lane in lanes)
@@ -107,7 +115,10 @@ async def stream_stats(redis: Redis, stream: str, now_ms: int) -> StreamStats:
         depth=waiting + pending,
         oldest_pending_age_s=max(ages) if ages else None,
         consumers=len(alive),
-        dead=dead,
+        dead=int(dead),
+        delayed=int(delayed),
+        retrying=max(0, int(retrying or 0)),
+        expired=int(expired or 0),
         lanes=lanes,
     )
 

@@ -491,7 +491,7 @@ class Worker:
                 held[job._lane].discard(job._entry)
                 continue
             if (stream_expires or env.expire_after_ms is not None) and self._expired(env):
-                self._finish(job, ("e", env.id, env.key or "", env.attempt, 0))
+                self._finish(job, ("e", env.id, env.key or "", env.attempt, 0, _text_of(env)))
                 held[job._lane].discard(job._entry)
                 continue
             timeout = default_timeout if env.job_timeout_ms is None else env.job_timeout_ms / 1000

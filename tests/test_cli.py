@@ -245,6 +245,9 @@ def test_stats_json_has_the_documented_shape(redis_url: str, stream: str) -> Non
         "oldest_pending_age_s",
         "consumers",
         "dead",
+        "delayed",
+        "retrying",
+        "expired",
         "lanes",
     }
     assert (entry["stream"], entry["depth"], entry["waiting"], entry["pending"]) == (

@@ -16,7 +16,7 @@ ARGV[6]     the outcomes, msgpack: an array of
                  'r' retry      a = envelope of the next attempt, b = delay ms, c = error
                  'l' deferred   a = envelope (attempt unchanged), b = delay ms, c = reason
                  'x' dead       a = envelope, b = reason, c = 'lane-key entry-id' it came from
-                 'e' expired    (not run: it came due too long ago)
+                 'e' expired    a = envelope (not run: it came due too long ago)
                  'c' cancelled  a = envelope
 
 Acknowledging, deleting the entries and rescheduling happen together, so a crash can neither
@@ -103,7 +103,7 @@ for i, o in ipairs(cmsgpack.unpack(ARGV[6])) do
       'finished_at', now, 'error', o[7], 'env', o[6], 'dead_entry', dead_entry)
     finish(record, id, key, 'dead')
   elseif code == 'e' then
-    redis.call('HSET', record, 'state', 'expired', 'finished_at', now)
+    redis.call('HSET', record, 'state', 'expired', 'finished_at', now, 'env', o[6])
     finish(record, id, key, 'expired')
   elseif code == 'c' then
     redis.call('HSET', record, 'state', 'cancelled', 'finished_at', now, 'env', o[6])

@@ -1,0 +1,275 @@
+"""Finding and steering jobs by id, and working with dead letters.
+
+A job id names its stream (``instagram:...``), so every operation here needs the id alone.
+State changes go through scripts that check the state they start from, so an operation racing
+a worker either applies fully or reports the state that won.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from streamq import codec, keys, scheduler, scripts
+from streamq.config import StreamConfig
+from streamq.errors import InvalidJobState, JobNotFound
+
+__all__ = ["DeadLetter", "InvalidJobState", "JobInfo", "JobNotFound"]
+
+FINISHED = ("done", "dead", "cancelled", "expired")
+REVIVABLE = ("dead", "cancelled", "expired")
+
+
+class JobInfo(msgspec.Struct, kw_only=True):
+    """What ``streamq job show`` prints: a job's record, with "active" worked out from the
+    consumer group (a queued job delivered to a worker is running)."""
+
+    id: str
+    stream: str
+    state: str
+    attempt: int
+    priority: str
+    key: str | None = None
+    payload: Any = None
+    enqueued_at_ms: int | None = None
+    run_at_ms: int | None = None
+    started_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    error: str | None = None
+    result: Any = None
+    consumer: str | None = None
+    """The worker running it, while active."""
+    cancel_requested: bool = False
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    entry_id: str
+    job_id: str | None
+    """None for an entry streamq did not write."""
+    reason: str
+    source: str
+    payload: Any = None
+    fields: dict[str, str] = msgspec.field(default_factory=dict)
+    """The entry's own fields when it was not one of ours."""
+
+
+def _stream_of(job_id: str) -> str:
+    try:
+        return keys.stream_of_job(job_id)
+    except ValueError:
+        raise JobNotFound(f"no job {job_id!r}: job ids look like 'instagram:...'") from None
+
+
+def _int(value: bytes | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+async def job_info(redis: Redis, job_id: str) -> JobInfo:
+    stream = _stream_of(job_id)
+    record: Any = await redis.hgetall(keys.job(stream, job_id))
+    if not record:
+        raise JobNotFound(f"no job {job_id!r} (never enqueued, or its record passed retention)")
+    state = record[b"state"].decode()
+    priority = record.get(b"priority", b"normal").decode()
+    envelope_raw = record.get(b"env")
+    consumer = None
+    entry = record.get(b"entry")
+    if state == "queued" and entry is not None:
+        lane = keys.lane(stream, priority)
+        pending: Any = await redis.xpending_range(lane, keys.GROUP, entry, entry, 1)
+        if pending:
+            state, consumer = "active", pending[0]["consumer"].decode()
+        found: Any = await redis.xrange(lane, entry, entry)
+        if found and b"j" in found[0][1]:
+            envelope_raw = found[0][1][b"j"]
+    payload = None
+    if envelope_raw is not None:
+        try:
+            payload = codec.decode(envelope_raw).payload
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            payload = None
+    result_raw = record.get(b"result")
+    return JobInfo(
+        id=job_id,
+        stream=stream,
+        state=state,
+        attempt=int(record.get(b"attempt", b"1")),
+        priority=priority,
+        key=_text(record.get(b"key")),
+        payload=payload,
+        enqueued_at_ms=_int(record.get(b"enqueued_at")),
+        run_at_ms=_int(record.get(b"run_at")),
+        started_at_ms=_int(record.get(b"started_at")),
+        finished_at_ms=_int(record.get(b"finished_at")),
+        error=_text(record.get(b"error")),
+        result=None if not result_raw else msgspec.json.decode(result_raw),
+        consumer=consumer,
+        cancel_requested=b"cancel" in record,
+    )
+
+
+async def cancel(redis: Redis, job_id: str, config: StreamConfig | None = None) -> str:
+    """Cancel a job. Returns 'cancelled' (it will never start) or 'cancelling' (it was already
+    running: its handler sees job.cancelled and it is not retried).
+    Raises InvalidJobState for a finished job."""
+    stream = _stream_of(job_id)
+    retention_ms = round((config or StreamConfig()).retention * 1000)
+    outcome, before = await scripts.cancel_job(
+        redis,
+        [
+            keys.job(stream, job_id),
+            keys.delayed(stream),
+            *keys.lanes(stream),
+            keys.dedup(stream),
+            keys.counts(stream),
+            keys.control(stream),
+        ],
+        [job_id, keys.GROUP, retention_ms],
+    )
+    outcome, before = outcome.decode(), before.decode()
+    if outcome == "missing":
+        raise JobNotFound(f"no job {job_id!r}")
+    if outcome == "unchanged":
+        raise InvalidJobState(f"job {job_id} is already {before}: nothing to cancel")
+    return str(outcome)
+
+
+async def reschedule(
+    redis: Redis,
+    job_id: str,
+    run_at: datetime | None = None,
+    delay: timedelta | float | str | None = None,
+) -> int:
+    """Move a scheduled or retrying job to a new due time; returns it (ms since the epoch)."""
+    stream = _stream_of(job_id)
+    if run_at is None and delay is None:
+        raise InvalidJobState("reschedule needs run_at or delay")
+    seconds, micros = await redis.time()
+    due = scheduler.due_ms(run_at, delay, now_ms=int(seconds) * 1000 + int(micros) // 1000)
+    assert due is not None
+    record_key = keys.job(stream, job_id)
+    raw: Any = await redis.hget(record_key, "env")
+    if raw is None:
+        state: Any = await redis.hget(record_key, "state")
+        if state is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        raise InvalidJobState(f"job {job_id} is {state.decode()}: only scheduled jobs move")
+    envelope = msgspec.structs.replace(codec.decode(raw), run_at_ms=due)
+    state = await scripts.reschedule_job(
+        redis,
+        [record_key, keys.delayed(stream), keys.control(stream)],
+        [job_id, due, codec.encode(envelope)],
+    )
+    if state is None:
+        raise JobNotFound(f"no job {job_id!r}")
+    if state.decode() not in ("scheduled", "retrying"):
+        raise InvalidJobState(f"job {job_id} is {state.decode()}: only scheduled jobs move")
+    return due
+
+
+async def retry(redis: Redis, job_id: str) -> None:
+    """Run a dead, cancelled or expired job again now, with its attempts reset."""
+    stream = _stream_of(job_id)
+    record: Any = await redis.hgetall(keys.job(stream, job_id))
+    if not record:
+        raise JobNotFound(f"no job {job_id!r} (never enqueued, or its record passed retention)")
+    state = record[b"state"].decode()
+    if state not in REVIVABLE or b"env" not in record:
+        raise InvalidJobState(
+            f"job {job_id} is {state}: only dead, cancelled or expired jobs retry"
+        )
+    await _revive(
+        redis,
+        stream,
+        codec.decode(record[b"env"]),
+        record.get(b"priority", b"normal").decode(),
+        record.get(b"dead_entry", b"").decode(),
+    )
+
+
+async def _revive(
+    redis: Redis, stream: str, envelope: codec.Envelope, priority: str, dead_entry: str
+) -> None:
+    fresh = msgspec.structs.replace(envelope, attempt=1, run_at_ms=None)
+    lane = priority if priority in keys.LANES else "normal"
+    reply = await scripts.revive_job(
+        redis,
+        [
+            keys.job(stream, envelope.id),
+            keys.lane(stream, lane),
+            keys.dead(stream),
+            keys.dedup(stream),
+        ],
+        [envelope.id, codec.encode(fresh), lane, dead_entry, envelope.key or ""],
+    )
+    if isinstance(reply, list):
+        raise InvalidJobState(f"job {envelope.id} is {reply[0].decode()}: it cannot be retried")
+
+
+async def dead_letters(redis: Redis, stream: str, count: int = 100) -> list[DeadLetter]:
+    raw: Any = await redis.xrange(keys.dead(stream), count=count)
+    return [_dead_letter(entry_id, fields) for entry_id, fields in raw]
+
+
+def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    envelope = None
+    if b"j" in fields:
+        try:
+            envelope = codec.decode(fields[b"j"])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            envelope = None
+    own = {
+        k.decode("utf-8", "backslashreplace"): v.decode("utf-8", "backslashreplace")
+        for k, v in fields.items()
+        if not k.startswith(b"_") and (envelope is None or k != b"j")
+    }
+    return DeadLetter(
+        entry_id=entry_id.decode(),
+        job_id=envelope.id if envelope else None,
+        reason=fields.get(b"_reason", b"").decode("utf-8", "backslashreplace"),
+        source=fields.get(b"_source", b"").decode(),
+        payload=envelope.payload if envelope else None,
+        fields=own,
+    )
+
+
+async def replay(redis: Redis, stream: str, ids: list[str] | None = None) -> tuple[int, int]:
+    """Run dead letters again (all of them, or those named by job id or dead-letter entry id).
+    Returns (replayed, skipped): entries streamq did not write cannot be replayed."""
+    raw: Any = await redis.xrange(keys.dead(stream))
+    wanted = set(ids) if ids is not None else None
+    replayed = skipped = 0
+    for entry_id, fields in raw:
+        letter = _dead_letter(entry_id, fields)
+        if wanted is not None and not {letter.entry_id, letter.job_id} & wanted:
+            continue
+        if letter.job_id is None:
+            skipped += 1
+            continue
+        priority: Any = await redis.hget(keys.job(stream, letter.job_id), "priority")
+        envelope = codec.decode(fields[b"j"])
+        try:
+            await _revive(
+                redis, stream, envelope, (priority or b"normal").decode(), letter.entry_id
+            )
+        except InvalidJobState:
+            skipped += 1
+            continue
+        replayed += 1
+    return replayed, skipped
+
+
+async def purge_dead(redis: Redis, stream: str) -> int:
+    """Delete every dead letter of ``stream``; returns how many there were."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xlen(keys.dead(stream))
+        pipe.delete(keys.dead(stream))
+        count, _ = await pipe.execute()
+    return int(count)
