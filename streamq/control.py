@@ -83,10 +83,13 @@ async def job_info(redis: Redis, job_id: str) -> JobInfo:
     entry = record.get(b"entry")
     if state == "queued" and entry is not None:
         lane = keys.lane(stream, priority)
-        pending: Any = await redis.xpending_range(lane, keys.GROUP, entry, entry, 1)
-        if pending:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.xpending_range(lane, keys.GROUP, entry, entry, 1)
+            pipe.xrange(lane, entry, entry)
+            # NOGROUP means no worker ever read the lane: then it is simply not delivered.
+            pending, found = await pipe.execute(raise_on_error=False)
+        if pending and not isinstance(pending, Exception):
             state, consumer = "active", pending[0]["consumer"].decode()
-        found: Any = await redis.xrange(lane, entry, entry)
         if found and b"j" in found[0][1]:
             envelope_raw = found[0][1][b"j"]
     payload = None

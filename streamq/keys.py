@@ -12,6 +12,7 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:counts                   hash: counters (expired, ...) and the retrying gauge
     streamq:{S}:control                  stream, capped: wake-ups and cancellations for workers
     streamq:{S}:cron                     hash: recurring schedule name -> its definition
+    streamq:{S}:cron:last                hash: recurring schedule name -> last fire time added
 """
 
 from __future__ import annotations
@@ -100,3 +101,7 @@ def control(stream: str) -> str:
 
 def cron(stream: str) -> str:
     return f"{stream_prefix(stream)}:cron"
+
+
+def cron_fired(stream: str) -> str:
+    return f"{stream_prefix(stream)}:cron:last"

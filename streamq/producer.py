@@ -122,10 +122,12 @@ class Producer:
             keyspace.dedup(stream),
             keyspace.delayed(stream),
             keyspace.control(stream),
+            keyspace.cron_fired(stream),
         ]
         head: list[scripts.EncodableArg] = [
             lane,
             "" if template.expire_after_ms is None else template.expire_after_ms,
+            cron or "",
         ]
         for start in range(0, len(slices), PIPELINE_SLICES):
             batch = [
@@ -136,6 +138,7 @@ class Producer:
             for offset, taken in enumerate(replies):
                 base = (start + offset) * SLICE
                 for i in range(0, len(taken), 2):
+                    # An occurrence refused as stale comes back with no id at all.
                     ids[base + int(taken[i]) - 1] = taken[i + 1].decode()
         if opts.on_conflict == "replace" and keys is not None:
             await self._replace_taken(stream, payload_list, keys, ids, template)

@@ -10,6 +10,7 @@ means the first of the two, as `fold=0` does.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -106,8 +107,11 @@ def due_ms(
 
 def backoff_seconds(policy: Backoff, attempt: int, rng: random.Random | None = None) -> float:
     """How long to wait before running again after failed attempt number ``attempt`` (1-based)."""
-    exponent = min(max(attempt - 1, 0), 64)  # beyond this the cap has long been reached
-    delay = min(policy.max, policy.base * policy.factor**exponent)
+    try:
+        grown = policy.base * policy.factor ** max(attempt - 1, 0)
+    except OverflowError:  # a float power past ~1e308: far beyond any cap
+        grown = math.inf
+    delay = min(policy.max, grown)
     if policy.jitter:
         spread = (rng or random).uniform(-policy.jitter, policy.jitter)
         delay *= 1 + spread
@@ -172,6 +176,10 @@ class Promoter:
         self._delayed = keys.delayed(stream)
         self._fixed_keys = [self._delayed, *keys.lanes(stream), keys.dedup(stream)]
         self._fixed_keys.append(keys.counts(stream))
+
+    def wake(self) -> None:
+        """Re-plan now (e.g. a recurring job finished and its next occurrence can be added)."""
+        self._wake.set()
 
     def server_now_ms(self) -> int:
         return round(self.clock() * 1000) + self.offset_ms
@@ -255,8 +263,9 @@ class Recurring(msgspec.Struct, frozen=True, kw_only=True):
     tz: str = "UTC"
     payload: Any = None
     priority: str = "normal"
+    created_ms: int = 0
     last_ms: int = 0
-    """The fire time of the last occurrence scheduled; the next is the first after it."""
+    """When the last occurrence was due (read from ``streamq:{S}:cron:last``)."""
 
 
 def recurring_key(name: str) -> str:
@@ -264,76 +273,73 @@ def recurring_key(name: str) -> str:
     return f"cron:{name}"
 
 
+async def _server_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 async def add_recurring(redis: Redis, schedule: Recurring) -> None:
     check_cron(schedule.cron)
     zone(schedule.tz)
-    await redis.hset(keys.cron(schedule.stream), schedule.name, msgspec.json.encode(schedule))
+    now = await _server_ms(redis)
+    stored = msgspec.structs.replace(schedule, created_ms=now, last_ms=0)
+    await redis.hset(keys.cron(schedule.stream), schedule.name, msgspec.json.encode(stored))
     await redis.sadd(keys.STREAM_REGISTRY, schedule.stream)
-    seconds, micros = await redis.time()
-    await reconcile_recurring(redis, schedule.stream, int(seconds) * 1000 + int(micros) // 1000)
+    await reconcile_recurring(redis, schedule.stream, now)
 
 
 async def list_recurring(redis: Redis, stream: str) -> list[Recurring]:
-    raw: Any = await redis.hgetall(keys.cron(stream))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.cron(stream))
+        pipe.hgetall(keys.cron_fired(stream))
+        raw, fired = await pipe.execute()
     decoder = msgspec.json.Decoder(Recurring)
-    return sorted((decoder.decode(v) for v in raw.values()), key=lambda r: r.name)
+    schedules = []
+    for name, value in raw.items():
+        schedule = decoder.decode(value)
+        last = fired.get(name)
+        if last is not None:
+            schedule = msgspec.structs.replace(schedule, last_ms=int(last))
+        schedules.append(schedule)
+    return sorted(schedules, key=lambda r: r.name)
 
 
 async def reconcile_recurring(redis: Redis, stream: str, now_ms: int) -> int:
     """Make sure every schedule of ``stream`` has its next occurrence waiting.
 
     An occurrence carries the dedup key ``cron:<name>``, so while one is scheduled, queued or
-    running no other is added, however many workers reconcile at once. When it has finished,
-    the next is the first fire time after the last one scheduled: none is skipped, and cronsim
-    fires a time in a skipped or repeated daylight-saving hour exactly once. Occurrences missed
-    while no worker ran collapse into one that runs at once. Returns how many were added.
+    running no other is added; and enqueue_jobs adds an occurrence only if it is due later than
+    the last one added, so reconcilers racing with stale views cannot add one twice. The next
+    occurrence is the first fire time after the last: none is skipped, and cronsim fires a time
+    in a skipped or repeated daylight-saving hour exactly once. Occurrences missed while no
+    worker ran collapse into one that runs at once. Returns how many were added.
     """
     from streamq.producer import JobOptions, Producer  # producer imports this module
 
-    schedules = await list_recurring(redis, stream)
     added = 0
     producer = Producer(redis)
-    for schedule in schedules:
-        fire_ms = next_fire_ms(schedule.cron, schedule.tz, schedule.last_ms or now_ms)
-        if fire_ms <= now_ms:
-            fire_ms = max(fire_ms, now_ms)  # missed while down: once, now
-        run_at = datetime.fromtimestamp(fire_ms / 1000, tz=UTC)
+    for schedule in await list_recurring(redis, stream):
+        after = schedule.last_ms or schedule.created_ms or now_ms
+        fire_ms = next_fire_ms(schedule.cron, schedule.tz, after)
+        if fire_ms < now_ms:
+            fire_ms = now_ms  # missed while down: once, now
         job_id = await producer.enqueue(
             stream,
             schedule.payload,
             key=recurring_key(schedule.name),
             priority=schedule.priority,
-            options=JobOptions(run_at=run_at),
+            options=JobOptions(run_at=datetime.fromtimestamp(fire_ms / 1000, tz=UTC)),
             cron=schedule.name,
         )
-        # The live occurrence is this fire time's (ours, or a concurrent reconciler's): move on.
-        if await redis.hget(keys.job(stream, job_id), "run_at") == str(fire_ms).encode():
-            updated = msgspec.structs.replace(schedule, last_ms=fire_ms)
-            added += await _replace_schedule(redis, schedule, updated)
+        if job_id and await redis.hget(keys.job(stream, job_id), "run_at") == str(fire_ms).encode():
+            added += 1
     return added
-
-
-async def _replace_schedule(redis: Redis, read: Recurring, updated: Recurring) -> int:
-    """Store ``updated`` only if the schedule is still as it was read (not removed or edited
-    meanwhile); returns 1 if stored."""
-    cron_key = keys.cron(read.stream)
-    async with redis.pipeline(transaction=True) as pipe:
-        try:
-            await pipe.watch(cron_key)
-            current = await pipe.hget(cron_key, read.name)
-            if current != msgspec.json.encode(read):
-                return 0
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.hset(cron_key, read.name, msgspec.json.encode(updated))
-            await pipe.execute()
-        except redis_errors.WatchError:
-            return 0
-    return 1
 
 
 async def remove_recurring(redis: Redis, stream: str, name: str) -> str | None:
     """Forget a schedule; returns the id of its waiting occurrence (for the caller to cancel)."""
     removed = await redis.hdel(keys.cron(stream), name)
+    await redis.hdel(keys.cron_fired(stream), name)
     if not removed:
         return None
     holder: Any = await redis.hget(keys.dedup(stream), recurring_key(name))

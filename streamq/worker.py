@@ -502,8 +502,10 @@ class Worker:
             try:
                 result = await handler(job)
             except Exception as exc:
+                slot.job = None
                 self._finish(job, self._failure(job, exc, started))
             else:
+                slot.job = None
                 # Inlined _finish: this is the path every successful job takes. (The ack loop
                 # swaps the list out, so it must be looked up each time.)
                 self._finished.append(
@@ -512,7 +514,8 @@ class Worker:
                 if self._ack_event is not None:
                     self._ack_event.set()
             finally:
-                slot.job = None
+                # slot.job stays set when the handler was cancelled, so that the consumer
+                # loop can record a timeout (the watchdog's doing) as a failed attempt.
                 slot.deadline = math.inf
                 held[job._lane].discard(job._entry)
                 if self._room_event is not None:
@@ -551,13 +554,15 @@ class Worker:
             )
         self.counts.failed += 1
         error = _describe(exc)
+        if job.cancelled:  # cancelled while it ran: it ends here, as cancelled
+            return ("c", env.id, key, env.attempt, started, _text_of(env))
         allowed = env.max_attempts or self.options.max_attempts
-        if isinstance(exc, Fail) or env.attempt >= allowed or job.cancelled:
+        if isinstance(exc, Fail) or env.attempt >= allowed:
             reason = (
-                error if isinstance(exc, Fail) else f"gave up after {env.attempt} attempts: {error}"
+                exc.reason
+                if isinstance(exc, Fail)
+                else f"gave up after {env.attempt} attempts: {error}"
             )
-            if job.cancelled:
-                reason = f"cancelled while running: {error}"
             source = f"{self._lanes[job._lane]} {job.entry_id}"
             log.warning("job %s is dead: %s", env.id, reason)
             return ("x", env.id, key, env.attempt, started, _text_of(env), reason, source)
@@ -627,8 +632,12 @@ class Worker:
             await self._retrying("ack", lambda: self._record(batch))
         finally:
             in_flight.release()
-        for _, outcome in batch:
+        recurring = False
+        for job, outcome in batch:
             self._count(outcome[0])
+            recurring = recurring or job.envelope.cron is not None
+        if recurring:
+            self.promoter.wake()  # the next occurrence can be scheduled now
 
     def _count(self, code: str) -> None:
         counts = self.counts

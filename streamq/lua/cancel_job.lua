@@ -47,7 +47,9 @@ if state == 'scheduled' or state == 'retrying' then
 end
 if state == 'queued' then
   local lane = lanes[f[2]] or lanes.normal
-  local delivered = f[3] and redis.call('XPENDING', lane, group, f[3], f[3], 1)[1]
+  -- pcall: a lane no worker has read yet has no group (NOGROUP): nothing was delivered.
+  local pending = f[3] and redis.pcall('XPENDING', lane, group, f[3], f[3], 1)
+  local delivered = type(pending) == 'table' and not pending.err and pending[1]
   if delivered then
     redis.call('HSET', record, 'cancel', 1)
     redis.call('XADD', control, 'MAXLEN', '~', 100, '*', 'c', id)

@@ -4,10 +4,14 @@ KEYS[1]     lane stream          streamq:{S}:lane:<priority>
 KEYS[2]     dedup hash           streamq:{S}:keys
 KEYS[3]     delayed set          streamq:{S}:delayed
 KEYS[4]     control stream       streamq:{S}:control
-KEYS[5..]   one record key per job, in order   streamq:{S}:job:<id>
+KEYS[5]     recurring fire times streamq:{S}:cron:last
+KEYS[6..]   one record key per job, in order   streamq:{S}:job:<id>
 ARGV[1]     priority name (stored so promotion knows the lane)
 ARGV[2]     expire_after in ms, or '' (stored so promotion can expire the job)
-ARGV[3..]   quadruples: job id, dedup key ('' for none), encoded envelope, due ms ('' = now)
+ARGV[3]     '' or, for an occurrence of a recurring schedule, its name: the job is added only
+            if its due time is later than the last occurrence added for that name, so a
+            reconciler working from a stale view cannot add an occurrence twice
+ARGV[4..]   quadruples: job id, dedup key ('' for none), encoded envelope, due ms ('' = now)
 
 A job due later than the server's clock (TIME) waits in the delayed set with its envelope in
 its record; any other goes straight onto the lane. A job due before everything else waiting
@@ -15,8 +19,14 @@ appends a wake-up to the control stream, so sleeping workers re-plan.
 Returns a flat array of (1-based position, existing job id) for every job NOT added because its
 dedup key is held by a live job; an empty array when all were added.
 ]]
-local lane, dedup, delayed, control = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local priority, expire_after = ARGV[1], ARGV[2]
+local lane, dedup, delayed, control, fired = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local priority, expire_after, recurring = ARGV[1], ARGV[2], ARGV[3]
+if recurring ~= '' then
+  local due = tonumber(ARGV[7])
+  if due <= tonumber(redis.call('HGET', fired, recurring) or '-1') then
+    return { 1, '' }
+  end
+end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
@@ -24,7 +34,7 @@ head = head and tonumber(head) or math.huge
 local earliest = math.huge
 local taken = {}
 local job = 0
-for at = 3, #ARGV, 4 do
+for at = 4, #ARGV, 4 do
   job = job + 1
   local id, key, envelope, due = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local existing = false
@@ -35,7 +45,10 @@ for at = 3, #ARGV, 4 do
     taken[#taken + 1] = job
     taken[#taken + 1] = existing
   else
-    local record = KEYS[4 + job]
+    local record = KEYS[5 + job]
+    if recurring ~= '' then
+      redis.call('HSET', fired, recurring, due)
+    end
     if key ~= '' then
       redis.call('HSET', dedup, key, id)
       redis.call('HSET', record, 'key', key)
