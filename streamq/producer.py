@@ -7,6 +7,8 @@ no per-job Redis work beyond the XADD (or ZADD) and the job's record.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal, get_args
@@ -21,6 +23,7 @@ from streamq.config import parse_duration
 from streamq.errors import ConfigError
 from streamq.keys import Priority
 
+OFFSET_REFRESH_SECONDS: Final = 60.0
 SLICE: Final = 500
 PIPELINE_SLICES: Final = 16
 
@@ -59,6 +62,17 @@ class Producer:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._registered: set[str] = set()
+        self._offset_ms = 0
+        self._offset_checked = -math.inf
+
+    async def _server_now_ms(self) -> int:
+        """Now by the server's clock, which delays and due times are relative to; the offset
+        from this process's clock is re-read once a minute."""
+        if time.monotonic() - self._offset_checked > OFFSET_REFRESH_SECONDS:
+            seconds, micros = await self._redis.time()
+            self._offset_ms = int(seconds) * 1000 + int(micros) // 1000 - codec.now_ms()
+            self._offset_checked = time.monotonic()
+        return codec.now_ms() + self._offset_ms
 
     async def enqueue(
         self,
@@ -103,7 +117,7 @@ class Producer:
             raise ConfigError("enqueue_many: keys must have one entry per payload")
         if not payload_list:
             return []
-        now = codec.now_ms()
+        now = await self._server_now_ms()
         due = scheduler.due_ms(opts.run_at, opts.delay, now_ms=now)
         template = codec.Envelope(
             id="",
