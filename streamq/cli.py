@@ -435,7 +435,7 @@ async def _dead(args: argparse.Namespace, config: Config) -> int:
             )
             print(
                 f"replayed {replayed}"
-                + (f", skipped {skipped} (not streamq jobs)" if skipped else "")
+                + (f", skipped {skipped} (not replayable)" if skipped else "")
             )
         else:
             print(f"purged {await q.purge_dead(args.stream)}")

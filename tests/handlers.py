@@ -25,13 +25,19 @@ def _redis() -> Redis:
 
 
 async def record(job: Job) -> str:
-    """Count a run of the job, note which process ran it, then take a little time."""
+    """Count a run of the job, note which process ran it, then take a little time.
+
+    A payload {"fail_first": true} raises on the first attempt (the job is retried).
+    """
     prefix = os.environ.get("STREAMQ_TEST_RECORD", "rec")
     async with _redis().pipeline(transaction=False) as pipe:
         pipe.hincrby(f"{prefix}:runs", job.id, 1)
         pipe.sadd(f"{prefix}:by:{os.getpid()}", job.id)
         await pipe.execute()
     await anyio.sleep(float(os.environ.get("STREAMQ_TEST_JOB_SECONDS", "0.002")))
+    if isinstance(job.payload, dict) and job.payload.get("fail_first") and job.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    await _redis().hincrby(f"{prefix}:succeeded", job.id, 1)
     return job.id
 
 

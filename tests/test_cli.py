@@ -302,3 +302,97 @@ def test_without_a_url_every_command_uses_the_embedded_server(stream: str) -> No
     finally:
         run_cli("server", "stop", env=env)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_schedule_show_reschedule_and_cancel_from_the_command_line(
+    redis_url: str, stream: str
+) -> None:
+    base = ["--redis-url", redis_url]
+    added = run_cli(
+        "enqueue", *base, "--stream", stream, "--payload", '{"text": "hi"}',
+        "--at", "2099-12-01 09:00", "--tz", "Europe/Paris", "--key", "post-1",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    job_id = added.stdout.strip()
+    shown = json.loads(run_cli("job", "show", job_id, "--json", *base).stdout)
+    assert (shown["state"], shown["payload"], shown["key"]) == (
+        "scheduled",
+        {"text": "hi"},
+        "post-1",
+    )
+    assert shown["run_at_ms"] == 4099795200000  # 2099-12-01T09:00:00+01:00
+    text = run_cli("job", "show", job_id, *base).stdout
+    assert "2099-12-01T08:00:00.000+00:00" in text
+    replaced = run_cli(
+        "enqueue", *base, "--stream", stream, "--payload", '{"text": "edited"}',
+        "--key", "post-1", "--delay", "1h", "--replace",
+    )  # fmt: skip
+    assert replaced.stdout.strip() == job_id
+    assert json.loads(run_cli("job", "show", job_id, "--json", *base).stdout)["payload"] == {
+        "text": "edited"
+    }
+    moved = run_cli("job", "reschedule", job_id, "--delay", "2h", *base)
+    assert moved.returncode == 0, moved.stderr
+    assert run_cli("job", "cancel", job_id, *base).stdout.strip() == "cancelled"
+    one_line_error(run_cli("job", "cancel", job_id, *base), "already cancelled")
+    one_line_error(run_cli("job", "reschedule", job_id, "--delay", "1m", *base), "cancelled")
+    assert run_cli("job", "retry", job_id, *base).stdout.strip() == "queued"
+    one_line_error(run_cli("job", "show", f"{stream}:missing", *base), "no job")
+    one_line_error(run_cli("job", "show", "not-an-id", *base), "no job")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--at", "2026-12-01 09:00"], "has no time zone"),
+        (["--at", "2026-03-29 02:30", "--tz", "Europe/Paris"], "does not exist"),
+        (["--at", "2026-12-01T09:00:00Z", "--delay", "1m"], "not both"),
+        (["--tz", "Europe/Paris"], "--tz goes with --at"),
+        (["--replace"], "--replace needs --key"),
+    ],
+)
+def test_bad_schedules_are_one_line(
+    redis_url: str, stream: str, args: list[str], fragment: str
+) -> None:
+    result = run_cli(
+        "enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "1", *args
+    )
+    one_line_error(result, fragment)
+
+
+def test_dead_letters_and_cron_from_the_command_line(redis_url: str, stream: str) -> None:
+    base = ["--redis-url", redis_url]
+    client = sync_redis.Redis.from_url(redis_url)
+    client.xadd(keys.lane(stream, "normal"), {"not": "ours"})
+    run_cli("enqueue", *base, "--stream", stream, "--payload", "1")
+    consumed = run_cli(
+        "consume", *base, "--stream", stream, "--handler", "tests.handlers:noop", "--burst"
+    )
+    assert consumed.returncode == 0, consumed.stderr
+    listed = json.loads(run_cli("dead", "list", "--stream", stream, "--json", *base).stdout)
+    assert [(d["job_id"], d["fields"]) for d in listed] == [(None, {"not": "ours"})]
+    assert "foreign entry" in run_cli("dead", "list", "--stream", stream, *base).stdout
+    replay = run_cli("dead", "replay", "--stream", stream, "--all", *base)
+    assert replay.stdout.strip() == "replayed 0, skipped 1 (not replayable)"
+    assert run_cli("dead", "purge", "--stream", stream, *base).stdout.strip() == "purged 1"
+
+    added = run_cli(
+        "cron", "add", "daily", "--stream", stream, "--cron", "30 2 * * *",
+        "--tz", "Europe/Paris", "--payload", '{"report": true}', *base,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    [schedule] = json.loads(run_cli("cron", "list", "--stream", stream, "--json", *base).stdout)
+    assert (schedule["name"], schedule["cron"], schedule["tz"]) == (
+        "daily",
+        "30 2 * * *",
+        "Europe/Paris",
+    )
+    assert schedule["last_ms"] > 0  # its first occurrence is waiting
+    one_line_error(
+        run_cli("cron", "add", "bad", "--stream", stream, "--cron", "61 * * * *", *base),
+        "invalid cron expression",
+    )
+    assert run_cli("cron", "remove", "daily", "--stream", stream, *base).returncode == 0
+    one_line_error(run_cli("cron", "remove", "daily", "--stream", stream, *base), "no schedule")
+    [s] = json.loads(run_cli("stats", "--json", "--stream", stream, *base).stdout)["streams"]
+    assert s["delayed"] == 0  # the waiting occurrence was cancelled with its schedule

@@ -76,8 +76,14 @@ for i, o in ipairs(cmsgpack.unpack(ARGV[6])) do
     code = 'c'
   end
   if code == 'd' then
-    -- attempt is already in the record (set at enqueue, or by the retry that led here).
-    redis.call('HSET', record, 'state', 'done', 'started_at', started, 'finished_at', now)
+    -- The record already holds attempt 1, or the retry's number: write it only when a
+    -- crash redelivery raised it, to spare the common case a field.
+    if attempt > 1 then
+      redis.call('HSET', record, 'state', 'done', 'started_at', started, 'finished_at', now,
+        'attempt', attempt)
+    else
+      redis.call('HSET', record, 'state', 'done', 'started_at', started, 'finished_at', now)
+    end
     if o[6] ~= '' then
       redis.call('HSET', record, 'result', o[6])
     end
