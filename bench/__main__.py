@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -23,7 +24,7 @@ import redis as sync_redis
 
 from streamq import connection, keys
 from streamq.job import Job
-from streamq.producer import Producer
+from streamq.producer import JobOptions, Producer
 from streamq.server import LocalServer
 from streamq.worker import Worker, WorkerOptions
 
@@ -159,6 +160,62 @@ def throughput(args: argparse.Namespace) -> None:
 UVLOOP = {"use_uvloop": True}
 
 
+async def lateness_run(url: str, stream: str, dues_ms: list[int]) -> list[int]:
+    """Schedule one job per due time, run one worker, return start - due per job (ms)."""
+    redis = connection.client(url)
+    lateness: list[int] = []
+    try:
+        producer = Producer(redis)
+        by_due: dict[int, int] = {}
+        for due in dues_ms:
+            by_due[due] = by_due.get(due, 0) + 1
+        for due, count in by_due.items():
+            run_at = datetime.fromtimestamp(due / 1000, tz=UTC)
+            await producer.enqueue_many(stream, [due] * count, options=JobOptions(run_at=run_at))
+
+        async def handler(job: Job) -> None:
+            lateness.append(int(time.time() * 1000) - job.payload)
+
+        worker = Worker(redis, stream, handler, WorkerOptions())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            with anyio.fail_after(max(dues_ms) / 1000 - time.time() + 60):
+                while len(lateness) < len(dues_ms):  # noqa: ASYNC110 - a bench's progress poll
+                    await anyio.sleep(0.05)
+            worker.stop()
+        return lateness
+    finally:
+        await redis.aclose()
+
+
+def percentile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def lateness(args: argparse.Namespace) -> None:
+    print(f"# lateness: start minus due time, ms (same-machine clock); {machine()}")
+    print("| engine | scenario | jobs | p50 | p99 | max | early (<0) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    with servers(args.engines) as started:
+        for engine, srv in started:
+            scenarios: dict[str, Callable[[int], list[int]]] = {
+                "1,000 spread over 10 s": lambda now: [now + 3000 + i * 10 for i in range(1000)],
+                f"{args.burst:,} due in the same second": lambda now: (
+                    [(now // 1000 + 3) * 1000] * args.burst
+                ),
+            }
+            for name, make_dues in scenarios.items():
+                dues = make_dues(int(time.time() * 1000))
+                stream = f"late-{engine}-{os.getpid()}-{len(dues)}"
+                late = anyio.run(lateness_run, srv.url, stream, dues, backend_options=UVLOOP)
+                early = sum(1 for x in late if x < 0)
+                print(
+                    f"| {engine} {srv.version} | {name} | {len(late):,} | "
+                    f"{percentile(late, 0.5)} | {percentile(late, 0.99)} | {max(late)} | {early} |"
+                )
+
+
 def machine() -> str:
     import redis as redis_py
 
@@ -174,8 +231,11 @@ def main() -> None:
     tp = sub.add_parser("throughput", help="bulk enqueue and no-op drain rates")
     tp.add_argument("--jobs", type=int, default=200_000)
     tp.add_argument("--engines", nargs="+", default=["valkey", "redis"])
+    late = sub.add_parser("lateness", help="how late scheduled jobs start")
+    late.add_argument("--burst", type=int, default=10_000, help="jobs due in the same second")
+    late.add_argument("--engines", nargs="+", default=["valkey", "redis"])
     args = parser.parse_args()
-    {"throughput": throughput}[args.scenario](args)
+    {"throughput": throughput, "lateness": lateness}[args.scenario](args)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal, get_args
 
+import anyio
+import anyio.lowlevel
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
@@ -130,7 +132,6 @@ class Producer:
             cron=cron,
         )
         await self._register(stream)
-        ids, slices = _encode(stream, payload_list, keys, template)
         fixed_keys = [
             keyspace.lane(stream, lane),
             keyspace.dedup(stream),
@@ -143,14 +144,34 @@ class Producer:
             "" if template.expire_after_ms is None else template.expire_after_ms,
             cron or "",
         ]
-        for start in range(0, len(slices), PIPELINE_SLICES):
-            batch = [
-                ([*fixed_keys, *record_keys], [*head, *args])
-                for record_keys, args in slices[start : start + PIPELINE_SLICES]
-            ]
-            replies = await self._run_pipelined(batch)
-            for offset, taken in enumerate(replies):
-                base = (start + offset) * SLICE
+        ids: list[str] = []
+        chunk = SLICE * PIPELINE_SLICES
+        replies: list[list[Any]] = []
+        one_in_flight = anyio.Semaphore(1)
+
+        async def send(calls: list[tuple[list[str], list[scripts.EncodableArg]]]) -> None:
+            try:
+                replies.append(await self._run_pipelined(calls))
+            finally:
+                one_in_flight.release()
+
+        # Chunks go out in order, one at a time, while the next one is being encoded: the
+        # server works on chunk k while this process packs chunk k + 1.
+        async with anyio.create_task_group() as sends:
+            for start in range(0, len(payload_list), chunk):
+                part = payload_list[start : start + chunk]
+                part_keys = None if keys is None else keys[start : start + chunk]
+                part_ids, slices = _encode(stream, part, part_keys, template)
+                ids += part_ids
+                calls = [
+                    ([*fixed_keys, *record_keys], [*head, jobs]) for record_keys, jobs in slices
+                ]
+                await one_in_flight.acquire()
+                sends.start_soon(send, calls)
+                await anyio.lowlevel.checkpoint()  # let the send go out before encoding more
+        for chunk_index, chunk_replies in enumerate(replies):
+            for offset, taken in enumerate(chunk_replies):
+                base = chunk_index * chunk + offset * SLICE
                 for i in range(0, len(taken), 2):
                     # An occurrence refused as stale comes back with no id at all.
                     ids[base + int(taken[i]) - 1] = taken[i + 1].decode()
@@ -220,29 +241,35 @@ class Producer:
             self._registered.add(stream)
 
 
+_msgpack = msgspec.msgpack.Encoder().encode
+
+
 def _encode(
     stream: str,
     payloads: list[Any],
     job_keys: Sequence[str | None] | None,
     template: codec.Envelope,
-) -> tuple[list[str], list[tuple[list[str], list[scripts.EncodableArg]]]]:
-    """Job ids, and the record keys and enqueue_jobs ARGV tail of each slice."""
+) -> tuple[list[str], list[tuple[list[str], bytes]]]:
+    """Job ids, and the record keys and packed jobs (enqueue_jobs' ARGV[4]) of each slice."""
     ids: list[str] = []
-    slices: list[tuple[list[str], list[scripts.EncodableArg]]] = []
+    slices: list[tuple[list[str], bytes]] = []
     record_keys: list[str] = []
-    args: list[scripts.EncodableArg] = []
-    due: scripts.EncodableArg = "" if template.run_at_ms is None else template.run_at_ms
+    jobs: list[tuple[str, str, str, int]] = []
+    due = template.run_at_ms or 0
     replace = msgspec.structs.replace
+    record_prefix = keyspace.job(stream, "")
+    encode = codec.encode
     for index, payload in enumerate(payloads):
         job_id = codec.new_job_id(stream, template.enqueued_at_ms)
         key = job_keys[index] if job_keys is not None else None
         ids.append(job_id)
         envelope = replace(template, id=job_id, payload=payload, key=key)
-        record_keys.append(keyspace.job(stream, job_id))
-        args += (job_id, key or "", codec.encode(envelope), due)
+        record_keys.append(record_prefix + job_id)
+        # str, not bytes: the server's cmsgpack reads msgpack str but not bin.
+        jobs.append((job_id, key or "", encode(envelope).decode(), due))
         if len(record_keys) == SLICE:
-            slices.append((record_keys, args))
-            record_keys, args = [], []
+            slices.append((record_keys, _msgpack(jobs)))
+            record_keys, jobs = [], []
     if record_keys:
-        slices.append((record_keys, args))
+        slices.append((record_keys, _msgpack(jobs)))
     return ids, slices

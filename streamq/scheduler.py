@@ -173,6 +173,7 @@ class Promoter:
         self.promoted = 0
         self.expired = 0
         self._wake = anyio.Event()
+        self._last_id: bytes | None = None
         self._delayed = keys.delayed(stream)
         self._fixed_keys = [self._delayed, *keys.lanes(stream), keys.dedup(stream)]
         self._fixed_keys.append(keys.counts(stream))
@@ -184,10 +185,17 @@ class Promoter:
     def server_now_ms(self) -> int:
         return round(self.clock() * 1000) + self.offset_ms
 
+    async def prepare(self) -> None:
+        """Note where the control stream stands, before the worker takes any job: a
+        cancellation sent from then on reaches this worker."""
+        self._last_id = await self._last_control_id(self.redis)
+
     async def run(self) -> None:
         listener = self.redis.client()  # blocking XREADs hold a connection of their own
         try:
-            last_id = await self._last_control_id(listener)
+            if self._last_id is None:
+                await self.prepare()
+            last_id = self._last_id or b"0-0"
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._listen, listener, last_id)
                 await self._sync_clock()

@@ -180,6 +180,7 @@ class Worker:
 
     async def run(self, *, handle_signals: bool = False) -> WorkerCounts:
         await self.ensure_groups()
+        await self.promoter.prepare()
         log.info(
             "worker %s consuming %s (concurrency %d)",
             self.consumer,

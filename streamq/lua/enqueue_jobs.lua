@@ -11,7 +11,9 @@ ARGV[2]     expire_after in ms, or '' (stored so promotion can expire the job)
 ARGV[3]     '' or, for an occurrence of a recurring schedule, its name: the job is added only
             if its due time is later than the last occurrence added for that name, so a
             reconciler working from a stale view cannot add an occurrence twice
-ARGV[4..]   quadruples: job id, dedup key ('' for none), encoded envelope, due ms ('' = now)
+ARGV[4]     the jobs, msgpack: an array of { job id, dedup key ('' for none), envelope,
+            due ms (0 = now) }, one per record key; one argument instead of four per job
+            because packing arguments is most of a producer's work
 
 A job due later than the server's clock (TIME) waits in the delayed set with its envelope in
 its record; any other goes straight onto the lane. A job due before everything else waiting
@@ -21,9 +23,9 @@ dedup key is held by a live job; an empty array when all were added.
 ]]
 local lane, dedup, delayed, control, fired = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local priority, expire_after, recurring = ARGV[1], ARGV[2], ARGV[3]
+local jobs = cmsgpack.unpack(ARGV[4])
 if recurring ~= '' then
-  local due = tonumber(ARGV[7])
-  if due <= tonumber(redis.call('HGET', fired, recurring) or '-1') then
+  if jobs[1][4] <= tonumber(redis.call('HGET', fired, recurring) or '-1') then
     return { 1, '' }
   end
 end
@@ -33,10 +35,8 @@ local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
 head = head and tonumber(head) or math.huge
 local earliest = math.huge
 local taken = {}
-local job = 0
-for at = 4, #ARGV, 4 do
-  job = job + 1
-  local id, key, envelope, due = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+for job, fields in ipairs(jobs) do
+  local id, key, envelope, due = fields[1], fields[2], fields[3], fields[4]
   local existing = false
   if key ~= '' then
     existing = redis.call('HGET', dedup, key)
@@ -47,7 +47,7 @@ for at = 4, #ARGV, 4 do
   else
     local record = KEYS[5 + job]
     if recurring ~= '' then
-      redis.call('HSET', fired, recurring, due)
+      redis.call('HSET', fired, recurring, math.max(due, now))
     end
     if key ~= '' then
       redis.call('HSET', dedup, key, id)
@@ -56,17 +56,23 @@ for at = 4, #ARGV, 4 do
     if expire_after ~= '' then
       redis.call('HSET', record, 'expire_after', expire_after)
     end
-    if due ~= '' and tonumber(due) > now then
+    -- A record without 'attempt' is on attempt 1, and without 'priority' on the normal lane:
+    -- every field left out is work saved on the hot path of bulk imports.
+    if priority ~= 'normal' then
+      redis.call('HSET', record, 'priority', priority)
+    end
+    if due > now then
       redis.call('ZADD', delayed, due, id)
-      redis.call('HSET', record, 'state', 'scheduled', 'attempt', 1, 'priority', priority,
-        'enqueued_at', now, 'run_at', due, 'env', envelope)
-      earliest = math.min(earliest, tonumber(due))
+      redis.call('HSET', record, 'state', 'scheduled', 'enqueued_at', now, 'run_at', due,
+        'env', envelope)
+      earliest = math.min(earliest, due)
     else
       local entry = redis.call('XADD', lane, '*', 'j', envelope)
-      redis.call('HSET', record, 'state', 'queued', 'attempt', 1, 'priority', priority,
-        'enqueued_at', now, 'entry', entry)
-      if due ~= '' then
-        redis.call('HSET', record, 'run_at', due)
+      if due > 0 then
+        redis.call('HSET', record, 'state', 'queued', 'enqueued_at', now, 'entry', entry,
+          'run_at', due)
+      else
+        redis.call('HSET', record, 'state', 'queued', 'enqueued_at', now, 'entry', entry)
       end
     end
   end
