@@ -94,6 +94,11 @@ def parse_json(text: str | bytes, what: str = "payload") -> Any:
         raise PayloadError(f"{what} is not valid JSON: {exc}") from None
 
 
+def text(value: bytes | str) -> str:
+    """A reply value as str (replies are bytes: connections do not decode)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 

@@ -71,18 +71,24 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
 
 
-async def job_info(redis: Redis, job_id: str) -> JobInfo:
+async def _record(redis: Redis, job_id: str) -> tuple[str, dict[bytes, bytes]]:
+    """The job's stream and record; raises JobNotFound."""
     stream = _stream_of(job_id)
     record: Any = await redis.hgetall(keys.job(stream, job_id))
     if not record:
         raise JobNotFound(f"no job {job_id!r} (never enqueued, or its record passed retention)")
+    return stream, record
+
+
+async def job_info(redis: Redis, job_id: str) -> JobInfo:
+    stream, record = await _record(redis, job_id)
     state = record[b"state"].decode()
     priority = record.get(b"priority", b"normal").decode()
     envelope_raw = record.get(b"env")
     consumer = None
     entry = record.get(b"entry")
     if state == "queued" and entry is not None:
-        lane = keys.lane(stream, priority)
+        lane = keys.lane(stream, priority)  # type: ignore[arg-type]
         async with redis.pipeline(transaction=False) as pipe:
             pipe.xpending_range(lane, keys.GROUP, entry, entry, 1)
             pipe.xrange(lane, entry, entry)
@@ -179,10 +185,7 @@ async def reschedule(
 
 async def retry(redis: Redis, job_id: str) -> None:
     """Run a dead, cancelled or expired job again now, with its attempts reset."""
-    stream = _stream_of(job_id)
-    record: Any = await redis.hgetall(keys.job(stream, job_id))
-    if not record:
-        raise JobNotFound(f"no job {job_id!r} (never enqueued, or its record passed retention)")
+    stream, record = await _record(redis, job_id)
     state = record[b"state"].decode()
     if state not in REVIVABLE or b"env" not in record:
         raise InvalidJobState(

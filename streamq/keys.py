@@ -28,8 +28,6 @@ Priority = Literal["high", "normal", "low"]
 LANES: Final[tuple[Priority, ...]] = ("high", "normal", "low")
 """Priority lanes, highest first: a worker always drains earlier lanes before later ones."""
 
-LANE_INDEX: Final[dict[str, int]] = {p: i for i, p in enumerate(LANES)}
-
 STREAM_REGISTRY: Final = f"{PREFIX}:streams"
 
 _STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")

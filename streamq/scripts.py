@@ -39,14 +39,6 @@ def load(name: str) -> Script:
     return Script(name, source, hashlib.sha1(source).hexdigest())
 
 
-def all_names() -> list[str]:
-    return sorted(
-        entry.name.removesuffix(".lua")
-        for entry in resources.files("streamq").joinpath("lua").iterdir()
-        if entry.name.endswith(".lua")
-    )
-
-
 enqueue_jobs = load("enqueue_jobs")
 finish_jobs = load("finish_jobs")
 promote_due = load("promote_due")

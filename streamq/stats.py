@@ -13,7 +13,7 @@ from typing import Any, Final
 import msgspec
 from redis.asyncio import Redis
 
-from streamq import keys
+from streamq import codec, keys
 
 ALIVE_SECONDS: Final = 15.0
 """A consumer that touched its group this recently counts as alive: workers touch it at least
@@ -133,7 +133,7 @@ def _pending(summary: Any, now_ms: int) -> tuple[int, float | None]:
         count, smallest = summary[0], summary[1]
     if not count or not smallest:
         return int(count or 0), None
-    added_ms = int(_text(smallest).split("-")[0])
+    added_ms = int(codec.text(smallest).split("-")[0])
     return int(count), max(0.0, (now_ms - added_ms) / 1000)
 
 
@@ -154,10 +154,6 @@ def _alive(consumers: Any) -> set[bytes]:
 
 def _pairs(flat: list[Any]) -> dict[Any, Any]:
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 encoder = msgspec.json.Encoder()

@@ -346,7 +346,7 @@ class Worker:
             "STREAMS", *self._lanes, *[">"] * len(self._lanes),
         )  # fmt: skip
         # Several lanes may answer at once: take them in priority order.
-        by_name = {_text(name): entries for name, entries in reply or []}
+        by_name = {codec.text(name): entries for name, entries in reply or []}
         for lane, name in enumerate(self._lanes):
             if by_name.get(name):
                 await self._accept(lane, by_name[name])
@@ -710,7 +710,7 @@ class Worker:
         )
         found = 0
         for lane, (cursor, entries, deliveries) in enumerate(reply):
-            self._cursors[lane] = _text(cursor)
+            self._cursors[lane] = codec.text(cursor)
             if self.stopping and entries:
                 # Stopped while the claim was on the wire: hand them straight back.
                 await scripts.release_jobs(
@@ -811,7 +811,3 @@ def _lane_gone(exc: redis_errors.ResponseError) -> bool:
 
 def _raw(response: Any, **options: Any) -> Any:
     return response
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
