@@ -396,3 +396,26 @@ def test_dead_letters_and_cron_from_the_command_line(redis_url: str, stream: str
     one_line_error(run_cli("cron", "remove", "daily", "--stream", stream, *base), "no schedule")
     [s] = json.loads(run_cli("stats", "--json", "--stream", stream, *base).stdout)["streams"]
     assert s["delayed"] == 0  # the waiting occurrence was cancelled with its schedule
+
+
+def test_sigterm_interrupts_an_idle_blocking_read_at_once(redis_url: str, stream: str) -> None:
+    """An idle worker waits in a 5 s blocking read; SIGTERM must not wait for it to time out."""
+    worker = spawn_worker(
+        "--redis-url", redis_url, "--stream", stream, "--handler", "tests.handlers:noop",
+        "--log-level", "INFO",
+    )  # fmt: skip
+    try:
+        assert worker.stdout is not None
+        for line in worker.stdout:  # wait until it is consuming
+            if "consuming" in line:
+                break
+        time.sleep(0.5)  # now inside the blocking read
+        signalled = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=20)
+        took = time.monotonic() - signalled
+    finally:
+        worker.kill()
+        worker.wait()
+    assert worker.returncode == 0
+    assert took < 3.0, f"stop took {took:.1f}s: the blocking read was not interrupted"

@@ -375,3 +375,21 @@ async def test_a_high_job_fetched_later_overtakes_buffered_normal_ones(
     worker = Worker(redis, stream, handler, options(concurrency=1, prefetch=10))
     await worker.run()
     assert order == ["n0", "h", "n1", "n2", "n3", "n4"]
+
+
+async def test_a_worker_survives_its_lanes_being_deleted(redis: Redis, stream: str) -> None:
+    ran: list[Any] = []
+
+    async def handler(job: Job) -> None:
+        ran.append(job.payload)
+
+    worker = Worker(redis, stream, handler, options(burst=False, block_seconds=1.0))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await Producer(redis).enqueue(stream, "before")
+        await poll(lambda: ran == ["before"])
+        await redis.delete(*keys.lanes(stream))  # groups gone, a blocked read interrupted
+        await anyio.sleep(0.2)
+        await Producer(redis).enqueue(stream, "after")
+        await poll(lambda: ran == ["before", "after"])
+        worker.stop()
