@@ -11,7 +11,7 @@ from typing import Any, Self
 from redis.asyncio import Redis
 
 from streamq import connection, control, scheduler, stats
-from streamq.config import Config, load_config
+from streamq.config import Backoff, Config, load_config
 from streamq.control import DeadLetter, JobInfo
 from streamq.producer import JobOptions, OnConflict, Producer
 
@@ -70,6 +70,7 @@ class Queue:
         max_attempts: int | None = None,
         expire_after: float | str | None = None,
         job_timeout: float | str | None = None,
+        backoff: Backoff | None = None,
     ) -> str:
         """Add one job; returns its id (an existing job's id if ``key`` is held by a live job).
 
@@ -83,6 +84,7 @@ class Queue:
             max_attempts=max_attempts,
             expire_after=expire_after,
             job_timeout=job_timeout,
+            backoff=backoff,
         )
         return await self.producer.enqueue(
             stream, payload, key=key, priority=priority, options=options

@@ -14,6 +14,7 @@ from typing import Any, Final
 import msgspec
 import orjson
 
+from streamq.config import Backoff
 from streamq.errors import PayloadError
 
 ENTRY_FIELD: Final = b"j"
@@ -40,6 +41,7 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     job_timeout_ms: int | None = msgspec.field(default=None, name="o")
     cron: str | None = msgspec.field(default=None, name="c")
     """Name of the recurring schedule this occurrence belongs to."""
+    backoff: Backoff | None = msgspec.field(default=None, name="b")
 
 
 _encoder = msgspec.json.Encoder()

@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError
 
 from streamq import codec, scheduler, scripts
 from streamq import keys as keyspace
-from streamq.config import parse_duration
+from streamq.config import Backoff, parse_duration
 from streamq.errors import ConfigError
 from streamq.keys import Priority
 
@@ -40,6 +40,7 @@ class JobOptions(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int | None = None
     expire_after: float | str | None = None
     job_timeout: float | str | None = None
+    backoff: Backoff | None = None
     on_conflict: OnConflict = "keep"
 
 
@@ -129,6 +130,7 @@ class Producer:
             expire_after_ms=_ms(opts.expire_after, "expire_after"),
             max_attempts=opts.max_attempts,
             job_timeout_ms=_ms(opts.job_timeout, "job_timeout"),
+            backoff=opts.backoff,
             cron=cron,
         )
         await self._register(stream)

@@ -570,7 +570,7 @@ class Worker:
         if isinstance(exc, Retry) and exc.after is not None:
             delay = exc.after
         else:
-            delay = scheduler.backoff_seconds(self.options.backoff, env.attempt)
+            delay = scheduler.backoff_seconds(env.backoff or self.options.backoff, env.attempt)
         delay_ms = round(delay * 1000)
         log.info(
             "job %s attempt %d failed (%s); retrying in %.1fs", env.id, env.attempt, error, delay

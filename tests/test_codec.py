@@ -94,3 +94,52 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_duration(text)
+
+
+def test_a_full_config_file_parses_with_durations_and_backoff() -> None:
+    import tomllib
+
+    from streamq.config import Backoff, parse_config
+
+    config = parse_config(
+        tomllib.loads(
+            """
+            redis_url = "redis://127.0.0.1:6379/0"
+            [streams.instagram]
+            handler = "mypkg.handlers:publish"
+            concurrency = 16
+            visibility_timeout = "90s"
+            max_deliveries = 3
+            max_attempts = 7
+            backoff = { base = "500ms", factor = 3, max = "10m", jitter = 0.1 }
+            expire_after = "6h"
+            job_timeout = "2m"
+            retention = "1d"
+            """
+        )
+    )
+    stream = config.stream("instagram")
+    assert (stream.concurrency, stream.visibility_timeout, stream.max_deliveries) == (16, 90, 3)
+    assert stream.backoff == Backoff(base=0.5, factor=3, max=600, jitter=0.1)
+    assert (stream.max_attempts, stream.expire_after, stream.job_timeout) == (7, 21600, 120)
+    assert stream.retention == 86400
+    assert config.stream("linkedin").max_attempts == 5  # defaults for streams not listed
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[streams.x]\nbackoff = { jitter = 2 }", "jitter is a fraction"),
+        ("[streams.x]\nmax_attempts = 0", "max_attempts must be at least 1"),
+        ("[streams.x]\nvisibility_timeout = [1]", "must be a duration"),
+        ("[streams.x]\nunknown = 1", "unknown"),
+        ("[streams.'a:b']\n", "invalid stream name"),
+    ],
+)
+def test_bad_config_values_are_config_errors(toml: str, message: str) -> None:
+    import tomllib
+
+    from streamq.config import parse_config
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(tomllib.loads(toml))

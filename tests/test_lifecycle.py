@@ -279,3 +279,22 @@ async def test_recurring_job_fires_once_per_occurrence_with_two_workers(
         assert await q.remove_recurring(stream, "tick")
         assert await q.recurring(stream) == []
         assert not await q.remove_recurring(stream, "tick")
+
+
+async def test_a_per_job_backoff_overrides_the_streams(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        job_id = await q.enqueue(
+            stream, "x", max_attempts=2, backoff=Backoff(base=1.5, factor=1, max=1.5, jitter=0)
+        )
+        starts: list[float] = []
+
+        async def handler(job: Job) -> None:
+            starts.append(anyio.current_time())
+            raise RuntimeError("again")
+
+        async with Running(Worker(redis, stream, handler, options())):
+            await poll(lambda: _is(q, job_id, "dead"))
+        # The stream's backoff here is 0.05 s; the job's own 1.5 s applied.
+        assert starts[1] - starts[0] >= 1.4
