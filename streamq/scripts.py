@@ -1,6 +1,8 @@
 """Loads the Lua scripts in ``streamq/lua`` once and calls them by SHA.
 
 Every script lives in its own ``verb_noun.lua`` file whose header lists KEYS, ARGV and the reply.
+A line ``-- @include "name.lua"`` is replaced by ``lua/include/name.lua``, so helpers several
+scripts need (the server's clock, freeing a dedup key) are written once.
 Scripts are sent with EVALSHA; a server that has not seen one (a restart, SCRIPT FLUSH, a new
 cluster node) answers NOSCRIPT and the script is loaded and the call repeated.
 """
@@ -8,6 +10,7 @@ cluster node) answers NOSCRIPT and the script is loaded and the call repeated.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -33,9 +36,14 @@ class Script:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
 
+_INCLUDE = re.compile(rb'^-- @include "([\w.]+)"$', re.MULTILINE)
+
+
 @cache
 def load(name: str) -> Script:
-    source = resources.files("streamq").joinpath("lua", f"{name}.lua").read_bytes()
+    lua = resources.files("streamq").joinpath("lua")
+    source = lua.joinpath(f"{name}.lua").read_bytes()
+    source = _INCLUDE.sub(lambda m: lua.joinpath("include", m[1].decode()).read_bytes(), source)
     return Script(name, source, hashlib.sha1(source).hexdigest())
 
 

@@ -17,6 +17,8 @@ worker is running (or about to): it is flagged, its workers are told through the
 Returns { outcome, state before }: outcome is 'cancelled', 'cancelling' (it was running),
 'unchanged' (already finished) or 'missing'.
 ]]
+-- @include "server_now.lua"
+-- @include "free_dedup_key.lua"
 local record, delayed, dedup, counts, control = KEYS[1], KEYS[2], KEYS[6], KEYS[7], KEYS[8]
 local lanes = { high = KEYS[3], normal = KEYS[4], low = KEYS[5] }
 local id, group, retention = ARGV[1], ARGV[2], ARGV[3]
@@ -25,16 +27,13 @@ local state = f[1]
 if not state then
   return { 'missing', '' }
 end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = server_now_ms()
 
 local function cancelled()
   redis.call('HSET', record, 'state', 'cancelled', 'finished_at', now)
   redis.call('PEXPIRE', record, retention)
   redis.call('HINCRBY', counts, 'cancelled', 1)
-  if f[4] and redis.call('HGET', dedup, f[4]) == id then
-    redis.call('HDEL', dedup, f[4])
-  end
+  free_dedup_key(dedup, f[4], id)
   return { 'cancelled', state }
 end
 

@@ -15,11 +15,12 @@ lost), followed by _reason, _source and _entry; then it is acknowledged and dele
 key freed and its record marked dead. An entry already gone from the lane still leaves a dead
 letter with its reason. Returns the number of dead letters written.
 ]]
+-- @include "server_now.lua"
+-- @include "free_dedup_key.lua"
 local lane, dead, dedup, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, retention = ARGV[1], ARGV[2]
 local written = 0
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = server_now_ms()
 for q = 3, #ARGV, 5 do
   local id, reason, key, job, index = ARGV[q], ARGV[q + 1], ARGV[q + 2], ARGV[q + 3],
     tonumber(ARGV[q + 4])
@@ -47,9 +48,7 @@ for q = 3, #ARGV, 5 do
   written = written + 1
   redis.call('XACK', lane, group, id)
   redis.call('XDEL', lane, id)
-  if key ~= '' and redis.call('HGET', dedup, key) == job then
-    redis.call('HDEL', dedup, key)
-  end
+  free_dedup_key(dedup, key, job)
   if index > 0 then
     local record = KEYS[4 + index]
     redis.call('HSET', record, 'state', 'dead', 'error', reason, 'finished_at', now,

@@ -21,6 +21,7 @@ appends a wake-up to the control stream, so sleeping workers re-plan.
 Returns a flat array of (1-based position, existing job id) for every job NOT added because its
 dedup key is held by a live job; an empty array when all were added.
 ]]
+-- @include "server_now.lua"
 local lane, dedup, delayed, control, fired = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local priority, expire_after, recurring = ARGV[1], ARGV[2], ARGV[3]
 local jobs = cmsgpack.unpack(ARGV[4])
@@ -29,8 +30,7 @@ if recurring ~= '' then
     return { 1, '' }
   end
 end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = server_now_ms()
 local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
 head = head and tonumber(head) or math.huge
 local earliest = math.huge

@@ -26,6 +26,8 @@ instead of sending thousands of arguments. A retry or deferral of a job whose ca
 requested while it ran ends it as cancelled instead.
 Returns the number of entries acknowledged.
 ]]
+-- @include "server_now.lua"
+-- @include "free_dedup_key.lua"
 local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, retention = ARGV[1], ARGV[5]
 local acked = 0
@@ -50,22 +52,15 @@ for l = 1, 3 do
   end
 end
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = server_now_ms()
 local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
 head = head and tonumber(head) or math.huge
 local earliest = math.huge
 local tally = {}
 
-local function free_key(id, key)
-  if key ~= '' and redis.call('HGET', dedup, key) == id then
-    redis.call('HDEL', dedup, key)
-  end
-end
-
 local function finish(record, id, key, state)
   redis.call('PEXPIRE', record, retention)
-  free_key(id, key)
+  free_dedup_key(dedup, key, id)
   tally[state] = (tally[state] or 0) + 1
 end
 

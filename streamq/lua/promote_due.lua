@@ -14,11 +14,12 @@ A job whose record holds expire_after and that is later than that past its due t
 run: it ends as expired.
 Returns { promoted, expired, server now ms, due ms of the next waiting job or -1 }.
 ]]
+-- @include "server_now.lua"
+-- @include "free_dedup_key.lua"
 local delayed, dedup, counts = KEYS[1], KEYS[5], KEYS[6]
 local lanes = { high = KEYS[2], normal = KEYS[3], low = KEYS[4] }
 local retention = ARGV[1]
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = server_now_ms()
 local promoted, expired = 0, 0
 for i = 2, #ARGV do
   local id = ARGV[i]
@@ -35,9 +36,7 @@ for i = 2, #ARGV do
         redis.call('HSET', record, 'state', 'expired', 'finished_at', now)
         redis.call('PEXPIRE', record, retention)
         redis.call('HINCRBY', counts, 'expired', 1)
-        if f[5] and redis.call('HGET', dedup, f[5]) == id then
-          redis.call('HDEL', dedup, f[5])
-        end
+        free_dedup_key(dedup, f[5], id)
         expired = expired + 1
       else
         local entry = redis.call('XADD', lanes[f[3]] or lanes.normal, '*', 'j', f[2])
