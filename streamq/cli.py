@@ -290,9 +290,7 @@ async def _enqueue(args: argparse.Namespace, config: Config) -> int:
             raise ConfigError("--key names one job; with --payload - put keys in the payloads")
         async with Queue(args.redis_url, config=config) as q:
             for batch in _json_lines(sys.stdin):
-                ids = await q.enqueue_many(
-                    args.stream, batch, priority=args.priority, run_at=run_at, delay=delay
-                )
+                ids = await q.enqueue_many(args.stream, batch, priority=args.priority, **options)
                 sys.stdout.write("".join(f"{job_id}\n" for job_id in ids))
             sys.stdout.flush()
         return 0

@@ -99,9 +99,20 @@ class Queue:
         priority: str = "normal",
         run_at: datetime | None = None,
         delay: timedelta | float | str | None = None,
+        max_attempts: int | None = None,
+        expire_after: float | str | None = None,
+        job_timeout: float | str | None = None,
+        backoff: Backoff | None = None,
     ) -> list[str]:
         """Add many jobs in pipelined batches; returns one id per payload, in order."""
-        options = JobOptions(run_at=run_at, delay=delay)
+        options = JobOptions(
+            run_at=run_at,
+            delay=delay,
+            max_attempts=max_attempts,
+            expire_after=expire_after,
+            job_timeout=job_timeout,
+            backoff=backoff,
+        )
         return await self.producer.enqueue_many(
             stream, payloads, keys=keys, priority=priority, options=options
         )

@@ -203,7 +203,10 @@ async def retry(redis: Redis, job_id: str) -> None:
 async def _revive(
     redis: Redis, stream: str, envelope: codec.Envelope, priority: str, dead_entry: str
 ) -> None:
-    fresh = msgspec.structs.replace(envelope, attempt=1, run_at_ms=None)
+    # Due now by the server's clock, so expire_after counts from the revival, not the enqueue.
+    seconds, micros = await redis.time()
+    now = int(seconds) * 1000 + int(micros) // 1000
+    fresh = msgspec.structs.replace(envelope, attempt=1, run_at_ms=now)
     lane = priority if priority in keys.LANES else "normal"
     reply = await scripts.revive_job(
         redis,

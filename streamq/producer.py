@@ -22,7 +22,7 @@ from redis.exceptions import NoScriptError
 from streamq import codec, scheduler, scripts
 from streamq import keys as keyspace
 from streamq.config import Backoff, parse_duration
-from streamq.errors import ConfigError
+from streamq.errors import ConfigError, InvalidJobState
 from streamq.keys import Priority
 
 OFFSET_REFRESH_SECONDS: Final = 60.0
@@ -171,43 +171,44 @@ class Producer:
                 await one_in_flight.acquire()
                 sends.start_soon(send, calls)
                 await anyio.lowlevel.checkpoint()  # let the send go out before encoding more
+        held_by_others: list[int] = []
         for chunk_index, chunk_replies in enumerate(replies):
             for offset, taken in enumerate(chunk_replies):
                 base = chunk_index * chunk + offset * SLICE
                 for i in range(0, len(taken), 2):
                     # An occurrence refused as stale comes back with no id at all.
                     ids[base + int(taken[i]) - 1] = taken[i + 1].decode()
+                    held_by_others.append(base + int(taken[i]) - 1)
         if opts.on_conflict == "replace" and keys is not None:
-            await self._replace_taken(stream, payload_list, keys, ids, template)
+            for index in held_by_others:
+                await self._replace(stream, payload_list[index], keys[index], ids[index], template)
         return ids
 
-    async def _replace_taken(
-        self,
-        stream: str,
-        payloads: list[Any],
-        job_keys: Sequence[str | None],
-        ids: list[str],
-        template: codec.Envelope,
+    async def _replace(
+        self, stream: str, payload: Any, key: str | None, job_id: str, template: codec.Envelope
     ) -> None:
-        """Give jobs that kept their key (still scheduled) the new payload and due time."""
-        for payload, key, job_id in zip(payloads, job_keys, ids, strict=True):
-            if key is None:
-                continue
-            envelope = msgspec.structs.replace(template, id=job_id, payload=payload, key=key)
-            await scripts.replace_job(
-                self._redis,
-                [
-                    keyspace.job(stream, job_id),
-                    keyspace.delayed(stream),
-                    keyspace.dedup(stream),
-                    keyspace.control(stream),
-                ],
-                [
-                    job_id,
-                    key,
-                    codec.encode(envelope),
-                    "" if template.run_at_ms is None else template.run_at_ms,
-                ],
+        """Give the scheduled job holding ``key`` this payload and due time; raises
+        InvalidJobState when it is no longer scheduled (queued, running or retrying)."""
+        assert key is not None
+        envelope = msgspec.structs.replace(template, id=job_id, payload=payload, key=key)
+        replaced = await scripts.replace_job(
+            self._redis,
+            [
+                keyspace.job(stream, job_id),
+                keyspace.delayed(stream),
+                keyspace.dedup(stream),
+                keyspace.control(stream),
+            ],
+            [
+                job_id,
+                key,
+                codec.encode(envelope),
+                "" if template.run_at_ms is None else template.run_at_ms,
+            ],
+        )
+        if not replaced:
+            raise InvalidJobState(
+                f"job {job_id} holding key {key!r} is no longer scheduled: not replaced"
             )
 
     async def _run_pipelined(

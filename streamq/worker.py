@@ -84,6 +84,7 @@ class _Slot:
 
     job: Job | None = None
     deadline: float = math.inf
+    started: int = 0
     scope: anyio.CancelScope | None = None
 
 
@@ -394,6 +395,14 @@ class Worker:
             jobs.append(Job(stream, priority, env, lane, entry_id))
         if rejects:
             await self._dead_letter(lane, rejects)
+        if jobs and deliveries is not None:
+            # Reclaimed from a worker that died: a cancel sent meanwhile only flagged the record.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job in jobs:
+                    pipe.hexists(self._record_prefix + job.id, "cancel")
+                flags = await pipe.execute()
+            for job, flagged in zip(jobs, flags, strict=True):
+                job.cancelled = bool(flagged)
         if jobs:
             self._ready[lane].extend(jobs)
             self._wake_consumers()
@@ -438,13 +447,16 @@ class Worker:
         """Hand back jobs fetched but never started, so a stop does not delay them."""
         for lane, lane_jobs in enumerate(self._ready):
             ids = [job._entry for job in lane_jobs]
+            records = [self._record_prefix + job.id for job in lane_jobs]
             lane_jobs.clear()
             self._held[lane].difference_update(ids)
             if ids:
                 released = await self._retrying(
                     "release",
-                    lambda lane=lane, ids=ids: scripts.release_jobs(  # type: ignore[misc]
-                        self.redis, [self._lanes[lane]], [keys.GROUP, self.consumer, *ids]
+                    lambda lane=lane, ids=ids, records=records: scripts.release_jobs(  # type: ignore[misc]
+                        self.redis,
+                        [self._lanes[lane], *records],
+                        [keys.GROUP, self.consumer, *ids],
                     ),
                     attempts=3,
                 )
@@ -462,7 +474,8 @@ class Worker:
             job, slot.job = slot.job, None
             if job is not None:
                 timeout = self._timeout_of(job)
-                self._finish(job, self._failure(job, JobTimeout(f"timed out after {timeout:g}s")))
+                error = JobTimeout(f"timed out after {timeout:g}s")
+                self._finish(job, self._failure(job, error, slot.started))
 
     async def _consume_jobs(self, slot: _Slot) -> None:
         ready = self._ready
@@ -470,7 +483,6 @@ class Worker:
         handler = self.handler
         default_timeout = self.options.job_timeout
         stream_expires = self.options.expire_after is not None
-        clock = self._clock
         monotonic = time.monotonic
         while True:
             for lane_jobs in ready:
@@ -499,7 +511,7 @@ class Worker:
             slot.job = job
             if timeout is not None:
                 slot.deadline = monotonic() + timeout
-            started = int(clock() * 1000)
+            started = slot.started = self.promoter.server_now_ms()
             try:
                 result = await handler(job)
             except Exception as exc:
@@ -670,6 +682,8 @@ class Worker:
         for job, outcome in batch:
             ids[job._lane].append(job._entry)
             record_keys.append(prefix + outcome[1])
+            if outcome[0] != "d":  # lets the script drop it if the entry is no longer ours
+                outcome = (*outcome, job._lane + 1, job._entry.decode())
             outcomes.append(outcome)
         joined = [b" ".join(lane_ids) for lane_ids in ids]
         await scripts.finish_jobs(
@@ -712,12 +726,8 @@ class Worker:
         for lane, (cursor, entries, deliveries) in enumerate(reply):
             self._cursors[lane] = codec.text(cursor)
             if self.stopping and entries:
-                # Stopped while the claim was on the wire: hand them straight back.
-                await scripts.release_jobs(
-                    self.redis,
-                    [self._lanes[lane]],
-                    [keys.GROUP, self.consumer, *(entry_id for entry_id, _ in entries)],
-                )
+                # Stopped while the claim was on the wire: they stay pending, and another
+                # worker reclaims them once the visibility timeout passes.
                 continue
             if entries:
                 log.info("reclaimed %d idle %s entries", len(entries), self._lanes[lane])

@@ -16,6 +16,7 @@ from streamq.config import Backoff
 from streamq.errors import Fail, InvalidJobState, JobNotFound, RateLimited, Retry
 from streamq.job import Job
 from streamq.worker import Worker, WorkerOptions
+from tests.conftest import entries
 from tests.test_worker import FAST, poll
 
 pytestmark = pytest.mark.anyio
@@ -298,3 +299,106 @@ async def test_a_per_job_backoff_overrides_the_streams(
             await poll(lambda: _is(q, job_id, "dead"))
         # The stream's backoff here is 0.05 s; the job's own 1.5 s applied.
         assert starts[1] - starts[0] >= 1.4
+
+
+async def test_a_job_released_at_stop_can_still_be_cancelled(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        ids = await q.enqueue_many(stream, ["a", "b", "c"])
+        started = anyio.Event()
+        release = anyio.Event()
+
+        async def blocking(job: Job) -> None:
+            started.set()
+            await release.wait()
+
+        worker = Worker(redis, stream, blocking, options(concurrency=1, prefetch=2))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            await started.wait()
+            worker.stop()  # "b" and "c" were fetched but not started: they go back
+            await poll(lambda: worker.counts.released == 2)
+            release.set()
+        assert await q.cancel(ids[2]) == "cancelled"
+        ran: list[str] = []
+
+        async def handler(job: Job) -> None:
+            ran.append(job.payload)
+
+        await Worker(redis, stream, handler, msgspec.structs.replace(FAST, backoff=QUICK)).run()
+        assert ran == ["b"]
+        assert await state(q, ids[2]) == "cancelled"
+
+
+async def test_a_replayed_job_is_due_from_its_replay_not_its_enqueue(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        job_id = await q.enqueue(stream, "x", expire_after=1.0)
+        healthy = False
+
+        async def handler(job: Job) -> None:
+            if not healthy:
+                raise Fail("down")
+
+        async with Running(Worker(redis, stream, handler, options())):
+            await poll(lambda: _is(q, job_id, "dead"))
+            await anyio.sleep(1.2)  # longer ago than expire_after
+            healthy = True
+            assert await q.replay(stream) == 1
+            await poll(lambda: _is(q, job_id, "done"))
+
+
+async def test_a_reclaimed_job_cancelled_meanwhile_does_not_run(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        job_id = await q.enqueue(stream, "x")
+        lane = keys.lane(stream, "normal")
+        await redis.xgroup_create(lane, keys.GROUP, id="0", mkstream=True)
+        await redis.xreadgroup(keys.GROUP, "crashed", {lane: ">"})  # delivered, then it died
+        assert await q.cancel(job_id) == "cancelling"
+        ran: list[str] = []
+
+        async def handler(job: Job) -> None:
+            ran.append(job.id)
+
+        async with Running(Worker(redis, stream, handler, options())):
+            await poll(lambda: _is(q, job_id, "cancelled"))
+        assert ran == []
+
+
+async def test_a_stale_retry_cannot_reopen_a_finished_job(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    """A stalled worker's late 'retry' for an entry another worker already finished."""
+    async with streamq.connect(redis_url) as q:
+        job_id = await q.enqueue(stream, "x")
+        lane = keys.lane(stream, "normal")
+        [(entry_id, _)] = await entries(redis, lane)
+
+        async def handler(job: Job) -> None:
+            return None
+
+        await Worker(redis, stream, handler, msgspec.structs.replace(FAST, backoff=QUICK)).run()
+        assert await state(q, job_id) == "done"
+        stale = ("r", job_id, "", 2, 0, '{"id":"x"}', 50, "late", 2, entry_id.decode())
+        await streamq.scripts.finish_jobs(
+            redis,
+            [*keys.lanes(stream), keys.dedup(stream), keys.delayed(stream), keys.dead(stream),
+             keys.counts(stream), keys.control(stream), keys.job(stream, job_id)],
+            [keys.GROUP, "", entry_id, "", 60_000, msgspec.msgpack.encode([stale])],
+        )  # fmt: skip
+        assert await state(q, job_id) == "done"
+        assert await redis.zcard(keys.delayed(stream)) == 0
+
+
+async def test_replace_refuses_a_job_that_is_no_longer_scheduled(
+    redis_url: str, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        job_id = await q.enqueue(stream, {"text": "now"}, key="post-9")
+        with pytest.raises(InvalidJobState, match="no longer scheduled"):
+            await q.enqueue(stream, {"text": "edit"}, key="post-9", on_conflict="replace")
+        assert (await q.job(job_id)).payload == {"text": "now"}

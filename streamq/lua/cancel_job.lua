@@ -51,7 +51,7 @@ if state == 'queued' then
   local delivered = type(pending) == 'table' and not pending.err and pending[1]
   if delivered then
     redis.call('HSET', record, 'cancel', 1)
-    redis.call('XADD', control, 'MAXLEN', '~', 100, '*', 'c', id)
+    redis.call('XADD', control, 'MAXLEN', '~', 10000, '*', 'c', id)
     return { 'cancelling', 'active' }
   end
   if f[3] then

@@ -78,6 +78,6 @@ for job, fields in ipairs(jobs) do
   end
 end
 if earliest < head then
-  redis.call('XADD', control, 'MAXLEN', '~', 100, '*', 'w', earliest)
+  redis.call('XADD', control, 'MAXLEN', '~', 10000, '*', 'w', earliest)
 end
 return taken

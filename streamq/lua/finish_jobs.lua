@@ -18,12 +18,16 @@ ARGV[6]     the outcomes, msgpack: an array of
                  'x' dead       a = envelope, b = reason, c = 'lane-key entry-id' it came from
                  'e' expired    a = envelope (not run: it came due too long ago)
                  'c' cancelled  a = envelope
+            every outcome but 'd' ends with { lane index (1-3), entry id }
 
 Acknowledging, deleting the entries and rescheduling happen together, so a crash can neither
 lose a retry nor run a finished job again. The ids of a lane travel as one argument and the
 outcomes as one msgpack value because this is the hot path: the client joins and packs in C
 instead of sending thousands of arguments. A retry or deferral of a job whose cancellation was
 requested while it ran ends it as cancelled instead.
+An outcome other than done whose entry is no longer pending is stale (this worker stalled, and
+another took the entry over and finished it): it is dropped, so a late retry cannot run a
+finished job again. Done outcomes skip that check: recording done twice changes nothing.
 Returns the number of entries acknowledged.
 ]]
 -- @include "server_now.lua"
@@ -31,6 +35,16 @@ Returns the number of entries acknowledged.
 local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, retention = ARGV[1], ARGV[5]
 local acked = 0
+local outcomes = cmsgpack.unpack(ARGV[6])
+local stale = {}
+for i, o in ipairs(outcomes) do
+  if o[1] ~= 'd' then
+    local entry = o[#o]
+    if not redis.call('XPENDING', KEYS[o[#o - 1]], group, entry, entry, 1)[1] then
+      stale[i] = true
+    end
+  end
+end
 
 local function ack(lane, ids)
   acked = acked + redis.call('XACK', lane, group, unpack(ids))
@@ -64,9 +78,12 @@ local function finish(record, id, key, state)
   tally[state] = (tally[state] or 0) + 1
 end
 
-for i, o in ipairs(cmsgpack.unpack(ARGV[6])) do
+for i, o in ipairs(outcomes) do
   local record = KEYS[8 + i]
   local code, id, key, attempt, started = o[1], o[2], o[3], o[4], o[5]
+  if stale[i] then
+    code = 'stale'
+  end
   if (code == 'r' or code == 'l') and redis.call('HGET', record, 'cancel') then
     code = 'c'
   end
@@ -115,6 +132,6 @@ for state, n in pairs(tally) do
   redis.call('HINCRBY', counts, state, n)
 end
 if earliest < head then
-  redis.call('XADD', control, 'MAXLEN', '~', 100, '*', 'w', earliest)
+  redis.call('XADD', control, 'MAXLEN', '~', 10000, '*', 'w', earliest)
 end
 return acked

@@ -31,7 +31,8 @@ for i = 2, #ARGV do
     if f[1] == 'retrying' then
       redis.call('HINCRBY', counts, 'retrying', -1)
     end
-    if f[2] then
+    -- A member whose record is not waiting (or has lost its envelope) is stale: dropped.
+    if (f[1] == 'scheduled' or f[1] == 'retrying') and f[2] then
       if f[4] and now > tonumber(due) + tonumber(f[4]) then
         redis.call('HSET', record, 'state', 'expired', 'finished_at', now)
         redis.call('PEXPIRE', record, retention)

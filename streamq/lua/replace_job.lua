@@ -9,13 +9,14 @@ ARGV[2]  dedup key that must still name this job
 ARGV[3]  new envelope (same job id)
 ARGV[4]  new due time, ms ('' keeps the current one)
 
-Replaces only while the job still waits (scheduled or retrying) and still holds the key; a job
-already queued or running keeps its payload. Returns 1 if replaced, 0 if not.
+Replaces only while the job is scheduled (not a retry, whose attempts would be lost) and still
+holds the key; a job already queued or running keeps its payload. Returns 1 if replaced, 0 if
+not.
 ]]
 local record, delayed, dedup, control = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, key, envelope, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local state = redis.call('HGET', record, 'state')
-if redis.call('HGET', dedup, key) ~= id or (state ~= 'scheduled' and state ~= 'retrying') then
+if redis.call('HGET', dedup, key) ~= id or state ~= 'scheduled' then
   return 0
 end
 redis.call('HSET', record, 'env', envelope)
@@ -24,7 +25,7 @@ if due ~= '' then
   redis.call('ZADD', delayed, 'XX', due, id)
   redis.call('HSET', record, 'run_at', due)
   if not head or tonumber(due) < tonumber(head) then
-    redis.call('XADD', control, 'MAXLEN', '~', 100, '*', 'w', due)
+    redis.call('XADD', control, 'MAXLEN', '~', 10000, '*', 'w', due)
   end
 end
 return 1

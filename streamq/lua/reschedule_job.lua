@@ -20,6 +20,6 @@ local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
 redis.call('ZADD', delayed, 'XX', due, id)
 redis.call('HSET', record, 'run_at', due, 'env', ARGV[3])
 if not head or tonumber(due) < tonumber(head) then
-  redis.call('XADD', control, 'MAXLEN', '~', 100, '*', 'w', due)
+  redis.call('XADD', control, 'MAXLEN', '~', 10000, '*', 'w', due)
 end
 return state
