@@ -164,20 +164,25 @@ async def reschedule(
     due = scheduler.due_ms(run_at, delay, now_ms=int(seconds) * 1000 + int(micros) // 1000)
     assert due is not None
     record_key = keys.job(stream, job_id)
-    raw: Any = await redis.hget(record_key, "env")
-    if raw is None:
-        state: Any = await redis.hget(record_key, "state")
+    for _ in range(5):
+        raw: Any = await redis.hget(record_key, "env")
+        if raw is None:
+            state: Any = await redis.hget(record_key, "state")
+            if state is None:
+                raise JobNotFound(f"no job {job_id!r}")
+            raise InvalidJobState(f"job {job_id} is {state.decode()}: only scheduled jobs move")
+        envelope = msgspec.structs.replace(codec.decode(raw), run_at_ms=due)
+        state = await scripts.reschedule_job(
+            redis,
+            [record_key, keys.delayed(stream), keys.control(stream)],
+            [job_id, due, codec.encode(envelope), raw],
+        )
         if state is None:
             raise JobNotFound(f"no job {job_id!r}")
-        raise InvalidJobState(f"job {job_id} is {state.decode()}: only scheduled jobs move")
-    envelope = msgspec.structs.replace(codec.decode(raw), run_at_ms=due)
-    state = await scripts.reschedule_job(
-        redis,
-        [record_key, keys.delayed(stream), keys.control(stream)],
-        [job_id, due, codec.encode(envelope)],
-    )
-    if state is None:
-        raise JobNotFound(f"no job {job_id!r}")
+        if state != b"changed":
+            break
+    else:
+        raise InvalidJobState(f"job {job_id} kept changing while being rescheduled: try again")
     if state.decode() not in ("scheduled", "retrying"):
         raise InvalidJobState(f"job {job_id} is {state.decode()}: only scheduled jobs move")
     return due

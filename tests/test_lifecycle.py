@@ -402,3 +402,24 @@ async def test_replace_refuses_a_job_that_is_no_longer_scheduled(
         with pytest.raises(InvalidJobState, match="no longer scheduled"):
             await q.enqueue(stream, {"text": "edit"}, key="post-9", on_conflict="replace")
         assert (await q.job(job_id)).payload == {"text": "now"}
+
+
+async def test_reschedule_never_writes_back_an_envelope_that_changed_meanwhile(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        job_id = await q.enqueue(stream, {"text": "v1"}, key="k", delay="1h")
+        record = keys.job(stream, job_id)
+        read_before = await redis.hget(record, "env")
+        assert read_before is not None
+        await q.enqueue(stream, {"text": "v2"}, key="k", delay="1h", on_conflict="replace")
+        # Writing the envelope read before the replace would bring back v1: refused.
+        reply = await streamq.scripts.reschedule_job(
+            redis,
+            [record, keys.delayed(stream), keys.control(stream)],
+            [job_id, 1, b"stale", read_before],
+        )
+        assert reply == b"changed"
+        assert (await q.job(job_id)).payload == {"text": "v2"}
+        await q.reschedule(job_id, delay="2h")  # the real call reads again and succeeds
+        assert (await q.job(job_id)).payload == {"text": "v2"}

@@ -6,15 +6,21 @@ KEYS[3]  control stream
 ARGV[1]  job id
 ARGV[2]  new due time, ms
 ARGV[3]  the job's envelope re-encoded with the new due time
+ARGV[4]  the envelope that was read to make ARGV[3]
 
-Only a scheduled or retrying job can move; wakes workers when it becomes the earliest.
-Returns the job's state, or false when there is no record.
+Only a scheduled or retrying job can move; wakes workers when it becomes the earliest. If the
+envelope changed since it was read (a retry or a replace landed in between), nothing is
+written and 'changed' comes back, so the caller reads again rather than writing an old one.
+Returns the job's state, 'changed', or false when there is no record.
 ]]
 local record, delayed, control = KEYS[1], KEYS[2], KEYS[3]
 local id, due = ARGV[1], ARGV[2]
 local state = redis.call('HGET', record, 'state')
 if state ~= 'scheduled' and state ~= 'retrying' then
   return state
+end
+if redis.call('HGET', record, 'env') ~= ARGV[4] then
+  return 'changed'
 end
 local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
 redis.call('ZADD', delayed, 'XX', due, id)
