@@ -160,7 +160,6 @@ class Worker:
         ]
         self._retention_ms = round(self.options.retention * 1000)
         self._record_prefix = keys.job(self.stream, "")
-        self._clock = clock
         self.promoter = scheduler.Promoter(
             redis,
             self.stream,

@@ -22,6 +22,7 @@ Returns a flat array of (1-based position, existing job id) for every job NOT ad
 dedup key is held by a live job; an empty array when all were added.
 ]]
 -- @include "server_now.lua"
+-- @include "delayed_head.lua"
 local lane, dedup, delayed, control, fired = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local priority, expire_after, recurring = ARGV[1], ARGV[2], ARGV[3]
 local jobs = cmsgpack.unpack(ARGV[4])
@@ -31,8 +32,7 @@ if recurring ~= '' then
   end
 end
 local now = server_now_ms()
-local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
-head = head and tonumber(head) or math.huge
+local head = delayed_head_ms(delayed)
 local earliest = math.huge
 local taken = {}
 for job, fields in ipairs(jobs) do

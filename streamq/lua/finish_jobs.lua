@@ -31,6 +31,7 @@ finished job again. Done outcomes skip that check: recording done twice changes 
 Returns the number of entries acknowledged.
 ]]
 -- @include "server_now.lua"
+-- @include "delayed_head.lua"
 -- @include "free_dedup_key.lua"
 local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, retention = ARGV[1], ARGV[5]
@@ -67,8 +68,7 @@ for l = 1, 3 do
 end
 
 local now = server_now_ms()
-local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
-head = head and tonumber(head) or math.huge
+local head = delayed_head_ms(delayed)
 local earliest = math.huge
 local tally = {}
 

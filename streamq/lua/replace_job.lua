@@ -13,6 +13,7 @@ Replaces only while the job is scheduled (not a retry, whose attempts would be l
 holds the key; a job already queued or running keeps its payload. Returns 1 if replaced, 0 if
 not.
 ]]
+-- @include "delayed_head.lua"
 local record, delayed, dedup, control = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, key, envelope, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local state = redis.call('HGET', record, 'state')
@@ -21,10 +22,10 @@ if redis.call('HGET', dedup, key) ~= id or state ~= 'scheduled' then
 end
 redis.call('HSET', record, 'env', envelope)
 if due ~= '' then
-  local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]
+  local head = delayed_head_ms(delayed)
   redis.call('ZADD', delayed, 'XX', due, id)
   redis.call('HSET', record, 'run_at', due)
-  if not head or tonumber(due) < tonumber(head) then
+  if tonumber(due) < head then
     redis.call('XADD', control, 'MAXLEN', '~', 10000, '*', 'w', due)
   end
 end
