@@ -77,7 +77,11 @@ class Queue:
         ``run_at`` (an aware datetime) or ``delay`` schedules it; ``on_conflict="replace"``
         gives a still-scheduled job holding ``key`` this payload and due time instead.
         """
-        options = JobOptions(
+        [job_id] = await self.enqueue_many(
+            stream,
+            [payload],
+            keys=[key],
+            priority=priority,
             run_at=run_at,
             delay=delay,
             on_conflict=on_conflict,
@@ -86,9 +90,7 @@ class Queue:
             job_timeout=job_timeout,
             backoff=backoff,
         )
-        return await self.producer.enqueue(
-            stream, payload, key=key, priority=priority, options=options
-        )
+        return job_id
 
     async def enqueue_many(
         self,
@@ -103,11 +105,13 @@ class Queue:
         expire_after: float | str | None = None,
         job_timeout: float | str | None = None,
         backoff: Backoff | None = None,
+        on_conflict: OnConflict = "keep",
     ) -> list[str]:
         """Add many jobs in pipelined batches; returns one id per payload, in order."""
         options = JobOptions(
             run_at=run_at,
             delay=delay,
+            on_conflict=on_conflict,
             max_attempts=max_attempts,
             expire_after=expire_after,
             job_timeout=job_timeout,

@@ -84,11 +84,6 @@ def job(stream: str, job_id: str) -> str:
     return f"{stream_prefix(stream)}:job:{job_id}"
 
 
-def job_of(job_id: str) -> str:
-    """The record key of a job id alone (the id names its stream)."""
-    return job(stream_of_job(job_id), job_id)
-
-
 def counts(stream: str) -> str:
     return f"{stream_prefix(stream)}:counts"
 

@@ -273,14 +273,8 @@ class Worker:
                 found, starved = await self._fetch(room)
                 if self._adaptive:
                     self._adapt_prefetch(starved, full=found >= room)
-                if found or self._stopping:
-                    pass
-                elif not self.options.burst:
-                    await self._blocking_fetch(room)
-                elif self.claimed:
-                    await self._wait_for_room()  # the last jobs are running: see them through
-                elif await self._reclaim_once() == 0 and not self.claimed:
-                    self.stop()
+                if not found and not self._stopping:
+                    await self._idle_until_work(room)
                 failures = 0
             except redis_errors.ResponseError as exc:
                 if not _lane_gone(exc):
@@ -293,6 +287,16 @@ class Worker:
                 failures += 1
                 self._reader_id = None
                 await self._pause_after_failure("fetch", exc, failures)
+
+    async def _idle_until_work(self, room: int) -> None:
+        """Nothing new to read: wait for entries, or in burst mode see the last jobs through
+        and stop once nothing is left (reclaimable entries included)."""
+        if not self.options.burst:
+            await self._blocking_fetch(room)
+        elif self.claimed:
+            await self._wait_for_room()
+        elif await self._reclaim_once() == 0 and not self.claimed:
+            self.stop()
 
     def _adapt_prefetch(self, starved: bool, *, full: bool) -> None:
         """Grow the read-ahead while consumers go idle between full reads; shrink it when the
@@ -478,7 +482,6 @@ class Worker:
 
     async def _consume_jobs(self, slot: _Slot) -> None:
         ready = self._ready
-        held = self._held
         handler = self.handler
         default_timeout = self.options.job_timeout
         stream_expires = self.options.expire_after is not None
@@ -500,11 +503,11 @@ class Worker:
             env = job.envelope
             if job.cancelled:
                 self._finish(job, ("c", env.id, env.key or "", env.attempt, 0, _text_of(env)))
-                held[job._lane].discard(job._entry)
+                self._let_go(job)
                 continue
             if (stream_expires or env.expire_after_ms is not None) and self._expired(env):
                 self._finish(job, ("e", env.id, env.key or "", env.attempt, 0, _text_of(env)))
-                held[job._lane].discard(job._entry)
+                self._let_go(job)
                 continue
             timeout = default_timeout if env.job_timeout_ms is None else env.job_timeout_ms / 1000
             slot.job = job
@@ -529,9 +532,14 @@ class Worker:
                 # slot.job stays set when the handler was cancelled, so that the consumer
                 # loop can record a timeout (the watchdog's doing) as a failed attempt.
                 slot.deadline = math.inf
-                held[job._lane].discard(job._entry)
-                if self._room_event is not None:
-                    self._room_event.set()
+                self._let_go(job)
+
+    def _let_go(self, job: Job) -> None:
+        """The job no longer occupies this worker: stop refreshing its claim, and let the
+        fetcher know there is room (it may be waiting for exactly that)."""
+        self._held[job._lane].discard(job._entry)
+        if self._room_event is not None:
+            self._room_event.set()
 
     def _expired(self, env: codec.Envelope) -> bool:
         expire_ms = env.expire_after_ms
@@ -575,9 +583,8 @@ class Worker:
                 if isinstance(exc, Fail)
                 else f"gave up after {env.attempt} attempts: {error}"
             )
-            source = f"{self._lanes[job._lane]} {job.entry_id}"
             log.warning("job %s is dead: %s", env.id, reason)
-            return ("x", env.id, key, env.attempt, started, _text_of(env), reason, source)
+            return ("x", env.id, key, env.attempt, started, _text_of(env), reason)
         if isinstance(exc, Retry) and exc.after is not None:
             delay = exc.after
         else:

@@ -17,6 +17,7 @@ worker is running (or about to): it is flagged, its workers are told through the
 Returns { outcome, state before }: outcome is 'cancelled', 'cancelling' (it was running),
 'unchanged' (already finished) or 'missing'.
 ]]
+-- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "free_dedup_key.lua"
 local record, delayed, dedup, counts, control = KEYS[1], KEYS[2], KEYS[6], KEYS[7], KEYS[8]
@@ -51,7 +52,7 @@ if state == 'queued' then
   local delivered = type(pending) == 'table' and not pending.err and pending[1]
   if delivered then
     redis.call('HSET', record, 'cancel', 1)
-    redis.call('XADD', control, 'MAXLEN', '~', 10000, '*', 'c', id)
+    tell_workers(control, 'c', id)
     return { 'cancelling', 'active' }
   end
   if f[3] then

@@ -21,6 +21,7 @@ appends a wake-up to the control stream, so sleeping workers re-plan.
 Returns a flat array of (1-based position, existing job id) for every job NOT added because its
 dedup key is held by a live job; an empty array when all were added.
 ]]
+-- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
 local lane, dedup, delayed, control, fired = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -78,6 +79,6 @@ for job, fields in ipairs(jobs) do
   end
 end
 if earliest < head then
-  redis.call('XADD', control, 'MAXLEN', '~', 10000, '*', 'w', earliest)
+  tell_workers(control, 'w', earliest)
 end
 return taken

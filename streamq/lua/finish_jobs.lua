@@ -15,7 +15,7 @@ ARGV[6]     the outcomes, msgpack: an array of
             code 'd' done       a = result as JSON ('' for none)
                  'r' retry      a = envelope of the next attempt, b = delay ms, c = error
                  'l' deferred   a = envelope (attempt unchanged), b = delay ms, c = reason
-                 'x' dead       a = envelope, b = reason, c = 'lane-key entry-id' it came from
+                 'x' dead       a = envelope, b = reason
                  'e' expired    a = envelope (not run: it came due too long ago)
                  'c' cancelled  a = envelope
             every outcome but 'd' ends with { lane index (1-3), entry id }
@@ -30,6 +30,7 @@ another took the entry over and finished it): it is dropped, so a late retry can
 finished job again. Done outcomes skip that check: recording done twice changes nothing.
 Returns the number of entries acknowledged.
 ]]
+-- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
 -- @include "free_dedup_key.lua"
@@ -114,7 +115,7 @@ for i, o in ipairs(outcomes) do
     end
     earliest = math.min(earliest, due)
   elseif code == 'x' then
-    local lane, entry = string.match(o[8], '^(%S+) (%S+)$')
+    local lane, entry = KEYS[o[#o - 1]], o[#o]
     local dead_entry = redis.call('XADD', dead, '*', 'j', o[6], '_reason', o[7],
       '_source', lane, '_entry', entry)
     redis.call('HSET', record, 'state', 'dead', 'attempt', attempt, 'started_at', started,
@@ -132,6 +133,6 @@ for state, n in pairs(tally) do
   redis.call('HINCRBY', counts, state, n)
 end
 if earliest < head then
-  redis.call('XADD', control, 'MAXLEN', '~', 10000, '*', 'w', earliest)
+  tell_workers(control, 'w', earliest)
 end
 return acked

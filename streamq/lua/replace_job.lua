@@ -13,6 +13,7 @@ Replaces only while the job is scheduled (not a retry, whose attempts would be l
 holds the key; a job already queued or running keeps its payload. Returns 1 if replaced, 0 if
 not.
 ]]
+-- @include "tell_workers.lua"
 -- @include "delayed_head.lua"
 local record, delayed, dedup, control = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, key, envelope, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -26,7 +27,7 @@ if due ~= '' then
   redis.call('ZADD', delayed, 'XX', due, id)
   redis.call('HSET', record, 'run_at', due)
   if tonumber(due) < head then
-    redis.call('XADD', control, 'MAXLEN', '~', 10000, '*', 'w', due)
+    tell_workers(control, 'w', due)
   end
 end
 return 1

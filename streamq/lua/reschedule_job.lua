@@ -13,6 +13,7 @@ envelope changed since it was read (a retry or a replace landed in between), not
 written and 'changed' comes back, so the caller reads again rather than writing an old one.
 Returns the job's state, 'changed', or false when there is no record.
 ]]
+-- @include "tell_workers.lua"
 -- @include "delayed_head.lua"
 local record, delayed, control = KEYS[1], KEYS[2], KEYS[3]
 local id, due = ARGV[1], ARGV[2]
@@ -27,6 +28,6 @@ local head = delayed_head_ms(delayed)
 redis.call('ZADD', delayed, 'XX', due, id)
 redis.call('HSET', record, 'run_at', due, 'env', ARGV[3])
 if tonumber(due) < head then
-  redis.call('XADD', control, 'MAXLEN', '~', 10000, '*', 'w', due)
+  tell_workers(control, 'w', due)
 end
 return state
