@@ -42,6 +42,8 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     cron: str | None = msgspec.field(default=None, name="c")
     """Name of the recurring schedule this occurrence belongs to."""
     backoff: Backoff | None = msgspec.field(default=None, name="b")
+    account: str | None = msgspec.field(default=None, name="u")
+    """The account that publishes the job: its rate limits and pause apply."""
 
 
 _encoder = msgspec.json.Encoder()

@@ -14,6 +14,14 @@
     job_timeout = "10m"
     retention = "7d"
 
+    [[streams.instagram.limits]]                # replaces the built-in instagram limits
+    scope = "account"                           # "account" (each account) or "platform" (the app)
+    max = 25
+    per = "24h"
+    [[streams.instagram.limits]]
+    scope = "account"
+    min_interval = "30s"
+
 Durations are seconds (a number) or a string such as "250ms", "90s", "10m", "6h", "7d".
 Command-line flags override the file; the file overrides the defaults below.
 """
@@ -24,7 +32,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -69,6 +77,37 @@ class Backoff(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
             raise ConfigError("backoff jitter is a fraction between 0 and 1")
 
 
+class Limit(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """At most ``max`` job starts in any ``per`` seconds, and/or at least ``min_interval``
+    seconds between starts, counted for the whole platform or for each account."""
+
+    scope: Literal["platform", "account"]
+    max: int | None = None
+    per: float | None = None
+    min_interval: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.max is None) != (self.per is None):
+            raise ConfigError("a limit needs both max and per (or only min_interval)")
+        if self.max is None and self.min_interval is None:
+            raise ConfigError("a limit needs max and per, or min_interval")
+        if self.max is not None and self.max < 1:
+            raise ConfigError("a limit's max must be at least 1")
+        if self.per is not None and self.per < 0.001:
+            raise ConfigError("a limit's per must be at least 1ms")
+        if self.min_interval is not None and self.min_interval < 0.001:
+            raise ConfigError("a limit's min_interval must be at least 1ms")
+
+    def windows(self) -> list[tuple[int, int]]:
+        """The limit as (count, window ms) pairs: a minimum interval is 1 per interval."""
+        pairs = []
+        if self.max is not None and self.per is not None:
+            pairs.append((self.max, round(self.per * 1000)))
+        if self.min_interval is not None:
+            pairs.append((1, round(self.min_interval * 1000)))
+        return pairs
+
+
 class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     handler: str | None = None
     concurrency: int = 32
@@ -86,6 +125,9 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     """A handler running longer is cancelled and the attempt counts as failed."""
     retention: float = 7 * 86400.0
     """How long records of finished jobs are kept."""
+    limits: tuple[Limit, ...] | None = None
+    """Rate limits; None means the built-in ones for the platform the stream is named after
+    (streamq.limiter.DEFAULT_LIMITS), and an empty list means none."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -104,6 +146,7 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 _DURATION_FIELDS = ("visibility_timeout", "grace", "expire_after", "job_timeout", "retention")
 _BACKOFF_DURATIONS = ("base", "max")
+_LIMIT_DURATIONS = ("per", "min_interval")
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -158,6 +201,16 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
                     backoff[field] = _duration_value(
                         backoff[field], f"streams.{name}.backoff.{field}"
                     )
+        limits = table.get("limits")
+        if isinstance(limits, list):
+            for index, limit in enumerate(limits):
+                if not isinstance(limit, dict):
+                    raise ConfigError(f"{source}: streams.{name}.limits must be tables")
+                for field in _LIMIT_DURATIONS:
+                    if field in limit:
+                        limit[field] = _duration_value(
+                            limit[field], f"streams.{name}.limits[{index}].{field}"
+                        )
     try:
         return msgspec.convert(data, Config)
     except (msgspec.ValidationError, ConfigError, TypeError, ValueError) as exc:

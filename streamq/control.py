@@ -33,6 +33,7 @@ class JobInfo(msgspec.Struct, kw_only=True):
     attempt: int
     priority: str
     key: str | None = None
+    account: str | None = None
     payload: Any = None
     enqueued_at_ms: int | None = None
     run_at_ms: int | None = None
@@ -112,6 +113,7 @@ async def job_info(redis: Redis, job_id: str) -> JobInfo:
         attempt=int(record.get(b"attempt", b"1")),
         priority=priority,
         key=_text(record.get(b"key")),
+        account=_text(record.get(b"account")),
         payload=payload,
         enqueued_at_ms=_int(record.get(b"enqueued_at")),
         run_at_ms=_int(record.get(b"run_at")),
@@ -140,7 +142,7 @@ async def cancel(redis: Redis, job_id: str, config: StreamConfig | None = None) 
             keys.counts(stream),
             keys.control(stream),
         ],
-        [job_id, keys.GROUP, retention_ms],
+        [job_id, keys.GROUP, retention_ms, keys.script_prefix(stream)],
     )
     outcome, before = outcome.decode(), before.decode()
     if outcome == "missing":

@@ -15,12 +15,16 @@ Handlers steer a job's outcome by raising one of these (they are not errors of s
 
     JobSignal
     ├── Retry(after=None)        run it again: after `after` seconds, or after the backoff
-    ├── Fail(reason)             give up now: straight to the dead-letter stream
-    └── RateLimited(retry_after) the platform said "slow down": run it again later, and do
-                                 not count this as an attempt
+    ├── Fail(reason)             give up now: straight to the dead-letter stream (or, with
+    │                            pause_account=True, pause the job's account and wait)
+    └── RateLimited(retry_after) the platform said "slow down": run it again later, without
+                                 counting an attempt, and hold the account's (or with
+                                 scope="platform", every) job until then
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 
 class StreamqError(Exception):
@@ -69,18 +73,36 @@ class Retry(JobSignal):
 
 
 class Fail(JobSignal):
-    """Give up on the job now: it goes to the dead-letter stream with ``reason``."""
+    """Give up on the job now: it goes to the dead-letter stream with ``reason``.
 
-    def __init__(self, reason: str) -> None:
+    With ``pause_account=True`` (say, the account's token was revoked) the job's account is
+    paused instead: this job and every other of the account wait, without using attempts,
+    until ``streamq account resume``. A job without an account is dead-lettered as usual.
+    """
+
+    def __init__(self, reason: str, *, pause_account: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.pause_account = pause_account
 
 
 class RateLimited(JobSignal):
     """The platform asked to slow down: run the job again after ``retry_after`` seconds,
-    without counting an attempt."""
+    without counting an attempt.
 
-    def __init__(self, retry_after: float, reason: str = "rate limited") -> None:
+    Every worker also holds back the scope the platform throttled until then: the job's
+    account (the default, for a job that has one), or with ``scope="platform"`` every job of
+    the stream. A job without an account and no scope given holds back only itself.
+    """
+
+    def __init__(
+        self,
+        retry_after: float,
+        reason: str = "rate limited",
+        *,
+        scope: Literal["account", "platform"] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.retry_after = max(0.0, float(retry_after))
         self.reason = reason
+        self.scope = scope

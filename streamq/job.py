@@ -43,6 +43,10 @@ class Job(msgspec.Struct):
         return self.envelope.key
 
     @property
+    def account(self) -> str | None:
+        return self.envelope.account
+
+    @property
     def enqueued_at(self) -> datetime:
         return datetime.fromtimestamp(self.envelope.enqueued_at_ms / 1000, tz=UTC)
 

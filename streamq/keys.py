@@ -13,6 +13,16 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:control                  stream, capped: wake-ups and cancellations for workers
     streamq:{S}:cron                     hash: recurring schedule name -> its definition
     streamq:{S}:cron:last                hash: recurring schedule name -> last fire time added
+    streamq:{S}:rate:p | rate:a:<A>      sorted set: when jobs were admitted (platform, account A)
+    streamq:{S}:plan:p | plan:a:<A>      sorted set: jobs waiting for capacity -> planned time
+    streamq:{S}:paused                   hash: 'platform' or 'a:<A>' -> paused until ms (-1: until
+                                         resumed); streamq:{S}:paused:why holds the reasons
+    streamq:{S}:parked:<A>               sorted set: jobs of paused account A, by enqueue time
+    streamq:{S}:turns:<A>                sorted set: A's jobs in the platform's plan (its turn)
+    streamq:{S}:held:<A>                 sorted set: A's jobs waiting for that turn, by enqueue time
+
+The per-account keys are built inside the scripts from ``stream_prefix`` (an account is only known
+once a job is read); they share the stream's hash tag, so they live in the same slot.
 """
 
 from __future__ import annotations
@@ -33,6 +43,18 @@ STREAM_REGISTRY: Final = f"{PREFIX}:streams"
 _STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 
+MAX_ACCOUNT_LENGTH: Final = 200
+
+
+def check_account(account: str) -> str:
+    """Return ``account`` if it can name an account, else raise ValueError."""
+    if not account or len(account) > MAX_ACCOUNT_LENGTH or not account.isprintable():
+        raise ValueError(
+            f"invalid account {account!r}: use 1-{MAX_ACCOUNT_LENGTH} printable characters"
+        )
+    return account
+
+
 def check_stream_name(name: str) -> str:
     """Return ``name`` if it can be a stream name, else raise ValueError.
 
@@ -49,6 +71,11 @@ def check_stream_name(name: str) -> str:
 
 def stream_prefix(stream: str) -> str:
     return f"{PREFIX}:{{{stream}}}"
+
+
+def script_prefix(stream: str) -> str:
+    """What scripts build per-account key names from: ``streamq:{S}:``."""
+    return f"{stream_prefix(stream)}:"
 
 
 def lane(stream: str, priority: Priority) -> str:
@@ -98,3 +125,30 @@ def cron(stream: str) -> str:
 
 def cron_fired(stream: str) -> str:
     return f"{stream_prefix(stream)}:cron:last"
+
+
+def rate_log(stream: str, account: str | None = None) -> str:
+    scope = "p" if account is None else f"a:{account}"
+    return f"{stream_prefix(stream)}:rate:{scope}"
+
+
+def plan(stream: str, account: str | None = None) -> str:
+    scope = "p" if account is None else f"a:{account}"
+    return f"{stream_prefix(stream)}:plan:{scope}"
+
+
+def paused(stream: str) -> str:
+    return f"{stream_prefix(stream)}:paused"
+
+
+def pause_reasons(stream: str) -> str:
+    return f"{stream_prefix(stream)}:paused:why"
+
+
+def parked(stream: str, account: str) -> str:
+    return f"{stream_prefix(stream)}:parked:{account}"
+
+
+def pause_field(account: str | None) -> str:
+    """The field of the paused hash for an account, or for the whole platform (None)."""
+    return "platform" if account is None else f"a:{account}"

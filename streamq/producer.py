@@ -57,6 +57,13 @@ def check_stream(stream: str) -> str:
         raise ConfigError(str(exc)) from None
 
 
+def check_account(account: str) -> str:
+    try:
+        return keyspace.check_account(account)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _ms(value: float | str | None, what: str) -> int | None:
     return None if value is None else round(parse_duration(value, what) * 1000)
 
@@ -83,12 +90,19 @@ class Producer:
         payload: Any,
         *,
         key: str | None = None,
+        account: str | None = None,
         priority: str = "normal",
         options: JobOptions | None = None,
         cron: str | None = None,
     ) -> str:
         [job_id] = await self.enqueue_many(
-            stream, [payload], keys=[key], priority=priority, options=options, cron=cron
+            stream,
+            [payload],
+            keys=[key],
+            accounts=None if account is None else [account],
+            priority=priority,
+            options=options,
+            cron=cron,
         )
         return job_id
 
@@ -98,11 +112,15 @@ class Producer:
         payloads: Iterable[Any],
         *,
         keys: Sequence[str | None] | None = None,
+        accounts: Sequence[str | None] | None = None,
         priority: str = "normal",
         options: JobOptions | None = None,
         cron: str | None = None,
     ) -> list[str]:
         """Enqueue every payload; returns one id per payload, in order.
+
+        ``accounts`` names, per payload, the account that publishes it: its rate limits and
+        pause apply (see streamq.limiter).
 
         A payload whose key is held by a live job gets that job's id back and adds nothing
         (or, with ``on_conflict="replace"``, replaces that job's payload and due time while it
@@ -118,6 +136,12 @@ class Producer:
         payload_list = payloads if isinstance(payloads, list) else list(payloads)
         if keys is not None and len(keys) != len(payload_list):
             raise ConfigError("enqueue_many: keys must have one entry per payload")
+        if accounts is not None:
+            if len(accounts) != len(payload_list):
+                raise ConfigError("enqueue_many: accounts must have one entry per payload")
+            for account in accounts:
+                if account is not None:
+                    check_account(account)
         if not payload_list:
             return []
         now = await self._server_now_ms()
@@ -163,7 +187,8 @@ class Producer:
             for start in range(0, len(payload_list), chunk):
                 part = payload_list[start : start + chunk]
                 part_keys = None if keys is None else keys[start : start + chunk]
-                part_ids, slices = _encode(stream, part, part_keys, template)
+                part_accounts = None if accounts is None else accounts[start : start + chunk]
+                part_ids, slices = _encode(stream, part, part_keys, part_accounts, template)
                 ids += part_ids
                 calls = [
                     ([*fixed_keys, *record_keys], [*head, jobs]) for record_keys, jobs in slices
@@ -251,13 +276,14 @@ def _encode(
     stream: str,
     payloads: list[Any],
     job_keys: Sequence[str | None] | None,
+    accounts: Sequence[str | None] | None,
     template: codec.Envelope,
 ) -> tuple[list[str], list[tuple[list[str], bytes]]]:
     """Job ids, and the record keys and packed jobs (enqueue_jobs' ARGV[4]) of each slice."""
     ids: list[str] = []
     slices: list[tuple[list[str], bytes]] = []
     record_keys: list[str] = []
-    jobs: list[tuple[str, str, str, int]] = []
+    jobs: list[list[str | int]] = []
     due = template.run_at_ms or 0
     replace = msgspec.structs.replace
     record_prefix = keyspace.job(stream, "")
@@ -266,10 +292,14 @@ def _encode(
         job_id = codec.new_job_id(stream, template.enqueued_at_ms)
         key = job_keys[index] if job_keys is not None else None
         ids.append(job_id)
-        envelope = replace(template, id=job_id, payload=payload, key=key)
+        account = accounts[index] if accounts is not None else None
+        envelope = replace(template, id=job_id, payload=payload, key=key, account=account)
         record_keys.append(record_prefix + job_id)
         # str, not bytes: the server's cmsgpack reads msgpack str but not bin.
-        jobs.append((job_id, key or "", encode(envelope).decode(), due))
+        job: list[str | int] = [job_id, key or "", encode(envelope).decode(), due]
+        if account is not None:
+            job.append(account)
+        jobs.append(job)
         if len(record_keys) == SLICE:
             slices.append((record_keys, _msgpack(jobs)))
             record_keys, jobs = [], []

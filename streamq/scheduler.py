@@ -151,7 +151,8 @@ class Promoter:
     makes sure each job moves once however many promoters race. Sleeps are local timers (a
     server-side BLOCK timeout can fire up to 100 ms late), re-planned whenever a wake-up arrives
     on the control stream: a producer appends one when it schedules a job ahead of all others.
-    The control stream also carries cancellations, handed to ``on_cancel``.
+    The control stream also carries cancellations, handed to ``on_cancel``, and platform
+    pauses, handed to ``on_platform_pause``.
     """
 
     def __init__(
@@ -161,12 +162,14 @@ class Promoter:
         *,
         retention_ms: int,
         on_cancel: Callable[[str], None] = lambda job_id: None,
+        on_platform_pause: Callable[[int], None] = lambda until_ms: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
         self.stream = stream
         self.retention_ms = retention_ms
         self.on_cancel = on_cancel
+        self.on_platform_pause = on_platform_pause
         self.clock = clock
         self.offset_ms = 0
         """Server clock minus this process's clock, as of the last promotion."""
@@ -177,6 +180,7 @@ class Promoter:
         self._delayed = keys.delayed(stream)
         self._fixed_keys = [self._delayed, *keys.lanes(stream), keys.dedup(stream)]
         self._fixed_keys.append(keys.counts(stream))
+        self._script_prefix = keys.script_prefix(stream)
 
     def wake(self) -> None:
         """Re-plan now (e.g. a recurring job finished and its next occurrence can be added)."""
@@ -222,7 +226,9 @@ class Promoter:
             ids = [c.decode() for c in candidates]
             record_keys = [keys.job(self.stream, job_id) for job_id in ids]
             promoted, expired, server_now, head = await scripts.promote_due(
-                self.redis, [*self._fixed_keys, *record_keys], [self.retention_ms, *ids]
+                self.redis,
+                [*self._fixed_keys, *record_keys],
+                [self.retention_ms, self._script_prefix, *ids],
             )
             self.offset_ms = int(server_now) - round(self.clock() * 1000)
             self.promoted += int(promoted)
@@ -255,6 +261,8 @@ class Promoter:
                     last_id = message_id
                     if b"c" in fields:
                         self.on_cancel(fields[b"c"].decode())
+                    if b"p" in fields:
+                        self.on_platform_pause(int(fields[b"p"]))
                     if b"w" in fields:
                         self._wake.set()
 

@@ -57,6 +57,10 @@ class StreamStats(msgspec.Struct):
     """Of the delayed, those waiting to retry after a failure."""
     expired: int
     """Jobs that came due too late and were not run (since the stream was created)."""
+    limited: int
+    """Times a job was held back by a rate limit or a pause (since the stream was created)."""
+    throttled: int
+    """Runs a handler ended with RateLimited: the platform itself said "slow down"."""
     lanes: list[LaneStats]
 
 
@@ -87,7 +91,7 @@ async def stream_stats(redis: Redis, stream: str, now_ms: int) -> StreamStats:
             pipe.execute_command("XINFO", "CONSUMERS", key, keys.GROUP)
         pipe.xlen(keys.dead(stream))
         pipe.zcard(keys.delayed(stream))
-        pipe.hmget(keys.counts(stream), ["retrying", "expired"])
+        pipe.hmget(keys.counts(stream), ["retrying", "expired", "limited", "deferred"])
         replies = await pipe.execute(raise_on_error=False)
     lanes: list[LaneStats] = []
     alive: set[bytes] = set()
@@ -98,7 +102,7 @@ async def stream_stats(redis: Redis, stream: str, now_ms: int) -> StreamStats:
         alive |= _alive(consumers)
         waiting = max(0, length - pending)
         lanes.append(LaneStats(priority, key, length, pending, waiting, oldest))
-    dead, delayed, (retrying, expired) = replies[-3:]
+    dead, delayed, (retrying, expired, limited, throttled) = replies[-3:]
     # Summed lane by lane: after a trim a lane can hold fewer entries than are pending.
     waiting = sum(lane.waiting for lane in lanes)
     length = sum(lane.length for lane in lanes)
@@ -119,6 +123,8 @@ async def stream_stats(redis: Redis, stream: str, now_ms: int) -> StreamStats:
         delayed=int(delayed),
         retrying=max(0, int(retrying or 0)),
         expired=int(expired or 0),
+        limited=int(limited or 0),
+        throttled=int(throttled or 0),
         lanes=lanes,
     )
 

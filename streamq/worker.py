@@ -36,7 +36,7 @@ import msgspec
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from streamq import codec, keys, scheduler, scripts
+from streamq import codec, keys, limiter, scheduler, scripts
 from streamq.config import StreamConfig
 from streamq.errors import Fail, RateLimited, Retry
 from streamq.handler import Handler
@@ -72,6 +72,11 @@ class WorkerCounts:
     """Runs that raised or timed out (each retried or dead-lettered)."""
     dead_lettered: int = 0
     deferred: int = 0
+    """Runs that raised RateLimited."""
+    limited: int = 0
+    """Jobs read but not started: over a rate limit, or their account or platform paused."""
+    parked: int = 0
+    """Jobs that paused their account (Fail(pause_account=True)), or found it pausing."""
     expired: int = 0
     cancelled: int = 0
     reclaimed: int = 0
@@ -127,6 +132,16 @@ class Worker:
             self._prefetch = self.options.prefetch
         self._starved_reads = 0
         self._adaptive = self.options.prefetch is None
+        self._limits = limiter.limits_for(self.stream, self.options.limits)
+        self._packed_limits = self._limits.packed()
+        if self._limits.any:
+            # A rate-limited start is recorded when the job is read: read only what can start
+            # at once, so the recorded time is the real one.
+            self._prefetch, self._adaptive = 0, False
+        self._platform_paused_until_ms = 0
+        # Accounts a handler just paused (Fail(pause_account=True)) -> why: their jobs already
+        # read are parked too, until the pause is recorded and admission takes over.
+        self._pausing: dict[str, str] = {}
         # Entries this worker has claimed and not yet finished, per lane (ids are unique only
         # within one lane).
         self._held: list[set[bytes]] = [set() for _ in keys.LANES]
@@ -160,11 +175,22 @@ class Worker:
         ]
         self._retention_ms = round(self.options.retention * 1000)
         self._record_prefix = keys.job(self.stream, "")
+        self._script_prefix = keys.script_prefix(self.stream)
+        self._admit_keys = [
+            *self._lanes,
+            keys.delayed(stream),
+            keys.counts(stream),
+            keys.control(stream),
+            keys.paused(stream),
+            keys.rate_log(stream),
+            keys.plan(stream),
+        ]
         self.promoter = scheduler.Promoter(
             redis,
             self.stream,
             retention_ms=self._retention_ms,
             on_cancel=self.cancel_local,
+            on_platform_pause=self._hold_platform,
             clock=clock,
         )
 
@@ -263,6 +289,9 @@ class Worker:
     async def _fetch_loop(self) -> None:
         failures = 0
         while not self._stopping:
+            if self._platform_paused_until_ms > self.promoter.server_now_ms():
+                await self._wait_out_platform_pause()
+                continue
             held = self.claimed
             capacity = self.options.concurrency + self._prefetch
             room = capacity - held
@@ -287,6 +316,17 @@ class Worker:
                 failures += 1
                 self._reader_id = None
                 await self._pause_after_failure("fetch", exc, failures)
+
+    def _hold_platform(self, until_ms: int) -> None:
+        """The platform asked every worker to hold off (a handler raised RateLimited with
+        scope="platform"): read nothing until then."""
+        self._platform_paused_until_ms = max(self._platform_paused_until_ms, until_ms)
+
+    async def _wait_out_platform_pause(self) -> None:
+        wait = (self._platform_paused_until_ms - self.promoter.server_now_ms()) / 1000
+        log.info("platform of %s paused: reading nothing for %.1fs", self.stream, wait)
+        with anyio.move_on_after(max(0.0, wait)):
+            await self._stop_event.wait()
 
     async def _idle_until_work(self, room: int) -> None:
         """Nothing new to read: wait for entries, or in burst mode see the last jobs through
@@ -407,9 +447,56 @@ class Worker:
             for job, flagged in zip(jobs, flags, strict=True):
                 job.cancelled = bool(flagged)
         if jobs:
+            jobs = await self._admit(lane, jobs)
+        if jobs:
             self._ready[lane].extend(jobs)
             self._wake_consumers()
         return len(entries)
+
+    async def _admit(self, lane: int, jobs: list[Job]) -> list[Job]:
+        """Pass the jobs that rate limits or pauses concern through the admission script;
+        returns those that may start now (the others left this worker's hands)."""
+        if self._limits.platform:
+            gated, free = jobs, []
+        else:
+            gated = [job for job in jobs if job.envelope.account is not None]
+            if not gated:
+                return jobs
+            free = [job for job in jobs if job.envelope.account is None]
+        packed = _msgpack(
+            [
+                [
+                    lane + 1,
+                    job._entry.decode(),
+                    job.id,
+                    job.envelope.account or "",
+                    job.envelope.enqueued_at_ms,
+                ]
+                for job in gated
+            ]
+        )
+        args: list[scripts.EncodableArg] = [
+            keys.GROUP,
+            self.consumer,
+            self._script_prefix,
+            self._packed_limits,
+            packed,
+        ]
+        reply = await self._retrying(
+            "admit", lambda: scripts.admit_jobs(self.redis, self._admit_keys, args)
+        )
+        assert reply is not None  # unbounded retries
+        codes, platform_hold = reply
+        self._hold_platform(int(platform_hold))
+        admitted = free
+        for job, code in zip(gated, codes, strict=True):
+            if code:
+                job.cancelled = job.cancelled or code == 2
+                admitted.append(job)
+            else:
+                self._held[lane].discard(job._entry)
+                self.counts.limited += 1
+        return admitted
 
     async def _dead_letter(
         self, lane: int, rejects: list[tuple[bytes, str, codec.Envelope | None]]
@@ -501,6 +588,10 @@ class Worker:
                     self._idle -= 1
                 continue
             env = job.envelope
+            if self._pausing and env.account in self._pausing:
+                self._finish(job, self._parked(env, 0, self._pausing[env.account]))
+                self._let_go(job)
+                continue
             if job.cancelled:
                 self._finish(job, ("c", env.id, env.key or "", env.attempt, 0, _text_of(env)))
                 self._let_go(job)
@@ -562,6 +653,12 @@ class Worker:
         if isinstance(exc, RateLimited):
             delay_ms = round(exc.retry_after * 1000)
             later = msgspec.structs.replace(env, run_at_ms=self.promoter.server_now_ms() + delay_ms)
+            held = ""
+            if exc.scope == "platform":
+                held = keys.pause_field(None)
+                self._hold_platform(self.promoter.server_now_ms() + delay_ms)
+            elif env.account is not None:
+                held = keys.pause_field(env.account)
             return (
                 "l",
                 env.id,
@@ -571,11 +668,16 @@ class Worker:
                 _text_of(later),
                 delay_ms,
                 exc.reason,
+                held,
             )
         self.counts.failed += 1
         error = _describe(exc)
         if job.cancelled:  # cancelled while it ran: it ends here, as cancelled
             return ("c", env.id, key, env.attempt, started, _text_of(env))
+        if isinstance(exc, Fail) and exc.pause_account and env.account is not None:
+            log.warning("job %s: pausing account %s: %s", env.id, env.account, exc.reason)
+            self._pausing[env.account] = exc.reason
+            return self._parked(env, started, exc.reason)
         allowed = env.max_attempts or self.options.max_attempts
         if isinstance(exc, Fail) or env.attempt >= allowed:
             reason = (
@@ -597,6 +699,20 @@ class Worker:
             env, attempt=env.attempt + 1, run_at_ms=self.promoter.server_now_ms() + delay_ms
         )
         return ("r", env.id, key, env.attempt + 1, started, _text_of(again), delay_ms, error)
+
+    def _parked(self, env: codec.Envelope, started: int, reason: str) -> tuple[Any, ...]:
+        """The outcome that pauses the job's account and parks the job, attempt unchanged."""
+        return (
+            "p",
+            env.id,
+            env.key or "",
+            env.attempt,
+            started,
+            _text_of(env),
+            reason,
+            env.account,
+            env.enqueued_at_ms,
+        )
 
     def _finish(self, job: Job, outcome: tuple[Any, ...]) -> None:
         self._finished.append((job, outcome))
@@ -655,6 +771,9 @@ class Worker:
         for job, outcome in batch:
             self._count(outcome[0])
             recurring = recurring or job.envelope.cron is not None
+            if outcome[0] == "p":
+                # Recorded: from now on admission parks the account's jobs.
+                self._pausing.pop(outcome[7], None)
         if recurring:
             self.promoter.wake()  # the next occurrence can be scheduled now
 
@@ -670,6 +789,8 @@ class Worker:
             counts.expired += 1
         elif code == "c":
             counts.cancelled += 1
+        elif code == "p":
+            counts.parked += 1
 
     async def _finish_acks(self) -> None:
         self._acks_closed = True
@@ -695,7 +816,7 @@ class Worker:
         await scripts.finish_jobs(
             self.redis,
             [*self._fixed_finish_keys, *record_keys],
-            [keys.GROUP, *joined, self._retention_ms, _msgpack(outcomes)],
+            [keys.GROUP, *joined, self._retention_ms, _msgpack(outcomes), self._script_prefix],
         )
 
     # -- recovering -----------------------------------------------------------------------------

@@ -9,8 +9,9 @@ KEYS[8]     control stream
 ARGV[1]     job id
 ARGV[2]     consumer group
 ARGV[3]     retention of finished records, ms
+ARGV[4]     key prefix of the stream, 'streamq:{S}:' (a paused job's parked set is built from it)
 
-A scheduled or retrying job leaves the delayed set; a queued job nobody has read yet is deleted
+A scheduled or retrying job leaves the delayed set, a paused or held one its account's set; a queued job nobody has read yet is deleted
 from its lane: either way it never starts, and ends as cancelled. A job already delivered to a
 worker is running (or about to): it is flagged, its workers are told through the control stream
 (the handler sees job.cancelled), and it will not be retried.
@@ -23,7 +24,7 @@ Returns { outcome, state before }: outcome is 'cancelled', 'cancelling' (it was 
 local record, delayed, dedup, counts, control = KEYS[1], KEYS[2], KEYS[6], KEYS[7], KEYS[8]
 local lanes = { high = KEYS[3], normal = KEYS[4], low = KEYS[5] }
 local id, group, retention = ARGV[1], ARGV[2], ARGV[3]
-local f = redis.call('HMGET', record, 'state', 'priority', 'entry', 'key')
+local f = redis.call('HMGET', record, 'state', 'priority', 'entry', 'key', 'account')
 local state = f[1]
 if not state then
   return { 'missing', '' }
@@ -43,6 +44,10 @@ if state == 'scheduled' or state == 'retrying' then
   if state == 'retrying' then
     redis.call('HINCRBY', counts, 'retrying', -1)
   end
+  return cancelled()
+end
+if state == 'paused' or state == 'held' then
+  redis.call('ZREM', ARGV[4] .. (state == 'paused' and 'parked:' or 'held:') .. (f[5] or ''), id)
   return cancelled()
 end
 if state == 'queued' then

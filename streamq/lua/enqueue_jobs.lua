@@ -12,7 +12,7 @@ ARGV[3]     '' or, for an occurrence of a recurring schedule, its name: the job 
             if its due time is later than the last occurrence added for that name, so a
             reconciler working from a stale view cannot add an occurrence twice
 ARGV[4]     the jobs, msgpack: an array of { job id, dedup key ('' for none), envelope,
-            due ms (0 = now) }, one per record key; one argument instead of four per job
+            due ms (0 = now) [, account] }, one per record key; one argument instead of four per job
             because packing arguments is most of a producer's work
 
 A job due later than the server's clock (TIME) waits in the delayed set with its envelope in
@@ -53,6 +53,9 @@ for job, fields in ipairs(jobs) do
     if key ~= '' then
       redis.call('HSET', dedup, key, id)
       redis.call('HSET', record, 'key', key)
+    end
+    if fields[5] then
+      redis.call('HSET', record, 'account', fields[5])
     end
     if expire_after ~= '' then
       redis.call('HSET', record, 'expire_after', expire_after)

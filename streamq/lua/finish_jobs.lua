@@ -14,11 +14,15 @@ ARGV[6]     the outcomes, msgpack: an array of
               { code, job id, dedup key or '', attempt, started ms, a, b, c }
             code 'd' done       a = result as JSON ('' for none)
                  'r' retry      a = envelope of the next attempt, b = delay ms, c = error
-                 'l' deferred   a = envelope (attempt unchanged), b = delay ms, c = reason
+                 'l' deferred   a = envelope (attempt unchanged), b = delay ms, c = reason,
+                                d = '' or the scope to pause until then ('platform', 'a:<A>')
+                 'p' parked     a = envelope, b = reason, c = account, d = enqueued ms: the
+                                account is paused until resumed, the job waits for it
                  'x' dead       a = envelope, b = reason
                  'e' expired    a = envelope (not run: it came due too long ago)
                  'c' cancelled  a = envelope
             every outcome but 'd' ends with { lane index (1-3), entry id }
+ARGV[7]     key prefix of the stream, 'streamq:{S}:' (per-account keys are built from it)
 
 Acknowledging, deleting the entries and rescheduling happen together, so a crash can neither
 lose a retry nor run a finished job again. The ids of a lane travel as one argument and the
@@ -35,7 +39,8 @@ Returns the number of entries acknowledged.
 -- @include "delayed_head.lua"
 -- @include "free_dedup_key.lua"
 local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local group, retention = ARGV[1], ARGV[5]
+local group, retention, prefix = ARGV[1], ARGV[5], ARGV[7]
+local paused = prefix .. 'paused'
 local acked = 0
 local outcomes = cmsgpack.unpack(ARGV[6])
 local stale = {}
@@ -85,7 +90,7 @@ for i, o in ipairs(outcomes) do
   if stale[i] then
     code = 'stale'
   end
-  if (code == 'r' or code == 'l') and redis.call('HGET', record, 'cancel') then
+  if (code == 'r' or code == 'l' or code == 'p') and redis.call('HGET', record, 'cancel') then
     code = 'c'
   end
   if code == 'd' then
@@ -112,8 +117,26 @@ for i, o in ipairs(outcomes) do
       tally.retried = (tally.retried or 0) + 1
     else
       tally.deferred = (tally.deferred or 0) + 1
+      local scope = o[9]
+      local held = scope ~= '' and tonumber(redis.call('HGET', paused, scope) or '0')
+      if held and held ~= -1 and held < due then
+        redis.call('HSET', paused, scope, due)
+        redis.call('HSET', paused .. ':why', scope, o[8])
+        if scope == 'platform' then
+          tell_workers(control, 'p', due)
+        end
+      end
     end
     earliest = math.min(earliest, due)
+  elseif code == 'p' then
+    local account = o[8]
+    redis.call('HSET', paused, 'a:' .. account, -1)
+    redis.call('HSET', paused .. ':why', 'a:' .. account, o[7])
+    redis.call('ZADD', prefix .. 'parked:' .. account, o[9], id)
+    redis.call('HSET', record, 'state', 'paused', 'attempt', attempt, 'started_at', started,
+      'env', o[6], 'error', o[7])
+    redis.call('HDEL', record, 'entry')
+    tally.parked = (tally.parked or 0) + 1
   elseif code == 'x' then
     local lane, entry = KEYS[o[#o - 1]], o[#o]
     local dead_entry = redis.call('XADD', dead, '*', 'j', o[6], '_reason', o[7],

@@ -6,26 +6,49 @@ KEYS[5]     dedup hash
 KEYS[6]     counts hash
 KEYS[7..]   record keys of the candidate jobs, in ARGV order
 ARGV[1]     retention of finished records, ms
-ARGV[2..]   candidate job ids (the earliest members of the delayed set, read just before)
+ARGV[2]     key prefix of the stream, 'streamq:{S}:'
+ARGV[3..]   candidate job ids (the earliest members of the delayed set, read just before)
 
 A candidate is promoted only if it is still in the delayed set and due by TIME; it leaves the
 set in the same step, so however many workers promote at once, each job moves exactly once.
 A job whose record holds expire_after and that is later than that past its due time is not
 run: it ends as expired.
+A member '@held:<account>' is not a job but a safety net of admit_jobs: due when the account's
+job waiting for the platform should long have started, it releases a held job if that one
+never came back.
 Returns { promoted, expired, server now ms, due ms of the next waiting job or -1 }.
 ]]
 -- @include "server_now.lua"
 -- @include "free_dedup_key.lua"
+-- @include "release_held.lua"
 local delayed, dedup, counts = KEYS[1], KEYS[5], KEYS[6]
 local lanes = { high = KEYS[2], normal = KEYS[3], low = KEYS[4] }
-local retention = ARGV[1]
+local retention, prefix = ARGV[1], ARGV[2]
 local now = server_now_ms()
 local promoted, expired = 0, 0
-for i = 2, #ARGV do
+-- As admit_jobs: a job waiting for the platform this long past its time is not coming back.
+local STALE_MS = 60000
+
+local function check_held(marker)
+  local account = string.sub(marker, 7)
+  local turns = prefix .. 'turns:' .. account
+  redis.call('ZREMRANGEBYSCORE', turns, '-inf', now - STALE_MS)
+  if redis.call('ZCARD', turns) == 0 then
+    release_held({ KEYS[2], KEYS[3], KEYS[4] }, prefix, account)
+  end
+  if redis.call('ZCARD', prefix .. 'held:' .. account) > 0 then
+    redis.call('ZADD', delayed, now + STALE_MS, marker)
+  end
+end
+
+for i = 3, #ARGV do
   local id = ARGV[i]
   local due = redis.call('ZSCORE', delayed, id)
-  if due and tonumber(due) <= now then
-    local record = KEYS[5 + i]
+  if due and tonumber(due) <= now and string.sub(id, 1, 6) == '@held:' then
+    redis.call('ZREM', delayed, id)
+    check_held(id)
+  elseif due and tonumber(due) <= now then
+    local record = KEYS[4 + i]
     redis.call('ZREM', delayed, id)
     local f = redis.call('HMGET', record, 'state', 'env', 'priority', 'expire_after', 'key')
     if f[1] == 'retrying' then

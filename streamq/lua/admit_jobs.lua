@@ -1,0 +1,246 @@
+--[[ admit_jobs: decide, for a batch of jobs a worker just read, which may start now.
+
+KEYS[1..3]  lane streams: high, normal, low
+KEYS[4]     delayed set
+KEYS[5]     counts hash
+KEYS[6]     control stream
+KEYS[7]     paused hash ('platform' or 'a:<account>' -> until ms, -1 = until resumed)
+KEYS[8]     the platform's admission log
+KEYS[9]     the platform's waiting plan
+ARGV[1]     consumer group
+ARGV[2]     consumer name (a job is deferred only while its entry is still pending to it)
+ARGV[3]     key prefix of the stream, 'streamq:{S}:' (per-account keys are built from it)
+ARGV[4]     the limits, msgpack: { platform limits, account limits }, each an array of
+            { count, window ms }
+ARGV[5]     the jobs, msgpack: an array of { lane (1-3), entry id, job id, account or '',
+            enqueued ms }
+
+An admission log holds the times jobs started. A limit (count n, window w) allows a start at
+`now` only if the log's n-th latest start is at least w ago, so no window of length w, wherever
+it is placed, ever holds more than n starts: a sliding window, exact, with no boundary bursts.
+A job that may not start now leaves its lane for the delayed set, due when its turn comes; it
+keeps its attempt number. Its turn is planned, not just "when the next slot frees": a plan holds
+the jobs waiting on a log with their expected start, and a newcomer counts those as made, so
+waiting jobs keep their place and a thousand deferred posts wake one by one, not all at once.
+Plans only pick wake-up times; every start is still checked against the log, so a wrong guess
+costs a second deferral, never an excess start.
+Accounts take turns on the platform: while one of an account's jobs waits for the platform,
+its next ones are held aside (state 'held', not timed) and one is sent back to the lane each
+time the account's waiting job starts, so a newcomer waits behind one job per account, not
+behind another account's thousands.
+A job of a paused account is parked until the account is resumed (or deferred to the end of a
+timed pause); a platform pause defers every job of the stream.
+Returns { per job: 1 run, 2 run but it was cancelled, 0 not here (deferred, parked, or no longer
+this consumer's), platform paused until ms or 0 }.
+]]
+-- @include "tell_workers.lua"
+-- @include "server_now.lua"
+-- @include "delayed_head.lua"
+-- @include "release_held.lua"
+local delayed, counts, control, paused = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local platform_log, platform_plan = KEYS[8], KEYS[9]
+local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
+local limits = cmsgpack.unpack(ARGV[4])
+local platform_limits, account_limits = limits[1], limits[2]
+local jobs = cmsgpack.unpack(ARGV[5])
+local now = server_now_ms()
+-- A plan entry this far past its time belongs to a job that never came back (cancelled,
+-- expired, stuck behind a backlog): it no longer holds anyone up.
+local STALE_MS = 60000
+
+local function longest(set)
+  local w = 0
+  for _, limit in ipairs(set) do
+    w = math.max(w, limit[2])
+  end
+  return w
+end
+local platform_window, account_window = longest(platform_limits), longest(account_limits)
+
+local function paused_until(field)
+  local until_ms = redis.call('HGET', paused, field)
+  if not until_ms then
+    return 0
+  end
+  until_ms = tonumber(until_ms)
+  if until_ms ~= -1 and until_ms <= now then
+    redis.call('HDEL', paused, field)
+    redis.call('HDEL', paused .. ':why', field)
+    return 0
+  end
+  return until_ms
+end
+
+-- When a job may start under every limit of a set: for a job already waiting in the plan, as
+-- soon as the log allows; for a newcomer, after everyone waiting (their planned starts count as
+-- if made), so the k-th waiter is due when k more slots will have freed and a thousand deferred
+-- posts wake one by one instead of all at once.
+local function turn(log, plan, set, newcomer)
+  local planned = 0
+  if newcomer then
+    redis.call('ZREMRANGEBYSCORE', plan, '-inf', now - STALE_MS)
+    planned = redis.call('ZCARD', plan)
+  end
+  local at = now
+  for _, limit in ipairs(set) do
+    local n, w = limit[1], limit[2]
+    local start
+    if planned >= n then
+      start = redis.call('ZRANGE', plan, -n, -n, 'WITHSCORES')[2]
+    else
+      start = redis.call('ZRANGE', log, planned - n, planned - n, 'WITHSCORES')[2]
+    end
+    if start then
+      at = math.max(at, tonumber(start) + w)
+    end
+  end
+  return at
+end
+
+local function record_start(log, plan, window, id)
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+  redis.call('ZADD', log, now, id .. '@' .. now)
+  redis.call('PEXPIRE', log, window + 1000)
+  redis.call('ZREM', plan, id)
+end
+
+-- Take the entry off its lane, returning its envelope, if it is still this consumer's.
+local function take(lane, entry)
+  if not redis.call('XPENDING', lane, group, entry, entry, 1, consumer)[1] then
+    return nil
+  end
+  local found = redis.call('XRANGE', lane, entry, entry)[1]
+  redis.call('XACK', lane, group, entry)
+  redis.call('XDEL', lane, entry)
+  return found and found[2][2]
+end
+
+-- How many jobs of one account may wait for the platform at once: 1 is strict round robin.
+local TURNS_PER_ACCOUNT = 1
+
+local function has_turn_waiting(turns)
+  redis.call('ZREMRANGEBYSCORE', turns, '-inf', now - STALE_MS)
+  return redis.call('ZCARD', turns) >= TURNS_PER_ACCOUNT
+end
+
+-- The account's job no longer waits for the platform: its next held job takes its turn.
+local function leave_platform_queue(turns, account, id)
+  redis.call('ZREM', turns, id)
+  if not has_turn_waiting(turns) then
+    release_held(KEYS, prefix, account)
+  end
+end
+
+local head = delayed_head_ms(delayed)
+local earliest = math.huge
+local deferred, parked = 0, 0
+local platform_hold = paused_until('platform')
+local codes = {}
+for i, job in ipairs(jobs) do
+  local lane, entry, id, account, enqueued = KEYS[job[1]], job[2], job[3], job[4], job[5]
+  local record = prefix .. 'job:' .. id
+  local hold = platform_hold
+  if account ~= '' then
+    local account_hold = paused_until('a:' .. account)
+    hold = account_hold == -1 and -1 or math.max(hold, account_hold)
+  end
+  codes[i] = 0
+  if redis.call('HGET', record, 'cancel') then
+    codes[i] = 2 -- cancelled while waiting: the worker ends it
+  elseif hold == -1 then
+    local envelope = take(lane, entry)
+    if envelope then
+      redis.call('ZADD', prefix .. 'parked:' .. account, enqueued, id)
+      redis.call('HSET', record, 'state', 'paused', 'env', envelope)
+      redis.call('HDEL', record, 'entry')
+      parked = parked + 1
+    end
+  else
+    local by_account = account ~= '' and #account_limits > 0
+    local by_platform = #platform_limits > 0
+    local account_log, account_plan
+    local account_turn, platform_turn = now, now
+    local platform_waits = false
+    if by_account then
+      account_log = prefix .. 'rate:a:' .. account
+      account_plan = prefix .. 'plan:a:' .. account
+      local newcomer = not redis.call('ZSCORE', account_plan, id)
+      account_turn = turn(account_log, account_plan, account_limits, newcomer)
+    end
+    if by_platform then
+      platform_waits = redis.call('ZSCORE', platform_plan, id)
+      platform_turn = turn(platform_log, platform_plan, platform_limits, not platform_waits)
+    end
+    local due = math.max(hold, account_turn, platform_turn)
+    local platform_held = by_platform and platform_turn > now
+      and platform_turn >= math.max(hold, account_turn)
+    local turns = account ~= '' and by_platform and prefix .. 'turns:' .. account
+    if due <= now then
+      if by_account then
+        record_start(account_log, account_plan, account_window, id)
+      end
+      if by_platform then
+        record_start(platform_log, platform_plan, platform_window, id)
+      end
+      if turns then
+        leave_platform_queue(turns, account, id)
+      end
+      codes[i] = 1
+    elseif platform_held and turns and not platform_waits and has_turn_waiting(turns) then
+      -- The account already has a job waiting for the platform: this one waits behind it, off
+      -- the platform's queue, which so holds one job per account and serves accounts in turn.
+      local envelope = take(lane, entry)
+      if envelope then
+        redis.call('ZADD', prefix .. 'held:' .. account, enqueued, id)
+        redis.call('HSET', record, 'state', 'held', 'env', envelope)
+        redis.call('HDEL', record, 'entry')
+        if by_account then
+          redis.call('ZREM', account_plan, id)
+        end
+        -- Released when the account's waiting job starts; this wake-up is the safety net for
+        -- when that job never comes back (cancelled, expired).
+        local last = redis.call('ZRANGE', turns, -1, -1, 'WITHSCORES')[2]
+        redis.call('ZADD', delayed, tonumber(last or now) + STALE_MS, '@held:' .. account)
+        deferred = deferred + 1
+      end
+    else
+      local envelope = take(lane, entry)
+      if envelope then
+        if by_account then
+          redis.call('ZADD', account_plan, due, id)
+          redis.call('PEXPIRE', account_plan, due - now + STALE_MS)
+        end
+        -- Only jobs the platform holds back queue on the platform: one held back by its
+        -- account (or a pause) must not make every other account's jobs wait behind it.
+        if platform_held then
+          redis.call('ZADD', platform_plan, due, id)
+          redis.call('PEXPIRE', platform_plan, due - now + STALE_MS)
+          if turns then
+            redis.call('ZADD', turns, due, id)
+            redis.call('PEXPIRE', turns, due - now + STALE_MS)
+          end
+        elseif platform_waits then
+          redis.call('ZREM', platform_plan, id)
+          if turns then
+            leave_platform_queue(turns, account, id)
+          end
+        end
+        redis.call('ZADD', delayed, due, id)
+        redis.call('HSET', record, 'state', 'scheduled', 'run_at', due, 'env', envelope)
+        redis.call('HDEL', record, 'entry')
+        earliest = math.min(earliest, due)
+        deferred = deferred + 1
+      end
+    end
+  end
+end
+if deferred > 0 then
+  redis.call('HINCRBY', counts, 'limited', deferred)
+end
+if parked > 0 then
+  redis.call('HINCRBY', counts, 'parked', parked)
+end
+if earliest < head then
+  tell_workers(control, 'w', earliest)
+end
+return { codes, platform_hold }
