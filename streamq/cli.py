@@ -18,7 +18,7 @@ import anyio
 import msgspec
 from redis import exceptions as redis_errors
 
-from streamq import __version__, codec, control, scheduler, server, stats
+from streamq import __version__, codec, control, limiter, scheduler, server, stats
 from streamq.client import Queue
 from streamq.config import Config, StreamConfig, load_config, parse_duration
 from streamq.errors import ConfigError, HandlerError, PayloadError, StreamqError
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON text, @file.json, or - to read JSON Lines from stdin (one job per line)",
     )
     enqueue.add_argument("--key", help="dedup key: a live job with this key is not added twice")
+    enqueue.add_argument("--account", help="account that publishes it (its rate limits apply)")
     enqueue.add_argument("--priority", default="normal", help="high, normal or low")
     _add_when(enqueue)
     enqueue.add_argument(
@@ -169,6 +170,28 @@ def build_parser() -> argparse.ArgumentParser:
     stats_cmd.add_argument("--stream", action="append", help="only this stream (repeatable)")
     stats_cmd.add_argument("--json", action="store_true", help="print the stable JSON shape")
 
+    account = commands.add_parser("account", parents=[common], help="pause or resume an account")
+    account_actions = account.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    pause = account_actions.add_parser(
+        "pause", parents=[common], help="hold its jobs (no attempts used) until resumed"
+    )
+    pause.add_argument("--reason", default="paused by an operator")
+    resume = account_actions.add_parser("resume", parents=[common], help="run its jobs again")
+    for action_parser in (pause, resume):
+        action_parser.add_argument("account")
+        action_parser.add_argument(
+            "--stream", action="append", help="only on this stream (repeatable; default: all)"
+        )
+
+    limits = commands.add_parser("limits", parents=[common], help="rate limits and their use")
+    limits_actions = limits.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    limits_show = limits_actions.add_parser(
+        "show", parents=[common], help="usage and remaining capacity"
+    )
+    limits_show.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    limits_show.add_argument("--account", help="also this account's windows, pause and backlog")
+    limits_show.add_argument("--json", action="store_true")
+
     srv = commands.add_parser("server", help="manage the embedded Valkey server")
     srv.add_argument("action", choices=["start", "stop", "status"])
     return parser
@@ -227,6 +250,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         "job": _job,
         "dead": _dead,
         "cron": _cron,
+        "account": _account,
+        "limits": _limits,
     }
     command = commands[args.command]
     return anyio.run(command, args, config, backend_options={"use_uvloop": True})
@@ -290,7 +315,10 @@ async def _enqueue(args: argparse.Namespace, config: Config) -> int:
             raise ConfigError("--key names one job; with --payload - put keys in the payloads")
         async with Queue(args.redis_url, config=config) as q:
             for batch in _json_lines(sys.stdin):
-                ids = await q.enqueue_many(args.stream, batch, priority=args.priority, **options)
+                accounts = None if args.account is None else [args.account] * len(batch)
+                ids = await q.enqueue_many(
+                    args.stream, batch, accounts=accounts, priority=args.priority, **options
+                )
                 sys.stdout.write("".join(f"{job_id}\n" for job_id in ids))
             sys.stdout.flush()
         return 0
@@ -300,6 +328,7 @@ async def _enqueue(args: argparse.Namespace, config: Config) -> int:
             args.stream,
             payload,
             key=args.key,
+            account=args.account,
             priority=args.priority,
             on_conflict="replace" if args.replace else "keep",
             **options,
@@ -348,7 +377,8 @@ async def _stats(args: argparse.Namespace, config: Config) -> int:
     from rich.table import Table
 
     table = Table(title="streamq streams")
-    for column in ("stream", "depth", "waiting", "pending", "oldest pending", "consumers", "dead"):
+    columns = ("stream", "depth", "waiting", "pending", "oldest pending", "consumers", "dead")
+    for column in (*columns, "delayed", "limited"):
         table.add_column(column, justify="left" if column == "stream" else "right")
     for s in snap.streams:
         age = "-" if s.oldest_pending_age_s is None else f"{s.oldest_pending_age_s:.1f}s"
@@ -360,6 +390,8 @@ async def _stats(args: argparse.Namespace, config: Config) -> int:
             age,
             str(s.consumers),
             str(s.dead),
+            str(s.delayed),
+            str(s.limited),
         )
     Console().print(table)
     return 0
@@ -466,6 +498,66 @@ async def _cron(args: argparse.Namespace, config: Config) -> int:
             if not await q.remove_recurring(args.stream, args.name):
                 raise ConfigError(f"no schedule {args.name!r} on stream {args.stream!r}")
             print(f"removed {args.name}")
+    return 0
+
+
+# -- accounts and limits ------------------------------------------------------------------------
+
+
+async def _streams_named(q: Queue, given: list[str] | None) -> list[str]:
+    """The streams given, else every stream ever used."""
+    if given:
+        return [check_stream(stream) for stream in given]
+    return await stats.known_streams(q.redis)
+
+
+async def _account(args: argparse.Namespace, config: Config) -> int:
+    limiter.check_account(args.account)
+    async with Queue(args.redis_url, config=config) as q:
+        streams = await _streams_named(q, args.stream)
+        if not streams:
+            raise ConfigError("no streams yet: name one with --stream")
+        for stream in streams:
+            if args.action == "pause":
+                await q.pause_account(args.account, stream, reason=args.reason)
+                print(f"{stream}: paused {args.account}")
+            else:
+                _, resumed = await q.resume_account(args.account, stream)
+                print(f"{stream}: resumed {args.account} ({resumed} waiting jobs released)")
+    return 0
+
+
+async def _limits(args: argparse.Namespace, config: Config) -> int:
+    if args.account is not None:
+        limiter.check_account(args.account)
+    async with Queue(args.redis_url, config=config) as q:
+        streams = await _streams_named(q, args.stream)
+        reports = [await q.limits(stream, args.account) for stream in streams]
+    if args.json:
+        _print_json(reports)
+        return 0
+    for report in reports:
+        rate = report.platform_rate_per_second
+        ceiling = "no platform limit" if rate is None else f"platform allows {rate * 3600:g}/h"
+        print(f"{report.stream}  ({ceiling}, {report.waiting_platform} waiting on the platform)")
+        if not report.windows:
+            print("  no limits")
+        for window in report.windows:
+            frees = f", next in {window.frees_in_seconds:.1f}s" if window.remaining == 0 else ""
+            print(
+                f"  {window.scope:<8} {window.used}/{window.max} per {window.per_seconds:g}s"
+                f"  ({window.remaining} left{frees})"
+            )
+        for pause in report.pauses:
+            until = "until resumed"
+            if pause.until_ms is not None:
+                until = f"until {_when_text(pause.until_ms)}"
+            print(f"  paused   {pause.scope} {until}: {pause.reason}")
+        if report.account is not None:
+            print(
+                f"  account  {report.account}: {report.waiting_account} waiting, "
+                f"{report.parked} parked"
+            )
     return 0
 
 

@@ -10,10 +10,10 @@ from typing import Any, Self
 
 from redis.asyncio import Redis
 
-from streamq import connection, control, scheduler, stats
+from streamq import connection, control, limiter, scheduler, stats
 from streamq.config import Backoff, Config, load_config
 from streamq.control import DeadLetter, JobInfo
-from streamq.producer import JobOptions, OnConflict, Producer
+from streamq.producer import JobOptions, OnConflict, Producer, check_stream
 
 
 class Queue:
@@ -63,6 +63,7 @@ class Queue:
         payload: Any,
         *,
         key: str | None = None,
+        account: str | None = None,
         priority: str = "normal",
         run_at: datetime | None = None,
         delay: timedelta | float | str | None = None,
@@ -81,6 +82,7 @@ class Queue:
             stream,
             [payload],
             keys=[key],
+            accounts=None if account is None else [account],
             priority=priority,
             run_at=run_at,
             delay=delay,
@@ -98,6 +100,7 @@ class Queue:
         payloads: Iterable[Any],
         *,
         keys: Sequence[str | None] | None = None,
+        accounts: Sequence[str | None] | None = None,
         priority: str = "normal",
         run_at: datetime | None = None,
         delay: timedelta | float | str | None = None,
@@ -107,7 +110,8 @@ class Queue:
         backoff: Backoff | None = None,
         on_conflict: OnConflict = "keep",
     ) -> list[str]:
-        """Add many jobs in pipelined batches; returns one id per payload, in order."""
+        """Add many jobs in pipelined batches; returns one id per payload, in order.
+        ``accounts`` names the publishing account of each payload (rate limits and pauses)."""
         options = JobOptions(
             run_at=run_at,
             delay=delay,
@@ -118,8 +122,24 @@ class Queue:
             backoff=backoff,
         )
         return await self.producer.enqueue_many(
-            stream, payloads, keys=keys, priority=priority, options=options
+            stream, payloads, keys=keys, accounts=accounts, priority=priority, options=options
         )
+
+    async def pause_account(
+        self, account: str, stream: str, *, reason: str = "paused by an operator"
+    ) -> None:
+        """Hold every job of ``account`` on ``stream`` (no attempts used) until resumed."""
+        await limiter.pause_account(self.redis, check_stream(stream), account, reason)
+
+    async def resume_account(self, account: str, stream: str) -> tuple[bool, int]:
+        """Run the account's jobs again: (whether it was paused, jobs released)."""
+        return await limiter.resume_account(self.redis, check_stream(stream), account)
+
+    async def limits(self, stream: str, account: str | None = None) -> limiter.LimitsReport:
+        """Usage and remaining capacity of the stream's (and the account's) rate limits."""
+        stream = check_stream(stream)
+        limits = limiter.limits_for(stream, self.config.stream(stream).limits)
+        return await limiter.report(self.redis, stream, limits, account)
 
     async def stats(self, streams: list[str] | None = None) -> stats.Snapshot:
         return await stats.snapshot(self.redis, streams)
@@ -169,7 +189,7 @@ class Queue:
     ) -> None:
         """Run ``payload`` on ``stream`` at every time ``cron`` names in ``tz``; each occurrence
         runs once however many workers there are. Replaces a schedule of the same name."""
-        from streamq.producer import check_priority, check_stream
+        from streamq.producer import check_priority
 
         schedule = scheduler.Recurring(
             name=name,
