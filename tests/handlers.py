@@ -6,12 +6,15 @@ They record what they ran in Redis (``STREAMQ_TEST_RECORD_URL``, key prefix from
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from typing import Any
 
 import anyio
 from redis.asyncio import Redis
 
+from streamq.errors import Fail, RateLimited
 from streamq.job import Job
 
 _client: Redis | None = None
@@ -50,3 +53,22 @@ def not_async(job: Job) -> None:
 
 
 NOT_CALLABLE: Any = 42
+
+
+async def stamp(job: Job) -> None:
+    """Note when the job started (this process's clock) and for which account.
+
+    A payload {"throttle": seconds} raises RateLimited for that long on the first attempt;
+    {"revoked": true} fails and pauses the account (until resumed, then it succeeds).
+    """
+    prefix = os.environ.get("STREAMQ_TEST_RECORD", "rec")
+    started = time.time()
+    payload = job.payload if isinstance(job.payload, dict) else {}
+    if payload.get("throttle") and not await _redis().hexists(f"{prefix}:throttled", job.id):
+        await _redis().hset(f"{prefix}:throttled", job.id, started)
+        raise RateLimited(payload["throttle"], scope=payload.get("scope"))
+    if payload.get("revoked") and not await _redis().hexists(f"{prefix}:revoked", job.id):
+        await _redis().hset(f"{prefix}:revoked", job.id, started)
+        raise Fail("token revoked", pause_account=True)
+    line = json.dumps({"id": job.id, "account": job.account, "t": started, "a": job.attempt})
+    await _redis().rpush(f"{prefix}:starts", line)

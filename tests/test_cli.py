@@ -248,6 +248,8 @@ def test_stats_json_has_the_documented_shape(redis_url: str, stream: str) -> Non
         "delayed",
         "retrying",
         "expired",
+        "limited",
+        "throttled",
         "lanes",
     }
     assert (entry["stream"], entry["depth"], entry["waiting"], entry["pending"]) == (

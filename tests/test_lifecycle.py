@@ -388,7 +388,8 @@ async def test_a_stale_retry_cannot_reopen_a_finished_job(
             redis,
             [*keys.lanes(stream), keys.dedup(stream), keys.delayed(stream), keys.dead(stream),
              keys.counts(stream), keys.control(stream), keys.job(stream, job_id)],
-            [keys.GROUP, "", entry_id, "", 60_000, msgspec.msgpack.encode([stale])],
+            [keys.GROUP, "", entry_id, "", 60_000, msgspec.msgpack.encode([stale]),
+             keys.script_prefix(stream)],
         )  # fmt: skip
         assert await state(q, job_id) == "done"
         assert await redis.zcard(keys.delayed(stream)) == 0
