@@ -23,6 +23,7 @@ import anyio
 import redis as sync_redis
 
 from streamq import connection, keys
+from streamq.config import Limit
 from streamq.job import Job
 from streamq.producer import JobOptions, Producer
 from streamq.server import LocalServer
@@ -216,6 +217,81 @@ def lateness(args: argparse.Namespace) -> None:
                 )
 
 
+async def limited_drain(url: str, stream: str, n: int, accounts: int) -> float:
+    """No-op jobs of ``accounts`` accounts under limits that never bind: admission's cost."""
+    redis = connection.client(url)
+    try:
+        names = [f"acct-{i % accounts}" for i in range(n)]
+        await Producer(redis).enqueue_many(stream, payloads(n), accounts=names)
+        generous = (
+            Limit(scope="account", max=1_000_000, per=3600.0),
+            Limit(scope="platform", max=10_000_000, per=3600.0),
+        )
+        worker = Worker(redis, stream, noop, WorkerOptions(burst=True, limits=generous))
+        started = time.perf_counter()
+        counts = await worker.run()
+        assert counts.completed == n, f"ran {counts.completed} of {n}"
+        return n / (time.perf_counter() - started)
+    finally:
+        await redis.aclose()
+
+
+async def hot_account(url: str, stream: str, burst: int, others: int) -> tuple[float, list[int]]:
+    """``burst`` posts of one account over its 25-a-day limit, then one post each for
+    ``others`` accounts: seconds until the burst is all deferred, and how long (ms) the other
+    accounts' posts waited."""
+    redis = connection.client(url)
+    waited: list[int] = []
+    try:
+        producer = Producer(redis)
+        await producer.enqueue_many(stream, payloads(burst), accounts=["hot"] * burst)
+        limits = (Limit(scope="account", max=25, per=86_400.0),)
+
+        async def handler(job: Job) -> None:
+            if job.account != "hot":
+                waited.append(int(time.time() * 1000) - job.envelope.enqueued_at_ms)
+
+        worker = Worker(redis, stream, handler, WorkerOptions(limits=limits))
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            with anyio.fail_after(120):
+                while worker.counts.limited < burst - 25:  # noqa: ASYNC110 - a bench's poll
+                    await anyio.sleep(0.01)
+                deferred_in = time.perf_counter() - started
+                names = [f"other-{i}" for i in range(others)]
+                await producer.enqueue_many(stream, payloads(others), accounts=names)
+                while len(waited) < others:  # noqa: ASYNC110 - a bench's poll
+                    await anyio.sleep(0.01)
+            worker.stop()
+        return deferred_in, waited
+    finally:
+        await redis.aclose()
+
+
+def limits(args: argparse.Namespace) -> None:
+    print(f"# limits: admission cost and one hot account; {machine()}")
+    print(
+        "| engine | no-op jobs/s, 1,000 accounts, limits that never bind | "
+        f"{args.burst:,} posts of one account deferred in | "
+        "other accounts' posts waited p50 / max ms |"
+    )
+    print("| --- | ---: | ---: | ---: |")
+    with servers(args.engines) as started:
+        for engine, srv in started:
+            run = f"lim-{engine}-{os.getpid()}"
+            rate = anyio.run(
+                limited_drain, srv.url, f"{run}-a", args.jobs, 1000, backend_options=UVLOOP
+            )
+            deferred_in, waited = anyio.run(
+                hot_account, srv.url, f"{run}-h", args.burst, 100, backend_options=UVLOOP
+            )
+            print(
+                f"| {engine} {srv.version} | {rate:,.0f} | {deferred_in:.2f} s | "
+                f"{percentile(waited, 0.5)} / {max(waited)} |"
+            )
+
+
 def machine() -> str:
     import redis as redis_py
 
@@ -234,8 +310,12 @@ def main() -> None:
     late = sub.add_parser("lateness", help="how late scheduled jobs start")
     late.add_argument("--burst", type=int, default=10_000, help="jobs due in the same second")
     late.add_argument("--engines", nargs="+", default=["valkey", "redis"])
+    lim = sub.add_parser("limits", help="rate-limit admission cost; one hot account's burst")
+    lim.add_argument("--jobs", type=int, default=50_000)
+    lim.add_argument("--burst", type=int, default=10_000, help="posts of the hot account")
+    lim.add_argument("--engines", nargs="+", default=["valkey", "redis"])
     args = parser.parse_args()
-    {"throughput": throughput, "lateness": lateness}[args.scenario](args)
+    {"throughput": throughput, "lateness": lateness, "limits": limits}[args.scenario](args)
 
 
 if __name__ == "__main__":
