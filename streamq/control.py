@@ -177,7 +177,7 @@ async def reschedule(
         state = await scripts.reschedule_job(
             redis,
             [record_key, keys.delayed(stream), keys.control(stream)],
-            [job_id, due, codec.encode(envelope), raw],
+            [job_id, due, codec.encode(envelope), raw, keys.script_prefix(stream)],
         )
         if state is None:
             raise JobNotFound(f"no job {job_id!r}")

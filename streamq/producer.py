@@ -206,16 +206,20 @@ class Producer:
                     held_by_others.append(base + int(taken[i]) - 1)
         if opts.on_conflict == "replace" and keys is not None:
             for index in held_by_others:
-                await self._replace(stream, payload_list[index], keys[index], ids[index], template)
+                account = accounts[index] if accounts is not None else None
+                job = msgspec.structs.replace(template, key=keys[index], account=account)
+                await self._replace(stream, payload_list[index], ids[index], job)
         return ids
 
     async def _replace(
-        self, stream: str, payload: Any, key: str | None, job_id: str, template: codec.Envelope
+        self, stream: str, payload: Any, job_id: str, template: codec.Envelope
     ) -> None:
-        """Give the scheduled job holding ``key`` this payload and due time; raises
-        InvalidJobState when it is no longer scheduled (queued, running or retrying)."""
+        """Give the scheduled job holding the template's key this payload, due time and
+        account; raises InvalidJobState when it is no longer scheduled (queued, running or
+        retrying)."""
+        key = template.key
         assert key is not None
-        envelope = msgspec.structs.replace(template, id=job_id, payload=payload, key=key)
+        envelope = msgspec.structs.replace(template, id=job_id, payload=payload)
         replaced = await scripts.replace_job(
             self._redis,
             [

@@ -447,13 +447,13 @@ class Worker:
             for job, flagged in zip(jobs, flags, strict=True):
                 job.cancelled = bool(flagged)
         if jobs:
-            jobs = await self._admit(lane, jobs)
+            jobs = await self._admit(lane, jobs, reclaimed=deliveries is not None)
         if jobs:
             self._ready[lane].extend(jobs)
             self._wake_consumers()
         return len(entries)
 
-    async def _admit(self, lane: int, jobs: list[Job]) -> list[Job]:
+    async def _admit(self, lane: int, jobs: list[Job], *, reclaimed: bool) -> list[Job]:
         """Pass the jobs that rate limits or pauses concern through the admission script;
         returns those that may start now (the others left this worker's hands)."""
         if self._limits.platform:
@@ -463,18 +463,30 @@ class Worker:
             if not gated:
                 return jobs
             free = [job for job in jobs if job.envelope.account is None]
-        packed = _msgpack(
-            [
-                [
-                    lane + 1,
-                    job._entry.decode(),
-                    job.id,
-                    job.envelope.account or "",
-                    job.envelope.enqueued_at_ms,
-                ]
-                for job in gated
+        # A job too late to run must not take a slot: it ends as expired without admission.
+        if self.options.expire_after is not None or any(
+            job.envelope.expire_after_ms is not None for job in gated
+        ):
+            late = [job for job in gated if self._expired(job.envelope)]
+            for job in late:
+                env = job.envelope
+                self._finish(job, ("e", env.id, env.key or "", env.attempt, 0, _text_of(env)))
+                self._let_go(job)
+            gated = [job for job in gated if not self._expired(job.envelope)]
+        rows: list[list[str | int]] = []
+        for job in gated:
+            env = job.envelope
+            row: list[str | int] = [
+                lane + 1,
+                job._entry.decode(),
+                env.id,
+                env.account or "",
+                env.enqueued_at_ms,
             ]
-        )
+            if reclaimed:  # its attempt counts the crashed runs: keep that if it is deferred
+                row.append(_text_of(env))
+            rows.append(row)
+        packed = _msgpack(rows)
         args: list[scripts.EncodableArg] = [
             keys.GROUP,
             self.consumer,
@@ -588,6 +600,13 @@ class Worker:
                     self._idle -= 1
                 continue
             env = job.envelope
+            if self._platform_paused_until_ms:
+                wait_ms = self._platform_paused_until_ms - self.promoter.server_now_ms()
+                if wait_ms > 0:  # read before the platform asked to hold off: not now
+                    self._finish(job, self._held_back(env, wait_ms))
+                    self._let_go(job)
+                    continue
+                self._platform_paused_until_ms = 0
             if self._pausing and env.account in self._pausing:
                 self._finish(job, self._parked(env, 0, self._pausing[env.account]))
                 self._let_go(job)
@@ -700,6 +719,20 @@ class Worker:
         )
         return ("r", env.id, key, env.attempt + 1, started, _text_of(again), delay_ms, error)
 
+    def _held_back(self, env: codec.Envelope, wait_ms: int) -> tuple[Any, ...]:
+        """The outcome that defers a job, without running it, until a platform pause ends."""
+        later = msgspec.structs.replace(env, run_at_ms=self.promoter.server_now_ms() + wait_ms)
+        key = env.key or ""
+        return ("l", env.id, key, env.attempt, 0, _text_of(later), wait_ms, "platform paused", "")
+
+    def _park_ready(self, account: str, reason: str) -> None:
+        for lane_jobs in self._ready:
+            mine = [job for job in lane_jobs if job.envelope.account == account]
+            for job in mine:
+                lane_jobs.remove(job)
+                self._finish(job, self._parked(job.envelope, 0, reason))
+                self._let_go(job)
+
     def _parked(self, env: codec.Envelope, started: int, reason: str) -> tuple[Any, ...]:
         """The outcome that pauses the job's account and parks the job, attempt unchanged."""
         return (
@@ -771,9 +804,10 @@ class Worker:
         for job, outcome in batch:
             self._count(outcome[0])
             recurring = recurring or job.envelope.cron is not None
-            if outcome[0] == "p":
-                # Recorded: from now on admission parks the account's jobs.
-                self._pausing.pop(outcome[7], None)
+            if outcome[0] == "p" and outcome[7] in self._pausing:
+                # Recorded: admission parks the account's jobs read from now on; those
+                # already read are parked here.
+                self._park_ready(outcome[7], self._pausing.pop(outcome[7]))
         if recurring:
             self.promoter.wake()  # the next occurrence can be scheduled now
 

@@ -517,6 +517,147 @@ async def test_rate_limited_with_platform_scope_holds_the_whole_stream(
     assert report.pauses == []  # it has run out
 
 
+async def test_cancelled_waiting_jobs_give_their_turns_back(
+    redis: Redis, redis_url: str, stream: str
+) -> None:
+    started: list[float] = []
+    progress = Progress()
+
+    async def handler(job: Job) -> None:
+        started.append(time.time())
+        progress.changed()
+
+    per_account = Limit(scope="account", min_interval=5.0)
+    async with streamq.connect(redis_url, config=with_limits(stream, per_account)) as q:
+        ids = await q.enqueue_many(stream, [1, 2, 3, 4, 5], accounts=["a"] * 5)
+        worker = Worker(redis, stream, handler, limited(per_account))
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(worker.run)
+            await progress.until(lambda: bool(started))
+            while worker.counts.limited < 4:  # noqa: ASYNC110 - progress of another task
+                await anyio.sleep(0.01)
+            for job_id in ids:
+                if (await q.job(job_id)).state == "scheduled":
+                    assert await q.cancel(job_id) == "cancelled"
+            newcomer = await q.enqueue(stream, 6, account="a")
+            while (await q.job(newcomer)).state != "scheduled":  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+            worker.stop()
+        due = (await q.job(newcomer)).run_at_ms or 0
+    # Next in line after the one that ran, not behind the four cancelled ones.
+    assert due / 1000 - started[0] < 5.5
+
+
+async def test_a_replaced_job_keeps_its_account(redis: Redis, redis_url: str, stream: str) -> None:
+    async with streamq.connect(redis_url) as q:
+        await q.pause_account("acme", stream)
+        first = await q.enqueue(stream, 1, key="post-1", account="acme", delay=0.2)
+        again = await q.enqueue(
+            stream, 2, key="post-1", account="acme", delay=0.2, on_conflict="replace"
+        )
+        assert again == first
+        ran: list[str] = []
+        progress = Progress()
+
+        async def handler(job: Job) -> None:
+            ran.append(job.id)
+
+        async def parked() -> None:
+            while (await q.job(first)).state != "paused":  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+            progress.changed()
+
+        worker = Worker(redis, stream, handler, limited())
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(worker.run)
+            with anyio.fail_after(10):
+                await parked()
+            worker.stop()
+        assert ran == []
+        assert (await q.job(first)).payload == 2
+
+
+async def test_jobs_already_read_are_parked_when_their_account_is_paused(
+    redis: Redis, redis_url: str, stream: str
+) -> None:
+    ran: list[Any] = []
+    progress = Progress()
+
+    async def handler(job: Job) -> None:
+        if job.payload == "revoked":
+            raise Fail("token revoked", pause_account=True)
+        if job.payload == "slow":
+            await anyio.sleep(0.3)
+        ran.append(job.payload)
+        progress.changed()
+
+    async with streamq.connect(redis_url) as q:
+        await q.enqueue(stream, "revoked", account="a")
+        await q.enqueue(stream, "slow", account="b")
+        later = await q.enqueue(stream, "later", account="a")
+        worker = Worker(redis, stream, handler, limited(concurrency=1, prefetch=5))
+        await run_until(worker, progress, lambda: "slow" in ran)
+        assert ran == ["slow"]
+        assert (await q.job(later)).state == "paused"
+
+
+async def test_a_job_too_late_to_run_takes_no_slot(
+    redis: Redis, redis_url: str, stream: str
+) -> None:
+    ran: list[str] = []
+    progress = Progress()
+
+    async def handler(job: Job) -> None:
+        ran.append(job.id)
+        progress.changed()
+
+    per_account = Limit(scope="account", min_interval=3.0)
+    async with streamq.connect(redis_url, config=with_limits(stream, per_account)) as q:
+        first, second = await q.enqueue_many(stream, [1, 2], accounts=["a", "a"], expire_after=0.5)
+        worker = Worker(redis, stream, handler, limited(per_account))
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(worker.run)
+            await progress.until(lambda: bool(ran))
+            while (await q.job(second)).state != "expired":  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+            worker.stop()
+        starts: Any = await redis.zrange(keys.rate_log(stream, "a"), 0, -1)
+    assert ran == [first]
+    assert [start.decode().split("@")[0] for start in starts] == [first]
+
+
+async def test_a_reclaimed_job_keeps_its_crash_count_when_held_back(
+    redis: Redis, redis_url: str, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        job_id = await q.enqueue(stream, 1, account="a")
+        lane = keys.lane(stream, "normal")
+        await redis.xgroup_create(lane, keys.GROUP, id="0")
+        # A worker that read it and died.
+        await redis.xreadgroup(keys.GROUP, "crashed", {lane: ">"}, count=1)
+        await q.pause_account("a", stream)
+        progress = Progress()
+
+        async def handler(job: Job) -> None:
+            raise AssertionError("a paused account's job ran")
+
+        async def parked() -> bool:
+            return (await q.job(job_id)).state == "paused"
+
+        options = limited(visibility_timeout=1.0)
+        worker = Worker(redis, stream, handler, options)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(worker.run)
+            with anyio.fail_after(10):
+                while not await parked():  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            worker.stop()
+        del progress
+        envelope = await redis.hget(keys.job(stream, job_id), "env")
+        assert envelope is not None
+        assert json.loads(envelope)["a"] == 2
+
+
 # -- crash and restart ----------------------------------------------------------------------------
 
 

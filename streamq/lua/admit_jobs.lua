@@ -13,7 +13,8 @@ ARGV[3]     key prefix of the stream, 'streamq:{S}:' (per-account keys are built
 ARGV[4]     the limits, msgpack: { platform limits, account limits }, each an array of
             { count, window ms }
 ARGV[5]     the jobs, msgpack: an array of { lane (1-3), entry id, job id, account or '',
-            enqueued ms }
+            enqueued ms [, envelope to keep instead of the entry's (a reclaimed job's, whose
+            attempt counts the crashed runs)] }
 
 An admission log holds the times jobs started. A limit (count n, window w) allows a start at
 `now` only if the log's n-th latest start is at least w ago, so no window of length w, wherever
@@ -105,29 +106,39 @@ local function record_start(log, plan, window, id)
 end
 
 -- Take the entry off its lane, returning its envelope, if it is still this consumer's.
-local function take(lane, entry)
+local function take(lane, entry, replacement)
   if not redis.call('XPENDING', lane, group, entry, entry, 1, consumer)[1] then
     return nil
   end
   local found = redis.call('XRANGE', lane, entry, entry)[1]
   redis.call('XACK', lane, group, entry)
   redis.call('XDEL', lane, entry)
-  return found and found[2][2]
+  return replacement or (found and found[2][2])
 end
 
 -- How many jobs of one account may wait for the platform at once: 1 is strict round robin.
 local TURNS_PER_ACCOUNT = 1
 
-local function has_turn_waiting(turns)
+-- Whether other jobs of the account than `id` wait for the platform.
+local function has_turn_waiting(turns, id)
   redis.call('ZREMRANGEBYSCORE', turns, '-inf', now - STALE_MS)
-  return redis.call('ZCARD', turns) >= TURNS_PER_ACCOUNT
+  local mine = redis.call('ZSCORE', turns, id) and 1 or 0
+  return redis.call('ZCARD', turns) - mine >= TURNS_PER_ACCOUNT
 end
 
 -- The account's job no longer waits for the platform: its next held job takes its turn.
 local function leave_platform_queue(turns, account, id)
   redis.call('ZREM', turns, id)
-  if not has_turn_waiting(turns) then
-    release_held(KEYS, prefix, account)
+  if not has_turn_waiting(turns, id) then
+    release_held(prefix, account)
+  end
+end
+
+-- A plan lives as long as its latest entry needs it.
+local function keep_for_last(plan)
+  local last = redis.call('ZRANGE', plan, -1, -1, 'WITHSCORES')[2]
+  if last then
+    redis.call('PEXPIRE', plan, math.max(1, tonumber(last) - now + STALE_MS))
   end
 end
 
@@ -138,6 +149,7 @@ local platform_hold = paused_until('platform')
 local codes = {}
 for i, job in ipairs(jobs) do
   local lane, entry, id, account, enqueued = KEYS[job[1]], job[2], job[3], job[4], job[5]
+  local replacement = job[6]
   local record = prefix .. 'job:' .. id
   local hold = platform_hold
   if account ~= '' then
@@ -148,7 +160,7 @@ for i, job in ipairs(jobs) do
   if redis.call('HGET', record, 'cancel') then
     codes[i] = 2 -- cancelled while waiting: the worker ends it
   elseif hold == -1 then
-    local envelope = take(lane, entry)
+    local envelope = take(lane, entry, replacement)
     if envelope then
       redis.call('ZADD', prefix .. 'parked:' .. account, enqueued, id)
       redis.call('HSET', record, 'state', 'paused', 'env', envelope)
@@ -186,10 +198,10 @@ for i, job in ipairs(jobs) do
         leave_platform_queue(turns, account, id)
       end
       codes[i] = 1
-    elseif platform_held and turns and not platform_waits and has_turn_waiting(turns) then
+    elseif platform_held and turns and not platform_waits and has_turn_waiting(turns, id) then
       -- The account already has a job waiting for the platform: this one waits behind it, off
       -- the platform's queue, which so holds one job per account and serves accounts in turn.
-      local envelope = take(lane, entry)
+      local envelope = take(lane, entry, replacement)
       if envelope then
         redis.call('ZADD', prefix .. 'held:' .. account, enqueued, id)
         redis.call('HSET', record, 'state', 'held', 'env', envelope)
@@ -204,20 +216,20 @@ for i, job in ipairs(jobs) do
         deferred = deferred + 1
       end
     else
-      local envelope = take(lane, entry)
+      local envelope = take(lane, entry, replacement)
       if envelope then
         if by_account then
           redis.call('ZADD', account_plan, due, id)
-          redis.call('PEXPIRE', account_plan, due - now + STALE_MS)
+          keep_for_last(account_plan)
         end
         -- Only jobs the platform holds back queue on the platform: one held back by its
         -- account (or a pause) must not make every other account's jobs wait behind it.
         if platform_held then
           redis.call('ZADD', platform_plan, due, id)
-          redis.call('PEXPIRE', platform_plan, due - now + STALE_MS)
+          keep_for_last(platform_plan)
           if turns then
             redis.call('ZADD', turns, due, id)
-            redis.call('PEXPIRE', turns, due - now + STALE_MS)
+            keep_for_last(turns)
           end
         elseif platform_waits then
           redis.call('ZREM', platform_plan, id)

@@ -34,7 +34,7 @@ local function check_held(marker)
   local turns = prefix .. 'turns:' .. account
   redis.call('ZREMRANGEBYSCORE', turns, '-inf', now - STALE_MS)
   if redis.call('ZCARD', turns) == 0 then
-    release_held({ KEYS[2], KEYS[3], KEYS[4] }, prefix, account)
+    release_held(prefix, account)
   end
   if redis.call('ZCARD', prefix .. 'held:' .. account) > 0 then
     redis.call('ZADD', delayed, now + STALE_MS, marker)
@@ -50,7 +50,8 @@ for i = 3, #ARGV do
   elseif due and tonumber(due) <= now then
     local record = KEYS[4 + i]
     redis.call('ZREM', delayed, id)
-    local f = redis.call('HMGET', record, 'state', 'env', 'priority', 'expire_after', 'key')
+    local f = redis.call('HMGET', record, 'state', 'env', 'priority', 'expire_after', 'key',
+      'account')
     if f[1] == 'retrying' then
       redis.call('HINCRBY', counts, 'retrying', -1)
     end
@@ -61,6 +62,7 @@ for i = 3, #ARGV do
         redis.call('PEXPIRE', record, retention)
         redis.call('HINCRBY', counts, 'expired', 1)
         free_dedup_key(dedup, f[5], id)
+        forget_waiting(prefix, id, f[6])
         expired = expired + 1
       else
         local entry = redis.call('XADD', lanes[f[3]] or lanes.normal, '*', 'j', f[2])

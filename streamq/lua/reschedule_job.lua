@@ -7,14 +7,17 @@ ARGV[1]  job id
 ARGV[2]  new due time, ms
 ARGV[3]  the job's envelope re-encoded with the new due time
 ARGV[4]  the envelope that was read to make ARGV[3]
+ARGV[5]  key prefix of the stream, 'streamq:{S}:'
 
 Only a scheduled or retrying job can move; wakes workers when it becomes the earliest. If the
 envelope changed since it was read (a retry or a replace landed in between), nothing is
 written and 'changed' comes back, so the caller reads again rather than writing an old one.
+A job waiting for rate-limit capacity leaves the plans: it passes the limits again when due.
 Returns the job's state, 'changed', or false when there is no record.
 ]]
 -- @include "tell_workers.lua"
 -- @include "delayed_head.lua"
+-- @include "release_held.lua"
 local record, delayed, control = KEYS[1], KEYS[2], KEYS[3]
 local id, due = ARGV[1], ARGV[2]
 local state = redis.call('HGET', record, 'state')
@@ -26,6 +29,7 @@ if redis.call('HGET', record, 'env') ~= ARGV[4] then
 end
 local head = delayed_head_ms(delayed)
 redis.call('ZADD', delayed, 'XX', due, id)
+forget_waiting(ARGV[5], id, redis.call('HGET', record, 'account'))
 redis.call('HSET', record, 'run_at', due, 'env', ARGV[3])
 if tonumber(due) < head then
   tell_workers(control, 'w', due)

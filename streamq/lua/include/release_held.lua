@@ -1,5 +1,5 @@
 -- Send an account's oldest held job (waiting for its turn on the platform) back to its lane.
-local function release_held(lanes, prefix, account)
+local function release_held(prefix, account)
   local held = prefix .. 'held:' .. account
   local id = redis.call('ZRANGE', held, 0, 0)[1]
   if not id then
@@ -9,9 +9,21 @@ local function release_held(lanes, prefix, account)
   local record = prefix .. 'job:' .. id
   local f = redis.call('HMGET', record, 'state', 'env', 'priority')
   if f[1] == 'held' and f[2] then
-    local lane = ({ high = lanes[1], normal = lanes[2], low = lanes[3] })[f[3] or 'normal']
-    local entry = redis.call('XADD', lane or lanes[2], '*', 'j', f[2])
+    local entry = redis.call('XADD', prefix .. 'lane:' .. (f[3] or 'normal'), '*', 'j', f[2])
     redis.call('HSET', record, 'state', 'queued', 'entry', entry)
     redis.call('HDEL', record, 'env')
+  end
+end
+
+-- The job no longer waits for capacity (cancelled, moved, expired): out of the plans, so no
+-- newcomer queues behind it, and its account's turn on the platform passes to the next job.
+local function forget_waiting(prefix, id, account)
+  redis.call('ZREM', prefix .. 'plan:p', id)
+  if account and account ~= '' then
+    redis.call('ZREM', prefix .. 'plan:a:' .. account, id)
+    local turns = prefix .. 'turns:' .. account
+    if redis.call('ZREM', turns, id) == 1 and redis.call('ZCARD', turns) == 0 then
+      release_held(prefix, account)
+    end
   end
 end
