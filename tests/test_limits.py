@@ -11,7 +11,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -24,6 +24,7 @@ import streamq
 from streamq import keys, limiter
 from streamq.config import Config, Limit, StreamConfig, load_config
 from streamq.errors import ConfigError, Fail, RateLimited
+from streamq.handler import Handler
 from streamq.job import Job
 from streamq.server import LocalServer
 from streamq.worker import Worker, WorkerOptions
@@ -274,6 +275,26 @@ class Progress:
 
     def __init__(self) -> None:
         self._changed = anyio.Event()
+        self.started: dict[str, float] = {}
+
+    async def record_start(self, job: Job) -> None:
+        """A handler: note when each job started."""
+        self.started[job.id] = time.time()
+        self.changed()
+
+    def throttle_once(self, scope: Literal["account", "platform"] | None = None) -> Handler:
+        """A handler that answers the first "throttle" job with RateLimited(1 s) and records
+        the others' starts; ``throttled_at`` holds when it did."""
+        self.throttled_at: list[float] = []
+
+        async def handler(job: Job) -> None:
+            if job.payload == "throttle" and not self.throttled_at:
+                self.throttled_at.append(time.time())
+                self.changed()
+                raise RateLimited(1.0, scope=scope)
+            await self.record_start(job)
+
+        return handler
 
     def changed(self) -> None:
         self._changed.set()
@@ -310,12 +331,8 @@ def with_limits(stream: str, *limits: Limit) -> Config:
 async def test_a_burst_for_one_account_does_not_delay_another(
     redis: Redis, redis_url: str, stream: str
 ) -> None:
-    started: dict[str, float] = {}
     progress = Progress()
-
-    async def handler(job: Job) -> None:
-        started[job.id] = time.time()
-        progress.changed()
+    started, handler = progress.started, progress.record_start
 
     per_account = Limit(scope="account", max=2, per=30.0)
     async with streamq.connect(redis_url, config=with_limits(stream, per_account)) as q:
@@ -344,12 +361,8 @@ async def test_a_burst_for_one_account_does_not_delay_another(
 async def test_accounts_take_turns_when_the_platform_limit_binds(
     redis: Redis, redis_url: str, stream: str
 ) -> None:
-    started: dict[str, float] = {}
     progress = Progress()
-
-    async def handler(job: Job) -> None:
-        started[job.id] = time.time()
-        progress.changed()
+    started, handler = progress.started, progress.record_start
 
     platform = Limit(scope="platform", max=2, per=0.5)
     async with streamq.connect(redis_url, config=with_limits(stream, platform)) as q:
@@ -393,19 +406,15 @@ async def test_an_account_limit_defers_without_using_attempts_and_runs_on_time(
 async def test_a_paused_account_waits_untouched_until_resumed(
     redis: Redis, redis_url: str, stream: str
 ) -> None:
-    ran: list[str] = []
     progress = Progress()
-
-    async def handler(job: Job) -> None:
-        ran.append(job.id)
-        progress.changed()
+    handler, ran = progress.record_start, progress.started
 
     async with streamq.connect(redis_url) as q:
         await q.pause_account("a", stream, reason="token expired")
         held = await q.enqueue_many(stream, [1, 2], accounts=["a", "a"])
         free = await q.enqueue(stream, 3, account="b")
         await run_until(Worker(redis, stream, handler, limited()), progress, lambda: free in ran)
-        assert ran == [free]
+        assert list(ran) == [free]
         assert {(await q.job(job_id)).state for job_id in held} == {"paused"}
         report = await q.limits(stream, "a")
         assert report.parked == 2
@@ -455,17 +464,9 @@ async def test_fail_with_pause_account_holds_the_account_instead_of_burning_its_
 async def test_rate_limited_holds_the_account_for_every_worker(
     redis: Redis, redis_url: str, stream: str
 ) -> None:
-    started: dict[str, float] = {}
-    throttled_at: list[float] = []
     progress = Progress()
-
-    async def handler(job: Job) -> None:
-        if job.payload == "throttle" and not throttled_at:
-            throttled_at.append(time.time())
-            progress.changed()
-            raise RateLimited(1.0)
-        started[job.id] = time.time()
-        progress.changed()
+    handler = progress.throttle_once()
+    started, throttled_at = progress.started, progress.throttled_at
 
     async with streamq.connect(redis_url) as q:
         throttled = await q.enqueue(stream, "throttle", account="a")
@@ -489,17 +490,9 @@ async def test_rate_limited_holds_the_account_for_every_worker(
 async def test_rate_limited_with_platform_scope_holds_the_whole_stream(
     redis: Redis, redis_url: str, stream: str
 ) -> None:
-    started: dict[str, float] = {}
-    throttled_at: list[float] = []
     progress = Progress()
-
-    async def handler(job: Job) -> None:
-        if job.payload == "throttle" and not throttled_at:
-            throttled_at.append(time.time())
-            progress.changed()
-            raise RateLimited(1.0, scope="platform")
-        started[job.id] = time.time()
-        progress.changed()
+    handler = progress.throttle_once("platform")
+    started, throttled_at = progress.started, progress.throttled_at
 
     async with streamq.connect(redis_url) as q:
         await q.enqueue(stream, "throttle")
@@ -604,12 +597,8 @@ async def test_jobs_already_read_are_parked_when_their_account_is_paused(
 async def test_a_job_too_late_to_run_takes_no_slot(
     redis: Redis, redis_url: str, stream: str
 ) -> None:
-    ran: list[str] = []
     progress = Progress()
-
-    async def handler(job: Job) -> None:
-        ran.append(job.id)
-        progress.changed()
+    handler, ran = progress.record_start, progress.started
 
     per_account = Limit(scope="account", min_interval=3.0)
     async with streamq.connect(redis_url, config=with_limits(stream, per_account)) as q:
@@ -622,7 +611,7 @@ async def test_a_job_too_late_to_run_takes_no_slot(
                 await anyio.sleep(0.02)
             worker.stop()
         starts: Any = await redis.zrange(keys.rate_log(stream, "a"), 0, -1)
-    assert ran == [first]
+    assert list(ran) == [first]
     assert [start.decode().split("@")[0] for start in starts] == [first]
 
 
