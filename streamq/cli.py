@@ -424,6 +424,7 @@ async def _job(args: argparse.Namespace, config: Config) -> int:
             rows = [
                 ("id", info.id), ("state", info.state), ("attempt", str(info.attempt)),
                 ("priority", info.priority), ("key", info.key or "-"),
+                ("account", info.account or "-"),
                 ("enqueued", _when_text(info.enqueued_at_ms)),
                 ("scheduled", _when_text(info.run_at_ms)),
                 ("started", _when_text(info.started_at_ms)),
@@ -536,12 +537,19 @@ async def _limits(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         _print_json(reports)
         return 0
+    if not reports:
+        print("no streams yet")
     for report in reports:
         rate = report.platform_rate_per_second
         ceiling = "no platform limit" if rate is None else f"platform allows {rate * 3600:g}/h"
         print(f"{report.stream}  ({ceiling}, {report.waiting_platform} waiting on the platform)")
-        if not report.windows:
+        if not report.limits:
             print("  no limits")
+        if report.account is None:
+            for spec in report.limits:
+                if spec.scope == "account":
+                    limit = f"{spec.max} per {spec.per_seconds:g}s"
+                    print(f"  account  {limit} each (--account A shows one's use)")
         for window in report.windows:
             frees = f", next in {window.frees_in_seconds:.1f}s" if window.remaining == 0 else ""
             print(

@@ -132,6 +132,13 @@ async def resume_account(redis: Redis, stream: str, account: str) -> tuple[bool,
 # -- reporting ----------------------------------------------------------------------------------
 
 
+class LimitSpec(msgspec.Struct, frozen=True):
+    scope: str
+    """'platform' or 'account' (each account)."""
+    max: int
+    per_seconds: float
+
+
 class WindowUsage(msgspec.Struct, frozen=True):
     scope: str
     """'platform' or 'account'."""
@@ -154,7 +161,10 @@ class Pause(msgspec.Struct, frozen=True):
 class LimitsReport(msgspec.Struct, frozen=True):
     stream: str
     account: str | None
+    limits: list[LimitSpec]
+    """Every limit of the stream (a min_interval shows as max 1)."""
     windows: list[WindowUsage]
+    """Use of the platform's windows, and of the account's when one was asked for."""
     pauses: list[Pause]
     waiting_platform: int
     """Jobs deferred until the platform has room."""
@@ -206,9 +216,12 @@ async def report(
     if account is not None:
         waiting_account = int(await redis.zcard(keys.plan(stream, account)))
         parked = int(await redis.zcard(keys.parked(stream, account)))
+    specs = [LimitSpec("platform", n, w / 1000) for n, w in limits.platform]
+    specs += [LimitSpec("account", n, w / 1000) for n, w in limits.account]
     return LimitsReport(
         stream=stream,
         account=account,
+        limits=specs,
         windows=windows,
         pauses=pauses,
         waiting_platform=int(await redis.zcard(keys.plan(stream))),

@@ -707,6 +707,7 @@ def test_cli_pauses_resumes_and_shows_limits(redis_url: str, stream: str, tmp_pa
     shown = run_cli("limits", "show", *base, "--stream", stream, "--account", "acme", "--json")
     assert shown.returncode == 0, shown.stderr
     [report] = json.loads(shown.stdout)
+    assert report["limits"] == [{"scope": "platform", "max": 5, "per_seconds": 3600.0}]
     assert report["windows"] == [
         {
             "scope": "platform",
@@ -722,6 +723,8 @@ def test_cli_pauses_resumes_and_shows_limits(redis_url: str, stream: str, tmp_pa
     text = run_cli("limits", "show", *base, "--stream", stream, "--account", "acme")
     assert "0/5 per 3600s" in text.stdout
     assert "paused   acme until resumed: audit" in text.stdout
+    other = run_cli("limits", "show", "--redis-url", redis_url, "--stream", "instagram")
+    assert "account  50 per 86400s each" in other.stdout
     resumed = run_cli("account", "resume", "acme", *base, "--stream", stream)
     assert resumed.stdout.strip() == f"{stream}: resumed acme (0 waiting jobs released)"
 
