@@ -523,8 +523,11 @@ async def _account(args: argparse.Namespace, config: Config) -> int:
                 await q.pause_account(args.account, stream, reason=args.reason)
                 print(f"{stream}: paused {args.account}")
             else:
-                _, resumed = await q.resume_account(args.account, stream)
-                print(f"{stream}: resumed {args.account} ({resumed} waiting jobs released)")
+                was_paused, resumed = await q.resume_account(args.account, stream)
+                if was_paused:
+                    print(f"{stream}: resumed {args.account} ({resumed} waiting jobs released)")
+                else:
+                    print(f"{stream}: {args.account} was not paused")
     return 0
 
 

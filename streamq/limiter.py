@@ -111,6 +111,7 @@ async def pause_account(redis: Redis, stream: str, account: str, reason: str = "
         pipe.hset(keys.paused(stream), field, -1)
         pipe.hset(keys.pause_reasons(stream), field, reason)
         await pipe.execute()
+    await redis.sadd(keys.STREAM_REGISTRY, stream)  # so stats and `limits show` list it
 
 
 async def resume_account(redis: Redis, stream: str, account: str) -> tuple[bool, int]:

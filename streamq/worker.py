@@ -207,6 +207,11 @@ class Worker:
     async def run(self, *, handle_signals: bool = False) -> WorkerCounts:
         await self.ensure_groups()
         await self.promoter.prepare()
+        # A platform pause from before this worker started (later ones come by the control
+        # stream, which it now follows).
+        paused_until: Any = await self.redis.hget(keys.paused(self.stream), "platform")
+        if paused_until is not None:
+            self._hold_platform(int(paused_until))
         log.info(
             "worker %s consuming %s (concurrency %d)",
             self.consumer,

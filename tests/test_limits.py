@@ -647,6 +647,73 @@ async def test_a_reclaimed_job_keeps_its_crash_count_when_held_back(
         assert json.loads(envelope)["a"] == 2
 
 
+async def test_a_late_waiting_job_does_not_let_newcomers_start_over_the_limit(
+    redis: Redis, redis_url: str, stream: str
+) -> None:
+    """A job planned for a turn sits in its lane past it (every slot busy); newcomers of its
+    account must still be spaced by the limit."""
+    progress = Progress()
+
+    async def handler(job: Job) -> None:
+        await progress.record_start(job)
+        if job.payload == "slow":
+            await anyio.sleep(1.5)
+
+    per_account = Limit(scope="account", max=1, per=0.5)
+    async with streamq.connect(redis_url) as q:
+        worker = Worker(redis, stream, handler, limited(per_account, concurrency=2))
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(worker.run)
+            await q.enqueue_many(stream, ["a1", "a2"], accounts=["a", "a"])
+            await progress.until(lambda: len(progress.started) == 1)
+            await q.enqueue_many(stream, ["slow", "slow"])  # both slots busy past a2's turn
+            await progress.until(lambda: len(progress.started) == 3)
+            late = await q.enqueue_many(stream, ["a3", "a4", "a5"], accounts=["a"] * 3)
+            await progress.until(lambda: all(job_id in progress.started for job_id in late))
+            worker.stop()
+        accounts = {job_id: (await q.job(job_id)).account for job_id in progress.started}
+    mine = sorted(t for job_id, t in progress.started.items() if accounts[job_id] == "a")
+    assert len(mine) >= 4
+    assert not over_limit(mine, 1, 500), [round(t - mine[0], 3) for t in mine]
+
+
+async def test_an_expired_waiting_job_passes_its_accounts_turn_on(
+    redis: Redis, redis_url: str, stream: str
+) -> None:
+    progress = Progress()
+    platform = Limit(scope="platform", max=1, per=1.0)
+    async with streamq.connect(redis_url, config=with_limits(stream, platform)) as q:
+        await q.enqueue(stream, "a1", account="a")
+        expiring = await q.enqueue(stream, "a2", account="a", expire_after=0.3)
+        third = await q.enqueue(stream, "a3", account="a")
+        worker = Worker(redis, stream, progress.record_start, limited(platform))
+        began = time.time()
+        await run_until(worker, progress, lambda: third in progress.started, seconds=10)
+        assert (await q.job(expiring)).state == "expired"
+    # a2 held the account's turn until it expired at its turn (1 s): a3 follows at once, not
+    # after the 60 s safety net.
+    assert progress.started[third] - began < 3.0
+
+
+async def test_a_worker_started_during_a_platform_pause_honours_it(
+    redis: Redis, redis_url: str, stream: str
+) -> None:
+    progress = Progress()
+    handler = progress.throttle_once(scope="platform")
+    async with streamq.connect(redis_url) as q:
+        await q.enqueue(stream, "throttle")
+        first = Worker(redis, stream, handler, limited())
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(first.run)
+            await progress.until(lambda: bool(progress.throttled_at))
+            await pause_recorded(q, stream)
+            first.stop()
+        later = await q.enqueue(stream, "later")
+        second = Worker(redis, stream, handler, limited())
+        await run_until(second, progress, lambda: len(progress.started) == 2)
+    assert progress.started[later] - progress.throttled_at[0] >= 1.0 - SKEW_MS / 1000
+
+
 # -- crash and restart ----------------------------------------------------------------------------
 
 

@@ -85,14 +85,22 @@ local function turn(log, plan, set, newcomer)
   local at = now
   for _, limit in ipairs(set) do
     local n, w = limit[1], limit[2]
-    local start
-    if planned >= n then
-      start = redis.call('ZRANGE', plan, -n, -n, 'WITHSCORES')[2]
-    else
-      start = redis.call('ZRANGE', log, planned - n, planned - n, 'WITHSCORES')[2]
+    -- The log always has its say: a plan entry left in the past (its job is late) must not
+    -- let newcomers start over the limit.
+    local started = redis.call('ZRANGE', log, -n, -n, 'WITHSCORES')[2]
+    if started then
+      at = math.max(at, tonumber(started) + w)
     end
-    if start then
-      at = math.max(at, tonumber(start) + w)
+    if planned > 0 then
+      local start
+      if planned >= n then
+        start = redis.call('ZRANGE', plan, -n, -n, 'WITHSCORES')[2]
+      else
+        start = redis.call('ZRANGE', log, planned - n, planned - n, 'WITHSCORES')[2]
+      end
+      if start then
+        at = math.max(at, tonumber(start) + w)
+      end
     end
   end
   return at
@@ -162,6 +170,7 @@ for i, job in ipairs(jobs) do
   elseif hold == -1 then
     local envelope = take(lane, entry, replacement)
     if envelope then
+      forget_waiting(prefix, id, account)
       redis.call('ZADD', prefix .. 'parked:' .. account, enqueued, id)
       redis.call('HSET', record, 'state', 'paused', 'env', envelope)
       redis.call('HDEL', record, 'entry')

@@ -70,6 +70,7 @@ if state == 'queued' then
     redis.call('XDEL', lane, f[3])
   end
   redis.call('HDEL', record, 'entry')
+  forget_waiting(ARGV[4], id, f[5])
   return cancelled()
 end
 return { 'unchanged', state }

@@ -38,6 +38,7 @@ Returns the number of entries acknowledged.
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
 -- @include "free_dedup_key.lua"
+-- @include "release_held.lua"
 local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, retention, prefix = ARGV[1], ARGV[5], ARGV[7]
 local paused = prefix .. 'paused'
@@ -146,9 +147,11 @@ for i, o in ipairs(outcomes) do
     finish(record, id, key, 'dead')
   elseif code == 'e' then
     redis.call('HSET', record, 'state', 'expired', 'finished_at', now, 'env', o[6])
+    forget_waiting(prefix, id, redis.call('HGET', record, 'account'))
     finish(record, id, key, 'expired')
   elseif code == 'c' then
     redis.call('HSET', record, 'state', 'cancelled', 'finished_at', now, 'env', o[6])
+    forget_waiting(prefix, id, redis.call('HGET', record, 'account'))
     finish(record, id, key, 'cancelled')
   end
 end
