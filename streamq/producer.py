@@ -233,6 +233,8 @@ class Producer:
                 key,
                 codec.encode(envelope),
                 "" if template.run_at_ms is None else template.run_at_ms,
+                keyspace.script_prefix(stream),
+                template.account or "",
             ],
         )
         if not replaced:

@@ -8,13 +8,17 @@ ARGV[1]  job id
 ARGV[2]  dedup key that must still name this job
 ARGV[3]  new envelope (same job id)
 ARGV[4]  new due time, ms ('' keeps the current one)
+ARGV[5]  key prefix of the stream, 'streamq:{S}:'
+ARGV[6]  the account that publishes it now ('' for none)
 
 Replaces only while the job is scheduled (not a retry, whose attempts would be lost) and still
 holds the key; a job already queued or running keeps its payload. Returns 1 if replaced, 0 if
-not.
+not. A job waiting for rate-limit capacity leaves the plans (under its old account): it passes
+the limits again, as its new account's, when due.
 ]]
 -- @include "tell_workers.lua"
 -- @include "delayed_head.lua"
+-- @include "release_held.lua"
 local record, delayed, dedup, control = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, key, envelope, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local state = redis.call('HGET', record, 'state')
@@ -22,6 +26,12 @@ if redis.call('HGET', dedup, key) ~= id or state ~= 'scheduled' then
   return 0
 end
 redis.call('HSET', record, 'env', envelope)
+forget_waiting(ARGV[5], id, redis.call('HGET', record, 'account'))
+if ARGV[6] ~= '' then
+  redis.call('HSET', record, 'account', ARGV[6])
+else
+  redis.call('HDEL', record, 'account')
+end
 if due ~= '' then
   local head = delayed_head_ms(delayed)
   redis.call('ZADD', delayed, 'XX', due, id)
