@@ -52,7 +52,8 @@ class StreamStats(msgspec.Struct):
     dead: int
     """Entries in the dead-letter stream."""
     delayed: int
-    """Scheduled jobs and retries waiting for their time."""
+    """Scheduled jobs and retries waiting for their time (plus one safety-net entry per
+    account with jobs held for their turn on the platform)."""
     retrying: int
     """Of the delayed, those waiting to retry after a failure."""
     expired: int
@@ -60,7 +61,8 @@ class StreamStats(msgspec.Struct):
     limited: int
     """Times a job was held back by a rate limit or a pause (since the stream was created)."""
     throttled: int
-    """Runs a handler ended with RateLimited: the platform itself said "slow down"."""
+    """Jobs deferred because the platform itself said "slow down": a handler's RateLimited,
+    or a job read just before a platform pause began."""
     lanes: list[LaneStats]
 
 
