@@ -19,6 +19,8 @@ class Job(msgspec.Struct):
     """The job as stored in its stream entry."""
     _lane: int
     _entry: bytes
+    _admitted_ms: int = 0
+    """When rate limits logged this job's start (0: none did)."""
     cancelled: bool = False
     """Set while the handler runs when someone cancels the job: stop early if you can; the job
     will not be retried."""

@@ -142,6 +142,9 @@ class Worker:
         # Accounts a handler just paused (Fail(pause_account=True)) -> why: their jobs already
         # read are parked too, until the pause is recorded and admission takes over.
         self._pausing: dict[str, str] = {}
+        self._pauses_recorded: set[str] = set()
+        self._admitting = 0  # admission calls in flight
+        self._unstarted: list[Job] = []  # admitted, then not run: their starts go back
         # Entries this worker has claimed and not yet finished, per lane (ids are unique only
         # within one lane).
         self._held: list[set[bytes]] = [set() for _ in keys.LANES]
@@ -452,7 +455,13 @@ class Worker:
             for job, flagged in zip(jobs, flags, strict=True):
                 job.cancelled = bool(flagged)
         if jobs:
-            jobs = await self._admit(lane, jobs, reclaimed=deliveries is not None)
+            self._admitting += 1
+            try:
+                jobs = await self._admit(lane, jobs, reclaimed=deliveries is not None)
+            finally:
+                self._admitting -= 1
+            if self._pausing:
+                jobs = self._park_pausing(jobs)
         if jobs:
             self._ready[lane].extend(jobs)
             self._wake_consumers()
@@ -503,12 +512,14 @@ class Worker:
             "admit", lambda: scripts.admit_jobs(self.redis, self._admit_keys, args)
         )
         assert reply is not None  # unbounded retries
-        codes, platform_hold = reply
+        codes, platform_hold, now = reply
         self._hold_platform(int(platform_hold))
         admitted = free
         for job, code in zip(gated, codes, strict=True):
             if code:
                 job.cancelled = job.cancelled or code == 2
+                if code == 1 and self._limits.any:
+                    job._admitted_ms = int(now)
                 admitted.append(job)
             else:
                 self._held[lane].discard(job._entry)
@@ -555,6 +566,8 @@ class Worker:
         for lane, lane_jobs in enumerate(self._ready):
             ids = [job._entry for job in lane_jobs]
             records = [self._record_prefix + job.id for job in lane_jobs]
+            for job in lane_jobs:
+                self._not_started(job)
             lane_jobs.clear()
             self._held[lane].difference_update(ids)
             if ids:
@@ -568,6 +581,7 @@ class Worker:
                     attempts=3,
                 )
                 self.counts.released += int(released or 0)
+        await self._give_back_starts()
 
     # -- running --------------------------------------------------------------------------------
 
@@ -609,11 +623,13 @@ class Worker:
                 wait_ms = self._platform_paused_until_ms - self.promoter.server_now_ms()
                 if wait_ms > 0:  # read before the platform asked to hold off: not now
                     self._finish(job, self._held_back(env, wait_ms))
+                    self._not_started(job)
                     self._let_go(job)
                     continue
                 self._platform_paused_until_ms = 0
             if self._pausing and env.account in self._pausing:
                 self._finish(job, self._parked(env, 0, self._pausing[env.account]))
+                self._not_started(job)
                 self._let_go(job)
                 continue
             if job.cancelled:
@@ -724,11 +740,54 @@ class Worker:
         )
         return ("r", env.id, key, env.attempt + 1, started, _text_of(again), delay_ms, error)
 
+    def _not_started(self, job: Job) -> None:
+        """An admitted job will not run here after all: give its logged start back."""
+        if job._admitted_ms:
+            self._unstarted.append(job)
+
+    async def _give_back_starts(self) -> None:
+        """Remove the logged starts of admitted jobs that did not run, so no capacity is lost."""
+        jobs, self._unstarted = self._unstarted, []
+        if not jobs:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                member = f"{job.id}@{job._admitted_ms}"
+                if self._limits.platform:
+                    pipe.zrem(keys.rate_log(self.stream), member)
+                if self._limits.account and job.envelope.account is not None:
+                    pipe.zrem(keys.rate_log(self.stream, job.envelope.account), member)
+            with contextlib.suppress(*RECONNECT_ERRORS):
+                await pipe.execute()
+
     def _held_back(self, env: codec.Envelope, wait_ms: int) -> tuple[Any, ...]:
         """The outcome that defers a job, without running it, until a platform pause ends."""
         later = msgspec.structs.replace(env, run_at_ms=self.promoter.server_now_ms() + wait_ms)
         key = env.key or ""
         return ("l", env.id, key, env.attempt, 0, _text_of(later), wait_ms, "platform paused", "")
+
+    def _park_pausing(self, jobs: list[Job]) -> list[Job]:
+        """Park the just-admitted jobs of accounts a handler is pausing; returns the rest."""
+        keep = []
+        for job in jobs:
+            reason = self._pausing.get(job.envelope.account or "")
+            if reason is None:
+                keep.append(job)
+            else:
+                self._finish(job, self._parked(job.envelope, 0, reason))
+                self._not_started(job)
+                self._let_go(job)
+        self._settle_pauses()
+        return keep
+
+    def _settle_pauses(self) -> None:
+        """Once a pause is recorded and no admission that began before it is still on its
+        way, admission parks the account's jobs: park those already read, and stop watching."""
+        if not self._pauses_recorded or self._admitting:
+            return
+        for account in self._pauses_recorded:
+            self._park_ready(account, self._pausing.pop(account))
+        self._pauses_recorded.clear()
 
     def _park_ready(self, account: str, reason: str) -> None:
         for lane_jobs in self._ready:
@@ -736,6 +795,7 @@ class Worker:
             for job in mine:
                 lane_jobs.remove(job)
                 self._finish(job, self._parked(job.envelope, 0, reason))
+                self._not_started(job)
                 self._let_go(job)
 
     def _parked(self, env: codec.Envelope, started: int, reason: str) -> tuple[Any, ...]:
@@ -805,14 +865,15 @@ class Worker:
             await self._retrying("ack", lambda: self._record(batch))
         finally:
             in_flight.release()
+        if self._unstarted:
+            await self._give_back_starts()
         recurring = False
         for job, outcome in batch:
             self._count(outcome[0])
             recurring = recurring or job.envelope.cron is not None
             if outcome[0] == "p" and outcome[7] in self._pausing:
-                # Recorded: admission parks the account's jobs read from now on; those
-                # already read are parked here.
-                self._park_ready(outcome[7], self._pausing.pop(outcome[7]))
+                self._pauses_recorded.add(outcome[7])
+        self._settle_pauses()
         if recurring:
             self.promoter.wake()  # the next occurrence can be scheduled now
 

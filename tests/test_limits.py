@@ -714,6 +714,53 @@ async def test_a_worker_started_during_a_platform_pause_honours_it(
     assert progress.started[later] - progress.throttled_at[0] >= 1.0 - SKEW_MS / 1000
 
 
+async def test_jobs_read_but_not_run_give_their_starts_back(
+    redis: Redis, redis_url: str, stream: str
+) -> None:
+    """Parked before they started (their account was paused meanwhile): the limit's capacity
+    they took at admission comes back."""
+    progress = Progress()
+
+    async def handler(job: Job) -> None:
+        if job.payload == "revoked":
+            raise Fail("token revoked", pause_account=True)
+        await progress.record_start(job)
+
+    per_account = Limit(scope="account", max=10, per=3600.0)
+    async with streamq.connect(redis_url, config=with_limits(stream, per_account)) as q:
+        await q.enqueue_many(stream, ["revoked", 1, 2, 3], accounts=["a"] * 4)
+        await q.enqueue(stream, "other", account="b")
+        worker = Worker(redis, stream, handler, limited(per_account, concurrency=1, prefetch=5))
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(worker.run)
+            await progress.until(lambda: len(progress.started) == 1)
+            for _ in range(300):  # the give-back follows the batch that records the pause
+                report = await q.limits(stream, "a")
+                if report.parked == 4 and report.windows[0].used == 1:
+                    break
+                await anyio.sleep(0.01)
+            worker.stop()
+    assert report.parked == 4
+    assert report.windows[0].used == 1  # only the job that ran (and failed) counts
+
+
+async def test_a_worker_stopping_gives_back_the_starts_of_jobs_it_did_not_run(
+    redis: Redis, redis_url: str, stream: str
+) -> None:
+    per_account = Limit(scope="account", max=10, per=3600.0)
+    async with streamq.connect(redis_url, config=with_limits(stream, per_account)) as q:
+        await q.enqueue_many(stream, [1, 2, 3], accounts=["a"] * 3)
+        worker = Worker(redis, stream, Progress().record_start, limited(per_account))
+        await worker.ensure_groups()
+        # Read and admitted, then the worker stops before any consumer takes them.
+        found, _ = await worker._fetch(3)
+        assert found == 3
+        assert (await q.limits(stream, "a")).windows[0].used == 3
+        await worker._release_ready()
+        assert worker.counts.released == 3
+        assert (await q.limits(stream, "a")).windows[0].used == 0
+
+
 # -- crash and restart ----------------------------------------------------------------------------
 
 

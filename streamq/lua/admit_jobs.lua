@@ -32,7 +32,7 @@ behind another account's thousands.
 A job of a paused account is parked until the account is resumed (or deferred to the end of a
 timed pause); a platform pause defers every job of the stream.
 Returns { per job: 1 run, 2 run but it was cancelled, 0 not here (deferred, parked, or no longer
-this consumer's), platform paused until ms or 0 }.
+this consumer's), platform paused until ms or 0, now }: a start is logged as '<job id>@<now>'.
 ]]
 -- @include "tell_workers.lua"
 -- @include "server_now.lua"
@@ -264,4 +264,4 @@ end
 if earliest < head then
   tell_workers(control, 'w', earliest)
 end
-return { codes, platform_hold }
+return { codes, platform_hold, now }
