@@ -126,3 +126,45 @@ def test_a_bad_policy_is_refused() -> None:
         Policy(min_workers=5, max_workers=2)
     with pytest.raises(ConfigError, match="tolerance"):
         Policy(tolerance=1.5)
+
+
+@given(
+    rate=st.floats(50, 2000),
+    noise=st.lists(st.floats(-0.08, 0.08), min_size=30, max_size=60),
+)
+def test_noisy_but_steady_load_does_not_flap(rate: float, noise: list[float]) -> None:
+    """Load wobbling by up to 8 % around a steady rate: once sized, the count stays put."""
+    policy = Policy(max_workers=200, concurrency=10, tolerance=0.1, scale_down_window=300)
+    scaler = Scaler(policy)
+    workers = scaler.decide(observe(at=0, workers=1, arrival_rate=rate)).workers
+    changes = 0
+    for tick, wobble in enumerate(noise, start=1):
+        decided = scaler.decide(
+            observe(at=tick * 15, workers=workers, arrival_rate=rate * (1 + wobble))
+        ).workers
+        changes += decided != workers
+        workers = decided
+    assert changes <= 1
+
+
+@given(
+    before=st.floats(10, 200),
+    factor=st.floats(1.5, 10),
+    window=st.sampled_from([0, 15, 30, 60]),
+)
+def test_a_step_in_load_is_met_within_the_stabilization_window(
+    before: float, factor: float, window: int
+) -> None:
+    policy = Policy(max_workers=500, concurrency=10, scale_up_window=window)
+    scaler = Scaler(policy)
+    workers = scaler.decide(observe(at=0, workers=1, arrival_rate=before)).workers
+    after = before * factor
+    needed = recommend(observe(arrival_rate=after), policy)[0]
+    met_at = None
+    for tick in range(1, 40):
+        at = 100 + tick * 5
+        workers = scaler.decide(observe(at=at, workers=workers, arrival_rate=after)).workers
+        if workers >= needed and met_at is None:
+            met_at = at - 100
+    assert met_at is not None
+    assert met_at <= window + 5
