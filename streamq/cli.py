@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -192,6 +193,23 @@ def build_parser() -> argparse.ArgumentParser:
     limits_show.add_argument("--account", help="also this account's windows, pause and backlog")
     limits_show.add_argument("--json", action="store_true")
 
+    scale = commands.add_parser(
+        "autoscale", parents=[common], help="size worker pools from each stream's load"
+    )
+    scale.add_argument("--target", choices=["local"], default="local", help="where workers run")
+    scale.add_argument("--stream", action="append", required=True, help="a stream (repeatable)")
+    scale.add_argument("--handler", help="handler for the workers (else the config's)")
+    scale.add_argument("--min", type=int, default=0, help="fewest workers per stream (0)")
+    scale.add_argument("--max", type=_positive_int, default=10, help="most workers per stream")
+    scale.add_argument("--concurrency", type=_positive_int, default=32, help="per worker (32)")
+    scale.add_argument("--interval", type=_duration, default=5.0, help="between decisions (5s)")
+    scale.add_argument("--target-drain", type=_duration, default=60.0, help="drain backlog in")
+    scale.add_argument("--lead", type=_duration, default=60.0, help="count jobs due within")
+    scale.add_argument("--scale-up-window", type=_duration, default=0.0)
+    scale.add_argument("--scale-down-window", type=_duration, default=300.0)
+    scale.add_argument("--idle-after", type=_duration, default=300.0, help="then scale to 0")
+    scale.add_argument("--dry-run", action="store_true", help="log decisions, change nothing")
+
     srv = commands.add_parser("server", help="manage the embedded Valkey server")
     srv.add_argument("action", choices=["start", "stop", "status"])
     return parser
@@ -252,6 +270,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "cron": _cron,
         "account": _account,
         "limits": _limits,
+        "autoscale": _autoscale,
     }
     command = commands[args.command]
     return anyio.run(command, args, config, backend_options={"use_uvloop": True})
@@ -570,6 +589,59 @@ async def _limits(args: argparse.Namespace, config: Config) -> int:
                 f"{report.parked} parked"
             )
     return 0
+
+
+# -- autoscale ----------------------------------------------------------------------------------
+
+
+async def _autoscale(args: argparse.Namespace, config: Config) -> int:
+    from autoscaler import controller
+    from autoscaler.policy import Policy
+
+    streams = [check_stream(stream) for stream in args.stream]
+    policy = Policy(
+        min_workers=args.min,
+        max_workers=args.max,
+        concurrency=args.concurrency,
+        target_drain=args.target_drain,
+        lead=args.lead,
+        scale_up_window=args.scale_up_window,
+        scale_down_window=args.scale_down_window,
+        idle_after=args.idle_after,
+    )
+    async with Queue(args.redis_url, config=config) as q:
+        assert q.resolved_url is not None
+        target: controller.Target
+        if args.dry_run:
+            target = controller.DryRun()
+        else:
+            consume: dict[str, list[str]] = {}
+            for stream in streams:
+                resolve_handler(stream, args.handler, config.stream(stream))  # fail early
+                spec = ["--redis-url", q.resolved_url, "--stream", stream]
+                spec += ["--concurrency", str(args.concurrency), "--log-level", args.log_level]
+                if args.handler:
+                    spec += ["--handler", args.handler]
+                if args.config:
+                    spec += ["--config", args.config]
+                consume[stream] = spec
+            target = controller.LocalTarget(consume)
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
+                await controller.run(
+                    q.redis, streams, policy, target, config, interval=args.interval
+                )
+        finally:
+            target.close()  # its workers finish their running jobs first
+    return 0
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
 
 
 # -- server -------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ requested while it ran ends it as cancelled instead.
 An outcome other than done whose entry is no longer pending is stale (this worker stalled, and
 another took the entry over and finished it): it is dropped, so a late retry cannot run a
 finished job again. Done outcomes skip that check: recording done twice changes nothing.
+The counts hash also sums `ran` (outcomes of runs) and `busy_ms` (their handler time).
 Returns the number of entries acknowledged.
 ]]
 -- @include "tell_workers.lua"
@@ -93,6 +94,11 @@ for i, o in ipairs(outcomes) do
   end
   if (code == 'r' or code == 'l' or code == 'p') and redis.call('HGET', record, 'cancel') then
     code = 'c'
+  end
+  if started > 0 and code ~= 'stale' then
+    -- Handler time, summed: the autoscaler's service time (busy_ms / ran).
+    tally.ran = (tally.ran or 0) + 1
+    tally.busy_ms = (tally.busy_ms or 0) + math.max(0, now - started)
   end
   if code == 'd' then
     -- The record already holds attempt 1, or the retry's number: write it only when a

@@ -1,0 +1,115 @@
+"""`streamq autoscale --target local` on a real server: it grows a pool for a burst, shrinks it
+after the drain, loses nothing, and grows ahead of jobs scheduled to come due."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis as sync_redis
+
+from streamq import keys
+from tests.conftest import ROOT, run_cli
+
+SCALED = re.compile(r"(\S+): (\d+) -> (\d+) workers")
+
+
+def start_autoscaler(redis_url: str, stream: str, *flags: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "STREAMQ_TEST_RECORD_URL": redis_url,
+        "STREAMQ_TEST_RECORD": stream,
+        "STREAMQ_TEST_JOB_SECONDS": "0.02",
+    }
+    args = ["--redis-url", redis_url, "--stream", stream, "--handler", "tests.handlers:record"]
+    args += ["--concurrency", "4", "--interval", "0.5", "--log-level", "INFO", *flags]
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamq", "autoscale", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def read_scalings(
+    process: subprocess.Popen[str], until: int | None, deadline_s: float
+) -> list[tuple[float, int, int]]:
+    """(time, from, to) of the decisions logged, until a later one scales to ``until`` (None:
+    the first one only)."""
+    assert process.stdout is not None
+    seen: list[tuple[float, int, int]] = []
+    deadline = time.monotonic() + deadline_s
+    for line in process.stdout:
+        match = SCALED.search(line)
+        if match:
+            seen.append((time.time(), int(match[2]), int(match[3])))
+            if until is None or (int(match[3]) == until and len(seen) > 1):
+                return seen
+        assert time.monotonic() < deadline, seen
+    raise AssertionError(f"autoscaler exited: {seen}")
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@pytest.mark.slow
+def test_a_burst_scales_the_pool_up_and_back_down_without_losing_a_job(
+    redis_url: str, stream: str
+) -> None:
+    client = sync_redis.Redis.from_url(redis_url)
+    lines = "".join(json.dumps({"n": i}) + "\n" for i in range(5000))
+    added = run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "-",
+                    input=lines)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    scaler = start_autoscaler(
+        redis_url, stream, "--min", "1", "--max", "4", "--target-drain", "5s",
+        "--scale-down-window", "2s", "--idle-after", "2s",
+    )  # fmt: skip
+    try:
+        scalings = read_scalings(scaler, until=1, deadline_s=120)
+        deadline = time.monotonic() + 60
+        while client.hlen(f"{stream}:succeeded") < 5000:  # the last worker finishes the drain
+            assert time.monotonic() < deadline, client.hlen(f"{stream}:succeeded")
+            time.sleep(0.05)
+    finally:
+        stop(scaler)
+    assert max(to for _, _, to in scalings) >= 3
+    assert client.hlen(f"{stream}:succeeded") == 5000
+    assert sum(int(v) for v in client.hvals(f"{stream}:runs")) == 5000  # none ran twice
+    depth = sum(client.xlen(lane) for lane in keys.lanes(stream))
+    assert depth == 0  # nothing left pending
+
+
+@pytest.mark.slow
+def test_jobs_scheduled_a_minute_ahead_scale_the_pool_before_they_come_due(
+    redis_url: str, stream: str
+) -> None:
+    due = datetime.now(UTC) + timedelta(seconds=60)
+    lines = "".join(json.dumps({"n": i}) + "\n" for i in range(3000))
+    added = run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "-",
+                    "--at", due.isoformat(), input=lines)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    scaler = start_autoscaler(redis_url, stream, "--max", "4", "--lead", "90s", "--dry-run")
+    try:
+        [(when, before, after)] = read_scalings(scaler, until=None, deadline_s=30)
+    finally:
+        stop(scaler)
+    assert (before, after) == (0, 4)
+    assert when < due.timestamp() - 30
