@@ -1,7 +1,8 @@
 """`streamq autoscale`: every few seconds, observe each stream, decide, and resize its pool.
 
-Only the leader acts: controllers take a Redis lock (SET NX PX with a token, renewed while they
-run) and each acquisition gets a fencing number from INCR, logged with every decision.
+Only the leader acts: controllers of the same streams take a Redis lock named after them (SET NX
+PX with a token, renewed while they run), and each acquisition gets a fencing number from INCR,
+logged with every decision. Controllers of other streams do not contend.
 Targets:
 - ``LocalTarget`` runs ``streamq consume`` processes on this machine: starts them, stops the
   newest with SIGTERM (they finish their jobs), and replaces any that died.
@@ -29,8 +30,7 @@ from streamq.config import Config
 
 log = logging.getLogger("streamq.autoscaler")
 
-LEADER_KEY: Final = f"{keys.PREFIX}:autoscaler:leader"
-FENCE_KEY: Final = f"{keys.PREFIX}:autoscaler:fence"
+LEADER_PREFIX: Final = f"{keys.PREFIX}:autoscaler:leader:"
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -115,8 +115,10 @@ class LocalTarget:
 class Leadership:
     """A Redis lock held while this controller runs; ``fence`` grows with every new leader."""
 
-    def __init__(self, redis: Redis, ttl_seconds: float) -> None:
+    def __init__(self, redis: Redis, streams: Sequence[str], ttl_seconds: float) -> None:
         self.redis = redis
+        self.key = LEADER_PREFIX + ",".join(sorted(streams))
+        self.fence_key = self.key + ":fence"
         self.ttl_ms = round(ttl_seconds * 1000)
         self.token = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.fence: int | None = None
@@ -124,13 +126,13 @@ class Leadership:
     async def hold(self) -> bool:
         """Take or keep the lock; False while another controller leads."""
         if self.fence is not None:
-            renewed: Any = await self.redis.eval(_RENEW, 1, LEADER_KEY, self.token, self.ttl_ms)
+            renewed: Any = await self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms)
             if renewed:
                 return True
             log.warning("lost the leadership (fence %d)", self.fence)
             self.fence = None
-        if await self.redis.set(LEADER_KEY, self.token, nx=True, px=self.ttl_ms):
-            self.fence = int(await self.redis.incr(FENCE_KEY))
+        if await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            self.fence = int(await self.redis.incr(self.fence_key))
             log.info("leading the autoscaling (fence %d)", self.fence)
             return True
         return False
@@ -154,7 +156,7 @@ async def run(
         for stream in streams
     }
     scalers = {stream: Scaler(policy) for stream in streams}
-    leadership = Leadership(redis, ttl_seconds=max(3 * interval, 5.0))
+    leadership = Leadership(redis, streams, ttl_seconds=max(3 * interval, 5.0))
     done = 0
     while ticks is None or done < ticks:
         if await leadership.hold():

@@ -12,9 +12,12 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
+import anyio
 import pytest
 import redis as sync_redis
+from redis.asyncio import Redis
 
+from autoscaler import controller
 from streamq import keys
 from tests.conftest import ROOT, run_cli
 
@@ -113,3 +116,24 @@ def test_jobs_scheduled_a_minute_ahead_scale_the_pool_before_they_come_due(
         stop(scaler)
     assert (before, after) == (0, 4)
     assert when < due.timestamp() - 30
+
+
+@pytest.mark.anyio
+async def test_only_one_controller_leads_and_a_new_leader_gets_a_higher_fence(
+    redis: Redis, stream: str
+) -> None:
+    first = controller.Leadership(redis, [stream], ttl_seconds=0.3)
+    second = controller.Leadership(redis, [stream], ttl_seconds=0.3)
+    elsewhere = controller.Leadership(redis, [stream + "-other"], ttl_seconds=0.3)
+    assert await first.hold()
+    assert not await second.hold()
+    assert await elsewhere.hold()  # other streams, another lock
+    assert await first.hold()  # renewed
+    fence = first.fence
+    assert fence is not None
+    with anyio.fail_after(5):
+        while not await second.hold():  # noqa: ASYNC110 - the lock lapses on the server
+            await anyio.sleep(0.05)
+    assert second.fence is not None
+    assert second.fence > fence
+    assert not await first.hold()  # it learns it lost
