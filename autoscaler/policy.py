@@ -136,8 +136,8 @@ class Scaler:
             self._history.popleft()
         # The band is on the unrounded need, as the HPA's is on its metric ratio.
         if current > 0 and wanted > 0 and abs(raw / current - 1) <= policy.tolerance:
-            return Decision(current, wanted, f"{reason}; within tolerance")
-        if wanted > current:
+            target, reason = current, f"{reason}; within tolerance"
+        elif wanted > current:
             recent = [w for t, w in self._history if t >= obs.at - policy.scale_up_window]
             target = max(current, min(recent))
             if policy.max_step_up is not None:
