@@ -1,30 +1,28 @@
 """`streamq autoscale`: every few seconds, observe each stream, decide, and resize its pool.
 
-Only the leader acts: controllers of the same streams take a Redis lock named after them (SET NX
-PX with a token, renewed while they run), and each acquisition gets a fencing number from INCR,
-logged with every decision. Controllers of other streams do not contend.
-Targets:
-- ``LocalTarget`` runs ``streamq consume`` processes on this machine: starts them, stops the
-  newest with SIGTERM (they finish their jobs), and replaces any that died.
-- dry run: decisions are logged and nothing is changed.
+Only the leader acts. With the local target, controllers of the same streams take a Redis lock
+named after them (SET NX PX with a token, renewed while they run), and each acquisition gets a
+fencing number from INCR, logged with every decision; controllers of other streams do not
+contend. On Kubernetes, a Lease does the same (autoscaler.kubernetes.LeaseLeadership).
+Every decision that changes a pool is logged at INFO with its inputs and reason (the others at
+DEBUG) and exported as metrics (autoscaler.metrics).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import anyio
 from redis.asyncio import Redis
 
+from autoscaler import metrics
 from autoscaler.observe import StreamWatch
 from autoscaler.policy import Policy, Scaler
+from autoscaler.targets import Target, TargetError
 from streamq import keys, limiter
 from streamq.config import Config
 
@@ -39,80 +37,28 @@ end
 return 0
 """
 
-
-class Target(Protocol):
-    def workers(self, stream: str) -> int: ...
-
-    def scale(self, stream: str, count: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class DryRun:
-    """Changes nothing; remembers what it was told so decisions build on each other."""
-
-    def __init__(self) -> None:
-        self._sizes: dict[str, int] = {}
-
-    def workers(self, stream: str) -> int:
-        return self._sizes.get(stream, 0)
-
-    def scale(self, stream: str, count: int) -> None:
-        self._sizes[stream] = count
-
-    def close(self) -> None:
-        return None
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
-class LocalTarget:
-    """``streamq consume`` processes on this machine, per stream."""
-
-    def __init__(self, consume_args: dict[str, list[str]], grace_seconds: float = 30.0) -> None:
-        self.consume_args = consume_args
-        self.grace_seconds = grace_seconds
-        self._pools: dict[str, list[subprocess.Popen[bytes]]] = {}
-        self._stopping: list[subprocess.Popen[bytes]] = []
-
-    def workers(self, stream: str) -> int:
-        pool = self._pools.setdefault(stream, [])
-        alive = [p for p in pool if p.poll() is None]
-        if len(alive) < len(pool):
-            log.warning("%d %s worker(s) exited: replacing", len(pool) - len(alive), stream)
-            self._pools[stream] = alive
-            self.scale(stream, len(pool))
-        self._stopping = [p for p in self._stopping if p.poll() is None]
-        return len(self._pools[stream])
-
-    def scale(self, stream: str, count: int) -> None:
-        pool = self._pools.setdefault(stream, [])
-        while len(pool) < count:
-            pool.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "streamq", "consume", *self.consume_args[stream]],
-                    stdin=subprocess.DEVNULL,
-                )
-            )
-        while len(pool) > count:
-            process = pool.pop()
-            process.send_signal(signal.SIGTERM)  # finishes its running jobs, then exits
-            self._stopping.append(process)
-
-    def close(self) -> None:
-        every = [p for pool in self._pools.values() for p in pool] + self._stopping
-        for process in every:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in every:
-            try:
-                process.wait(self.grace_seconds + 5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._pools.clear()
-        self._stopping.clear()
+def identity() -> str:
+    """This controller, for locks and Leases: host, pid and a random part."""
+    return f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-class Leadership:
+class Leadership(Protocol):
+    fence: int | None
+
+    async def hold(self) -> bool: ...
+
+    async def release(self) -> None: ...
+
+
+class RedisLeadership:
     """A Redis lock held while this controller runs; ``fence`` grows with every new leader."""
 
     def __init__(self, redis: Redis, streams: Sequence[str], ttl_seconds: float) -> None:
@@ -120,7 +66,7 @@ class Leadership:
         self.key = LEADER_PREFIX + ",".join(sorted(streams))
         self.fence_key = self.key + ":fence"
         self.ttl_ms = round(ttl_seconds * 1000)
-        self.token = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.token = identity()
         self.fence: int | None = None
 
     async def hold(self) -> bool:
@@ -137,41 +83,78 @@ class Leadership:
             return True
         return False
 
+    async def release(self) -> None:
+        """Give the lock up on a clean stop, so the next leader need not wait it out."""
+        if self.fence is not None:
+            await self.redis.eval(_RELEASE, 1, self.key, self.token)
+            self.fence = None
+
 
 async def run(
     redis: Redis,
     streams: Sequence[str],
-    policy: Policy,
+    policies: Mapping[str, Policy],
     target: Target,
     config: Config,
     *,
+    leadership: Leadership | None = None,
     interval: float = 5.0,
     ticks: int | None = None,
 ) -> None:
     """Observe, decide and scale every ``interval`` seconds (``ticks`` times, or forever)."""
     watches = {
         stream: StreamWatch(
-            redis, stream, limiter.limits_for(stream, config.stream(stream).limits), policy.lead
+            redis,
+            stream,
+            limiter.limits_for(stream, config.stream(stream).limits),
+            policies[stream].lead,
         )
         for stream in streams
     }
-    scalers = {stream: Scaler(policy) for stream in streams}
-    leadership = Leadership(redis, streams, ttl_seconds=max(3 * interval, 5.0))
+    scalers = {stream: Scaler(policies[stream]) for stream in streams}
+    if leadership is None:
+        leadership = RedisLeadership(redis, streams, ttl_seconds=max(3 * interval, 5.0))
     done = 0
-    while ticks is None or done < ticks:
-        if await leadership.hold():
-            for stream in streams:
-                current = target.workers(stream)
-                decision = scalers[stream].decide(await watches[stream].observe(current))
-                if decision.workers != current:
-                    log.info(
-                        "%s: %d -> %d workers (fence %s; %s)",
-                        stream,
-                        current,
-                        decision.workers,
-                        leadership.fence,
-                        decision.reason,
-                    )
-                    target.scale(stream, decision.workers)
-        done += 1
-        await anyio.sleep(interval)
+    try:
+        while ticks is None or done < ticks:
+            leading = await leadership.hold()
+            metrics.record_leadership(leadership.fence if leading else None)
+            if leading:
+                for stream in streams:
+                    await _tick(stream, watches[stream], scalers[stream], target, leadership)
+            done += 1
+            await anyio.sleep(interval)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await leadership.release()
+
+
+async def _tick(
+    stream: str, watch: StreamWatch, scaler: Scaler, target: Target, leadership: Leadership
+) -> None:
+    try:
+        current = await target.workers(stream)
+        seen = await watch.observe(current)
+        decision = scaler.decide(seen)
+        metrics.record(stream, seen, decision)
+        changes = decision.workers != current
+        log.log(
+            logging.INFO if changes else logging.DEBUG,
+            "%s: %d -> %d workers (fence %s; backlog %d, arrivals %.1f/s, service %.3fs, "
+            "due soon %d, ceiling %s; %s)",
+            stream,
+            current,
+            decision.workers,
+            leadership.fence,
+            seen.backlog,
+            seen.arrival_rate,
+            seen.service_seconds,
+            seen.due_soon,
+            "none" if seen.rate_ceiling is None else f"{seen.rate_ceiling:g}/s",
+            decision.reason,
+        )
+        if changes:
+            await target.scale(stream, decision.workers)
+    except TargetError as exc:
+        metrics.TARGET_ERRORS.labels(stream).inc()
+        log.warning("%s: %s; trying again next tick", stream, exc)

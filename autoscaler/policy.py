@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Any
 
 import msgspec
 
+from streamq.config import AutoscaleConfig
 from streamq.errors import ConfigError
 
 
@@ -151,3 +153,14 @@ class Scaler:
             target = current
         target = max(policy.min_workers, min(policy.max_workers, target))
         return Decision(target, wanted, reason)
+
+
+def policy_for(settings: AutoscaleConfig, concurrency: int, **flags: Any) -> Policy:
+    """A stream's policy: flags given (not None) over its config file table over defaults."""
+    chosen = {
+        name: value
+        for name, value in msgspec.structs.asdict(settings).items()
+        if value is not None and name in Policy.__struct_fields__
+    }
+    chosen.update({name: value for name, value in flags.items() if value is not None})
+    return Policy(concurrency=concurrency, **chosen)

@@ -196,19 +196,32 @@ def build_parser() -> argparse.ArgumentParser:
     scale = commands.add_parser(
         "autoscale", parents=[common], help="size worker pools from each stream's load"
     )
-    scale.add_argument("--target", choices=["local"], default="local", help="where workers run")
+    scale.add_argument("--target", choices=["local", "kubernetes"], default="local",
+                       help="where workers run: processes here, or Deployments")  # fmt: skip
     scale.add_argument("--stream", action="append", required=True, help="a stream (repeatable)")
-    scale.add_argument("--handler", help="handler for the workers (else the config's)")
-    scale.add_argument("--min", type=int, default=0, help="fewest workers per stream (0)")
-    scale.add_argument("--max", type=_positive_int, default=10, help="most workers per stream")
-    scale.add_argument("--concurrency", type=_positive_int, default=32, help="per worker (32)")
+    scale.add_argument("--handler", help="local target: handler for the workers")
+    scale.add_argument("--min", type=int, help="fewest workers per stream (0)")
+    scale.add_argument("--max", type=_positive_int, help="most workers per stream (10)")
+    scale.add_argument("--concurrency", type=_positive_int, help="per worker (the stream's)")
     scale.add_argument("--interval", type=_duration, default=5.0, help="between decisions (5s)")
-    scale.add_argument("--target-drain", type=_duration, default=60.0, help="drain backlog in")
-    scale.add_argument("--lead", type=_duration, default=60.0, help="count jobs due within")
-    scale.add_argument("--scale-up-window", type=_duration, default=0.0)
-    scale.add_argument("--scale-down-window", type=_duration, default=300.0)
-    scale.add_argument("--idle-after", type=_duration, default=300.0, help="then scale to 0")
+    scale.add_argument("--target-drain", type=_duration, help="drain the backlog in (60s)")
+    scale.add_argument("--lead", type=_duration, help="count jobs due within (60s)")
+    scale.add_argument("--tolerance", type=float, help="change nothing within (0.1)")
+    scale.add_argument("--scale-up-window", type=_duration, help="stabilization (0s)")
+    scale.add_argument("--scale-down-window", type=_duration, help="stabilization (5m)")
+    scale.add_argument("--max-step-up", type=_positive_int, help="workers added at once")
+    scale.add_argument("--max-step-down", type=_positive_int, help="removed at once (1)")
+    scale.add_argument("--idle-after", type=_duration, help="then scale to 0 (5m)")
     scale.add_argument("--dry-run", action="store_true", help="log decisions, change nothing")
+    scale.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    scale.add_argument("--metrics-host", default="127.0.0.1", help="metrics address")
+    kube = scale.add_argument_group("kubernetes target")
+    kube.add_argument("--namespace", help="of the Deployments (in-cluster: the pod's)")
+    kube.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, ~/.kube)")
+    kube.add_argument("--context", help="kubeconfig context")
+    kube.add_argument("--deployment", default="streamq-consume-{stream}",
+                      help="Deployment name for a stream without one in the config")  # fmt: skip
+    kube.add_argument("--lease", default="streamq-autoscaler", help="Lease for leadership")
 
     srv = commands.add_parser("server", help="manage the embedded Valkey server")
     srv.add_argument("action", choices=["start", "stop", "status"])
@@ -595,46 +608,100 @@ async def _limits(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _autoscale(args: argparse.Namespace, config: Config) -> int:
-    from autoscaler import controller
-    from autoscaler.policy import Policy
+    from autoscaler import controller, metrics, targets
+    from autoscaler.policy import policy_for
 
     streams = [check_stream(stream) for stream in args.stream]
-    policy = Policy(
-        min_workers=args.min,
-        max_workers=args.max,
-        concurrency=args.concurrency,
-        target_drain=args.target_drain,
-        lead=args.lead,
-        scale_up_window=args.scale_up_window,
-        scale_down_window=args.scale_down_window,
-        idle_after=args.idle_after,
-    )
+    policies = {
+        stream: policy_for(
+            config.stream(stream).autoscale,
+            args.concurrency or config.stream(stream).concurrency,
+            min_workers=args.min,
+            max_workers=args.max,
+            target_drain=args.target_drain,
+            lead=args.lead,
+            tolerance=args.tolerance,
+            scale_up_window=args.scale_up_window,
+            scale_down_window=args.scale_down_window,
+            max_step_up=args.max_step_up,
+            max_step_down=args.max_step_down,
+            idle_after=args.idle_after,
+        )
+        for stream in streams
+    }
+    if args.metrics_port is not None:
+        metrics.serve(args.metrics_port, args.metrics_host)
     async with Queue(args.redis_url, config=config) as q:
-        assert q.resolved_url is not None
-        target: controller.Target
-        if args.dry_run:
-            target = controller.DryRun()
+        leadership: controller.Leadership | None = None
+        target: targets.Target
+        if args.target == "kubernetes":
+            target, leadership = await _kubernetes_target(args, config, streams)
+        elif args.dry_run:
+            target = targets.DryRun()
         else:
-            consume: dict[str, list[str]] = {}
-            for stream in streams:
-                resolve_handler(stream, args.handler, config.stream(stream))  # fail early
-                spec = ["--redis-url", q.resolved_url, "--stream", stream]
-                spec += ["--concurrency", str(args.concurrency), "--log-level", args.log_level]
-                if args.handler:
-                    spec += ["--handler", args.handler]
-                if args.config:
-                    spec += ["--config", args.config]
-                consume[stream] = spec
-            target = controller.LocalTarget(consume)
+            target = targets.LocalTarget(_consume_args(args, config, streams, q, policies))
+        if args.dry_run and args.target == "kubernetes":
+            await target.close()
+            target = targets.DryRun()
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
                 await controller.run(
-                    q.redis, streams, policy, target, config, interval=args.interval
+                    q.redis,
+                    streams,
+                    policies,
+                    target,
+                    config,
+                    leadership=leadership,
+                    interval=args.interval,
                 )
         finally:
-            target.close()  # its workers finish their running jobs first
+            with anyio.CancelScope(shield=True):
+                await target.close()  # local workers finish their running jobs first
     return 0
+
+
+def _consume_args(
+    args: argparse.Namespace,
+    config: Config,
+    streams: list[str],
+    q: Queue,
+    policies: dict[str, Any],
+) -> dict[str, list[str]]:
+    """The `streamq consume` command line of each stream's local workers."""
+    assert q.resolved_url is not None
+    consume: dict[str, list[str]] = {}
+    for stream in streams:
+        resolve_handler(stream, args.handler, config.stream(stream))  # fail early
+        spec = ["--redis-url", q.resolved_url, "--stream", stream]
+        spec += ["--concurrency", str(policies[stream].concurrency), "--log-level", args.log_level]
+        if args.handler:
+            spec += ["--handler", args.handler]
+        if args.config:
+            spec += ["--config", args.config]
+        consume[stream] = spec
+    return consume
+
+
+async def _kubernetes_target(
+    args: argparse.Namespace, config: Config, streams: list[str]
+) -> tuple[Any, Any]:
+    from autoscaler import controller, kubernetes
+
+    api = await kubernetes.api_client(args.kubeconfig, args.context)
+    namespace = args.namespace or kubernetes.default_namespace(args.kubeconfig, args.context)
+    deployments = {
+        stream: config.stream(stream).autoscale.deployment or args.deployment.format(stream=stream)
+        for stream in streams
+    }
+    lease = kubernetes.LeaseLeadership(
+        api,
+        namespace,
+        args.lease,
+        identity=controller.identity(),
+        duration_seconds=max(3 * args.interval, 15.0),
+    )
+    return kubernetes.KubernetesTarget(api, namespace, deployments), lease
 
 
 async def _cancel_on_signal(scope: anyio.CancelScope) -> None:

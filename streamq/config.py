@@ -22,6 +22,12 @@
     scope = "account"
     min_interval = "30s"
 
+    [streams.instagram.autoscale]               # `streamq autoscale`; flags win over it
+    min_workers = 1
+    max_workers = 20
+    target_drain = "60s"
+    deployment = "streamq-consume-instagram"    # with --target kubernetes
+
 Durations are seconds (a number) or a string such as "250ms", "90s", "10m", "6h", "7d".
 Command-line flags override the file; the file overrides the defaults below.
 """
@@ -108,6 +114,24 @@ class Limit(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
         return pairs
 
 
+class AutoscaleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A stream's autoscaling policy; None leaves a field to the flag or to the default of
+    autoscaler.policy.Policy, which checks the values."""
+
+    min_workers: int | None = None
+    max_workers: int | None = None
+    target_drain: float | None = None
+    lead: float | None = None
+    tolerance: float | None = None
+    scale_up_window: float | None = None
+    scale_down_window: float | None = None
+    max_step_up: int | None = None
+    max_step_down: int | None = None
+    idle_after: float | None = None
+    deployment: str | None = None
+    """The stream's consumer Deployment (Kubernetes target)."""
+
+
 class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     handler: str | None = None
     concurrency: int = 32
@@ -128,6 +152,7 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     limits: tuple[Limit, ...] | None = None
     """Rate limits; None means the built-in ones for the platform the stream is named after
     (streamq.limiter.DEFAULT_LIMITS), and an empty list means none."""
+    autoscale: AutoscaleConfig = msgspec.field(default_factory=AutoscaleConfig)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -147,6 +172,13 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 _DURATION_FIELDS = ("visibility_timeout", "grace", "expire_after", "job_timeout", "retention")
 _BACKOFF_DURATIONS = ("base", "max")
 _LIMIT_DURATIONS = ("per", "min_interval")
+_AUTOSCALE_DURATIONS = (
+    "target_drain",
+    "lead",
+    "scale_up_window",
+    "scale_down_window",
+    "idle_after",
+)
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -161,6 +193,12 @@ def _duration_value(value: Any, what: str) -> float:
     if not isinstance(value, str | int | float):
         raise ConfigError(f"{what} must be a duration like '30s', not {value!r}")
     return parse_duration(value, what)
+
+
+def _parse_durations(table: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
+    for field in fields:
+        if field in table:
+            table[field] = _duration_value(table[field], f"{where}.{field}")
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -191,26 +229,16 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
             raise ConfigError(f"{source}: {exc}") from None
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [streams.{name}] must be a table")
-        for field in _DURATION_FIELDS:
-            if field in table:
-                table[field] = _duration_value(table[field], f"streams.{name}.{field}")
-        backoff = table.get("backoff")
-        if isinstance(backoff, dict):
-            for field in _BACKOFF_DURATIONS:
-                if field in backoff:
-                    backoff[field] = _duration_value(
-                        backoff[field], f"streams.{name}.backoff.{field}"
-                    )
+        _parse_durations(table, _DURATION_FIELDS, f"streams.{name}")
+        for part, fields in (("backoff", _BACKOFF_DURATIONS), ("autoscale", _AUTOSCALE_DURATIONS)):
+            if isinstance(table.get(part), dict):
+                _parse_durations(table[part], fields, f"streams.{name}.{part}")
         limits = table.get("limits")
         if isinstance(limits, list):
             for index, limit in enumerate(limits):
                 if not isinstance(limit, dict):
                     raise ConfigError(f"{source}: streams.{name}.limits must be tables")
-                for field in _LIMIT_DURATIONS:
-                    if field in limit:
-                        limit[field] = _duration_value(
-                            limit[field], f"streams.{name}.limits[{index}].{field}"
-                        )
+                _parse_durations(limit, _LIMIT_DURATIONS, f"streams.{name}.limits[{index}]")
     try:
         return msgspec.convert(data, Config)
     except (msgspec.ValidationError, ConfigError, TypeError, ValueError) as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -61,6 +62,14 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 @pytest.fixture
 def stream() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 Entry = tuple[bytes, dict[bytes, bytes]]

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -19,7 +20,7 @@ from redis.asyncio import Redis
 
 from autoscaler import controller
 from streamq import keys
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, free_port, run_cli
 
 SCALED = re.compile(r"(\S+): (\d+) -> (\d+) workers")
 
@@ -122,9 +123,9 @@ def test_jobs_scheduled_a_minute_ahead_scale_the_pool_before_they_come_due(
 async def test_only_one_controller_leads_and_a_new_leader_gets_a_higher_fence(
     redis: Redis, stream: str
 ) -> None:
-    first = controller.Leadership(redis, [stream], ttl_seconds=0.3)
-    second = controller.Leadership(redis, [stream], ttl_seconds=0.3)
-    elsewhere = controller.Leadership(redis, [stream + "-other"], ttl_seconds=0.3)
+    first = controller.RedisLeadership(redis, [stream], ttl_seconds=0.3)
+    second = controller.RedisLeadership(redis, [stream], ttl_seconds=0.3)
+    elsewhere = controller.RedisLeadership(redis, [stream + "-other"], ttl_seconds=0.3)
     assert await first.hold()
     assert not await second.hold()
     assert await elsewhere.hold()  # other streams, another lock
@@ -137,3 +138,32 @@ async def test_only_one_controller_leads_and_a_new_leader_gets_a_higher_fence(
     assert second.fence is not None
     assert second.fence > fence
     assert not await first.hold()  # it learns it lost
+
+
+def test_decisions_are_exported_as_prometheus_metrics(redis_url: str, stream: str) -> None:
+    lines = "".join(json.dumps({"n": i}) + "\n" for i in range(500))
+    added = run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "-",
+                    input=lines)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    port = free_port()
+    scaler = start_autoscaler(
+        redis_url, stream, "--max", "3", "--dry-run", "--metrics-port", str(port)
+    )
+    wanted = f'streamq_autoscaler_desired_workers{{stream="{stream}"}} 3.0'
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+                if wanted in text:
+                    break
+            except OSError:
+                pass  # not listening yet
+            assert time.monotonic() < deadline, "no decision exported"
+            time.sleep(0.1)
+    finally:
+        stop(scaler)
+    assert f'streamq_autoscaler_backlog_jobs{{stream="{stream}"}} 500.0' in text
+    assert f'streamq_autoscaler_scalings_total{{direction="up",stream="{stream}"}} 1.0' in text
+    assert "streamq_autoscaler_leader 1.0" in text

@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoscaler.policy import Observation, Policy, Scaler, recommend
+from autoscaler.policy import Observation, Policy, Scaler, policy_for, recommend
+from streamq.config import parse_config
 from streamq.errors import ConfigError
+from tests.conftest import run_cli
 
 
 def observe(at: float = 0.0, workers: int = 1, **figures: float) -> Observation:
@@ -171,3 +173,38 @@ def test_a_step_in_load_is_met_within_the_stabilization_window(
             met_at = at - 100
     assert met_at is not None
     assert met_at <= window + 5
+
+
+def test_a_streams_policy_comes_from_its_config_table_with_flags_on_top() -> None:
+    config = parse_config(
+        {
+            "streams": {
+                "instagram": {
+                    "concurrency": 8,
+                    "autoscale": {"min_workers": 2, "max_workers": 7, "target_drain": "2m",
+                                  "scale_down_window": "90s", "deployment": "ig-workers"},
+                }
+            }
+        }
+    )  # fmt: skip
+    stream = config.stream("instagram")
+    policy = policy_for(stream.autoscale, stream.concurrency, max_workers=5, lead=None)
+    assert (policy.min_workers, policy.max_workers, policy.concurrency) == (2, 5, 8)
+    assert (policy.target_drain, policy.scale_down_window, policy.lead) == (120.0, 90.0, 60.0)
+    assert stream.autoscale.deployment == "ig-workers"
+    assert policy_for(config.stream("x").autoscale, 32) == Policy()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--min", "5", "--max", "2"], "need 0 <= min_workers <= max_workers"),
+        (["--tolerance", "1.5"], "tolerance is a fraction"),
+        (["--target", "moon"], "invalid choice"),
+    ],
+)
+def test_a_bad_policy_is_refused_in_one_line(flags: list[str], message: str) -> None:
+    result = run_cli("autoscale", "--stream", "s", "--dry-run", *flags)
+    assert result.returncode != 0
+    [line] = result.stderr.strip().splitlines()
+    assert message in line

@@ -1,0 +1,100 @@
+"""Where the workers run, and how their number changes.
+
+- ``LocalTarget`` runs ``streamq consume`` processes on this machine: starts them, stops the
+  newest with SIGTERM (they finish their jobs), and replaces any that died.
+- ``DryRun`` changes nothing and remembers what it was told, so decisions build on each other.
+- ``autoscaler.kubernetes.KubernetesTarget`` sets the replicas of each stream's Deployment.
+
+A target that cannot read or change a stream's size raises ``TargetError``: the controller
+logs it and tries again at the next tick, and the other streams go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+from typing import Protocol
+
+log = logging.getLogger("streamq.autoscaler")
+
+
+class TargetError(Exception):
+    """A stream's pool could not be read or resized this time; one line for a person, and the
+    HTTP status where an API answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Target(Protocol):
+    async def workers(self, stream: str) -> int: ...
+
+    async def scale(self, stream: str, count: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class DryRun:
+    def __init__(self) -> None:
+        self._sizes: dict[str, int] = {}
+
+    async def workers(self, stream: str) -> int:
+        return self._sizes.get(stream, 0)
+
+    async def scale(self, stream: str, count: int) -> None:
+        self._sizes[stream] = count
+
+    async def close(self) -> None:
+        return None
+
+
+class LocalTarget:
+    """``streamq consume`` processes on this machine, per stream."""
+
+    def __init__(self, consume_args: dict[str, list[str]], grace_seconds: float = 30.0) -> None:
+        self.consume_args = consume_args
+        self.grace_seconds = grace_seconds
+        self._pools: dict[str, list[subprocess.Popen[bytes]]] = {}
+        self._stopping: list[subprocess.Popen[bytes]] = []
+
+    async def workers(self, stream: str) -> int:
+        pool = self._pools.setdefault(stream, [])
+        alive = [p for p in pool if p.poll() is None]
+        if len(alive) < len(pool):
+            log.warning("%d %s worker(s) exited: replacing", len(pool) - len(alive), stream)
+            self._pools[stream] = alive
+            await self.scale(stream, len(pool))
+        self._stopping = [p for p in self._stopping if p.poll() is None]
+        return len(self._pools[stream])
+
+    async def scale(self, stream: str, count: int) -> None:
+        pool = self._pools.setdefault(stream, [])
+        while len(pool) < count:
+            pool.append(self._start(stream))
+        while len(pool) > count:
+            process = pool.pop()
+            process.send_signal(signal.SIGTERM)  # finishes its running jobs, then exits
+            self._stopping.append(process)
+
+    def _start(self, stream: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streamq", "consume", *self.consume_args[stream]],
+            stdin=subprocess.DEVNULL,
+        )
+
+    async def close(self) -> None:
+        every = [p for pool in self._pools.values() for p in pool] + self._stopping
+        for process in every:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in every:
+            try:
+                process.wait(self.grace_seconds + 5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._pools.clear()
+        self._stopping.clear()
