@@ -70,6 +70,10 @@ class LocalTarget:
         self._stopping = [p for p in self._stopping if p.poll() is None]
         return len(self._pools[stream])
 
+    def pids(self, stream: str) -> list[int]:
+        """Process ids of the stream's workers, oldest first."""
+        return [process.pid for process in self._pools.get(stream, [])]
+
     async def scale(self, stream: str, count: int) -> None:
         pool = self._pools.setdefault(stream, [])
         while len(pool) < count:

@@ -18,7 +18,7 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from autoscaler import controller
+from autoscaler import controller, targets
 from streamq import keys
 from tests.conftest import ROOT, free_port, run_cli
 
@@ -167,3 +167,24 @@ def test_decisions_are_exported_as_prometheus_metrics(redis_url: str, stream: st
     assert f'streamq_autoscaler_backlog_jobs{{stream="{stream}"}} 500.0' in text
     assert f'streamq_autoscaler_scalings_total{{direction="up",stream="{stream}"}} 1.0' in text
     assert "streamq_autoscaler_leader 1.0" in text
+
+
+@pytest.mark.anyio
+async def test_the_local_target_replaces_a_crashed_worker(redis_url: str, stream: str) -> None:
+    consume = ["--redis-url", redis_url, "--stream", stream, "--handler", "tests.handlers:record"]
+    target = targets.LocalTarget({stream: consume}, grace_seconds=10)
+    try:
+        await target.scale(stream, 2)
+        before = target.pids(stream)
+        os.kill(before[0], signal.SIGKILL)
+        with anyio.fail_after(20):
+            while target.pids(stream)[0] == before[0]:
+                assert await target.workers(stream) == 2
+                await anyio.sleep(0.05)
+        after = target.pids(stream)
+        assert len(after) == 2
+        assert before[1] in after
+        assert before[0] not in after
+    finally:
+        await target.close()
+    assert target.pids(stream) == []
