@@ -114,6 +114,30 @@ class Limit(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
         return pairs
 
 
+class EventsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The stream's lifecycle events (streamq:{S}:events): on by default, capped by length and
+    by age."""
+
+    enabled: bool = True
+    max_len: int = 100_000
+    """About this many events are kept (trimmed a node at a time, so a few more)."""
+    max_age: float | None = 7 * 86400.0
+    """Events older than this are trimmed; None keeps them until max_len."""
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1:
+            raise ConfigError("events.max_len must be at least 1")
+
+    @property
+    def cap(self) -> int:
+        """The scripts' MAXLEN, 0 when events are off."""
+        return self.max_len if self.enabled else 0
+
+    @property
+    def max_age_ms(self) -> int:
+        return 0 if self.max_age is None else round(self.max_age * 1000)
+
+
 class AutoscaleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A stream's autoscaling policy; None leaves a field to the flag or to the default of
     autoscaler.policy.Policy, which checks the values."""
@@ -153,6 +177,7 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     """Rate limits; None means the built-in ones for the platform the stream is named after
     (streamq.limiter.DEFAULT_LIMITS), and an empty list means none."""
     autoscale: AutoscaleConfig = msgspec.field(default_factory=AutoscaleConfig)
+    events: EventsConfig = msgspec.field(default_factory=EventsConfig)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -230,7 +255,11 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [streams.{name}] must be a table")
         _parse_durations(table, _DURATION_FIELDS, f"streams.{name}")
-        for part, fields in (("backoff", _BACKOFF_DURATIONS), ("autoscale", _AUTOSCALE_DURATIONS)):
+        for part, fields in (
+            ("backoff", _BACKOFF_DURATIONS),
+            ("autoscale", _AUTOSCALE_DURATIONS),
+            ("events", ("max_age",)),
+        ):
             if isinstance(table.get(part), dict):
                 _parse_durations(table[part], fields, f"streams.{name}.{part}")
         limits = table.get("limits")

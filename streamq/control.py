@@ -141,6 +141,8 @@ async def cancel(redis: Redis, job_id: str, config: StreamConfig | None = None) 
             keys.dedup(stream),
             keys.counts(stream),
             keys.control(stream),
+            keys.events(stream),
+            keys.meta(stream),
         ],
         [job_id, keys.GROUP, retention_ms, keys.script_prefix(stream)],
     )
@@ -176,7 +178,13 @@ async def reschedule(
         envelope = msgspec.structs.replace(codec.decode(raw), run_at_ms=due)
         state = await scripts.reschedule_job(
             redis,
-            [record_key, keys.delayed(stream), keys.control(stream)],
+            [
+                record_key,
+                keys.delayed(stream),
+                keys.control(stream),
+                keys.events(stream),
+                keys.meta(stream),
+            ],
             [job_id, due, codec.encode(envelope), raw, keys.script_prefix(stream)],
         )
         if state is None:
@@ -222,6 +230,8 @@ async def _revive(
             keys.lane(stream, lane),
             keys.dead(stream),
             keys.dedup(stream),
+            keys.events(stream),
+            keys.meta(stream),
         ],
         [envelope.id, codec.encode(fresh), lane, dead_entry, envelope.key or ""],
     )

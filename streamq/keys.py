@@ -119,6 +119,15 @@ def control(stream: str) -> str:
     return f"{stream_prefix(stream)}:control"
 
 
+def events(stream: str) -> str:
+    return f"{stream_prefix(stream)}:events"
+
+
+def meta(stream: str) -> str:
+    """The stream's settings shared by every process (the events' cap), from its workers."""
+    return f"{stream_prefix(stream)}:meta"
+
+
 def cron(stream: str) -> str:
     return f"{stream_prefix(stream)}:cron"
 

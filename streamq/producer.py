@@ -164,6 +164,8 @@ class Producer:
             keyspace.delayed(stream),
             keyspace.control(stream),
             keyspace.cron_fired(stream),
+            keyspace.events(stream),
+            keyspace.meta(stream),
         ]
         head: list[scripts.EncodableArg] = [
             lane,
@@ -227,6 +229,8 @@ class Producer:
                 keyspace.delayed(stream),
                 keyspace.dedup(stream),
                 keyspace.control(stream),
+                keyspace.events(stream),
+                keyspace.meta(stream),
             ],
             [
                 job_id,

@@ -179,7 +179,7 @@ class Promoter:
         self._last_id: bytes | None = None
         self._delayed = keys.delayed(stream)
         self._fixed_keys = [self._delayed, *keys.lanes(stream), keys.dedup(stream)]
-        self._fixed_keys.append(keys.counts(stream))
+        self._fixed_keys += [keys.counts(stream), keys.events(stream), keys.meta(stream)]
         self._script_prefix = keys.script_prefix(stream)
 
     def wake(self) -> None:

@@ -175,6 +175,8 @@ class Worker:
             self._dead,
             keys.counts(stream),
             keys.control(stream),
+            keys.events(stream),
+            keys.meta(stream),
         ]
         self._retention_ms = round(self.options.retention * 1000)
         self._record_prefix = keys.job(self.stream, "")
@@ -187,6 +189,8 @@ class Worker:
             keys.paused(stream),
             keys.rate_log(stream),
             keys.plan(stream),
+            keys.events(stream),
+            keys.meta(stream),
         ]
         self.promoter = scheduler.Promoter(
             redis,
@@ -209,6 +213,7 @@ class Worker:
 
     async def run(self, *, handle_signals: bool = False) -> WorkerCounts:
         await self.ensure_groups()
+        await self.publish_settings()
         await self.promoter.prepare()
         # A platform pause from before this worker started (later ones come by the control
         # stream, which it now follows).
@@ -248,6 +253,15 @@ class Worker:
             self.counts.expired,
         )
         return self.counts
+
+    async def publish_settings(self) -> None:
+        """Share the stream's event settings with every process that changes its jobs: the
+        scripts read them from the meta hash, so producers need no config of their own."""
+        events = self.options.events
+        await self.redis.hset(
+            keys.meta(self.stream),
+            mapping={"events_cap": events.cap, "events_age_ms": events.max_age_ms},
+        )
 
     async def ensure_groups(self) -> None:
         """Create the group on every lane, reading from the start: acknowledged entries are
@@ -542,7 +556,14 @@ class Worker:
                 env.id if env else "",
                 len(record_keys) if env is not None else 0,
             )
-        script_keys = [self._lanes[lane], self._dead, self._dedup, keys.counts(self.stream)]
+        script_keys = [
+            self._lanes[lane],
+            self._dead,
+            self._dedup,
+            keys.counts(self.stream),
+            keys.events(self.stream),
+            keys.meta(self.stream),
+        ]
         await self._retrying(
             "dead-letter",
             lambda: scripts.dead_letter(self.redis, [*script_keys, *record_keys], args),

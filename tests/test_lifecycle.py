@@ -387,7 +387,8 @@ async def test_a_stale_retry_cannot_reopen_a_finished_job(
         await streamq.scripts.finish_jobs(
             redis,
             [*keys.lanes(stream), keys.dedup(stream), keys.delayed(stream), keys.dead(stream),
-             keys.counts(stream), keys.control(stream), keys.job(stream, job_id)],
+             keys.counts(stream), keys.control(stream), keys.events(stream), keys.meta(stream),
+             keys.job(stream, job_id)],
             [keys.GROUP, "", entry_id, "", 60_000, msgspec.msgpack.encode([stale]),
              keys.script_prefix(stream)],
         )  # fmt: skip
@@ -417,7 +418,13 @@ async def test_reschedule_never_writes_back_an_envelope_that_changed_meanwhile(
         # Writing the envelope read before the replace would bring back v1: refused.
         reply = await streamq.scripts.reschedule_job(
             redis,
-            [record, keys.delayed(stream), keys.control(stream)],
+            [
+                record,
+                keys.delayed(stream),
+                keys.control(stream),
+                keys.events(stream),
+                keys.meta(stream),
+            ],
             [job_id, 1, b"stale", read_before],
         )
         assert reply == b"changed"

@@ -68,8 +68,10 @@ async def test_keys_left_behind_after_a_workload(redis: Redis, stream: str) -> N
     left = {k.decode() async for k in redis.scan_iter(match=f"*{{{stream}}}*")}
     records = {k for k in left if ":job:" in k}
     # Empty lanes keep their consumer group, dedup keys are freed, finished records expire
-    # after the retention period, and the counters stay.
-    assert left - records == {*keys.lanes(stream), keys.counts(stream)}
+    # after the retention period, and the counters, the settings and the capped events stay.
+    stays = {keys.counts(stream), keys.meta(stream), keys.events(stream)}
+    assert left - records == {*keys.lanes(stream), *stays}
+    assert await redis.xlen(keys.events(stream)) == 4 * 3  # queued, started, done
     assert len(records) == 4
     assert keys.job(stream, ids[0]) in records
     for key in records:

@@ -7,6 +7,8 @@ KEYS[6]     control stream
 KEYS[7]     paused hash ('platform' or 'a:<account>' -> until ms, -1 = until resumed)
 KEYS[8]     the platform's admission log
 KEYS[9]     the platform's waiting plan
+KEYS[10]    events stream
+KEYS[11]    stream settings (the events' cap)
 ARGV[1]     consumer group
 ARGV[2]     consumer name (a job is deferred only while its entry is still pending to it)
 ARGV[3]     key prefix of the stream, 'streamq:{S}:' (per-account keys are built from it)
@@ -31,6 +33,7 @@ time the account's waiting job starts, so a newcomer waits behind one job per ac
 behind another account's thousands.
 A job of a paused account is parked until the account is resumed (or deferred to the end of a
 timed pause); a platform pause defers every job of the stream.
+A job deferred or held back appends a 'rate-limited' event, a parked one a 'paused' event.
 Returns { per job: 1 run, 2 run but it was cancelled, 0 not here (deferred, parked, or no longer
 this consumer's), platform paused until ms or 0, now }: a start is logged as '<job id>@<now>'.
 ]]
@@ -38,6 +41,7 @@ this consumer's), platform paused until ms or 0, now }: a start is logged as '<j
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
 -- @include "release_held.lua"
+-- @include "emit_event.lua"
 local delayed, counts, control, paused = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local platform_log, platform_plan = KEYS[8], KEYS[9]
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]
@@ -45,6 +49,15 @@ local limits = cmsgpack.unpack(ARGV[4])
 local platform_limits, account_limits = limits[1], limits[2]
 local jobs = cmsgpack.unpack(ARGV[5])
 local now = server_now_ms()
+local events = KEYS[10]
+local events_cap = events_settings(KEYS[11])
+
+local function event(kind, id, record, account, extra)
+  if events_cap > 0 then
+    local f = redis.call('HMGET', record, 'attempt', 'key')
+    emit_event(events, events_cap, kind, id, now, f[1], f[2], account, extra)
+  end
+end
 -- A plan entry this far past its time belongs to a job that never came back (cancelled,
 -- expired, stuck behind a backlog): it no longer holds anyone up.
 local STALE_MS = 60000
@@ -175,6 +188,8 @@ for i, job in ipairs(jobs) do
       redis.call('HSET', record, 'state', 'paused', 'env', envelope)
       redis.call('HDEL', record, 'entry')
       parked = parked + 1
+      event('paused', id, record, account, { 'error', redis.call('HGET', paused .. ':why',
+        'a:' .. account) })
     end
   else
     local by_account = account ~= '' and #account_limits > 0
@@ -223,6 +238,7 @@ for i, job in ipairs(jobs) do
         local last = redis.call('ZRANGE', turns, -1, -1, 'WITHSCORES')[2]
         redis.call('ZADD', delayed, tonumber(last or now) + STALE_MS, '@held:' .. account)
         deferred = deferred + 1
+        event('rate-limited', id, record, account, { 'error', "waiting for the account's turn" })
       end
     else
       local envelope = take(lane, entry, replacement)
@@ -251,6 +267,7 @@ for i, job in ipairs(jobs) do
         redis.call('HDEL', record, 'entry')
         earliest = math.min(earliest, due)
         deferred = deferred + 1
+        event('rate-limited', id, record, account, { 'run_at', due })
       end
     end
   end

@@ -6,6 +6,8 @@ KEYS[3..5]  lane streams: high, normal, low
 KEYS[6]     dedup hash
 KEYS[7]     counts hash
 KEYS[8]     control stream
+KEYS[9]     events stream
+KEYS[10]    stream settings (the events' cap)
 ARGV[1]     job id
 ARGV[2]     consumer group
 ARGV[3]     retention of finished records, ms
@@ -15,6 +17,7 @@ A scheduled or retrying job leaves the delayed set, a paused or held one its acc
 from its lane: either way it never starts, and ends as cancelled. A job already delivered to a
 worker is running (or about to): it is flagged, its workers are told through the control stream
 (the handler sees job.cancelled), and it will not be retried.
+A job cancelled here appends a 'cancelled' event; a running one's comes with its outcome.
 Returns { outcome, state before }: outcome is 'cancelled', 'cancelling' (it was running),
 'unchanged' (already finished) or 'missing'.
 ]]
@@ -22,10 +25,11 @@ Returns { outcome, state before }: outcome is 'cancelled', 'cancelling' (it was 
 -- @include "server_now.lua"
 -- @include "free_dedup_key.lua"
 -- @include "release_held.lua"
+-- @include "emit_event.lua"
 local record, delayed, dedup, counts, control = KEYS[1], KEYS[2], KEYS[6], KEYS[7], KEYS[8]
 local lanes = { high = KEYS[3], normal = KEYS[4], low = KEYS[5] }
 local id, group, retention = ARGV[1], ARGV[2], ARGV[3]
-local f = redis.call('HMGET', record, 'state', 'priority', 'entry', 'key', 'account')
+local f = redis.call('HMGET', record, 'state', 'priority', 'entry', 'key', 'account', 'attempt')
 local state = f[1]
 if not state then
   return { 'missing', '' }
@@ -37,6 +41,7 @@ local function cancelled()
   redis.call('PEXPIRE', record, retention)
   redis.call('HINCRBY', counts, 'cancelled', 1)
   free_dedup_key(dedup, f[4], id)
+  emit_event(KEYS[9], events_settings(KEYS[10]), 'cancelled', id, now, f[6], f[4], f[5])
   return { 'cancelled', state }
 end
 

@@ -4,20 +4,25 @@ KEYS[1]  lane stream
 KEYS[2]  dead-letter stream
 KEYS[3]  dedup hash
 KEYS[4]  counts hash
-KEYS[5..] record keys of the entries that carry a job id (see the record index below)
+KEYS[5]  events stream
+KEYS[6]  stream settings (the events' cap)
+KEYS[7..] record keys of the entries that carry a job id (see the record index below)
 ARGV[1]  consumer group
 ARGV[2]  retention of finished records, ms
 ARGV[3..] quintuples: entry id, reason, dedup key ('' for none), job id ('' for none),
-          1-based index of its record key after KEYS[4] (0 for an entry without a job id)
+          1-based index of its record key after KEYS[6] (0 for an entry without a job id)
 
 Each entry's fields are copied verbatim (foreign or undecodable bytes included, so nothing is
 lost), followed by _reason, _source and _entry; then it is acknowledged and deleted, its dedup
-key freed and its record marked dead. An entry already gone from the lane still leaves a dead
+key freed and its record marked dead, with a 'dead' event. An entry already gone from the lane still leaves a dead
 letter with its reason. Returns the number of dead letters written.
 ]]
 -- @include "server_now.lua"
 -- @include "free_dedup_key.lua"
+-- @include "emit_event.lua"
 local lane, dead, dedup, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local events = KEYS[5]
+local events_cap = events_settings(KEYS[6])
 local group, retention = ARGV[1], ARGV[2]
 local written = 0
 local now = server_now_ms()
@@ -50,13 +55,15 @@ for q = 3, #ARGV, 5 do
   redis.call('XDEL', lane, id)
   free_dedup_key(dedup, key, job)
   if index > 0 then
-    local record = KEYS[4 + index]
+    local record = KEYS[6 + index]
     redis.call('HSET', record, 'state', 'dead', 'error', reason, 'finished_at', now,
       'dead_entry', dead_entry)
     if envelope then
       redis.call('HSET', record, 'env', envelope)
     end
     redis.call('PEXPIRE', record, retention)
+    local more = redis.call('HMGET', record, 'attempt', 'account')
+    emit_event(events, events_cap, 'dead', job, now, more[1], key, more[2], { 'error', reason })
   end
 end
 redis.call('HINCRBY', counts, 'dead', written)

@@ -5,7 +5,9 @@ KEYS[2]     dedup hash           streamq:{S}:keys
 KEYS[3]     delayed set          streamq:{S}:delayed
 KEYS[4]     control stream       streamq:{S}:control
 KEYS[5]     recurring fire times streamq:{S}:cron:last
-KEYS[6..]   one record key per job, in order   streamq:{S}:job:<id>
+KEYS[6]     events stream        streamq:{S}:events
+KEYS[7]     stream settings      streamq:{S}:meta
+KEYS[8..]   one record key per job, in order   streamq:{S}:job:<id>
 ARGV[1]     priority name (stored so promotion knows the lane)
 ARGV[2]     expire_after in ms, or '' (stored so promotion can expire the job)
 ARGV[3]     '' or, for an occurrence of a recurring schedule, its name: the job is added only
@@ -20,13 +22,16 @@ its record; any other goes straight onto the lane. A job due before everything e
 appends a wake-up to the control stream, so sleeping workers re-plan.
 Returns a flat array of (1-based position, existing job id) for every job NOT added because its
 dedup key is held by a live job; an empty array when all were added.
+Each job added appends a 'queued' or 'scheduled' event.
 ]]
 -- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
+-- @include "emit_event.lua"
 local lane, dedup, delayed, control, fired = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local priority, expire_after, recurring = ARGV[1], ARGV[2], ARGV[3]
 local jobs = cmsgpack.unpack(ARGV[4])
+local events, events_cap = KEYS[6], events_settings(KEYS[7])
 if recurring ~= '' then
   if jobs[1][4] <= tonumber(redis.call('HGET', fired, recurring) or '-1') then
     return { 1, '' }
@@ -46,7 +51,7 @@ for job, fields in ipairs(jobs) do
     taken[#taken + 1] = job
     taken[#taken + 1] = existing
   else
-    local record = KEYS[5 + job]
+    local record = KEYS[7 + job]
     if recurring ~= '' then
       redis.call('HSET', fired, recurring, math.max(due, now))
     end
@@ -70,6 +75,7 @@ for job, fields in ipairs(jobs) do
       redis.call('HSET', record, 'state', 'scheduled', 'enqueued_at', now, 'run_at', due,
         'env', envelope)
       earliest = math.min(earliest, due)
+      emit_event(events, events_cap, 'scheduled', id, now, 1, key, fields[5], { 'run_at', due })
     else
       local entry = redis.call('XADD', lane, '*', 'j', envelope)
       if due > 0 then
@@ -78,6 +84,7 @@ for job, fields in ipairs(jobs) do
       else
         redis.call('HSET', record, 'state', 'queued', 'enqueued_at', now, 'entry', entry)
       end
+      emit_event(events, events_cap, 'queued', id, now, 1, key, fields[5])
     end
   end
 end

@@ -6,7 +6,9 @@ KEYS[5]     delayed set
 KEYS[6]     dead-letter stream
 KEYS[7]     counts hash
 KEYS[8]     control stream
-KEYS[9..]   one record key per outcome, in the order of the outcomes
+KEYS[9]     events stream
+KEYS[10]    stream settings (the events' cap and age)
+KEYS[11..]  one record key per outcome, in the order of the outcomes
 ARGV[1]     consumer group
 ARGV[2..4]  for each lane, the entry ids of the batch joined by single spaces ('' for none)
 ARGV[5]     retention of finished records, ms
@@ -33,6 +35,9 @@ An outcome other than done whose entry is no longer pending is stale (this worke
 another took the entry over and finished it): it is dropped, so a late retry cannot run a
 finished job again. Done outcomes skip that check: recording done twice changes nothing.
 The counts hash also sums `ran` (outcomes of runs) and `busy_ms` (their handler time).
+Every outcome appends its event: 'started' (at the time the handler started: a start is not a
+step on the server, so its event is written with the outcome), then 'done', 'retried',
+'rate-limited', 'paused', 'dead', 'expired' or 'cancelled'. A stale outcome writes none.
 Returns the number of entries acknowledged.
 ]]
 -- @include "tell_workers.lua"
@@ -40,9 +45,12 @@ Returns the number of entries acknowledged.
 -- @include "delayed_head.lua"
 -- @include "free_dedup_key.lua"
 -- @include "release_held.lua"
+-- @include "emit_event.lua"
 local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, retention, prefix = ARGV[1], ARGV[5], ARGV[7]
 local paused = prefix .. 'paused'
+local events = KEYS[9]
+local events_cap, events_age = events_settings(KEYS[10])
 local acked = 0
 local outcomes = cmsgpack.unpack(ARGV[6])
 local stale = {}
@@ -80,6 +88,13 @@ local head = delayed_head_ms(delayed)
 local earliest = math.huge
 local tally = {}
 
+-- The job whose outcome is being written, for its events.
+local job_id, job_key, job_attempt, job_account
+
+local function event(kind, extra)
+  emit_event(events, events_cap, kind, job_id, now, job_attempt, job_key, job_account, extra)
+end
+
 local function finish(record, id, key, state)
   redis.call('PEXPIRE', record, retention)
   free_dedup_key(dedup, key, id)
@@ -87,13 +102,22 @@ local function finish(record, id, key, state)
 end
 
 for i, o in ipairs(outcomes) do
-  local record = KEYS[8 + i]
+  local record = KEYS[10 + i]
   local code, id, key, attempt, started = o[1], o[2], o[3], o[4], o[5]
   if stale[i] then
     code = 'stale'
   end
   if (code == 'r' or code == 'l' or code == 'p') and redis.call('HGET', record, 'cancel') then
     code = 'c'
+  end
+  -- Events name the attempt they are about: a retry's outcome carries the next one's number.
+  job_id, job_key, job_account = id, key, nil
+  job_attempt = o[1] == 'r' and attempt - 1 or attempt
+  if events_cap > 0 and code ~= 'stale' then
+    job_account = redis.call('HGET', record, 'account')
+    if started > 0 then
+      emit_event(events, events_cap, 'started', id, started, job_attempt, key, job_account)
+    end
   end
   if started > 0 and code ~= 'stale' then
     -- Handler time, summed: the autoscaler's service time (busy_ms / ran).
@@ -113,6 +137,7 @@ for i, o in ipairs(outcomes) do
       redis.call('HSET', record, 'result', o[6])
     end
     finish(record, id, key, 'done')
+    event('done', { 'result', o[6] })
   elseif code == 'r' or code == 'l' then
     local due = now + o[7]
     redis.call('ZADD', delayed, due, id)
@@ -122,7 +147,9 @@ for i, o in ipairs(outcomes) do
     if code == 'r' then
       redis.call('HINCRBY', counts, 'retrying', 1)
       tally.retried = (tally.retried or 0) + 1
+      event('retried', { 'run_at', due, 'error', o[8] })
     else
+      event('rate-limited', { 'run_at', due, 'error', o[8] })
       tally.deferred = (tally.deferred or 0) + 1
       local scope = o[9]
       local held = scope ~= '' and tonumber(redis.call('HGET', paused, scope) or '0')
@@ -144,6 +171,7 @@ for i, o in ipairs(outcomes) do
       'env', o[6], 'error', o[7])
     redis.call('HDEL', record, 'entry')
     tally.parked = (tally.parked or 0) + 1
+    event('paused', { 'error', o[7] })
   elseif code == 'x' then
     local lane, entry = KEYS[o[#o - 1]], o[#o]
     local dead_entry = redis.call('XADD', dead, '*', 'j', o[6], '_reason', o[7],
@@ -151,14 +179,17 @@ for i, o in ipairs(outcomes) do
     redis.call('HSET', record, 'state', 'dead', 'attempt', attempt, 'started_at', started,
       'finished_at', now, 'error', o[7], 'env', o[6], 'dead_entry', dead_entry)
     finish(record, id, key, 'dead')
+    event('dead', { 'error', o[7] })
   elseif code == 'e' then
     redis.call('HSET', record, 'state', 'expired', 'finished_at', now, 'env', o[6])
     forget_waiting(prefix, id, redis.call('HGET', record, 'account'))
     finish(record, id, key, 'expired')
+    event('expired')
   elseif code == 'c' then
     redis.call('HSET', record, 'state', 'cancelled', 'finished_at', now, 'env', o[6])
     forget_waiting(prefix, id, redis.call('HGET', record, 'account'))
     finish(record, id, key, 'cancelled')
+    event('cancelled')
   end
 end
 for state, n in pairs(tally) do
@@ -166,5 +197,8 @@ for state, n in pairs(tally) do
 end
 if earliest < head then
   tell_workers(control, 'w', earliest)
+end
+if events_cap > 0 and events_age > 0 then
+  redis.call('XTRIM', events, 'MINID', '~', (now - events_age) .. '-0')
 end
 return acked

@@ -4,7 +4,9 @@ KEYS[1]     delayed set
 KEYS[2..4]  lane streams: high, normal, low
 KEYS[5]     dedup hash
 KEYS[6]     counts hash
-KEYS[7..]   record keys of the candidate jobs, in ARGV order
+KEYS[7]     events stream
+KEYS[8]     stream settings (the events' cap)
+KEYS[9..]   record keys of the candidate jobs, in ARGV order
 ARGV[1]     retention of finished records, ms
 ARGV[2]     key prefix of the stream, 'streamq:{S}:'
 ARGV[3..]   candidate job ids (the earliest members of the delayed set, read just before)
@@ -16,14 +18,18 @@ run: it ends as expired.
 A member '@held:<account>' is not a job but a safety net of admit_jobs: due when the account's
 job waiting for the platform should long have started, it releases a held job if that one
 never came back.
+Each job promoted appends a 'queued' event, each expired one an 'expired' event.
 Returns { promoted, expired, server now ms, due ms of the next waiting job or -1 }.
 ]]
 -- @include "server_now.lua"
 -- @include "free_dedup_key.lua"
 -- @include "release_held.lua"
+-- @include "emit_event.lua"
 local delayed, dedup, counts = KEYS[1], KEYS[5], KEYS[6]
 local lanes = { high = KEYS[2], normal = KEYS[3], low = KEYS[4] }
 local retention, prefix = ARGV[1], ARGV[2]
+local events = KEYS[7]
+local events_cap = events_settings(KEYS[8])
 local now = server_now_ms()
 local promoted, expired = 0, 0
 -- As admit_jobs: a job waiting for the platform this long past its time is not coming back.
@@ -48,10 +54,10 @@ for i = 3, #ARGV do
     redis.call('ZREM', delayed, id)
     check_held(id)
   elseif due and tonumber(due) <= now then
-    local record = KEYS[4 + i]
+    local record = KEYS[6 + i]
     redis.call('ZREM', delayed, id)
     local f = redis.call('HMGET', record, 'state', 'env', 'priority', 'expire_after', 'key',
-      'account')
+      'account', 'attempt')
     if f[1] == 'retrying' then
       redis.call('HINCRBY', counts, 'retrying', -1)
     end
@@ -64,11 +70,13 @@ for i = 3, #ARGV do
         free_dedup_key(dedup, f[5], id)
         forget_waiting(prefix, id, f[6])
         expired = expired + 1
+        emit_event(events, events_cap, 'expired', id, now, f[7], f[5], f[6])
       else
         local entry = redis.call('XADD', lanes[f[3]] or lanes.normal, '*', 'j', f[2])
         redis.call('HSET', record, 'state', 'queued', 'entry', entry)
         redis.call('HDEL', record, 'env')
         promoted = promoted + 1
+        emit_event(events, events_cap, 'queued', id, now, f[7], f[5], f[6])
       end
     end
   end

@@ -4,6 +4,8 @@ KEYS[1]  the job's record
 KEYS[2]  delayed set
 KEYS[3]  dedup hash
 KEYS[4]  control stream
+KEYS[5]  events stream
+KEYS[6]  stream settings (the events' cap)
 ARGV[1]  job id
 ARGV[2]  dedup key that must still name this job
 ARGV[3]  new envelope (same job id)
@@ -11,6 +13,7 @@ ARGV[4]  new due time, ms ('' keeps the current one)
 ARGV[5]  key prefix of the stream, 'streamq:{S}:'
 ARGV[6]  the account that publishes it now ('' for none)
 
+A replaced job appends a 'scheduled' event (its new due time, or the one it keeps).
 Replaces only while the job is scheduled (not a retry, whose attempts would be lost) and still
 holds the key; a job already queued or running keeps its payload. Returns 1 if replaced, 0 if
 not. A job waiting for rate-limit capacity leaves the plans (under its old account): it passes
@@ -19,6 +22,8 @@ the limits again, as its new account's, when due.
 -- @include "tell_workers.lua"
 -- @include "delayed_head.lua"
 -- @include "release_held.lua"
+-- @include "server_now.lua"
+-- @include "emit_event.lua"
 local record, delayed, dedup, control = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, key, envelope, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local state = redis.call('HGET', record, 'state')
@@ -40,4 +45,6 @@ if due ~= '' then
     tell_workers(control, 'w', due)
   end
 end
+emit_event(KEYS[5], events_settings(KEYS[6]), 'scheduled', id, server_now_ms(), 1, key, ARGV[6],
+  { 'run_at', redis.call('HGET', record, 'run_at') })
 return 1

@@ -3,6 +3,8 @@
 KEYS[1]  the job's record
 KEYS[2]  delayed set
 KEYS[3]  control stream
+KEYS[4]  events stream
+KEYS[5]  stream settings (the events' cap)
 ARGV[1]  job id
 ARGV[2]  new due time, ms
 ARGV[3]  the job's envelope re-encoded with the new due time
@@ -13,11 +15,14 @@ Only a scheduled or retrying job can move; wakes workers when it becomes the ear
 envelope changed since it was read (a retry or a replace landed in between), nothing is
 written and 'changed' comes back, so the caller reads again rather than writing an old one.
 A job waiting for rate-limit capacity leaves the plans: it passes the limits again when due.
+A job moved appends a 'scheduled' event with its new due time.
 Returns the job's state, 'changed', or false when there is no record.
 ]]
 -- @include "tell_workers.lua"
 -- @include "delayed_head.lua"
 -- @include "release_held.lua"
+-- @include "server_now.lua"
+-- @include "emit_event.lua"
 local record, delayed, control = KEYS[1], KEYS[2], KEYS[3]
 local id, due = ARGV[1], ARGV[2]
 local state = redis.call('HGET', record, 'state')
@@ -29,8 +34,11 @@ if redis.call('HGET', record, 'env') ~= ARGV[4] then
 end
 local head = delayed_head_ms(delayed)
 redis.call('ZADD', delayed, 'XX', due, id)
-forget_waiting(ARGV[5], id, redis.call('HGET', record, 'account'))
+local f = redis.call('HMGET', record, 'account', 'attempt', 'key')
+forget_waiting(ARGV[5], id, f[1])
 redis.call('HSET', record, 'run_at', due, 'env', ARGV[3])
+emit_event(KEYS[4], events_settings(KEYS[5]), 'scheduled', id, server_now_ms(), f[2], f[3], f[1],
+  { 'run_at', due })
 if tonumber(due) < head then
   tell_workers(control, 'w', due)
 end

@@ -4,6 +4,8 @@ KEYS[1]  the job's record
 KEYS[2]  the lane stream to put it on
 KEYS[3]  dead-letter stream
 KEYS[4]  dedup hash
+KEYS[5]  events stream
+KEYS[6]  stream settings (the events' cap)
 ARGV[1]  job id
 ARGV[2]  envelope with attempt 1
 ARGV[3]  priority name of the lane
@@ -12,8 +14,10 @@ ARGV[5]  dedup key ('' for none)
 
 The job keeps its id. Its record loses its expiry and its last outcome; its dead letter, if
 any, leaves the dead-letter stream; it takes its dedup key back if no live job holds it.
-Returns the new entry id, or the job's state when that state cannot be revived.
+It appends a 'queued' event. Returns the new entry id, or the job's state when that state cannot be revived.
 ]]
+-- @include "server_now.lua"
+-- @include "emit_event.lua"
 local record, lane, dead, dedup = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, envelope, priority, dead_entry, key = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local state = redis.call('HGET', record, 'state')
@@ -33,4 +37,6 @@ if key ~= '' then
   redis.call('HSETNX', dedup, key, id)
   redis.call('HSET', record, 'key', key)
 end
+emit_event(KEYS[5], events_settings(KEYS[6]), 'queued', id, server_now_ms(), 1, key,
+  redis.call('HGET', record, 'account'))
 return entry
