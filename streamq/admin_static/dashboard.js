@@ -171,7 +171,7 @@ async function showJob(id) {
     ["started", when(job.started_at_ms)], ["finished", when(job.finished_at_ms)],
     ["worker", job.consumer ?? "-"], ["error", job.error ?? "-"],
     ["result", job.result === null ? "-" : JSON.stringify(job.result)],
-    ["payload", JSON.stringify(job.payload)],
+    ["payload", job.payload === null ? "-" : JSON.stringify(job.payload)],
   ];
   for (const [name, value] of fields) {
     const dt = document.createElement("dt");
