@@ -20,7 +20,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import anyio
 import msgspec
@@ -44,6 +44,8 @@ MAX_BODY_BYTES: Final = 1_000_000
 MAX_PAGE: Final = 1000
 DEFAULT_PAGE: Final = 50
 _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+STREAM_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
+"""keys.check_stream_name's rule, for the document."""
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +117,46 @@ class _BadRequest(Exception):
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Exactly one of: ``all`` true, or ``ids`` (job ids or dead-letter entry ids)."""
 
-    all: bool = False
-    ids: list[str] | None = None
+    all: bool | msgspec.UnsetType = msgspec.UNSET
+    ids: list[str] | msgspec.UnsetType = msgspec.UNSET
+
+
+REPLAY_REQUEST_SCHEMA: Final = {
+    "title": "ReplayRequest",
+    "description": ReplayRequest.__doc__,
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {"all": {"const": True}},
+            "required": ["all"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"ids": {"type": "array", "items": {"type": "string"}}},
+            "required": ["ids"],
+            "additionalProperties": False,
+        },
+    ],
+}
+"""msgspec cannot say "exactly one of", so this part of the document is written by hand."""
+
+MAX_OLDER_THAN: Final = 10 * 365 * 86400.0
+FinishedState = Literal["done", "dead", "cancelled", "expired"]
 
 
 class PurgeFinishedRequest(msgspec.Struct, forbid_unknown_fields=True):
-    older_than: float | str = 0
+    older_than: (
+        Annotated[float, msgspec.Meta(ge=0, le=MAX_OLDER_THAN)]
+        | Annotated[str, msgspec.Meta(pattern=r"^\d{1,9}(\.\d{1,6})?(ms|s|m|h|d)?$")]
+    ) = 0
     """Keep jobs that finished more recently: seconds, or a duration like "1h"."""
-    states: list[str] = msgspec.field(default_factory=lambda: list(control.PURGED_BY_DEFAULT))
+    states: Annotated[list[FinishedState], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: list(control.PURGED_BY_DEFAULT)  # type: ignore[arg-type]
+    )
+
+
+_Body = TypeVar("_Body", ReplayRequest, PurgeFinishedRequest)
 
 
 async def _body(request: Request, kind: type[_Body], *, optional: bool = False) -> _Body:
@@ -135,9 +169,6 @@ async def _body(request: Request, kind: type[_Body], *, optional: bool = False) 
         raise _BadRequest(f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise _BadRequest(f"request body is not JSON: {exc}") from None
-
-
-_Body = TypeVar("_Body", ReplayRequest, PurgeFinishedRequest)
 
 
 class DeadLetterPage(msgspec.Struct):
@@ -178,7 +209,10 @@ class Admin:
         self._token = token.encode()
         self.config = config
 
-    def authorized(self, endpoint: Endpoint) -> Endpoint:
+    def authorized(self, endpoint: Endpoint, query: tuple[str, ...] = ()) -> Endpoint:
+        """``endpoint`` behind the token check, refusing query parameters it does not know
+        (a mistyped ``?streams=`` would otherwise be silently ignored)."""
+
         async def checked(request: Request) -> Response:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not given.strip():
@@ -192,6 +226,10 @@ class Admin:
                     "invalid bearer token",
                     {"WWW-Authenticate": 'Bearer realm="streamq", error="invalid_token"'},
                 )
+            unknown = sorted(set(request.query_params) - set(query))
+            if unknown:
+                known = ", ".join(query) or "none"
+                return _error(400, f"unknown query parameter {unknown[0]!r} (known: {known})")
             try:
                 return await endpoint(request)
             except _BadRequest as exc:
@@ -273,9 +311,12 @@ class Admin:
     async def replay(self, request: Request) -> Response:
         stream = await self._stream(request)
         body = await _body(request, ReplayRequest)
-        if body.all == (body.ids is not None):
+        everything = body.all is True and body.ids is msgspec.UNSET
+        if not everything and (body.all is not msgspec.UNSET or body.ids is msgspec.UNSET):
             raise _BadRequest('give {"all": true} or {"ids": [...]}, not both or neither')
-        replayed, skipped = await control.replay(self.redis, stream, body.ids)
+        ids = None if everything else body.ids
+        assert not isinstance(ids, msgspec.UnsetType)
+        replayed, skipped = await control.replay(self.redis, stream, ids)
         log.info("admin: replayed %d dead letters of %s (%d skipped)", replayed, stream, skipped)
         return _json(Replayed(replayed, skipped))
 
@@ -289,6 +330,8 @@ class Admin:
         stream = await self._stream(request)
         body = await _body(request, PurgeFinishedRequest, optional=True)
         older_than = parse_duration(body.older_than, "older_than")
+        if older_than > MAX_OLDER_THAN:
+            raise _BadRequest(f"older_than must be at most {MAX_OLDER_THAN:g} s (ten years)")
         purged = await control.purge_finished(
             self.redis, stream, older_than=older_than, states=tuple(body.states)
         )
@@ -296,20 +339,24 @@ class Admin:
         return _json(Purged(purged))
 
     def routes(self) -> list[BaseRoute]:
-        api: list[tuple[str, Endpoint, str]] = [
-            ("/api/stats", self.stats, "GET"),
-            ("/api/outcomes", self.outcomes, "GET"),
-            ("/api/jobs/{job_id}", self.job, "GET"),
-            ("/api/jobs/{job_id}/retry", self.retry, "POST"),
-            ("/api/jobs/{job_id}/cancel", self.cancel, "POST"),
-            ("/api/streams/{stream}/dead", self.dead, "GET"),
-            ("/api/streams/{stream}/dead/replay", self.replay, "POST"),
-            ("/api/streams/{stream}/dead/purge", self.purge_dead, "POST"),
-            ("/api/streams/{stream}/finished/purge", self.purge_finished, "POST"),
+        only: tuple[str, ...] = ("stream",)
+        api: list[tuple[str, Endpoint, str, tuple[str, ...]]] = [
+            ("/api/stats", self.stats, "GET", only),
+            ("/api/outcomes", self.outcomes, "GET", only),
+            ("/api/jobs/{job_id}", self.job, "GET", ()),
+            ("/api/jobs/{job_id}/retry", self.retry, "POST", ()),
+            ("/api/jobs/{job_id}/cancel", self.cancel, "POST", ()),
+            ("/api/streams/{stream}/dead", self.dead, "GET", ("count", "after")),
+            ("/api/streams/{stream}/dead/replay", self.replay, "POST", ()),
+            ("/api/streams/{stream}/dead/purge", self.purge_dead, "POST", ()),
+            ("/api/streams/{stream}/finished/purge", self.purge_finished, "POST", ()),
         ]
         return [
             Route("/api/openapi.json", _openapi, methods=["GET"]),
-            *(Route(path, self.authorized(fn), methods=[method]) for path, fn, method in api),
+            *(
+                Route(path, self.authorized(fn, query), methods=[method])
+                for path, fn, method, query in api
+            ),
             Route("/", _index, methods=["GET"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
@@ -353,7 +400,7 @@ def create_app(redis: Redis, token: str, config: Config | None = None) -> Starle
 # -- the OpenAPI document -------------------------------------------------------------------
 
 
-def _openapi_document() -> dict[str, Any]:
+def openapi_document() -> dict[str, Any]:
     structs = [
         stats.Snapshot,
         stats.Outcomes,
@@ -387,21 +434,21 @@ def _openapi_document() -> dict[str, Any]:
         "in": "path",
         "required": True,
         "description": "A job id, '<stream>:<token>'",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": f"^{STREAM_PATTERN}:.+$"},
     }
     stream = {
         "name": "stream",
         "in": "path",
         "required": True,
         "description": "A stream name: 1-64 letters, digits, '_', '.', '-'",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": f"^{STREAM_PATTERN}$"},
     }
     only = {
         "name": "stream",
         "in": "query",
         "required": False,
         "description": "Only these streams (repeatable); default: every stream",
-        "schema": {"type": "array", "items": {"type": "string"}},
+        "schema": {"type": "array", "items": {"type": "string", "pattern": f"^{STREAM_PATTERN}$"}},
         "style": "form",
         "explode": True,
     }
@@ -469,7 +516,7 @@ def _openapi_document() -> dict[str, Any]:
                         "in": "query",
                         "required": False,
                         "description": "The previous page's `next`",
-                        "schema": {"type": "string"},
+                        "schema": {"type": "string", "pattern": f"^{_ENTRY_ID.pattern}$"},
                     },
                 ],
                 responses=missing,
@@ -519,7 +566,7 @@ def _operation_id(path: str, op: dict[str, Any]) -> str:
     return words.replace("job_id", "job").replace("streams_stream", "stream")
 
 
-_OPENAPI: Final = _encoder.encode(_openapi_document())
+_OPENAPI: Final = _encoder.encode(openapi_document())
 
 
 async def _openapi(request: Request) -> Response:
