@@ -41,6 +41,7 @@ from streamq.errors import ConfigError, InvalidJobState, JobNotFound
 TOKEN_ENV: Final = "STREAMQ_ADMIN_TOKEN"
 STATIC: Final = Path(__file__).with_name("admin_static")
 MAX_BODY_BYTES: Final = 1_000_000
+BACKLOG: Final = 128
 MAX_PAGE: Final = 1000
 DEFAULT_PAGE: Final = 50
 _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
@@ -73,7 +74,10 @@ def load_token(token_file: str | None) -> str:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready socket on host:port (port 0: any free port); raises ConfigError."""
+    """A listening socket on host:port (port 0: any free port); raises ConfigError.
+
+    It listens at once, so a client that connects as soon as the address is printed waits in
+    the backlog until the server accepts, instead of being refused."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
@@ -82,6 +86,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -103,7 +108,7 @@ def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) 
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return _json({"error": message}, status, headers)
+    return _json({"error": " ".join(message.split())}, status, headers)
 
 
 class _BadRequest(Exception):

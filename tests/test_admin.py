@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -332,3 +333,16 @@ def test_streamq_admin_serves_with_a_token_file_and_stops_on_sigterm(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def test_a_redis_that_cannot_be_reached_is_a_503_not_a_crash() -> None:
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    with AdminServer(nowhere) as unreachable:
+        async with httpx.AsyncClient(base_url=unreachable.url, headers=AUTH) as client:
+            for path in ("/api/stats", "/api/jobs/s:x", "/api/streams/s/dead"):
+                answer = await client.get(path)
+                assert answer.status_code == 503, path
+                assert error_of(answer).startswith("redis: ")
+            assert (await client.get("/api/stats")).status_code == 503  # still serving
