@@ -101,9 +101,12 @@ def url_of(sock: socket.socket) -> str:
 # -- JSON in and out ------------------------------------------------------------------------
 
 _encoder = msgspec.json.Encoder()
+NO_STORE: Final = {"Cache-Control": "no-store"}
+"""Figures change every second and may be private: no cache keeps them."""
 
 
 def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    headers = {**NO_STORE, **(headers or {})}
     return Response(_encoder.encode(value), status, headers, media_type="application/json")
 
 
@@ -275,10 +278,8 @@ class Admin:
     async def stats(self, request: Request) -> Response:
         wanted = request.query_params.getlist("stream")
         streams = [await self._known(s) for s in wanted] if wanted else None
-        return Response(
-            stats.to_json(await stats.snapshot(self.redis, streams)),
-            media_type="application/json",
-        )
+        snapshot = stats.to_json(await stats.snapshot(self.redis, streams))
+        return Response(snapshot, headers=NO_STORE, media_type="application/json")
 
     async def outcomes(self, request: Request) -> Response:
         wanted = request.query_params.getlist("stream")
@@ -375,8 +376,16 @@ def _page_size(text: str | None) -> int:
     return int(text)
 
 
+PAGE_HEADERS: Final = {
+    # The page shows user data (payloads, reasons): even if some slipped into the markup, no
+    # script but our own file could run, and no other site may frame it.
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
 async def _index(request: Request) -> Response:
-    return FileResponse(STATIC / "index.html")
+    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -322,10 +322,12 @@ def test_streamq_admin_serves_with_a_token_file_and_stops_on_sigterm(
             ok = client.get("/api/stats", headers={"Authorization": "Bearer from-a-file"})
             assert ok.status_code == 200
             assert ok.json()["format"] == 1
+            assert ok.headers["Cache-Control"] == "no-store"
             assert client.get("/api/stats").status_code == 401
             page = client.get("/")
             assert page.status_code == 200
             assert "streamq dashboard" in page.text
+            assert page.headers["Content-Security-Policy"].startswith("default-src 'self'")
             assert client.get("/static/dashboard.js").status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
