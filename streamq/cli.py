@@ -53,6 +53,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, not {text!r}")
+    return int(text)
+
+
 def _add_when(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--at", help="due time: 2026-12-01T09:00:00+01:00, or a wall time + --tz")
     parser.add_argument("--tz", help="IANA time zone for a wall-time --at, e.g. Europe/Paris")
@@ -223,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Deployment name for a stream without one in the config")  # fmt: skip
     kube.add_argument("--lease", default="streamq-autoscaler", help="Lease for leadership")
 
+    admin = commands.add_parser(
+        "admin", parents=[common], help="serve the HTTP admin API and the web dashboard"
+    )
+    admin.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    admin.add_argument("--port", type=_port, default=8080, help="port (8080; 0: any free port)")
+    admin.add_argument(
+        "--token-file", help="file holding the bearer token (default: $STREAMQ_ADMIN_TOKEN)"
+    )
+
     srv = commands.add_parser("server", help="manage the embedded Valkey server")
     srv.add_argument("action", choices=["start", "stop", "status"])
     return parser
@@ -284,6 +299,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "account": _account,
         "limits": _limits,
         "autoscale": _autoscale,
+        "admin": _admin,
     }
     command = commands[args.command]
     return anyio.run(command, args, config, backend_options={"use_uvloop": True})
@@ -709,6 +725,22 @@ async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
         async for _ in signals:
             scope.cancel()
             return
+
+
+# -- admin --------------------------------------------------------------------------------------
+
+
+async def _admin(args: argparse.Namespace, config: Config) -> int:
+    from streamq import admin
+
+    token = admin.load_token(args.token_file)
+    sock = admin.bind(args.host, args.port)
+    with sock:
+        async with Queue(args.redis_url, config=config) as q:
+            app = admin.create_app(q.redis, token, config)
+            print(f"streamq admin: serving {admin.url_of(sock)}", flush=True)
+            await admin.serve(app, sock)
+    return 0
 
 
 # -- server -------------------------------------------------------------------------------------

@@ -15,12 +15,15 @@ from redis.asyncio import Redis
 
 from streamq import codec, keys, scheduler, scripts
 from streamq.config import StreamConfig
-from streamq.errors import InvalidJobState, JobNotFound
+from streamq.errors import ConfigError, InvalidJobState, JobNotFound
 
 __all__ = ["DeadLetter", "InvalidJobState", "JobInfo", "JobNotFound"]
 
 FINISHED = ("done", "dead", "cancelled", "expired")
 REVIVABLE = ("dead", "cancelled", "expired")
+PURGED_BY_DEFAULT = ("done", "cancelled", "expired")
+"""Dead jobs' records are kept unless asked for: ``job retry ID`` needs them."""
+PURGE_BATCH = 500
 
 
 class JobInfo(msgspec.Struct, kw_only=True):
@@ -239,8 +242,12 @@ async def _revive(
         raise InvalidJobState(f"job {envelope.id} is {reply[0].decode()}: it cannot be retried")
 
 
-async def dead_letters(redis: Redis, stream: str, count: int = 100) -> list[DeadLetter]:
-    raw: Any = await redis.xrange(keys.dead(stream), count=count)
+async def dead_letters(
+    redis: Redis, stream: str, count: int = 100, after: str | None = None
+) -> list[DeadLetter]:
+    """The oldest ``count`` dead letters, or those following entry id ``after`` (a page)."""
+    start = "-" if after is None else f"({after}"
+    raw: Any = await redis.xrange(keys.dead(stream), min=start, count=count)
     return [_dead_letter(entry_id, fields) for entry_id, fields in raw]
 
 
@@ -299,3 +306,34 @@ async def purge_dead(redis: Redis, stream: str) -> int:
         pipe.delete(keys.dead(stream))
         count, _ = await pipe.execute()
     return int(count)
+
+
+async def purge_finished(
+    redis: Redis,
+    stream: str,
+    older_than: float = 0.0,
+    states: tuple[str, ...] = PURGED_BY_DEFAULT,
+) -> int:
+    """Delete the records of ``stream``'s jobs that finished in one of ``states`` at least
+    ``older_than`` seconds ago, before their retention ends; returns how many.
+
+    Records carry no index, so this walks the stream's record keys with SCAN: its cost grows
+    with every key of the server, not only this stream's. Jobs still to run are never touched.
+    """
+    unknown = set(states) - set(FINISHED)
+    if unknown or not states:
+        raise ConfigError(
+            f"cannot purge jobs in state {sorted(unknown) or 'none'}: choose among "
+            + ", ".join(FINISHED)
+        )
+    keep_ms = max(0, round(older_than * 1000))
+    deleted = 0
+    batch: list[str] = []
+    async for key in redis.scan_iter(match=keys.job(stream, "*"), count=PURGE_BATCH):
+        batch.append(key.decode() if isinstance(key, bytes) else str(key))
+        if len(batch) == PURGE_BATCH:
+            deleted += int(await scripts.purge_records(redis, batch, [keep_ms, *states]))
+            batch = []
+    if batch:
+        deleted += int(await scripts.purge_records(redis, batch, [keep_ms, *states]))
+    return deleted

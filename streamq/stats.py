@@ -84,6 +84,43 @@ async def snapshot(redis: Redis, streams: list[str] | None = None) -> Snapshot:
     return Snapshot(STATS_FORMAT, now_ms, [await stream_stats(redis, s, now_ms) for s in names])
 
 
+class StreamOutcomes(msgspec.Struct):
+    """How runs of a stream's jobs ended, since the stream was created: counters that only
+    grow, so a rate is the difference of two readings over their ``server_time_ms``."""
+
+    stream: str
+    done: int
+    retried: int
+    dead: int
+    expired: int
+    cancelled: int
+    deferred: int
+
+
+class Outcomes(msgspec.Struct):
+    server_time_ms: int
+    streams: list[StreamOutcomes]
+
+
+_OUTCOMES: Final = ("done", "retried", "dead", "expired", "cancelled", "deferred")
+
+
+async def outcomes(redis: Redis, streams: list[str] | None = None) -> Outcomes:
+    names = streams if streams is not None else await known_streams(redis)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        for stream in names:
+            pipe.hmget(keys.counts(stream), list(_OUTCOMES))
+        (seconds, micros), *replies = await pipe.execute()
+    return Outcomes(
+        server_time_ms=int(seconds) * 1000 + int(micros) // 1000,
+        streams=[
+            StreamOutcomes(stream, *(int(value or 0) for value in reply))
+            for stream, reply in zip(names, replies, strict=True)
+        ],
+    )
+
+
 async def stream_stats(redis: Redis, stream: str, now_ms: int) -> StreamStats:
     lane_keys = keys.lanes(stream)
     async with redis.pipeline(transaction=False) as pipe:

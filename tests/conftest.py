@@ -7,11 +7,14 @@ so they run in parallel (pytest -n) without FLUSHALL.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +24,7 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from streamq import connection
+from streamq import admin, connection
 from streamq.server import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,3 +121,57 @@ def spawn_worker(*args: str, env: dict[str, str] | None = None) -> subprocess.Po
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+ADMIN_TOKEN = f"test-{uuid.uuid4().hex}"
+
+
+class AdminServer:
+    """``streamq admin``'s app served by uvicorn in a thread of the test process, on a free
+    loopback port, with its own event loop and Redis client."""
+
+    def __init__(self, redis_url: str, token: str = ADMIN_TOKEN) -> None:
+        self.redis_url = redis_url
+        self.token = token
+        self.sock = admin.bind("127.0.0.1", 0)
+        self.url = admin.url_of(self.sock)
+        self._server: admin.Server | None = None
+        self._failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="admin-server", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:
+            self._failed = exc
+
+    async def _serve(self) -> None:
+        client = connection.client(self.redis_url)
+        try:
+            self._server = admin.server(admin.create_app(client, self.token))
+            await self._server.serve(sockets=[self.sock])
+        finally:
+            await client.aclose()
+
+    def __enter__(self) -> AdminServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not (self._server is not None and self._server.started):
+            if self._failed is not None or not self._thread.is_alive():
+                raise RuntimeError(f"the admin server did not start: {self._failed!r}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the admin server did not start within 10 s")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.should_exit = True
+        self._thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def admin_server(server: LocalServer) -> Iterator[AdminServer]:
+    with AdminServer(server.url) as running:
+        yield running

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 import streamq
 from streamq import keys
 from streamq.config import Backoff
-from streamq.errors import Fail, InvalidJobState, JobNotFound, RateLimited, Retry
+from streamq.errors import ConfigError, Fail, InvalidJobState, JobNotFound, RateLimited, Retry
 from streamq.job import Job
 from streamq.worker import Worker, WorkerOptions
 from tests.conftest import entries
@@ -431,3 +431,43 @@ async def test_reschedule_never_writes_back_an_envelope_that_changed_meanwhile(
         assert (await q.job(job_id)).payload == {"text": "v2"}
         await q.reschedule(job_id, delay="2h")  # the real call reads again and succeeds
         assert (await q.job(job_id)).payload == {"text": "v2"}
+
+
+async def test_purge_finished_deletes_finished_records_and_keeps_live_and_dead_ones(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        done = await q.enqueue(stream, "ok")
+        dead = await q.enqueue(stream, "fail")
+        cancelled = await q.enqueue(stream, "later", delay=3600)
+        assert await q.cancel(cancelled) == "cancelled"
+
+        async def handler(job: Job) -> None:
+            if job.payload == "fail":
+                raise Fail("platform down")
+
+        await Worker(redis, stream, handler, FAST).run()
+        scheduled = await q.enqueue(stream, "still to run", delay=3600)
+        assert [await state(q, j) for j in (done, dead)] == ["done", "dead"]
+
+        assert await streamq.control.purge_finished(redis, stream, older_than=3600) == 0
+        await redis.script_flush()  # the script is loaded again on NOSCRIPT
+        assert await streamq.control.purge_finished(redis, stream) == 2
+        for gone in (done, cancelled):
+            with pytest.raises(JobNotFound):
+                await q.job(gone)
+        assert await state(q, dead) == "dead"  # job retry ID still works on dead jobs
+        assert await state(q, scheduled) == "scheduled"
+        assert await streamq.control.purge_finished(redis, stream, states=("dead",)) == 1
+        assert await state(q, scheduled) == "scheduled"
+        with pytest.raises(ConfigError, match="cannot purge jobs in state"):
+            await streamq.control.purge_finished(redis, stream, states=("scheduled",))
+
+
+async def test_dead_letters_come_in_pages(redis: Redis, stream: str) -> None:
+    for n in range(5):
+        await redis.xadd(keys.dead(stream), {"n": str(n), "_reason": "foreign"})
+    first = await streamq.control.dead_letters(redis, stream, count=2)
+    second = await streamq.control.dead_letters(redis, stream, 2, after=first[-1].entry_id)
+    rest = await streamq.control.dead_letters(redis, stream, 2, after=second[-1].entry_id)
+    assert [d.fields["n"] for d in first + second + rest] == ["0", "1", "2", "3", "4"]

@@ -1,0 +1,621 @@
+"""``streamq admin``: an HTTP admin API under ``/api/`` and the web dashboard at ``/``.
+
+Every ``/api/`` route but the OpenAPI document needs ``Authorization: Bearer <token>``; the
+token comes from ``STREAMQ_ADMIN_TOKEN`` or a file, and there is no way to run without one.
+The dashboard's files hold no data: the page asks for the token and calls the API with it.
+
+The routes are thin: figures come from ``stats``, every action from ``control``, so the API
+and the CLI cannot drift apart. Errors are ``{"error": "<one line>"}`` with a 4xx status for
+anything the caller can fix (bad ids, unknown streams, bad bodies) and 503 when Redis fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import re
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import anyio
+import msgspec
+import uvicorn
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from streamq import __version__, control, keys, stats
+from streamq.config import Config, parse_duration
+from streamq.errors import ConfigError, InvalidJobState, JobNotFound
+
+TOKEN_ENV: Final = "STREAMQ_ADMIN_TOKEN"
+STATIC: Final = Path(__file__).with_name("admin_static")
+MAX_BODY_BYTES: Final = 1_000_000
+BACKLOG: Final = 128
+MAX_PAGE: Final = 1000
+DEFAULT_PAGE: Final = 50
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+STREAM_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
+"""keys.check_stream_name's rule, for the document."""
+
+log = logging.getLogger(__name__)
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+# -- the token and the socket ---------------------------------------------------------------
+
+
+def load_token(token_file: str | None) -> str:
+    """The token from ``token_file`` if given, else ``STREAMQ_ADMIN_TOKEN``; raises ConfigError
+    when there is none: an admin API without auth is never started."""
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the admin token file {token_file}: {exc}") from None
+        if not token:
+            raise ConfigError(f"the admin token file {token_file} is empty")
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise ConfigError(f"no admin token: set {TOKEN_ENV} or pass --token-file PATH")
+    return token
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: any free port); raises ConfigError.
+
+    It listens at once, so a client that connects as soon as the address is printed waits in
+    the backlog until the server accepts, instead of being refused."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+# -- JSON in and out ------------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+NO_STORE: Final = {"Cache-Control": "no-store"}
+"""Figures change every second and may be private: no cache keeps them."""
+
+
+def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    headers = {**NO_STORE, **(headers or {})}
+    return Response(_encoder.encode(value), status, headers, media_type="application/json")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return _json({"error": " ".join(message.split())}, status, headers)
+
+
+class _BadRequest(Exception):
+    """Input the caller can fix; becomes a 400 (or ``status``) with its message."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Exactly one of: ``all`` true, or ``ids`` (job ids or dead-letter entry ids)."""
+
+    all: bool | msgspec.UnsetType = msgspec.UNSET
+    ids: list[str] | msgspec.UnsetType = msgspec.UNSET
+
+
+REPLAY_REQUEST_SCHEMA: Final = {
+    "title": "ReplayRequest",
+    "description": ReplayRequest.__doc__,
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {"all": {"const": True}},
+            "required": ["all"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"ids": {"type": "array", "items": {"type": "string"}}},
+            "required": ["ids"],
+            "additionalProperties": False,
+        },
+    ],
+}
+"""msgspec cannot say "exactly one of", so this part of the document is written by hand."""
+
+MAX_OLDER_THAN: Final = 10 * 365 * 86400.0
+FinishedState = Literal["done", "dead", "cancelled", "expired"]
+
+
+class PurgeFinishedRequest(msgspec.Struct, forbid_unknown_fields=True):
+    older_than: (
+        Annotated[float, msgspec.Meta(ge=0, le=MAX_OLDER_THAN)]
+        | Annotated[str, msgspec.Meta(pattern=r"^\d{1,9}(\.\d{1,6})?(ms|s|m|h|d)?$")]
+    ) = 0
+    """Keep jobs that finished more recently: seconds, or a duration like "1h"."""
+    states: Annotated[list[FinishedState], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: list(control.PURGED_BY_DEFAULT)  # type: ignore[arg-type]
+    )
+
+
+_Body = TypeVar("_Body", ReplayRequest, PurgeFinishedRequest)
+
+
+async def _body(request: Request, kind: type[_Body], *, optional: bool = False) -> _Body:
+    raw = await request.body()
+    if not raw.strip() and optional:
+        return kind()
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise _BadRequest(f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise _BadRequest(f"request body is not JSON: {exc}") from None
+
+
+class DeadLetterPage(msgspec.Struct):
+    stream: str
+    letters: list[control.DeadLetter]
+    next: str | None
+    """Pass as ``after`` for the next page; null on the last page."""
+
+
+class JobAction(msgspec.Struct):
+    id: str
+    outcome: str
+    """retry: "queued"; cancel: "cancelled" (will never start) or "cancelling" (running)."""
+
+
+class Replayed(msgspec.Struct):
+    replayed: int
+    skipped: int
+    """Dead letters streamq did not write, or whose jobs are live again: not replayed."""
+
+
+class Purged(msgspec.Struct):
+    purged: int
+
+
+class ErrorBody(msgspec.Struct):
+    error: str
+
+
+# -- the application ------------------------------------------------------------------------
+
+
+class Admin:
+    """The API's routes, bound to one Redis client, token and config."""
+
+    def __init__(self, redis: Redis, token: str, config: Config) -> None:
+        self.redis = redis
+        self._token = token.encode()
+        self.config = config
+
+    def authorized(self, endpoint: Endpoint, query: tuple[str, ...] = ()) -> Endpoint:
+        """``endpoint`` behind the token check, refusing query parameters it does not know
+        (a mistyped ``?streams=`` would otherwise be silently ignored)."""
+
+        async def checked(request: Request) -> Response:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not given.strip():
+                return _error(
+                    401, "missing bearer token", {"WWW-Authenticate": 'Bearer realm="streamq"'}
+                )
+            # Constant time, so the token cannot be guessed from how fast it is refused.
+            if not hmac.compare_digest(given.strip().encode(), self._token):
+                return _error(
+                    401,
+                    "invalid bearer token",
+                    {"WWW-Authenticate": 'Bearer realm="streamq", error="invalid_token"'},
+                )
+            unknown = sorted(set(request.query_params) - set(query))
+            if unknown:
+                known = ", ".join(query) or "none"
+                return _error(400, f"unknown query parameter {unknown[0]!r} (known: {known})")
+            try:
+                return await endpoint(request)
+            except _BadRequest as exc:
+                return _error(exc.status, str(exc))
+            except ConfigError as exc:
+                return _error(400, str(exc))
+            except JobNotFound as exc:
+                return _error(404, str(exc))
+            except InvalidJobState as exc:
+                return _error(409, str(exc))
+            except (redis_errors.RedisError, OSError) as exc:
+                log.warning("admin: redis failed: %s", exc)
+                return _error(503, f"redis: {exc}")
+
+        return checked
+
+    async def _stream(self, request: Request) -> str:
+        return await self._known(request.path_params["stream"])
+
+    async def _known(self, stream: str) -> str:
+        try:
+            keys.check_stream_name(stream)
+        except ValueError as exc:
+            raise _BadRequest(str(exc)) from None
+        if not await self.redis.sismember(keys.STREAM_REGISTRY, stream):
+            raise _BadRequest(f"no stream {stream!r}", 404)
+        return stream
+
+    @staticmethod
+    def _job_id(request: Request) -> str:
+        job_id: str = request.path_params["job_id"]
+        try:
+            keys.stream_of_job(job_id)
+        except ValueError as exc:
+            raise _BadRequest(str(exc)) from None
+        return job_id
+
+    async def stats(self, request: Request) -> Response:
+        wanted = request.query_params.getlist("stream")
+        streams = [await self._known(s) for s in wanted] if wanted else None
+        snapshot = stats.to_json(await stats.snapshot(self.redis, streams))
+        return Response(snapshot, headers=NO_STORE, media_type="application/json")
+
+    async def outcomes(self, request: Request) -> Response:
+        wanted = request.query_params.getlist("stream")
+        streams = [await self._known(s) for s in wanted] if wanted else None
+        return _json(await stats.outcomes(self.redis, streams))
+
+    async def job(self, request: Request) -> Response:
+        return _json(await control.job_info(self.redis, self._job_id(request)))
+
+    async def retry(self, request: Request) -> Response:
+        job_id = self._job_id(request)
+        await control.retry(self.redis, job_id)
+        log.info("admin: retried %s", job_id)
+        return _json(JobAction(job_id, "queued"))
+
+    async def cancel(self, request: Request) -> Response:
+        job_id = self._job_id(request)
+        stream_config = self.config.stream(keys.stream_of_job(job_id))
+        outcome = await control.cancel(self.redis, job_id, stream_config)
+        log.info("admin: cancel %s: %s", job_id, outcome)
+        return _json(JobAction(job_id, outcome))
+
+    async def dead(self, request: Request) -> Response:
+        stream = await self._stream(request)
+        count = _page_size(request.query_params.get("count"))
+        after = request.query_params.get("after")
+        if after is not None and not _ENTRY_ID.fullmatch(after):
+            raise _BadRequest(f"invalid entry id {after!r}: expected like '1764600000000-0'")
+        # One more than asked tells whether another page follows.
+        letters = await control.dead_letters(self.redis, stream, count + 1, after)
+        more = len(letters) > count
+        letters = letters[:count]
+        return _json(DeadLetterPage(stream, letters, letters[-1].entry_id if more else None))
+
+    async def replay(self, request: Request) -> Response:
+        stream = await self._stream(request)
+        body = await _body(request, ReplayRequest)
+        everything = body.all is True and body.ids is msgspec.UNSET
+        if not everything and (body.all is not msgspec.UNSET or body.ids is msgspec.UNSET):
+            raise _BadRequest('give {"all": true} or {"ids": [...]}, not both or neither')
+        ids = None if everything else body.ids
+        assert not isinstance(ids, msgspec.UnsetType)
+        replayed, skipped = await control.replay(self.redis, stream, ids)
+        log.info("admin: replayed %d dead letters of %s (%d skipped)", replayed, stream, skipped)
+        return _json(Replayed(replayed, skipped))
+
+    async def purge_dead(self, request: Request) -> Response:
+        stream = await self._stream(request)
+        purged = await control.purge_dead(self.redis, stream)
+        log.info("admin: purged %d dead letters of %s", purged, stream)
+        return _json(Purged(purged))
+
+    async def purge_finished(self, request: Request) -> Response:
+        stream = await self._stream(request)
+        body = await _body(request, PurgeFinishedRequest, optional=True)
+        older_than = parse_duration(body.older_than, "older_than")
+        if older_than > MAX_OLDER_THAN:
+            raise _BadRequest(f"older_than must be at most {MAX_OLDER_THAN:g} s (ten years)")
+        purged = await control.purge_finished(
+            self.redis, stream, older_than=older_than, states=tuple(body.states)
+        )
+        log.info("admin: purged %d finished job records of %s", purged, stream)
+        return _json(Purged(purged))
+
+    def routes(self) -> list[BaseRoute]:
+        only: tuple[str, ...] = ("stream",)
+        api: list[tuple[str, Endpoint, str, tuple[str, ...]]] = [
+            ("/api/stats", self.stats, "GET", only),
+            ("/api/outcomes", self.outcomes, "GET", only),
+            ("/api/jobs/{job_id}", self.job, "GET", ()),
+            ("/api/jobs/{job_id}/retry", self.retry, "POST", ()),
+            ("/api/jobs/{job_id}/cancel", self.cancel, "POST", ()),
+            ("/api/streams/{stream}/dead", self.dead, "GET", ("count", "after")),
+            ("/api/streams/{stream}/dead/replay", self.replay, "POST", ()),
+            ("/api/streams/{stream}/dead/purge", self.purge_dead, "POST", ()),
+            ("/api/streams/{stream}/finished/purge", self.purge_finished, "POST", ()),
+        ]
+        return [
+            Route("/api/openapi.json", _openapi, methods=["GET"]),
+            *(
+                Route(path, self.authorized(fn, query), methods=[method])
+                for path, fn, method, query in api
+            ),
+            Route("/", _index, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ]
+
+
+def _page_size(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_PAGE
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise _BadRequest(f"count must be a whole number from 1 to {MAX_PAGE}, not {text!r}")
+    return int(text)
+
+
+PAGE_HEADERS: Final = {
+    # The page shows user data (payloads, reasons): even if some slipped into the markup, no
+    # script but our own file could run, and no other site may frame it.
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+async def _index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no route, wrong method, body too large) as JSON too."""
+    assert isinstance(exc, HTTPException)
+    message = exc.detail
+    if exc.status_code in (404, 405):
+        message = f"{exc.detail.lower()}: {request.method} {request.url.path}"
+    return _error(exc.status_code, message, dict(exc.headers or {}))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("admin: %s %s failed", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal error (see the server's log)")
+
+
+def create_app(redis: Redis, token: str, config: Config | None = None) -> Starlette:
+    admin = Admin(redis, token, config or Config())
+    return Starlette(
+        routes=admin.routes(),
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        max_body_size=MAX_BODY_BYTES,
+    )
+
+
+# -- the OpenAPI document -------------------------------------------------------------------
+
+
+def openapi_document() -> dict[str, Any]:
+    structs = [
+        stats.Snapshot,
+        stats.Outcomes,
+        control.JobInfo,
+        DeadLetterPage,
+        JobAction,
+        ReplayRequest,
+        Replayed,
+        PurgeFinishedRequest,
+        Purged,
+        ErrorBody,
+    ]
+    _, schemas = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
+
+    def ref(name: str) -> dict[str, Any]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def answer(description: str, schema: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {"application/json": {"schema": ref(schema)}},
+        }
+
+    failure = {
+        "400": answer("Bad input: a malformed id or stream name, a bad body", "ErrorBody"),
+        "401": answer("Missing or wrong bearer token", "ErrorBody"),
+        "503": answer("Redis failed", "ErrorBody"),
+    }
+    job_id = {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "description": "A job id, '<stream>:<token>'",
+        "schema": {"type": "string", "pattern": f"^{STREAM_PATTERN}:.+$"},
+    }
+    stream = {
+        "name": "stream",
+        "in": "path",
+        "required": True,
+        "description": "A stream name: 1-64 letters, digits, '_', '.', '-'",
+        "schema": {"type": "string", "pattern": f"^{STREAM_PATTERN}$"},
+    }
+    only = {
+        "name": "stream",
+        "in": "query",
+        "required": False,
+        "description": "Only these streams (repeatable); default: every stream",
+        "schema": {"type": "array", "items": {"type": "string", "pattern": f"^{STREAM_PATTERN}$"}},
+        "style": "form",
+        "explode": True,
+    }
+    missing = {"404": answer("No such job or stream", "ErrorBody")}
+
+    def operation(
+        summary: str, schema: str, params: list[dict[str, Any]], **extra: Any
+    ) -> dict[str, Any]:
+        responses = {"200": answer(summary, schema), **failure, **extra.pop("responses", {})}
+        return {"summary": summary, "parameters": params, "responses": responses, **extra}
+
+    def body(schema: str, required: bool = True) -> dict[str, Any]:
+        return {"required": required, "content": {"application/json": {"schema": ref(schema)}}}
+
+    paths = {
+        "/api/stats": {
+            "get": operation(
+                "Figures per stream, as `streamq stats --json` prints them",
+                "Snapshot",
+                [only],
+                responses=missing,
+            )
+        },
+        "/api/outcomes": {
+            "get": operation(
+                "How runs ended per stream, since it began (rates: difference of two readings)",
+                "Outcomes",
+                [only],
+                responses=missing,
+            )
+        },
+        "/api/jobs/{job_id}": {
+            "get": operation("A job's record and state", "JobInfo", [job_id], responses=missing)
+        },
+        "/api/jobs/{job_id}/retry": {
+            "post": operation(
+                "Run a dead, cancelled or expired job again, attempts reset",
+                "JobAction",
+                [job_id],
+                responses={**missing, "409": answer("The job cannot be retried", "ErrorBody")},
+            )
+        },
+        "/api/jobs/{job_id}/cancel": {
+            "post": operation(
+                "Cancel a job: it never starts, or (running) is not retried",
+                "JobAction",
+                [job_id],
+                responses={**missing, "409": answer("The job already finished", "ErrorBody")},
+            )
+        },
+        "/api/streams/{stream}/dead": {
+            "get": operation(
+                "Dead letters of a stream, oldest first, a page at a time",
+                "DeadLetterPage",
+                [
+                    stream,
+                    {
+                        "name": "count",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "description": "The previous page's `next`",
+                        "schema": {"type": "string", "pattern": f"^{_ENTRY_ID.pattern}$"},
+                    },
+                ],
+                responses=missing,
+            )
+        },
+        "/api/streams/{stream}/dead/replay": {
+            "post": operation(
+                "Run dead letters again: all of them, or those named",
+                "Replayed",
+                [stream],
+                requestBody=body("ReplayRequest"),
+                responses=missing,
+            )
+        },
+        "/api/streams/{stream}/dead/purge": {
+            "post": operation(
+                "Delete every dead letter of a stream", "Purged", [stream], responses=missing
+            )
+        },
+        "/api/streams/{stream}/finished/purge": {
+            "post": operation(
+                "Delete records of finished jobs before their retention ends",
+                "Purged",
+                [stream],
+                requestBody=body("PurgeFinishedRequest", required=False),
+                responses=missing,
+            )
+        },
+    }
+    for path, methods in paths.items():
+        for op in methods.values():
+            op["security"] = [{"bearer": []}]
+            op["operationId"] = _operation_id(path, op)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "streamq admin API", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _operation_id(path: str, op: dict[str, Any]) -> str:
+    words = re.sub(r"[{}]", "", path.removeprefix("/api/")).replace("/", "_")
+    return words.replace("job_id", "job").replace("streams_stream", "stream")
+
+
+_OPENAPI: Final = _encoder.encode(openapi_document())
+
+
+async def _openapi(request: Request) -> Response:
+    return Response(_OPENAPI, media_type="application/json")
+
+
+# -- serving --------------------------------------------------------------------------------
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server without its own signal handling: ``serve`` stops it on a signal and
+    exits normally (uvicorn would re-raise the signal after shutting down)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def server(app: Starlette) -> Server:
+    # log_config=None keeps the CLI's logging setup; actions are logged by the routes.
+    return Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+
+
+async def serve(app: Starlette, sock: socket.socket) -> None:
+    """Serve until SIGTERM or SIGINT; a second signal stops at once."""
+    srv = server(app)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_stop_on_signals, srv)
+        await srv.serve(sockets=[sock])
+        tasks.cancel_scope.cancel()
+
+
+async def _stop_on_signals(srv: Server) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            if srv.should_exit:
+                srv.force_exit = True
+            srv.should_exit = True
