@@ -7,7 +7,6 @@ Every domain error ends as one line on stderr and a non-zero exit, never a trace
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,7 +18,7 @@ import anyio
 import msgspec
 from redis import exceptions as redis_errors
 
-from streamq import __version__, codec, control, limiter, scheduler, server, stats
+from streamq import __version__, codec, control, limiter, logs, scheduler, server, stats
 from streamq.client import Queue
 from streamq.config import Config, StreamConfig, load_config, parse_duration
 from streamq.errors import ConfigError, HandlerError, PayloadError, StreamqError
@@ -76,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         "embedded server)",
     )
     common.add_argument("--config", help="TOML config file (default: $STREAMQ_CONFIG)")
+    common.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
     common.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-format", default="text", choices=logs.FORMATS, help="text (default) or json lines"
     )
 
     parser = _Parser(prog="streamq", description="Reliable job engine on Redis Streams.")
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument(
         "--burst", action="store_true", help="exit once the stream has nothing left to run"
     )
+    consume.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics (0: any)")
+    consume.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics")
 
     enqueue = commands.add_parser("enqueue", parents=[common], help="add jobs to a stream")
     enqueue.add_argument("--stream", required=True)
@@ -210,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--idle-after", type=_duration, default=300.0, help="then scale to 0")
     scale.add_argument("--dry-run", action="store_true", help="log decisions, change nothing")
 
+    health_cmd = commands.add_parser(
+        "health", parents=[common], help="exit 0 healthy, 1 degraded, 2 down (a probe)"
+    )
+    health_cmd.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    health_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+    health_cmd.add_argument("--expected-workers", type=int, help="override the config's")
+    health_cmd.add_argument("--timeout", type=_duration, default=3.0, help="down after (3s)")
+    top = commands.add_parser("top", parents=[common], help="live view of every stream")
+    top.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    top.add_argument("--interval", type=_duration, default=1.0, help="between refreshes (1s)")
+
     srv = commands.add_parser("server", help="manage the embedded Valkey server")
     srv.add_argument("action", choices=["start", "stop", "status"])
     return parser
@@ -217,11 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text"))
     try:
         code = _dispatch(args)
     except KeyboardInterrupt:
@@ -271,6 +281,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         "account": _account,
         "limits": _limits,
         "autoscale": _autoscale,
+        "health": _health,
+        "top": _top,
     }
     command = commands[args.command]
     return anyio.run(command, args, config, backend_options={"use_uvloop": True})
@@ -309,7 +321,10 @@ async def _consume(args: argparse.Namespace, config: Config) -> int:
     handler = resolve_handler(args.stream, args.handler, stream_config)
     async with Queue(args.redis_url, config=config) as q:
         worker = Worker(q.redis, check_stream(args.stream), handler, options)
-        await worker.run(handle_signals=True)
+        from streamq import metrics
+
+        async with metrics.exposed(q.redis, [worker.stream], args.metrics_port, args.metrics_host):
+            await worker.run(handle_signals=True)
     return 0
 
 
@@ -620,6 +635,7 @@ async def _autoscale(args: argparse.Namespace, config: Config) -> int:
                 resolve_handler(stream, args.handler, config.stream(stream))  # fail early
                 spec = ["--redis-url", q.resolved_url, "--stream", stream]
                 spec += ["--concurrency", str(args.concurrency), "--log-level", args.log_level]
+                spec += ["--log-format", args.log_format]
                 if args.handler:
                     spec += ["--handler", args.handler]
                 if args.config:
@@ -642,6 +658,35 @@ async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
         async for _ in signals:
             scope.cancel()
             return
+
+
+# -- health and top -----------------------------------------------------------------------------
+
+
+async def _health(args: argparse.Namespace, config: Config) -> int:
+    from streamq import health
+
+    streams = [check_stream(stream) for stream in args.stream or []]
+    report = await health.check(
+        args.redis_url,
+        config,
+        streams or None,
+        expected_workers=args.expected_workers,
+        within=args.timeout,
+    )
+    print(health.to_json(report).decode() if args.json else report.summary())
+    return report.code
+
+
+async def _top(args: argparse.Namespace, config: Config) -> int:
+    from rich.console import Console
+
+    from streamq import top
+
+    streams = [check_stream(stream) for stream in args.stream or []]
+    async with Queue(args.redis_url, config=config) as q:
+        await top.run(q.redis, Console(), streams or None, interval=args.interval, once=args.once)
+    return 0
 
 
 # -- server -------------------------------------------------------------------------------------

@@ -14,6 +14,15 @@
     job_timeout = "10m"
     retention = "7d"
 
+    [streams.instagram.health]                  # what `streamq health` checks (defaults shown)
+    expected_workers = 4                        # default: unset, workers are not counted
+    min_alive = 0.8                             # degraded below this share of expected_workers
+    max_depth = 1000
+    max_pending_age = "10m"
+    max_error_rate = 0.05                       # (retried + dead) / runs over error_window
+    error_window = "5m"
+    max_lateness = "60s"                        # p95 of start minus due over the last minute
+
     [[streams.instagram.limits]]                # replaces the built-in instagram limits
     scope = "account"                           # "account" (each account) or "platform" (the app)
     max = 25
@@ -108,6 +117,29 @@ class Limit(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
         return pairs
 
 
+class HealthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Thresholds of ``streamq health``: a stream beyond any of them is degraded."""
+
+    expected_workers: int | None = None
+    """Workers that should be consuming; None: the number alive is not checked."""
+    min_alive: float = 0.8
+    max_depth: int = 1000
+    max_pending_age: float = 600.0
+    max_error_rate: float = 0.05
+    error_window: float = 300.0
+    max_lateness: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.expected_workers is not None and self.expected_workers < 0:
+            raise ConfigError("health.expected_workers must not be negative")
+        if not 0 <= self.min_alive <= 1:
+            raise ConfigError("health.min_alive is a fraction between 0 and 1")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ConfigError("health.max_error_rate is a fraction between 0 and 1")
+        if self.max_depth < 0:
+            raise ConfigError("health.max_depth must not be negative")
+
+
 class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     handler: str | None = None
     concurrency: int = 32
@@ -128,6 +160,7 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     limits: tuple[Limit, ...] | None = None
     """Rate limits; None means the built-in ones for the platform the stream is named after
     (streamq.limiter.DEFAULT_LIMITS), and an empty list means none."""
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -147,6 +180,7 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 _DURATION_FIELDS = ("visibility_timeout", "grace", "expire_after", "job_timeout", "retention")
 _BACKOFF_DURATIONS = ("base", "max")
 _LIMIT_DURATIONS = ("per", "min_interval")
+_HEALTH_DURATIONS = ("max_pending_age", "error_window", "max_lateness")
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -201,6 +235,11 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
                     backoff[field] = _duration_value(
                         backoff[field], f"streams.{name}.backoff.{field}"
                     )
+        health = table.get("health")
+        if isinstance(health, dict):
+            for field in _HEALTH_DURATIONS:
+                if field in health:
+                    health[field] = _duration_value(health[field], f"streams.{name}.health.{field}")
         limits = table.get("limits")
         if isinstance(limits, list):
             for index, limit in enumerate(limits):

@@ -68,8 +68,12 @@ async def test_keys_left_behind_after_a_workload(redis: Redis, stream: str) -> N
     left = {k.decode() async for k in redis.scan_iter(match=f"*{{{stream}}}*")}
     records = {k for k in left if ":job:" in k}
     # Empty lanes keep their consumer group, dedup keys are freed, finished records expire
-    # after the retention period, and the counters stay.
-    assert left - records == {*keys.lanes(stream), keys.counts(stream)}
+    # after the retention period, and the counters stay. The health signals expire by
+    # themselves: the counts samples within the hour, the lateness summaries in 10 minutes.
+    signals = {keys.samples(stream), keys.lateness(stream)}
+    assert left - records == {*keys.lanes(stream), keys.counts(stream), *signals}
+    assert 0 < await redis.ttl(keys.samples(stream)) <= 3600
+    assert 0 < await redis.ttl(keys.lateness(stream)) <= 600
     assert len(records) == 4
     assert keys.job(stream, ids[0]) in records
     for key in records:
