@@ -84,16 +84,18 @@ async def report_loop(
         history.append(worker_metrics.lateness_counts())
         recent = [new - old for new, old in zip(history[-1], history[0], strict=True)]
         try:
-            await _report(redis, stream, consumer, recent, now_ms(), tidy=rounds % window == 0)
+            await report(redis, stream, consumer, recent, now_ms(), tidy=rounds % window == 0)
         except (*_RECONNECT_ERRORS, redis_errors.ResponseError) as exc:
             log.debug("could not record health signals: %s", exc)
         rounds += 1
         await anyio.sleep(interval)
 
 
-async def _report(
-    redis: Redis, stream: str, consumer: str, recent: list[int], now: int, *, tidy: bool
+async def report(
+    redis: Redis, stream: str, consumer: str, recent: list[int], now: int, *, tidy: bool = False
 ) -> None:
+    """Add a counts sample if one is due, and record ``consumer``'s lateness summary from
+    ``recent`` (lateness bucket counts over its last minute); ``tidy`` drops stale summaries."""
     await scripts.sample_counts(
         redis,
         [keys.counts(stream), keys.samples(stream)],
