@@ -52,11 +52,7 @@ REGISTRY: Final = prometheus_client.REGISTRY
 
 # The `_created` series double every counter's and histogram's series for a timestamp that
 # Prometheus itself derives from resets; exposed by default only for OpenMetrics' sake.
-prometheus_client.disable_created_metrics()
-
-# The `_created` series double every counter's and histogram's series for a timestamp that
-# Prometheus itself derives from resets; exposed by default only for OpenMetrics' sake.
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENESS_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,

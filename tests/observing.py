@@ -52,14 +52,14 @@ class Lines:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
-                line = self._queue.get(timeout=left)
+                got = self._queue.get(timeout=left)
             except queue.Empty:
                 break
-            if line is None:
+            if got is None:
                 break
-            self.seen.append(line)
-            if fragment in line:
-                return line
+            self.seen.append(got)
+            if fragment in got:
+                return got
         raise AssertionError(f"no line with {fragment!r} in:\n" + "\n".join(self.seen))
 
     def rest(self, timeout: float = 10.0) -> list[str]:
@@ -67,10 +67,10 @@ class Lines:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
-                line = self._queue.get(timeout=left)
+                got = self._queue.get(timeout=left)
             except queue.Empty:
                 break
-            if line is None:
+            if got is None:
                 return self.seen
-            self.seen.append(line)
+            self.seen.append(got)
         raise AssertionError("output did not end:\n" + "\n".join(self.seen))

@@ -27,7 +27,7 @@ OK, FAILING = 20, 3
 async def wait_until_counted(redis: Redis, stream: str, expected: dict[str, int]) -> None:
     with anyio.fail_after(20):
         while True:
-            raw = await redis.hgetall(keys.counts(stream))  # type: ignore[misc]
+            raw: dict[bytes, bytes] = await redis.hgetall(keys.counts(stream))  # type: ignore[assignment]
             counts = {k.decode(): int(v) for k, v in raw.items()}
             if all(counts.get(name, 0) >= n for name, n in expected.items()):
                 return
