@@ -95,6 +95,8 @@ COLUMNS: Final[list[_Column]] = [
 ]
 DROP_ORDER: Final = ("delayed", "pending", "late p95", "lag")
 """Columns left out, in this order, while the table does not fit the terminal."""
+STREAM_FOLD_WIDTH: Final = 16
+"""Stream names longer than this fold onto several lines when space is short."""
 
 
 def render(server_ms: int, rows: list[Row], width: int) -> RenderableType:
@@ -106,8 +108,10 @@ def render(server_ms: int, rows: list[Row], width: int) -> RenderableType:
     cells = {name: [cell(row) for row in rows] for name, cell in COLUMNS}
     shown = [name for name, _ in COLUMNS]
 
-    def needed() -> int:  # each column is its widest cell, plus one space either side
-        return sum(max(len(name), *map(len, cells[name])) + 2 for name in shown)
+    def needed() -> int:  # each column's widest cell; columns are three spaces apart
+        widths = {name: max(len(name), *map(len, cells[name])) for name in shown}
+        widths["stream"] = min(widths["stream"], STREAM_FOLD_WIDTH)  # longer names fold
+        return sum(widths.values()) + 3 * (len(widths) - 1)
 
     for name in DROP_ORDER:
         if needed() <= width:
