@@ -3,9 +3,9 @@
 Rates are jobs done per second, fleet-wide: between two refreshes from the stream's `done`
 count; on the first view (and in a one-off snapshot) over the last 10–20 s from the samples
 workers keep for health. Lateness is the worst p95 the stream's workers reported over their last
-minute. On a narrow terminal the least needed columns go first (delayed, pending, lateness);
-when stdout is not a terminal one snapshot is printed, so ``streamq top | cat`` and cron jobs
-get plain text.
+minute (`late`). On a narrow terminal the least needed columns go first (delayed, pending,
+lag, late); when stdout is not a terminal one snapshot is printed, so ``streamq top | cat``
+and cron jobs get plain text.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Sampler:
 
 
 def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f}/s"
+    return "-" if value is None else f"{value:,.1f}"
 
 
 def _seconds(value: float | None) -> str:
@@ -84,16 +84,16 @@ def _seconds(value: float | None) -> str:
 _Column = tuple[str, Callable[[Row], str]]
 COLUMNS: Final[list[_Column]] = [
     ("stream", lambda r: r.stream),
-    ("done", lambda r: _rate(r.done_per_s)),
+    ("done/s", lambda r: _rate(r.done_per_s)),
     ("depth", lambda r: f"{r.depth:,}"),
     ("lag", lambda r: f"{r.lag:,}"),
     ("pending", lambda r: f"{r.pending:,}"),
-    ("late p95", lambda r: _seconds(r.lateness_p95_s)),
+    ("late", lambda r: _seconds(r.lateness_p95_s)),
     ("workers", lambda r: str(r.consumers)),
     ("dead", lambda r: f"{r.dead:,}"),
     ("delayed", lambda r: f"{r.delayed:,}"),
 ]
-DROP_ORDER: Final = ("delayed", "pending", "late p95", "lag")
+DROP_ORDER: Final = ("delayed", "pending", "lag", "late")
 """Columns left out, in this order, while the table does not fit the terminal."""
 STREAM_FOLD_WIDTH: Final = 16
 """Stream names longer than this fold onto several lines when space is short."""
