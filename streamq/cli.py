@@ -18,7 +18,7 @@ import anyio
 import msgspec
 from redis import exceptions as redis_errors
 
-from streamq import __version__, codec, control, limiter, logs, scheduler, server, stats
+from streamq import __version__, codec, control, limiter, logs, metrics, scheduler, server, stats
 from streamq.client import Queue
 from streamq.config import Config, StreamConfig, load_config, parse_duration
 from streamq.errors import ConfigError, HandlerError, PayloadError, StreamqError
@@ -50,6 +50,12 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, not {text!r}")
+    return int(text)
 
 
 def _add_when(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument(
         "--burst", action="store_true", help="exit once the stream has nothing left to run"
     )
-    consume.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics (0: any)")
+    consume.add_argument("--metrics-port", type=_port, help="serve Prometheus /metrics (0: any)")
     consume.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics")
 
     enqueue = commands.add_parser("enqueue", parents=[common], help="add jobs to a stream")
@@ -217,12 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health_cmd.add_argument("--stream", action="append", help="only this stream (repeatable)")
     health_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
-    health_cmd.add_argument("--expected-workers", type=int, help="override the config's")
+    health_cmd.add_argument(
+        "--expected-workers", type=_positive_int, help="workers that should be alive, per stream"
+    )
     health_cmd.add_argument("--timeout", type=_duration, default=3.0, help="down after (3s)")
-    top = commands.add_parser("top", parents=[common], help="live view of every stream")
-    top.add_argument("--stream", action="append", help="only this stream (repeatable)")
-    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
-    top.add_argument("--interval", type=_duration, default=1.0, help="between refreshes (1s)")
+    top_cmd = commands.add_parser("top", parents=[common], help="live view of every stream")
+    top_cmd.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    top_cmd.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    top_cmd.add_argument("--interval", type=_duration, default=1.0, help="between refreshes")
 
     srv = commands.add_parser("server", help="manage the embedded Valkey server")
     srv.add_argument("action", choices=["start", "stop", "status"])
@@ -321,8 +329,6 @@ async def _consume(args: argparse.Namespace, config: Config) -> int:
     handler = resolve_handler(args.stream, args.handler, stream_config)
     async with Queue(args.redis_url, config=config) as q:
         worker = Worker(q.redis, check_stream(args.stream), handler, options)
-        from streamq import metrics
-
         async with metrics.exposed(q.redis, [worker.stream], args.metrics_port, args.metrics_host):
             await worker.run(handle_signals=True)
     return 0
