@@ -282,15 +282,18 @@ async def _check(
         srv.problems.append(
             f"maxmemory-policy is {srv.maxmemory_policy}: it can evict jobs (use noeviction)"
         )
-    names = streams or sorted(
-        set(await stats.known_streams(redis))
-        | {name for name, s in config.streams.items() if s.health.expected_workers is not None}
-    )
+    known = set(await stats.known_streams(redis))
+    expected = {name for name, s in config.streams.items() if s.health.expected_workers}
+    names = streams or sorted(known | expected)
     snap = await stats.snapshot(redis, names)
     checked = [
         await _stream(redis, figures, config, expected_workers, snap.server_time_ms)
         for figures in snap.streams
     ]
+    for figures in checked:
+        if figures.stream not in known:  # a typo in a probe would otherwise pass forever
+            figures.problems.insert(0, "no worker or producer has used this stream yet")
+            figures.status = "degraded"
     problems = [f"server: {p}" for p in srv.problems]
     problems += [f"{s.stream}: {p}" for s in checked for p in s.problems]
     code = DEGRADED if problems else HEALTHY

@@ -95,6 +95,12 @@ def test_degraded_when_fewer_workers_than_expected_are_alive(redis_url: str, str
     assert "0 of 2 expected workers alive (below 80%)" in result.stdout
 
 
+def test_degraded_for_a_stream_nobody_used(redis_url: str, stream: str) -> None:
+    result = run_cli("health", "--redis-url", redis_url, "--stream", stream)
+    assert result.returncode == 1
+    assert result.stdout == f"degraded: {stream}: no worker or producer has used this stream yet\n"
+
+
 def test_a_bad_threshold_is_one_clear_error(redis_url: str, tmp_path: Path) -> None:
     config = tmp_path / "streamq.toml"
     config.write_text("[streams.x.health]\nmax_error_rate = 2\n")
@@ -144,12 +150,12 @@ async def health_now(redis: Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-async def test_an_evicting_memory_policy_is_degraded(stream: str) -> None:
+async def test_an_evicting_memory_policy_is_degraded() -> None:
     with LocalServer() as own:  # a server of its own: the policy is server-wide
         client = connection.client(own.url)
         try:
             await client.config_set("maxmemory-policy", "allkeys-lru")
-            report = await health.check(own.url, Config(), [stream])
+            report = await health.check(own.url, Config())  # no streams there: only the server
         finally:
             await client.aclose()
     assert report.code == health.DEGRADED
