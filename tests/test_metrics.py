@@ -12,6 +12,9 @@ import pytest
 from redis.asyncio import Redis
 
 from streamq import control, keys, metrics
+from streamq.config import Limit
+from streamq.errors import RateLimited
+from streamq.job import Job
 from streamq.metrics import BatchedHistogram
 from streamq.producer import JobOptions, Producer
 from streamq.worker import Worker, WorkerOptions
@@ -156,3 +159,30 @@ def test_batched_histogram_matches_prometheus_semantics() -> None:
     assert by_bound == {"0.1": 2, "1.0": 4, "+Inf": 5}
     total = next(s.value for s in family.samples if s.name.endswith("_sum"))
     assert total == pytest.approx(8.65)
+
+
+async def test_deferrals_are_counted_by_kind(redis: Redis, stream: str) -> None:
+    producer = Producer(redis)
+    await producer.enqueue_many(stream, [{"n": i} for i in range(5)])
+    throttled: set[str] = set()
+
+    async def handler(job: Job) -> None:
+        if job.payload["n"] == 0 and job.id not in throttled:
+            throttled.add(job.id)
+            raise RateLimited(60)  # the platform said "slow down" (no attempt used)
+
+    # Two starts an hour: of five jobs, two start (one of them is throttled), three wait.
+    limits = (Limit(scope="platform", max=2, per=3600.0),)
+    await Worker(redis, stream, handler, WorkerOptions(burst=True, limits=limits)).run()
+    exposition = metrics.serve(0)
+    try:
+        samples = await anyio.to_thread.run_sync(scrape, exposition.url)
+    finally:
+        exposition.close()
+    deferred = {
+        outcome: value(samples, "streamq_jobs_deferred_total", stream=stream, outcome=outcome)
+        for outcome in ("limited", "throttled", "parked")
+    }
+    assert deferred == {"limited": 3, "throttled": 1, "parked": 0}
+    assert value(samples, "streamq_jobs_started_total", stream=stream, priority="normal") == 2
+    assert value(samples, "streamq_jobs_completed_total", stream=stream, outcome="done") == 1

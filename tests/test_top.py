@@ -11,9 +11,12 @@ import subprocess
 import sys
 import time
 
+import anyio
+import pytest
+from redis.asyncio import Redis
 from rich.console import Console
 
-from streamq import top
+from streamq import keys, top
 from tests.conftest import ROOT, run_cli
 
 
@@ -104,3 +107,22 @@ def test_on_a_terminal_it_refreshes_until_interrupted(redis_url: str, stream: st
             process.kill()
             process.wait()
         os.close(leader)
+
+
+@pytest.mark.anyio
+async def test_rates_span_one_refresh(redis: Redis, stream: str) -> None:
+    await redis.sadd(keys.STREAM_REGISTRY, stream)
+    sampler = top.Sampler(redis, [stream])
+    first_ms, [first] = await sampler.rows()
+    assert first.done_per_s is None  # no sample from the workers yet
+    await redis.hincrby(keys.counts(stream), "done", 50)
+    with anyio.fail_after(5):  # the server's clock has to move on by a millisecond
+        while await server_ms(redis) <= first_ms:  # noqa: ASYNC110 - a clock, not an event
+            await anyio.sleep(0.001)
+    second_ms, [second] = await sampler.rows()
+    assert second.done_per_s == pytest.approx(50_000 / (second_ms - first_ms))
+
+
+async def server_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
