@@ -163,3 +163,11 @@ async def test_an_evicting_memory_policy_is_degraded() -> None:
     assert report.problems == [
         "server: maxmemory-policy is allkeys-lru: it can evict jobs (use noeviction)"
     ]
+
+
+def test_quantile_bound_is_the_bucket_edge() -> None:
+    bounds = (0.1, 1.0)
+    assert health.quantile_bound([0, 0, 0], 0.95, bounds) is None
+    assert health.quantile_bound([95, 5, 0], 0.95, bounds) == 0.1
+    assert health.quantile_bound([94, 6, 0], 0.95, bounds) == 1.0
+    assert health.quantile_bound([0, 0, 3], 0.95, bounds) == 1.0  # +Inf: at least the last edge
