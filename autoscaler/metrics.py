@@ -1,12 +1,12 @@
 """The autoscaler's decisions as Prometheus metrics: what it saw, what it wanted, what it did.
 
 Labels are stream names only (bounded by the streams it was given). Served with
-``streamq autoscale --metrics-port N``.
+``streamq autoscale --metrics-port N``, by streamq.metrics.serve (one registry for all).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge
 
 from autoscaler.policy import Decision, Observation
 
@@ -59,8 +59,3 @@ def record_leadership(fence: int | None) -> None:
     LEADER.set(0 if fence is None else 1)
     if fence is not None:
         FENCE.set(fence)
-
-
-def serve(port: int, host: str = "127.0.0.1") -> None:
-    """Expose every registered metric at http://host:port/metrics, from a daemon thread."""
-    start_http_server(port, addr=host)

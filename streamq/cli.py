@@ -19,7 +19,7 @@ import anyio
 import msgspec
 from redis import exceptions as redis_errors
 
-from streamq import __version__, codec, control, limiter, scheduler, server, stats
+from streamq import __version__, codec, control, limiter, logs, metrics, scheduler, server, stats
 from streamq.client import Queue
 from streamq.config import Config, StreamConfig, load_config, parse_duration
 from streamq.errors import ConfigError, HandlerError, PayloadError, StreamqError
@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         "embedded server)",
     )
     common.add_argument("--config", help="TOML config file (default: $STREAMQ_CONFIG)")
+    common.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
     common.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-format", default="text", choices=logs.FORMATS, help="text (default) or json lines"
     )
 
     parser = _Parser(prog="streamq", description="Reliable job engine on Redis Streams.")
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument(
         "--burst", action="store_true", help="exit once the stream has nothing left to run"
     )
+    consume.add_argument("--metrics-port", type=_port, help="serve Prometheus /metrics (0: any)")
+    consume.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics")
 
     enqueue = commands.add_parser("enqueue", parents=[common], help="add jobs to a stream")
     enqueue.add_argument("--stream", required=True)
@@ -219,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--max-step-down", type=_positive_int, help="removed at once (1)")
     scale.add_argument("--idle-after", type=_duration, help="then scale to 0 (5m)")
     scale.add_argument("--dry-run", action="store_true", help="log decisions, change nothing")
-    scale.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    scale.add_argument("--metrics-port", type=_port, help="serve Prometheus /metrics (0: any)")
     scale.add_argument("--metrics-host", default="127.0.0.1", help="metrics address")
     kube = scale.add_argument_group("kubernetes target")
     kube.add_argument("--namespace", help="of the Deployments (in-cluster: the pod's)")
@@ -238,6 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file", help="file holding the bearer token (default: $STREAMQ_ADMIN_TOKEN)"
     )
 
+    health_cmd = commands.add_parser(
+        "health", parents=[common], help="exit 0 healthy, 1 degraded, 2 down (a probe)"
+    )
+    health_cmd.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    health_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+    health_cmd.add_argument(
+        "--expected-workers", type=_positive_int, help="workers that should be alive, per stream"
+    )
+    health_cmd.add_argument("--timeout", type=_duration, default=3.0, help="down after (3s)")
+    top_cmd = commands.add_parser("top", parents=[common], help="live view of every stream")
+    top_cmd.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    top_cmd.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    top_cmd.add_argument("--interval", type=_duration, default=1.0, help="between refreshes")
+
     srv = commands.add_parser("server", help="manage the embedded Valkey server")
     srv.add_argument("action", choices=["start", "stop", "status"])
     return parser
@@ -245,11 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text"))
     try:
         code = _dispatch(args)
     except KeyboardInterrupt:
@@ -300,6 +313,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         "limits": _limits,
         "autoscale": _autoscale,
         "admin": _admin,
+        "health": _health,
+        "top": _top,
     }
     command = commands[args.command]
     return anyio.run(command, args, config, backend_options={"use_uvloop": True})
@@ -338,7 +353,8 @@ async def _consume(args: argparse.Namespace, config: Config) -> int:
     handler = resolve_handler(args.stream, args.handler, stream_config)
     async with Queue(args.redis_url, config=config) as q:
         worker = Worker(q.redis, check_stream(args.stream), handler, options)
-        await worker.run(handle_signals=True)
+        async with metrics.exposed(q.redis, [worker.stream], args.metrics_port, args.metrics_host):
+            await worker.run(handle_signals=True)
     return 0
 
 
@@ -624,7 +640,7 @@ async def _limits(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _autoscale(args: argparse.Namespace, config: Config) -> int:
-    from autoscaler import controller, metrics, targets
+    from autoscaler import controller, targets
     from autoscaler.policy import policy_for
 
     streams = [check_stream(stream) for stream in args.stream]
@@ -646,7 +662,8 @@ async def _autoscale(args: argparse.Namespace, config: Config) -> int:
         for stream in streams
     }
     if args.metrics_port is not None:
-        metrics.serve(args.metrics_port, args.metrics_host)
+        exposition = metrics.serve(args.metrics_port, args.metrics_host)
+        logging.getLogger("streamq.autoscaler").info("serving metrics at %s", exposition.url)
     async with Queue(args.redis_url, config=config) as q:
         leadership: controller.Leadership | None = None
         target: targets.Target
@@ -691,6 +708,7 @@ def _consume_args(
         resolve_handler(stream, args.handler, config.stream(stream))  # fail early
         spec = ["--redis-url", q.resolved_url, "--stream", stream]
         spec += ["--concurrency", str(policies[stream].concurrency), "--log-level", args.log_level]
+        spec += ["--log-format", args.log_format]
         if args.handler:
             spec += ["--handler", args.handler]
         if args.config:
@@ -740,6 +758,35 @@ async def _admin(args: argparse.Namespace, config: Config) -> int:
             app = admin.create_app(q.redis, token, config)
             print(f"streamq admin: serving {admin.url_of(sock)}", flush=True)
             await admin.serve(app, sock)
+    return 0
+
+
+# -- health and top -----------------------------------------------------------------------------
+
+
+async def _health(args: argparse.Namespace, config: Config) -> int:
+    from streamq import health
+
+    streams = [check_stream(stream) for stream in args.stream or []]
+    report = await health.check(
+        args.redis_url,
+        config,
+        streams or None,
+        expected_workers=args.expected_workers,
+        within=args.timeout,
+    )
+    print(health.to_json(report).decode() if args.json else report.summary())
+    return report.code
+
+
+async def _top(args: argparse.Namespace, config: Config) -> int:
+    from rich.console import Console
+
+    from streamq import top
+
+    streams = [check_stream(stream) for stream in args.stream or []]
+    async with Queue(args.redis_url, config=config) as q:
+        await top.run(q.redis, Console(), streams or None, interval=args.interval, once=args.once)
     return 0
 
 

@@ -14,6 +14,15 @@
     job_timeout = "10m"
     retention = "7d"
 
+    [streams.instagram.health]                  # what `streamq health` checks (defaults shown)
+    expected_workers = 4                        # default: unset, workers are not counted
+    min_alive = 0.8                             # degraded below this share of expected_workers
+    max_depth = 1000
+    max_pending_age = "10m"
+    max_error_rate = 0.05                       # (retried + dead) / runs over error_window
+    error_window = "5m"
+    max_lateness = "60s"                        # p95 of start minus due over the last minute
+
     [[streams.instagram.limits]]                # replaces the built-in instagram limits
     scope = "account"                           # "account" (each account) or "platform" (the app)
     max = 25
@@ -156,6 +165,29 @@ class AutoscaleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     """The stream's consumer Deployment (Kubernetes target)."""
 
 
+class HealthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Thresholds of ``streamq health``: a stream beyond any of them is degraded."""
+
+    expected_workers: int | None = None
+    """Workers that should be consuming; None: the number alive is not checked."""
+    min_alive: float = 0.8
+    max_depth: int = 1000
+    max_pending_age: float = 600.0
+    max_error_rate: float = 0.05
+    error_window: float = 300.0
+    max_lateness: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.expected_workers is not None and self.expected_workers < 0:
+            raise ConfigError("health.expected_workers must not be negative")
+        if not 0 <= self.min_alive <= 1:
+            raise ConfigError("health.min_alive is a fraction between 0 and 1")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ConfigError("health.max_error_rate is a fraction between 0 and 1")
+        if self.max_depth < 0:
+            raise ConfigError("health.max_depth must not be negative")
+
+
 class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     handler: str | None = None
     concurrency: int = 32
@@ -178,6 +210,7 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     (streamq.limiter.DEFAULT_LIMITS), and an empty list means none."""
     autoscale: AutoscaleConfig = msgspec.field(default_factory=AutoscaleConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -204,6 +237,7 @@ _AUTOSCALE_DURATIONS = (
     "scale_down_window",
     "idle_after",
 )
+_HEALTH_DURATIONS = ("max_pending_age", "error_window", "max_lateness")
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -259,6 +293,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
             ("backoff", _BACKOFF_DURATIONS),
             ("autoscale", _AUTOSCALE_DURATIONS),
             ("events", ("max_age",)),
+            ("health", _HEALTH_DURATIONS),
         ):
             if isinstance(table.get(part), dict):
                 _parse_durations(table[part], fields, f"streams.{name}.{part}")

@@ -20,6 +20,8 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:parked:<A>               sorted set: jobs of paused account A, by enqueue time
     streamq:{S}:turns:<A>                sorted set: A's jobs in the platform's plan (its turn)
     streamq:{S}:held:<A>                 sorted set: A's jobs waiting for that turn, by enqueue time
+    streamq:{S}:lateness                 hash: consumer -> its recent lateness summary (health)
+    streamq:{S}:samples                  sorted set: timestamped copies of the counts (health, top)
 
 The per-account keys are built inside the scripts from ``stream_prefix`` (an account is only known
 once a job is read); they share the stream's hash tag, so they live in the same slot.
@@ -113,6 +115,14 @@ def job(stream: str, job_id: str) -> str:
 
 def counts(stream: str) -> str:
     return f"{stream_prefix(stream)}:counts"
+
+
+def lateness(stream: str) -> str:
+    return f"{stream_prefix(stream)}:lateness"
+
+
+def samples(stream: str) -> str:
+    return f"{stream_prefix(stream)}:samples"
 
 
 def control(stream: str) -> str:

@@ -19,7 +19,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from streamq import codec, scheduler, scripts
+from streamq import codec, metrics, scheduler, scripts
 from streamq import keys as keyspace
 from streamq.config import Backoff, parse_duration
 from streamq.errors import ConfigError, InvalidJobState
@@ -206,6 +206,7 @@ class Producer:
                     # An occurrence refused as stale comes back with no id at all.
                     ids[base + int(taken[i]) - 1] = taken[i + 1].decode()
                     held_by_others.append(base + int(taken[i]) - 1)
+        metrics.jobs_enqueued(stream, lane, len(payload_list) - len(held_by_others))
         if opts.on_conflict == "replace" and keys is not None:
             for index in held_by_others:
                 account = accounts[index] if accounts is not None else None

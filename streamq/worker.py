@@ -36,7 +36,7 @@ import msgspec
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from streamq import codec, keys, limiter, scheduler, scripts
+from streamq import codec, health, keys, limiter, logs, metrics, scheduler, scripts
 from streamq.config import StreamConfig
 from streamq.errors import Fail, RateLimited, Retry
 from streamq.handler import Handler
@@ -124,6 +124,7 @@ class Worker:
         self.options = options or WorkerOptions()
         self.consumer = consumer or consumer_name()
         self.counts = WorkerCounts()
+        self.metrics = metrics.WorkerMetrics(self.stream)
         self._lanes = keys.lanes(stream)
         self._dedup = keys.dedup(stream)
         self._dead = keys.dead(stream)
@@ -225,6 +226,7 @@ class Worker:
             self.consumer,
             self.stream,
             self.options.concurrency,
+            extra={"stream": self.stream, "consumer": self.consumer},
         )
         try:
             async with anyio.create_task_group() as background:
@@ -236,6 +238,14 @@ class Worker:
                 background.start_soon(self._reclaim_loop)
                 background.start_soon(self.promoter.run)
                 background.start_soon(self._watchdog)
+                background.start_soon(
+                    health.report_loop,
+                    self.redis,
+                    self.stream,
+                    self.consumer,
+                    self.metrics,
+                    self.promoter.server_now_ms,
+                )
                 await self._run_consumers()
                 await self._finish_acks()
                 background.cancel_scope.cancel()
@@ -251,6 +261,7 @@ class Worker:
             self.counts.failed,
             self.counts.dead_lettered,
             self.counts.expired,
+            extra={"stream": self.stream, "consumer": self.consumer},
         )
         return self.counts
 
@@ -529,6 +540,7 @@ class Worker:
         codes, platform_hold, now = reply
         self._hold_platform(int(platform_hold))
         admitted = free
+        limited = self.counts.limited
         for job, code in zip(gated, codes, strict=True):
             if code:
                 job.cancelled = job.cancelled or code == 2
@@ -538,6 +550,7 @@ class Worker:
             else:
                 self._held[lane].discard(job._entry)
                 self.counts.limited += 1
+        self.metrics.limited(self.counts.limited - limited)
         return admitted
 
     async def _dead_letter(
@@ -546,7 +559,15 @@ class Worker:
         args: list[scripts.EncodableArg] = [keys.GROUP, self._retention_ms]
         record_keys: list[str] = []
         for entry_id, reason, env in rejects:
-            log.warning("dead-lettering %s entry %s: %s", self.stream, entry_id.decode(), reason)
+            log.warning(
+                "dead-lettering %s entry %s: %s",
+                self.stream,
+                entry_id.decode(),
+                reason,
+                extra={"stream": self.stream}
+                if env is None
+                else logs.job(env.id, self.stream, env.attempt),
+            )
             if env is not None:
                 record_keys.append(keys.job(self.stream, env.id))
             args += (
@@ -571,6 +592,7 @@ class Worker:
         for entry_id, _, _ in rejects:
             self._held[lane].discard(entry_id)
         self.counts.dead_lettered += len(rejects)
+        self.metrics.dead_lettered(len(rejects))
 
     async def _wait_for_room(self) -> None:
         event = self._room_event = anyio.Event()
@@ -616,6 +638,7 @@ class Worker:
             job, slot.job = slot.job, None
             if job is not None:
                 timeout = self._timeout_of(job)
+                self.metrics.durations.append(timeout)
                 error = JobTimeout(f"timed out after {timeout:g}s")
                 self._finish(job, self._failure(job, error, slot.started))
 
@@ -625,6 +648,7 @@ class Worker:
         default_timeout = self.options.job_timeout
         stream_expires = self.options.expire_after is not None
         monotonic = time.monotonic
+        durations = self.metrics.durations  # drained in place, once per acknowledged batch
         while True:
             for lane_jobs in ready:
                 if lane_jobs:
@@ -663,15 +687,18 @@ class Worker:
                 continue
             timeout = default_timeout if env.job_timeout_ms is None else env.job_timeout_ms / 1000
             slot.job = job
+            began = monotonic()
             if timeout is not None:
-                slot.deadline = monotonic() + timeout
+                slot.deadline = began + timeout
             started = slot.started = self.promoter.server_now_ms()
             try:
                 result = await handler(job)
             except Exception as exc:
+                durations.append(monotonic() - began)
                 slot.job = None
                 self._finish(job, self._failure(job, exc, started))
             else:
+                durations.append(monotonic() - began)
                 slot.job = None
                 # Inlined _finish: this is the path every successful job takes. (The ack loop
                 # swaps the list out, so it must be looked up each time.)
@@ -736,7 +763,13 @@ class Worker:
         if job.cancelled:  # cancelled while it ran: it ends here, as cancelled
             return ("c", env.id, key, env.attempt, started, _text_of(env))
         if isinstance(exc, Fail) and exc.pause_account and env.account is not None:
-            log.warning("job %s: pausing account %s: %s", env.id, env.account, exc.reason)
+            log.warning(
+                "job %s: pausing account %s: %s",
+                env.id,
+                env.account,
+                exc.reason,
+                extra=logs.job(env.id, self.stream, env.attempt),
+            )
             self._pausing[env.account] = exc.reason
             return self._parked(env, started, exc.reason)
         allowed = env.max_attempts or self.options.max_attempts
@@ -746,7 +779,12 @@ class Worker:
                 if isinstance(exc, Fail)
                 else f"gave up after {env.attempt} attempts: {error}"
             )
-            log.warning("job %s is dead: %s", env.id, reason)
+            log.warning(
+                "job %s is dead: %s",
+                env.id,
+                reason,
+                extra=logs.job(env.id, self.stream, env.attempt),
+            )
             return ("x", env.id, key, env.attempt, started, _text_of(env), reason)
         if isinstance(exc, Retry) and exc.after is not None:
             delay = exc.after
@@ -754,7 +792,12 @@ class Worker:
             delay = scheduler.backoff_seconds(env.backoff or self.options.backoff, env.attempt)
         delay_ms = round(delay * 1000)
         log.info(
-            "job %s attempt %d failed (%s); retrying in %.1fs", env.id, env.attempt, error, delay
+            "job %s attempt %d failed (%s); retrying in %.1fs",
+            env.id,
+            env.attempt,
+            error,
+            delay,
+            extra=logs.job(env.id, self.stream, env.attempt),
         )
         again = msgspec.structs.replace(
             env, attempt=env.attempt + 1, run_at_ms=self.promoter.server_now_ms() + delay_ms
@@ -855,7 +898,11 @@ class Worker:
             now = time.monotonic()
             for slot in self._slots:
                 if slot.job is not None and now > slot.deadline and slot.scope is not None:
-                    log.warning("job %s ran past its timeout: cancelling it", slot.job.id)
+                    log.warning(
+                        "job %s ran past its timeout: cancelling it",
+                        slot.job.id,
+                        extra=logs.job(slot.job.id, self.stream, slot.job.attempt),
+                    )
                     slot.deadline = math.inf
                     slot.scope.cancel()
 
@@ -888,9 +935,9 @@ class Worker:
             in_flight.release()
         if self._unstarted:
             await self._give_back_starts()
+        self._count(self.metrics.finished(batch))
         recurring = False
         for job, outcome in batch:
-            self._count(outcome[0])
             recurring = recurring or job.envelope.cron is not None
             if outcome[0] == "p" and outcome[7] in self._pausing:
                 self._pauses_recorded.add(outcome[7])
@@ -898,20 +945,14 @@ class Worker:
         if recurring:
             self.promoter.wake()  # the next occurrence can be scheduled now
 
-    def _count(self, code: str) -> None:
+    def _count(self, tally: dict[str, int]) -> None:
         counts = self.counts
-        if code == "d":
-            counts.completed += 1
-        elif code == "x":
-            counts.dead_lettered += 1
-        elif code == "l":
-            counts.deferred += 1
-        elif code == "e":
-            counts.expired += 1
-        elif code == "c":
-            counts.cancelled += 1
-        elif code == "p":
-            counts.parked += 1
+        counts.completed += tally.get("d", 0)
+        counts.dead_lettered += tally.get("x", 0)
+        counts.deferred += tally.get("l", 0)
+        counts.expired += tally.get("e", 0)
+        counts.cancelled += tally.get("c", 0)
+        counts.parked += tally.get("p", 0)
 
     async def _finish_acks(self) -> None:
         self._acks_closed = True

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
-from streamq.errors import Fail, RateLimited
+from streamq.errors import Fail, RateLimited, Retry
 from streamq.job import Job
 
 _client: Redis | None = None
@@ -72,3 +72,23 @@ async def stamp(job: Job) -> None:
         raise Fail("token revoked", pause_account=True)
     line = json.dumps({"id": job.id, "account": job.account, "t": started, "a": job.attempt})
     await _redis().rpush(f"{prefix}:starts", line)
+
+
+async def outcome(job: Job) -> str:
+    """Ends as the payload says, so a test can build a workload with known outcomes.
+
+    {"then": "retry"} raises every time (retried until max_attempts, then dead); "fail" raises
+    Fail (dead at once); "wait_cancel" runs until someone cancels the job, then raises (so it
+    ends as cancelled). Anything else succeeds.
+    """
+    then = job.payload.get("then") if isinstance(job.payload, dict) else None
+    if then == "retry":
+        raise Retry(after=0.01, reason="asked to retry")
+    if then == "fail":
+        raise Fail("asked to fail")
+    if then == "wait_cancel":
+        with anyio.fail_after(30):
+            while not job.cancelled:  # noqa: ASYNC110 - a flag the worker sets; no event
+                await anyio.sleep(0.005)
+        raise RuntimeError("stopped: cancelled")
+    return "ok"

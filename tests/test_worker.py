@@ -69,9 +69,14 @@ async def test_keys_left_behind_after_a_workload(redis: Redis, stream: str) -> N
     records = {k for k in left if ":job:" in k}
     # Empty lanes keep their consumer group, dedup keys are freed, finished records expire
     # after the retention period, and the counters, the settings and the capped events stay.
+    # The health signals expire by themselves: the counts samples within the hour, the
+    # lateness summaries in 10 minutes.
     stays = {keys.counts(stream), keys.meta(stream), keys.events(stream)}
-    assert left - records == {*keys.lanes(stream), *stays}
+    signals = {keys.samples(stream), keys.lateness(stream)}
+    assert left - records == {*keys.lanes(stream), *stays, *signals}
     assert await redis.xlen(keys.events(stream)) == 4 * 3  # queued, started, done
+    assert 0 < await redis.ttl(keys.samples(stream)) <= 3600
+    assert 0 < await redis.ttl(keys.lateness(stream)) <= 600
     assert len(records) == 4
     assert keys.job(stream, ids[0]) in records
     for key in records:
