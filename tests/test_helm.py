@@ -1,0 +1,266 @@
+"""The Helm chart, rendered and linted by Helm's own Go SDK (helm-python-sdk, no helm binary):
+what it makes of its values, that its commands are ones streamq's CLI accepts, that its
+manifests are valid Kubernetes objects, and that its schema refuses bad values."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+from kubernetes.aio.client import (
+    V1ConfigMap,
+    V1Deployment,
+    V1PodDisruptionBudget,
+    V1Role,
+    V1RoleBinding,
+    V1Service,
+    V1ServiceAccount,
+)
+
+import streamq
+from autoscaler.policy import policy_for
+from streamq import keys
+from streamq.cli import build_parser
+from streamq.config import parse_config
+from tests.conftest import ROOT
+
+CHART = ROOT / "helm" / "streamq"
+REDIS = {"existingSecret": "redis", "host": "redis-master"}
+STREAMS = {"instagram": {}}
+MODELS: dict[str, Any] = {
+    "ConfigMap": V1ConfigMap,
+    "Deployment": V1Deployment,
+    "PodDisruptionBudget": V1PodDisruptionBudget,
+    "Role": V1Role,
+    "RoleBinding": V1RoleBinding,
+    "Service": V1Service,
+    "ServiceAccount": V1ServiceAccount,
+}
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every object the chart makes for these values (over values.yaml)."""
+    with helm.Chart.load(str(CHART)) as chart:
+        files = chart.render(values, name="demo", namespace="posts", is_install=True)
+    objects = []
+    for name, text in files.items():
+        if name.endswith(".yaml"):
+            objects += [doc for doc in yaml.safe_load_all(text) if doc]
+    return objects
+
+
+def only(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    [found] = [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    return found
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    [first] = deployment["spec"]["template"]["spec"]["containers"]
+    result: dict[str, Any] = first
+    return result
+
+
+def test_the_chart_lints_clean_and_follows_the_package_version() -> None:
+    report = helm.lint(str(CHART), {"redis": REDIS, "streams": STREAMS}, strict=True)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == chart["version"] == streamq.__version__
+    deployment = only(
+        render({"redis": REDIS, "streams": STREAMS}), "Deployment", "demo-streamq-autoscaler"
+    )
+    assert container(deployment)["image"] == f"streamq/streamq:{streamq.__version__}"
+
+
+def test_every_object_is_a_valid_kubernetes_object_with_the_standard_labels() -> None:
+    objects = render({"redis": REDIS, "streams": {"instagram": {}, "linkedin": {}}})
+    assert {o["kind"] for o in objects} == set(MODELS)
+    for obj in objects:
+        MODELS[obj["kind"]].from_dict(obj)  # the official client's models check the shape
+        labels = obj["metadata"]["labels"]
+        assert labels["helm.sh/chart"] == f"streamq-{streamq.__version__}"
+        assert labels["app.kubernetes.io/name"] == "streamq"
+        assert labels["app.kubernetes.io/instance"] == "demo"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert obj["metadata"]["namespace"] == "posts"
+
+
+def test_one_consumer_deployment_per_stream_whose_commands_streamq_accepts() -> None:
+    streams: dict[str, dict[str, Any]] = {
+        "instagram": {"concurrency": 64, "grace": 120},
+        "internal": {"handler": "mypkg.handlers:publish", "publisher": ""},
+    }
+    objects = render({"redis": REDIS, "streams": streams})
+    parser = build_parser()
+    for stream, spec in streams.items():
+        deployment = only(objects, "Deployment", f"demo-streamq-consume-{stream}")
+        assert "replicas" not in deployment["spec"]  # the autoscaler owns it
+        pod = deployment["spec"]["template"]["spec"]
+        main = container(deployment)
+        args = parser.parse_args(main["args"])
+        assert (args.command, args.stream) == ("consume", stream)
+        assert args.concurrency == spec.get("concurrency", 32)
+        assert args.handler == (spec.get("handler") or None)
+        assert pod["terminationGracePeriodSeconds"] > args.grace
+        for probe in ("livenessProbe", "readinessProbe"):
+            command = main[probe]["exec"]["command"]
+            assert command[:2] == ["streamq", "health"]
+            assert parser.parse_args(command[1:]).command == "health"
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert main["securityContext"]["readOnlyRootFilesystem"] is True
+        assert main["securityContext"]["allowPrivilegeEscalation"] is False
+        assert pod["automountServiceAccountToken"] is False
+        env = {e["name"]: e for e in main["env"]}
+        assert env["STREAMQ_REDIS_URL"]["value"] == (
+            "redis://:$(STREAMQ_REDIS_PASSWORD)@redis-master:6379/0"
+        )
+        assert env["STREAMQ_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "redis",
+            "key": "password",
+        }
+
+
+def test_the_autoscaler_steers_every_stream_with_least_privilege() -> None:
+    objects = render({"redis": REDIS, "streams": {"instagram": {}, "x": {}}})
+    deployment = only(objects, "Deployment", "demo-streamq-autoscaler")
+    args = build_parser().parse_args(container(deployment)["args"])
+    assert (args.command, args.target, args.namespace) == ("autoscale", "kubernetes", "posts")
+    assert sorted(args.stream) == ["instagram", "x"]
+    assert args.lease == "demo-streamq-autoscaler"
+    assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    role = only(objects, "Role")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments/scale"],
+            "resourceNames": ["demo-streamq-consume-instagram", "demo-streamq-consume-x"],
+            "verbs": ["get", "patch"],
+        },
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["demo-streamq-autoscaler"],
+            "verbs": ["get", "patch"],
+        },
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ]
+    binding = only(objects, "RoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "demo-streamq", "namespace": "posts"}
+    ]
+
+
+def test_the_config_file_carries_each_streams_policy_and_deployment() -> None:
+    streams = {"instagram": {"autoscale": {"minWorkers": 0, "maxWorkers": 30, "lead": "2m",
+                                           "tolerance": 0.2, "maxStepUp": 5}}}  # fmt: skip
+    extra = "[streams.instagram]\nconcurrency = 16\nmax_attempts = 3\n"
+    configmap = only(render({"redis": REDIS, "streams": streams, "config": extra}), "ConfigMap")
+    config = parse_config(tomllib.loads(configmap["data"]["streamq.toml"]))
+    stream = config.stream("instagram")
+    assert stream.max_attempts == 3
+    assert stream.autoscale.deployment == "demo-streamq-consume-instagram"
+    policy = policy_for(stream.autoscale, stream.concurrency)
+    assert (policy.min_workers, policy.max_workers, policy.concurrency) == (0, 30, 16)
+    assert (policy.lead, policy.tolerance, policy.max_step_up) == (120.0, 0.2, 5)
+
+
+def test_without_an_autoscaler_replicas_are_fixed_and_no_rbac_is_made() -> None:
+    values = {"redis": REDIS, "autoscaler": {"enabled": False},
+              "streams": {"instagram": {"replicas": 3}}}  # fmt: skip
+    objects = render(values)
+    assert only(objects, "Deployment")["spec"]["replicas"] == 3
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
+
+
+def test_keda_mode_points_a_scaled_object_at_the_documented_lane_keys() -> None:
+    values = {"redis": REDIS, "autoscaler": {"enabled": False}, "keda": {"enabled": True},
+              "streams": {"tiktok": {}}}  # fmt: skip
+    objects = render(values)
+    deployment = only(objects, "Deployment")
+    assert "replicas" not in deployment["spec"]
+    scaled = only(objects, "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    triggers = scaled["spec"]["triggers"]
+    assert [t["metadata"]["stream"] for t in triggers] == keys.lanes("tiktok")
+    for trigger in triggers:
+        assert trigger["type"] == "redis-streams"
+        assert trigger["metadata"]["consumerGroup"] == keys.GROUP
+        assert trigger["metadata"]["address"] == "redis-master:6379"
+    auth = only(objects, "TriggerAuthentication")
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "password", "name": "redis", "key": "password"}
+    ]
+
+
+def test_tls_mounts_the_ca_and_names_it_in_the_url() -> None:
+    redis = {**REDIS, "tls": {"enabled": True, "secret": "redis-ca"}}
+    objects = render({"redis": redis, "streams": STREAMS})
+    main = container(only(objects, "Deployment", "demo-streamq-autoscaler"))
+    env = {e["name"]: e for e in main["env"]}
+    url = env["STREAMQ_REDIS_URL"]["value"]
+    assert url.startswith("rediss://")
+    assert url.endswith("?ssl_ca_certs=/etc/streamq/tls/ca.crt")
+    assert {"name": "tls", "mountPath": "/etc/streamq/tls", "readOnly": True} in main[
+        "volumeMounts"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"streams": STREAMS}, "/redis/existingSecret"),
+        ({"redis": {"existingSecret": "redis"}, "streams": STREAMS}, "/redis"),
+        ({"redis": REDIS}, "/streams"),
+        ({"redis": REDIS, "streams": {"Insta_gram": {}}}, "Insta_gram"),
+        ({"redis": REDIS, "streams": {"instagram": {"concurrency": 0}}}, "concurrency"),
+        ({"redis": REDIS, "streams": {"instagram": {"handler": "no colon"}}}, "handler"),
+        ({"redis": REDIS, "streams": {"x": {"autoscale": {"lead": "soon"}}}}, "lead"),
+        ({"redis": REDIS, "streams": STREAMS, "keda": {"enabled": True}}, "keda"),
+        ({"redis": REDIS, "streams": STREAMS, "replicaCount": 3}, "replicaCount"),
+        ({"redis": {**REDIS, "port": 70000}, "streams": STREAMS}, "port"),
+    ],
+)
+def test_the_schema_refuses_bad_values(values: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(helm.HelmError) as raised:
+        render(values)
+    assert complaint in str(raised.value)
+
+
+def leaf_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and prefix.count(".") < 3:
+            found += leaf_keys(value, path + ".")
+        else:
+            found.append(path)
+    return found
+
+
+def test_the_charts_readme_documents_every_value() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([^`]+)` \|", readme, re.MULTILINE))
+    missing = [key for key in leaf_keys(values) if key not in documented]
+    assert missing == []
+
+
+def test_the_dockerfile_is_multi_stage_slim_and_runs_as_a_numeric_non_root_user() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    assert len(stages) >= 2
+    assert stages[-1].endswith("-slim")
+    final = text[text.rindex("\nFROM ") :]
+    assert re.search(r"^USER 10001:10001$", final, re.MULTILINE)
+    assert not re.search(r"apt-get|gcc|build-essential", final)
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE):
+        *sources, _ = shlex.split(line)
+        assert all((ROOT / source).exists() for source in sources), line
+    assert Path(ROOT / ".dockerignore").exists()
