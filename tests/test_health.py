@@ -86,6 +86,18 @@ def test_degraded_when_depth_is_over_the_configured_threshold(
     assert report["streams"][0]["problems"] == ["depth 3 over 2"]
 
 
+def test_a_probe_with_fail_on_down_passes_degraded_and_fails_down(
+    redis_url: str, stream: str
+) -> None:
+    run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "1")
+    probe = ("health", "--stream", stream, "--expected-workers", "2", "--fail-on", "down")
+    degraded = run_cli(*probe, "--redis-url", redis_url)
+    assert degraded.returncode == 0, degraded.stdout + degraded.stderr
+    assert degraded.stdout.startswith("degraded: ")  # still says so
+    down = run_cli(*probe, "--redis-url", nothing_listening(), "--timeout", "2s")
+    assert down.returncode == 2
+
+
 def test_degraded_when_fewer_workers_than_expected_are_alive(redis_url: str, stream: str) -> None:
     run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "1")
     result = run_cli(

@@ -32,7 +32,7 @@ from tests.conftest import ROOT
 
 CHART = ROOT / "helm" / "streamq"
 REDIS = {"existingSecret": "redis", "host": "redis-master"}
-STREAMS = {"instagram": {}}
+STREAMS: dict[str, dict[str, Any]] = {"instagram": {}}
 MODELS: dict[str, Any] = {
     "ConfigMap": V1ConfigMap,
     "Deployment": V1Deployment,
