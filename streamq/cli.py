@@ -180,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     stats_cmd.add_argument("--stream", action="append", help="only this stream (repeatable)")
     stats_cmd.add_argument("--json", action="store_true", help="print the stable JSON shape")
 
+    events_cmd = commands.add_parser("events", parents=[common], help="jobs' lifecycle events")
+    events_cmd.add_argument("--stream", action="append", help="this stream (repeatable; all)")
+    events_cmd.add_argument("--follow", action="store_true", help="keep printing new events")
+    events_cmd.add_argument(
+        "--since", help="an event id, a time (ISO 8601), a duration ago ('10m') or 'now'"
+    )
+    events_cmd.add_argument("--type", action="append", help="only events of this type")
+    events_cmd.add_argument("--group", help="share the events with other readers of this group")
+    events_cmd.add_argument("--consumer", help="this reader's name in --group")
+    events_cmd.add_argument("--json", action="store_true", help="one JSON object per line")
+
     account = commands.add_parser("account", parents=[common], help="pause or resume an account")
     account_actions = account.add_subparsers(dest="action", required=True, parser_class=_Parser)
     pause = account_actions.add_parser(
@@ -313,6 +324,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "consume": _consume,
         "enqueue": _enqueue,
         "stats": _stats,
+        "events": _events,
         "job": _job,
         "dead": _dead,
         "cron": _cron,
@@ -434,6 +446,43 @@ def _json_lines(stream: TextIO) -> Iterator[list[Any]]:
 
 
 # -- stats --------------------------------------------------------------------------------------
+
+
+async def _events(args: argparse.Namespace, config: Config) -> int:
+    async with Queue(args.redis_url, config=config) as q:
+        streams = await _streams_named(q, args.stream)
+        since = args.since or ("now" if args.follow and not args.group else None)
+        reader = q.events(
+            streams,
+            since=since,
+            wait=args.follow,
+            group=args.group,
+            consumer=args.consumer,
+            types=args.type,
+        )
+        async for event in reader:
+            if args.json:
+                print(msgspec.json.encode(event).decode(), flush=True)
+            else:
+                print(_event_line(event), flush=True)
+    return 0
+
+
+def _event_line(event: Any) -> str:
+    parts = [
+        _when_text(event.at_ms),
+        event.stream,
+        event.type,
+        event.job,
+        f"attempt {event.attempt}",
+    ]
+    if event.account:
+        parts.append(f"account {event.account}")
+    if event.run_at_ms is not None:
+        parts.append(f"due {_when_text(event.run_at_ms)}")
+    if event.error:
+        parts.append(f"error: {event.error}")
+    return "  ".join(parts)
 
 
 async def _stats(args: argparse.Namespace, config: Config) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from streamq import connection, control, limiter, scheduler, stats
 from streamq.config import Backoff, Config, load_config
 from streamq.control import DeadLetter, JobInfo
+from streamq.events import Event, follow
 from streamq.producer import JobOptions, OnConflict, Producer, check_stream
 
 
@@ -176,6 +177,35 @@ class Queue:
 
     async def purge_dead(self, stream: str) -> int:
         return await control.purge_dead(self.redis, stream)
+
+    def events(
+        self,
+        streams: str | Sequence[str],
+        *,
+        since: str | int | datetime | dict[str, str] | None = None,
+        wait: bool = True,
+        group: str | None = None,
+        consumer: str | None = None,
+        types: Sequence[str] | None = None,
+        count: int = 500,
+    ) -> AsyncIterator[Event]:
+        """The streams' lifecycle events, in order per stream; ``async for ev in q.events(...)``.
+
+        ``since``: an event id, a time, a duration ago ("10m"), "now", or a dict of the last
+        id seen per stream (resume); None starts with the oldest kept. ``wait`` keeps waiting
+        for new events. With ``group``, the app instances sharing it split the events, each
+        acknowledged when the loop body that got it returns (see streamq.events)."""
+        names = [streams] if isinstance(streams, str) else list(streams)
+        return follow(
+            self.redis,
+            [check_stream(name) for name in names],
+            since=since,
+            wait=wait,
+            group=group,
+            consumer=consumer,
+            types=types,
+            count=count,
+        )
 
     async def schedule_recurring(
         self,
