@@ -23,7 +23,7 @@ from streamq import __version__, codec, control, limiter, logs, metrics, schedul
 from streamq.client import Queue
 from streamq.config import Config, StreamConfig, load_config, parse_duration
 from streamq.errors import ConfigError, HandlerError, PayloadError, StreamqError
-from streamq.handler import Handler, load_handler
+from streamq.handler import Handler, load_handler, load_hooks
 from streamq.producer import check_priority, check_stream
 from streamq.worker import Worker, WorkerOptions
 
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     consume = commands.add_parser("consume", parents=[common], help="run a worker on a stream")
     consume.add_argument("--stream", required=True, help="stream to consume, e.g. instagram")
     consume.add_argument("--handler", help="async handler as 'package.module:function'")
+    consume.add_argument("--hooks", help="module whose on_done, on_failed, ... are called")
     consume.add_argument("--concurrency", type=_positive_int, help="jobs run at once (32)")
     consume.add_argument("--prefetch", type=int, help="entries fetched ahead (= concurrency)")
     consume.add_argument(
@@ -370,10 +371,24 @@ async def _consume(args: argparse.Namespace, config: Config) -> int:
     stream_config = config.stream(args.stream)
     options = worker_options(args, stream_config)
     handler = resolve_handler(args.stream, args.handler, stream_config)
+    hooks_module = args.hooks or stream_config.hooks
+    hooks = load_hooks(hooks_module) if hooks_module else None
     async with Queue(args.redis_url, config=config) as q:
-        worker = Worker(q.redis, check_stream(args.stream), handler, options)
-        async with metrics.exposed(q.redis, [worker.stream], args.metrics_port, args.metrics_host):
+        worker = Worker(q.redis, check_stream(args.stream), handler, options, hooks=hooks)
+        deliveries = None
+        if stream_config.webhooks:
+            from streamq.webhooks import Deliveries
+
+            deliveries = Deliveries(q.redis, worker.stream, config, worker.consumer)
+        async with (
+            metrics.exposed(q.redis, [worker.stream], args.metrics_port, args.metrics_host),
+            anyio.create_task_group() as tasks,
+        ):
+            if deliveries is not None:
+                tasks.start_soon(deliveries.run)
             await worker.run(handle_signals=True)
+            if deliveries is not None:
+                deliveries.stop()
     return 0
 
 

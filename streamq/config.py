@@ -147,6 +147,44 @@ class EventsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
         return 0 if self.max_age is None else round(self.max_age * 1000)
 
 
+EVENT_TYPES = (
+    "queued",
+    "scheduled",
+    "started",
+    "retried",
+    "done",
+    "dead",
+    "cancelled",
+    "expired",
+    "rate-limited",
+    "paused",
+)
+"""Every lifecycle event type (streamq.events)."""
+
+
+class Webhook(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """POST these events of the stream to ``url`` (streamq.webhooks)."""
+
+    url: str
+    events: tuple[str, ...] = ("done", "dead", "cancelled", "expired")
+    secret_env: str | None = None
+    """Name of the environment variable holding the signing secret (preferred to ``secret``,
+    which puts it in the file)."""
+    secret: str | None = None
+    timeout: float = 10.0
+    max_attempts: int = 10
+    """Deliveries tried before the event goes to the webhook dead-letter stream."""
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"webhook url must be http:// or https://, not {self.url!r}")
+        unknown = set(self.events) - set(EVENT_TYPES)
+        if unknown:
+            raise ConfigError(f"unknown webhook event type(s): {', '.join(sorted(unknown))}")
+        if self.max_attempts < 1:
+            raise ConfigError("a webhook's max_attempts must be at least 1")
+
+
 class AutoscaleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A stream's autoscaling policy; None leaves a field to the flag or to the default of
     autoscaler.policy.Policy, which checks the values."""
@@ -210,6 +248,9 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     (streamq.limiter.DEFAULT_LIMITS), and an empty list means none."""
     autoscale: AutoscaleConfig = msgspec.field(default_factory=AutoscaleConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    webhooks: tuple[Webhook, ...] = ()
+    hooks: str | None = None
+    """Module whose on_done, on_failed, ... the worker calls (streamq.handler.Hooks)."""
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
 
     def __post_init__(self) -> None:
@@ -297,6 +338,11 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
         ):
             if isinstance(table.get(part), dict):
                 _parse_durations(table[part], fields, f"streams.{name}.{part}")
+        if isinstance(table.get("webhooks"), dict):  # one [streams.S.webhooks] table
+            table["webhooks"] = [table["webhooks"]]
+        for index, webhook in enumerate(table.get("webhooks") or []):
+            if isinstance(webhook, dict):
+                _parse_durations(webhook, ("timeout",), f"streams.{name}.webhooks[{index}]")
         limits = table.get("limits")
         if isinstance(limits, list):
             for index, limit in enumerate(limits):

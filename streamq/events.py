@@ -32,21 +32,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from streamq import keys, scheduler
-from streamq.config import parse_duration
+from streamq.config import EVENT_TYPES, parse_duration
 from streamq.errors import ConfigError
 
-TYPES = (
-    "queued",
-    "scheduled",
-    "started",
-    "retried",
-    "done",
-    "dead",
-    "cancelled",
-    "expired",
-    "rate-limited",
-    "paused",
-)
+TYPES = EVENT_TYPES
 READ_COUNT = 500
 BLOCK_MS = 2000
 _EVENT_ID = re.compile(r"^\d+(-\d+)?$")
@@ -75,7 +64,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
         return datetime.fromtimestamp(self.at_ms / 1000, tz=UTC)
 
 
-def _event(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
+def from_entry(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
     def text(name: bytes) -> str | None:
         value = fields.get(name)
         return None if value is None else value.decode()
@@ -186,7 +175,7 @@ async def _follow_plain(
             for entry_id, fields in entries:
                 cursors[name] = entry_id.decode()
                 got += 1
-                yield _event(by_key[name], entry_id, fields)
+                yield from_entry(by_key[name], entry_id, fields)
         if not got and not wait:
             return
 
@@ -210,7 +199,7 @@ async def _follow_group(
                 if cursors[name] != ">":
                     cursors[name] = entry_id.decode()
                 got += 1
-                yield _event(by_key[name], entry_id, fields)
+                yield from_entry(by_key[name], entry_id, fields)
                 await redis.xack(name, group, entry_id)  # the loop body that had it returned
         if not got:
             if only_new and not wait:

@@ -1,4 +1,5 @@
-"""Finding the function that runs a job: ``--handler module:function`` or ``handler =``."""
+"""Finding the function that runs a job (``--handler module:function`` or ``handler =``), and
+the hooks a worker calls after outcomes (``--hooks module``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import inspect
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streamq.errors import HandlerError
@@ -44,3 +46,44 @@ def load_handler(spec: str) -> Handler:
         raise HandlerError(f"handler {spec!r} must be an async function ('async def')")
     handler: Handler = target
     return handler
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """In-process callbacks a worker calls once a batch's outcomes are recorded, for apps that
+    prefer them to reading events. Each may be async or plain. An exception or a hook running
+    longer than ``timeout`` seconds is logged and changes nothing: the outcome is recorded
+    already. A worker that dies between recording and calling its hooks does not call them;
+    the events stream has every outcome."""
+
+    on_done: Callable[[Job, Any], Any] | None = None
+    """(job, result): the handler returned."""
+    on_failed: Callable[[Job, str], Any] | None = None
+    """(job, error): a run failed, whether it will be retried or not."""
+    on_dead: Callable[[Job, str], Any] | None = None
+    """(job, reason): no more attempts; the job is in the dead-letter stream."""
+    on_cancelled: Callable[[Job], Any] | None = None
+    on_expired: Callable[[Job], Any] | None = None
+    timeout: float = 5.0
+
+
+HOOK_NAMES = ("on_done", "on_failed", "on_dead", "on_cancelled", "on_expired")
+
+
+def load_hooks(module_name: str) -> Hooks:
+    """The ``on_*`` functions of a module (``--hooks mypkg.hooks``); raises HandlerError."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise HandlerError(
+            f"hooks {module_name!r}: cannot import: {type(exc).__name__}: {exc}"
+        ) from None
+    found = {name: getattr(module, name) for name in HOOK_NAMES if hasattr(module, name)}
+    if not found:
+        raise HandlerError(f"hooks {module_name!r} defines none of {', '.join(HOOK_NAMES)}")
+    for name, hook in found.items():
+        if not callable(hook):
+            raise HandlerError(f"hooks {module_name!r}: {name} is not callable")
+    return Hooks(**found)

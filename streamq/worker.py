@@ -20,6 +20,7 @@ the visibility timeout.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -33,13 +34,14 @@ from typing import Any, Final, TypeVar
 
 import anyio
 import msgspec
+import orjson
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from streamq import codec, health, keys, limiter, logs, metrics, scheduler, scripts
 from streamq.config import StreamConfig
 from streamq.errors import Fail, RateLimited, Retry
-from streamq.handler import Handler
+from streamq.handler import Handler, Hooks
 from streamq.job import Job
 
 log = logging.getLogger("streamq.worker")
@@ -117,8 +119,10 @@ class Worker:
         *,
         consumer: str | None = None,
         clock: Callable[[], float] = time.time,
+        hooks: Hooks | None = None,
     ) -> None:
         self.redis = redis
+        self.hooks = hooks
         self.stream = keys.check_stream_name(stream)
         self.handler = handler
         self.options = options or WorkerOptions()
@@ -936,6 +940,8 @@ class Worker:
         if self._unstarted:
             await self._give_back_starts()
         self._count(self.metrics.finished(batch))
+        if self.hooks is not None:
+            await self._call_hooks(self.hooks, batch)
         recurring = False
         for job, outcome in batch:
             recurring = recurring or job.envelope.cron is not None
@@ -944,6 +950,40 @@ class Worker:
         self._settle_pauses()
         if recurring:
             self.promoter.wake()  # the next occurrence can be scheduled now
+
+    async def _call_hooks(self, hooks: Hooks, batch: list[tuple[Job, tuple[Any, ...]]]) -> None:
+        """The hooks of a recorded batch, one call at a time; none can change an outcome."""
+        for job, outcome in batch:
+            code = outcome[0]
+            calls: list[tuple[str, Callable[..., Any] | None, tuple[Any, ...]]] = []
+            if code == "d":
+                result = orjson.loads(outcome[5]) if outcome[5] else None
+                calls.append(("on_done", hooks.on_done, (job, result)))
+            elif code in ("r", "x"):
+                error = outcome[7] if code == "r" else outcome[6]
+                calls.append(("on_failed", hooks.on_failed, (job, error)))
+                if code == "x":
+                    calls.append(("on_dead", hooks.on_dead, (job, error)))
+            elif code == "c":
+                calls.append(("on_cancelled", hooks.on_cancelled, (job,)))
+            elif code == "e":
+                calls.append(("on_expired", hooks.on_expired, (job,)))
+            for name, hook, args in calls:
+                if hook is None:
+                    continue
+                try:
+                    with anyio.fail_after(hooks.timeout):
+                        answer = hook(*args)
+                        if inspect.isawaitable(answer):
+                            await answer
+                except Exception as exc:  # a hook's failure is logged, never the job's
+                    log.warning(
+                        "hook %s failed for job %s: %s",
+                        name,
+                        job.id,
+                        _describe(exc),
+                        extra={"job_id": job.id, "stream": self.stream, "attempt": job.attempt},
+                    )
 
     def _count(self, tally: dict[str, int]) -> None:
         counts = self.counts
