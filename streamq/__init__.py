@@ -18,6 +18,8 @@ from streamq.errors import (
     ServerError,
     StreamqError,
 )
+from streamq.events import Event
+from streamq.handler import Hooks
 from streamq.job import Job
 
 __version__ = "0.1.0"
@@ -27,8 +29,10 @@ logging.getLogger("streamq").addHandler(logging.NullHandler())
 __all__ = [
     "ConfigError",
     "ConnectionFailed",
+    "Event",
     "Fail",
     "HandlerError",
+    "Hooks",
     "InvalidJobState",
     "Job",
     "JobNotFound",
