@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 import redis as sync_redis
@@ -89,6 +90,14 @@ def test_sigkill_of_one_of_two_workers_loses_no_job(redis_url: str, stream: str)
     # Every record ends done: no retry was lost or scheduled twice around the kill.
     states = {client.hget(keys.job(stream, job_id), "state") for job_id in ids}
     assert states == {b"done"}
+    # Events come from the scripts that change state: one 'done' per job however the crash fell,
+    # and as many 'retried' as the counts say.
+    kinds: dict[str, list[str]] = {}
+    logged: Any = client.xrange(keys.events(stream))
+    for _, fields in logged:
+        kinds.setdefault(fields[b"type"].decode(), []).append(fields[b"job"].decode())
+    assert sorted(kinds["done"]) == sorted(ids)
+    assert len(kinds.get("retried", [])) == int(client.hget(keys.counts(stream), "retried") or 0)
     failed_first = {i for i in ids if client.hget(keys.job(stream, i), "attempt") == b"2"}
     print(  # figures for the record (pytest -s shows them)
         f"\ncrash: {JOBS} jobs, victim ran {len(ran_by_victim)} before SIGKILL, "
