@@ -275,7 +275,11 @@ class Worker:
         events = self.options.events
         await self.redis.hset(
             keys.meta(self.stream),
-            mapping={"events_cap": events.cap, "events_age_ms": events.max_age_ms},
+            mapping={
+                "events_cap": events.cap,
+                "events_age_ms": events.max_age_ms,
+                "events_skip": ",".join(events.skip),
+            },
         )
 
     async def ensure_groups(self) -> None:

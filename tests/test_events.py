@@ -168,6 +168,20 @@ async def test_the_streams_settings_reach_every_writer(
     assert msgspec.to_builtins(EventsConfig())["max_len"] == _lua_default_cap()
 
 
+async def test_skipped_types_are_not_recorded(redis_url: str, redis: Redis, stream: str) -> None:
+    async def handler(job: Job) -> None:
+        return None
+
+    lean = options(events=EventsConfig(skip=("started", "queued")))
+    await Worker(redis, stream, handler, lean).run()  # publishes the settings
+    async with streamq.connect(redis_url) as q:
+        await q.enqueue_many(stream, list(range(5)))
+    await Worker(redis, stream, handler, lean).run()
+    assert [ev.type for ev in await every_event(redis, stream)] == ["done"] * 5
+    with pytest.raises(ConfigError, match="unknown event type"):
+        EventsConfig(skip=("begun",))
+
+
 def _lua_default_cap() -> int:
     """The cap the scripts assume before any worker published one (emit_event.lua)."""
     source = (Path(streamq.__file__).parent / "lua" / "include" / "emit_event.lua").read_text()

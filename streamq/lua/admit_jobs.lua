@@ -50,12 +50,12 @@ local platform_limits, account_limits = limits[1], limits[2]
 local jobs = cmsgpack.unpack(ARGV[5])
 local now = server_now_ms()
 local events = KEYS[10]
-local events_cap = events_settings(KEYS[11])
+local event_settings = events_settings(KEYS[11])
 
 local function event(kind, id, record, account, extra)
-  if events_cap > 0 then
+  if event_settings.cap > 0 then
     local f = redis.call('HMGET', record, 'attempt', 'key')
-    emit_event(events, events_cap, kind, id, now, f[1], f[2], account, extra)
+    emit_event(events, event_settings, kind, id, now, f[1], f[2], account, extra)
   end
 end
 -- A plan entry this far past its time belongs to a job that never came back (cancelled,

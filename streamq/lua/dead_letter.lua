@@ -22,7 +22,7 @@ letter with its reason. Returns the number of dead letters written.
 -- @include "emit_event.lua"
 local lane, dead, dedup, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local events = KEYS[5]
-local events_cap = events_settings(KEYS[6])
+local event_settings = events_settings(KEYS[6])
 local group, retention = ARGV[1], ARGV[2]
 local written = 0
 local now = server_now_ms()
@@ -63,7 +63,7 @@ for q = 3, #ARGV, 5 do
     end
     redis.call('PEXPIRE', record, retention)
     local more = redis.call('HMGET', record, 'attempt', 'account')
-    emit_event(events, events_cap, 'dead', job, now, more[1], key, more[2], { 'error', reason })
+    emit_event(events, event_settings, 'dead', job, now, more[1], key, more[2], { 'error', reason })
   end
 end
 redis.call('HINCRBY', counts, 'dead', written)

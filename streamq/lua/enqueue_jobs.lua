@@ -31,7 +31,7 @@ Each job added appends a 'queued' or 'scheduled' event.
 local lane, dedup, delayed, control, fired = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local priority, expire_after, recurring = ARGV[1], ARGV[2], ARGV[3]
 local jobs = cmsgpack.unpack(ARGV[4])
-local events, events_cap = KEYS[6], events_settings(KEYS[7])
+local events, event_settings = KEYS[6], events_settings(KEYS[7])
 if recurring ~= '' then
   if jobs[1][4] <= tonumber(redis.call('HGET', fired, recurring) or '-1') then
     return { 1, '' }
@@ -75,7 +75,7 @@ for job, fields in ipairs(jobs) do
       redis.call('HSET', record, 'state', 'scheduled', 'enqueued_at', now, 'run_at', due,
         'env', envelope)
       earliest = math.min(earliest, due)
-      emit_event(events, events_cap, 'scheduled', id, now, 1, key, fields[5], { 'run_at', due })
+      emit_event(events, event_settings, 'scheduled', id, now, 1, key, fields[5], { 'run_at', due })
     else
       local entry = redis.call('XADD', lane, '*', 'j', envelope)
       if due > 0 then
@@ -84,7 +84,7 @@ for job, fields in ipairs(jobs) do
       else
         redis.call('HSET', record, 'state', 'queued', 'enqueued_at', now, 'entry', entry)
       end
-      emit_event(events, events_cap, 'queued', id, now, 1, key, fields[5])
+      emit_event(events, event_settings, 'queued', id, now, 1, key, fields[5])
     end
   end
 end

@@ -50,7 +50,7 @@ local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local group, retention, prefix = ARGV[1], ARGV[5], ARGV[7]
 local paused = prefix .. 'paused'
 local events = KEYS[9]
-local events_cap, events_age = events_settings(KEYS[10])
+local event_settings = events_settings(KEYS[10])
 local acked = 0
 local outcomes = cmsgpack.unpack(ARGV[6])
 local stale = {}
@@ -92,7 +92,7 @@ local tally = {}
 local job_id, job_key, job_attempt, job_account
 
 local function event(kind, extra)
-  emit_event(events, events_cap, kind, job_id, now, job_attempt, job_key, job_account, extra)
+  emit_event(events, event_settings, kind, job_id, now, job_attempt, job_key, job_account, extra)
 end
 
 local function finish(record, id, key, state)
@@ -113,10 +113,10 @@ for i, o in ipairs(outcomes) do
   -- Events name the attempt they are about: a retry's outcome carries the next one's number.
   job_id, job_key, job_account = id, key, nil
   job_attempt = o[1] == 'r' and attempt - 1 or attempt
-  if events_cap > 0 and code ~= 'stale' then
+  if event_settings.cap > 0 and code ~= 'stale' then
     job_account = redis.call('HGET', record, 'account')
     if started > 0 then
-      emit_event(events, events_cap, 'started', id, started, job_attempt, key, job_account)
+      emit_event(events, event_settings, 'started', id, started, job_attempt, key, job_account)
     end
   end
   if started > 0 and code ~= 'stale' then
@@ -198,7 +198,7 @@ end
 if earliest < head then
   tell_workers(control, 'w', earliest)
 end
-if events_cap > 0 and events_age > 0 then
-  redis.call('XTRIM', events, 'MINID', '~', (now - events_age) .. '-0')
+if event_settings.cap > 0 and event_settings.age > 0 then
+  redis.call('XTRIM', events, 'MINID', '~', (now - event_settings.age) .. '-0')
 end
 return acked

@@ -29,7 +29,7 @@ local delayed, dedup, counts = KEYS[1], KEYS[5], KEYS[6]
 local lanes = { high = KEYS[2], normal = KEYS[3], low = KEYS[4] }
 local retention, prefix = ARGV[1], ARGV[2]
 local events = KEYS[7]
-local events_cap = events_settings(KEYS[8])
+local event_settings = events_settings(KEYS[8])
 local now = server_now_ms()
 local promoted, expired = 0, 0
 -- As admit_jobs: a job waiting for the platform this long past its time is not coming back.
@@ -70,13 +70,13 @@ for i = 3, #ARGV do
         free_dedup_key(dedup, f[5], id)
         forget_waiting(prefix, id, f[6])
         expired = expired + 1
-        emit_event(events, events_cap, 'expired', id, now, f[7], f[5], f[6])
+        emit_event(events, event_settings, 'expired', id, now, f[7], f[5], f[6])
       else
         local entry = redis.call('XADD', lanes[f[3]] or lanes.normal, '*', 'j', f[2])
         redis.call('HSET', record, 'state', 'queued', 'entry', entry)
         redis.call('HDEL', record, 'env')
         promoted = promoted + 1
-        emit_event(events, events_cap, 'queued', id, now, f[7], f[5], f[6])
+        emit_event(events, event_settings, 'queued', id, now, f[7], f[5], f[6])
       end
     end
   end

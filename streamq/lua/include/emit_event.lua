@@ -1,18 +1,23 @@
 -- Lifecycle events: appended by the very script that makes a change, so an event exists
 -- exactly when its change happened.
 -- The stream's settings (streamq:{S}:meta, written by its workers from their config): the
--- events stream's cap in entries (0: events off) and the age in ms past which they are
--- trimmed (0: only the cap). These defaults are streamq.config.EventsConfig's.
+-- events stream's cap in entries (0: events off), the age in ms past which they are trimmed
+-- (0: only the cap), and the event types not recorded (comma-separated). These defaults are
+-- streamq.config.EventsConfig's.
 local function events_settings(meta)
-  local s = redis.call('HMGET', meta, 'events_cap', 'events_age_ms')
-  return tonumber(s[1] or '100000'), tonumber(s[2] or '604800000')
+  local s = redis.call('HMGET', meta, 'events_cap', 'events_age_ms', 'events_skip')
+  local skip = {}
+  for kind in string.gmatch(s[3] or '', '[^,]+') do
+    skip[kind] = true
+  end
+  return { cap = tonumber(s[1] or '100000'), age = tonumber(s[2] or '604800000'), skip = skip }
 end
 
--- Append one event, capped near `max_len` entries (MAXLEN ~, trimmed a node at a time).
+-- Append one event, capped near the settings' cap (MAXLEN ~, trimmed a node at a time).
 -- `extra` is a flat array of more field, value pairs (run_at, result, error); empty values
 -- are left out.
-local function emit_event(events, max_len, kind, id, at, attempt, key, account, extra)
-  if max_len == 0 then
+local function emit_event(events, settings, kind, id, at, attempt, key, account, extra)
+  if settings.cap == 0 or settings.skip[kind] then
     return
   end
   local fields = { 'type', kind, 'job', id, 'at', at, 'attempt', attempt or 1 }
@@ -32,5 +37,5 @@ local function emit_event(events, max_len, kind, id, at, attempt, key, account, 
       end
     end
   end
-  redis.call('XADD', events, 'MAXLEN', '~', max_len, '*', unpack(fields))
+  redis.call('XADD', events, 'MAXLEN', '~', settings.cap, '*', unpack(fields))
 end
