@@ -30,7 +30,7 @@ class Queue:
 
     async def __aenter__(self) -> Self:
         self._redis, self.resolved_url = await connection.connect(self._url, self._config_url)
-        self._producer = Producer(self._redis)
+        self._producer = Producer(self._redis, self.config)
         return self
 
     async def __aexit__(

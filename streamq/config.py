@@ -249,6 +249,8 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     """A handler running longer is cancelled and the attempt counts as failed."""
     retention: float = 7 * 86400.0
     """How long records of finished jobs are kept."""
+    max_payload_bytes: int = 1 << 20
+    """A job whose encoded payload is larger is refused at enqueue (PayloadError)."""
     limits: tuple[Limit, ...] | None = None
     """Rate limits; None means the built-in ones for the platform the stream is named after
     (streamq.limiter.DEFAULT_LIMITS), and an empty list means none."""
@@ -272,6 +274,8 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             raise ConfigError("visibility_timeout must be at least 1s")
         if self.max_deliveries < 1:
             raise ConfigError("max_deliveries must be at least 1")
+        if self.max_payload_bytes < 1:
+            raise ConfigError("max_payload_bytes must be at least 1")
 
 
 _DURATION_FIELDS = ("visibility_timeout", "grace", "expire_after", "job_timeout", "retention")

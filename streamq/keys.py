@@ -46,6 +46,16 @@ _STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 
 MAX_ACCOUNT_LENGTH: Final = 200
+MAX_KEY_LENGTH: Final = 512
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it can be a job's dedup key, else raise ValueError."""
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise ValueError(
+            f"invalid job key {key[:40]!r}: use 1-{MAX_KEY_LENGTH} printable characters"
+        )
+    return key
 
 
 def check_account(account: str) -> str:

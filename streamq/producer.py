@@ -7,9 +7,10 @@ no per-job Redis work beyond the XADD (or ZADD) and the job's record.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal, get_args
 
@@ -21,8 +22,8 @@ from redis.exceptions import NoScriptError
 
 from streamq import codec, metrics, scheduler, scripts
 from streamq import keys as keyspace
-from streamq.config import Backoff, parse_duration
-from streamq.errors import ConfigError, InvalidJobState
+from streamq.config import Backoff, Config, parse_duration
+from streamq.errors import ConfigError, InvalidJobState, PayloadError
 from streamq.keys import Priority
 
 OFFSET_REFRESH_SECONDS: Final = 60.0
@@ -64,13 +65,32 @@ def check_account(account: str) -> str:
         raise ConfigError(str(exc)) from None
 
 
+@contextlib.asynccontextmanager
+async def _one_error() -> AsyncIterator[None]:
+    """A task group's lone error as itself, not wrapped in an exception group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+def _check_key(key: str) -> str:
+    try:
+        return keyspace.check_key(key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _ms(value: float | str | None, what: str) -> int | None:
     return None if value is None else round(parse_duration(value, what) * 1000)
 
 
 class Producer:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, config: Config | None = None) -> None:
         self._redis = redis
+        self._config = config or Config()
         self._registered: set[str] = set()
         self._offset_ms = 0
         self._offset_checked = -math.inf
@@ -136,6 +156,10 @@ class Producer:
         payload_list = payloads if isinstance(payloads, list) else list(payloads)
         if keys is not None and len(keys) != len(payload_list):
             raise ConfigError("enqueue_many: keys must have one entry per payload")
+        if keys is not None:
+            for key in keys:
+                if key is not None:
+                    _check_key(key)
         if accounts is not None:
             if len(accounts) != len(payload_list):
                 raise ConfigError("enqueue_many: accounts must have one entry per payload")
@@ -173,6 +197,7 @@ class Producer:
             cron or "",
         ]
         ids: list[str] = []
+        max_bytes = self._config.stream(stream).max_payload_bytes
         chunk = SLICE * PIPELINE_SLICES
         replies: list[list[Any]] = []
         one_in_flight = anyio.Semaphore(1)
@@ -184,13 +209,16 @@ class Producer:
                 one_in_flight.release()
 
         # Chunks go out in order, one at a time, while the next one is being encoded: the
-        # server works on chunk k while this process packs chunk k + 1.
-        async with anyio.create_task_group() as sends:
+        # server works on chunk k while this process packs chunk k + 1. A payload refused
+        # while encoding stops there: the chunks before it are in.
+        async with _one_error(), anyio.create_task_group() as sends:
             for start in range(0, len(payload_list), chunk):
                 part = payload_list[start : start + chunk]
                 part_keys = None if keys is None else keys[start : start + chunk]
                 part_accounts = None if accounts is None else accounts[start : start + chunk]
-                part_ids, slices = _encode(stream, part, part_keys, part_accounts, template)
+                part_ids, slices = _encode(
+                    stream, part, part_keys, part_accounts, template, max_bytes, start
+                )
                 ids += part_ids
                 calls = [
                     ([*fixed_keys, *record_keys], [*head, jobs]) for record_keys, jobs in slices
@@ -289,8 +317,11 @@ def _encode(
     job_keys: Sequence[str | None] | None,
     accounts: Sequence[str | None] | None,
     template: codec.Envelope,
+    max_bytes: int,
+    first: int,
 ) -> tuple[list[str], list[tuple[list[str], bytes]]]:
-    """Job ids, and the record keys and packed jobs (enqueue_jobs' ARGV[4]) of each slice."""
+    """Job ids, and the record keys and packed jobs (enqueue_jobs' ARGV[4]) of each slice.
+    Raises PayloadError for an envelope over ``max_bytes`` (``first`` numbers the payloads)."""
     ids: list[str] = []
     slices: list[tuple[list[str], bytes]] = []
     record_keys: list[str] = []
@@ -306,8 +337,14 @@ def _encode(
         account = accounts[index] if accounts is not None else None
         envelope = replace(template, id=job_id, payload=payload, key=key, account=account)
         record_keys.append(record_prefix + job_id)
+        encoded = encode(envelope)
+        if len(encoded) > max_bytes:
+            raise PayloadError(
+                f"payload {first + index + 1} is {len(encoded)} bytes encoded, over the "
+                f"stream's max_payload_bytes of {max_bytes}"
+            )
         # str, not bytes: the server's cmsgpack reads msgpack str but not bin.
-        job: list[str | int] = [job_id, key or "", encode(envelope).decode(), due]
+        job: list[str | int] = [job_id, key or "", encoded.decode(), due]
         if account is not None:
             job.append(account)
         jobs.append(job)

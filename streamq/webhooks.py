@@ -76,7 +76,7 @@ class Deliveries:
         settings = config.streams.get(self.target, _DELIVERY_DEFAULTS)
         options = WorkerOptions(**msgspec.structs.asdict(settings))
         self.worker = Worker(redis, self.target, self.deliver, options, consumer=consumer)
-        self._producer = Producer(redis)
+        self._producer = Producer(redis, config)
         self._stopping = False
         self._client: httpx.AsyncClient | None = None
 

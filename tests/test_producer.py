@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import anyio
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from streamq import keys, scripts
-from streamq.errors import ConfigError
+from streamq.config import parse_config
+from streamq.errors import ConfigError, PayloadError
 from streamq.producer import Producer
-from tests.conftest import entries
+from tests.conftest import entries, run_cli
+from tests.test_cli import one_line_error
 
 pytestmark = pytest.mark.anyio
 
@@ -88,3 +93,35 @@ async def test_enqueue_survives_script_flush(redis: Redis, stream: str) -> None:
     # A script called by SHA after a flush is loaded again and runs (here: to its NOGROUP error).
     with pytest.raises(ResponseError, match="NOGROUP"):
         await scripts.reclaim_jobs(redis, keys.lanes(stream), ["nogroup", "c", 1, 1, "0", "0", "0"])
+
+
+async def test_a_payload_over_the_limit_is_refused_naming_it_and_the_limit(
+    redis: Redis, stream: str
+) -> None:
+    config = parse_config({"streams": {stream: {"max_payload_bytes": 1000}}})
+    producer = Producer(redis, config)
+    payloads = ["x" * 100, "y" * 2000, "z"]
+    with pytest.raises(PayloadError, match=r"payload 2 is \d+ bytes encoded, over .* of 1000"):
+        await producer.enqueue_many(stream, payloads)
+    big = "w" * (1 << 20)  # the default limit is 1 MiB
+    with pytest.raises(PayloadError, match="max_payload_bytes of 1048576"):
+        await Producer(redis).enqueue(stream, big)
+    assert await Producer(redis).enqueue(stream, "w" * 1000)
+
+
+async def test_a_bad_dedup_key_is_refused(redis: Redis, stream: str) -> None:
+    producer = Producer(redis)
+    for key in ("", "k" * 513, "tab\tkey"):
+        with pytest.raises(ConfigError, match="invalid job key"):
+            await producer.enqueue(stream, 1, key=key)
+    assert await redis.xlen(keys.lane(stream, "normal")) == 0
+
+
+def test_the_cli_refuses_an_oversized_payload_in_one_line(
+    redis_url: str, stream: str, tmp_path: Path
+) -> None:
+    post = tmp_path / "post.json"
+    post.write_text(json.dumps("x" * (1 << 20)))
+    result = run_cli("enqueue", "--redis-url", redis_url, "--stream", stream,
+                     "--payload", f"@{post}")  # fmt: skip
+    one_line_error(result, "over the stream's max_payload_bytes of 1048576")
