@@ -12,6 +12,7 @@ logs it and tries again at the next tick, and the other streams go on.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -54,8 +55,16 @@ class DryRun:
 class LocalTarget:
     """``streamq consume`` processes on this machine, per stream."""
 
-    def __init__(self, consume_args: dict[str, list[str]], grace_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        consume_args: dict[str, list[str]],
+        grace_seconds: float = 30.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.consume_args = consume_args
+        # The server's URL goes to the workers in their environment, not their command line,
+        # where `ps` would show a password in it to every user of the machine.
+        self.env = {**os.environ, **(env or {})}
         self.grace_seconds = grace_seconds
         self._pools: dict[str, list[subprocess.Popen[bytes]]] = {}
         self._stopping: list[subprocess.Popen[bytes]] = []
@@ -87,6 +96,7 @@ class LocalTarget:
         return subprocess.Popen(
             [sys.executable, "-m", "streamq", "consume", *self.consume_args[stream]],
             stdin=subprocess.DEVNULL,
+            env=self.env,
         )
 
     async def close(self) -> None:

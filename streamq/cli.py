@@ -743,7 +743,11 @@ async def _autoscale(args: argparse.Namespace, config: Config) -> int:
         elif args.dry_run:
             target = targets.DryRun()
         else:
-            target = targets.LocalTarget(_consume_args(args, config, streams, q, policies))
+            assert q.resolved_url is not None
+            target = targets.LocalTarget(
+                _consume_args(args, config, streams, policies),
+                env={"STREAMQ_REDIS_URL": q.resolved_url},
+            )
         if args.dry_run and args.target == "kubernetes":
             await target.close()
             target = targets.DryRun()
@@ -769,15 +773,14 @@ def _consume_args(
     args: argparse.Namespace,
     config: Config,
     streams: list[str],
-    q: Queue,
     policies: dict[str, Any],
 ) -> dict[str, list[str]]:
-    """The `streamq consume` command line of each stream's local workers."""
-    assert q.resolved_url is not None
+    """The `streamq consume` command line of each stream's local workers (the server's URL
+    goes in their environment)."""
     consume: dict[str, list[str]] = {}
     for stream in streams:
         resolve_handler(stream, args.handler, config.stream(stream))  # fail early
-        spec = ["--redis-url", q.resolved_url, "--stream", stream]
+        spec = ["--stream", stream]
         spec += ["--concurrency", str(policies[stream].concurrency), "--log-level", args.log_level]
         spec += ["--log-format", args.log_format]
         if args.handler:

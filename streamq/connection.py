@@ -2,11 +2,15 @@
 
 The URL comes from, in order: the caller (``--redis-url``), ``STREAMQ_REDIS_URL``, the config
 file's ``redis_url``; with none of these, the embedded Valkey server (started on first use).
+A password can stay out of the URL (and so out of ``ps`` and shell history):
+``STREAMQ_REDIS_PASSWORD``, or a file named by ``STREAMQ_REDIS_PASSWORD_FILE`` (a mounted
+Kubernetes Secret); one in the URL wins.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis import exceptions as redis_errors
@@ -43,10 +47,30 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def password_from_environment() -> str | None:
+    """``STREAMQ_REDIS_PASSWORD``, else the content of ``STREAMQ_REDIS_PASSWORD_FILE``."""
+    password = os.environ.get("STREAMQ_REDIS_PASSWORD")
+    if password:
+        return password
+    path = os.environ.get("STREAMQ_REDIS_PASSWORD_FILE")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip() or None
+    except OSError as exc:
+        raise ConnectionFailed(
+            f"cannot read STREAMQ_REDIS_PASSWORD_FILE {path}: {exc.strerror}"
+        ) from None
+
+
 def client(url: str, *, max_connections: int | None = None) -> Redis:
-    tcp_only: dict[str, bool] = {}
+    options: dict[str, Any] = {}
+    password = None if urlsplit(url).password else password_from_environment()
+    if password is not None:
+        options["password"] = password
     if urlsplit(url).scheme != "unix":  # keepalive is a TCP option; unix sockets refuse it
-        tcp_only["socket_keepalive"] = True
+        options["socket_keepalive"] = True
     try:
         return Redis.from_url(
             url,
@@ -59,7 +83,7 @@ def client(url: str, *, max_connections: int | None = None) -> Redis:
             # (5 s) is not; still short enough to notice a connection that went silent.
             socket_timeout=SOCKET_TIMEOUT_SECONDS,
             socket_connect_timeout=5,
-            **tcp_only,
+            **options,
         )
     except ValueError as exc:
         raise ConnectionFailed(f"invalid Redis URL {redact(url)!r}: {exc}") from None
