@@ -83,6 +83,10 @@ def client(url: str, *, max_connections: int | None = None) -> Redis:
             # (5 s) is not; still short enough to notice a connection that went silent.
             socket_timeout=SOCKET_TIMEOUT_SECONDS,
             socket_connect_timeout=5,
+            # No CLIENT SETINFO on connect: Redis 7.0 has no such command, and naming it in
+            # least-privilege ACL rules (streamq.acl) would fail there.
+            lib_name=None,
+            lib_version=None,
             **options,
         )
     except ValueError as exc:

@@ -1,0 +1,37 @@
+"""The least-privilege ACL rules of each kind of streamq client, as the README gives them.
+
+Every role may touch streamq's keys only (``~streamq:*``) and no pub/sub channel, and may run
+only the commands it needs; scripts run their commands with the caller's permissions, so the
+commands inside them are listed too. The test suite runs producers, workers and the
+autoscaler under exactly these users (tests/test_acl.py).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+_COMMON: Final = (
+    "resetkeys ~streamq:* resetchannels -@all "
+    "+ping +hello +info +time +evalsha +script|load +multi +exec +discard"
+)
+_READ_STREAMS: Final = (
+    "+xrange +xrevrange +xread +xlen +xpending +xinfo|stream +xinfo|groups +xinfo|consumers"
+)
+_JOBS: Final = (
+    "+xadd +xdel +xack +xreadgroup +xgroup|create +xtrim "
+    "+hset +hsetnx +hget +hmget +hgetall +hdel +hincrby +hlen +pexpire +persist +del "
+    "+zadd +zrem +zrange +zrangebyscore +zscore +zcard +zcount +zremrangebyscore "
+    "+sadd +smembers +sismember"
+)
+
+ROLES: Final = {
+    # Apps that enqueue and steer jobs and read stats and events; also `streamq admin`.
+    "producer": f"{_COMMON} {_READ_STREAMS} {_JOBS} +hkeys +hvals +scan",
+    # `streamq consume`, and `streamq autoscale --target local` (its workers share its URL).
+    "worker": f"{_COMMON} {_READ_STREAMS} {_JOBS} "
+    "+xautoclaim +xclaim +xgroup|createconsumer +xgroup|delconsumer",
+    # `streamq autoscale --target kubernetes`: it reads figures and holds its leader lock.
+    "autoscaler": f"{_COMMON} {_READ_STREAMS} "
+    "+eval +set +get +incr +incrby +pexpire +del +hmget +hget +zcount +zcard +smembers +sismember",
+}
+"""Role -> the ACL SETUSER rules after ``on >password``."""
