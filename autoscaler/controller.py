@@ -18,6 +18,7 @@ from typing import Any, Final, Protocol
 
 import anyio
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from autoscaler import metrics
 from autoscaler.observe import StreamWatch
@@ -55,6 +56,10 @@ class Leadership(Protocol):
 
     async def hold(self) -> bool: ...
 
+    async def still_leading(self) -> bool:
+        """True while the leadership last held has not lapsed (checked before every act)."""
+        ...
+
     async def release(self) -> None: ...
 
 
@@ -82,6 +87,12 @@ class RedisLeadership:
             log.info("leading the autoscaling (fence %d)", self.fence)
             return True
         return False
+
+    async def still_leading(self) -> bool:
+        if self.fence is None:
+            return False
+        holder: Any = await self.redis.get(self.key)
+        return holder is not None and holder.decode() == self.token
 
     async def release(self) -> None:
         """Give the lock up on a clean stop, so the next leader need not wait it out."""
@@ -117,7 +128,11 @@ async def run(
     done = 0
     try:
         while ticks is None or done < ticks:
-            leading = await leadership.hold()
+            try:
+                leading = await leadership.hold()
+            except (RedisError, OSError) as exc:  # a blip: no one acts until it answers again
+                log.warning("leader election: %s; trying again next tick", exc)
+                leading = False
             metrics.record_leadership(leadership.fence if leading else None)
             if leading:
                 for stream in streams:
@@ -154,7 +169,11 @@ async def _tick(
             decision.reason,
         )
         if changes:
+            # A tick can outlast the lock when the API is slow: act only while still leading.
+            if not await leadership.still_leading():
+                log.warning("%s: leadership lapsed before resizing; deciding again", stream)
+                return
             await target.scale(stream, decision.workers)
-    except TargetError as exc:
+    except (TargetError, RedisError, OSError) as exc:
         metrics.TARGET_ERRORS.labels(stream).inc()
         log.warning("%s: %s; trying again next tick", stream, exc)

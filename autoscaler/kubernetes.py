@@ -83,6 +83,7 @@ def default_namespace(kubeconfig: str | None = None, context: str | None = None)
 
 async def _call(what: str, call: Awaitable[T], seconds: float) -> T:
     """One API call as a TargetError on any failure, with a hard deadline."""
+    import aiohttp
     from kubernetes.aio.client.exceptions import ApiException
 
     try:
@@ -98,7 +99,7 @@ async def _call(what: str, call: Awaitable[T], seconds: float) -> T:
         raise TargetError(f"{what}: {reason}", exc.status) from None
     except TimeoutError:
         raise TargetError(f"{what}: no answer within {seconds:g}s") from None
-    except (OSError, asyncio.IncompleteReadError) as exc:  # aiohttp's errors are OSErrors too
+    except (OSError, asyncio.IncompleteReadError, aiohttp.ClientError) as exc:
         raise TargetError(f"{what}: {type(exc).__name__}: {exc}") from None
 
 
@@ -289,6 +290,13 @@ class LeaseLeadership:
             log.info("leading the autoscaling (lease %s, fence %d)", self.name, transitions)
         self.fence = transitions
         return True
+
+    async def still_leading(self) -> bool:
+        """By this controller's clock: renewed within two thirds of the duration, before any
+        other candidate may take over."""
+        return self.fence is not None and time.monotonic() - self._renewed_at < (
+            self.duration * 2 / 3
+        )
 
     async def release(self) -> None:
         """Give the Lease up on a clean stop, so the next leader need not wait it out."""

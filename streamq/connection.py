@@ -85,8 +85,7 @@ def client(url: str, *, max_connections: int | None = None) -> Redis:
             socket_connect_timeout=5,
             # No CLIENT SETINFO on connect: Redis 7.0 has no such command, and naming it in
             # least-privilege ACL rules (streamq.acl) would fail there.
-            lib_name=None,
-            lib_version=None,
+            driver_info=None,
             **options,
         )
     except ValueError as exc:

@@ -14,7 +14,7 @@ Two ways to read them:
 - **A consumer group** (``group=``): instances of an app sharing the group split the events
   between them; each event is acknowledged once the loop body that got it returns, so one an
   instance was handling when it died is delivered to it again when it comes back (same
-  ``consumer`` name).
+  ``consumer`` name), and to the others once it has been gone for a minute.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from streamq.errors import ConfigError
 TYPES = EVENT_TYPES
 READ_COUNT = 500
 BLOCK_MS = 2000
+ABANDONED_AFTER_MS = 60_000
+"""A group member's events unacknowledged this long are taken over by the others."""
 _EVENT_ID = re.compile(r"^\d+(-\d+)?$")
 
 
@@ -128,6 +130,7 @@ async def follow(
     consumer: str | None = None,
     types: Sequence[str] | None = None,
     count: int = READ_COUNT,
+    abandoned_after_ms: int = ABANDONED_AFTER_MS,
 ) -> AsyncIterator[Event]:
     """Events of ``streams`` in order per stream; with ``wait`` it keeps waiting for more.
 
@@ -158,7 +161,7 @@ async def follow(
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-    async for event in _follow_group(redis, by_key, group, name, wait, count):
+    async for event in _follow_group(redis, by_key, group, name, wait, count, abandoned_after_ms):
         if wanted is None or event.type in wanted:
             yield event
 
@@ -181,12 +184,28 @@ async def _follow_plain(
 
 
 async def _follow_group(
-    redis: Redis, by_key: dict[str, str], group: str, consumer: str, wait: bool, count: int
+    redis: Redis,
+    by_key: dict[str, str],
+    group: str,
+    consumer: str,
+    wait: bool,
+    count: int,
+    abandoned_after_ms: int,
 ) -> AsyncIterator[Event]:
-    # First what this consumer was given and did not acknowledge (it stopped midway), then new.
+    # First what this consumer was given and did not acknowledge (it stopped midway), then what
+    # another member left unacknowledged for ABANDONED_AFTER_MS (it died), then new events.
     cursors = dict.fromkeys(by_key, "0")
     while True:
         only_new = all(c == ">" for c in cursors.values())
+        if only_new:
+            for name in by_key:
+                claimed: Any = await redis.xautoclaim(
+                    name, group, consumer, min_idle_time=abandoned_after_ms, count=count
+                )
+                for entry_id, fields in claimed[1]:
+                    if fields:  # an entry trimmed meanwhile comes back empty
+                        yield from_entry(by_key[name], entry_id, fields)
+                        await redis.xack(name, group, entry_id)
         block = BLOCK_MS if wait and only_new else None
         wanted: dict[Any, Any] = dict(cursors)
         reply: Any = await redis.xreadgroup(group, consumer, wanted, count=count, block=block)

@@ -124,6 +124,8 @@ async def resume_account(redis: Redis, stream: str, account: str) -> tuple[bool,
             keys.delayed(stream),
             keys.control(stream),
             keys.parked(stream, account),
+            keys.events(stream),
+            keys.meta(stream),
         ],
         [keys.script_prefix(stream), account],
     )

@@ -295,7 +295,7 @@ async def refresh_stream_figures(
         try:
             figures.update(await stats.snapshot(redis, streams))
             failing = False
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        except (redis_errors.RedisError, OSError) as exc:  # BUSY, ACL, outages: try later
             if not failing:  # once per outage, not every few seconds
                 log.warning("could not read stream figures for metrics: %s", exc)
             failing = True

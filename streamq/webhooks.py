@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -32,7 +33,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from streamq import __version__, events, keys
 from streamq.config import Config, StreamConfig, Webhook
-from streamq.errors import ConfigError, Fail, RateLimited
+from streamq.errors import ConfigError, Fail, RateLimited, StreamqError
 from streamq.job import Job
 from streamq.producer import JobOptions, Producer
 from streamq.worker import Worker, WorkerOptions
@@ -43,6 +44,8 @@ GROUP = "webhooks"
 DELIVERY_CONCURRENCY = 16
 RELAY_BATCH = 500
 RELAY_BLOCK_MS = 1000
+ABANDONED_AFTER_MS = 60_000
+"""Events a relay read and has not acknowledged for this long were left by a dead process."""
 
 
 def delivery_stream(stream: str) -> str:
@@ -79,6 +82,7 @@ class Deliveries:
         self._producer = Producer(redis, config)
         self._stopping = False
         self._client: httpx.AsyncClient | None = None
+        self.abandoned_after_ms = ABANDONED_AFTER_MS
 
     def stop(self) -> None:
         self._stopping = True
@@ -105,37 +109,63 @@ class Deliveries:
         failures = 0
         while not self._stopping:
             try:
-                reply: Any = await self.redis.xreadgroup(
-                    GROUP,
-                    self.consumer,
-                    {source: cursor},
-                    count=RELAY_BATCH,
-                    block=RELAY_BLOCK_MS if cursor == ">" else None,
-                )
-                entries = reply[0][1] if reply else []
+                entries = await self._adopt_abandoned(source) if cursor == ">" else []
+                if not entries:
+                    reply: Any = await self.redis.xreadgroup(
+                        GROUP,
+                        self.consumer,
+                        {source: cursor},
+                        count=RELAY_BATCH,
+                        block=RELAY_BLOCK_MS if cursor == ">" else None,
+                    )
+                    entries = reply[0][1] if reply else []
                 if not entries:
                     cursor = ">"
                     continue
                 await self._enqueue([events.from_entry(self.stream, *e) for e in entries])
                 await self.redis.xack(source, GROUP, *[entry_id for entry_id, _ in entries])
                 failures = 0
-            except RedisError as exc:  # the server went away: the events wait, try again
+            except (RedisError, OSError) as exc:  # the server went away: the events wait
                 failures += 1
                 log.warning("webhook relay of %s: %s; retrying", self.stream, exc)
                 await anyio.sleep(min(30.0, 0.5 * 2**failures))
                 cursor = "0"
+
+    async def _adopt_abandoned(self, source: str) -> list[Any]:
+        """Events another relay read and never acknowledged (its process died), now this
+        one's."""
+        reply: Any = await self.redis.xautoclaim(
+            source, GROUP, self.consumer, min_idle_time=self.abandoned_after_ms, count=RELAY_BATCH
+        )
+        return [entry for entry in reply[1] if entry[1]]  # deleted entries come back empty
 
     async def _enqueue(self, batch: Sequence[events.Event]) -> None:
         for index, webhook in enumerate(self.webhooks):
             wanted = [event for event in batch if event.type in webhook.events]
             if not wanted:
                 continue
-            await self._producer.enqueue_many(
-                self.target,
-                [{"webhook": index, "event": msgspec.to_builtins(ev)} for ev in wanted],
-                keys=[f"{ev.id}:{index}" for ev in wanted],
-                options=JobOptions(max_attempts=webhook.max_attempts),
-            )
+            options = JobOptions(max_attempts=webhook.max_attempts)
+            payloads = [{"webhook": index, "event": msgspec.to_builtins(ev)} for ev in wanted]
+            dedup = [f"{ev.id}:{index}" for ev in wanted]
+            try:
+                await self._producer.enqueue_many(
+                    self.target, payloads, keys=dedup, options=options
+                )
+            except StreamqError:  # one event the delivery stream refuses (too large, say)
+                for payload, key in zip(payloads, dedup, strict=True):
+                    try:
+                        await self._producer.enqueue(self.target, payload, key=key, options=options)
+                    except StreamqError as exc:
+                        await self._dead_letter(payload, str(exc))
+
+    async def _dead_letter(self, payload: dict[str, Any], reason: str) -> None:
+        """An event that cannot become a delivery goes straight to the webhook dead letters,
+        kept whole, so it is neither lost nor able to stop the relay."""
+        log.warning("webhook event %s not deliverable: %s", payload["event"]["id"], reason)
+        await self.redis.xadd(
+            keys.dead(self.target),
+            {"j": msgspec.json.encode(payload), "_reason": reason, "_source": "relay"},
+        )
 
     async def deliver(self, job: Job) -> dict[str, int]:
         """POST one event; a 2xx ends it, 410 gives up, 429 waits, anything else retries."""
@@ -161,12 +191,18 @@ class Deliveries:
         )
         if 200 <= answer.status_code < 300:
             return {"status": answer.status_code}
+        where = _site(webhook.url)  # never the path or query: they often carry a token
         if answer.status_code == 410:
-            raise Fail(f"{webhook.url} answered 410 Gone")
+            raise Fail(f"{where} answered 410 Gone")
         if answer.status_code == 429:
             retry_after = answer.headers.get("Retry-After", "")
             raise RateLimited(float(retry_after) if retry_after.isdigit() else 30.0)
-        raise RuntimeError(f"{webhook.url} answered {answer.status_code}")
+        raise RuntimeError(f"{where} answered {answer.status_code}")
+
+
+def _site(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 _DELIVERY_DEFAULTS = StreamConfig(concurrency=DELIVERY_CONCURRENCY, limits=())

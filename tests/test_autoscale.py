@@ -16,10 +16,13 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 import redis as sync_redis
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from autoscaler import controller, targets
+from autoscaler.policy import Policy
 from streamq import keys
+from streamq.config import Config
 from tests.conftest import ROOT, free_port, run_cli
 
 SCALED = re.compile(r"(\S+): (\d+) -> (\d+) workers")
@@ -188,3 +191,40 @@ async def test_the_local_target_replaces_a_crashed_worker(redis_url: str, stream
     finally:
         await target.close()
     assert target.pids(stream) == []
+
+
+class Blinking:
+    """A leadership whose server fails once, then answers."""
+
+    fence: int | None = None
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def hold(self) -> bool:
+        self.calls += 1
+        if self.calls == 1:
+            raise redis_errors.ConnectionError("the server went away")
+        self.fence = 7
+        return True
+
+    async def still_leading(self) -> bool:
+        return self.fence is not None
+
+    async def release(self) -> None:
+        self.fence = None
+
+
+@pytest.mark.anyio
+async def test_a_redis_blip_skips_a_tick_instead_of_stopping_the_autoscaler(
+    redis: Redis, stream: str
+) -> None:
+    await redis.xadd(keys.lane(stream, "normal"), {"j": b"{}"})
+    target = targets.DryRun()
+    leadership = Blinking()
+    await controller.run(
+        redis, [stream], {stream: Policy(max_workers=3)}, target, Config(),
+        leadership=leadership, interval=0.01, ticks=2,
+    )  # fmt: skip
+    assert leadership.calls == 2
+    assert await target.workers(stream) == 1  # the second tick decided and acted

@@ -176,6 +176,9 @@ class Held:
     async def hold(self) -> bool:
         return True
 
+    async def still_leading(self) -> bool:
+        return True
+
     async def release(self) -> None:
         return None
 

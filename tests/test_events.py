@@ -14,12 +14,12 @@ import pytest
 from redis.asyncio import Redis
 
 import streamq
-from streamq import events, keys
+from streamq import events, keys, scripts
 from streamq.config import EventsConfig
 from streamq.errors import ConfigError
 from streamq.job import Job
 from streamq.worker import Worker
-from tests.conftest import run_cli
+from tests.conftest import entries, run_cli
 from tests.test_cli import one_line_error
 from tests.test_lifecycle import QUICK, Running, state
 from tests.test_worker import FAST, poll
@@ -136,8 +136,10 @@ async def test_since_a_time_or_a_duration_and_types(
         await q.enqueue(stream, "old")
         [old] = await every_event(redis, stream)
         await q.enqueue(stream, "later", delay="1h")
-        after_old = [ev.type for ev in await every_event(redis, stream, since=old.at_ms + 1)]
-        assert "scheduled" in after_old
+        after_old = [ev.type for ev in await every_event(redis, stream, since=old.id)]
+        assert after_old == ["scheduled"]
+        from_its_time = await every_event(redis, stream, since=old.at_ms)  # from that ms on
+        assert [ev.type for ev in from_its_time] == ["queued", "scheduled"]
         assert len(await every_event(redis, stream, since="1h")) == 2
         assert await every_event(redis, stream, since="now") == []
         only = await every_event(redis, stream, types=["scheduled"])
@@ -207,3 +209,45 @@ def test_streamq_events_prints_json_lines_and_refuses_a_bad_since(
     assert f"queued  {added.stdout.strip()}  attempt 1  account acme" in text.stdout
     bad = run_cli("events", "--redis-url", redis_url, "--stream", stream, "--since", "soonish")
     one_line_error(bad, "since must be")
+
+
+async def test_a_late_second_done_writes_no_second_event_nor_count(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    async def handler(job: Job) -> str:
+        return "once"
+
+    async with streamq.connect(redis_url) as q:
+        job_id = await q.enqueue(stream, "x")
+        [(entry_id, _)] = await entries(redis, keys.lane(stream, "normal"))
+        await Worker(redis, stream, handler, options()).run()
+    late = ("d", job_id, "", 1, 1, '"twice"')  # a stalled worker's done, after the takeover
+    await scripts.finish_jobs(
+        redis,
+        [*keys.lanes(stream), keys.dedup(stream), keys.delayed(stream), keys.dead(stream),
+         keys.counts(stream), keys.control(stream), keys.events(stream), keys.meta(stream),
+         keys.job(stream, job_id)],
+        [keys.GROUP, "", entry_id, "", 60_000, msgspec.msgpack.encode([late]),
+         keys.script_prefix(stream)],
+    )  # fmt: skip
+    kinds = [ev.type for ev in await every_event(redis, stream)]
+    assert kinds == ["queued", "started", "done"]
+    assert await redis.hget(keys.counts(stream), "done") == b"1"
+    assert await redis.hget(keys.job(stream, job_id), "result") == b'"once"'
+
+
+async def test_a_group_member_that_is_gone_leaves_its_events_to_the_others(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        job = await q.enqueue(stream, "x")
+        async for _ in q.events(stream, group="sync", consumer="gone", wait=False):
+            break  # read, never acknowledged: that process died
+    taken = [
+        ev async for ev in events.follow(
+            redis, [stream], group="sync", consumer="alive", wait=False, abandoned_after_ms=0
+        )
+    ]  # fmt: skip
+    assert [ev.job for ev in taken] == [job]
+    pending: Any = await redis.xpending(keys.events(stream), "sync")
+    assert pending["pending"] == 0

@@ -195,3 +195,49 @@ async def test_hooks_see_outcomes_and_their_failures_change_nothing(
         await Worker(redis, stream, handler, options(), hooks=hooks).run()
         assert (await state(q, good), await state(q, bad)) == ("done", "dead")
     assert sorted(seen) == [("dead", "bad"), ("done", "good"), ("failed", "bad")]
+
+
+async def test_an_event_too_large_to_deliver_is_a_dead_letter_and_the_rest_go_out(
+    redis_url: str, redis: Redis, stream: str, receiver: Receiver
+) -> None:
+    config = config_for(stream, receiver.url, events=["done"])
+    tight = msgspec.structs.replace(config.streams[delivery_stream(stream)], max_payload_bytes=600)
+    config = msgspec.structs.replace(
+        config, streams={**config.streams, delivery_stream(stream): tight}
+    )
+    deliveries = Deliveries(redis, stream, config, "test-consumer")
+
+    async def echo(job: Job) -> Any:
+        return job.payload  # the result is in the event, and so in the delivery
+
+    async with streamq.connect(redis_url) as q, anyio.create_task_group() as tasks:
+        tasks.start_soon(deliveries.run)
+        small = await q.enqueue(stream, "small")
+        await q.enqueue(stream, "x" * 2000)
+        async with Running(Worker(redis, stream, echo, options(burst=False))):
+            await poll(lambda: len(receiver.accepted) == 1, within=30)
+            await poll(lambda: _length_is(redis, keys.dead(delivery_stream(stream)), 1))
+        deliveries.stop()
+    assert json.loads(receiver.accepted[0][1])["job"] == small
+    letters: Any = await redis.xrange(keys.dead(delivery_stream(stream)))
+    [(_, letter)] = letters
+    assert b"max_payload_bytes" in letter[b"_reason"]
+    assert json.loads(letter[b"j"])["event"]["result"] == "x" * 2000  # kept whole
+
+
+async def test_events_a_dead_relay_read_are_taken_over_by_another(
+    redis_url: str, redis: Redis, stream: str, receiver: Receiver
+) -> None:
+    config = config_for(stream, receiver.url, events=["queued"])
+    async with streamq.connect(redis_url) as q:
+        job = await q.enqueue(stream, "orphan")
+    source = keys.events(stream)
+    await redis.xgroup_create(source, "webhooks", id="0")
+    await redis.xreadgroup("webhooks", "dead-relay", {source: ">"})  # read, never acknowledged
+    deliveries = Deliveries(redis, stream, config, "live-relay")
+    deliveries.abandoned_after_ms = 0
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(deliveries.run)
+        await poll(lambda: len(receiver.accepted) == 1, within=30)
+        deliveries.stop()
+    assert json.loads(receiver.accepted[0][1])["job"] == job

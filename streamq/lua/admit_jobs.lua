@@ -40,8 +40,8 @@ this consumer's), platform paused until ms or 0, now }: a start is logged as '<j
 -- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
--- @include "release_held.lua"
 -- @include "emit_event.lua"
+-- @include "release_held.lua"
 local delayed, counts, control, paused = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local platform_log, platform_plan = KEYS[8], KEYS[9]
 local group, consumer, prefix = ARGV[1], ARGV[2], ARGV[3]

@@ -24,8 +24,8 @@ Returns { outcome, state before }: outcome is 'cancelled', 'cancelling' (it was 
 -- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "free_dedup_key.lua"
--- @include "release_held.lua"
 -- @include "emit_event.lua"
+-- @include "release_held.lua"
 local record, delayed, dedup, counts, control = KEYS[1], KEYS[2], KEYS[6], KEYS[7], KEYS[8]
 local lanes = { high = KEYS[3], normal = KEYS[4], low = KEYS[5] }
 local id, group, retention = ARGV[1], ARGV[2], ARGV[3]

@@ -33,7 +33,8 @@ instead of sending thousands of arguments. A retry or deferral of a job whose ca
 requested while it ran ends it as cancelled instead.
 An outcome other than done whose entry is no longer pending is stale (this worker stalled, and
 another took the entry over and finished it): it is dropped, so a late retry cannot run a
-finished job again. Done outcomes skip that check: recording done twice changes nothing.
+finished job again. A done outcome for a job whose record already says done is stale too, so
+a run is counted, and its events written, once.
 The counts hash also sums `ran` (outcomes of runs) and `busy_ms` (their handler time).
 Every outcome appends its event: 'started' (at the time the handler started: a start is not a
 step on the server, so its event is written with the outcome), then 'done', 'retried',
@@ -44,8 +45,8 @@ Returns the number of entries acknowledged.
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
 -- @include "free_dedup_key.lua"
--- @include "release_held.lua"
 -- @include "emit_event.lua"
+-- @include "release_held.lua"
 local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, retention, prefix = ARGV[1], ARGV[5], ARGV[7]
 local paused = prefix .. 'paused'
@@ -60,6 +61,10 @@ for i, o in ipairs(outcomes) do
     if not redis.call('XPENDING', KEYS[o[#o - 1]], group, entry, entry, 1)[1] then
       stale[i] = true
     end
+  elseif redis.call('HGET', KEYS[10 + i], 'state') == 'done' then
+    -- Another worker took the entry over and finished it first: its run is the one on
+    -- record, so this late one writes neither a second outcome nor a second event.
+    stale[i] = true
   end
 end
 

@@ -23,8 +23,8 @@ Returns { promoted, expired, server now ms, due ms of the next waiting job or -1
 ]]
 -- @include "server_now.lua"
 -- @include "free_dedup_key.lua"
--- @include "release_held.lua"
 -- @include "emit_event.lua"
+-- @include "release_held.lua"
 local delayed, dedup, counts = KEYS[1], KEYS[5], KEYS[6]
 local lanes = { high = KEYS[2], normal = KEYS[3], low = KEYS[4] }
 local retention, prefix = ARGV[1], ARGV[2]

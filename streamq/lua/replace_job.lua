@@ -21,9 +21,9 @@ the limits again, as its new account's, when due.
 ]]
 -- @include "tell_workers.lua"
 -- @include "delayed_head.lua"
--- @include "release_held.lua"
 -- @include "server_now.lua"
 -- @include "emit_event.lua"
+-- @include "release_held.lua"
 local record, delayed, dedup, control = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, key, envelope, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local state = redis.call('HGET', record, 'state')

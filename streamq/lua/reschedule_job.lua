@@ -20,9 +20,9 @@ Returns the job's state, 'changed', or false when there is no record.
 ]]
 -- @include "tell_workers.lua"
 -- @include "delayed_head.lua"
--- @include "release_held.lua"
 -- @include "server_now.lua"
 -- @include "emit_event.lua"
+-- @include "release_held.lua"
 local record, delayed, control = KEYS[1], KEYS[2], KEYS[3]
 local id, due = ARGV[1], ARGV[2]
 local state = redis.call('HGET', record, 'state')

@@ -1,4 +1,5 @@
--- Send an account's oldest held job (waiting for its turn on the platform) back to its lane.
+-- Send an account's oldest held job (waiting for its turn on the platform) back to its lane,
+-- with a 'queued' event. Needs server_now.lua and emit_event.lua included before it.
 local function release_held(prefix, account)
   local held = prefix .. 'held:' .. account
   local id = redis.call('ZRANGE', held, 0, 0)[1]
@@ -12,6 +13,9 @@ local function release_held(prefix, account)
     local entry = redis.call('XADD', prefix .. 'lane:' .. (f[3] or 'normal'), '*', 'j', f[2])
     redis.call('HSET', record, 'state', 'queued', 'entry', entry)
     redis.call('HDEL', record, 'env')
+    local more = redis.call('HMGET', record, 'attempt', 'key')
+    emit_event(prefix .. 'events', events_settings(prefix .. 'meta'), 'queued', id,
+      server_now_ms(), more[1], more[2], account)
   end
 end
 
