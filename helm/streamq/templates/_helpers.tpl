@@ -63,8 +63,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.autoscaler.enabled -}}streamq{{- else if .Values.keda.enabled -}}keda{{- end -}}
 {{- end -}}
 
-{{/* The Redis connection as STREAMQ_REDIS_URL, from the existing Secret. A password is
-     referenced through Kubernetes' $(VAR) expansion, so it never appears in the manifest. */}}
+{{/* The Redis connection as STREAMQ_REDIS_URL (and STREAMQ_REDIS_PASSWORD), from the existing
+     Secret: the password stays out of the manifest and out of the URL, so any character is
+     fine in it. */}}
 {{- define "streamq.redisEnv" -}}
 {{- $redis := .Values.redis -}}
 {{- if $redis.urlKey }}
@@ -82,7 +83,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
       key: {{ $redis.passwordKey }}
 {{- end }}
 {{- $scheme := ternary "rediss" "redis" $redis.tls.enabled -}}
-{{- $auth := ternary ":$(STREAMQ_REDIS_PASSWORD)@" "" (not (empty $redis.passwordKey)) -}}
 {{- $query := list -}}
 {{- if and $redis.tls.enabled $redis.tls.secret -}}
 {{- $query = append $query "ssl_ca_certs=/etc/streamq/tls/ca.crt" -}}
@@ -92,7 +92,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end }}
 - name: STREAMQ_REDIS_URL
-  value: {{ printf "%s://%s%s:%v/%v%s" $scheme $auth $redis.host $redis.port $redis.db (ternary (printf "?%s" (join "&" $query)) "" (gt (len $query) 0)) | quote }}
+  value: {{ printf "%s://%s:%v/%v%s" $scheme $redis.host $redis.port $redis.db (ternary (printf "?%s" (join "&" $query)) "" (gt (len $query) 0)) | quote }}
 {{- end }}
 - name: STREAMQ_CONFIG
   value: /etc/streamq/streamq.toml
