@@ -7,10 +7,12 @@ Every domain error ends as one line on stderr and a non-zero exit, never a trace
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -19,7 +21,18 @@ import anyio
 import msgspec
 from redis import exceptions as redis_errors
 
-from streamq import __version__, codec, control, limiter, logs, metrics, scheduler, server, stats
+from streamq import (
+    __version__,
+    codec,
+    control,
+    limiter,
+    logs,
+    metrics,
+    platforms,
+    scheduler,
+    server,
+    stats,
+)
 from streamq.client import Queue
 from streamq.config import Config, StreamConfig, load_config, parse_duration
 from streamq.errors import ConfigError, HandlerError, PayloadError, StreamqError
@@ -95,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--stream", required=True, help="stream to consume, e.g. instagram")
     consume.add_argument("--handler", help="async handler as 'package.module:function'")
     consume.add_argument("--hooks", help="module whose on_done, on_failed, ... are called")
+    consume.add_argument(
+        "--publisher",
+        help="built-in publisher (" + ", ".join(platforms.PLATFORMS) + "); a stream named "
+        "after a platform uses its own when no handler is given",
+    )
     consume.add_argument("--concurrency", type=_positive_int, help="jobs run at once (32)")
     consume.add_argument("--prefetch", type=int, help="entries fetched ahead (= concurrency)")
     consume.add_argument(
@@ -274,6 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     top_cmd.add_argument("--once", action="store_true", help="print one snapshot and exit")
     top_cmd.add_argument("--interval", type=_duration, default=1.0, help="between refreshes")
 
+    from streamq import demo, simulator
+
+    simulate = commands.add_parser(
+        "simulate", parents=[common], help="imitate the platforms' endpoints on loopback"
+    )
+    simulator.add_arguments(simulate)
+    demo.add_arguments(commands.add_parser("demo", help="the whole system in one command"))
+
     srv = commands.add_parser("server", help="manage the embedded Valkey server")
     srv.add_argument("action", choices=["start", "stop", "status"])
     return parser
@@ -282,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logs.setup(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text"))
+    # httpx logs every request at INFO: too much for a publisher at volume (DEBUG shows it).
+    logging.getLogger("httpx").setLevel(max(logging.root.level, logging.WARNING))
     try:
         code = _dispatch(args)
     except KeyboardInterrupt:
@@ -320,6 +348,8 @@ def _fail(message: str) -> NoReturn:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "server":
         return _server(args.action)
+    if args.command == "demo":  # its own server, simulator and settings: reads no config
+        return anyio.run(_demo, args, Config(), backend_options={"use_uvloop": True})
     config = load_config(args.config)
     commands: dict[str, Callable[[argparse.Namespace, Config], Awaitable[int]]] = {
         "consume": _consume,
@@ -335,6 +365,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "admin": _admin,
         "health": _health,
         "top": _top,
+        "simulate": _simulate,
     }
     command = commands[args.command]
     return anyio.run(command, args, config, backend_options={"use_uvloop": True})
@@ -362,18 +393,35 @@ def resolve_handler(stream: str, flag: str | None, configured: StreamConfig) -> 
     if spec is None:
         raise HandlerError(
             f"no handler for stream {stream!r}: pass --handler package.module:function "
-            f'or set handler = "package.module:function" under [streams.{stream}] in the config'
+            f'or --publisher NAME, or set handler = "package.module:function" under '
+            f"[streams.{stream}] in the config"
         )
     return load_handler(spec)
+
+
+def open_handler(
+    args: argparse.Namespace, configured: StreamConfig, config: Config, concurrency: int
+) -> AbstractAsyncContextManager[Handler]:
+    """The stream's handler, or its built-in publisher (open while the worker runs)."""
+    name = platforms.publisher_for(
+        args.stream, configured, publisher=args.publisher, handler=args.handler
+    )
+    if name is None:
+        return contextlib.nullcontext(resolve_handler(args.stream, args.handler, configured))
+    from streamq.platforms.client import publishing
+
+    return publishing(name, config, concurrency=concurrency)
 
 
 async def _consume(args: argparse.Namespace, config: Config) -> int:
     stream_config = config.stream(args.stream)
     options = worker_options(args, stream_config)
-    handler = resolve_handler(args.stream, args.handler, stream_config)
     hooks_module = args.hooks or stream_config.hooks
     hooks = load_hooks(hooks_module) if hooks_module else None
-    async with Queue(args.redis_url, config=config) as q:
+    async with (
+        open_handler(args, stream_config, config, options.concurrency) as handler,
+        Queue(args.redis_url, config=config) as q,
+    ):
         worker = Worker(q.redis, check_stream(args.stream), handler, options, hooks=hooks)
         deliveries = None
         if stream_config.webhooks:
@@ -779,7 +827,8 @@ def _consume_args(
     goes in their environment)."""
     consume: dict[str, list[str]] = {}
     for stream in streams:
-        resolve_handler(stream, args.handler, config.stream(stream))  # fail early
+        if platforms.publisher_for(stream, config.stream(stream), handler=args.handler) is None:
+            resolve_handler(stream, args.handler, config.stream(stream))  # fail early
         spec = ["--stream", stream]
         spec += ["--concurrency", str(policies[stream].concurrency), "--log-level", args.log_level]
         spec += ["--log-format", args.log_format]
@@ -864,6 +913,28 @@ async def _top(args: argparse.Namespace, config: Config) -> int:
     async with Queue(args.redis_url, config=config) as q:
         await top.run(q.redis, Console(), streams or None, interval=args.interval, once=args.once)
     return 0
+
+
+# -- simulator and demo -------------------------------------------------------------------------
+
+
+async def _simulate(args: argparse.Namespace, config: Config) -> int:
+    from streamq import simulator
+
+    def ready(url: str) -> None:
+        print(f"simulating {', '.join(platforms.PLATFORMS)} at {url}", flush=True)
+        print(f"export STREAMQ_PLATFORM_URL={url}", flush=True)
+
+    await simulator.run_command(args.port, simulator.options_from(args), ready)
+    return 0
+
+
+async def _demo(args: argparse.Namespace, config: Config) -> int:
+    from rich.console import Console
+
+    from streamq import demo
+
+    return await demo.run(demo.options_from(args), Console())
 
 
 # -- server -------------------------------------------------------------------------------------
