@@ -215,6 +215,7 @@ class Simulator:
         self._tiktok: dict[str, tuple[str, float]] = {}
         self._uploads: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._closing = asyncio.Event()
         self.url: str | None = None
         self.app = Starlette(routes=self._routes())
 
@@ -300,6 +301,7 @@ class Simulator:
             timeout_keep_alive=30,
         )
         server = _QuietServer(config)
+        self._closing = asyncio.Event()
         task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         try:
             while not server.started:
@@ -311,6 +313,7 @@ class Simulator:
             self.url = f"http://{shown}:{bound}"
             yield self.url
         finally:
+            self._closing.set()  # hung answers end now
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.shield(task)
@@ -439,7 +442,8 @@ class Simulator:
         """The answer to an accepted post, unless a fault delays or loses it."""
         if ctx.after is not None and ctx.after.kind == "hang":
             self.counts.hung += 1
-            await asyncio.sleep(ctx.after.seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), ctx.after.seconds)
         elif ctx.lost or (ctx.after is not None and ctx.after.kind == "lost_answer"):
             self.counts.lost_answers += 1
             return JSONResponse({"message": "Bad Gateway"}, status_code=502)
