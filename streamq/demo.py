@@ -271,6 +271,8 @@ async def run(options: DemoOptions, console: Console) -> int:
             summary = await _run(options, console, server.url_for(home))
         finally:
             _stop_server(home, state.pid)
+        summary["home"] = str(home)  # removed on the way out, with everything in it
+        summary["server_pid"] = state.pid
     if options.json:
         console.print_json(msgspec.json.encode(summary).decode())
     else:

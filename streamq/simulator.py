@@ -216,8 +216,15 @@ class Simulator:
         self._uploads: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._closing = asyncio.Event()
-        self.url: str | None = None
+        self._url: str | None = None
         self.app = Starlette(routes=self._routes())
+
+    @property
+    def url(self) -> str:
+        """The base URL while it serves (``http://127.0.0.1:PORT``)."""
+        if self._url is None:
+            raise RuntimeError("the simulator is not serving: use 'async with sim.serve():'")
+        return self._url
 
     # -- the Python API -------------------------------------------------------------------------
 
@@ -310,9 +317,10 @@ class Simulator:
                     raise ConfigError("simulator stopped while starting")
                 await asyncio.sleep(0.01)
             shown = f"[{host}]" if ":" in host else host
-            self.url = f"http://{shown}:{bound}"
-            yield self.url
+            self._url = f"http://{shown}:{bound}"
+            yield self._url
         finally:
+            self._url = None
             self._closing.set()  # hung answers end now
             server.should_exit = True
             with contextlib.suppress(Exception):
@@ -910,18 +918,13 @@ class ThreadedSimulator:
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
-    @property
-    def url(self) -> str:
-        assert self.simulator.url is not None
-        return self.simulator.url
-
     def __enter__(self) -> Simulator:
         self._thread = threading.Thread(target=self._run, name="streamq-simulator", daemon=True)
         self._thread.start()
         self._ready.wait(10)
         if self._error is not None:
             raise self._error
-        if self.simulator.url is None:
+        if self.simulator._url is None:
             raise ConfigError("simulator did not start within 10s")
         return self.simulator
 

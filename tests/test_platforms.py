@@ -58,7 +58,6 @@ class Rig:
     token: str
 
     def post(self, text: str = "hello") -> dict[str, Any]:
-        assert self.sim.url is not None
         return post_for(self.platform, self.sim.url, text)
 
     async def run(self, job_ids: list[str], until: tuple[str, ...] = FINAL) -> list[JobInfo]:
@@ -97,7 +96,7 @@ async def open_rig(
     stream: str,
     platform: str,
     *,
-    timeout: float = 5.0,
+    client_timeout: float = 5.0,
     lookup: bool = True,
     sim_options: SimOptions | None = None,
 ) -> AsyncIterator[Rig]:
@@ -105,7 +104,7 @@ async def open_rig(
     async with sim.serve() as url:
         config = Config(streams={stream: StreamConfig(publisher=platform, limits=())})
         token = new_token(platform)
-        settings = {platform: settings_for(platform, url, timeout=timeout, lookup=lookup)}
+        settings = {platform: settings_for(platform, url, timeout=client_timeout, lookup=lookup)}
         async with (
             Queue(redis_url, config=config) as q,
             Session(config, credentials=credentials({platform: token}), settings=settings) as s,
@@ -227,7 +226,7 @@ async def test_a_lost_answer_is_found_by_lookup_not_sent_again(rig: Rig) -> None
 async def test_a_timeout_after_send_publishes_once(
     redis_url: str, stream: str, platform: str
 ) -> None:
-    async for rig in open_rig(redis_url, stream, platform, timeout=0.5):
+    async for rig in open_rig(redis_url, stream, platform, client_timeout=0.5):
         # Accepted at once, answered only after the client gave up waiting.
         rig.sim.add_fault(Fault(kind="hang", platform=platform, seconds=2.0))
         job_id = await rig.q.enqueue(stream, rig.post(), account="acme")
@@ -338,7 +337,7 @@ async def test_tokens_appear_in_no_log_error_record_or_metric(
     redis_url: str, stream: str, redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    async for rig in open_rig(redis_url, stream, "facebook", timeout=0.3):
+    async for rig in open_rig(redis_url, stream, "facebook", client_timeout=0.3):
         rig.sim.add_fault(Fault(kind="hang", platform="facebook", seconds=1, match="slow"))
         rig.sim.add_fault(Fault(kind="policy", platform="facebook", match="bad"))
         rig.sim.add_fault(Fault(kind="token_expired", platform="facebook", match="late"))
@@ -357,10 +356,7 @@ async def test_tokens_appear_in_no_log_error_record_or_metric(
         texts += [stats.to_json(await rig.q.stats([stream])).decode()]
         texts += [msgspec.json.encode(await rig.q.limits(stream, "late")).decode()]
         async for key in redis.scan_iter(match=f"*{{{stream}}}*"):
-            kind = (await redis.type(key)).decode()
-            dump = await redis.dump(key)
-            texts.append(repr(dump))
-            assert kind in ("hash", "stream", "zset", "set", "string")
+            texts.append(repr(await redis.dump(key)))
         texts.append(repr(await rig.session.credentials_for("facebook", "acme")))
         assert caplog.records, "nothing was logged: the check would prove nothing"
         assert not [text for text in texts if secret in text]
