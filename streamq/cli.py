@@ -72,6 +72,16 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, not {text!r}")
+    return value
+
+
 def _add_when(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--at", help="due time: 2026-12-01T09:00:00+01:00, or a wall time + --tz")
     parser.add_argument("--tz", help="IANA time zone for a wall-time --at, e.g. Europe/Paris")
@@ -292,13 +302,27 @@ def build_parser() -> argparse.ArgumentParser:
     top_cmd.add_argument("--once", action="store_true", help="print one snapshot and exit")
     top_cmd.add_argument("--interval", type=_duration, default=1.0, help="between refreshes")
 
-    from streamq import demo, simulator
-
-    simulate = commands.add_parser(
+    sim = commands.add_parser(
         "simulate", parents=[common], help="imitate the platforms' endpoints on loopback"
     )
-    simulator.add_arguments(simulate)
-    demo.add_arguments(commands.add_parser("demo", help="the whole system in one command"))
+    sim.add_argument("--port", type=int, default=8787, help="loopback port (8787; 0: any free)")
+    sim.add_argument("--latency", type=_duration, default=0.0, help="mean answer delay (0)")
+    sim.add_argument("--error-rate", type=_share, default=0.0, help="share of 5xx answers")
+    sim.add_argument(
+        "--lost-answer-rate", type=_share, default=0.0, help="share of posts taken, then a 502"
+    )
+    sim.add_argument("--rate-limit", help="posts per token per window, e.g. 10/1s (then 429)")
+    sim.add_argument("--token-ttl", type=_duration, help="tokens expire this long after first use")
+    sim.add_argument("--processing", type=_duration, default=0.2, help="media processing (200ms)")
+    sim.add_argument("--seed", type=int, help="seed of the random failures")
+
+    demo = commands.add_parser("demo", help="the whole system in one command (about a minute)")
+    demo.add_argument("--duration", type=_duration, default=60.0, help="the compressed day (60s)")
+    demo.add_argument("--latency", type=_duration, default=0.08, help="simulator latency (80ms)")
+    demo.add_argument("--error-rate", type=_share, default=0.02, help="simulator 5xx share")
+    demo.add_argument("--lost-answer-rate", type=_share, default=0.01, help="answers lost")
+    demo.add_argument("--seed", type=int, help="make the run repeatable")
+    demo.add_argument("--json", action="store_true", help="no live view: the summary as JSON")
 
     srv = commands.add_parser("server", help="manage the embedded Valkey server")
     srv.add_argument("action", choices=["start", "stop", "status"])
@@ -925,7 +949,16 @@ async def _simulate(args: argparse.Namespace, config: Config) -> int:
         print(f"simulating {', '.join(platforms.PLATFORMS)} at {url}", flush=True)
         print(f"export STREAMQ_PLATFORM_URL={url}", flush=True)
 
-    await simulator.run_command(args.port, simulator.options_from(args), ready)
+    options = simulator.SimOptions(
+        latency=args.latency,
+        error_rate=args.error_rate,
+        lost_answer_rate=args.lost_answer_rate,
+        rate_limit=None if args.rate_limit is None else simulator.parse_rate(args.rate_limit),
+        token_ttl=args.token_ttl,
+        processing=args.processing,
+        seed=args.seed,
+    )
+    await simulator.run_command(args.port, options, ready)
     return 0
 
 
@@ -934,7 +967,17 @@ async def _demo(args: argparse.Namespace, config: Config) -> int:
 
     from streamq import demo
 
-    return await demo.run(demo.options_from(args), Console())
+    if args.duration < 2:
+        raise ConfigError("the demo needs a --duration of at least 2s")
+    options = demo.DemoOptions(
+        duration=args.duration,
+        latency=args.latency,
+        error_rate=args.error_rate,
+        lost_answer_rate=args.lost_answer_rate,
+        seed=args.seed,
+        json=args.json,
+    )
+    return await demo.run(options, Console())
 
 
 # -- server -------------------------------------------------------------------------------------

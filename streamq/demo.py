@@ -16,7 +16,6 @@ stops the workers, the simulator and the server (by PID) and deletes the tempora
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -42,8 +41,8 @@ from rich.text import Text
 
 from streamq import keys, limiter, server
 from streamq.client import Queue
-from streamq.config import Backoff, Config, StreamConfig, parse_duration
-from streamq.errors import ConfigError, PayloadError
+from streamq.config import Backoff, Config, StreamConfig
+from streamq.errors import PayloadError
 from streamq.platforms.base import PlatformSettings
 from streamq.platforms.client import Session
 from streamq.platforms.credentials import CallableCredentials, Credentials
@@ -78,41 +77,6 @@ class DemoOptions(msgspec.Struct, kw_only=True):
     concurrency: int = 16
     seed: int | None = None
     json: bool = False
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    def duration(text: str) -> float:
-        try:
-            value = parse_duration(text)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        if value < 2:
-            raise argparse.ArgumentTypeError("the demo needs at least 2s")
-        return value
-
-    parser.add_argument(
-        "--duration", type=duration, default=60.0, help="length of the compressed day (60s)"
-    )
-    parser.add_argument("--latency", type=parse_duration, default=0.08, help="mean (80ms)")
-    parser.add_argument("--error-rate", type=float, default=0.02, help="simulator 5xx share")
-    parser.add_argument(
-        "--lost-answer-rate", type=float, default=0.01, help="posts accepted, answer lost"
-    )
-    parser.add_argument("--seed", type=int, help="make the run repeatable")
-    parser.add_argument(
-        "--json", action="store_true", help="no live view; print the summary as JSON"
-    )
-
-
-def options_from(args: argparse.Namespace) -> DemoOptions:
-    return DemoOptions(
-        duration=args.duration,
-        latency=args.latency,
-        error_rate=args.error_rate,
-        lost_answer_rate=args.lost_answer_rate,
-        seed=args.seed,
-        json=args.json,
-    )
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -463,26 +427,35 @@ def _live_view(
         for zone in ACCOUNTS.values()
     )
     table = Table(title=f"streamq demo — a day in {DAY / factor:g}s   {clocks}", expand=False)
-    for column in ("platform", "scheduled", "published", "retried", "rate-limited"):
+    columns = (
+        "platform", "scheduled", "published", "at platform", "retried", "429s", "held",
+        "paused", "dead", "expired",
+    )  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="left" if column == "platform" else "right")
-    for column in ("paused", "dead", "expired", "progress"):
-        table.add_column(column, justify="right" if column != "progress" else "left")
-    sim = simulator.summary()["by_platform"]
+    table.add_column("progress")
+    sim = simulator.summary()
     for platform in PLATFORMS:
         counts = progress.counts.get(platform, {})
         scheduled = progress.enqueued.get(platform, 0)
-        done = _finished(counts)
-        table.add_row(
-            platform,
-            str(scheduled),
-            f"{counts.get('done', 0)} ({sim[platform]['posts']} at the platform)",
-            str(counts.get("retried", 0)),
-            str(counts.get("deferred", 0) + counts.get("limited", 0)),
-            str(counts.get("parked", 0)),
-            str(counts.get("dead", 0)),
-            str(counts.get("expired", 0)),
-            ProgressBar(total=max(1, scheduled), completed=done, width=24),
-        )
+        figures = [
+            scheduled,
+            counts.get("done", 0),
+            sim["by_platform"][platform]["posts"],
+            counts.get("retried", 0),
+            counts.get("deferred", 0),
+            counts.get("limited", 0),
+            counts.get("parked", 0),
+            counts.get("dead", 0),
+            counts.get("expired", 0),
+        ]
+        bar = ProgressBar(total=max(1, scheduled), completed=_finished(counts), width=20)
+        table.add_row(platform, *map(str, figures), bar)
+    table.caption = (
+        f"simulator: {sim['requests']} requests, {sim['rate_limited']} answered 429, "
+        f"{sim['transient']} 5xx, {sim['lost_answers']} answers lost after the post was taken "
+        f"({sim['found_by_lookup']} found again by lookup), duplicates {sim['duplicates']}"
+    )
     events = Text("\n".join(progress.events[-6:]) or "…", style="dim")
     return Group(table, events)
 

@@ -81,7 +81,6 @@ class Publisher:
     def __init__(self, session: Session, settings: PlatformSettings) -> None:
         self.session = session
         self.settings = settings
-        self.__name__ = f"{self.name} publisher"
 
     async def __call__(self, job: Job) -> dict[str, Any]:
         try:
