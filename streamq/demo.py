@@ -310,10 +310,12 @@ async def _run(options: DemoOptions, console: Console, redis_url: str) -> dict[s
             async with anyio.create_task_group() as tasks:
                 for worker in workers:
                     tasks.start_soon(worker.run)
-                tasks.start_soon(_token_drama, q, simulator, tokens, progress, options.duration)
-                await _watch(
-                    q, plan, simulator, progress, options, console, start, factor, deadline
-                )
+                async with anyio.create_task_group() as story:
+                    story.start_soon(_token_drama, q, simulator, tokens, progress, options.duration)
+                    await _watch(
+                        q, plan, simulator, progress, options, console, start, factor, deadline
+                    )
+                    story.cancel_scope.cancel()  # over, whatever point it had reached
                 for worker in workers:
                     worker.stop()
                 tasks.cancel_scope.deadline = anyio.current_time() + 10
