@@ -332,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logs.setup(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text"))
-    # httpx logs every request at INFO: too much for a publisher at volume (DEBUG shows it).
-    logging.getLogger("httpx").setLevel(max(logging.root.level, logging.WARNING))
+    if logging.root.level > logging.DEBUG:
+        # httpx logs every request at INFO: too much for a publisher at volume.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         code = _dispatch(args)
     except KeyboardInterrupt:

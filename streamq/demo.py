@@ -348,7 +348,10 @@ async def _token_drama(
     progress: Progress,
     duration: float,
 ) -> None:
-    """One account's token expires; its posts wait, paused, until it has a new one."""
+    """One account's token expires; its posts wait, paused, until it has a new one.
+
+    Runs until the demo ends (cancelled then): a post that was already on its way with the
+    old token when the new one came pauses the account again, and is resumed too."""
     platform, account = TOKEN_VICTIM
     await anyio.sleep(duration * 0.35)
     simulator.expire_token(tokens[(platform, account)])
@@ -356,16 +359,18 @@ async def _token_drama(
     paused_key = keys.paused(platform)
     field_name = keys.pause_field(account)
     with anyio.move_on_after(duration * 0.25):
-        while not await q.redis.hexists(paused_key, field_name):  # noqa: ASYNC110 - polls Redis
+        while await q.redis.hget(paused_key, field_name) != b"-1":  # noqa: ASYNC110 - polls Redis
             await anyio.sleep(0.1)
         progress.note(f"{platform}/{account}: token refused → account paused, its posts wait")
     await anyio.sleep(duration * 0.1)
     tokens[(platform, account)] = f"demo-{platform}-{account}-2"
-    was_paused, released = await q.resume_account(account, platform)
-    if was_paused:
-        progress.note(f"{platform}/{account}: new token → resumed, {released} posts released")
-    else:
-        progress.note(f"{platform}/{account}: new token (no post needed it meanwhile)")
+    progress.note(f"{platform}/{account}: the account has a new token")
+    while True:
+        # -1: paused until resumed (a rate-limit hold has an end time, and ends by itself).
+        if await q.redis.hget(paused_key, field_name) == b"-1":
+            _, released = await q.resume_account(account, platform)
+            progress.note(f"{platform}/{account}: resumed, {released} posts released")
+        await anyio.sleep(0.1)
 
 
 async def _counts(q: Queue) -> dict[str, dict[str, int]]:
