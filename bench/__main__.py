@@ -292,6 +292,93 @@ def limits(args: argparse.Namespace) -> None:
             )
 
 
+async def publish_run(
+    url: str, stream: str, n: int, concurrency: int, options: Any, platform_name: str
+) -> dict[str, Any]:
+    """n posts through one in-process worker running a built-in publisher, against the
+    simulator; the simulator's record says how many were lost or posted twice."""
+    from streamq.client import Queue
+    from streamq.config import Backoff, Config, StreamConfig
+    from streamq.platforms.client import Session, resolve_settings
+    from streamq.platforms.credentials import CallableCredentials, Credentials
+    from streamq.simulator import Simulator
+
+    sim = Simulator(options)
+    async with sim.serve() as sim_url:
+        settings = resolve_settings(platform_name, Config(), {"STREAMQ_PLATFORM_URL": sim_url})
+        config = Config(streams={stream: StreamConfig(publisher=platform_name, limits=())})
+        users = {"facebook": "1", "instagram": "2", "linkedin": "urn:li:person:3"}
+        tokens = CallableCredentials(lambda p, a: Credentials(f"bench-{a}", users.get(p)))
+        media = f"{sim_url}/_sim/media"
+        posts = [
+            {"text": f"post {i}", "image_url": f"{media}/{i}.jpg"}
+            if platform_name == "instagram"
+            else {"text": f"post {i}"}
+            for i in range(n)
+        ]
+        async with (
+            Queue(url, config=config) as q,
+            Session(config, credentials=tokens, settings={platform_name: settings}) as s,
+        ):
+            ids = await q.enqueue_many(
+                stream, posts, accounts=[f"acct-{i % 100}" for i in range(n)]
+            )
+            worker = Worker(
+                q.redis,
+                stream,
+                s.publisher(platform_name),
+                WorkerOptions(
+                    concurrency=concurrency,
+                    limits=(),
+                    backoff=Backoff(base=0.05, factor=2, max=0.5, jitter=0.2),
+                    max_attempts=10,
+                    block_seconds=0.2,
+                ),
+            )
+            started = time.perf_counter()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(worker.run)
+                while True:  # until every post is done or dead (retries included)
+                    done, dead = await q.redis.hmget(keys.counts(stream), ["done", "dead"])
+                    if int(done or 0) + int(dead or 0) >= n:
+                        break
+                    await anyio.sleep(0.02)
+                elapsed = time.perf_counter() - started
+                worker.stop()
+            posted = {post.key for post in sim.posts}
+    return {
+        "posts/s": n / elapsed,
+        "lost": len(set(ids) - posted),
+        "duplicates": sim.summary()["duplicates"],
+        "retried": worker.counts.failed,
+        "found by lookup": sim.counts.found,
+    }
+
+
+def publish(args: argparse.Namespace) -> None:
+    from streamq.simulator import SimOptions
+
+    print(f"# publish: {machine()}; {args.posts} posts, {args.platform}, one worker")
+    options = SimOptions(
+        latency=args.latency,
+        error_rate=args.error_rate,
+        lost_answer_rate=args.lost_answer_rate,
+        processing=0.05,
+    )
+    with servers(["valkey"]) as started:
+        for engine, srv in started:
+            for concurrency in args.concurrency:
+                stream = f"bench-publish-{os.urandom(3).hex()}"
+                figures = anyio.run(
+                    publish_run, srv.url, stream, args.posts, concurrency, options, args.platform
+                )
+                shown = ", ".join(
+                    f"{k} {v:,.0f}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in figures.items()
+                )
+                print(f"{engine} concurrency {concurrency}: {shown}", flush=True)
+
+
 def machine() -> str:
     import redis as redis_py
 
@@ -314,8 +401,17 @@ def main() -> None:
     lim.add_argument("--jobs", type=int, default=50_000)
     lim.add_argument("--burst", type=int, default=10_000, help="posts of the hot account")
     lim.add_argument("--engines", nargs="+", default=["valkey", "redis"])
+    pub = sub.add_parser("publish", help="a publisher against the simulator: rate, lost, twice")
+    pub.add_argument("--posts", type=int, default=5_000)
+    pub.add_argument("--platform", default="x")
+    pub.add_argument("--concurrency", type=int, nargs="+", default=[32, 128])
+    pub.add_argument("--latency", type=float, default=0.08, help="seconds (0.08)")
+    pub.add_argument("--error-rate", type=float, default=0.02)
+    pub.add_argument("--lost-answer-rate", type=float, default=0.01)
     args = parser.parse_args()
-    {"throughput": throughput, "lateness": lateness, "limits": limits}[args.scenario](args)
+    scenarios = {"throughput": throughput, "lateness": lateness, "limits": limits}
+    scenarios["publish"] = publish
+    scenarios[args.scenario](args)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ Every domain error ends as one line on stderr and a non-zero exit, never a trace
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -19,7 +21,18 @@ import anyio
 import msgspec
 from redis import exceptions as redis_errors
 
-from streamq import __version__, codec, control, limiter, logs, metrics, scheduler, server, stats
+from streamq import (
+    __version__,
+    codec,
+    control,
+    limiter,
+    logs,
+    metrics,
+    platforms,
+    scheduler,
+    server,
+    stats,
+)
 from streamq.client import Queue
 from streamq.config import Config, StreamConfig, load_config, parse_duration
 from streamq.errors import ConfigError, HandlerError, PayloadError, StreamqError
@@ -59,6 +72,16 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, not {text!r}")
+    return value
+
+
 def _add_when(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--at", help="due time: 2026-12-01T09:00:00+01:00, or a wall time + --tz")
     parser.add_argument("--tz", help="IANA time zone for a wall-time --at, e.g. Europe/Paris")
@@ -95,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--stream", required=True, help="stream to consume, e.g. instagram")
     consume.add_argument("--handler", help="async handler as 'package.module:function'")
     consume.add_argument("--hooks", help="module whose on_done, on_failed, ... are called")
+    consume.add_argument(
+        "--publisher",
+        help="built-in publisher (" + ", ".join(platforms.PLATFORMS) + "); a stream named "
+        "after a platform uses its own when no handler is given",
+    )
     consume.add_argument("--concurrency", type=_positive_int, help="jobs run at once (32)")
     consume.add_argument("--prefetch", type=int, help="entries fetched ahead (= concurrency)")
     consume.add_argument(
@@ -274,6 +302,28 @@ def build_parser() -> argparse.ArgumentParser:
     top_cmd.add_argument("--once", action="store_true", help="print one snapshot and exit")
     top_cmd.add_argument("--interval", type=_duration, default=1.0, help="between refreshes")
 
+    sim = commands.add_parser(
+        "simulate", parents=[common], help="imitate the platforms' endpoints on loopback"
+    )
+    sim.add_argument("--port", type=int, default=8787, help="loopback port (8787; 0: any free)")
+    sim.add_argument("--latency", type=_duration, default=0.0, help="mean answer delay (0)")
+    sim.add_argument("--error-rate", type=_share, default=0.0, help="share of 5xx answers")
+    sim.add_argument(
+        "--lost-answer-rate", type=_share, default=0.0, help="share of posts taken, then a 502"
+    )
+    sim.add_argument("--rate-limit", help="posts per token per window, e.g. 10/1s (then 429)")
+    sim.add_argument("--token-ttl", type=_duration, help="tokens expire this long after first use")
+    sim.add_argument("--processing", type=_duration, default=0.2, help="media processing (200ms)")
+    sim.add_argument("--seed", type=int, help="seed of the random failures")
+
+    demo = commands.add_parser("demo", help="the whole system in one command (about a minute)")
+    demo.add_argument("--duration", type=_duration, default=60.0, help="the compressed day (60s)")
+    demo.add_argument("--latency", type=_duration, default=0.08, help="simulator latency (80ms)")
+    demo.add_argument("--error-rate", type=_share, default=0.02, help="simulator 5xx share")
+    demo.add_argument("--lost-answer-rate", type=_share, default=0.01, help="answers lost")
+    demo.add_argument("--seed", type=int, help="make the run repeatable")
+    demo.add_argument("--json", action="store_true", help="no live view: the summary as JSON")
+
     srv = commands.add_parser("server", help="manage the embedded Valkey server")
     srv.add_argument("action", choices=["start", "stop", "status"])
     return parser
@@ -282,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logs.setup(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text"))
+    if logging.root.level > logging.DEBUG:
+        # httpx logs every request at INFO: too much for a publisher at volume.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         code = _dispatch(args)
     except KeyboardInterrupt:
@@ -320,6 +373,8 @@ def _fail(message: str) -> NoReturn:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "server":
         return _server(args.action)
+    if args.command == "demo":  # its own server, simulator and settings: reads no config
+        return anyio.run(_demo, args, Config(), backend_options={"use_uvloop": True})
     config = load_config(args.config)
     commands: dict[str, Callable[[argparse.Namespace, Config], Awaitable[int]]] = {
         "consume": _consume,
@@ -335,6 +390,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "admin": _admin,
         "health": _health,
         "top": _top,
+        "simulate": _simulate,
     }
     command = commands[args.command]
     return anyio.run(command, args, config, backend_options={"use_uvloop": True})
@@ -362,18 +418,35 @@ def resolve_handler(stream: str, flag: str | None, configured: StreamConfig) -> 
     if spec is None:
         raise HandlerError(
             f"no handler for stream {stream!r}: pass --handler package.module:function "
-            f'or set handler = "package.module:function" under [streams.{stream}] in the config'
+            f'or --publisher NAME, or set handler = "package.module:function" under '
+            f"[streams.{stream}] in the config"
         )
     return load_handler(spec)
+
+
+def open_handler(
+    args: argparse.Namespace, configured: StreamConfig, config: Config, concurrency: int
+) -> AbstractAsyncContextManager[Handler]:
+    """The stream's handler, or its built-in publisher (open while the worker runs)."""
+    name = platforms.publisher_for(
+        args.stream, configured, publisher=args.publisher, handler=args.handler
+    )
+    if name is None:
+        return contextlib.nullcontext(resolve_handler(args.stream, args.handler, configured))
+    from streamq.platforms.client import publishing
+
+    return publishing(name, config, concurrency=concurrency)
 
 
 async def _consume(args: argparse.Namespace, config: Config) -> int:
     stream_config = config.stream(args.stream)
     options = worker_options(args, stream_config)
-    handler = resolve_handler(args.stream, args.handler, stream_config)
     hooks_module = args.hooks or stream_config.hooks
     hooks = load_hooks(hooks_module) if hooks_module else None
-    async with Queue(args.redis_url, config=config) as q:
+    async with (
+        open_handler(args, stream_config, config, options.concurrency) as handler,
+        Queue(args.redis_url, config=config) as q,
+    ):
         worker = Worker(q.redis, check_stream(args.stream), handler, options, hooks=hooks)
         deliveries = None
         if stream_config.webhooks:
@@ -779,7 +852,8 @@ def _consume_args(
     goes in their environment)."""
     consume: dict[str, list[str]] = {}
     for stream in streams:
-        resolve_handler(stream, args.handler, config.stream(stream))  # fail early
+        if platforms.publisher_for(stream, config.stream(stream), handler=args.handler) is None:
+            resolve_handler(stream, args.handler, config.stream(stream))  # fail early
         spec = ["--stream", stream]
         spec += ["--concurrency", str(policies[stream].concurrency), "--log-level", args.log_level]
         spec += ["--log-format", args.log_format]
@@ -864,6 +938,47 @@ async def _top(args: argparse.Namespace, config: Config) -> int:
     async with Queue(args.redis_url, config=config) as q:
         await top.run(q.redis, Console(), streams or None, interval=args.interval, once=args.once)
     return 0
+
+
+# -- simulator and demo -------------------------------------------------------------------------
+
+
+async def _simulate(args: argparse.Namespace, config: Config) -> int:
+    from streamq import simulator
+
+    def ready(url: str) -> None:
+        print(f"simulating {', '.join(platforms.PLATFORMS)} at {url}", flush=True)
+        print(f"export STREAMQ_PLATFORM_URL={url}", flush=True)
+
+    options = simulator.SimOptions(
+        latency=args.latency,
+        error_rate=args.error_rate,
+        lost_answer_rate=args.lost_answer_rate,
+        rate_limit=None if args.rate_limit is None else simulator.parse_rate(args.rate_limit),
+        token_ttl=args.token_ttl,
+        processing=args.processing,
+        seed=args.seed,
+    )
+    await simulator.run_command(args.port, options, ready)
+    return 0
+
+
+async def _demo(args: argparse.Namespace, config: Config) -> int:
+    from rich.console import Console
+
+    from streamq import demo
+
+    if args.duration < 2:
+        raise ConfigError("the demo needs a --duration of at least 2s")
+    options = demo.DemoOptions(
+        duration=args.duration,
+        latency=args.latency,
+        error_rate=args.error_rate,
+        lost_answer_rate=args.lost_answer_rate,
+        seed=args.seed,
+        json=args.json,
+    )
+    return await demo.run(options, Console())
 
 
 # -- server -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any, Self
 
 from redis.asyncio import Redis
 
-from streamq import connection, control, limiter, scheduler, stats
+from streamq import connection, control, limiter, platforms, scheduler, stats
 from streamq.config import Backoff, Config, load_config
 from streamq.control import DeadLetter, JobInfo
 from streamq.events import Event, follow
@@ -26,6 +26,7 @@ class Queue:
         self._config_url = self.config.redis_url
         self._redis: Redis | None = None
         self._producer: Producer | None = None
+        self._validators: dict[str, platforms.Validator | None] = {}
         self.resolved_url: str | None = None
 
     async def __aenter__(self) -> Self:
@@ -112,7 +113,15 @@ class Queue:
         on_conflict: OnConflict = "keep",
     ) -> list[str]:
         """Add many jobs in pipelined batches; returns one id per payload, in order.
-        ``accounts`` names the publishing account of each payload (rate limits and pauses)."""
+        ``accounts`` names the publishing account of each payload (rate limits and pauses).
+
+        On a stream that a built-in publisher runs (streamq.platforms), every payload is
+        checked first: a post the platform would refuse raises PayloadError and nothing is
+        enqueued."""
+        check = self.validator(stream)
+        if check is not None:
+            payloads = payloads if isinstance(payloads, list) else list(payloads)
+            check(payloads)
         options = JobOptions(
             run_at=run_at,
             delay=delay,
@@ -125,6 +134,18 @@ class Queue:
         return await self.producer.enqueue_many(
             stream, payloads, keys=keys, accounts=accounts, priority=priority, options=options
         )
+
+    def validator(self, stream: str) -> platforms.Validator | None:
+        """The payload check of the publisher that runs ``stream``; None when a handler does
+        (then enqueue checks nothing beyond JSON)."""
+        try:
+            return self._validators[stream]
+        except KeyError:
+            pass
+        name = platforms.publisher_for(stream, self.config.stream(stream))
+        check = None if name is None else platforms.validator(name)
+        self._validators[stream] = check
+        return check
 
     async def pause_account(
         self, account: str, stream: str, *, reason: str = "paused by an operator"
@@ -221,6 +242,9 @@ class Queue:
         runs once however many workers there are. Replaces a schedule of the same name."""
         from streamq.producer import check_priority
 
+        check = self.validator(stream)
+        if check is not None:
+            check([payload])
         schedule = scheduler.Recurring(
             name=name,
             stream=check_stream(stream),

@@ -234,6 +234,9 @@ class HealthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     handler: str | None = None
+    publisher: str | None = None
+    """A built-in platform publisher (streamq.platforms) that runs the stream's jobs when no
+    handler is given; unset, a stream named after a platform uses that platform's."""
     concurrency: int = 32
     prefetch: int | None = None
     """Entries fetched ahead of free slots; None means as many as `concurrency`."""
@@ -278,6 +281,19 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             raise ConfigError("max_payload_bytes must be at least 1")
 
 
+class PlatformConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where a built-in publisher sends its requests (``[platforms.<name>]``); unset fields
+    keep the platform's defaults (streamq.platforms)."""
+
+    base_url: str | None = None
+    api_version: str | None = None
+    timeout: float | None = None
+    """Seconds to wait for the platform's answer to one request."""
+    lookup: bool | None = None
+    """Before re-sending a post an earlier attempt may have delivered, ask the platform for it
+    by its idempotency marker (the simulator answers; see the README for real platforms)."""
+
+
 _DURATION_FIELDS = ("visibility_timeout", "grace", "expire_after", "job_timeout", "retention")
 _BACKOFF_DURATIONS = ("base", "max")
 _LIMIT_DURATIONS = ("per", "min_interval")
@@ -294,6 +310,10 @@ _HEALTH_DURATIONS = ("max_pending_age", "error_window", "max_lateness")
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     redis_url: str | None = None
     streams: dict[str, StreamConfig] = msgspec.field(default_factory=dict)
+    platforms: dict[str, PlatformConfig] = msgspec.field(default_factory=dict)
+    credentials: str | None = None
+    """Where publishers find tokens: "env", "file:PATH" or "package.module:callable"
+    (STREAMQ_CREDENTIALS wins; default "env")."""
 
     def stream(self, name: str) -> StreamConfig:
         return self.streams.get(name, StreamConfig())
@@ -359,6 +379,12 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
                 if not isinstance(limit, dict):
                     raise ConfigError(f"{source}: streams.{name}.limits must be tables")
                 _parse_durations(limit, _LIMIT_DURATIONS, f"streams.{name}.limits[{index}]")
+    platforms = data.get("platforms", {})
+    if not isinstance(platforms, dict):
+        raise ConfigError(f"{source}: [platforms] must be a table")
+    for name, table in platforms.items():
+        if isinstance(table, dict) and "timeout" in table:
+            table["timeout"] = _duration_value(table["timeout"], f"platforms.{name}.timeout")
     try:
         return msgspec.convert(data, Config)
     except (msgspec.ValidationError, ConfigError, TypeError, ValueError) as exc:

@@ -19,28 +19,34 @@ if TYPE_CHECKING:
 Handler = Callable[["Job"], Awaitable[Any]]
 
 
-def load_handler(spec: str) -> Handler:
-    """Import ``module:function`` and check it is an async function; raises HandlerError."""
+def load_callable(spec: str, what: str = "handler") -> Any:
+    """Import ``module:attribute`` and check it is callable; raises HandlerError."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise HandlerError(f"handler {spec!r} must look like 'package.module:function'")
+        raise HandlerError(f"{what} {spec!r} must look like 'package.module:function'")
     # Like uvicorn and celery: the directory the command runs in is importable.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time failure is the user's handler failing to load
+    except Exception as exc:  # any import-time failure is the user's code failing to load
         raise HandlerError(
-            f"handler {spec!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+            f"{what} {spec!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
         ) from None
     target: Any = module
     for part in attr.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise HandlerError(f"handler {spec!r}: {module_name!r} has no {attr!r}") from None
+            raise HandlerError(f"{what} {spec!r}: {module_name!r} has no {attr!r}") from None
     if not callable(target):
-        raise HandlerError(f"handler {spec!r} is not callable")
+        raise HandlerError(f"{what} {spec!r} is not callable")
+    return target
+
+
+def load_handler(spec: str) -> Handler:
+    """Import ``module:function`` and check it is an async function; raises HandlerError."""
+    target = load_callable(spec)
     call = getattr(target, "__call__", None)  # noqa: B004 - async callable objects count too
     if not (inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call)):
         raise HandlerError(f"handler {spec!r} must be an async function ('async def')")

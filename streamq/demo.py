@@ -1,0 +1,532 @@
+"""``streamq demo``: the whole system in one command, on this machine only.
+
+It starts an embedded server in a temporary STREAMQ_HOME (never the user's), the platform
+simulator on a free loopback port (latency, transient errors, lost answers, a rate limit), one
+worker per platform running the built-in publishers, and a producer that schedules a day of
+posts for accounts in five time zones — compressed into ``--duration`` (60 s: a day passes
+1,440 times faster, and so do the platforms' daily limits). On the way, one account's token
+expires (its posts wait, paused, until the demo gives it a new token and resumes it), a few
+posts are refused at enqueue, a few break the content policy (dead letters), and a few come
+due long after they were meant for (expired).
+
+At the end it counts, against the simulator's record of every post it received: published,
+retried, rate-limited, dead, expired, duplicates and lost — the last two should be 0 — then
+stops the workers, the simulator and the server (by PID) and deletes the temporary home.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+import anyio
+import msgspec
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from streamq import keys, limiter, server
+from streamq.client import Queue
+from streamq.config import Backoff, Config, StreamConfig
+from streamq.errors import PayloadError
+from streamq.platforms.base import PlatformSettings
+from streamq.platforms.client import Session
+from streamq.platforms.credentials import CallableCredentials, Credentials
+from streamq.simulator import Fault, SimOptions, Simulator
+from streamq.worker import Worker, WorkerOptions
+
+DAY: Final = 86_400.0
+PLATFORMS: Final = ("instagram", "facebook", "linkedin", "x", "tiktok", "youtube")
+ACCOUNTS: Final = {
+    "acme": "America/New_York",
+    "bistro": "Europe/Paris",
+    "kaiten": "Asia/Tokyo",
+    "koala": "Australia/Sydney",
+    "samba": "America/Sao_Paulo",
+}
+POST_TIMES: Final = ("07:30", "09:00", "11:15", "12:30", "15:00", "17:45", "19:30", "21:00")
+"""Local wall times each account posts at on each platform."""
+LAUNCH_TIME: Final = "10:00"
+"""One account's product launch: a burst on x at one instant, over the simulator's limit."""
+LAUNCH_POSTS: Final = 6
+TOKEN_VICTIM: Final = ("instagram", "bistro")
+POLICY_TAG: Final = "#freemoney"
+
+
+class DemoOptions(msgspec.Struct, kw_only=True):
+    duration: float = 60.0
+    """How long the compressed day takes."""
+    latency: float = 0.08
+    error_rate: float = 0.02
+    lost_answer_rate: float = 0.01
+    rate_limit: tuple[int, float] = (3, 1.0)
+    concurrency: int = 16
+    seed: int | None = None
+    json: bool = False
+
+
+# -- the plan ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PlannedPost:
+    platform: str
+    account: str
+    due: datetime
+    """When it is due, in compressed time."""
+    payload: Any
+    expire_after: float | None = None
+    job_id: str = ""
+
+
+@dataclass(slots=True)
+class Plan:
+    posts: list[PlannedPost]
+    refused: list[tuple[str, Any]]
+    """Posts the producer tries and enqueue refuses (platform, payload)."""
+
+
+def _payload(platform: str, text: str, media: str, n: int) -> dict[str, Any]:
+    if platform == "instagram":
+        return {"text": text, "image_url": f"{media}/photo-{n}.jpg"}
+    if platform == "tiktok":
+        return {"text": text, "video_url": f"{media}/clip-{n}.mp4"}
+    if platform == "youtube":
+        return {
+            "title": text[:90],
+            "text": "Posted by streamq's demo",
+            "video_url": f"{media}/v.mp4",
+        }
+    return {"text": text}
+
+
+def _compressed(start: datetime, instant: datetime, factor: float) -> datetime:
+    return start + (instant - start) / factor
+
+
+def _next_local(start: datetime, wall: str, zone: ZoneInfo) -> datetime:
+    """The first instant at or after ``start`` when the clocks in ``zone`` show ``wall``."""
+    hour, minute = (int(part) for part in wall.split(":"))
+    local = start.astimezone(zone)
+    for days in range(3):
+        candidate = (local + timedelta(days=days)).replace(
+            hour=hour, minute=minute, second=0, microsecond=0
+        )
+        if candidate.astimezone(UTC) >= start:
+            return candidate.astimezone(UTC)
+    raise AssertionError("unreachable")
+
+
+def make_plan(start: datetime, factor: float, media: str, rng: random.Random) -> Plan:
+    """A day of posts: every account on every platform at its local POST_TIMES."""
+    posts: list[PlannedPost] = []
+    n = 0
+    for account, zone_name in ACCOUNTS.items():
+        zone = ZoneInfo(zone_name)
+        for platform in PLATFORMS:
+            for wall in POST_TIMES:
+                n += 1
+                instant = _next_local(start, wall, zone) + timedelta(minutes=rng.randint(0, 9))
+                text = f"{account} on {platform} at {wall} {zone_name.split('/')[-1]} (#{n})"
+                if n % 41 == 0:
+                    text += f" {POLICY_TAG}"  # the simulator refuses these: content policy
+                posts.append(
+                    PlannedPost(
+                        platform,
+                        account,
+                        _compressed(start, instant, factor),
+                        _payload(platform, text, media, n),
+                    )
+                )
+    launch = _next_local(start, LAUNCH_TIME, ZoneInfo(ACCOUNTS["acme"]))
+    for i in range(LAUNCH_POSTS):
+        n += 1
+        text = f"acme launch, part {i + 1} of {LAUNCH_POSTS} (#{n})"
+        posts.append(PlannedPost("x", "acme", _compressed(start, launch, factor), {"text": text}))
+    # Posts a producer meant for hours ago, held somewhere meanwhile: too late now.
+    for i, platform in enumerate(("facebook", "linkedin", "x")):
+        n += 1
+        text = f"yesterday's news #{n}"
+        late = start - timedelta(seconds=30 + i)
+        posts.append(PlannedPost(platform, "samba", late, {"text": text}, expire_after=5.0))
+    refused = [
+        ("x", {"text": "x" * 300}),
+        ("instagram", {"text": "a caption but no picture"}),
+        ("youtube", {"title": "", "video_url": f"{media}/v.mp4"}),
+    ]
+    return Plan(sorted(posts, key=lambda p: p.due), refused)
+
+
+def demo_config(factor: float) -> Config:
+    """Streams named after the platforms, their built-in limits compressed like the day."""
+    streams = {}
+    for platform in PLATFORMS:
+        limits = tuple(
+            msgspec.structs.replace(limit, per=max(0.001, (limit.per or 0) / factor))
+            if limit.per is not None
+            else limit
+            for limit in limiter.DEFAULT_LIMITS.get(platform, ())
+        )
+        streams[platform] = StreamConfig(
+            limits=limits,
+            max_attempts=10,
+            backoff=Backoff(base=0.25, factor=2, max=2.0, jitter=0.2),
+            job_timeout=30.0,
+        )
+    return Config(streams=streams)
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Progress:
+    started: float = field(default_factory=time.monotonic)
+    events: list[str] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    enqueued: dict[str, int] = field(default_factory=dict)
+
+    def note(self, text: str) -> None:
+        self.events.append(f"{time.monotonic() - self.started:5.1f}s  {text}")
+
+
+@contextlib.contextmanager
+def temporary_home() -> Iterator[Path]:
+    """A short-lived STREAMQ_HOME (short enough for the server's unix socket path)."""
+    base = "/tmp" if os.path.isdir("/tmp") else None
+    home = Path(tempfile.mkdtemp(prefix="sqdemo-", dir=base))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _stop_server(home: Path, pid: int | None) -> None:
+    """Stop the demo's server: a clean SHUTDOWN, then by PID if it is still there."""
+    with contextlib.suppress(Exception):
+        server.stop(home)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def run(options: DemoOptions, console: Console) -> int:
+    """Run the demo; returns the exit code (0 when nothing was lost or duplicated)."""
+    # The live view is the output: workers' and the server's own lines would tear it.
+    logging.getLogger("streamq").setLevel(logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.ERROR)
+    with temporary_home() as home:
+        state = server.start(home)
+        try:
+            summary = await _run(options, console, server.url_for(home))
+        finally:
+            _stop_server(home, state.pid)
+        summary["home"] = str(home)  # removed on the way out, with everything in it
+        summary["server_pid"] = state.pid
+    if options.json:
+        console.print_json(msgspec.json.encode(summary).decode())
+    else:
+        console.print(_summary_table(summary))
+    return 0 if summary["lost"] == 0 and summary["duplicates"] == 0 else 1
+
+
+async def _run(options: DemoOptions, console: Console, redis_url: str) -> dict[str, Any]:
+    rng = random.Random(options.seed)
+    factor = DAY / options.duration
+    simulator = Simulator(
+        SimOptions(
+            latency=options.latency,
+            error_rate=options.error_rate,
+            lost_answer_rate=options.lost_answer_rate,
+            rate_limit=options.rate_limit,
+            processing=0.15,
+            seed=options.seed,
+        )
+    )
+    simulator.add_fault(Fault(kind="policy", match=POLICY_TAG, times=0))
+    tokens = {(p, a): f"demo-{p}-{a}-1" for p in PLATFORMS for a in ACCOUNTS}
+    user_ids = {"facebook": "104000000000", "instagram": "17841400000000"}
+
+    def credentials(platform: str, account: str | None) -> Credentials | None:
+        if account is None:
+            return None
+        user = user_ids.get(platform)
+        if platform == "linkedin":
+            user = f"urn:li:organization:{abs(hash(account)) % 10**8}"
+        return Credentials(tokens[(platform, account)], user)
+
+    config = demo_config(factor)
+    progress = Progress()
+    async with simulator.serve() as sim_url:
+        settings = {
+            p: PlatformSettings(
+                base_url=f"{sim_url}/{p}",
+                api_version="v2" if p == "tiktok" else "2" if p == "x" else "v21.0",
+                timeout=2.0,
+                lookup=True,
+                poll_interval=0.05,
+                ready_timeout=10.0,
+            )
+            for p in PLATFORMS
+        }
+        settings["linkedin"] = msgspec.structs.replace(settings["linkedin"], api_version="202411")
+        settings["youtube"] = msgspec.structs.replace(settings["youtube"], api_version="v3")
+        start = datetime.now(UTC)
+        plan = make_plan(start, factor, f"{sim_url}/_sim/media", rng)
+        async with (
+            Queue(redis_url, config=config) as q,
+            Session(config, credentials=CallableCredentials(credentials), settings=settings) as s,
+        ):
+            workers = [
+                Worker(
+                    q.redis,
+                    platform,
+                    s.publisher(platform),
+                    WorkerOptions(
+                        **{
+                            **msgspec.structs.asdict(config.stream(platform)),
+                            "concurrency": options.concurrency,
+                        }
+                    ),
+                )
+                for platform in PLATFORMS
+            ]
+            await _enqueue(q, plan, progress)
+            deadline = time.monotonic() + options.duration + max(15.0, options.duration / 2)
+            async with anyio.create_task_group() as tasks:
+                for worker in workers:
+                    tasks.start_soon(worker.run)
+                async with anyio.create_task_group() as story:
+                    story.start_soon(_token_drama, q, simulator, tokens, progress, options.duration)
+                    await _watch(
+                        q, plan, simulator, progress, options, console, start, factor, deadline
+                    )
+                    story.cancel_scope.cancel()  # over, whatever point it had reached
+                for worker in workers:
+                    worker.stop()
+                tasks.cancel_scope.deadline = anyio.current_time() + 10
+            return await _summarize(q, plan, simulator, progress)
+
+
+async def _enqueue(q: Queue, plan: Plan, progress: Progress) -> None:
+    for post in plan.posts:
+        post.job_id = await q.enqueue(
+            post.platform,
+            post.payload,
+            account=post.account,
+            run_at=post.due,
+            expire_after=post.expire_after,
+        )
+        progress.enqueued[post.platform] = progress.enqueued.get(post.platform, 0) + 1
+    for platform, payload in plan.refused:
+        try:
+            await q.enqueue(platform, payload, account="acme")
+        except PayloadError as exc:
+            progress.note(f"refused at enqueue: {exc}")
+        else:
+            raise AssertionError(f"enqueue took a bad {platform} post")
+
+
+async def _token_drama(
+    q: Queue,
+    simulator: Simulator,
+    tokens: dict[tuple[str, str], str],
+    progress: Progress,
+    duration: float,
+) -> None:
+    """One account's token expires; its posts wait, paused, until it has a new one.
+
+    Runs until the demo ends (cancelled then): a post that was already on its way with the
+    old token when the new one came pauses the account again, and is resumed too."""
+    platform, account = TOKEN_VICTIM
+    await anyio.sleep(duration * 0.35)
+    simulator.expire_token(tokens[(platform, account)])
+    progress.note(f"{platform}/{account}: the platform expired the token")
+    paused_key = keys.paused(platform)
+    field_name = keys.pause_field(account)
+    with anyio.move_on_after(duration * 0.25):
+        while await q.redis.hget(paused_key, field_name) != b"-1":  # noqa: ASYNC110 - polls Redis
+            await anyio.sleep(0.1)
+        progress.note(f"{platform}/{account}: token refused → account paused, its posts wait")
+    await anyio.sleep(duration * 0.1)
+    tokens[(platform, account)] = f"demo-{platform}-{account}-2"
+    progress.note(f"{platform}/{account}: the account has a new token")
+    while True:
+        # -1: paused until resumed (a rate-limit hold has an end time, and ends by itself).
+        if await q.redis.hget(paused_key, field_name) == b"-1":
+            _, released = await q.resume_account(account, platform)
+            progress.note(f"{platform}/{account}: resumed, {released} posts released")
+        await anyio.sleep(0.1)
+
+
+async def _counts(q: Queue) -> dict[str, dict[str, int]]:
+    async with q.redis.pipeline(transaction=False) as pipe:
+        for platform in PLATFORMS:
+            pipe.hgetall(keys.counts(platform))
+        replies = await pipe.execute()
+    return {
+        platform: {k.decode(): int(v) for k, v in reply.items()}
+        for platform, reply in zip(PLATFORMS, replies, strict=True)
+    }
+
+
+def _finished(counts: dict[str, int]) -> int:
+    return counts.get("done", 0) + counts.get("dead", 0) + counts.get("expired", 0)
+
+
+async def _watch(
+    q: Queue,
+    plan: Plan,
+    simulator: Simulator,
+    progress: Progress,
+    options: DemoOptions,
+    console: Console,
+    start: datetime,
+    factor: float,
+    deadline: float,
+) -> None:
+    """Refresh the live view until every post is finished (or the deadline passes)."""
+    total = len(plan.posts)
+
+    def view() -> Group:
+        return _live_view(plan, simulator, progress, start, factor)
+
+    live: contextlib.AbstractContextManager[Any] = (
+        contextlib.nullcontext()
+        if options.json
+        else Live(view(), console=console, refresh_per_second=4, transient=False)
+    )
+    with live as shown:
+        while time.monotonic() < deadline:
+            progress.counts = await _counts(q)
+            if shown is not None:
+                shown.update(view())
+            finished = sum(_finished(c) for c in progress.counts.values())
+            if finished >= total:
+                break
+            await anyio.sleep(0.25)
+        progress.counts = await _counts(q)
+        if shown is not None:
+            shown.update(view())
+
+
+def _live_view(
+    plan: Plan, simulator: Simulator, progress: Progress, start: datetime, factor: float
+) -> Group:
+    elapsed = time.monotonic() - progress.started
+    now = start + timedelta(seconds=elapsed * factor)
+    clocks = "  ".join(
+        f"{zone.split('/')[-1].replace('_', ' ')} {now.astimezone(ZoneInfo(zone)):%H:%M}"
+        for zone in ACCOUNTS.values()
+    )
+    table = Table(title=f"streamq demo — a day in {DAY / factor:g}s   {clocks}", expand=False)
+    columns = (
+        "platform", "scheduled", "published", "at platform", "retried", "429s", "held",
+        "paused", "dead", "expired",
+    )  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "platform" else "right")
+    table.add_column("progress")
+    sim = simulator.summary()
+    for platform in PLATFORMS:
+        counts = progress.counts.get(platform, {})
+        scheduled = progress.enqueued.get(platform, 0)
+        figures = [
+            scheduled,
+            counts.get("done", 0),
+            sim["by_platform"][platform]["posts"],
+            counts.get("retried", 0),
+            counts.get("deferred", 0),
+            counts.get("limited", 0),
+            counts.get("parked", 0),
+            counts.get("dead", 0),
+            counts.get("expired", 0),
+        ]
+        bar = ProgressBar(total=max(1, scheduled), completed=_finished(counts), width=20)
+        table.add_row(platform, *map(str, figures), bar)
+    table.caption = (
+        f"simulator: {sim['requests']} requests, {sim['rate_limited']} answered 429, "
+        f"{sim['transient']} 5xx, {sim['lost_answers']} answers lost after the post was taken "
+        f"({sim['found_by_lookup']} found again by lookup), duplicates {sim['duplicates']}"
+    )
+    events = Text("\n".join(progress.events[-6:]) or "…", style="dim")
+    return Group(table, events)
+
+
+async def _summarize(
+    q: Queue, plan: Plan, simulator: Simulator, progress: Progress
+) -> dict[str, Any]:
+    """Every planned job's end, checked against what the simulator received."""
+    states: dict[str, int] = {}
+    lost = 0
+    ghosts = 0
+    posted = {post.key: post for post in simulator.posts if post.key is not None}
+    for post in plan.posts:
+        info = await q.job(post.job_id)
+        states[info.state] = states.get(info.state, 0) + 1
+        at_platform = posted.get(post.job_id)
+        if info.state == "done":
+            result = info.result if isinstance(info.result, dict) else {}
+            if at_platform is None or result.get("post_id") != at_platform.id:
+                lost += 1  # recorded as published, but the platform has no such post
+        elif info.state in ("dead", "expired"):
+            ghosts += at_platform is not None  # on the platform, though recorded as not
+        else:
+            lost += 1  # never finished
+    counts = progress.counts
+    sim = simulator.summary()
+    return {
+        "scheduled": len(plan.posts),
+        "refused_at_enqueue": len(plan.refused),
+        "published": states.get("done", 0),
+        "recovered_by_lookup": sim["found_by_lookup"],
+        "retried": sum(c.get("retried", 0) for c in counts.values()),
+        "rate_limited": sum(c.get("deferred", 0) for c in counts.values()),
+        "held_by_limits": sum(c.get("limited", 0) for c in counts.values()),
+        "paused": sum(c.get("parked", 0) for c in counts.values()),
+        "dead": states.get("dead", 0),
+        "expired": states.get("expired", 0),
+        "duplicates": sim["duplicates"] + ghosts,
+        "lost": lost,
+        "simulator": {k: v for k, v in sim.items() if k != "by_platform"},
+        "events": progress.events,
+    }
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="streamq demo — summary", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    rows = [
+        ("scheduled", "scheduled"),
+        ("refused at enqueue (bad posts)", "refused_at_enqueue"),
+        ("published", "published"),
+        ("  of which found by lookup after a lost answer", "recovered_by_lookup"),
+        ("retried (transient errors, timeouts)", "retried"),
+        ("rate-limited by the platform (429)", "rate_limited"),
+        ("held back by streamq's own limits", "held_by_limits"),
+        ("paused (token expired)", "paused"),
+        ("dead (content policy)", "dead"),
+        ("expired (due too long ago)", "expired"),
+        ("duplicates found by the simulator", "duplicates"),
+        ("lost", "lost"),
+    ]
+    for label, name in rows:
+        value = summary[name]
+        style = "bold red" if name in ("lost", "duplicates") and value else None
+        table.add_row(label, Text(str(value), style=style or ""))
+    return table

@@ -1,0 +1,226 @@
+"""The one HTTP client a worker's publishers share, and where their settings come from.
+
+``Session`` owns one ``httpx.AsyncClient``: pooled keep-alive connections, one timeout per
+request, HTTP/2 where the platform offers it (negotiated by ALPN over TLS; plain-HTTP
+loopback, such as the simulator, speaks HTTP/1.1). Every publisher made by a session sends
+through it.
+
+Settings of a platform, later ones winning: the publisher's defaults (the real API's base URL
+and version), ``[platforms.<name>]`` in the config file, then ``STREAMQ_PLATFORM_URL``, which
+sends every platform to ``<url>/<name>`` — a running ``streamq simulate`` — with lookup on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import msgspec
+
+from streamq import platforms
+from streamq.config import Config, load_config
+from streamq.errors import Fail
+from streamq.platforms.base import PlatformSettings, Publisher
+from streamq.platforms.credentials import (
+    Credentials,
+    CredentialsProvider,
+    Secret,
+    load_provider,
+)
+from streamq.platforms.outcomes import PlatformUnavailable, Reply, clean
+
+USER_AGENT = "streamq"
+CONNECT_TIMEOUT = 10.0
+
+
+def resolve_settings(
+    name: str, config: Config | None = None, environ: Mapping[str, str] | None = None
+) -> PlatformSettings:
+    """The settings a publisher for ``name`` runs with (see the module docstring)."""
+    cls = platforms.publisher_class(name)
+    settings = PlatformSettings(base_url=cls.base_url, api_version=cls.api_version)
+    configured = (config or Config()).platforms.get(name)
+    if configured is not None:
+        given = {k: v for k, v in msgspec.structs.asdict(configured).items() if v is not None}
+        settings = msgspec.structs.replace(settings, **given)
+    root = (os.environ if environ is None else environ).get("STREAMQ_PLATFORM_URL")
+    if root:
+        settings = msgspec.structs.replace(
+            settings, base_url=f"{root.rstrip('/')}/{name}", lookup=True
+        )
+    return settings
+
+
+class Session:
+    """Publishers sharing one HTTP client: ``async with Session() as s: s.publisher("x")``."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        credentials: CredentialsProvider | None = None,
+        settings: Mapping[str, PlatformSettings] | None = None,
+        max_connections: int = 100,
+        http2: bool = True,
+    ) -> None:
+        self.config = config if config is not None else load_config()
+        self.credentials = credentials or load_provider(self.config.credentials)
+        self._settings = dict(settings or {})
+        self._max_connections = max_connections
+        self._http2 = http2
+        self._client: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> Self:
+        self._client = httpx.AsyncClient(
+            http2=self._http2,
+            limits=httpx.Limits(
+                max_connections=self._max_connections,
+                max_keepalive_connections=self._max_connections,
+            ),
+            timeout=httpx.Timeout(30.0, connect=CONNECT_TIMEOUT),
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("use 'async with Session() as session:' before publishing")
+        return self._client
+
+    def settings(self, name: str) -> PlatformSettings:
+        if name not in self._settings:
+            self._settings[name] = resolve_settings(name, self.config)
+        return self._settings[name]
+
+    def publisher(self, name: str) -> Publisher:
+        """The built-in publisher for platform ``name``, sending through this session."""
+        return platforms.publisher_class(name)(self, self.settings(name))
+
+    async def credentials_for(self, platform: str, account: str | None) -> Credentials:
+        """The account's credentials; none found pauses the account (a token problem)."""
+        found = await self.credentials(platform, account)
+        if found is None:
+            who = "jobs without an account" if account is None else f"account {account!r}"
+            raise Fail(f"{platform}: token: no credentials for {who}", pause_account=True)
+        return found
+
+    async def send(
+        self,
+        platform: str,
+        method: str,
+        url: str,
+        token: Secret,
+        *,
+        json: Any = None,
+        data: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
+        timeout: float = 30.0,  # noqa: ASYNC109 - per request, passed on to httpx
+    ) -> Reply:
+        """One request with the account's token; raises PlatformUnavailable when no answer
+        came. The token goes in the Authorization header only, never in the URL (so it is in
+        no log line httpx writes)."""
+        sent = {"Authorization": f"Bearer {token.reveal()}", **(headers or {})}
+        try:
+            response = await self.client.request(
+                method,
+                url,
+                json=json,
+                data=data,
+                params=params,
+                headers=sent,
+                content=content,
+                timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
+            )
+        except httpx.TimeoutException as exc:
+            raise PlatformUnavailable(
+                f"{platform}: no answer within {timeout:g}s ({type(exc).__name__}); "
+                "the request may have reached the platform"
+            ) from None
+        except httpx.TransportError as exc:
+            raise PlatformUnavailable(
+                f"{platform}: {type(exc).__name__}: {clean(exc, token) or 'connection failed'}"
+            ) from None
+        return Reply(response.status_code, response.headers, _body(response))
+
+    async def relay(
+        self,
+        platform: str,
+        source_url: str,
+        method: str,
+        url: str,
+        token: Secret,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,  # noqa: ASYNC109 - per request, passed on to httpx
+    ) -> Reply:
+        """Stream the bytes at ``source_url`` into a request to the platform (a video upload)
+        without holding the whole file in memory."""
+        try:
+            async with self.client.stream("GET", source_url, timeout=timeout) as source:
+                if source.status_code >= 400:
+                    kind = "transient" if source.status_code >= 500 else "permanent"
+                    message = (
+                        f"{platform}: media at {source_url} answered HTTP {source.status_code}"
+                    )
+                    if kind == "permanent":
+                        raise Fail(message)
+                    raise PlatformUnavailable(message)
+                sent = dict(headers or {})
+                length = source.headers.get("content-length")
+                if length is not None:
+                    sent["Content-Length"] = length
+                sent.setdefault("Content-Type", source.headers.get("content-type", "video/*"))
+                return await self.send(
+                    platform,
+                    method,
+                    url,
+                    token,
+                    headers=sent,
+                    content=source.aiter_raw(),
+                    timeout=timeout,
+                )
+        except httpx.TimeoutException as exc:
+            raise PlatformUnavailable(
+                f"{platform}: media at {source_url}: no answer ({type(exc).__name__})"
+            ) from None
+        except httpx.TransportError as exc:
+            raise PlatformUnavailable(f"{platform}: media at {source_url}: {clean(exc)}") from None
+
+
+def _body(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:1000]
+
+
+@contextlib.asynccontextmanager
+async def publishing(
+    name: str, config: Config | None = None, *, concurrency: int = 32
+) -> AsyncIterator[Publisher]:
+    """The built-in publisher ``name`` as a worker's handler, its session open meanwhile."""
+    async with Session(config, max_connections=max(100, concurrency)) as session:
+        yield session.publisher(name)

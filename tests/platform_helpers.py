@@ -1,0 +1,58 @@
+"""What the publisher tests share: a post each platform takes, credentials, settings."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+
+from streamq.config import Config
+from streamq.platforms.base import PlatformSettings
+from streamq.platforms.client import resolve_settings
+from streamq.platforms.credentials import CallableCredentials, Credentials
+
+PLATFORMS = ("facebook", "instagram", "linkedin", "x", "tiktok", "youtube")
+USER_IDS = {
+    "facebook": "104000000000001",
+    "instagram": "17841400000000001",
+    "linkedin": "urn:li:organization:5515715",
+}
+
+
+def post_for(platform: str, sim_url: str, text: str) -> dict[str, Any]:
+    """A valid post for ``platform`` whose text contains ``text``."""
+    media = f"{sim_url}/_sim/media"
+    if platform == "instagram":
+        return {"text": text, "image_url": f"{media}/a.jpg"}
+    if platform == "tiktok":
+        return {"text": text, "video_url": f"{media}/clip.mp4"}
+    if platform == "youtube":
+        return {"title": text, "video_url": f"{media}/video.mp4?bytes=200000"}
+    return {"text": text}
+
+
+def new_token(platform: str) -> str:
+    return f"sekrit-{platform}-{uuid.uuid4().hex}"
+
+
+def credentials(tokens: dict[str, str]) -> CallableCredentials:
+    """A token per platform and account: the platform's from ``tokens``, then the account."""
+
+    def find(platform: str, account: str | None) -> Credentials | None:
+        token = tokens.get(platform)
+        if token is None:
+            return None
+        return Credentials(f"{token}-{account}", USER_IDS.get(platform))
+
+    return CallableCredentials(find)
+
+
+def settings_for(
+    platform: str, sim_url: str, *, timeout: float = 5.0, lookup: bool = True
+) -> PlatformSettings:
+    """The platform's settings pointed at the simulator, as STREAMQ_PLATFORM_URL does."""
+    settings = resolve_settings(platform, Config(), {"STREAMQ_PLATFORM_URL": sim_url})
+    return msgspec.structs.replace(
+        settings, timeout=timeout, lookup=lookup, poll_interval=0.02, ready_timeout=10.0
+    )

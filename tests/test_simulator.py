@@ -1,0 +1,161 @@
+"""The simulator over HTTP and as a command, and ``streamq demo`` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from streamq.errors import ConfigError
+from streamq.simulator import Fault, SimOptions, Simulator, ThreadedSimulator, parse_rate
+from tests.conftest import ROOT, run_cli
+
+
+@pytest.fixture
+def sim_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamq", "simulate", "--port", "0", "--rate-limit", "2/10s"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.startswith("simulating facebook, instagram"), process.stderr
+        url = first.split(" at ")[-1].strip()
+        assert process.stdout.readline().strip() == f"export STREAMQ_PLATFORM_URL={url}"
+        yield process, url
+    finally:
+        process.kill()
+        process.communicate()
+
+
+def test_simulate_serves_posts_faults_and_its_record_over_http(
+    sim_process: tuple[subprocess.Popen[str], str],
+) -> None:
+    process, url = sim_process
+    auth = {"Authorization": "Bearer t1"}
+    with httpx.Client(base_url=url, timeout=5) as http:
+        made = http.post(
+            "/x/2/tweets", json={"text": "hello"}, headers={**auth, "Idempotency-Key": "k1"}
+        )
+        assert made.status_code == 201
+        post_id = made.json()["data"]["id"]
+        assert http.get("/x/_sim/lookup", params={"key": "k1"}, headers=auth).json() == {
+            "id": post_id,
+            "count": 1,
+        }
+        assert http.get("/x/_sim/lookup", params={"key": "k2"}, headers=auth).status_code == 404
+        # Refused: same text again (X refuses duplicates), then past the 2/10s rate limit.
+        assert http.post("/x/2/tweets", json={"text": "hello"}, headers=auth).status_code == 403
+        limited = http.post("/x/2/tweets", json={"text": "other"}, headers=auth)
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["retry-after"]) <= 10
+        assert int(limited.headers["x-rate-limit-reset"]) > time.time()
+        fault = {"kind": "policy", "platform": "facebook", "match": "spam"}
+        assert http.post("/_sim/faults", json=fault).status_code == 200
+        refused = http.post("/facebook/v21.0/123/feed", data={"message": "spam spam"}, headers=auth)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == 368
+        assert http.post("/_sim/tokens/expire", json={"token": "t1"}).status_code == 200
+        expired = http.post("/facebook/v21.0/123/feed", data={"message": "hi"}, headers=auth)
+        assert expired.json()["error"]["code"] == 190
+        posts = http.get("/_sim/posts").json()["posts"]
+        assert [(p["platform"], p["key"], p["text"]) for p in posts] == [("x", "k1", "hello")]
+        summary = http.get("/_sim/summary").json()
+        assert (summary["posts"], summary["duplicates"], summary["rate_limited"]) == (1, 0, 1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 0
+
+
+def test_tokens_expire_after_their_ttl_and_answers_take_the_latency() -> None:
+    options = SimOptions(token_ttl=0.3, latency=0.1)
+    with ThreadedSimulator(options) as sim, httpx.Client(base_url=sim.url, timeout=5) as http:
+        auth = {"Authorization": "Bearer short-lived"}
+        started = time.monotonic()
+        assert http.post("/x/2/tweets", json={"text": "a"}, headers=auth).status_code == 201
+        assert time.monotonic() - started >= 0.05
+        time.sleep(0.35)
+        late = http.post("/x/2/tweets", json={"text": "b"}, headers=auth)
+        assert late.status_code == 401
+
+
+def test_a_post_sent_twice_is_recorded_twice() -> None:
+    """The simulator counts duplicates; it never hides them by deduplicating itself."""
+    with ThreadedSimulator() as sim, httpx.Client(base_url=sim.url, timeout=5) as http:
+        headers = {"Authorization": "Bearer t", "Idempotency-Key": "job-1"}
+        for _ in range(2):
+            made = http.post("/facebook/v21.0/9/feed", data={"message": "m"}, headers=headers)
+            assert made.status_code == 200
+        assert sim.duplicates() == {"job-1": 2}
+        assert sim.summary()["duplicates"] == 1
+
+
+def test_scripted_faults_match_by_text_or_key_and_run_out() -> None:
+    with ThreadedSimulator() as sim, httpx.Client(base_url=sim.url, timeout=5) as http:
+        sim.add_fault(Fault(kind="transient", match="flaky", times=2))
+        headers = {"Authorization": "Bearer t"}
+        codes = [
+            http.post("/x/2/tweets", json={"text": f"flaky {i}"}, headers=headers).status_code
+            for i in range(3)
+        ]
+        assert codes == [503, 503, 201]
+        assert sim.faults == []
+
+
+def test_the_simulator_listens_on_loopback_only() -> None:
+    async def serve() -> None:
+        async with Simulator().serve(host="0.0.0.0"):
+            pass
+
+    with pytest.raises(ConfigError, match="loopback only"):
+        anyio.run(serve)
+
+
+def test_rates_parse() -> None:
+    assert parse_rate("10/1s") == (10, 1.0)
+    assert parse_rate("3/500ms") == (3, 0.5)
+    for bad in ("10", "0/1s", "x/1s", "5/-1s"):
+        with pytest.raises(ConfigError):
+            parse_rate(bad)
+
+
+@pytest.mark.slow
+def test_demo_in_a_short_mode_loses_nothing_and_posts_nothing_twice() -> None:
+    before = set(os.listdir("/tmp"))
+    result = run_cli("demo", "--duration", "4s", "--json", "--seed", "7", timeout=120)
+    assert result.returncode == 0, result.stderr + result.stdout
+    summary = json.loads(result.stdout)
+    assert summary["lost"] == 0
+    assert summary["duplicates"] == 0
+    assert summary["published"] >= 200
+    assert summary["dead"] > 0  # the posts that break the content policy
+    assert summary["expired"] == 3
+    assert summary["refused_at_enqueue"] == 3
+    assert summary["rate_limited"] > 0  # the launch burst on x
+    assert summary["published"] + summary["dead"] + summary["expired"] == summary["scheduled"]
+    # It cleaned up: its home is gone and its server stopped.
+    assert not os.path.exists(summary["home"])
+    assert _gone(summary["server_pid"])
+    assert not {name for name in set(os.listdir("/tmp")) - before if name.startswith("sqdemo-")}
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaped counts: this sandbox's init does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" in status.read_text()
