@@ -20,6 +20,7 @@ the visibility timeout.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -977,9 +978,12 @@ class Worker:
                     continue
                 try:
                     with anyio.fail_after(hooks.timeout):
-                        answer = hook(*args)
-                        if inspect.isawaitable(answer):
-                            await answer
+                        if inspect.iscoroutinefunction(hook):
+                            await hook(*args)
+                        else:  # a plain function must not block the worker's event loop
+                            await anyio.to_thread.run_sync(
+                                functools.partial(hook, *args), abandon_on_cancel=True
+                            )
                 except Exception as exc:  # a hook's failure is logged, never the job's
                     log.warning(
                         "hook %s failed for job %s: %s",

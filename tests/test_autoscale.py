@@ -77,19 +77,21 @@ def stop(process: subprocess.Popen[str]) -> None:
 
 
 @pytest.mark.slow
-def test_a_burst_scales_the_pool_up_and_back_down_without_losing_a_job(
+def test_a_burst_scales_the_pool_from_one_to_several_and_back_without_losing_a_job(
     redis_url: str, stream: str
 ) -> None:
     client = sync_redis.Redis.from_url(redis_url)
-    lines = "".join(json.dumps({"n": i}) + "\n" for i in range(5000))
-    added = run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "-",
-                    input=lines)  # fmt: skip
-    assert added.returncode == 0, added.stderr
     scaler = start_autoscaler(
         redis_url, stream, "--min", "1", "--max", "4", "--target-drain", "5s",
         "--scale-down-window", "2s", "--idle-after", "2s",
     )  # fmt: skip
     try:
+        [(_, before, after)] = read_scalings(scaler, until=None, deadline_s=30)
+        assert (before, after) == (0, 1)  # the floor, with nothing to do yet
+        lines = "".join(json.dumps({"n": i}) + "\n" for i in range(5000))
+        added = run_cli("enqueue", "--redis-url", redis_url, "--stream", stream,
+                        "--payload", "-", input=lines)  # fmt: skip
+        assert added.returncode == 0, added.stderr
         scalings = read_scalings(scaler, until=1, deadline_s=120)
         deadline = time.monotonic() + 60
         while client.hlen(f"{stream}:succeeded") < 5000:  # the last worker finishes the drain
@@ -97,7 +99,9 @@ def test_a_burst_scales_the_pool_up_and_back_down_without_losing_a_job(
             time.sleep(0.05)
     finally:
         stop(scaler)
+    assert scalings[0][1] == 1  # up from the one worker
     assert max(to for _, _, to in scalings) >= 3
+    assert scalings[-1][2] == 1  # and back down after the drain
     assert client.hlen(f"{stream}:succeeded") == 5000
     assert sum(int(v) for v in client.hvals(f"{stream}:runs")) == 5000  # none ran twice
     depth = sum(client.xlen(lane) for lane in keys.lanes(stream))
@@ -113,13 +117,23 @@ def test_jobs_scheduled_a_minute_ahead_scale_the_pool_before_they_come_due(
     added = run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "-",
                     "--at", due.isoformat(), input=lines)  # fmt: skip
     assert added.returncode == 0, added.stderr
-    scaler = start_autoscaler(redis_url, stream, "--max", "4", "--lead", "90s", "--dry-run")
+    scaler = start_autoscaler(redis_url, stream, "--max", "4", "--lead", "90s")  # local target
     try:
         [(when, before, after)] = read_scalings(scaler, until=None, deadline_s=30)
+        assert scaler.stdout is not None
+        started = 0
+        for line in scaler.stdout:  # the workers log to the autoscaler's output as they start
+            started += f"consuming {stream}" in line
+            if started == 4:
+                break
+        ready = time.time()
     finally:
         stop(scaler)
     assert (before, after) == (0, 4)
-    assert when < due.timestamp() - 30
+    assert started == 4
+    assert when < ready < due.timestamp() - 30  # up and running well before the jobs are due
+    client = sync_redis.Redis.from_url(redis_url)
+    assert client.zcard(keys.delayed(stream)) == 3000  # none was due yet
 
 
 @pytest.mark.anyio
