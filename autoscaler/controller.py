@@ -63,6 +63,21 @@ class Leadership(Protocol):
     async def release(self) -> None: ...
 
 
+class Unelected:
+    """For dry runs: decides without taking any lock or Lease from the real controllers."""
+
+    fence: int | None = None
+
+    async def hold(self) -> bool:
+        return True
+
+    async def still_leading(self) -> bool:
+        return True
+
+    async def release(self) -> None:
+        return None
+
+
 class RedisLeadership:
     """A Redis lock held while this controller runs; ``fence`` grows with every new leader."""
 

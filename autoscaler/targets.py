@@ -39,17 +39,24 @@ class Target(Protocol):
 
 
 class DryRun:
-    def __init__(self) -> None:
+    """Changes nothing. Over a real target it starts from that target's sizes (read, never
+    written); alone, from zero."""
+
+    def __init__(self, over: Target | None = None) -> None:
+        self.over = over
         self._sizes: dict[str, int] = {}
 
     async def workers(self, stream: str) -> int:
+        if stream not in self._sizes and self.over is not None:
+            self._sizes[stream] = await self.over.workers(stream)
         return self._sizes.get(stream, 0)
 
     async def scale(self, stream: str, count: int) -> None:
         self._sizes[stream] = count
 
     async def close(self) -> None:
-        return None
+        if self.over is not None:
+            await self.over.close()
 
 
 class LocalTarget:

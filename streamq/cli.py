@@ -813,17 +813,16 @@ async def _autoscale(args: argparse.Namespace, config: Config) -> int:
         target: targets.Target
         if args.target == "kubernetes":
             target, leadership = await _kubernetes_target(args, config, streams)
+            if args.dry_run:  # reads the Deployments' sizes, patches nothing, takes no Lease
+                target, leadership = targets.DryRun(over=target), controller.Unelected()
         elif args.dry_run:
-            target = targets.DryRun()
+            target, leadership = targets.DryRun(), controller.Unelected()
         else:
             assert q.resolved_url is not None
             target = targets.LocalTarget(
                 _consume_args(args, config, streams, policies),
                 env={"STREAMQ_REDIS_URL": q.resolved_url},
             )
-        if args.dry_run and args.target == "kubernetes":
-            await target.close()
-            target = targets.DryRun()
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)

@@ -3,20 +3,19 @@ README gives (streamq.acl.ROLES), on each engine, and nothing more is allowed to
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import redis as sync_redis
 
-from streamq import acl
+from autoscaler import controller
+from autoscaler.observe import StreamWatch
+from streamq import acl, connection, limiter
 from streamq.server import LocalServer
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 
 
 def users(server: LocalServer) -> dict[str, str]:
@@ -70,24 +69,24 @@ def test_every_role_does_its_work_with_exactly_its_rules(
                  ["account", "resume", "acme", "--stream", stream],
                  ["dead", "purge", "--stream", stream]):  # fmt: skip
         as_role("producer", *args)
-    scaler = subprocess.Popen(
-        [sys.executable, "-m", "streamq", "autoscale", "--stream", stream, "--dry-run",
-         "--interval", "0.2", "--redis-url", urls["autoscaler"], "--log-level", "INFO"],
-        cwd=ROOT, env=os.environ.copy(), stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert scaler.stderr is not None
-    try:
-        for line in scaler.stderr:  # two ticks: it leads, observes and decides
-            if "leading the autoscaling" in line:
-                break
-        else:
-            pytest.fail("the autoscaler stopped")
-    finally:
-        scaler.send_signal(signal.SIGTERM)
-        scaler.wait(30)
-        scaler.stderr.close()
-    assert scaler.returncode == 0
+    anyio.run(_autoscaler_round, urls["autoscaler"], stream)
     assert denials(server, urls) == []
+
+
+async def _autoscaler_round(url: str, stream: str) -> None:
+    """What `streamq autoscale --target kubernetes` asks of Redis: lead, observe, let go."""
+    redis = connection.client(url)
+    try:
+        leadership = controller.RedisLeadership(redis, [stream], ttl_seconds=5)
+        assert await leadership.hold()
+        assert await leadership.hold()  # renewed
+        assert await leadership.still_leading()
+        watch = StreamWatch(redis, stream, limiter.limits_for(stream, None), lead_seconds=60)
+        seen = await watch.observe(0)
+        assert seen.backlog >= 0
+        await leadership.release()
+    finally:
+        await redis.aclose()
 
 
 def test_the_roles_allow_nothing_beyond_streamqs_keys(server: LocalServer) -> None:

@@ -287,3 +287,33 @@ async def test_streamq_autoscale_target_kubernetes_sizes_the_deployment_and_give
     response = await kube.get(f"{LEASES}/streamq-autoscaler")
     lease: Any = await response.json()
     assert not lease["spec"].get("holderIdentity")  # released on a clean stop
+
+
+async def test_a_kubernetes_dry_run_starts_from_the_real_size_and_changes_nothing(
+    kube: kmock.KubernetesEmulator, kubeconfig: str, redis: Redis, redis_url: str, stream: str
+) -> None:
+    await add_deployment(kube, f"streamq-consume-{stream}", 2)
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in range(2000):
+            pipe.xadd(keys.lane(stream, "normal"), {"j": json.dumps({"n": n})})
+        await pipe.execute()
+    command = [sys.executable, "-m", "streamq", "autoscale", "--target", "kubernetes",
+               "--kubeconfig", kubeconfig, "--redis-url", redis_url, "--stream", stream,
+               "--max", "4", "--concurrency", "4", "--interval", "0.2", "--dry-run"]  # fmt: skip
+    async with await anyio.open_process(command, cwd=ROOT) as process:
+        assert process.stderr is not None
+        seen = b""
+        try:
+            with anyio.fail_after(30):
+                async for chunk in process.stderr:
+                    seen += chunk
+                    if f"{stream}: 2 -> 4 workers".encode() in seen:
+                        break
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                await process.wait()
+    assert f"{stream}: 2 -> 4 workers".encode() in seen
+    assert list(kube["patch"]) == []  # nothing resized
+    assert len(list(kube["post"])) == 1  # the test's own Deployment: no Lease was taken
+    assert await replicas(kube, f"streamq-consume-{stream}") == 2
