@@ -121,7 +121,9 @@ for i, o in ipairs(outcomes) do
   if event_settings.cap > 0 and code ~= 'stale' then
     job_account = redis.call('HGET', record, 'account')
     if started > 0 then
-      emit_event(events, event_settings, 'started', id, started, job_attempt, key, job_account)
+      -- The start is the worker's estimate of the server's clock: never after the outcome.
+      emit_event(events, event_settings, 'started', id, math.min(started, now), job_attempt, key,
+        job_account)
     end
   end
   if started > 0 and code ~= 'stale' then
