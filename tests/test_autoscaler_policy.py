@@ -123,6 +123,38 @@ def test_decisions_stay_in_bounds_and_under_the_ceiling(
         assert decision.workers <= max(low, min(high, max(workers, useful)))
 
 
+@given(
+    loads=st.lists(
+        st.tuples(st.integers(0, 10**6), st.floats(0, 5000), st.integers(0, 10**5)),
+        min_size=3,
+        max_size=30,
+    ),
+    ceiling=st.floats(0.1, 500),
+    service=st.floats(0.01, 5),
+    low=st.integers(0, 3),
+    high=st.integers(3, 60),
+)
+def test_from_under_the_ceiling_no_run_of_decisions_ever_passes_it(
+    loads: list[tuple[int, float, int]], ceiling: float, service: float, low: int, high: int
+) -> None:
+    policy = Policy(min_workers=low, max_workers=high, concurrency=8)
+    scaler = Scaler(policy)
+    cap = max(low, min(high, max(1, math.ceil(ceiling * service / 8 - 1e-9))))
+    workers = low
+    for tick, (backlog, arrival, due) in enumerate(loads):
+        seen = Observation(
+            at=tick * 5.0,
+            workers=workers,
+            backlog=backlog,
+            arrival_rate=arrival,
+            service_seconds=service,
+            due_soon=due,
+            rate_ceiling=ceiling,
+        )
+        workers = scaler.decide(seen).workers
+        assert workers <= cap  # more would only wait on the platform's limits
+
+
 def test_a_bad_policy_is_refused() -> None:
     with pytest.raises(ConfigError, match="min_workers"):
         Policy(min_workers=5, max_workers=2)
