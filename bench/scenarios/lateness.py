@@ -1,0 +1,60 @@
+"""lateness: 10,000 jobs due in the same second, and 10,000 spread over a minute (quick: over
+10 s); p50/p99/max of start minus due time, both on the server's clock."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bench.common import Section, engine_label, servers, spread
+from bench.report import UI
+from bench.runner import Case, Driver, run_case
+from bench.systems import STREAMQ
+
+COLUMNS = ["engine", "system", "case", "jobs", "p50 ms", "p99 ms", "max ms", "early", "lost"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", type=int, help="jobs per case (10,000)")
+    parser.add_argument("--spread", type=float, help="seconds the second case spans (60; quick 10)")
+
+
+def cases(args: argparse.Namespace, lead_ms: int = 3000) -> list[tuple[str, Case]]:
+    jobs = args.jobs or 10_000
+    spread_s = args.spread or (10.0 if args.quick else 60.0)
+    return [
+        (f"{jobs:,} due in the same second", Case("lateness", jobs, lead_ms=lead_ms)),
+        (
+            f"{jobs:,} spread over {spread_s:g} s",
+            Case("lateness", jobs, lead_ms=lead_ms, step_ms=spread_s * 1000 / jobs),
+        ),
+    ]
+
+
+def lateness_row(
+    driver: Driver, url: str, name: str, case: Case, ui: UI, label: str, section: Section
+) -> dict[str, Any]:
+    row = run_case(driver, url, case, ui, f"{label}: {driver.name} {name}")
+    late: list[float] = row.pop("lateness_ms")
+    section.samples[f"{driver.name}: {name}"] = late
+    figures = spread(late)
+    return {
+        **row,
+        "case": name,
+        "p50 ms": figures["p50"],
+        "p99 ms": figures["p99"],
+        "max ms": figures["max"],
+        "early": sum(1 for x in late if x < 0),
+    }
+
+
+def run(args: argparse.Namespace, ui: UI) -> list[Section]:
+    section = Section("lateness", "lateness: start minus due time, server clock", COLUMNS)
+    with servers(args.engines) as started:
+        for engine, srv in started:
+            label = engine_label(engine, srv)
+            for name, case in cases(args):
+                row = lateness_row(STREAMQ, srv.url, name, case, ui, label, section)
+                section.rows.append({"engine": label, "system": "streamq", **row})
+    section.notes.append("target: p99 under 20 ms for the jobs due in the same second")
+    return [section]
