@@ -78,6 +78,12 @@ def run_case(driver: Driver, url: str, case: Case, ui: UI, label: str) -> dict[s
     queue = f"{case.kind}-{driver.name}-{run}"
     client = sync_redis.Redis.from_url(url)
     env = probe_env(url, run, times=case.kind == "lateness")
+    # Peers whose tasks are declared at import time read where to connect from here.
+    env |= {
+        "BENCH_BROKER_URL": url,
+        "BENCH_QUEUE": queue,
+        "BENCH_CONCURRENCY": str(case.concurrency),
+    }
     log_path = ROOT / "bench" / "results" / "logs" / f"{queue}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:

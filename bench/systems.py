@@ -48,7 +48,8 @@ PEERS: tuple[Peer, ...] = (
     ),
     Peer(
         "saq",
-        ("saq[redis]==0.26.4",),
+        # saq 0.26.4 imports typing_extensions without declaring it.
+        ("saq[redis]==0.26.4", "typing_extensions"),
         ("saq", "redis"),
         "Worker defaults: concurrency 10, schedule timer 1 s; enqueue one by one",
     ),

@@ -19,9 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spread", type=float, help="seconds the second case spans (60; quick 10)")
 
 
-def cases(args: argparse.Namespace, lead_ms: int = 3000) -> list[tuple[str, Case]]:
-    jobs = args.jobs or 10_000
-    spread_s = args.spread or (10.0 if args.quick else 60.0)
+def cases(jobs: int, spread_s: float, lead_ms: int = 3000) -> list[tuple[str, Case]]:
     return [
         (f"{jobs:,} due in the same second", Case("lateness", jobs, lead_ms=lead_ms)),
         (
@@ -53,7 +51,7 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
     with servers(args.engines) as started:
         for engine, srv in started:
             label = engine_label(engine, srv)
-            for name, case in cases(args):
+            for name, case in cases(args.jobs or 10_000, args.spread or (10 if args.quick else 60)):
                 row = lateness_row(STREAMQ, srv.url, name, case, ui, label, section)
                 section.rows.append({"engine": label, "system": "streamq", **row})
     section.notes.append("target: p99 under 20 ms for the jobs due in the same second")

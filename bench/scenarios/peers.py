@@ -26,12 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--peers", nargs="+", help="only these peers (arq saq taskiq celery streaq)"
     )
-    parser.add_argument("--peer-jobs", type=int, help="throughput jobs (50,000; quick 5,000)")
+    parser.add_argument("--peer-jobs", type=int, help="throughput jobs (50,000; quick 2,000)")
 
 
 def run(args: argparse.Namespace, ui: UI) -> list[Section]:
     chosen = [p for p in PEERS if not args.peers or p.name in args.peers]
-    jobs = args.peer_jobs or (5_000 if args.quick else 50_000)
+    jobs = args.peer_jobs or (2_000 if args.quick else 50_000)
     engine = args.engines[0]
     with servers([engine]) as started:
         _, srv = started[0]
@@ -78,8 +78,12 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
             concurrency = 100 if driver.name == "celery" else 0
             drain = Case("throughput", jobs, concurrency=concurrency)
             late = [
-                (name, replace(case, concurrency=concurrency, lead_ms=8000))
-                for name, case in lateness_cases(args)
+                (name, replace(case, concurrency=concurrency))
+                for name, case in lateness_cases(
+                    2_000 if args.quick else 10_000,
+                    5 if args.quick else 60,
+                    lead_ms=3_000 if args.quick else 8_000,
+                )
             ]
             attempts: list[tuple[str, Section, list[tuple[str, Case]]]] = [
                 ("throughput", throughput, [("", drain)]),
