@@ -79,7 +79,7 @@ def print_tables(sections: list[Section], console: Console) -> None:
             console.print(f"  - {note}", markup=False, highlight=False)
 
 
-TEXT_COLUMNS = {"system", "engine", "case", "settings", "status", "day", "target met"}
+TEXT_COLUMNS = {"system", "engine", "case", "settings", "versions", "status", "day", "compressed"}
 
 
 def as_json(sections: list[Section], meta: dict[str, Any]) -> str:
