@@ -103,6 +103,11 @@ def as_json(sections: list[Section], meta: dict[str, Any]) -> str:
     )
 
 
+def bar_label(row: dict[str, Any]) -> str:
+    label = f"{row.get('engine', '')} {row['system']}".strip()
+    return f"{label} x{row['processes']}" if "processes" in row else label
+
+
 def write_charts(sections: list[Section], directory: Path = RESULTS_DIR) -> list[Path]:
     """A bar chart of throughput per system and a lateness distribution per system, for the
     sections that have them; returns the files written. Needs matplotlib (``.[bench]``)."""
@@ -118,9 +123,9 @@ def write_charts(sections: list[Section], directory: Path = RESULTS_DIR) -> list
     written: list[Path] = []
     for section in sections:
         bars = [
-            (str(row["system"]), float(row["jobs/s"]))
+            (bar_label(row), float(row["jobs/s"]))
             for row in section.rows
-            if isinstance(row.get("jobs/s"), int | float)
+            if isinstance(row.get("jobs/s"), int | float) and "system" in row
         ]
         if bars:
             fig, ax = plt.subplots(figsize=(8, 0.45 * len(bars) + 1.5))
@@ -129,7 +134,7 @@ def write_charts(sections: list[Section], directory: Path = RESULTS_DIR) -> list
             ax.set_xlabel("jobs per second, end to end")
             ax.set_title(section.title, fontsize=9)
             fig.tight_layout()
-            path = directory / f"{section.scenario}-throughput.png"
+            path = directory / f"{section.scenario}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path)
@@ -143,7 +148,21 @@ def write_charts(sections: list[Section], directory: Path = RESULTS_DIR) -> list
             ax.set_xlabel("lateness, ms (start minus due time, server clock; whiskers p1-p99)")
             ax.set_title(section.title, fontsize=9)
             fig.tight_layout()
-            path = directory / f"{section.scenario}-lateness.png"
+            name = section.scenario
+            path = directory / f"{name if 'lateness' in name else name + '-lateness'}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+        if section.series:
+            fig, ax = plt.subplots(figsize=(8, 4))
+            for name, points in section.series.items():
+                ax.plot([t for t, _ in points], [v for _, v in points], label=name)
+            ax.set_xlabel("seconds")
+            ax.set_ylabel("used_memory, MB")
+            ax.set_title(section.title, fontsize=9)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            path = directory / f"{section.scenario}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path)

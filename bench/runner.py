@@ -5,10 +5,11 @@ handler records, and the figures are read back from Redis."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis as sync_redis
@@ -93,6 +94,7 @@ def run_case(driver: Driver, url: str, case: Case, ui: UI, label: str) -> dict[s
                 # Workers first: scheduled jobs must find them running, as in production.
                 workers = _workers(driver, url, queue, case, env, log)
             enqueue_seconds = _produce(driver, url, queue, case, env)
+            server_before = server_usec(client)
             if not workers:
                 workers = _workers(driver, url, queue, case, env, log)
 
@@ -103,8 +105,19 @@ def run_case(driver: Driver, url: str, case: Case, ui: UI, label: str) -> dict[s
                 return None
 
             timeout = 120 + case.jobs / 200 + case.lead_ms / 1000 + case.step_ms * case.jobs / 1000
+            # CPU is counted from the first finished job on, so the workers' start-up is not.
+            cpu_from: list[tuple[int, float]] = []
+
+            def progress(done: int) -> None:
+                if done and not cpu_from:
+                    cpu_from.append((done, sum(cpu_seconds(w.pid) for w in workers)))
+                advance(done)
+
             with ui.step(label, case.jobs) as advance:
-                done = wait_for_done(client, run, case.jobs, timeout, advance, died)
+                done = wait_for_done(client, run, case.jobs, timeout, progress, died)
+            server_us = server_usec(client) - server_before
+            counted_from, cpu_start = cpu_from[0] if cpu_from else (0, 0.0)
+            worker_s = sum(cpu_seconds(worker.pid) for worker in workers) - cpu_start
         finally:
             for worker in workers:
                 stop_process(worker)
@@ -114,6 +127,8 @@ def run_case(driver: Driver, url: str, case: Case, ui: UI, label: str) -> dict[s
         "done": done,
         "lost": case.jobs - min(done, case.jobs),
         "enqueue jobs/s": case.jobs / enqueue_seconds if enqueue_seconds else None,
+        "server us/job": server_us / max(done, 1),
+        "worker cpu us/job": worker_s * 1e6 / max(done - counted_from, 1),
     }
     span_s = (reading.last_ms - reading.first_ms) / 1000
     if case.kind == "throughput":
@@ -129,10 +144,18 @@ def run_case(driver: Driver, url: str, case: Case, ui: UI, label: str) -> dict[s
     return result
 
 
-def wait_ready(client: sync_redis.Redis, key: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.exists(key):
-            return
-        time.sleep(0.02)
-    raise BenchError(f"{key} did not appear within {timeout:.0f} s")
+def server_usec(client: sync_redis.Redis) -> int:
+    """Microseconds the server has spent running commands, all of them, since it started."""
+    stats: Any = client.info("commandstats")
+    return sum(int(entry["usec"]) for entry in stats.values())
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its descendants so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(int(child)) for child in children)

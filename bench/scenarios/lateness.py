@@ -34,7 +34,7 @@ def lateness_row(
 ) -> dict[str, Any]:
     row = run_case(driver, url, case, ui, f"{label}: {driver.name} {name}")
     late: list[float] = row.pop("lateness_ms")
-    section.samples[f"{driver.name}: {name}"] = late
+    section.samples[f"{label} {driver.name}: {name}"] = late
     figures = spread(late)
     return {
         **row,

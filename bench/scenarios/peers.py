@@ -16,7 +16,15 @@ from bench.scenarios.lateness import cases as lateness_cases
 from bench.scenarios.lateness import lateness_row
 from bench.systems import PEERS, RAW, STREAMQ, ensure_venv, peer_driver
 
-THROUGHPUT = ["system", "enqueue jobs/s", "jobs/s", "lost", "status"]
+THROUGHPUT = [
+    "system",
+    "enqueue jobs/s",
+    "jobs/s",
+    "server us/job",
+    "worker cpu us/job",
+    "lost",
+    "status",
+]
 IO_BOUND = ["system", "wall s", "ideal s", "wall / ideal", "lost", "status"]
 LATENESS = ["system", "case", "p50 ms", "p99 ms", "max ms", "early", "lost", "status"]
 SETTINGS = ["system", "versions", "settings"]

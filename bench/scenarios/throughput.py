@@ -11,7 +11,16 @@ from bench.report import UI
 from bench.runner import Case, run_case
 from bench.systems import RAW, STREAMQ
 
-COLUMNS = ["engine", "system", "processes", "enqueue jobs/s", "jobs/s", "lost"]
+COLUMNS = [
+    "engine",
+    "system",
+    "processes",
+    "enqueue jobs/s",
+    "jobs/s",
+    "server us/job",
+    "worker cpu us/job",
+    "lost",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
