@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from rich.console import Console
 
 from bench.common import BenchError, Section, machine
-from bench.report import UI, as_json, print_tables, write_charts
+from bench.report import UI, as_json, as_markdown, print_tables, write_charts
 from bench.scenarios import day, iobound, lateness, limits, memory, peers, recovery, throughput
 
 SCENARIOS: dict[str, tuple[ModuleType, str]] = {
@@ -45,6 +46,7 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         "--engines", nargs="+", default=["valkey", "redis"], help="servers to run on (valkey redis)"
     )
     common.add_argument("--no-charts", action="store_true", help="write no PNG charts")
+    common.add_argument("--markdown", metavar="FILE", help="also write the tables as Markdown")
     scenarios = {}
     for name, (module, text) in SCENARIOS.items():
         scenarios[name] = sub.add_parser(name, parents=[common], help=text, description=text)
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print(as_json(sections, {"machine": machine(), "command": sys.argv, "failed": failures}))
     else:
         print_tables(sections, Console(width=None if sys.stdout.isatty() else 160))
+    if args.markdown:
+        Path(args.markdown).write_text(as_markdown(sections))
     if not args.no_charts:
         for path in write_charts(sections):
             ui.say(f"chart: {path}")

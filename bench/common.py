@@ -181,8 +181,12 @@ def machine() -> dict[str, Any]:
         memory = f"{int(kib[1]) / 1024 / 1024:.1f} GiB" if kib else memory
     except OSError:
         pass
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": commit or "unknown",
         "nproc": os.cpu_count(),
         "memory": memory,
         "cpu": cpu,

@@ -82,6 +82,24 @@ def print_tables(sections: list[Section], console: Console) -> None:
 TEXT_COLUMNS = {"system", "engine", "case", "settings", "versions", "status", "day", "compressed"}
 
 
+def as_markdown(sections: list[Section]) -> str:
+    """The tables as Markdown, for bench/RESULTS.md."""
+    out = []
+    for section in sections:
+        out.append(f"**{section.title}**\n")
+        out.append("| " + " | ".join(section.columns) + " |")
+        out.append(
+            "| "
+            + " | ".join("---" if c in TEXT_COLUMNS else "---:" for c in section.columns)
+            + " |"
+        )
+        for row in section.rows:
+            out.append("| " + " | ".join(cell(row.get(c)) for c in section.columns) + " |")
+        out.extend(f"\n- {note}" for note in section.notes)
+        out.append("")
+    return "\n".join(out)
+
+
 def as_json(sections: list[Section], meta: dict[str, Any]) -> str:
     return json.dumps(
         {
@@ -130,7 +148,14 @@ def write_charts(sections: list[Section], directory: Path = RESULTS_DIR) -> list
         if bars:
             fig, ax = plt.subplots(figsize=(8, 0.45 * len(bars) + 1.5))
             names = [name for name, _ in bars][::-1]
-            ax.barh(names, [rate for _, rate in bars][::-1], color="#4c72b0")
+            rates = [rate for _, rate in bars][::-1]
+            ax.barh(names, rates, color="#4c72b0")
+            for y, rate in enumerate(rates):
+                ax.annotate(f" {rate:,.0f}", (rate, y), va="center", fontsize=8)
+            # Peers differ by orders of magnitude: a log axis keeps the slow ones visible.
+            if max(rates) > 20 * min(rates):
+                ax.set_xscale("log")
+            ax.set_xlim(right=max(rates) * 3)
             ax.set_xlabel("jobs per second, end to end")
             ax.set_title(section.title, fontsize=9)
             fig.tight_layout()

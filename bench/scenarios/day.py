@@ -84,10 +84,10 @@ DUE_GRAIN_MS = 20
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--posts-per-day", type=int, default=10_000)
     parser.add_argument("--accounts", type=int, default=1_000)
-    parser.add_argument("--minutes", type=float, help="the compressed day (4; quick 1)")
+    parser.add_argument("--minutes", type=float, help="the compressed day (3; quick 1)")
     parser.add_argument("--big-posts-per-day", type=int, default=10_000_000)
-    parser.add_argument("--big-posts", type=int, help="posts run of it (200,000; quick 20,000)")
-    parser.add_argument("--big-minutes", type=float, help="their compressed length (2; quick 1)")
+    parser.add_argument("--big-posts", type=int, help="posts run of it (100,000; quick 20,000)")
+    parser.add_argument("--big-minutes", type=float, help="their compressed length (1.5; quick 1)")
     parser.add_argument(
         "--handler",
         help="publisher to run per post, module:function (default: none, a recording no-op)",
@@ -350,9 +350,9 @@ def one_day(
 
 def run(args: argparse.Namespace, ui: UI) -> list[Section]:
     section = Section("day", "day: compressed days of posts under the default rate limits", COLUMNS)
-    minutes = args.minutes or (1.0 if args.quick else 4.0)
-    big_posts = args.big_posts or (20_000 if args.quick else 200_000)
-    big_minutes = args.big_minutes or (1.0 if args.quick else 2.0)
+    minutes = args.minutes or (1.0 if args.quick else 3.0)
+    big_posts = args.big_posts or (20_000 if args.quick else 100_000)
+    big_minutes = args.big_minutes or (1.0 if args.quick else 1.5)
     with servers(args.engines[:1]) as started:
         for engine, srv in started:
             label = engine_label(engine, srv)
