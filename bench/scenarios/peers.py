@@ -94,7 +94,7 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
             late = [
                 (name, replace(case, concurrency=concurrency))
                 for name, case in lateness_cases(
-                    2_000 if args.quick else 10_000,
+                    late_jobs,
                     5 if args.quick else 60,
                     lead_ms=3_000 if args.quick else 5_000,
                 )
