@@ -29,7 +29,7 @@ SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "peers": (peers, "throughput, io-bound, lateness for arq, saq, taskiq, Celery, streaq"),
     "limits": (limits, "rate-limit admission cost; one hot account's burst"),
 }
-ALL = ["throughput", "io-bound", "lateness", "recovery", "memory", "day", "limits", "peers"]
+ALL = ["throughput", "io-bound", "lateness", "recovery", "memory", "day", "peers", "limits"]
 
 
 def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -67,19 +67,26 @@ def main(argv: list[str] | None = None) -> int:
             # "all" takes the shared options; each scenario's own start at their defaults.
             own = argparse.Namespace(**{**vars(scenarios[name].parse_args([])), **vars(args)})
             try:
-                sections += SCENARIOS[name][0].run(own, ui)
+                done = SCENARIOS[name][0].run(own, ui)
             except BenchError as exc:
                 failures.append(f"{name}: {exc}")
                 ui.say(f"{name} failed: {exc}")
+                continue
+            except Exception as exc:  # one scenario's bug must not cost the others' figures
+                failures.append(f"{name}: {type(exc).__name__}: {exc}")
+                ui.say(f"{name} failed: {type(exc).__name__}: {exc}")
+                continue
+            sections += done
+            # Written as each scenario ends, so a long run stopped midway keeps what finished.
+            if args.markdown:
+                Path(args.markdown).write_text(as_markdown(sections))
+            if not args.no_charts:
+                for path in write_charts(done):
+                    ui.say(f"chart: {path}")
     if args.json:
         print(as_json(sections, {"machine": machine(), "command": sys.argv, "failed": failures}))
     else:
         print_tables(sections, Console(width=None if sys.stdout.isatty() else 160))
-    if args.markdown:
-        Path(args.markdown).write_text(as_markdown(sections))
-    if not args.no_charts:
-        for path in write_charts(sections):
-            ui.say(f"chart: {path}")
     for failure in failures:
         print(f"bench: {failure}", file=sys.stderr)
     return 1 if failures else 0
