@@ -95,7 +95,9 @@ def as_markdown(sections: list[Section]) -> str:
         )
         for row in section.rows:
             out.append("| " + " | ".join(cell(row.get(c)) for c in section.columns) + " |")
-        out.extend(f"\n- {note}" for note in section.notes)
+        if section.notes:
+            out.append("")
+            out.extend(f"- {note}" for note in section.notes)
         out.append("")
     return "\n".join(out)
 

@@ -58,7 +58,8 @@ PEERS: tuple[Peer, ...] = (
         ("taskiq==0.13.0", "taskiq-redis==1.2.4"),
         ("taskiq", "taskiq-redis", "redis"),
         "RedisStreamBroker (consumer_id '0' so jobs enqueued before the worker are read), "
-        "`taskiq worker --workers 1`, default max-async-tasks 100; kiq one by one",
+        "`taskiq worker --workers 1 --log-level WARNING`, default max-async-tasks 100; kiq one "
+        "by one",
         scenarios=("throughput", "io-bound"),
         missing="lateness not run: the stream broker has no delayed delivery; taskiq schedules "
         "through a separate `taskiq scheduler` process and a schedule source",
@@ -68,7 +69,8 @@ PEERS: tuple[Peer, ...] = (
         ("celery[redis]==5.7.0", "gevent==26.9.0"),
         ("celery", "kombu", "gevent", "redis"),
         "Redis broker, gevent pool (its docs' choice for I/O-bound work), -c 100 (200 for "
-        "io-bound), no result backend; delay()/apply_async(eta=) one by one",
+        "io-bound), transport max_connections 2 x concurrency + 10 (kombu's 10 fail under "
+        "gevent), no result backend, --loglevel WARNING; apply_async(eta=) one by one",
     ),
     Peer(
         "streaq",

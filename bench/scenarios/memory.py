@@ -37,7 +37,7 @@ COLUMNS = [
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-jobs", type=int, help="jobs (1,000,000; quick 100,000)")
-    parser.add_argument("--retention", type=float, help="record retention, s (10; quick 1)")
+    parser.add_argument("--retention", type=float, help="record retention, s (5; quick 1)")
 
 
 async def noop(job: Job) -> None:
@@ -72,7 +72,7 @@ def one_run(
     url: str, args: argparse.Namespace, ui: UI, label: str, section: Section
 ) -> dict[str, Any]:
     jobs = args.memory_jobs or (100_000 if args.quick else 1_000_000)
-    retention = args.retention or (1.0 if args.quick else 10.0)
+    retention = args.retention or (1.0 if args.quick else 5.0)
     client = sync_redis.Redis.from_url(url)
     stream = f"memory-{uuid.uuid4().hex[:8]}"
     keys_before = int(client.dbsize())

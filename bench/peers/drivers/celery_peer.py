@@ -20,6 +20,11 @@ from bench.peers.drivers import _cli
 app = Celery("bench", broker=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"))
 app.conf.broker_connection_retry_on_startup = True
 app.conf.worker_hijack_root_logger = False
+# kombu's Redis transport keeps 10 connections per channel by default; 100 greenlets acking at
+# once then fail with "Too many connections" and their tasks are never acknowledged.
+app.conf.broker_transport_options = {
+    "max_connections": 2 * (int(os.environ.get("BENCH_CONCURRENCY", "0")) or 100) + 10
+}
 
 
 @app.task(name="hit", ignore_result=True)

@@ -58,6 +58,8 @@ def main() -> None:
         return
     module = "bench.peers.drivers.taskiq_peer"
     command = [sys.executable, "-m", "taskiq", "worker", f"{module}:broker", "--workers", "1"]
+    # taskiq logs every task at INFO by default, which would cost it more than the task.
+    command += ["--log-level", "WARNING"]
     if args.concurrency:
         command += ["--max-async-tasks", str(args.concurrency)]
     os.execv(sys.executable, command)
