@@ -122,4 +122,9 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
                     except BenchError as exc:
                         row = {"case": name, "status": f"failed: {exc}"}
                     section.rows.append({"system": driver.name, **row})
+    for section in (throughput, io_bound, lateness):
+        section.notes.append(
+            "lost: jobs whose handler had not run when the case's deadline passed "
+            "(120 s + 5 ms a job after the last was due)"
+        )
     return [throughput, io_bound, lateness, settings]
