@@ -193,7 +193,12 @@ async def test_concurrent_promoters_move_each_job_once(redis: Redis, stream: str
         ids |= set(
             await producer.enqueue_many(stream, list(range(500)), options=JobOptions(delay=0.05))
         )
-    await anyio.sleep(0.1)  # all 2,000 are due now: four promoters race for them
+    latest: Any = await redis.zrange(keys.delayed(stream), -1, -1, withscores=True)
+    last_due = float(latest[0][1])
+    with anyio.fail_after(10):  # until all 2,000 are due by the server's clock
+        while await server_ms(redis) <= last_due:  # noqa: ASYNC110 - the server's clock moves
+            await anyio.sleep(0.01)
+    # Four promoters race for them.
     promoters = [scheduler.Promoter(redis, stream, retention_ms=60_000) for _ in range(4)]
     async with anyio.create_task_group() as tg:
         for promoter in promoters:
