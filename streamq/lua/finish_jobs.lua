@@ -55,16 +55,21 @@ local event_settings = events_settings(KEYS[10])
 local acked = 0
 local outcomes = cmsgpack.unpack(ARGV[6])
 local stale = {}
+local accounts = {} -- read with a done job's state, so its event costs no second read
 for i, o in ipairs(outcomes) do
   if o[1] ~= 'd' then
     local entry = o[#o]
     if not redis.call('XPENDING', KEYS[o[#o - 1]], group, entry, entry, 1)[1] then
       stale[i] = true
     end
-  elseif redis.call('HGET', KEYS[10 + i], 'state') == 'done' then
-    -- Another worker took the entry over and finished it first: its run is the one on
-    -- record, so this late one writes neither a second outcome nor a second event.
-    stale[i] = true
+  else
+    local f = redis.call('HMGET', KEYS[10 + i], 'state', 'account')
+    accounts[i] = f[2]
+    if f[1] == 'done' then
+      -- Another worker took the entry over and finished it first: its run is the one on
+      -- record, so this late one writes neither a second outcome nor a second event.
+      stale[i] = true
+    end
   end
 end
 
@@ -119,7 +124,10 @@ for i, o in ipairs(outcomes) do
   job_id, job_key, job_account = id, key, nil
   job_attempt = o[1] == 'r' and attempt - 1 or attempt
   if event_settings.cap > 0 and code ~= 'stale' then
-    job_account = redis.call('HGET', record, 'account')
+    job_account = accounts[i]
+    if job_account == nil then
+      job_account = redis.call('HGET', record, 'account')
+    end
     if started > 0 then
       -- The start is the worker's estimate of the server's clock: never after the outcome.
       emit_event(events, event_settings, 'started', id, math.min(started, now), job_attempt, key,
