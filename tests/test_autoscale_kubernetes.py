@@ -262,18 +262,26 @@ async def test_a_candidate_that_loses_a_write_race_does_not_lead(
         await api.close()  # type: ignore[no-untyped-call]
 
 
+async def backlog_and_autoscaler(
+    redis: Redis, redis_url: str, kubeconfig: str, stream: str, *flags: str
+) -> list[str]:
+    """2,000 jobs waiting on the stream, and the `streamq autoscale` command line to size
+    its Deployment against the emulator."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in range(2000):
+            pipe.xadd(keys.lane(stream, "normal"), {"j": json.dumps({"n": n})})
+        await pipe.execute()
+    return [sys.executable, "-m", "streamq", "autoscale", "--target", "kubernetes",
+            "--kubeconfig", kubeconfig, "--redis-url", redis_url, "--stream", stream,
+            "--max", "4", "--concurrency", "4", "--interval", "0.2", *flags]  # fmt: skip
+
+
 @pytest.mark.slow
 async def test_streamq_autoscale_target_kubernetes_sizes_the_deployment_and_gives_up_the_lease(
     kube: kmock.KubernetesEmulator, kubeconfig: str, redis: Redis, redis_url: str, stream: str
 ) -> None:
     await add_deployment(kube, f"streamq-consume-{stream}", 0)
-    async with redis.pipeline(transaction=False) as pipe:
-        for n in range(2000):
-            pipe.xadd(keys.lane(stream, "normal"), {"j": json.dumps({"n": n})})
-        await pipe.execute()
-    command = [sys.executable, "-m", "streamq", "autoscale", "--target", "kubernetes",
-               "--kubeconfig", kubeconfig, "--redis-url", redis_url, "--stream", stream,
-               "--max", "4", "--concurrency", "4", "--interval", "0.2"]  # fmt: skip
+    command = await backlog_and_autoscaler(redis, redis_url, kubeconfig, stream)
     async with await anyio.open_process(command, cwd=ROOT) as process:
         try:
             with anyio.fail_after(30):
@@ -293,13 +301,7 @@ async def test_a_kubernetes_dry_run_starts_from_the_real_size_and_changes_nothin
     kube: kmock.KubernetesEmulator, kubeconfig: str, redis: Redis, redis_url: str, stream: str
 ) -> None:
     await add_deployment(kube, f"streamq-consume-{stream}", 2)
-    async with redis.pipeline(transaction=False) as pipe:
-        for n in range(2000):
-            pipe.xadd(keys.lane(stream, "normal"), {"j": json.dumps({"n": n})})
-        await pipe.execute()
-    command = [sys.executable, "-m", "streamq", "autoscale", "--target", "kubernetes",
-               "--kubeconfig", kubeconfig, "--redis-url", redis_url, "--stream", stream,
-               "--max", "4", "--concurrency", "4", "--interval", "0.2", "--dry-run"]  # fmt: skip
+    command = await backlog_and_autoscaler(redis, redis_url, kubeconfig, stream, "--dry-run")
     async with await anyio.open_process(command, cwd=ROOT) as process:
         assert process.stderr is not None
         seen = b""
