@@ -2,6 +2,8 @@
 
 The URL comes from, in order: the caller (``--redis-url``), ``STREAMQ_REDIS_URL``, the config
 file's ``redis_url``; with none of these, the embedded Valkey server (started on first use).
+``redis+cluster://host:port[,host:port...]`` (or ``rediss+cluster://``) names a Redis or Valkey
+Cluster by some of its nodes; the client finds the rest and follows slots as they move.
 A password can stay out of the URL (and so out of ``ps`` and shell history):
 ``STREAMQ_REDIS_PASSWORD``, or a file named by ``STREAMQ_REDIS_PASSWORD_FILE`` (a mounted
 Kubernetes Secret); one in the URL wins.
@@ -9,19 +11,36 @@ Kubernetes Secret); one in the URL wins.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Final, cast
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
+import redis as sync_redis
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection
 
 from streamq import server
 from streamq.errors import ConnectionFailed
 
-SUPPORTED_SCHEMES = ("redis", "rediss", "unix")
+SUPPORTED_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SOCKET_TIMEOUT_SECONDS = 30.0
 MIN_VERSIONS = {"redis": (7, 0), "valkey": (7, 2)}
+
+TRANSIENT_ERRORS: Final = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    OSError,
+    # A cluster between a master's death and its replica's promotion, or re-sharding.
+    redis_errors.ClusterError,
+    redis_errors.TryAgainError,
+    redis_errors.MovedError,
+    redis_errors.SlotNotCoveredError,
+)
+"""Errors that pass: the caller backs off and tries again rather than giving up."""
 
 
 def resolve_url(url: str | None = None, config_url: str | None = None) -> str:
@@ -30,7 +49,8 @@ def resolve_url(url: str | None = None, config_url: str | None = None) -> str:
         scheme = urlsplit(chosen).scheme
         if scheme not in SUPPORTED_SCHEMES:
             raise ConnectionFailed(
-                f"unsupported Redis URL {redact(chosen)!r}: use redis://, rediss:// or unix://"
+                f"unsupported Redis URL {redact(chosen)!r}: use redis://, rediss://, unix:// "
+                "or redis+cluster://"
             )
         return chosen
     return server.ensure_running()
@@ -39,12 +59,22 @@ def resolve_url(url: str | None = None, config_url: str | None = None) -> str:
 def redact(url: str) -> str:
     """The URL with any password replaced, for messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in credentials:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    user = credentials.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
+
+
+def is_cluster(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def _url_password(url: str) -> str | None:
+    credentials, at, _ = urlsplit(url).netloc.rpartition("@")
+    if not at or ":" not in credentials:
+        return None
+    return unquote(credentials.partition(":")[2])
 
 
 def password_from_environment() -> str | None:
@@ -65,31 +95,138 @@ def password_from_environment() -> str | None:
 
 
 def client(url: str, *, max_connections: int | None = None) -> Redis:
-    options: dict[str, Any] = {}
-    password = None if urlsplit(url).password else password_from_environment()
+    """A client for ``url``; for a cluster URL a RedisCluster, typed as Redis because it
+    answers every command streamq sends the same way (each names keys of one slot)."""
+    options: dict[str, Any] = {
+        # Pinned so reply shapes (lists, not RESP3 maps) do not change with redis-py's default.
+        "protocol": 2,
+        "decode_responses": False,
+        "health_check_interval": 30,
+        # Longer than any blocking read streamq issues (5 s), which redis-py's own default
+        # (5 s) is not; still short enough to notice a connection that went silent.
+        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": 5,
+        # No CLIENT SETINFO on connect: Redis 7.0 has no such command, and naming it in
+        # least-privilege ACL rules (streamq.acl) would fail there.
+        "driver_info": None,
+    }
+    password = None if _url_password(url) else password_from_environment()
     if password is not None:
         options["password"] = password
     if urlsplit(url).scheme != "unix":  # keepalive is a TCP option; unix sockets refuse it
         options["socket_keepalive"] = True
     try:
-        return Redis.from_url(
-            url,
-            # Pinned so reply shapes (lists, not RESP3 maps) do not change with redis-py's default.
-            protocol=2,
-            decode_responses=False,
-            max_connections=max_connections,
-            health_check_interval=30,
-            # Longer than any blocking read streamq issues (5 s), which redis-py's own default
-            # (5 s) is not; still short enough to notice a connection that went silent.
-            socket_timeout=SOCKET_TIMEOUT_SECONDS,
-            socket_connect_timeout=5,
-            # No CLIENT SETINFO on connect: Redis 7.0 has no such command, and naming it in
-            # least-privilege ACL rules (streamq.acl) would fail there.
-            driver_info=None,
-            **options,
-        )
+        if is_cluster(url):
+            return cast(Redis, _cluster_client(url, max_connections, options))
+        return Redis.from_url(url, max_connections=max_connections, **options)
     except ValueError as exc:
         raise ConnectionFailed(f"invalid Redis URL {redact(url)!r}: {exc}") from None
+
+
+def sync_client(url: str) -> sync_redis.Redis:
+    """A synchronous client, for threads that must not wait on the event loop; a cluster URL
+    gives a sync RedisCluster, typed as Redis like ``client``'s."""
+    if not is_cluster(url):
+        return sync_redis.Redis.from_url(url, password=password_from_environment())
+    options: dict[str, Any] = {"password": password_from_environment()}
+    seeds = _cluster_seeds(url, options)
+    nodes = [sync_redis.cluster.ClusterNode(h, p) for h, p in seeds]  # type: ignore[no-untyped-call]
+    return cast(sync_redis.Redis, sync_redis.RedisCluster(startup_nodes=nodes, **options))
+
+
+def _cluster_seeds(url: str, options: dict[str, Any]) -> list[tuple[str, int]]:
+    """The host:port pairs of a cluster URL; its user and password go into ``options``."""
+    credentials, at, hosts = urlsplit(url).netloc.rpartition("@")
+    if at:
+        user, _, password = credentials.partition(":")
+        if user:
+            options["username"] = unquote(user)
+        if password:
+            options["password"] = unquote(password)
+    seeds = []
+    for address in hosts.split(","):
+        host, _, port = address.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected host:port, not {address!r}")
+        seeds.append((host.strip("[]"), int(port)))
+    return seeds
+
+
+def _cluster_client(url: str, max_connections: int | None, options: dict[str, Any]) -> RedisCluster:
+    parts = urlsplit(url)
+    nodes = [ClusterNode(host, port) for host, port in _cluster_seeds(url, options)]
+    if parts.scheme == "rediss+cluster":
+        options["ssl"] = True
+        for name, values in parse_qs(parts.query).items():
+            if name in _CLUSTER_TLS_OPTIONS:
+                options[name] = values[-1]
+    return RedisCluster(
+        startup_nodes=nodes,
+        # Enough for every worker's concurrent reads; redis-py's default of 100 per node is
+        # reached by a busy producer pipelining into three shards.
+        max_connections=max_connections or 1000,
+        **options,
+    )
+
+
+_CLUSTER_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+
+
+def reader(redis: Redis, key: str) -> Redis:
+    """A client with one connection of its own, for blocking reads of ``key``: a stop request
+    interrupts such a read with CLIENT UNBLOCK, sent by ``Redis(connection_pool=reader's pool)``.
+    On a cluster it talks to the master that holds ``key``'s slot now; after a failover make
+    a new one (``refresh_topology`` first)."""
+    cluster = as_cluster(redis)
+    if cluster is None:
+        return redis.client()
+    node = cluster.get_node_from_key(key)
+    if node is None:
+        raise redis_errors.SlotNotCoveredError(f"no node holds {key!r}'s slot")
+    given: dict[str, Any] = cluster.get_connection_kwargs()
+    options: dict[str, Any] = {name: given[name] for name in _NODE_OPTIONS if name in given}
+    if issubclass(given.get("connection_class", object), SSLConnection):
+        options["ssl"] = True
+        options |= {name: value for name, value in given.items() if name.startswith("ssl_")}
+    return Redis(host=node.host, port=int(node.port), single_connection_client=True, **options)
+
+
+_NODE_OPTIONS = (
+    "username",
+    "password",
+    "protocol",
+    "decode_responses",
+    "health_check_interval",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "driver_info",
+)
+
+
+def as_cluster(redis: Redis) -> RedisCluster | None:
+    """The client as the RedisCluster it is, or None for a client of one server."""
+    client: object = redis  # typed Redis, though client() may have made a RedisCluster
+    return client if isinstance(client, RedisCluster) else None
+
+
+def is_cluster_client(redis: Redis) -> bool:
+    return as_cluster(redis) is not None
+
+
+def own_connection(redis: Redis) -> Redis:
+    """A client whose blocking reads do not hold up other commands. One server: a client of
+    one connection of its own (close it after use); a cluster client already gives every
+    command in flight its own connection, so it is itself (closing it is up to its owner)."""
+    return redis if is_cluster_client(redis) else redis.client()
+
+
+async def refresh_topology(redis: Redis) -> None:
+    """Re-read a cluster's slot map (after a failover); nothing on one server."""
+    cluster = as_cluster(redis)
+    if cluster is not None:
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            await cluster.nodes_manager.initialize()
 
 
 async def check(redis: Redis, url: str) -> str:

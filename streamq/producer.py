@@ -286,7 +286,11 @@ class Producer:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for i in todo:
                     script_keys, args = calls[i]
-                    pipe.evalsha(scripts.enqueue_jobs.sha, len(script_keys), *script_keys, *args)
+                    # execute_command, not evalsha: a cluster pipeline refuses evalsha by name,
+                    # though it routes EVALSHA by its keys like any keyed command.
+                    pipe.execute_command(
+                        "EVALSHA", scripts.enqueue_jobs.sha, len(script_keys), *script_keys, *args
+                    )
                 results = await pipe.execute(raise_on_error=False)
             missing = []
             for i, result in zip(todo, results, strict=True):

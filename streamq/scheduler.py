@@ -21,10 +21,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import anyio
 import msgspec
 from cronsim import CronSim, CronSimError
-from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from streamq import keys, scripts
+from streamq import connection, keys, scripts
 from streamq.config import Backoff, parse_duration
 from streamq.errors import ConfigError
 
@@ -195,7 +194,7 @@ class Promoter:
         self._last_id = await self._last_control_id(self.redis)
 
     async def run(self) -> None:
-        listener = self.redis.client()  # blocking XREADs hold a connection of their own
+        listener = connection.own_connection(self.redis)
         try:
             if self._last_id is None:
                 await self.prepare()
@@ -213,8 +212,9 @@ class Promoter:
                         await self._wake.wait()
                     self._wake = anyio.Event()
         finally:
-            with anyio.CancelScope(shield=True):
-                await listener.aclose()
+            if listener is not self.redis:
+                with anyio.CancelScope(shield=True):
+                    await listener.aclose()
 
     async def promote_due(self) -> int | None:
         """Promote everything due now; returns when the next waiting job is due (server ms)."""
@@ -252,7 +252,7 @@ class Promoter:
         while True:
             try:
                 reply: Any = await listener.xread({control: last_id}, count=100, block=5000)
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            except connection.TRANSIENT_ERRORS as exc:
                 log.warning("control stream read failed, retrying: %s", exc)
                 await anyio.sleep(1)
                 continue

@@ -15,6 +15,7 @@ import fcntl
 import functools
 import importlib.util
 import os
+import random
 import re
 import shutil
 import signal
@@ -32,6 +33,7 @@ import platformdirs
 from streamq.errors import ServerError
 
 __all__ = [
+    "LocalCluster",
     "LocalServer",
     "ServerStatus",
     "ensure_running",
@@ -316,10 +318,13 @@ class LocalServer:
         *,
         persistence: bool = False,
         extra_args: Sequence[str] = (),
+        cluster_bus: bool = False,
     ) -> None:
         self.binary = valkey_binary() if binary is None else Path(binary)
         self.persistence = persistence
         self.extra_args = tuple(extra_args)
+        self.cluster_bus = cluster_bus
+        """A cluster node also listens on port + 10000, so the port must leave room for it."""
         self.port = 0
         self.dir: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -342,7 +347,7 @@ class LocalServer:
         _live_servers.add(self)
         # Another process can grab the port between our probe and the server's bind.
         for _ in range(3):
-            self.port = _free_port()
+            self.port = _free_cluster_port() if self.cluster_bus else _free_port()
             try:
                 if self._launch(directory):
                     return self
@@ -453,3 +458,122 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def _free_cluster_port() -> int:
+    """A free port at most 55535 whose cluster bus port (+10000) is free too."""
+    for _ in range(100):
+        port = random.randint(20000, 55535)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise ServerError("no free pair of ports for a cluster node")
+
+
+def valkey_cli() -> Path:
+    """The ``valkey-cli`` shipped next to the embedded server binary."""
+    cli = valkey_binary().with_name("valkey-cli")
+    if not cli.is_file():
+        raise ServerError(f"valkey-cli not found next to {valkey_binary()}")
+    return cli
+
+
+class LocalCluster:
+    """A throwaway Redis Cluster on loopback ports: ``masters`` shards, each with ``replicas``
+    replicas, built with ``valkey-cli --cluster create`` like an operator would.
+
+    The node timeout is short (1 s) so a killed master's replica is promoted within seconds,
+    which is what the failover tests and benchmarks need; production clusters use 15 s.
+    """
+
+    def __init__(
+        self,
+        masters: int = 3,
+        replicas: int = 0,
+        *,
+        binary: Path | str | None = None,
+        node_timeout_ms: int = 1000,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.binary = valkey_binary() if binary is None else Path(binary)
+        self.masters = masters
+        self.replicas = replicas
+        cluster_args = (
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms),
+            # A replica may be promoted however long it was cut off: in the tests its master
+            # was SIGKILLed a moment ago, and waiting for an operator would hang the run.
+            "--cluster-replica-validity-factor", "0",
+        )  # fmt: skip
+        self.nodes = [
+            LocalServer(self.binary, extra_args=(*cluster_args, *extra_args), cluster_bus=True)
+            for _ in range(masters * (1 + replicas))
+        ]
+
+    @property
+    def url(self) -> str:
+        seeds = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes[: self.masters])
+        return f"redis+cluster://{seeds}"
+
+    def start(self) -> LocalCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            done = subprocess.run(
+                [
+                    str(valkey_cli()),
+                    "--cluster",
+                    "create",
+                    *addresses,
+                    "--cluster-replicas",
+                    str(self.replicas),
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise ServerError(f"valkey-cli --cluster create failed: {_last_line(done.stdout)}")
+            self.wait_until_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_until_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node reports ``cluster_state:ok`` and knows every slot's master."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = [
+                _request(("127.0.0.1", node.port), b"*2\r\n$7\r\nCLUSTER\r\n$4\r\nINFO\r\n")
+                for node in self.nodes
+                if node.process is not None and node.process.poll() is None
+            ]
+            if all(s is not None and b"cluster_state:ok" in s for s in states):
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(f"the cluster did not reach cluster_state:ok in {timeout:g}s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

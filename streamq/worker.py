@@ -39,7 +39,7 @@ import orjson
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from streamq import codec, health, keys, limiter, logs, metrics, scheduler, scripts
+from streamq import codec, connection, health, keys, limiter, logs, metrics, scheduler, scripts
 from streamq.config import StreamConfig
 from streamq.errors import Fail, RateLimited, Retry
 from streamq.handler import Handler, Hooks
@@ -49,7 +49,7 @@ log = logging.getLogger("streamq.worker")
 
 T = TypeVar("T")
 
-RECONNECT_ERRORS: Final = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+RECONNECT_ERRORS: Final = connection.TRANSIENT_ERRORS
 HEARTBEAT_SECONDS: Final = 5.0
 ACKS_IN_FLIGHT: Final = 2
 WATCHDOG_SECONDS: Final = 0.25
@@ -168,8 +168,7 @@ class Worker:
         self._stop_event = anyio.Event()
         # One connection of its own for reads: a blocking read holds it, and a stop request
         # interrupts that read by its client id. Replies stay raw (no dict per entry).
-        self._reader = redis.client()
-        self._reader.set_response_callback("XREADGROUP", _raw)
+        self._own_reader: Redis | None = None
         self._reader_id: int | None = None
         self._cursors: list[str] = ["0-0"] * len(keys.LANES)
         self._slots = [_Slot() for _ in range(self.options.concurrency)]
@@ -257,8 +256,9 @@ class Worker:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._retire()
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._reader.aclose()
+            if self._own_reader is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._own_reader.aclose()
         log.info(
             "worker %s stopped: %d completed, %d failed, %d dead-lettered, %d expired",
             self.consumer,
@@ -319,12 +319,33 @@ class Worker:
                 log.info("%s: finishing running jobs, then stopping", signal.Signals(signum).name)
                 self.stop()
 
+    @property
+    def _reader(self) -> Redis:
+        """Made on first use: a cluster client knows which node holds the lanes only after
+        its first command."""
+        if self._own_reader is None:
+            self._own_reader = connection.reader(self.redis, self._lanes[0])
+            self._own_reader.set_response_callback("XREADGROUP", _raw)
+        return self._own_reader
+
+    async def _replace_reader(self) -> None:
+        """After a lost connection: on a cluster the stream's slot may have a new master."""
+        self._reader_id = None
+        if connection.is_cluster_client(self.redis) and self._own_reader is not None:
+            with contextlib.suppress(*RECONNECT_ERRORS):
+                await self._own_reader.aclose()
+            self._own_reader = None
+            await connection.refresh_topology(self.redis)
+
     async def _unblock_on_stop(self) -> None:
         await self._stop_event.wait()
         reader_id = self._reader_id
         if reader_id is not None:
+            # Another connection to the reader's server: on a cluster, self.redis could send
+            # CLIENT UNBLOCK to any node.
+            unblocker = Redis(connection_pool=self._reader.connection_pool)
             with contextlib.suppress(*RECONNECT_ERRORS):
-                await self.redis.client_unblock(reader_id)
+                await unblocker.client_unblock(reader_id)
 
     # -- fetching -------------------------------------------------------------------------------
 
@@ -356,8 +377,8 @@ class Worker:
                 await self.ensure_groups()
             except RECONNECT_ERRORS as exc:
                 failures += 1
-                self._reader_id = None
                 await self._pause_after_failure("fetch", exc, failures)
+                await self._replace_reader()
 
     def _hold_platform(self, until_ms: int) -> None:
         """The platform asked every worker to hold off (a handler raised RateLimited with

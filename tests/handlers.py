@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
+from streamq import connection
 from streamq.errors import Fail, RateLimited, Retry
 from streamq.job import Job
 
@@ -23,7 +24,7 @@ _client: Redis | None = None
 def _redis() -> Redis:
     global _client
     if _client is None:
-        _client = Redis.from_url(os.environ["STREAMQ_TEST_RECORD_URL"])
+        _client = connection.client(os.environ["STREAMQ_TEST_RECORD_URL"])
     return _client
 
 

@@ -8,7 +8,7 @@ import streamq
 from streamq import keys
 from streamq.server import LocalServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 
 async def test_connect_enqueue_and_stats(redis_url: str, stream: str) -> None:

@@ -7,19 +7,20 @@ import time
 from typing import Any
 
 import pytest
-import redis as sync_redis
 
 from streamq import keys
-from tests.conftest import members, run_cli, spawn_worker
+from tests.conftest import members, run_cli, spawn_worker, sync_client
 
 JOBS = 2_000
 CONCURRENCY = 8
 PREFETCH = 8
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.mark.slow
 def test_sigkill_of_one_of_two_workers_loses_no_job(redis_url: str, stream: str) -> None:
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     # Every third job fails its first attempt, so acknowledgements and reschedules interleave.
     lines = "".join(json.dumps({"n": i, "fail_first": i % 3 == 0}) + "\n" for i in range(JOBS))
     enqueued = run_cli(

@@ -24,7 +24,7 @@ from tests.test_cli import one_line_error
 from tests.test_lifecycle import QUICK, Running, state
 from tests.test_worker import FAST, poll
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 
 def options(**changes: Any) -> Any:

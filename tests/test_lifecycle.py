@@ -19,7 +19,7 @@ from streamq.worker import Worker, WorkerOptions
 from tests.conftest import entries
 from tests.test_worker import FAST, poll
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 QUICK = Backoff(base=0.05, factor=1, max=0.05, jitter=0)
 

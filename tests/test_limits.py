@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import anyio
 import pytest
-import redis as sync_redis
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
@@ -28,9 +27,9 @@ from streamq.handler import Handler
 from streamq.job import Job
 from streamq.server import LocalServer
 from streamq.worker import Worker, WorkerOptions
-from tests.conftest import run_cli, spawn_worker
+from tests.conftest import run_cli, spawn_worker, sync_client
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 EXAMPLES = int(os.environ.get("STREAMQ_LIMIT_EXAMPLES", "4"))
 SKEW_MS = 50
@@ -183,7 +182,7 @@ def test_limits_hold_across_worker_processes_and_waste_no_capacity(
             for n, w in pairs
         )
     )
-    client = sync_redis.Redis.from_url(server.url)
+    client = sync_client(server.url)
     env = {"STREAMQ_TEST_RECORD_URL": server.url, "STREAMQ_TEST_RECORD": stream}
     args = ["--redis-url", server.url, "--stream", stream, "--config", str(config)]
     args += ["--handler", "tests.handlers:stamp"]
@@ -770,7 +769,7 @@ def test_limiter_state_survives_a_worker_crash_and_a_server_restart(tmp_path: Pa
     config = tmp_path / "streamq.toml"
     config.write_text(f'[[streams.{stream}.limits]]\nscope = "account"\nmax = 3\nper = "60s"\n')
     with LocalServer(persistence=True, extra_args=["--appendfsync", "always"]) as srv:
-        client = sync_redis.Redis.from_url(srv.url)
+        client = sync_client(srv.url)
         env = {"STREAMQ_TEST_RECORD_URL": srv.url, "STREAMQ_TEST_RECORD": stream}
         args = ["--redis-url", srv.url, "--stream", stream, "--config", str(config)]
         args += ["--handler", "tests.handlers:stamp", "--log-level", "WARNING"]
@@ -785,7 +784,7 @@ def test_limiter_state_survives_a_worker_crash_and_a_server_restart(tmp_path: Pa
         worker.stdout.close()
         srv.kill()
         srv.restart()
-        client = sync_redis.Redis.from_url(srv.url)
+        client = sync_client(srv.url)
         enqueue_one(srv.url, stream, "a")
         worker = spawn_worker(*args, env=env)
         try:

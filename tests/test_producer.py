@@ -15,7 +15,7 @@ from streamq.producer import Producer
 from tests.conftest import entries, run_cli
 from tests.test_cli import one_line_error
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 
 async def test_enqueue_adds_one_entry_to_the_chosen_lane(redis: Redis, stream: str) -> None:

@@ -24,6 +24,8 @@ from tests.test_worker import FAST, poll
 
 PARIS = ZoneInfo("Europe/Paris")
 
+pytestmark = pytest.mark.cluster
+
 
 def options(**changes: Any) -> WorkerOptions:
     return msgspec.structs.replace(FAST, burst=False, **changes)

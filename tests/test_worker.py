@@ -15,7 +15,7 @@ from streamq.producer import Producer
 from streamq.worker import Worker, WorkerOptions
 from tests.conftest import entries
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 FAST = WorkerOptions(burst=True, visibility_timeout=1.0, block_seconds=0.2, grace=5.0)
 
