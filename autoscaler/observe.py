@@ -43,16 +43,25 @@ class StreamWatch:
     async def observe(self, workers: int) -> Observation:
         seconds, micros = await self.redis.time()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
-        figures = await stats.stream_stats(self.redis, self.stream, now_ms)
-        added = 0
-        for lane in keys.lanes(self.stream):
-            try:
-                info: Any = await self.redis.xinfo_stream(lane)
-            except ResponseError:  # a lane nobody wrote to yet does not exist
-                continue
-            added += int(info.get("entries-added", 0) or 0)
-        ran, busy = await self.redis.hmget(keys.counts(self.stream), ["ran", "busy_ms"])
-        sample = Sample(now_ms, added, int(ran or 0), int(busy or 0))
+        # A partitioned stream is watched as one: its partitions' figures add up.
+        parts = (await stats.stream_parts(self.redis, [self.stream]))[self.stream]
+        each = [await stats.stream_stats(self.redis, part, now_ms) for part in parts]
+        figures = each[0] if len(each) == 1 else stats.merged(self.stream, each)
+        added = ran = busy = due_soon = 0
+        for part in parts:
+            for lane in keys.lanes(part):
+                try:
+                    info: Any = await self.redis.xinfo_stream(lane)
+                except ResponseError:  # a lane nobody wrote to yet does not exist
+                    continue
+                added += int(info.get("entries-added", 0) or 0)
+            part_ran, part_busy = await self.redis.hmget(keys.counts(part), ["ran", "busy_ms"])
+            ran += int(part_ran or 0)
+            busy += int(part_busy or 0)
+            due_soon += int(
+                await self.redis.zcount(keys.delayed(part), "-inf", now_ms + self.lead_ms)
+            )
+        sample = Sample(now_ms, added, ran, busy)
         arrival = 0.0
         if self._last is not None and sample.at_ms > self._last.at_ms:
             elapsed = (sample.at_ms - self._last.at_ms) / 1000
@@ -61,9 +70,6 @@ class StreamWatch:
             if runs > 0:
                 self._service = max(0.001, (sample.busy_ms - self._last.busy_ms) / runs / 1000)
         self._last = sample
-        due_soon = int(
-            await self.redis.zcount(keys.delayed(self.stream), "-inf", now_ms + self.lead_ms)
-        )
         return Observation(
             at=now_ms / 1000,
             workers=workers,

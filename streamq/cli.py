@@ -24,7 +24,6 @@ from redis import exceptions as redis_errors
 from streamq import (
     __version__,
     codec,
-    control,
     limiter,
     logs,
     metrics,
@@ -38,7 +37,7 @@ from streamq.config import Config, StreamConfig, load_config, parse_duration
 from streamq.errors import ConfigError, HandlerError, PayloadError, StreamqError
 from streamq.handler import Handler, load_handler, load_hooks
 from streamq.producer import check_priority, check_stream
-from streamq.worker import Worker, WorkerOptions
+from streamq.worker import Worker, WorkerOptions, partition_options, run_all
 
 STDIN_BATCH = 10_000
 """JSON Lines read from stdin are enqueued this many at a time."""
@@ -443,25 +442,28 @@ async def _consume(args: argparse.Namespace, config: Config) -> int:
     options = worker_options(args, stream_config)
     hooks_module = args.hooks or stream_config.hooks
     hooks = load_hooks(hooks_module) if hooks_module else None
+    stream = check_stream(args.stream)
     async with (
         open_handler(args, stream_config, config, options.concurrency) as handler,
         Queue(args.redis_url, config=config) as q,
     ):
-        worker = Worker(q.redis, check_stream(args.stream), handler, options, hooks=hooks)
-        deliveries = None
+        parts = await q.partitions(stream)
+        share = partition_options(options, len(parts))
+        workers = [Worker(q.redis, part, handler, share, hooks=hooks) for part in parts]
+        deliveries = []
         if stream_config.webhooks:
             from streamq.webhooks import Deliveries
 
-            deliveries = Deliveries(q.redis, worker.stream, config, worker.consumer)
+            deliveries = [Deliveries(q.redis, w.stream, config, w.consumer) for w in workers]
         async with (
-            metrics.exposed(q.redis, [worker.stream], args.metrics_port, args.metrics_host),
+            metrics.exposed(q.redis, [stream], args.metrics_port, args.metrics_host),
             anyio.create_task_group() as tasks,
         ):
-            if deliveries is not None:
-                tasks.start_soon(deliveries.run)
-            await worker.run(handle_signals=True)
-            if deliveries is not None:
-                deliveries.stop()
+            for relay in deliveries:
+                tasks.start_soon(relay.run)
+            await run_all(workers, handle_signals=True)
+            for relay in deliveries:
+                relay.stop()
     return 0
 
 
@@ -669,9 +671,7 @@ async def _dead(args: argparse.Namespace, config: Config) -> int:
             for letter in letters:
                 print(f"{letter.entry_id}  {letter.job_id or '(foreign entry)'}  {letter.reason}")
         elif args.action == "replay":
-            replayed, skipped = await control.replay(
-                q.redis, args.stream, None if args.all else args.ids
-            )
+            replayed, skipped = await q.replay_dead(args.stream, None if args.all else args.ids)
             print(
                 f"replayed {replayed}"
                 + (f", skipped {skipped} (not replayable)" if skipped else "")
@@ -744,6 +744,8 @@ async def _limits(args: argparse.Namespace, config: Config) -> int:
         limiter.check_account(args.account)
     async with Queue(args.redis_url, config=config) as q:
         streams = await _streams_named(q, args.stream)
+        if args.account is None:  # a partitioned stream's platform windows are per partition
+            streams = [part for stream in streams for part in await q.partitions(stream)]
         reports = [await q.limits(stream, args.account) for stream in streams]
     if args.json:
         _print_json(reports)

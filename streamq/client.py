@@ -10,7 +10,7 @@ from typing import Any, Self
 
 from redis.asyncio import Redis
 
-from streamq import connection, control, limiter, platforms, scheduler, stats
+from streamq import connection, control, keys, limiter, platforms, scheduler, stats
 from streamq.config import Backoff, Config, load_config
 from streamq.control import DeadLetter, JobInfo
 from streamq.events import Event, follow
@@ -147,20 +147,57 @@ class Queue:
         self._validators[stream] = check
         return check
 
+    async def partitions(self, stream: str) -> list[str]:
+        """The streams that hold ``stream``'s jobs: itself, or its configured partitions, and
+        any partition left from an earlier partition count that producers wrote to."""
+        stream = check_stream(stream)
+        if keys.partition_index(stream) is not None:
+            return [stream]
+        configured = keys.partitions(stream, self.config.stream(stream).partitions)
+        registered = await stats.known_streams(self.redis)
+        left = [n for n in registered if keys.base_stream(n) == stream and n not in configured]
+        return configured + left
+
+    def _partition_count(self, stream: str) -> int:
+        return (
+            1 if keys.partition_index(stream) is not None else self.config.stream(stream).partitions
+        )
+
+    def recurring_home(self, stream: str) -> str:
+        """Where ``stream``'s recurring schedules live and their occurrences run: the stream,
+        or partition 0 of a partitioned one (a schedule and its occurrences share a slot)."""
+        return keys.partitions(stream, self._partition_count(stream))[0]
+
+    def partition_of(self, stream: str, account: str) -> str:
+        """The partition that holds ``account``'s jobs of ``stream`` (the stream if unsplit)."""
+        count = self.config.stream(stream).partitions
+        if count <= 1 or keys.partition_index(stream) is not None:
+            return stream
+        return keys.partition(stream, self.producer.route(count, account, None))
+
     async def pause_account(
         self, account: str, stream: str, *, reason: str = "paused by an operator"
     ) -> None:
         """Hold every job of ``account`` on ``stream`` (no attempts used) until resumed."""
-        await limiter.pause_account(self.redis, check_stream(stream), account, reason)
+        for part in await self.partitions(stream):
+            await limiter.pause_account(self.redis, part, account, reason)
 
     async def resume_account(self, account: str, stream: str) -> tuple[bool, int]:
         """Run the account's jobs again: (whether it was paused, jobs released)."""
-        return await limiter.resume_account(self.redis, check_stream(stream), account)
+        was_paused, released = False, 0
+        for part in await self.partitions(stream):
+            paused, resumed = await limiter.resume_account(self.redis, part, account)
+            was_paused, released = was_paused or paused, released + resumed
+        return was_paused, released
 
     async def limits(self, stream: str, account: str | None = None) -> limiter.LimitsReport:
-        """Usage and remaining capacity of the stream's (and the account's) rate limits."""
+        """Usage and remaining capacity of the stream's (and the account's) rate limits; on a
+        partitioned stream, of the account's partition (or of the partition named)."""
         stream = check_stream(stream)
-        limits = limiter.limits_for(stream, self.config.stream(stream).limits)
+        if account is not None:
+            stream = self.partition_of(stream, limiter.check_account(account))
+        configured = self.config.stream(stream)
+        limits = limiter.limits_for(stream, configured.limits, configured.partitions)
         return await limiter.report(self.redis, stream, limits, account)
 
     async def stats(self, streams: list[str] | None = None) -> stats.Snapshot:
@@ -189,15 +226,27 @@ class Queue:
         await control.retry(self.redis, job_id)
 
     async def dead(self, stream: str, count: int = 100) -> list[DeadLetter]:
-        return await control.dead_letters(self.redis, stream, count)
+        """The oldest ``count`` dead letters of each of the stream's partitions."""
+        letters: list[DeadLetter] = []
+        for part in await self.partitions(stream):
+            letters += await control.dead_letters(self.redis, part, count)
+        return letters
+
+    async def replay_dead(self, stream: str, ids: list[str] | None = None) -> tuple[int, int]:
+        """Run dead letters again (all, or by job id / entry id): (replayed, skipped)."""
+        replayed = skipped = 0
+        for part in await self.partitions(stream):
+            done, passed = await control.replay(self.redis, part, ids)
+            replayed, skipped = replayed + done, skipped + passed
+        return replayed, skipped
 
     async def replay(self, stream: str, ids: list[str] | None = None) -> int:
         """Run dead letters again (all, or by job id / entry id); returns how many."""
-        replayed, _ = await control.replay(self.redis, stream, ids)
+        replayed, _ = await self.replay_dead(stream, ids)
         return replayed
 
     async def purge_dead(self, stream: str) -> int:
-        return await control.purge_dead(self.redis, stream)
+        return sum([await control.purge_dead(self.redis, p) for p in await self.partitions(stream)])
 
     def events(
         self,
@@ -217,9 +266,14 @@ class Queue:
         for new events. With ``group``, the app instances sharing it split the events, each
         acknowledged when the loop body that got it returns (see streamq.events)."""
         names = [streams] if isinstance(streams, str) else list(streams)
+        parts = [
+            part
+            for name in names
+            for part in keys.partitions(check_stream(name), self._partition_count(name))
+        ]
         return follow(
             self.redis,
-            [check_stream(name) for name in names],
+            parts,
             since=since,
             wait=wait,
             group=group,
@@ -247,7 +301,7 @@ class Queue:
             check([payload])
         schedule = scheduler.Recurring(
             name=name,
-            stream=check_stream(stream),
+            stream=self.recurring_home(check_stream(stream)),
             cron=cron,
             tz=tz,
             payload=payload,
@@ -256,11 +310,11 @@ class Queue:
         await scheduler.add_recurring(self.redis, schedule)
 
     async def recurring(self, stream: str) -> list[scheduler.Recurring]:
-        return await scheduler.list_recurring(self.redis, stream)
+        return await scheduler.list_recurring(self.redis, self.recurring_home(stream))
 
     async def remove_recurring(self, stream: str, name: str) -> bool:
         """Forget a schedule and cancel its waiting occurrence; False if there was none."""
-        holder = await scheduler.remove_recurring(self.redis, stream, name)
+        holder = await scheduler.remove_recurring(self.redis, self.recurring_home(stream), name)
         if holder is None:
             return False
         if holder:

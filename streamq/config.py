@@ -13,6 +13,7 @@
     expire_after = "6h"
     job_timeout = "10m"
     retention = "7d"
+    partitions = 1                              # >1 splits the stream (see the README)
 
     [streams.instagram.health]                  # what `streamq health` checks (defaults shown)
     expected_workers = 4                        # default: unset, workers are not counted
@@ -52,7 +53,7 @@ from typing import Any, Literal
 import msgspec
 
 from streamq.errors import ConfigError
-from streamq.keys import check_stream_name
+from streamq.keys import MAX_PARTITIONS, base_stream, check_stream_name
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -263,8 +264,13 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     hooks: str | None = None
     """Module whose on_done, on_failed, ... the worker calls (streamq.handler.Hooks)."""
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    partitions: int = 1
+    """Streams ``S:0`` ... ``S:N-1`` that hold the stream's jobs, to spread one platform over
+    a cluster's shards; producers route by account, else by job key, else round-robin."""
 
     def __post_init__(self) -> None:
+        if not 1 <= self.partitions <= MAX_PARTITIONS:
+            raise ConfigError(f"partitions must be between 1 and {MAX_PARTITIONS}")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
         if self.job_timeout is not None and self.job_timeout <= 0:
@@ -316,7 +322,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     (STREAMQ_CREDENTIALS wins; default "env")."""
 
     def stream(self, name: str) -> StreamConfig:
-        return self.streams.get(name, StreamConfig())
+        """The configuration of stream ``name``; a partition (``S:3``) has its stream's."""
+        found = self.streams.get(name)
+        if found is None:
+            found = self.streams.get(base_stream(name), StreamConfig())
+        return found
 
 
 def _duration_value(value: Any, what: str) -> float:

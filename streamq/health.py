@@ -282,7 +282,7 @@ async def _check(
         srv.problems.append(
             f"maxmemory-policy is {srv.maxmemory_policy}: it can evict jobs (use noeviction)"
         )
-    known = set(await stats.known_streams(redis))
+    known = set(await stats.stream_parts(redis))  # a partitioned stream is known as one
     expected = {name for name, s in config.streams.items() if s.health.expected_workers}
     names = streams or sorted(known | expected)
     snap = await stats.snapshot(redis, names)

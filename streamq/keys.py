@@ -23,6 +23,10 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:lateness                 hash: consumer -> its recent lateness summary (health)
     streamq:{S}:samples                  sorted set: timestamped copies of the counts (health, top)
 
+A stream split into partitions (``partitions = N`` in its config) is N such streams, named
+``S:0`` ... ``S:N-1``: each has every key above under its own hash tag (``{instagram:3}``),
+so partitions spread over a cluster's shards while each one's keys stay in one slot.
+
 The per-account keys are built inside the scripts from ``stream_prefix`` (an account is only known
 once a job is read); they share the stream's hash tag, so they live in the same slot.
 """
@@ -42,7 +46,9 @@ LANES: Final[tuple[Priority, ...]] = ("high", "normal", "low")
 
 STREAM_REGISTRY: Final = f"{PREFIX}:streams"
 
-_STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+_STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}(:[0-9]{1,4})?")
+_PARTITION_SUFFIX = re.compile(r":([0-9]{1,4})$")
+MAX_PARTITIONS: Final = 1024
 
 
 MAX_ACCOUNT_LENGTH: Final = 200
@@ -71,14 +77,35 @@ def check_stream_name(name: str) -> str:
     """Return ``name`` if it can be a stream name, else raise ValueError.
 
     Names are restricted so that a job id (``<stream>:<token>``) names its stream unambiguously
-    and so that a name can never break out of its hash tag.
+    and so that a name can never break out of its hash tag. ``S:<n>`` names partition n of S.
     """
     if not _STREAM_NAME.fullmatch(name):
         raise ValueError(
             f"invalid stream name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
+            "starting with a letter or digit (and ':<n>' for one of its partitions)"
         )
     return name
+
+
+def partition(stream: str, index: int) -> str:
+    """The name of partition ``index`` of ``stream``."""
+    return f"{stream}:{index}"
+
+
+def partitions(stream: str, count: int) -> list[str]:
+    """The streams that hold ``stream``'s jobs: itself, or its ``count`` partitions."""
+    return [stream] if count <= 1 else [partition(stream, i) for i in range(count)]
+
+
+def base_stream(name: str) -> str:
+    """The stream a partition belongs to (a stream that is not a partition is its own)."""
+    return _PARTITION_SUFFIX.sub("", name)
+
+
+def partition_index(name: str) -> int | None:
+    """Which partition ``name`` is, or None for a stream that is not split."""
+    found = _PARTITION_SUFFIX.search(name)
+    return None if found is None else int(found[1])
 
 
 def stream_prefix(stream: str) -> str:
@@ -108,9 +135,10 @@ def dedup(stream: str) -> str:
 
 
 def stream_of_job(job_id: str) -> str:
-    """The stream a job id belongs to: ids are ``<stream>:<token>``."""
-    stream, sep, token = job_id.partition(":")
-    if not sep or not token:
+    """The stream (or partition) a job id belongs to: ids are ``<stream>:<token>``, and tokens
+    hold no colon."""
+    stream, sep, token = job_id.rpartition(":")
+    if not sep or not token or not stream:
         raise ValueError(f"invalid job id {job_id!r}: expected '<stream>:<token>'")
     return check_stream_name(stream)
 

@@ -74,14 +74,35 @@ class StreamLimits(msgspec.Struct, frozen=True):
         return _msgpack([self.platform, self.account])
 
 
-def limits_for(stream: str, configured: tuple[Limit, ...] | None) -> StreamLimits:
-    """The limits that apply to ``stream``: the configured ones, else the built-in ones."""
-    chosen = configured if configured is not None else DEFAULT_LIMITS.get(stream, ())
+def limits_for(
+    stream: str, configured: tuple[Limit, ...] | None, partitions: int = 1
+) -> StreamLimits:
+    """The limits that apply to ``stream``: the configured ones, else the built-in ones.
+
+    For one of ``partitions`` partitions (``S:i``): an account's jobs all go to one partition,
+    so its limits hold there whole; the platform's are shared out, partition i taking
+    ``count // partitions`` starts a window, plus one of the remainder, so together they never
+    exceed the platform's (and may fall short of it when load is uneven)."""
+    chosen = (
+        configured if configured is not None else DEFAULT_LIMITS.get(keys.base_stream(stream), ())
+    )
     platform: Windows = []
     account: Windows = []
     for limit in chosen:
         (platform if limit.scope == "platform" else account).extend(limit.windows())
+    index = keys.partition_index(stream)
+    if index is not None and partitions > 1:
+        platform = [_share(count, window, index, partitions) for count, window in platform]
     return StreamLimits(platform=platform, account=account)
+
+
+def _share(count: int, window_ms: int, index: int, partitions: int) -> tuple[int, int]:
+    if count < partitions:
+        raise ConfigError(
+            f"a platform limit of {count} per {window_ms / 1000:g}s cannot be shared by "
+            f"{partitions} partitions: use at most {count} partitions"
+        )
+    return count // partitions + (1 if index < count % partitions else 0), window_ms
 
 
 def platform_rate(limits: StreamLimits) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal, get_args
@@ -94,6 +95,7 @@ class Producer:
         self._registered: set[str] = set()
         self._offset_ms = 0
         self._offset_checked = -math.inf
+        self._next_partition = -1
 
     async def _server_now_ms(self) -> int:
         """Now by the server's clock, which delays and due times are relative to; the offset
@@ -168,6 +170,67 @@ class Producer:
                     check_account(account)
         if not payload_list:
             return []
+        count = self._config.stream(stream).partitions
+        if count > 1 and keyspace.partition_index(stream) is None:
+            return await self._enqueue_partitioned(
+                stream, count, payload_list, keys, accounts, lane, opts, cron
+            )
+        return await self._enqueue_into(stream, payload_list, keys, accounts, lane, opts, cron)
+
+    async def _enqueue_partitioned(
+        self,
+        stream: str,
+        count: int,
+        payloads: list[Any],
+        job_keys: Sequence[str | None] | None,
+        accounts: Sequence[str | None] | None,
+        lane: Priority,
+        opts: JobOptions,
+        cron: str | None,
+    ) -> list[str]:
+        """Split the payloads among the stream's partitions (see ``route``), enqueue each
+        share, and give the ids back in the payloads' order."""
+        shares: dict[int, list[int]] = {}
+        for index in range(len(payloads)):
+            account = accounts[index] if accounts is not None else None
+            key = job_keys[index] if job_keys is not None else None
+            shares.setdefault(self.route(count, account, key), []).append(index)
+        ids: list[str] = [""] * len(payloads)
+        for target, indices in shares.items():
+            share_ids = await self._enqueue_into(
+                keyspace.partition(stream, target),
+                [payloads[i] for i in indices],
+                None if job_keys is None else [job_keys[i] for i in indices],
+                None if accounts is None else [accounts[i] for i in indices],
+                lane,
+                opts,
+                cron,
+            )
+            for i, job_id in zip(indices, share_ids, strict=True):
+                ids[i] = job_id
+        return ids
+
+    def route(self, count: int, account: str | None, key: str | None) -> int:
+        """The partition of a job: its account's, so the account's jobs keep their order and
+        its limits hold on one partition; else its key's, so a key stays unique; else the
+        next in turn."""
+        if account is not None:
+            return zlib.crc32(b"a:" + account.encode()) % count
+        if key is not None:
+            return zlib.crc32(b"k:" + key.encode()) % count
+        self._next_partition = (self._next_partition + 1) % count
+        return self._next_partition
+
+    async def _enqueue_into(
+        self,
+        stream: str,
+        payload_list: list[Any],
+        keys: Sequence[str | None] | None,
+        accounts: Sequence[str | None] | None,
+        lane: Priority,
+        opts: JobOptions,
+        cron: str | None,
+    ) -> list[str]:
         now = await self._server_now_ms()
         due = scheduler.due_ms(opts.run_at, opts.delay, now_ms=now)
         template = codec.Envelope(

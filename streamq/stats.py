@@ -8,6 +8,7 @@ XINFO GROUPS reports lag as null on Redis 7.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 import msgspec
@@ -77,11 +78,78 @@ async def known_streams(redis: Redis) -> list[str]:
     return sorted(m.decode() for m in members)
 
 
+async def stream_parts(redis: Redis, streams: list[str] | None = None) -> dict[str, list[str]]:
+    """Each stream (all ever used, by default) and the streams that hold its jobs: itself,
+    and every partition ``S:i`` of it a producer has written to (old ones included after a
+    change of the partition count, until they are empty and unregistered)."""
+    known = await known_streams(redis)
+    by_base: dict[str, list[str]] = {}
+    for name in known:
+        by_base.setdefault(keys.base_stream(name), []).append(name)
+    wanted = streams if streams is not None else list(by_base)
+    return {
+        name: sorted(by_base.get(name, [name]), key=_partition_order)
+        if keys.partition_index(name) is None
+        else [name]
+        for name in wanted
+    }
+
+
+def _partition_order(name: str) -> int:
+    index = keys.partition_index(name)
+    return -1 if index is None else index
+
+
 async def snapshot(redis: Redis, streams: list[str] | None = None) -> Snapshot:
-    names = streams if streams is not None else await known_streams(redis)
+    """Figures of each stream; a partitioned one's summed over its partitions."""
+    parts = await stream_parts(redis, streams)
     seconds, micros = await redis.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
-    return Snapshot(STATS_FORMAT, now_ms, [await stream_stats(redis, s, now_ms) for s in names])
+    figures = []
+    for name, names in parts.items():
+        each = [await stream_stats(redis, part, now_ms) for part in names]
+        figures.append(each[0] if len(each) == 1 and names == [name] else merged(name, each))
+    return Snapshot(STATS_FORMAT, now_ms, figures)
+
+
+def merged(stream: str, parts: list[StreamStats]) -> StreamStats:
+    """One stream's figures from its partitions'. Every worker reads every partition, so the
+    consumers alive are the most any partition counts."""
+    lanes = [
+        LaneStats(
+            priority=priority,
+            key=keys.lane(stream, priority),
+            length=sum(p.lanes[i].length for p in parts),
+            pending=sum(p.lanes[i].pending for p in parts),
+            waiting=sum(p.lanes[i].waiting for p in parts),
+            oldest_pending_age_s=_oldest(p.lanes[i].oldest_pending_age_s for p in parts),
+        )
+        for i, priority in enumerate(keys.LANES)
+    ]
+    return StreamStats(
+        stream=stream,
+        group=keys.GROUP,
+        keys={"partitions": ",".join(p.stream for p in parts)},
+        length=sum(p.length for p in parts),
+        pending=sum(p.pending for p in parts),
+        waiting=sum(p.waiting for p in parts),
+        lag=sum(p.lag for p in parts),
+        depth=sum(p.depth for p in parts),
+        oldest_pending_age_s=_oldest(p.oldest_pending_age_s for p in parts),
+        consumers=max((p.consumers for p in parts), default=0),
+        dead=sum(p.dead for p in parts),
+        delayed=sum(p.delayed for p in parts),
+        retrying=sum(p.retrying for p in parts),
+        expired=sum(p.expired for p in parts),
+        limited=sum(p.limited for p in parts),
+        throttled=sum(p.throttled for p in parts),
+        lanes=lanes,
+    )
+
+
+def _oldest(ages: Iterable[float | None]) -> float | None:
+    known = [age for age in ages if age is not None]
+    return max(known) if known else None
 
 
 class StreamOutcomes(msgspec.Struct):
@@ -106,17 +174,25 @@ _OUTCOMES: Final = ("done", "retried", "dead", "expired", "cancelled", "deferred
 
 
 async def outcomes(redis: Redis, streams: list[str] | None = None) -> Outcomes:
-    names = streams if streams is not None else await known_streams(redis)
+    """Each stream's outcome counters; a partitioned one's summed over its partitions."""
+    parts = await stream_parts(redis, streams)
+    names = [name for group in parts.values() for name in group]
     async with redis.pipeline(transaction=False) as pipe:
         pipe.time()
         for stream in names:
             pipe.hmget(keys.counts(stream), list(_OUTCOMES))
         (seconds, micros), *replies = await pipe.execute()
+    counted = {
+        stream: [int(value or 0) for value in reply]
+        for stream, reply in zip(names, replies, strict=True)
+    }
     return Outcomes(
         server_time_ms=int(seconds) * 1000 + int(micros) // 1000,
         streams=[
-            StreamOutcomes(stream, *(int(value or 0) for value in reply))
-            for stream, reply in zip(names, replies, strict=True)
+            StreamOutcomes(
+                name, *(sum(column) for column in zip(*(counted[p] for p in group), strict=True))
+            )
+            for name, group in parts.items()
         ],
     )
 

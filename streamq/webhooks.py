@@ -49,7 +49,8 @@ ABANDONED_AFTER_MS = 60_000
 
 
 def delivery_stream(stream: str) -> str:
-    return f"{stream}.webhooks"
+    """Where the stream's deliveries queue: one for all the partitions of a split stream."""
+    return f"{keys.base_stream(stream)}.webhooks"
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

@@ -106,6 +106,49 @@ def _lane_args(by_lane: list[list[bytes]]) -> list[scripts.EncodableArg]:
     return counts + [i for ids in by_lane for i in ids]
 
 
+def partition_options(options: WorkerOptions, partitions: int) -> WorkerOptions:
+    """One partition's worker options when a process reads ``partitions`` of them: an equal
+    share of the concurrency and read-ahead, at least one each."""
+    if partitions <= 1:
+        return options
+    share = {"concurrency": max(1, math.ceil(options.concurrency / partitions))}
+    if options.prefetch is not None:
+        share["prefetch"] = math.ceil(options.prefetch / partitions)
+    return msgspec.structs.replace(options, **share)
+
+
+async def run_all(workers: list[Worker], *, handle_signals: bool = False) -> list[WorkerCounts]:
+    """Run several workers in this process (one per partition of a stream) until they stop;
+    SIGTERM or SIGINT stops them all, a second one ends them at once."""
+    if len(workers) == 1:
+        return [await workers[0].run(handle_signals=handle_signals)]
+    counts: list[WorkerCounts] = []
+
+    async def run(worker: Worker) -> None:
+        counts.append(await worker.run())
+
+    async with anyio.create_task_group() as tasks:
+        if handle_signals:
+            tasks.start_soon(_stop_on_signals, workers, tasks.cancel_scope)
+        async with anyio.create_task_group() as running:
+            for worker in workers:
+                running.start_soon(run, worker)
+        tasks.cancel_scope.cancel()
+    return counts
+
+
+async def _stop_on_signals(workers: list[Worker], scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if any(worker.stopping for worker in workers):
+                log.warning("second %s: stopping now", signal.Signals(signum).name)
+                scope.cancel()
+                return
+            log.info("%s: finishing running jobs, then stopping", signal.Signals(signum).name)
+            for worker in workers:
+                worker.stop()
+
+
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
 
@@ -138,7 +181,9 @@ class Worker:
             self._prefetch = self.options.prefetch
         self._starved_reads = 0
         self._adaptive = self.options.prefetch is None
-        self._limits = limiter.limits_for(self.stream, self.options.limits)
+        self._limits = limiter.limits_for(
+            self.stream, self.options.limits, partitions=self.options.partitions
+        )
         self._packed_limits = self._limits.packed()
         if self._limits.any:
             # A rate-limited start is recorded when the job is read: read only what can start
