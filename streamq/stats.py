@@ -177,11 +177,12 @@ async def outcomes(redis: Redis, streams: list[str] | None = None) -> Outcomes:
     """Each stream's outcome counters; a partitioned one's summed over its partitions."""
     parts = await stream_parts(redis, streams)
     names = [name for group in parts.values() for name in group]
+    # TIME apart: a cluster pipeline refuses a command that names no key.
+    seconds, micros = await redis.time()
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.time()
         for stream in names:
             pipe.hmget(keys.counts(stream), list(_OUTCOMES))
-        (seconds, micros), *replies = await pipe.execute()
+        replies = await pipe.execute()
     counted = {
         stream: [int(value or 0) for value in reply]
         for stream, reply in zip(names, replies, strict=True)
