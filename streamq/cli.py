@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         message = _one_line(exc)
         if message is None:
             raise
+        logging.getLogger("streamq").debug("the error in full", exc_info=exc)
         _fail(message)
     sys.exit(code)
 

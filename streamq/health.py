@@ -46,7 +46,7 @@ HEALTH_FORMAT: Final = 1
 HEALTHY, DEGRADED, DOWN = 0, 1, 2
 STATUS_NAMES: Final = {HEALTHY: "healthy", DEGRADED: "degraded", DOWN: "down"}
 
-_RECONNECT_ERRORS: Final = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+_RECONNECT_ERRORS: Final = connection.TRANSIENT_ERRORS
 
 
 # -- what workers record ------------------------------------------------------------------------

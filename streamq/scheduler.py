@@ -202,9 +202,19 @@ class Promoter:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._listen, listener, last_id)
                 await self._sync_clock()
+                failures = 0
                 while True:
-                    next_due = await self.promote_due()
-                    await reconcile_recurring(self.redis, self.stream, self.server_now_ms())
+                    try:
+                        next_due = await self.promote_due()
+                        await reconcile_recurring(self.redis, self.stream, self.server_now_ms())
+                        failures = 0
+                    except connection.TRANSIENT_ERRORS as exc:
+                        # Nothing is lost meanwhile: due jobs wait in the delayed set.
+                        failures += 1
+                        delay = min(5.0, 0.05 * 2 ** min(failures, 7))
+                        log.warning("promoting due jobs failed (%s); retrying in %.2fs", exc, delay)
+                        await anyio.sleep(delay)
+                        continue
                     wait = MAX_SLEEP_SECONDS
                     if next_due is not None:
                         wait = min(wait, max(0.0, (next_due - self.server_now_ms()) / 1000))

@@ -413,6 +413,10 @@ class Worker:
                 if not found and not self._stopping:
                     await self._idle_until_work(room)
                 failures = 0
+            except RECONNECT_ERRORS as exc:  # first: CLUSTERDOWN and MOVED are ResponseErrors
+                failures += 1
+                await self._pause_after_failure("fetch", exc, failures)
+                await self._replace_reader()
             except redis_errors.ResponseError as exc:
                 if not _lane_gone(exc):
                     raise
@@ -420,10 +424,6 @@ class Worker:
                     "consumer group of %s is gone (stream deleted?): recreating", self.stream
                 )
                 await self.ensure_groups()
-            except RECONNECT_ERRORS as exc:
-                failures += 1
-                await self._pause_after_failure("fetch", exc, failures)
-                await self._replace_reader()
 
     def _hold_platform(self, until_ms: int) -> None:
         """The platform asked every worker to hold off (a handler raised RateLimited with
