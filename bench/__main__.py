@@ -18,6 +18,7 @@ from rich.console import Console
 from bench.common import BenchError, Section, machine
 from bench.report import UI, as_json, as_markdown, print_tables, write_charts
 from bench.scenarios import (
+    cluster,
     day,
     iobound,
     lateness,
@@ -39,6 +40,7 @@ SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "peers": (peers, "throughput, io-bound, lateness for arq, saq, taskiq, Celery, streaq"),
     "limits": (limits, "rate-limit admission cost; one hot account's burst"),
     "publish": (publish, "a built-in publisher against the simulator: rate, lost, twice"),
+    "cluster": (cluster, "one server against a 3-master cluster, by partitions of the stream"),
 }
 ALL = ["throughput", "io-bound", "lateness", "recovery", "memory", "day", "peers", "limits"]
 

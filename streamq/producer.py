@@ -196,7 +196,8 @@ class Producer:
             key = job_keys[index] if job_keys is not None else None
             shares.setdefault(self.route(count, account, key), []).append(index)
         ids: list[str] = [""] * len(payloads)
-        for target, indices in shares.items():
+
+        async def send(target: int, indices: list[int]) -> None:
             share_ids = await self._enqueue_into(
                 keyspace.partition(stream, target),
                 [payloads[i] for i in indices],
@@ -208,6 +209,11 @@ class Producer:
             )
             for i, job_id in zip(indices, share_ids, strict=True):
                 ids[i] = job_id
+
+        # At once: on a cluster the partitions' shares go to different shards.
+        async with _one_error(), anyio.create_task_group() as sends:
+            for target, indices in shares.items():
+                sends.start_soon(send, target, indices)
         return ids
 
     def route(self, count: int, account: str | None, key: str | None) -> int:

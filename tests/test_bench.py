@@ -31,7 +31,16 @@ def bench(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_scenario() -> None:
     done = bench("--help")
     assert done.returncode == 0, done.stderr
-    for scenario in ("throughput", "io-bound", "lateness", "recovery", "memory", "day", "peers"):
+    for scenario in (
+        "throughput",
+        "io-bound",
+        "lateness",
+        "recovery",
+        "memory",
+        "day",
+        "peers",
+        "cluster",
+    ):
         assert scenario in done.stdout
 
 
