@@ -78,6 +78,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = connection.client(redis_url)
+    # Checked first, as streamq.connect does: a cluster client must learn its nodes before
+    # several tasks use it at once (redis-py can misroute commands sent during that).
+    await connection.check(client, redis_url)
     yield client
     await client.aclose()
 

@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
-import redis as sync_redis
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
@@ -23,9 +22,11 @@ from autoscaler import controller, targets
 from autoscaler.policy import Policy
 from streamq import keys
 from streamq.config import Config
-from tests.conftest import ROOT, free_port, run_cli
+from tests.conftest import ROOT, free_port, run_cli, sync_client
 
 SCALED = re.compile(r"(\S+): (\d+) -> (\d+) workers")
+
+pytestmark = pytest.mark.cluster
 
 
 def start_autoscaler(redis_url: str, stream: str, *flags: str) -> subprocess.Popen[str]:
@@ -80,7 +81,7 @@ def stop(process: subprocess.Popen[str]) -> None:
 def test_a_burst_scales_the_pool_from_one_to_several_and_back_without_losing_a_job(
     redis_url: str, stream: str
 ) -> None:
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     scaler = start_autoscaler(
         redis_url, stream, "--min", "1", "--max", "4", "--target-drain", "5s",
         "--scale-down-window", "2s", "--idle-after", "2s",
@@ -132,7 +133,7 @@ def test_jobs_scheduled_a_minute_ahead_scale_the_pool_before_they_come_due(
     assert (before, after) == (0, 4)
     assert started == 4
     assert when < ready < due.timestamp() - 30  # up and running well before the jobs are due
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     assert client.zcard(keys.delayed(stream)) == 3000  # none was due yet
 
 

@@ -15,7 +15,9 @@ import redis as sync_redis
 
 from streamq import keys
 from streamq.server import LocalServer
-from tests.conftest import run_cli, spawn_worker, sync_entries
+from tests.conftest import run_cli, spawn_worker, sync_client, sync_entries
+
+pytestmark = pytest.mark.cluster
 
 
 def one_line_error(result: object, *fragments: str) -> None:
@@ -58,7 +60,7 @@ def test_enqueue_prints_the_job_id(redis_url: str, stream: str) -> None:
         "post-42",
     )
     assert again.stdout.strip() == job_id
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     assert client.xlen(keys.lane(stream, "high")) == 1
 
 
@@ -69,7 +71,7 @@ def test_enqueue_reads_a_payload_file(redis_url: str, stream: str, tmp_path: Pat
         "enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", f"@{payload}"
     )
     assert result.returncode == 0, result.stderr
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     [(_, fields)] = sync_entries(client, keys.lane(stream, "normal"))
     assert json.loads(fields[b"j"])["payload"] == {"text": "from a file"}
 
@@ -82,7 +84,7 @@ def test_enqueue_bulk_imports_json_lines_from_stdin(redis_url: str, stream: str)
     assert result.returncode == 0, result.stderr
     ids = result.stdout.split()
     assert len(ids) == len(set(ids)) == 25_000
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     assert client.xlen(keys.lane(stream, "normal")) == 25_000
 
 
@@ -98,7 +100,7 @@ def test_bad_json_line_stops_before_its_batch(redis_url: str, stream: str) -> No
         input='{"ok": 1}\n{broken\n',
     )
     one_line_error(result, "stdin line 2", "not valid JSON")
-    assert sync_redis.Redis.from_url(redis_url).xlen(keys.lane(stream, "normal")) == 0
+    assert sync_client(redis_url).xlen(keys.lane(stream, "normal")) == 0
 
 
 @pytest.mark.parametrize(
@@ -195,13 +197,13 @@ def test_consume_runs_the_configured_handler(redis_url: str, stream: str, tmp_pa
         env=env,
     )
     assert result.returncode == 0, result.stderr
-    runs = sync_redis.Redis.from_url(redis_url).hgetall(f"{stream}:runs")
+    runs = sync_client(redis_url).hgetall(f"{stream}:runs")
     assert len(runs) == 20
     assert set(runs.values()) == {b"1"}
 
 
 def test_sigterm_lets_running_jobs_finish_then_exits_zero(redis_url: str, stream: str) -> None:
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", '"slow"')
     env = {
         "STREAMQ_TEST_RECORD_URL": redis_url,
@@ -364,7 +366,7 @@ def test_bad_schedules_are_one_line(
 
 def test_dead_letters_and_cron_from_the_command_line(redis_url: str, stream: str) -> None:
     base = ["--redis-url", redis_url]
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     client.xadd(keys.lane(stream, "normal"), {"not": "ours"})
     run_cli("enqueue", *base, "--stream", stream, "--payload", "1")
     consumed = run_cli(

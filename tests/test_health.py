@@ -18,7 +18,7 @@ from streamq.worker import Worker, WorkerOptions
 from tests import handlers
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 
 def nothing_listening() -> str:

@@ -22,7 +22,7 @@ from tests import handlers
 from tests.conftest import spawn_worker
 from tests.observing import Lines, scrape, value
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 OK, FAILING = 20, 3
 

@@ -31,7 +31,7 @@ from tests.test_events import options
 from tests.test_lifecycle import Running, state
 from tests.test_worker import poll
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 SECRET = "whsec-test-0123456789"
 
