@@ -195,6 +195,6 @@ class AdminServer:
 
 
 @pytest.fixture(scope="module")
-def admin_server(server: LocalServer) -> Iterator[AdminServer]:
+def admin_server(server: LocalServer | LocalCluster) -> Iterator[AdminServer]:
     with AdminServer(server.url) as running:
         yield running

@@ -24,7 +24,7 @@ from streamq.worker import Worker
 from tests.conftest import ADMIN_TOKEN, ROOT, AdminServer, run_cli
 from tests.test_worker import FAST
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
