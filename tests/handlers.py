@@ -19,12 +19,19 @@ from streamq.errors import Fail, RateLimited, Retry
 from streamq.job import Job
 
 _client: Redis | None = None
+_connecting = anyio.Lock()
 
 
-def _redis() -> Redis:
+async def _redis() -> Redis:
+    """The recording client, connected once before handlers share it: a cluster client used
+    by several tasks before its first reply can send a command twice (redis-py)."""
     global _client
-    if _client is None:
-        _client = connection.client(os.environ["STREAMQ_TEST_RECORD_URL"])
+    async with _connecting:
+        if _client is None:
+            url = os.environ["STREAMQ_TEST_RECORD_URL"]
+            client = connection.client(url)
+            await connection.check(client, url)
+            _client = client
     return _client
 
 
@@ -34,14 +41,14 @@ async def record(job: Job) -> str:
     A payload {"fail_first": true} raises on the first attempt (the job is retried).
     """
     prefix = os.environ.get("STREAMQ_TEST_RECORD", "rec")
-    async with _redis().pipeline(transaction=False) as pipe:
+    async with (await _redis()).pipeline(transaction=False) as pipe:
         pipe.hincrby(f"{prefix}:runs", job.id, 1)
         pipe.sadd(f"{prefix}:by:{os.getpid()}", job.id)
         await pipe.execute()
     await anyio.sleep(float(os.environ.get("STREAMQ_TEST_JOB_SECONDS", "0.002")))
     if isinstance(job.payload, dict) and job.payload.get("fail_first") and job.attempt == 1:
         raise RuntimeError("first attempt fails")
-    await _redis().hincrby(f"{prefix}:succeeded", job.id, 1)
+    await (await _redis()).hincrby(f"{prefix}:succeeded", job.id, 1)
     return job.id
 
 
@@ -65,14 +72,15 @@ async def stamp(job: Job) -> None:
     prefix = os.environ.get("STREAMQ_TEST_RECORD", "rec")
     started = time.time()
     payload = job.payload if isinstance(job.payload, dict) else {}
-    if payload.get("throttle") and not await _redis().hexists(f"{prefix}:throttled", job.id):
-        await _redis().hset(f"{prefix}:throttled", job.id, started)
+    redis = await _redis()
+    if payload.get("throttle") and not await redis.hexists(f"{prefix}:throttled", job.id):
+        await redis.hset(f"{prefix}:throttled", job.id, started)
         raise RateLimited(payload["throttle"], scope=payload.get("scope"))
-    if payload.get("revoked") and not await _redis().hexists(f"{prefix}:revoked", job.id):
-        await _redis().hset(f"{prefix}:revoked", job.id, started)
+    if payload.get("revoked") and not await redis.hexists(f"{prefix}:revoked", job.id):
+        await redis.hset(f"{prefix}:revoked", job.id, started)
         raise Fail("token revoked", pause_account=True)
     line = json.dumps({"id": job.id, "account": job.account, "t": started, "a": job.attempt})
-    await _redis().rpush(f"{prefix}:starts", line)
+    await redis.rpush(f"{prefix}:starts", line)
 
 
 async def outcome(job: Job) -> str:

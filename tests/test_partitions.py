@@ -40,6 +40,16 @@ def config_file(tmp_path: Path, stream: str, body: str = "") -> Path:
     return path
 
 
+def burst(redis_url: str, stream: str, config: Path) -> None:
+    """One ``streamq consume --burst`` of the stream, recording its runs under ``stream``."""
+    env = {"STREAMQ_TEST_RECORD_URL": redis_url, "STREAMQ_TEST_RECORD": stream}
+    done = run_cli(
+        "consume", "--redis-url", redis_url, "--stream", stream, "--config", str(config),
+        "--handler", "tests.handlers:record", "--burst", env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
 def partition_of(job_id: str) -> str:
     return keys.stream_of_job(job_id)
 
@@ -98,22 +108,12 @@ async def test_one_worker_drains_every_partition_and_stats_add_up(
         assert figures.stream == stream
         assert (figures.depth, figures.delayed) == (400, 20)
         assert figures.keys["partitions"] == ",".join(keys.partitions(stream, PARTITIONS))
-        env = {"STREAMQ_TEST_RECORD_URL": redis_url, "STREAMQ_TEST_RECORD": stream}
-        done = run_cli(
-            "consume", "--redis-url", redis_url, "--stream", stream, "--config", str(config),
-            "--handler", "tests.handlers:record", "--burst", env=env,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
+        burst(redis_url, stream, config)
         # A burst worker stops once nothing is due; the delayed jobs come due after 0.3 s.
         deadline = time.monotonic() + 20
         while len(await redis.hkeys(f"{stream}:succeeded")) < len(ids):
             assert time.monotonic() < deadline, "some partitions were never read"
-            again = run_cli(
-                "consume", "--redis-url", redis_url, "--stream", stream,
-                "--config", str(config), "--handler", "tests.handlers:record", "--burst",
-                env=env,
-            )  # fmt: skip
-            assert again.returncode == 0, again.stderr
+            burst(redis_url, stream, config)
         runs: Any = await redis.hgetall(f"{stream}:runs")
         assert sorted(k.decode() for k in runs) == sorted(ids)
         assert set(runs.values()) == {b"1"}
@@ -176,12 +176,7 @@ def test_a_worker_also_drains_partitions_left_from_an_earlier_count(
     assert len({partition_of(i) for i in ids}) == 4
     fewer = tmp_path / "two.toml"
     fewer.write_text(f"[streams.{stream}]\npartitions = 2\n")
-    env = {"STREAMQ_TEST_RECORD_URL": redis_url, "STREAMQ_TEST_RECORD": stream}
-    done = run_cli(
-        "consume", "--redis-url", redis_url, "--stream", stream, "--config", str(fewer),
-        "--handler", "tests.handlers:record", "--burst", env=env,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    burst(redis_url, stream, fewer)
     client = sync_client(redis_url)
     succeeded: Any = client.hkeys(f"{stream}:succeeded")
     assert sorted(k.decode() for k in succeeded) == sorted(ids)
