@@ -21,12 +21,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import anyio
 import msgspec
 from cronsim import CronSim, CronSimError
-from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from streamq import keys, scripts
 from streamq.config import Backoff, parse_duration
-from streamq.errors import ConfigError
+from streamq.connection import TRANSIENT_ERRORS, retry_delay
+from streamq.errors import ConfigError, ConnectionFailed, ServerFull
 
 log = logging.getLogger("streamq.scheduler")
 
@@ -173,6 +173,7 @@ class Promoter:
         self.clock = clock
         self.offset_ms = 0
         """Server clock minus this process's clock, as of the last promotion."""
+        self._synced = False
         self.promoted = 0
         self.expired = 0
         self._wake = anyio.Event()
@@ -202,10 +203,23 @@ class Promoter:
             last_id = self._last_id or b"0-0"
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._listen, listener, last_id)
-                await self._sync_clock()
+                failures = 0
                 while True:
-                    next_due = await self.promote_due()
-                    await reconcile_recurring(self.redis, self.stream, self.server_now_ms())
+                    try:
+                        if failures or not self._synced:
+                            await self._sync_clock()
+                        next_due = await self.promote_due()
+                        await reconcile_recurring(self.redis, self.stream, self.server_now_ms())
+                    except (*TRANSIENT_ERRORS, ConnectionFailed, ServerFull) as exc:
+                        # (The last two: a recurring occurrence the producer could not add.)
+                        # Nothing is lost meanwhile: due jobs wait in the delayed set, and
+                        # another worker's promoter (or this one, later) moves them.
+                        failures += 1
+                        delay = retry_delay(failures)
+                        log.warning("promotion failed (%s); retrying in %.2fs", exc, delay)
+                        await anyio.sleep(delay)
+                        continue
+                    failures = 0
                     wait = MAX_SLEEP_SECONDS
                     if next_due is not None:
                         wait = min(wait, max(0.0, (next_due - self.server_now_ms()) / 1000))
@@ -242,6 +256,7 @@ class Promoter:
     async def _sync_clock(self) -> None:
         seconds, micros = await self.redis.time()
         self.offset_ms = int(seconds) * 1000 + int(micros) // 1000 - round(self.clock() * 1000)
+        self._synced = True
 
     async def _last_control_id(self, listener: Redis) -> bytes:
         newest: Any = await listener.xrevrange(keys.control(self.stream), count=1)
@@ -252,7 +267,7 @@ class Promoter:
         while True:
             try:
                 reply: Any = await listener.xread({control: last_id}, count=100, block=5000)
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            except TRANSIENT_ERRORS as exc:
                 log.warning("control stream read failed, retrying: %s", exc)
                 await anyio.sleep(1)
                 continue
