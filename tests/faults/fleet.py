@@ -64,11 +64,21 @@ def wait_until_done(record: sync_redis.Redis, stream: str, jobs: int, within: fl
 
 
 def states(redis: sync_redis.Redis, stream: str, ids: set[str]) -> set[bytes | None]:
-    """The set of states the jobs' records end in ({b"done"} when every job ran)."""
-    with redis.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.hget(keys.job(stream, job_id), "state")
-        return set(pipe.execute())
+    """The set of states the jobs' records end in ({b"done"} when every job ran).
+
+    Called while the workers still run: a job can have run while its acknowledgement was lost
+    (a cut, a killed server), and then it is still pending until a worker reclaims it after
+    the visibility timeout and runs it again. Polls until every record says done, or 60 s.
+    """
+    deadline = time.monotonic() + 60
+    while True:
+        with redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(keys.job(stream, job_id), "state")
+            found = set(pipe.execute())
+        if found == {b"done"} or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def figures(record: sync_redis.Redis, stream: str, ids: set[str]) -> tuple[int, int]:

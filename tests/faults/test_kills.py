@@ -16,9 +16,8 @@ import time
 import pytest
 import redis as sync_redis
 
-from streamq import keys
 from streamq.server import LocalServer
-from tests.faults.fleet import LONG, enqueue, figures, finish, wait_until_done, worker
+from tests.faults.fleet import LONG, enqueue, figures, finish, states, wait_until_done, worker
 
 
 @pytest.mark.slow
@@ -41,14 +40,14 @@ def test_fifty_worker_kills_lose_nothing(redis_url: str, stream: str) -> None:
             killed += 1
             pool.append(worker(redis_url, redis_url, stream))
         wait_until_done(record, stream, jobs, within=180)
+        end_states = states(record, stream, ids)
     finally:
         finish(pool)
     lost, twice = figures(record, stream, ids)
     print(f"\nfaults: {killed} worker SIGKILLs over {jobs} jobs: lost {lost}, ran twice {twice}")
     assert killed >= min(kills, 10)
     assert lost == 0
-    states = {record.hget(keys.job(stream, job_id), "state") for job_id in ids}
-    assert states == {b"done"}
+    assert end_states == {b"done"}
 
 
 @pytest.mark.slow
@@ -72,14 +71,13 @@ def test_a_server_killed_and_restarted_mid_run_loses_no_job(
             at_kill = record.hlen(f"{stream}:succeeded")
             srv.restart()
             wait_until_done(record, stream, jobs, within=180)
+            end_states = states(sync_redis.Redis.from_url(srv.url), stream, ids)
         finally:
             finish(pool)
         lost, twice = figures(record, stream, ids)
-        states = {sync_redis.Redis.from_url(srv.url).hget(keys.job(stream, job_id), "state")
-                  for job_id in ids}  # fmt: skip
     print(
         f"\nfaults: server SIGKILL at {at_kill}/{jobs} done, appendfsync {fsync}, "
         f"restarted: lost {lost}, ran twice {twice}"
     )
     assert lost == 0
-    assert states == {b"done"}
+    assert end_states == {b"done"}
