@@ -16,6 +16,7 @@ from streamq.errors import (
     RateLimited,
     Retry,
     ServerError,
+    ServerFull,
     StreamqError,
 )
 from streamq.events import Event
@@ -41,6 +42,7 @@ __all__ = [
     "RateLimited",
     "Retry",
     "ServerError",
+    "ServerFull",
     "StreamqError",
     "__version__",
     "connect",

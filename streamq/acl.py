@@ -19,7 +19,7 @@ _READ_STREAMS: Final = (
 )
 _JOBS: Final = (
     "+xadd +xdel +xack +xreadgroup +xgroup|create +xtrim "
-    "+hset +hsetnx +hget +hmget +hgetall +hdel +hincrby +hlen +pexpire +persist +del "
+    "+hset +hsetnx +hget +hmget +hgetall +hdel +hincrby +hlen +exists +pexpire +persist +del "
     "+zadd +zrem +zrange +zrangebyscore +zscore +zcard +zcount +zremrangebyscore "
     "+sadd +smembers +sismember"
 )

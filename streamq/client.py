@@ -30,7 +30,9 @@ class Queue:
         self.resolved_url: str | None = None
 
     async def __aenter__(self) -> Self:
-        self._redis, self.resolved_url = await connection.connect(self._url, self._config_url)
+        self._redis, self.resolved_url = await connection.connect(
+            self._url, self._config_url, socket_timeout=self.config.socket_timeout
+        )
         self._producer = Producer(self._redis, self.config)
         return self
 

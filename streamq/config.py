@@ -1,6 +1,7 @@
 """Configuration: a TOML file (``--config`` or ``STREAMQ_CONFIG``) read into frozen Structs.
 
     redis_url = "redis://localhost:6379/0"     # optional; STREAMQ_REDIS_URL and --redis-url win
+    socket_timeout = "10s"                      # longest wait for the server's answer (>= 6s)
 
     [streams.instagram]
     handler = "mypkg.handlers:publish"          # module:function, an async def
@@ -52,6 +53,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from streamq.connection import MIN_SOCKET_TIMEOUT_SECONDS, SOCKET_TIMEOUT_SECONDS
 from streamq.errors import ConfigError
 from streamq.keys import MAX_PARTITIONS, base_stream, check_stream_name
 
@@ -315,6 +317,9 @@ _HEALTH_DURATIONS = ("max_pending_age", "error_window", "max_lateness")
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     redis_url: str | None = None
+    socket_timeout: float = SOCKET_TIMEOUT_SECONDS
+    """Seconds a command waits for the server before the connection is given up (and, in a
+    worker, made again): what a stalled network costs at most per command."""
     streams: dict[str, StreamConfig] = msgspec.field(default_factory=dict)
     platforms: dict[str, PlatformConfig] = msgspec.field(default_factory=dict)
     credentials: str | None = None
@@ -359,6 +364,14 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+    if "socket_timeout" in data:
+        timeout = _duration_value(data["socket_timeout"], "socket_timeout")
+        if timeout < MIN_SOCKET_TIMEOUT_SECONDS:
+            raise ConfigError(
+                f"{source}: socket_timeout must be at least {MIN_SOCKET_TIMEOUT_SECONDS:g}s, "
+                "longer than a worker's 5s blocking reads"
+            )
+        data = {**data, "socket_timeout": timeout}
     streams = data.get("streams", {})
     if not isinstance(streams, dict):
         raise ConfigError(f"{source}: [streams] must be a table")

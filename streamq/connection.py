@@ -13,34 +13,49 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import redis as sync_redis
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import SSLConnection
+from redis.asyncio.connection import AbstractConnection, SSLConnection
 
 from streamq import server
 from streamq.errors import ConnectionFailed
 
 SUPPORTED_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-SOCKET_TIMEOUT_SECONDS = 30.0
+SOCKET_TIMEOUT_SECONDS = 10.0
+"""How long a command may wait for the server: twice the longest blocking read (5 s), so a
+connection that went silent (a stalled network, a black hole) is given up within seconds and
+the caller reconnects, rather than hanging. ``socket_timeout`` in the config file changes it."""
+MIN_SOCKET_TIMEOUT_SECONDS = 6.0
+"""Above the 5 s blocking reads of workers, which must not time out while they wait."""
 MIN_VERSIONS = {"redis": (7, 0), "valkey": (7, 2)}
 
 TRANSIENT_ERRORS: Final = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     OSError,
+    redis_errors.OutOfMemoryError,
     # A cluster between a master's death and its replica's promotion, or re-sharding.
     redis_errors.ClusterError,
     redis_errors.TryAgainError,
     redis_errors.MovedError,
     redis_errors.SlotNotCoveredError,
 )
-"""Errors that pass: the caller backs off and tries again rather than giving up."""
+"""Failures that pass by themselves: the server is unreachable or silent (the client
+reconnects on the next call), full (at maxmemory with noeviction) until memory is freed, or a
+cluster shard is between masters. A long-running loop pauses (``retry_delay``) and tries
+again; it never gives up on them."""
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait after ``failures`` failures in a row: 0.1 s doubling up to 5 s."""
+    return min(5.0, 0.05 * 2.0 ** min(max(failures, 1), 7))
 
 
 def resolve_url(url: str | None = None, config_url: str | None = None) -> str:
@@ -94,7 +109,12 @@ def password_from_environment() -> str | None:
         ) from None
 
 
-def client(url: str, *, max_connections: int | None = None) -> Redis:
+def client(
+    url: str,
+    *,
+    max_connections: int | None = None,
+    socket_timeout: float = SOCKET_TIMEOUT_SECONDS,
+) -> Redis:
     """A client for ``url``; for a cluster URL a RedisCluster, typed as Redis because it
     answers every command streamq sends the same way (each names keys of one slot)."""
     options: dict[str, Any] = {
@@ -102,9 +122,7 @@ def client(url: str, *, max_connections: int | None = None) -> Redis:
         "protocol": 2,
         "decode_responses": False,
         "health_check_interval": 30,
-        # Longer than any blocking read streamq issues (5 s), which redis-py's own default
-        # (5 s) is not; still short enough to notice a connection that went silent.
-        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
+        "socket_timeout": socket_timeout,
         "socket_connect_timeout": 5,
         # No CLIENT SETINFO on connect: Redis 7.0 has no such command, and naming it in
         # least-privilege ACL rules (streamq.acl) would fail there.
@@ -118,9 +136,45 @@ def client(url: str, *, max_connections: int | None = None) -> Redis:
     try:
         if is_cluster(url):
             return cast(Redis, _cluster_client(url, max_connections, options))
-        return Redis.from_url(url, max_connections=max_connections, **options)
+        pool = ConnectionPool.from_url(url, max_connections=max_connections, **options)
     except ValueError as exc:
         raise ConnectionFailed(f"invalid Redis URL {redact(url)!r}: {exc}") from None
+    pool.connection_class = _closed_transport_is_a_connection_error(pool.connection_class)
+    return Redis.from_pool(pool)
+
+
+_GUARDED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def _closed_transport_is_a_connection_error(
+    base: type[AbstractConnection],
+) -> type[AbstractConnection]:
+    """``base``, raising ConnectionError when it writes to a connection the peer already closed.
+
+    uvloop raises RuntimeError ("the handler is closed") there, where plain asyncio ignores
+    the write and the next read reports the loss; redis-py passes that RuntimeError through,
+    so callers that reconnect on ConnectionError would not (uvloop issue 506).
+    """
+
+    if base in _GUARDED:
+        return _GUARDED[base]
+
+    class Guarded(base):  # type: ignore[valid-type,misc]
+        async def send_packed_command(
+            self, command: bytes | str | Iterable[bytes], check_health: bool = True
+        ) -> None:
+            try:
+                await super().send_packed_command(command, check_health)
+            except RuntimeError as exc:
+                if "handler is closed" not in str(exc):
+                    raise
+                raise redis_errors.ConnectionError(
+                    "the connection was closed while sending a command"
+                ) from None
+
+    Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
+    _GUARDED[base] = Guarded
+    return Guarded
 
 
 def sync_client(url: str) -> sync_redis.Redis:
@@ -160,13 +214,21 @@ def _cluster_client(url: str, max_connections: int | None, options: dict[str, An
         for name, values in parse_qs(parts.query).items():
             if name in _CLUSTER_TLS_OPTIONS:
                 options[name] = values[-1]
-    return RedisCluster(
+    cluster = RedisCluster(
         startup_nodes=nodes,
         # Enough for every worker's concurrent reads; redis-py's default of 100 per node is
         # reached by a busy producer pipelining into three shards.
         max_connections=max_connections or 1000,
         **options,
     )
+    # Every node's connections get the uvloop guard too: the nodes found later are made from
+    # these settings, the seeds were made already.
+    kwargs: dict[str, Any] = cluster.get_connection_kwargs()
+    guarded: Any = _closed_transport_is_a_connection_error(kwargs["connection_class"])
+    kwargs["connection_class"] = guarded
+    for seed in cluster.nodes_manager.startup_nodes.values():
+        seed.connection_class = guarded
+    return cluster
 
 
 _CLUSTER_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
@@ -185,10 +247,15 @@ def reader(redis: Redis, key: str) -> Redis:
         raise redis_errors.SlotNotCoveredError(f"no node holds {key!r}'s slot")
     given: dict[str, Any] = cluster.get_connection_kwargs()
     options: dict[str, Any] = {name: given[name] for name in _NODE_OPTIONS if name in given}
-    if issubclass(given.get("connection_class", object), SSLConnection):
-        options["ssl"] = True
+    connection_class = given["connection_class"]  # guarded, and SSL for rediss+cluster
+    if issubclass(connection_class, SSLConnection):
         options |= {name: value for name, value in given.items() if name.startswith("ssl_")}
-    return Redis(host=node.host, port=int(node.port), single_connection_client=True, **options)
+    pool = ConnectionPool(
+        host=node.host, port=int(node.port), connection_class=connection_class, **options
+    )
+    node_client = Redis(connection_pool=pool, single_connection_client=True)
+    node_client.auto_close_connection_pool = True  # its pool is its own: closed with it
+    return node_client
 
 
 _NODE_OPTIONS = (
@@ -254,10 +321,15 @@ async def check(redis: Redis, url: str) -> str:
     return f"{engine} {version}"
 
 
-async def connect(url: str | None = None, config_url: str | None = None) -> tuple[Redis, str]:
+async def connect(
+    url: str | None = None,
+    config_url: str | None = None,
+    *,
+    socket_timeout: float = SOCKET_TIMEOUT_SECONDS,
+) -> tuple[Redis, str]:
     """A checked client and the URL it talks to; raises ConnectionFailed or ServerError."""
     resolved = resolve_url(url, config_url)
-    redis = client(resolved)
+    redis = client(resolved, socket_timeout=socket_timeout)
     try:
         await check(redis, resolved)
     except BaseException:

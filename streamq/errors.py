@@ -5,7 +5,8 @@
     ├── PayloadError         a payload that is not JSON, or not encodable
     ├── HandlerError         a handler spec that does not import or is not async
     ├── ServerError          the embedded server cannot be started or found
-    ├── ConnectionFailed     Redis is unreachable or refused our credentials
+    ├── ConnectionFailed     Redis is unreachable, went silent, or refused our credentials
+    ├── ServerFull           Redis refused a write: it is at maxmemory (policy noeviction)
     ├── JobNotFound          no record for that job id (never enqueued, or past retention)
     └── InvalidJobState      the job is not in a state that allows the operation
 
@@ -49,6 +50,11 @@ class ServerError(StreamqError):
 
 class ConnectionFailed(StreamqError):
     """Redis could not be reached, or refused the credentials given."""
+
+
+class ServerFull(StreamqError):
+    """Redis is at ``maxmemory`` and refuses writes (``noeviction``): nothing is queued until
+    memory is freed, and nothing already queued is dropped."""
 
 
 class JobNotFound(StreamqError):

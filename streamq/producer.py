@@ -3,6 +3,12 @@
 Jobs go in through the ``enqueue_jobs`` script in slices of up to ``SLICE`` jobs, and the slices of
 one call are pipelined, so a bulk import costs one round trip per ``PIPELINE_SLICES`` slices and
 no per-job Redis work beyond the XADD (or ZADD) and the job's record.
+
+A call whose connection fails (cut, or silent past the socket timeout) is sent again, with the
+same job ids, for up to the socket timeout: the script skips jobs whose record exists, so a
+call the server carried out before its answer was lost adds nothing twice. Past that, the
+call raises ConnectionFailed; a server at maxmemory raises ServerFull at once. Both say, in
+one line, what may and may not be queued.
 """
 
 from __future__ import annotations
@@ -11,21 +17,25 @@ import contextlib
 import math
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, TypeVar, get_args
 
 import anyio
 import anyio.lowlevel
 import msgspec
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from streamq import codec, metrics, scheduler, scripts
 from streamq import keys as keyspace
 from streamq.config import Backoff, Config, parse_duration
-from streamq.errors import ConfigError, InvalidJobState, PayloadError
+from streamq.connection import TRANSIENT_ERRORS, retry_delay
+from streamq.errors import ConfigError, ConnectionFailed, InvalidJobState, PayloadError, ServerFull
 from streamq.keys import Priority
+
+T = TypeVar("T")
 
 OFFSET_REFRESH_SECONDS: Final = 60.0
 SLICE: Final = 500
@@ -96,6 +106,34 @@ class Producer:
         self._offset_ms = 0
         self._offset_checked = -math.inf
         self._next_partition = -1
+
+    async def _sent_until_answered(
+        self, stream: str, call: Callable[[], Awaitable[T]], *, sent: bool = True
+    ) -> T:
+        """``call``'s answer, sending it again while the connection fails, for up to the
+        socket timeout. ``call`` must be safe to repeat (every enqueue is: see the module)."""
+        deadline = time.monotonic() + self._config.socket_timeout
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except redis_errors.OutOfMemoryError:
+                raise ServerFull(
+                    f"Redis refused to queue jobs on {stream}: it is out of memory (maxmemory "
+                    "reached, policy noeviction); this call's jobs from the refused one on are "
+                    "not queued, nothing queued before is lost; raise maxmemory or free memory"
+                ) from None
+            except TRANSIENT_ERRORS as exc:  # after OutOfMemoryError, which is one of them
+                failures += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    maybe = "may be partly queued" if sent else "are not queued"
+                    raise ConnectionFailed(
+                        f"enqueue on {stream} failed: no answer from Redis within "
+                        f"{self._config.socket_timeout:g}s ({_first_line(exc)}); this call's "
+                        f"jobs {maybe}: enqueue them again with dedup keys to add none twice"
+                    ) from None
+                await anyio.sleep(min(left, retry_delay(failures)))
 
     async def _server_now_ms(self) -> int:
         """Now by the server's clock, which delays and due times are relative to; the offset
@@ -237,7 +275,7 @@ class Producer:
         opts: JobOptions,
         cron: str | None,
     ) -> list[str]:
-        now = await self._server_now_ms()
+        now = await self._sent_until_answered(stream, self._server_now_ms, sent=False)
         due = scheduler.due_ms(opts.run_at, opts.delay, now_ms=now)
         template = codec.Envelope(
             id="",
@@ -250,7 +288,7 @@ class Producer:
             backoff=opts.backoff,
             cron=cron,
         )
-        await self._register(stream)
+        await self._sent_until_answered(stream, lambda: self._register(stream), sent=False)
         fixed_keys = [
             keyspace.lane(stream, lane),
             keyspace.dedup(stream),
@@ -273,7 +311,9 @@ class Producer:
 
         async def send(calls: list[tuple[list[str], list[scripts.EncodableArg]]]) -> None:
             try:
-                replies.append(await self._run_pipelined(calls))
+                replies.append(
+                    await self._sent_until_answered(stream, lambda: self._run_pipelined(calls))
+                )
             finally:
                 one_in_flight.release()
 
@@ -320,7 +360,23 @@ class Producer:
         key = template.key
         assert key is not None
         envelope = msgspec.structs.replace(template, id=job_id, payload=payload)
-        replaced = await scripts.replace_job(
+        replaced = await self._sent_until_answered(
+            stream, lambda: self._replace_script(job_id, key, stream, envelope, template)
+        )
+        if not replaced:
+            raise InvalidJobState(
+                f"job {job_id} holding key {key!r} is no longer scheduled: not replaced"
+            )
+
+    async def _replace_script(
+        self,
+        job_id: str,
+        key: str,
+        stream: str,
+        envelope: codec.Envelope,
+        template: codec.Envelope,
+    ) -> Any:
+        return await scripts.replace_job(
             self._redis,
             [
                 keyspace.job(stream, job_id),
@@ -339,10 +395,6 @@ class Producer:
                 template.account or "",
             ],
         )
-        if not replaced:
-            raise InvalidJobState(
-                f"job {job_id} holding key {key!r} is no longer scheduled: not replaced"
-            )
 
     async def _run_pipelined(
         self, calls: list[tuple[list[str], list[scripts.EncodableArg]]]
@@ -382,6 +434,10 @@ class Producer:
 
 
 _msgpack = msgspec.msgpack.Encoder().encode
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _encode(

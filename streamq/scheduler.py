@@ -25,7 +25,8 @@ from redis.asyncio import Redis
 
 from streamq import connection, keys, scripts
 from streamq.config import Backoff, parse_duration
-from streamq.errors import ConfigError
+from streamq.connection import TRANSIENT_ERRORS, retry_delay
+from streamq.errors import ConfigError, ConnectionFailed, ServerFull
 
 log = logging.getLogger("streamq.scheduler")
 
@@ -172,6 +173,7 @@ class Promoter:
         self.clock = clock
         self.offset_ms = 0
         """Server clock minus this process's clock, as of the last promotion."""
+        self._synced = False
         self.promoted = 0
         self.expired = 0
         self._wake = anyio.Event()
@@ -201,20 +203,23 @@ class Promoter:
             last_id = self._last_id or b"0-0"
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._listen, listener, last_id)
-                await self._sync_clock()
                 failures = 0
                 while True:
                     try:
+                        if failures or not self._synced:
+                            await self._sync_clock()
                         next_due = await self.promote_due()
                         await reconcile_recurring(self.redis, self.stream, self.server_now_ms())
-                        failures = 0
-                    except connection.TRANSIENT_ERRORS as exc:
-                        # Nothing is lost meanwhile: due jobs wait in the delayed set.
+                    except (*TRANSIENT_ERRORS, ConnectionFailed, ServerFull) as exc:
+                        # (The last two: a recurring occurrence the producer could not add.)
+                        # Nothing is lost meanwhile: due jobs wait in the delayed set, and
+                        # another worker's promoter (or this one, later) moves them.
                         failures += 1
-                        delay = min(5.0, 0.05 * 2 ** min(failures, 7))
-                        log.warning("promoting due jobs failed (%s); retrying in %.2fs", exc, delay)
+                        delay = retry_delay(failures)
+                        log.warning("promotion failed (%s); retrying in %.2fs", exc, delay)
                         await anyio.sleep(delay)
                         continue
+                    failures = 0
                     wait = MAX_SLEEP_SECONDS
                     if next_due is not None:
                         wait = min(wait, max(0.0, (next_due - self.server_now_ms()) / 1000))
@@ -252,6 +257,7 @@ class Promoter:
     async def _sync_clock(self) -> None:
         seconds, micros = await self.redis.time()
         self.offset_ms = int(seconds) * 1000 + int(micros) // 1000 - round(self.clock() * 1000)
+        self._synced = True
 
     async def _last_control_id(self, listener: Redis) -> bytes:
         newest: Any = await listener.xrevrange(keys.control(self.stream), count=1)
@@ -262,7 +268,7 @@ class Promoter:
         while True:
             try:
                 reply: Any = await listener.xread({control: last_id}, count=100, block=5000)
-            except connection.TRANSIENT_ERRORS as exc:
+            except TRANSIENT_ERRORS as exc:
                 log.warning("control stream read failed, retrying: %s", exc)
                 await anyio.sleep(1)
                 continue

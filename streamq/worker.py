@@ -41,6 +41,7 @@ from redis.asyncio import Redis
 
 from streamq import codec, connection, health, keys, limiter, logs, metrics, scheduler, scripts
 from streamq.config import StreamConfig
+from streamq.connection import TRANSIENT_ERRORS, retry_delay
 from streamq.errors import Fail, RateLimited, Retry
 from streamq.handler import Handler, Hooks
 from streamq.job import Job
@@ -49,7 +50,6 @@ log = logging.getLogger("streamq.worker")
 
 T = TypeVar("T")
 
-RECONNECT_ERRORS: Final = connection.TRANSIENT_ERRORS
 HEARTBEAT_SECONDS: Final = 5.0
 ACKS_IN_FLIGHT: Final = 2
 WATCHDOG_SECONDS: Final = 0.25
@@ -377,7 +377,7 @@ class Worker:
         """After a lost connection: on a cluster the stream's slot may have a new master."""
         self._reader_id = None
         if connection.is_cluster_client(self.redis) and self._own_reader is not None:
-            with contextlib.suppress(*RECONNECT_ERRORS):
+            with contextlib.suppress(*TRANSIENT_ERRORS):
                 await self._own_reader.aclose()
             self._own_reader = None
             await connection.refresh_topology(self.redis)
@@ -389,7 +389,7 @@ class Worker:
             # Another connection to the reader's server: on a cluster, self.redis could send
             # CLIENT UNBLOCK to any node.
             unblocker = Redis(connection_pool=self._reader.connection_pool)
-            with contextlib.suppress(*RECONNECT_ERRORS):
+            with contextlib.suppress(*TRANSIENT_ERRORS):
                 await unblocker.client_unblock(reader_id)
 
     # -- fetching -------------------------------------------------------------------------------
@@ -413,7 +413,7 @@ class Worker:
                 if not found and not self._stopping:
                     await self._idle_until_work(room)
                 failures = 0
-            except RECONNECT_ERRORS as exc:  # first: CLUSTERDOWN and MOVED are ResponseErrors
+            except TRANSIENT_ERRORS as exc:  # first: CLUSTERDOWN and MOVED are ResponseErrors
                 failures += 1
                 await self._pause_after_failure("fetch", exc, failures)
                 await self._replace_reader()
@@ -423,7 +423,7 @@ class Worker:
                 log.warning(
                     "consumer group of %s is gone (stream deleted?): recreating", self.stream
                 )
-                await self.ensure_groups()
+                await self._retrying("recreate groups", self.ensure_groups)
 
     def _hold_platform(self, until_ms: int) -> None:
         """The platform asked every worker to hold off (a handler raised RateLimited with
@@ -548,10 +548,10 @@ class Worker:
             await self._dead_letter(lane, rejects)
         if jobs and deliveries is not None:
             # Reclaimed from a worker that died: a cancel sent meanwhile only flagged the record.
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for job in jobs:
-                    pipe.hexists(self._record_prefix + job.id, "cancel")
-                flags = await pipe.execute()
+            # Retried until it answers: these entries are held here now, and giving up would
+            # leave them held (and refreshed) with nobody to run them.
+            flags = await self._retrying("read cancel flags", lambda: self._cancel_flags(jobs))
+            assert flags is not None  # unbounded retries
             for job, flagged in zip(jobs, flags, strict=True):
                 job.cancelled = bool(flagged)
         if jobs:
@@ -566,6 +566,13 @@ class Worker:
             self._ready[lane].extend(jobs)
             self._wake_consumers()
         return len(entries)
+
+    async def _cancel_flags(self, jobs: list[Job]) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.hexists(self._record_prefix + job.id, "cancel")
+            flags: list[Any] = await pipe.execute()
+        return flags
 
     async def _admit(self, lane: int, jobs: list[Job], *, reclaimed: bool) -> list[Job]:
         """Pass the jobs that rate limits or pauses concern through the admission script;
@@ -896,7 +903,7 @@ class Worker:
                     pipe.zrem(keys.rate_log(self.stream), member)
                 if self._limits.account and job.envelope.account is not None:
                     pipe.zrem(keys.rate_log(self.stream, job.envelope.account), member)
-            with contextlib.suppress(*RECONNECT_ERRORS):
+            with contextlib.suppress(*TRANSIENT_ERRORS):
                 await pipe.execute()
 
     def _held_back(self, env: codec.Envelope, wait_ms: int) -> tuple[Any, ...]:
@@ -1102,7 +1109,7 @@ class Worker:
         while True:
             try:
                 await self._reclaim_once()
-            except RECONNECT_ERRORS as exc:
+            except TRANSIENT_ERRORS as exc:
                 log.warning("reclaim failed, will try again: %s", exc)
             except redis_errors.ResponseError as exc:
                 if not _lane_gone(exc):
@@ -1149,7 +1156,7 @@ class Worker:
                 lost = await scripts.refresh_claims(
                     self.redis, self._lanes, [keys.GROUP, self.consumer, *_lane_args(held)]
                 )
-            except (*RECONNECT_ERRORS, redis_errors.ResponseError) as exc:
+            except (*TRANSIENT_ERRORS, redis_errors.ResponseError) as exc:
                 log.warning("could not refresh claims, will try again: %s", exc)
                 continue
             for entry_id in lost:
@@ -1166,7 +1173,7 @@ class Worker:
     async def _retire(self) -> None:
         try:
             await scripts.retire_consumer(self.redis, self._lanes, [keys.GROUP, self.consumer])
-        except (*RECONNECT_ERRORS, redis_errors.ResponseError) as exc:
+        except (*TRANSIENT_ERRORS, redis_errors.ResponseError) as exc:
             log.debug("could not retire consumer %s: %s", self.consumer, exc)
 
     # -- failures -------------------------------------------------------------------------------
@@ -1183,7 +1190,7 @@ class Worker:
         while True:
             try:
                 return await call()
-            except RECONNECT_ERRORS as exc:
+            except TRANSIENT_ERRORS as exc:
                 failures += 1
                 if attempts is not None and failures >= attempts:
                     log.warning("%s failed %d times, giving up: %s", what, failures, exc)
@@ -1191,7 +1198,7 @@ class Worker:
                 await self._pause_after_failure(what, exc, failures)
 
     async def _pause_after_failure(self, what: str, exc: BaseException, failures: int) -> None:
-        delay = min(5.0, 0.05 * 2 ** min(failures, 7))
+        delay = retry_delay(failures)
         log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
         with anyio.move_on_after(delay):
             await self._stop_event.wait() if what == "fetch" else anyio.sleep(delay)

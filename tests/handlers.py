@@ -52,6 +52,23 @@ async def record(job: Job) -> str:
     return job.id
 
 
+async def server_stamp(job: Job) -> None:
+    """Note, by the server's clock, when the job started and when it was due.
+
+    A payload {"fail_first": true} asks for a retry 2 s later on the first attempt.
+    """
+    prefix = os.environ.get("STREAMQ_TEST_RECORD", "rec")
+    seconds, micros = await (await _redis()).time()
+    started = int(seconds) * 1000 + int(micros) // 1000
+    due = job.run_at.timestamp() * 1000 if job.run_at is not None else None
+    line = json.dumps({"id": job.id, "a": job.attempt, "start": started, "due": due})
+    await (await _redis()).rpush(f"{prefix}:starts", line)
+    await (await _redis()).sadd(f"{prefix}:by:{os.getpid()}", job.id)
+    if isinstance(job.payload, dict) and job.payload.get("fail_first") and job.attempt == 1:
+        raise Retry(after=2, reason="first attempt retries in 2 s")
+    await (await _redis()).hincrby(f"{prefix}:succeeded", job.id, 1)
+
+
 async def noop(job: Job) -> None:
     return None
 

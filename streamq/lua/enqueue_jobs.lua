@@ -20,6 +20,9 @@ ARGV[4]     the jobs, msgpack: an array of { job id, dedup key ('' for none), en
 A job due later than the server's clock (TIME) waits in the delayed set with its envelope in
 its record; any other goes straight onto the lane. A job due before everything else waiting
 appends a wake-up to the control stream, so sleeping workers re-plan.
+A job whose record exists already is skipped: job ids are new for every enqueue, so that record
+means this very call was carried out before and its answer lost on the way; a producer sending
+it again (see streamq.producer) adds nothing twice.
 Returns a flat array of (1-based position, existing job id) for every job NOT added because its
 dedup key is held by a live job; an empty array when all were added.
 Each job added appends a 'queued' or 'scheduled' event.
@@ -33,6 +36,9 @@ local priority, expire_after, recurring = ARGV[1], ARGV[2], ARGV[3]
 local jobs = cmsgpack.unpack(ARGV[4])
 local events, event_settings = KEYS[6], events_settings(KEYS[7])
 if recurring ~= '' then
+  if redis.call('EXISTS', KEYS[8]) == 1 then
+    return {}
+  end
   if jobs[1][4] <= tonumber(redis.call('HGET', fired, recurring) or '-1') then
     return { 1, '' }
   end
@@ -43,15 +49,17 @@ local earliest = math.huge
 local taken = {}
 for job, fields in ipairs(jobs) do
   local id, key, envelope, due = fields[1], fields[2], fields[3], fields[4]
+  local record = KEYS[7 + job]
   local existing = false
   if key ~= '' then
     existing = redis.call('HGET', dedup, key)
   end
-  if existing then
+  if redis.call('EXISTS', record) == 1 then
+    -- Added by an earlier delivery of this same call.
+  elseif existing then
     taken[#taken + 1] = job
     taken[#taken + 1] = existing
   else
-    local record = KEYS[7 + job]
     if recurring ~= '' then
       redis.call('HSET', fired, recurring, math.max(due, now))
     end

@@ -26,7 +26,7 @@ from streamq.config import load_config
 from streamq.errors import StreamqError
 from streamq.server import LocalCluster, LocalServer
 from tests.conftest import spawn_worker
-from tests.faults.test_kills import figures, finish
+from tests.faults.fleet import figures, finish
 
 LONG = os.environ.get("STREAMQ_FAULTS_LONG") == "1"
 PARTITIONS = 3

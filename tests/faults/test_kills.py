@@ -10,61 +10,14 @@ Runs are recorded in the shared test server, never in the server the test kills.
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import subprocess
 import time
-from typing import Any
 
 import pytest
 import redis as sync_redis
 
-from streamq import keys
 from streamq.server import LocalServer
-from tests.conftest import run_cli, spawn_worker
-
-LONG = os.environ.get("STREAMQ_FAULTS_LONG") == "1"
-
-
-def enqueue(url: str, stream: str, jobs: int) -> set[str]:
-    lines = "".join(json.dumps({"n": i, "fail_first": i % 5 == 0}) + "\n" for i in range(jobs))
-    added = run_cli("enqueue", "--redis-url", url, "--stream", stream, "--payload", "-",
-                    input=lines, timeout=120)  # fmt: skip
-    assert added.returncode == 0, added.stderr
-    return set(added.stdout.split())
-
-
-def worker(url: str, record_url: str, stream: str) -> subprocess.Popen[str]:
-    env = {"STREAMQ_TEST_RECORD_URL": record_url, "STREAMQ_TEST_RECORD": stream,
-           "STREAMQ_TEST_JOB_SECONDS": "0.002"}  # fmt: skip
-    return spawn_worker(
-        "--redis-url", url, "--stream", stream, "--handler", "tests.handlers:record",
-        "--concurrency", "8", "--prefetch", "8", "--visibility-timeout", "1s",
-        "--log-level", "ERROR", env=env,
-    )  # fmt: skip
-
-
-def finish(processes: list[subprocess.Popen[str]]) -> None:
-    for process in processes:
-        process.kill()
-        process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-
-
-def wait_until_done(record: sync_redis.Redis, stream: str, jobs: int, within: float) -> None:
-    deadline = time.monotonic() + within
-    while record.hlen(f"{stream}:succeeded") < jobs:
-        assert time.monotonic() < deadline, f"{record.hlen(f'{stream}:succeeded')} of {jobs}"
-        time.sleep(0.05)
-
-
-def figures(record: sync_redis.Redis, stream: str, ids: set[str]) -> tuple[int, int]:
-    """(lost, succeeded more than once) from the handler's own record of its runs."""
-    raw: Any = record.hgetall(f"{stream}:succeeded")
-    succeeded = {k.decode(): int(v) for k, v in raw.items()}
-    return len(ids - set(succeeded)), sum(1 for n in succeeded.values() if n > 1)
+from tests.faults.fleet import LONG, enqueue, figures, finish, states, wait_until_done, worker
 
 
 @pytest.mark.slow
@@ -87,14 +40,14 @@ def test_fifty_worker_kills_lose_nothing(redis_url: str, stream: str) -> None:
             killed += 1
             pool.append(worker(redis_url, redis_url, stream))
         wait_until_done(record, stream, jobs, within=180)
+        end_states = states(record, stream, ids)
     finally:
         finish(pool)
     lost, twice = figures(record, stream, ids)
     print(f"\nfaults: {killed} worker SIGKILLs over {jobs} jobs: lost {lost}, ran twice {twice}")
     assert killed >= min(kills, 10)
     assert lost == 0
-    states = {record.hget(keys.job(stream, job_id), "state") for job_id in ids}
-    assert states == {b"done"}
+    assert end_states == {b"done"}
 
 
 @pytest.mark.slow
@@ -118,14 +71,13 @@ def test_a_server_killed_and_restarted_mid_run_loses_no_job(
             at_kill = record.hlen(f"{stream}:succeeded")
             srv.restart()
             wait_until_done(record, stream, jobs, within=180)
+            end_states = states(sync_redis.Redis.from_url(srv.url), stream, ids)
         finally:
             finish(pool)
         lost, twice = figures(record, stream, ids)
-        states = {sync_redis.Redis.from_url(srv.url).hget(keys.job(stream, job_id), "state")
-                  for job_id in ids}  # fmt: skip
     print(
         f"\nfaults: server SIGKILL at {at_kill}/{jobs} done, appendfsync {fsync}, "
         f"restarted: lost {lost}, ran twice {twice}"
     )
     assert lost == 0
-    assert states == {b"done"}
+    assert end_states == {b"done"}

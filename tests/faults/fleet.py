@@ -1,0 +1,88 @@
+"""What the fault tests share: a workload, worker processes that record their runs, figures.
+
+Jobs are enqueued with the CLI; workers are ``streamq consume`` processes running
+``tests.handlers:record``, which notes every run in the shared test server (never through the
+fault under test), so the figures count what handlers did, not what a worker reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from typing import Any
+
+import redis as sync_redis
+
+from streamq import keys
+from tests.conftest import run_cli, spawn_worker
+
+LONG = os.environ.get("STREAMQ_FAULTS_LONG") == "1"
+
+
+def enqueue(url: str, stream: str, jobs: int) -> set[str]:
+    lines = "".join(json.dumps({"n": i, "fail_first": i % 5 == 0}) + "\n" for i in range(jobs))
+    added = run_cli("enqueue", "--redis-url", url, "--stream", stream, "--payload", "-",
+                    input=lines, timeout=120)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    return set(added.stdout.split())
+
+
+def worker(
+    url: str, record_url: str, stream: str, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    env = {"STREAMQ_TEST_RECORD_URL": record_url, "STREAMQ_TEST_RECORD": stream,
+           "STREAMQ_TEST_JOB_SECONDS": "0.002", **(env or {})}  # fmt: skip
+    return spawn_worker(
+        "--redis-url", url, "--stream", stream, "--handler", "tests.handlers:record",
+        "--concurrency", "8", "--prefetch", "8", "--visibility-timeout", "1s",
+        "--log-level", "ERROR", *extra, env=env,
+    )  # fmt: skip
+
+
+def assert_alive(processes: list[subprocess.Popen[str]]) -> None:
+    for process in processes:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout is not None else ""
+            raise AssertionError(f"worker {process.pid} exited {process.returncode}:\n{output}")
+
+
+def finish(processes: list[subprocess.Popen[str]]) -> None:
+    for process in processes:
+        process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def wait_until_done(record: sync_redis.Redis, stream: str, jobs: int, within: float) -> None:
+    deadline = time.monotonic() + within
+    while record.hlen(f"{stream}:succeeded") < jobs:
+        assert time.monotonic() < deadline, f"{record.hlen(f'{stream}:succeeded')} of {jobs}"
+        time.sleep(0.05)
+
+
+def states(redis: sync_redis.Redis, stream: str, ids: set[str]) -> set[bytes | None]:
+    """The set of states the jobs' records end in ({b"done"} when every job ran).
+
+    Called while the workers still run: a job can have run while its acknowledgement was lost
+    (a cut, a killed server), and then it is still pending until a worker reclaims it after
+    the visibility timeout and runs it again. Polls until every record says done, or 60 s.
+    """
+    deadline = time.monotonic() + 60
+    while True:
+        with redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(keys.job(stream, job_id), "state")
+            found = set(pipe.execute())
+        if found == {b"done"} or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def figures(record: sync_redis.Redis, stream: str, ids: set[str]) -> tuple[int, int]:
+    """(lost, succeeded more than once) from the handler's own record of its runs."""
+    raw: Any = record.hgetall(f"{stream}:succeeded")
+    succeeded = {k.decode(): int(v) for k, v in raw.items()}
+    return len(ids - set(succeeded)), sum(1 for n in succeeded.values() if n > 1)
