@@ -55,6 +55,8 @@ from streamq.errors import ConfigError
 from streamq.keys import check_stream_name
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
+MAX_DURATION = 100 * 365 * 86400.0
+"""Longest duration anything takes: its milliseconds stay exact in every script's numbers."""
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
@@ -73,6 +75,8 @@ def parse_duration(value: str | int | float, what: str = "duration") -> float:
         seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
     if seconds < 0:
         raise ConfigError(f"{what} must not be negative")
+    if not seconds <= MAX_DURATION:  # also NaN, and a number too long to be finite
+        raise ConfigError(f"{what} must be at most 100 years, not {value!r}"[:200])
     return seconds
 
 

@@ -186,6 +186,7 @@ class Worker:
         ]
         self._retention_ms = round(self.options.retention * 1000)
         self._record_prefix = keys.job(self.stream, "")
+        self._id_prefix = f"{self.stream}:"
         self._script_prefix = keys.script_prefix(self.stream)
         self._admit_keys = [
             *self._lanes,
@@ -466,6 +467,12 @@ class Worker:
                 env = codec.decode_fields(fields)
             except codec.UnknownEntry as exc:
                 rejects.append((entry_id, str(exc), None))
+                continue
+            if not env.id.startswith(self._id_prefix):
+                # Written by hand or copied from another stream: its record would be filed
+                # where no lookup by its id could find it.
+                reason = f"job id {env.id[:100]!r} does not belong to stream {stream!r}"
+                rejects.append((entry_id, reason, None))
                 continue
             if deliveries is not None:
                 if deliveries[index] > self.options.max_deliveries:
