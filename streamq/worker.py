@@ -6,7 +6,8 @@
     reclaimer   takes over entries idle past the visibility timeout (crashed consumers)
     refresher   keeps the claims of jobs this worker holds fresh, so nobody takes them over
     promoter    moves due scheduled jobs and retries onto the lanes; hears cancellations
-    watchdog    cancels handlers that run past their job timeout
+    watchdog    cancels handlers that run past their job timeout; stamps the heartbeat
+    heartbeat   a thread, not a task: keeps the claims fresh while a handler blocks the loop
 
 Nothing is done per job against Redis: entries arrive in batches (the highest lane read
 first), and completions are acknowledged in batches, each ack call carrying every
@@ -43,6 +44,7 @@ from streamq import codec, health, keys, limiter, logs, metrics, scheduler, scri
 from streamq.config import StreamConfig
 from streamq.errors import Fail, RateLimited, Retry
 from streamq.handler import Handler, Hooks
+from streamq.heartbeat import Heartbeat
 from streamq.job import Job
 
 log = logging.getLogger("streamq.worker")
@@ -98,12 +100,6 @@ class _Slot:
 
 class JobTimeout(Exception):
     pass
-
-
-def _lane_args(by_lane: list[list[bytes]]) -> list[scripts.EncodableArg]:
-    """Entry ids grouped by lane as the scripts take them: the count of each lane, then the ids."""
-    counts: list[scripts.EncodableArg] = [len(ids) for ids in by_lane]
-    return counts + [i for ids in by_lane for i in ids]
 
 
 def consumer_name() -> str:
@@ -199,6 +195,14 @@ class Worker:
             keys.events(stream),
             keys.meta(stream),
         ]
+        self.heartbeat = Heartbeat(
+            redis,
+            self.stream,
+            self.consumer,
+            self._running_now,
+            visibility_timeout=self.options.visibility_timeout,
+            give_up_after=self.options.job_timeout,
+        )
         self.promoter = scheduler.Promoter(
             redis,
             self.stream,
@@ -234,6 +238,7 @@ class Worker:
             self.options.concurrency,
             extra={"stream": self.stream, "consumer": self.consumer},
         )
+        self.heartbeat.start()
         try:
             async with anyio.create_task_group() as background:
                 if handle_signals:
@@ -255,9 +260,11 @@ class Worker:
                 await self._run_consumers()
                 await self._finish_acks()
                 background.cancel_scope.cancel()
+            self.heartbeat.stop()  # the watchdog stamps no more: that is not a stall
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._retire()
         finally:
+            self.heartbeat.stop()
             with anyio.CancelScope(shield=True):
                 await self._reader.aclose()
         log.info(
@@ -438,6 +445,11 @@ class Worker:
             if by_name.get(name):
                 await self._accept(lane, by_name[name])
 
+    def _running_now(self) -> list[str]:
+        """Ids of the jobs running now (read by the heartbeat thread for its warning)."""
+        jobs = [slot.job for slot in self._slots]
+        return [job.id for job in jobs if job is not None]
+
     @property
     def stopping(self) -> bool:
         return self._stopping
@@ -482,8 +494,17 @@ class Worker:
                     )
                     rejects.append((entry_id, reason, env))
                     continue
-                # A run cut short by a crash counts as an attempt too.
+                # A run cut short by a crash counts as an attempt too, so a job that crashes
+                # its worker every time ends dead after max_attempts, not max_deliveries.
                 env = msgspec.structs.replace(env, attempt=env.attempt + deliveries[index] - 1)
+                allowed = env.max_attempts or self.options.max_attempts
+                if env.attempt > allowed:
+                    reason = (
+                        f"gave up after {allowed} attempts: the worker running it stopped "
+                        "before it finished (crashed, killed, or stalled)"
+                    )
+                    rejects.append((entry_id, reason, env))
+                    continue
             jobs.append(Job(stream, priority, env, lane, entry_id))
         if rejects:
             await self._dead_letter(lane, rejects)
@@ -911,6 +932,7 @@ class Worker:
     async def _watchdog(self) -> None:
         while True:
             await anyio.sleep(WATCHDOG_SECONDS)
+            self.heartbeat.tick()
             now = time.monotonic()
             for slot in self._slots:
                 if slot.job is not None and now > slot.deadline and slot.scope is not None:
@@ -1088,7 +1110,7 @@ class Worker:
             held = [list(ids) for ids in self._held]
             try:
                 lost = await scripts.refresh_claims(
-                    self.redis, self._lanes, [keys.GROUP, self.consumer, *_lane_args(held)]
+                    self.redis, self._lanes, [keys.GROUP, self.consumer, *scripts.lane_args(held)]
                 )
             except (*RECONNECT_ERRORS, redis_errors.ResponseError) as exc:
                 log.warning("could not refresh claims, will try again: %s", exc)
