@@ -22,15 +22,13 @@ from redis.exceptions import NoScriptError
 
 from streamq import codec, metrics, scheduler, scripts
 from streamq import keys as keyspace
-from streamq.config import Backoff, Config, parse_duration
+from streamq.config import MAX_ATTEMPTS, Backoff, Config, parse_duration
 from streamq.errors import ConfigError, InvalidJobState, PayloadError
 from streamq.keys import Priority
 
 OFFSET_REFRESH_SECONDS: Final = 60.0
 SLICE: Final = 500
 PIPELINE_SLICES: Final = 16
-MAX_ATTEMPTS: Final = 1_000_000
-"""A job's own max_attempts at most (an entry's numbers must stay within what scripts carry)."""
 
 OnConflict = Literal["keep", "replace"]
 
