@@ -11,12 +11,13 @@ here, to run them twice. So a daemon thread watches the loop:
            stall in the metrics, and refreshes the claims through its own synchronous
            connection until the loop runs again
 
-It refreshes every entry still pending for this worker's consumer (refresh_pending.lua), not a
-copy of the loop's held sets: a stalled loop also answers for entries a blocking read received
-that it has not looked at yet, and for finished jobs it has not acknowledged; an entry the loop
-let go is acknowledged or handed back, so no longer pending for it. It gives up once a stall
-outlasts the job timeout: a loop blocked that long will not finish its jobs, and other workers
-should have them. It stops with the worker.
+It refreshes (refresh_pending.lua) the entries the loop holds and the finished ones it has not
+acknowledged (a copy taken under the GIL), which this consumer still owns, and the entries
+delivered to it since the stall began: a blocking read the loop had sent receives entries it
+has not looked at yet. An older entry the loop does not know is not kept: its read's reply
+was lost (a dropped connection), and another worker must reclaim it. The thread gives up once a
+stall outlasts the job timeout: a loop blocked that long will not finish its jobs, and other
+workers should have them. It stops with the worker.
 """
 
 from __future__ import annotations
@@ -47,10 +48,6 @@ STALLS: Final = prometheus_client.Counter(
     ["stream"],
 )
 
-MOST_PENDING: Final = 100_000
-"""Entries per lane the heartbeat refreshes at most (a worker holds its concurrency plus its
-read-ahead, at most about a thousand more)."""
-
 _SYNC_CONNECTIONS: Final = {
     "Connection": sync_redis.Connection,
     "SSLConnection": sync_redis.SSLConnection,
@@ -76,6 +73,7 @@ class Heartbeat:
         redis: Redis,
         stream: str,
         consumer: str,
+        held: Callable[[], list[list[bytes]]],
         running: Callable[[], list[str]],
         *,
         visibility_timeout: float,
@@ -86,14 +84,15 @@ class Heartbeat:
         self._stream = stream
         self._consumer = consumer
         self._lanes = keys.lanes(stream)
+        self._held = held
         self._running = running
         self.refresh_every = visibility_timeout / 3
-        # Soon enough that a claim refreshed just before the loop stopped is refreshed again
-        # well within the visibility timeout (at most refresh_every + stall_after + check_every).
-        self.stall_after = (
-            stall_after if stall_after is not None else min(2.0, visibility_timeout / 6)
-        )
-        self.check_every = min(self.stall_after / 2, 0.5)
+        # Soon enough that a claim the loop refreshed just before it stopped is refreshed again
+        # within the visibility timeout (after refresh_every + stall_after + check_every at
+        # most), and well above the watchdog's stamping period, which a busy loop stretches.
+        default = max(0.5, min(2.0, visibility_timeout / 4))
+        self.stall_after = stall_after if stall_after is not None else default
+        self.check_every = self.stall_after / 4
         self._give_up_after = give_up_after
         self._ticked = time.monotonic()
         self._stop = threading.Event()
@@ -170,12 +169,13 @@ class Heartbeat:
                 continue
             if now - refreshed >= self.refresh_every:
                 refreshed = now
-                self._refresh()
+                self._refresh(now - stall_began)
 
-    def _refresh(self) -> None:
+    def _refresh(self, stalled: float) -> None:
         if self._client is None:
             self._client = sync_twin(self._async_client)
-        args: list[scripts.EncodableArg] = [keys.GROUP, self._consumer, MOST_PENDING]
+        args: list[scripts.EncodableArg] = [keys.GROUP, self._consumer, int(stalled * 1000)]
+        args += scripts.lane_args(self._held())
         script = scripts.refresh_pending
         try:
             try:

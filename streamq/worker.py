@@ -170,6 +170,7 @@ class Worker:
         self._cursors: list[str] = ["0-0"] * len(keys.LANES)
         self._slots = [_Slot() for _ in range(self.options.concurrency)]
         self._finished: list[tuple[Job, tuple[Any, ...]]] = []
+        self._acking: list[list[tuple[Job, tuple[Any, ...]]]] = []  # batches on the wire
         self._fixed_finish_keys = [
             *self._lanes,
             self._dedup,
@@ -199,6 +200,7 @@ class Worker:
             redis,
             self.stream,
             self.consumer,
+            self._held_now,
             self._running_now,
             visibility_timeout=self.options.visibility_timeout,
             give_up_after=self.options.job_timeout,
@@ -444,6 +446,17 @@ class Worker:
         for lane, name in enumerate(self._lanes):
             if by_name.get(name):
                 await self._accept(lane, by_name[name])
+
+    def _held_now(self) -> list[list[bytes]]:
+        """The entries this worker answers for, per lane, for the heartbeat thread: held ones,
+        and finished ones not yet acknowledged (they would run again elsewhere too). set.copy()
+        and list() of a list are one step each under the GIL, so the loop changing them
+        meanwhile cannot break the copy."""
+        held = [ids.copy() for ids in self._held]
+        for batch in [list(self._finished), *list(self._acking)]:
+            for job, _ in batch:
+                held[job._lane].add(job._entry)
+        return [list(ids) for ids in held]
 
     def _running_now(self) -> list[str]:
         """Ids of the jobs running now (read by the heartbeat thread for its warning)."""
@@ -967,9 +980,11 @@ class Worker:
     async def _record_batch(
         self, batch: list[tuple[Job, tuple[Any, ...]]], in_flight: anyio.Semaphore
     ) -> None:
+        self._acking.append(batch)
         try:
             await self._retrying("ack", lambda: self._record(batch))
         finally:
+            self._acking.remove(batch)
             in_flight.release()
         if self._unstarted:
             await self._give_back_starts()
