@@ -204,9 +204,18 @@ class Promoter:
                 tasks.start_soon(self._listen, listener, last_id)
                 await self._sync_clock()
                 while True:
-                    next_due = await self.promote_due()
-                    await reconcile_recurring(self.redis, self.stream, self.server_now_ms())
                     wait = MAX_SLEEP_SECONDS
+                    try:
+                        next_due = await self.promote_due()
+                        await reconcile_recurring(self.redis, self.stream, self.server_now_ms())
+                    except (
+                        redis_errors.ConnectionError,
+                        redis_errors.TimeoutError,
+                        OSError,
+                    ) as exc:
+                        # Promotion is one script per batch: whatever did not move is still due.
+                        log.warning("promotion failed, retrying in 1s: %s", exc)
+                        next_due, wait = None, 1.0
                     if next_due is not None:
                         wait = min(wait, max(0.0, (next_due - self.server_now_ms()) / 1000))
                     with anyio.move_on_after(wait):
