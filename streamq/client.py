@@ -10,7 +10,7 @@ from typing import Any, Self
 
 from redis.asyncio import Redis
 
-from streamq import connection, control, keys, limiter, platforms, scheduler, stats
+from streamq import codec, connection, control, keys, limiter, platforms, scheduler, stats
 from streamq.config import Backoff, Config, load_config
 from streamq.control import DeadLetter, JobInfo
 from streamq.events import Event, follow
@@ -298,6 +298,7 @@ class Queue:
         runs once however many workers there are. Replaces a schedule of the same name."""
         from streamq.producer import check_priority
 
+        codec.check_payload(payload)
         check = self.validator(stream)
         if check is not None:
             check([payload])

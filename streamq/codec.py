@@ -7,18 +7,30 @@ tell a foreign entry (any other shape) from one of ours without guessing.
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 import orjson
 
 from streamq.config import Backoff
-from streamq.errors import PayloadError
+from streamq.errors import ConfigError, PayloadError
+from streamq.keys import MAX_ACCOUNT_LENGTH, MAX_KEY_LENGTH
 
 ENTRY_FIELD: Final = b"j"
 FORMAT_VERSION: Final = 1
+
+# Bounds an entry written by hand must keep to: a number the scripts cannot carry exactly
+# (msgpack stops at 64 bits, Lua's numbers at 2**53) would fail later, in the middle of
+# acknowledging a whole batch, instead of here, where the one entry is dead-lettered.
+_LARGEST: Final = 2**53
+Count = Annotated[int, msgspec.Meta(ge=1, le=_LARGEST)]
+Millis = Annotated[int, msgspec.Meta(ge=0, le=_LARGEST)]
+JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
+Account = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ACCOUNT_LENGTH)]
 
 
 class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
@@ -28,21 +40,21 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     that an older worker can read entries written by a newer producer during a rolling upgrade.
     """
 
-    id: str
+    id: JobId
     payload: Any
-    enqueued_at_ms: int = msgspec.field(name="t")
-    attempt: int = msgspec.field(default=1, name="a")
-    key: str | None = msgspec.field(default=None, name="k")
-    version: int = msgspec.field(default=FORMAT_VERSION, name="v")
-    run_at_ms: int | None = msgspec.field(default=None, name="r")
+    enqueued_at_ms: Millis = msgspec.field(name="t")
+    attempt: Count = msgspec.field(default=1, name="a")
+    key: Key | None = msgspec.field(default=None, name="k")
+    version: Count = msgspec.field(default=FORMAT_VERSION, name="v")
+    run_at_ms: Millis | None = msgspec.field(default=None, name="r")
     """When the job was due (scheduled jobs and retries); None means at enqueue."""
-    expire_after_ms: int | None = msgspec.field(default=None, name="x")
-    max_attempts: int | None = msgspec.field(default=None, name="m")
-    job_timeout_ms: int | None = msgspec.field(default=None, name="o")
+    expire_after_ms: Millis | None = msgspec.field(default=None, name="x")
+    max_attempts: Count | None = msgspec.field(default=None, name="m")
+    job_timeout_ms: Millis | None = msgspec.field(default=None, name="o")
     cron: str | None = msgspec.field(default=None, name="c")
     """Name of the recurring schedule this occurrence belongs to."""
     backoff: Backoff | None = msgspec.field(default=None, name="b")
-    account: str | None = msgspec.field(default=None, name="u")
+    account: Account | None = msgspec.field(default=None, name="u")
     """The account that publishes the job: its rate limits and pause apply."""
 
 
@@ -57,9 +69,60 @@ def encode(envelope: Envelope) -> bytes:
         raise PayloadError(f"payload cannot be encoded as JSON: {exc}") from None
 
 
+class _PayloadOnly(msgspec.Struct):
+    payload: Any
+
+
+_payload_decoder = msgspec.json.Decoder(_PayloadOnly)
+
+
+def encode_new(envelope: Envelope) -> bytes:
+    """``encode`` for a job being added: also refuses a payload that JSON would not give back
+    as it is (bytes, tuples, sets, NaN, keys that are not strings, dates, objects), so a
+    handler always sees exactly what was enqueued. Raises PayloadError."""
+    encoded = encode(envelope)
+    if _payload_decoder.decode(encoded).payload != envelope.payload:
+        raise PayloadError(
+            f"payload cannot be stored exactly as JSON: {_first_change(envelope.payload)}"
+        )
+    return encoded
+
+
+def check_payload(payload: Any) -> None:
+    """Raise PayloadError unless ``payload`` round-trips through JSON exactly."""
+    encode_new(Envelope(id="-", payload=payload, enqueued_at_ms=0))
+
+
+def _first_change(value: Any, path: str = "$") -> str:
+    """Where JSON would change ``value``, for the error message."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path} is {value!r} (JSON has no NaN or infinity)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} has a key of type {type(key).__name__} (JSON keys are strings)"
+            found = _first_change(item, f"{path}.{key[:40]}")
+            if found:
+                return found
+        return ""
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _first_change(item, f"{path}[{index}]")
+            if found:
+                return found
+        return ""
+    if value is None or isinstance(value, str | int | float):
+        return ""
+    hint = " (use a list)" if isinstance(value, tuple | set | frozenset) else ""
+    return f"{path} is a {type(value).__name__}{hint}"
+
+
 def decode(raw: bytes) -> Envelope:
     """Decode an entry's ``j`` value; raises msgspec errors if it is not ours."""
-    return _decoder.decode(raw)
+    try:
+        return _decoder.decode(raw)
+    except ConfigError as exc:  # a nested setting (the backoff) checks itself as it decodes
+        raise msgspec.ValidationError(str(exc)) from None
 
 
 class UnknownEntry(ValueError):
@@ -77,7 +140,7 @@ def decode_fields(fields: list[bytes] | dict[bytes, bytes]) -> Envelope:
             raise UnknownEntry(f"foreign entry with fields {_field_names(fields[::2])}")
         raw = fields[1]
     try:
-        envelope = _decoder.decode(raw)
+        envelope = decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise UnknownEntry(f"undecodable entry: {exc}") from None
     if envelope.version > FORMAT_VERSION:
@@ -86,7 +149,7 @@ def decode_fields(fields: list[bytes] | dict[bytes, bytes]) -> Envelope:
 
 
 def _field_names(names: list[bytes]) -> str:
-    shown = [n.decode("utf-8", "backslashreplace") for n in names[:5]]
+    shown = [n[:40].decode("utf-8", "backslashreplace") or "''" for n in names[:5]]
     return "[" + ", ".join(shown) + (", ..." if len(names) > 5 else "") + "]"
 
 

@@ -58,6 +58,14 @@ from streamq.errors import ConfigError
 from streamq.keys import MAX_PARTITIONS, base_stream, check_stream_name
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
+MAX_CONCURRENCY = 10_000
+"""Handlers one worker runs at once at most (each is a task with its own slot)."""
+MAX_PAYLOAD_BYTES = 512 << 20
+"""The largest value a Redis server takes by default (proto-max-bulk-len)."""
+MAX_ATTEMPTS = 1_000_000
+"""Attempts and deliveries at most: an entry's numbers must stay within what scripts carry."""
+MAX_DURATION = 100 * 365 * 86400.0
+"""Longest duration anything takes: its milliseconds stay exact in every script's numbers."""
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
@@ -76,6 +84,8 @@ def parse_duration(value: str | int | float, what: str = "duration") -> float:
         seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
     if seconds < 0:
         raise ConfigError(f"{what} must not be negative")
+    if not seconds <= MAX_DURATION:  # also NaN, and a number too long to be finite
+        raise ConfigError(f"{what} must be at most 100 years, not {value!r}"[:200])
     return seconds
 
 
@@ -277,16 +287,18 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             raise ConfigError("max_attempts must be at least 1")
         if self.job_timeout is not None and self.job_timeout <= 0:
             raise ConfigError("job_timeout must be positive")
-        if self.concurrency < 1:
-            raise ConfigError("concurrency must be at least 1")
-        if self.prefetch is not None and self.prefetch < 0:
-            raise ConfigError("prefetch must not be negative")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ConfigError(f"concurrency must be from 1 to {MAX_CONCURRENCY}")
+        if self.prefetch is not None and not 0 <= self.prefetch <= MAX_CONCURRENCY:
+            raise ConfigError(f"prefetch must be from 0 to {MAX_CONCURRENCY}")
         if self.visibility_timeout < 1:
             raise ConfigError("visibility_timeout must be at least 1s")
         if self.max_deliveries < 1:
             raise ConfigError("max_deliveries must be at least 1")
-        if self.max_payload_bytes < 1:
-            raise ConfigError("max_payload_bytes must be at least 1")
+        if not 1 <= self.max_payload_bytes <= MAX_PAYLOAD_BYTES:
+            raise ConfigError(f"max_payload_bytes must be from 1 to {MAX_PAYLOAD_BYTES}")
+        if self.max_attempts > MAX_ATTEMPTS or self.max_deliveries > MAX_ATTEMPTS:
+            raise ConfigError(f"max_attempts and max_deliveries must be at most {MAX_ATTEMPTS}")
 
 
 class PlatformConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

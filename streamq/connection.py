@@ -188,6 +188,39 @@ def sync_client(url: str) -> sync_redis.Redis:
     return cast(sync_redis.Redis, sync_redis.RedisCluster(startup_nodes=nodes, **options))
 
 
+_SYNC_CONNECTIONS: Final = {
+    "Connection": sync_redis.Connection,
+    "SSLConnection": sync_redis.SSLConnection,
+    "UnixDomainSocketConnection": sync_redis.UnixDomainSocketConnection,
+}
+
+
+def sync_twin(client: Redis, key: str) -> sync_redis.Redis:
+    """A synchronous client of one connection for the server (credentials, TLS files) of an
+    async one; on a cluster, for the master that holds ``key``'s slot now."""
+    cluster = as_cluster(client)
+    if cluster is not None:
+        node = cluster.get_node_from_key(key)
+        if node is None:
+            raise redis_errors.SlotNotCoveredError(f"no node holds {key!r}'s slot")
+        kwargs: dict[str, Any] = {
+            name: value
+            for name, value in cluster.get_connection_kwargs().items()
+            if name in _NODE_OPTIONS or name.startswith("ssl_")
+        }
+        kwargs |= {"host": node.host, "port": int(node.port)}
+        base: Any = cluster.get_connection_kwargs()["connection_class"]
+    else:
+        kwargs = dict(client.connection_pool.connection_kwargs)
+        base = client.connection_pool.connection_class
+    name = base.__name__.removeprefix("Guarded")  # our uvloop guard: async only
+    sync_class = _SYNC_CONNECTIONS.get(name, sync_redis.Connection)
+    if sync_class is not sync_redis.SSLConnection:
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("ssl_")}
+    pool = sync_redis.ConnectionPool(connection_class=sync_class, max_connections=1, **kwargs)
+    return sync_redis.Redis(connection_pool=pool)
+
+
 def _cluster_seeds(url: str, options: dict[str, Any]) -> list[tuple[str, int]]:
     """The host:port pairs of a cluster URL; its user and password go into ``options``."""
     credentials, at, hosts = urlsplit(url).netloc.rpartition("@")

@@ -30,7 +30,7 @@ from redis.exceptions import NoScriptError
 
 from streamq import codec, metrics, scheduler, scripts
 from streamq import keys as keyspace
-from streamq.config import Backoff, Config, parse_duration
+from streamq.config import MAX_ATTEMPTS, Backoff, Config, parse_duration
 from streamq.connection import TRANSIENT_ERRORS, retry_delay
 from streamq.errors import ConfigError, ConnectionFailed, InvalidJobState, PayloadError, ServerFull
 from streamq.keys import Priority
@@ -191,8 +191,8 @@ class Producer:
         opts = options or JobOptions()
         if opts.on_conflict not in get_args(OnConflict):
             raise ConfigError(f"unknown on_conflict {opts.on_conflict!r}: use keep or replace")
-        if opts.max_attempts is not None and opts.max_attempts < 1:
-            raise ConfigError("max_attempts must be at least 1")
+        if opts.max_attempts is not None and not 1 <= opts.max_attempts <= MAX_ATTEMPTS:
+            raise ConfigError(f"max_attempts must be from 1 to {MAX_ATTEMPTS}")
         payload_list = payloads if isinstance(payloads, list) else list(payloads)
         if keys is not None and len(keys) != len(payload_list):
             raise ConfigError("enqueue_many: keys must have one entry per payload")
@@ -389,7 +389,7 @@ class Producer:
             [
                 job_id,
                 key,
-                codec.encode(envelope),
+                codec.encode_new(envelope),
                 "" if template.run_at_ms is None else template.run_at_ms,
                 keyspace.script_prefix(stream),
                 template.account or "",
@@ -458,7 +458,7 @@ def _encode(
     due = template.run_at_ms or 0
     replace = msgspec.structs.replace
     record_prefix = keyspace.job(stream, "")
-    encode = codec.encode
+    encode = codec.encode_new
     for index, payload in enumerate(payloads):
         job_id = codec.new_job_id(stream, template.enqueued_at_ms)
         key = job_keys[index] if job_keys is not None else None
@@ -466,7 +466,12 @@ def _encode(
         account = accounts[index] if accounts is not None else None
         envelope = replace(template, id=job_id, payload=payload, key=key, account=account)
         record_keys.append(record_prefix + job_id)
-        encoded = encode(envelope)
+        try:
+            encoded = encode(envelope)
+        except PayloadError as exc:
+            if first or len(payloads) > 1:
+                raise PayloadError(f"payload {first + index + 1}: {exc}") from None
+            raise
         if len(encoded) > max_bytes:
             raise PayloadError(
                 f"payload {first + index + 1} is {len(encoded)} bytes encoded, over the "

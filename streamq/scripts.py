@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -36,6 +37,13 @@ class Script:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
 
+def lane_args(by_lane: Sequence[Iterable[bytes]]) -> list[EncodableArg]:
+    """Entry ids grouped by lane as the scripts take them: the count of each lane, then the ids."""
+    lanes = [list(ids) for ids in by_lane]
+    counts: list[EncodableArg] = [len(ids) for ids in lanes]
+    return counts + [i for ids in lanes for i in ids]
+
+
 _INCLUDE = re.compile(rb'^-- @include "([\w.]+)"$', re.MULTILINE)
 
 
@@ -57,6 +65,7 @@ revive_job = load("revive_job")
 dead_letter = load("dead_letter")
 reclaim_jobs = load("reclaim_jobs")
 refresh_claims = load("refresh_claims")
+refresh_pending = load("refresh_pending")
 release_jobs = load("release_jobs")
 retire_consumer = load("retire_consumer")
 admit_jobs = load("admit_jobs")

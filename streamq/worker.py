@@ -6,7 +6,8 @@
     reclaimer   takes over entries idle past the visibility timeout (crashed consumers)
     refresher   keeps the claims of jobs this worker holds fresh, so nobody takes them over
     promoter    moves due scheduled jobs and retries onto the lanes; hears cancellations
-    watchdog    cancels handlers that run past their job timeout
+    watchdog    cancels handlers that run past their job timeout; stamps the heartbeat
+    heartbeat   a thread, not a task: keeps the claims fresh while a handler blocks the loop
 
 Nothing is done per job against Redis: entries arrive in batches (the highest lane read
 first), and completions are acknowledged in batches, each ack call carrying every
@@ -44,6 +45,7 @@ from streamq.config import StreamConfig
 from streamq.connection import TRANSIENT_ERRORS, retry_delay
 from streamq.errors import Fail, RateLimited, Retry
 from streamq.handler import Handler, Hooks
+from streamq.heartbeat import Heartbeat
 from streamq.job import Job
 
 log = logging.getLogger("streamq.worker")
@@ -98,12 +100,6 @@ class _Slot:
 
 class JobTimeout(Exception):
     pass
-
-
-def _lane_args(by_lane: list[list[bytes]]) -> list[scripts.EncodableArg]:
-    """Entry ids grouped by lane as the scripts take them: the count of each lane, then the ids."""
-    counts: list[scripts.EncodableArg] = [len(ids) for ids in by_lane]
-    return counts + [i for ids in by_lane for i in ids]
 
 
 def partition_options(options: WorkerOptions, partitions: int) -> WorkerOptions:
@@ -218,6 +214,7 @@ class Worker:
         self._cursors: list[str] = ["0-0"] * len(keys.LANES)
         self._slots = [_Slot() for _ in range(self.options.concurrency)]
         self._finished: list[tuple[Job, tuple[Any, ...]]] = []
+        self._acking: list[list[tuple[Job, tuple[Any, ...]]]] = []  # batches on the wire
         self._fixed_finish_keys = [
             *self._lanes,
             self._dedup,
@@ -230,6 +227,7 @@ class Worker:
         ]
         self._retention_ms = round(self.options.retention * 1000)
         self._record_prefix = keys.job(self.stream, "")
+        self._id_prefix = f"{self.stream}:"
         self._script_prefix = keys.script_prefix(self.stream)
         self._admit_keys = [
             *self._lanes,
@@ -242,6 +240,15 @@ class Worker:
             keys.events(stream),
             keys.meta(stream),
         ]
+        self.heartbeat = Heartbeat(
+            redis,
+            self.stream,
+            self.consumer,
+            self._held_now,
+            self._running_now,
+            visibility_timeout=self.options.visibility_timeout,
+            give_up_after=self.options.job_timeout,
+        )
         self.promoter = scheduler.Promoter(
             redis,
             self.stream,
@@ -277,6 +284,7 @@ class Worker:
             self.options.concurrency,
             extra={"stream": self.stream, "consumer": self.consumer},
         )
+        self.heartbeat.start()
         try:
             async with anyio.create_task_group() as background:
                 if handle_signals:
@@ -298,9 +306,11 @@ class Worker:
                 await self._run_consumers()
                 await self._finish_acks()
                 background.cancel_scope.cancel()
+            self.heartbeat.stop()  # the watchdog stamps no more: that is not a stall
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._retire()
         finally:
+            self.heartbeat.stop()
             if self._own_reader is not None:
                 with anyio.CancelScope(shield=True):
                     await self._own_reader.aclose()
@@ -503,6 +513,22 @@ class Worker:
             if by_name.get(name):
                 await self._accept(lane, by_name[name])
 
+    def _held_now(self) -> list[list[bytes]]:
+        """The entries this worker answers for, per lane, for the heartbeat thread: held ones,
+        and finished ones not yet acknowledged (they would run again elsewhere too). set.copy()
+        and list() of a list are one step each under the GIL, so the loop changing them
+        meanwhile cannot break the copy."""
+        held = [ids.copy() for ids in self._held]
+        for batch in [list(self._finished), *list(self._acking)]:
+            for job, _ in batch:
+                held[job._lane].add(job._entry)
+        return [list(ids) for ids in held]
+
+    def _running_now(self) -> list[str]:
+        """Ids of the jobs running now (read by the heartbeat thread for its warning)."""
+        jobs = [slot.job for slot in self._slots]
+        return [job.id for job in jobs if job is not None]
+
     @property
     def stopping(self) -> bool:
         return self._stopping
@@ -533,6 +559,12 @@ class Worker:
             except codec.UnknownEntry as exc:
                 rejects.append((entry_id, str(exc), None))
                 continue
+            if not env.id.startswith(self._id_prefix):
+                # Written by hand or copied from another stream: its record would be filed
+                # where no lookup by its id could find it.
+                reason = f"job id {env.id[:100]!r} does not belong to stream {stream!r}"
+                rejects.append((entry_id, reason, None))
+                continue
             if deliveries is not None:
                 if deliveries[index] > self.options.max_deliveries:
                     reason = (
@@ -541,8 +573,17 @@ class Worker:
                     )
                     rejects.append((entry_id, reason, env))
                     continue
-                # A run cut short by a crash counts as an attempt too.
+                # A run cut short by a crash counts as an attempt too, so a job that crashes
+                # its worker every time ends dead after max_attempts, not max_deliveries.
                 env = msgspec.structs.replace(env, attempt=env.attempt + deliveries[index] - 1)
+                allowed = env.max_attempts or self.options.max_attempts
+                if env.attempt > allowed:
+                    reason = (
+                        f"gave up after {allowed} attempts: the worker running it stopped "
+                        "before it finished (crashed, killed, or stalled)"
+                    )
+                    rejects.append((entry_id, reason, env))
+                    continue
             jobs.append(Job(stream, priority, env, lane, entry_id))
         if rejects:
             await self._dead_letter(lane, rejects)
@@ -977,6 +1018,7 @@ class Worker:
     async def _watchdog(self) -> None:
         while True:
             await anyio.sleep(WATCHDOG_SECONDS)
+            self.heartbeat.tick()
             now = time.monotonic()
             for slot in self._slots:
                 if slot.job is not None and now > slot.deadline and slot.scope is not None:
@@ -1011,9 +1053,11 @@ class Worker:
     async def _record_batch(
         self, batch: list[tuple[Job, tuple[Any, ...]]], in_flight: anyio.Semaphore
     ) -> None:
+        self._acking.append(batch)
         try:
             await self._retrying("ack", lambda: self._record(batch))
         finally:
+            self._acking.remove(batch)
             in_flight.release()
         if self._unstarted:
             await self._give_back_starts()
@@ -1154,7 +1198,7 @@ class Worker:
             held = [list(ids) for ids in self._held]
             try:
                 lost = await scripts.refresh_claims(
-                    self.redis, self._lanes, [keys.GROUP, self.consumer, *_lane_args(held)]
+                    self.redis, self._lanes, [keys.GROUP, self.consumer, *scripts.lane_args(held)]
                 )
             except (*TRANSIENT_ERRORS, redis_errors.ResponseError) as exc:
                 log.warning("could not refresh claims, will try again: %s", exc)

@@ -118,3 +118,28 @@ async def outcome(job: Job) -> str:
                 await anyio.sleep(0.005)
         raise RuntimeError("stopped: cancelled")
     return "ok"
+
+
+async def _count_run(job: Job) -> str:
+    prefix = os.environ.get("STREAMQ_TEST_RECORD", "rec")
+    await (await _redis()).hincrby(f"{prefix}:runs", job.id, 1)
+    return prefix
+
+
+async def misbehave(job: Job) -> str:
+    """Misbehaves as the payload says, else succeeds like ``record``.
+
+    {"hang": true} awaits forever (only the job timeout ends it); {"block": seconds} blocks the
+    event loop with time.sleep, then succeeds; {"crash": true} ends the process with
+    os._exit(1) before anything is acknowledged.
+    """
+    prefix = await _count_run(job)
+    payload = job.payload if isinstance(job.payload, dict) else {}
+    if payload.get("hang"):
+        await anyio.Event().wait()
+    if payload.get("block"):
+        time.sleep(payload["block"])  # noqa: ASYNC251 - blocking the loop is the point
+    if payload.get("crash"):
+        os._exit(1)
+    await (await _redis()).hincrby(f"{prefix}:succeeded", job.id, 1)
+    return job.id

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from redis.asyncio import Redis
@@ -348,3 +349,57 @@ async def test_a_redis_that_cannot_be_reached_is_a_503_not_a_crash() -> None:
                 assert answer.status_code == 503, path
                 assert error_of(answer).startswith("redis: ")
             assert (await client.get("/api/stats")).status_code == 503  # still serving
+
+
+async def test_a_body_over_the_limit_is_413_however_its_size_is_told(
+    http: httpx.AsyncClient, admin_server: AdminServer, redis_url: str, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        await q.enqueue(stream, "ok")
+    replay = f"/api/streams/{stream}/dead/replay"
+    chunk = b" " * 65536
+
+    async def chunked() -> Any:  # no Content-Length: Transfer-Encoding: chunked
+        for _ in range(admin.MAX_BODY_BYTES // len(chunk) + 2):
+            yield chunk
+
+    streamed = await http.post(replay, content=chunked())
+    assert streamed.status_code == 413
+    assert "too large" in error_of(streamed).lower()
+    # A Content-Length over the limit is refused before the body is read at all.
+    host, port = admin_server.url.removeprefix("http://").split(":")
+    stream_sock = await anyio.connect_tcp(host, int(port))
+    async with stream_sock:
+        await stream_sock.send(
+            f"POST {replay} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {10 * admin.MAX_BODY_BYTES}"
+            "\r\n\r\n{".encode()
+        )
+        with anyio.fail_after(10):
+            head = await stream_sock.receive()
+    assert head.startswith(b"HTTP/1.1 413 ")
+    # Just under the limit is read and judged on its content.
+    fits = await http.post(replay, content=b" " * (admin.MAX_BODY_BYTES - 20) + b'{"all": true}')
+    assert fits.status_code == 200
+    # Without the token, nothing is read: 401 whatever the size.
+    anonymous = await http.post(replay, content=chunked(), headers={"Authorization": ""})
+    assert anonymous.status_code == 401
+
+
+async def test_tokens_are_compared_in_constant_time(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hmac
+
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(given: bytes, expected: bytes) -> bool:
+        compared.append((given, expected))
+        return real(given, expected)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    wrong = await http.get("/api/stats", headers={"Authorization": "Bearer " + "x" * 40})
+    right = await http.get("/api/stats")
+    assert (wrong.status_code, right.status_code) == (401, 200)
+    assert compared == [(b"x" * 40, ADMIN_TOKEN.encode()), (ADMIN_TOKEN.encode(),) * 2]

@@ -1,19 +1,31 @@
-"""Secrets stay out of command lines, messages and records: the Redis password can come from
-the environment or a file, and the autoscaler hands its workers the URL by environment."""
+"""Secrets stay out of command lines, messages, logs, metrics and records: the Redis password
+can come from the environment or a file, the autoscaler hands its workers the URL by
+environment, and the admin token comes from the environment or a file. (Platform tokens:
+tests/test_platforms.py.)"""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
+import httpx
 import pytest
 import redis as sync_redis
 
 from autoscaler import targets
 from streamq import keys
 from streamq.server import LocalServer
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli, spawn_worker
+from tests.observing import Lines
 from tests.test_cli import one_line_error
 
 SECRET = "s3cret-in-a-file"
@@ -68,3 +80,100 @@ async def test_local_workers_get_the_url_by_environment_not_on_their_command_lin
     finally:
         await target.close()
         check.close()
+
+
+def test_a_worker_given_the_password_by_file_shows_it_nowhere(
+    guarded: LocalServer, tmp_path: Path, stream: str
+) -> None:
+    """Not in the worker's command line, its JSON logs (DEBUG), its /metrics, the job records,
+    events and dead letters; and its heartbeat thread reaches the server with it too."""
+    url = f"redis://127.0.0.1:{guarded.port}/0"
+    secret_file = tmp_path / "redis-password"
+    secret_file.write_text(SECRET + "\n")
+    env = {"STREAMQ_REDIS_PASSWORD_FILE": str(secret_file)}
+    lines = "".join(json.dumps({"n": i}) + "\n" for i in range(20)) + '{"block": 1.5}\n'
+    added = run_cli("enqueue", "--redis-url", url, "--stream", stream, "--payload", "-",
+                    input=lines, env=env)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    ids = added.stdout.split()
+    record_url = f"redis://:{SECRET}@127.0.0.1:{guarded.port}/0"
+    check = sync_redis.Redis.from_url(record_url)
+    worker = spawn_worker(
+        "--redis-url", url, "--stream", stream, "--handler", "tests.handlers:misbehave",
+        "--visibility-timeout", "1s", "--metrics-port", "0", "--log-format", "json",
+        "--log-level", "DEBUG",
+        env={**env, "STREAMQ_TEST_RECORD_URL": record_url, "STREAMQ_TEST_RECORD": stream},
+    )  # fmt: skip
+    output = Lines(worker)
+    try:
+        metrics_url = json.loads(output.wait_for('"metrics_url"'))["metrics_url"]
+        command_line = Path(f"/proc/{worker.pid}/cmdline").read_bytes()
+        assert b"consume" in command_line
+        assert SECRET.encode() not in command_line
+        output.wait_for("event loop stalled for")  # the blocking job: the thread takes over
+        deadline = time.monotonic() + 30
+        while check.hlen(f"{stream}:succeeded") < len(ids):
+            assert time.monotonic() < deadline, "jobs did not finish"
+            time.sleep(0.05)
+        exposition = httpx.get(metrics_url, timeout=10).text
+        assert "streamq_jobs_completed_total" in exposition
+        assert SECRET not in exposition
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    seen = "\n".join(output.rest())
+    assert "heartbeat could not refresh" not in seen
+    assert SECRET not in seen
+    stored: list[Any] = [check.hgetall(keys.job(stream, job_id)) for job_id in ids]
+    stored += [check.xrange(keys.events(stream)), check.xrange(keys.dead(stream))]
+    assert SECRET.encode() not in repr(stored).encode()
+    check.close()
+
+
+def test_a_wrong_password_stops_a_worker_in_one_line_without_echoing_it(
+    guarded: LocalServer, stream: str
+) -> None:
+    url = f"redis://127.0.0.1:{guarded.port}/0"
+    wrong = run_cli("consume", "--redis-url", url, "--stream", stream,
+                    "--handler", "tests.handlers:noop",
+                    env={"STREAMQ_REDIS_PASSWORD": "not-the-s3cret"})  # fmt: skip
+    one_line_error(wrong, "refused the credentials")
+    assert "not-the-s3cret" not in wrong.stderr + wrong.stdout
+
+
+def test_the_admin_token_and_redis_password_stay_out_of_its_command_line_and_logs(
+    guarded: LocalServer, tmp_path: Path
+) -> None:
+    token = f"admin-{uuid.uuid4().hex}"
+    secret_file = tmp_path / "redis-password"
+    secret_file.write_text(SECRET)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamq", "admin", "--port", "0", "--log-level", "DEBUG",
+         "--redis-url", f"redis://127.0.0.1:{guarded.port}/0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "STREAMQ_ADMIN_TOKEN": token,
+             "STREAMQ_REDIS_PASSWORD_FILE": str(secret_file)},
+    )  # fmt: skip
+    output = Lines(process)
+    try:
+        url = output.wait_for("streamq admin: serving").split()[-1]
+        command_line = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+        assert token.encode() not in command_line
+        assert SECRET.encode() not in command_line
+        with httpx.Client(base_url=url, timeout=10) as client:
+            near_miss = token[:-1] + ("0" if token[-1] != "0" else "1")
+            for headers in ({}, {"Authorization": f"Bearer {near_miss}"},
+                            {"Authorization": f"Basic {token}"}):  # fmt: skip
+                refused = client.get("/api/stats", headers=headers)
+                assert refused.status_code == 401
+                assert token not in refused.text
+            ok = client.get("/api/stats", headers={"Authorization": f"Bearer {token}"})
+            assert ok.status_code == 200
+            assert token not in ok.text
+            assert SECRET not in ok.text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+    seen = "\n".join(output.rest())
+    assert token not in seen
+    assert SECRET not in seen
