@@ -18,10 +18,12 @@ import pytest
 import redis as sync_redis
 
 from streamq import keys
-from tests.conftest import run_cli, spawn_worker
+from tests.conftest import run_cli, spawn_worker, sync_client
 from tests.observing import Lines
 
 GOOD_JOBS = 300
+
+pytestmark = pytest.mark.cluster
 
 
 def enqueue(url: str, stream: str, payloads: list[Any], *options: str) -> list[str]:
@@ -80,7 +82,7 @@ def config(tmp_path: Path, stream: str) -> Path:
 
 @pytest.fixture
 def record(redis_url: str) -> Iterator[sync_redis.Redis]:
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     yield client
     client.close()
 
