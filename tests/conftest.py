@@ -40,6 +40,25 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("server", engines, indirect=True, scope="session")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On the cluster, engine tests run on uvloop only (what workers use in production): plain
+    asyncio, for apps embedding streamq, is covered on one server, and the suite stays short."""
+    items[:] = [item for item in items if not _cluster_on_plain_asyncio(item)]
+
+
+def _cluster_on_plain_asyncio(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return False
+    params = callspec.params
+    backend = params.get("anyio_backend")
+    return (
+        params.get("server") == "cluster"
+        and backend is not None
+        and (backend[1].get("use_uvloop") is False)
+    )
+
+
 @pytest.fixture(scope="session")
 def server(request: pytest.FixtureRequest) -> Iterator[LocalServer | LocalCluster]:
     """One server per engine for the whole session; typed LocalServer for the tests that
