@@ -40,10 +40,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("server", engines, indirect=True, scope="session")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On the cluster, engine tests run on uvloop only (what workers use in production): plain
     asyncio, for apps embedding streamq, is covered on one server, and the suite stays short."""
-    items[:] = [item for item in items if not _cluster_on_plain_asyncio(item)]
+    dropped = [item for item in items if _cluster_on_plain_asyncio(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not _cluster_on_plain_asyncio(item)]
 
 
 def _cluster_on_plain_asyncio(item: pytest.Item) -> bool:
