@@ -23,7 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -319,10 +319,13 @@ class LocalServer:
         persistence: bool = False,
         extra_args: Sequence[str] = (),
         cluster_bus: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.binary = valkey_binary() if binary is None else Path(binary)
         self.persistence = persistence
         self.extra_args = tuple(extra_args)
+        self.env = None if env is None else {**os.environ, **env}
+        """The server's environment, if not ours (a test's LD_PRELOAD of libfaketime)."""
         self.cluster_bus = cluster_bus
         """A cluster node also listens on port + 10000, so the port must leave room for it."""
         self.port = 0
@@ -405,7 +408,11 @@ class LocalServer:
             log_start = out.tell()
             try:
                 self.process = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
                 )
             except OSError as exc:
                 raise ServerError(f"could not run {self.binary}: {exc}") from None
