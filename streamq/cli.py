@@ -45,7 +45,9 @@ STDIN_BATCH = 10_000
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        # Escaped: an argument holding a line break (\n, \x85, \u2028) must not split the line.
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        self.exit(2, f"{self.prog}: error: {shown}\n")
 
 
 def _duration(text: str) -> float:

@@ -171,6 +171,14 @@ def _closed_transport_is_a_connection_error(
                 raise redis_errors.ConnectionError(
                     "the connection was closed while sending a command"
                 ) from None
+            except AttributeError:
+                # A cluster node's connection that another task disconnected meanwhile (a
+                # failover): redis-py then writes to a writer it has already dropped.
+                if getattr(self, "_writer", True) is not None:
+                    raise
+                raise redis_errors.ConnectionError(
+                    "the connection was closed while sending a command"
+                ) from None
 
     Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
     _GUARDED[base] = Guarded
