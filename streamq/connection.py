@@ -337,10 +337,26 @@ async def refresh_topology(redis: Redis) -> None:
             await cluster.nodes_manager.initialize()
 
 
+async def _server_info(redis: Redis) -> Any:
+    """INFO server; on a cluster from the first master that answers, so one dead node (a
+    failover under way) does not make the whole cluster unreachable."""
+    cluster = as_cluster(redis)
+    if cluster is None:
+        return await redis.info("server")
+    await cluster.initialize()  # tries every seed in turn
+    failure: BaseException | None = None
+    for node in cluster.get_primaries():
+        try:
+            return await cluster.info("server", target_nodes=node)
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            failure = exc
+    raise failure or redis_errors.ConnectionError("no cluster master answered")
+
+
 async def check(redis: Redis, url: str) -> str:
     """Reach the server and check its version; returns e.g. 'valkey 8.1.8'."""
     try:
-        info = await redis.info("server")
+        info = await _server_info(redis)
     except redis_errors.AuthenticationError as exc:
         raise ConnectionFailed(f"Redis at {redact(url)} refused the credentials: {exc}") from None
     except redis_errors.ResponseError as exc:
