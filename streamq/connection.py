@@ -208,25 +208,30 @@ def sync_twin(client: Redis, key: str) -> sync_redis.Redis:
     async one; on a cluster, for the master that holds ``key``'s slot now."""
     cluster = as_cluster(client)
     if cluster is not None:
-        node = cluster.get_node_from_key(key)
-        if node is None:
-            raise redis_errors.SlotNotCoveredError(f"no node holds {key!r}'s slot")
-        kwargs: dict[str, Any] = {
-            name: value
-            for name, value in cluster.get_connection_kwargs().items()
-            if name in _NODE_OPTIONS or name.startswith("ssl_")
-        }
-        kwargs |= {"host": node.host, "port": int(node.port)}
-        base: Any = cluster.get_connection_kwargs()["connection_class"]
+        base, kwargs = _master_settings(cluster, key)
     else:
-        kwargs = dict(client.connection_pool.connection_kwargs)
         base = client.connection_pool.connection_class
+        kwargs = dict(client.connection_pool.connection_kwargs)
     name = base.__name__.removeprefix("Guarded")  # our uvloop guard: async only
     sync_class = _SYNC_CONNECTIONS.get(name, sync_redis.Connection)
     if sync_class is not sync_redis.SSLConnection:
         kwargs = {k: v for k, v in kwargs.items() if not k.startswith("ssl_")}
     pool = sync_redis.ConnectionPool(connection_class=sync_class, max_connections=1, **kwargs)
     return sync_redis.Redis(connection_pool=pool)
+
+
+def _master_settings(cluster: RedisCluster, key: str) -> tuple[Any, dict[str, Any]]:
+    """The connection class and settings (address, credentials, timeouts, TLS files) of the
+    cluster master that holds ``key``'s slot now."""
+    node = cluster.get_node_from_key(key)
+    if node is None:
+        raise redis_errors.SlotNotCoveredError(f"no node holds {key!r}'s slot")
+    given: dict[str, Any] = cluster.get_connection_kwargs()
+    connection_class = given["connection_class"]  # guarded, and SSL for rediss+cluster
+    settings = {name: given[name] for name in _NODE_OPTIONS if name in given}
+    if issubclass(connection_class, SSLConnection):
+        settings |= {name: value for name, value in given.items() if name.startswith("ssl_")}
+    return connection_class, {**settings, "host": node.host, "port": int(node.port)}
 
 
 def _cluster_seeds(url: str, options: dict[str, Any]) -> list[tuple[str, int]]:
@@ -283,17 +288,8 @@ def reader(redis: Redis, key: str) -> Redis:
     cluster = as_cluster(redis)
     if cluster is None:
         return redis.client()
-    node = cluster.get_node_from_key(key)
-    if node is None:
-        raise redis_errors.SlotNotCoveredError(f"no node holds {key!r}'s slot")
-    given: dict[str, Any] = cluster.get_connection_kwargs()
-    options: dict[str, Any] = {name: given[name] for name in _NODE_OPTIONS if name in given}
-    connection_class = given["connection_class"]  # guarded, and SSL for rediss+cluster
-    if issubclass(connection_class, SSLConnection):
-        options |= {name: value for name, value in given.items() if name.startswith("ssl_")}
-    pool = ConnectionPool(
-        host=node.host, port=int(node.port), connection_class=connection_class, **options
-    )
+    connection_class, settings = _master_settings(cluster, key)
+    pool = ConnectionPool(connection_class=connection_class, **settings)
     node_client = Redis(connection_pool=pool, single_connection_client=True)
     node_client.auto_close_connection_pool = True  # its pool is its own: closed with it
     return node_client

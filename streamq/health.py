@@ -46,8 +46,6 @@ HEALTH_FORMAT: Final = 1
 HEALTHY, DEGRADED, DOWN = 0, 1, 2
 STATUS_NAMES: Final = {HEALTHY: "healthy", DEGRADED: "degraded", DOWN: "down"}
 
-_RECONNECT_ERRORS: Final = connection.TRANSIENT_ERRORS
-
 
 # -- what workers record ------------------------------------------------------------------------
 
@@ -85,7 +83,7 @@ async def report_loop(
         recent = [new - old for new, old in zip(history[-1], history[0], strict=True)]
         try:
             await report(redis, stream, consumer, recent, now_ms(), tidy=rounds % window == 0)
-        except (*_RECONNECT_ERRORS, redis_errors.ResponseError) as exc:
+        except (*connection.TRANSIENT_ERRORS, redis_errors.ResponseError) as exc:
             log.debug("could not record health signals: %s", exc)
         rounds += 1
         await anyio.sleep(interval)
@@ -262,7 +260,7 @@ async def check(
         return _down(shown, f"no answer within {within:g}s")
     except StreamqError as exc:
         return _down(shown, str(exc))
-    except (*_RECONNECT_ERRORS, redis_errors.RedisError) as exc:
+    except (*connection.TRANSIENT_ERRORS, redis_errors.RedisError) as exc:
         return _down(shown, f"cannot reach Redis at {shown}: {exc}")
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(1):
