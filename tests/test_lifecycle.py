@@ -396,6 +396,41 @@ async def test_a_stale_retry_cannot_reopen_a_finished_job(
         assert await redis.zcard(keys.delayed(stream)) == 0
 
 
+async def test_a_retry_for_an_entry_the_server_forgot_delivering_keeps_the_job(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    """A server restarted from an AOF that lacks a delivery (everysec lost its last writes)
+    holds the entry undelivered; the worker that ran it sends its 'retry' after the restart.
+    The outcome is stale, and the entry must stay for its next reader, not be deleted."""
+    async with streamq.connect(redis_url) as q:
+        job_id = await q.enqueue(stream, "x")
+        lane = keys.lane(stream, "normal")
+        [(entry_id, _)] = await entries(redis, lane)
+        await redis.xgroup_create(lane, keys.GROUP, id="0", mkstream=True)
+        await redis.xreadgroup(keys.GROUP, "before-restart", {lane: ">"})
+        # What the restarted server holds: the entry, neither pending nor delivered.
+        await redis.xack(lane, keys.GROUP, entry_id)
+        await redis.xgroup_setid(lane, keys.GROUP, "0")
+        late = ("r", job_id, "", 2, 0, '{"id":"x"}', 50, "failed", 2, entry_id.decode())
+        await streamq.scripts.finish_jobs(
+            redis,
+            [*keys.lanes(stream), keys.dedup(stream), keys.delayed(stream), keys.dead(stream),
+             keys.counts(stream), keys.control(stream), keys.events(stream), keys.meta(stream),
+             keys.job(stream, job_id)],
+            [keys.GROUP, "", entry_id, "", 60_000, msgspec.msgpack.encode([late]),
+             keys.script_prefix(stream)],
+        )  # fmt: skip
+        assert [e for e, _ in await entries(redis, lane)] == [entry_id]
+        ran: list[str] = []
+
+        async def handler(job: Job) -> None:
+            ran.append(job.id)
+
+        await Worker(redis, stream, handler, msgspec.structs.replace(FAST, backoff=QUICK)).run()
+        assert ran == [job_id]
+        assert await state(q, job_id) == "done"
+
+
 async def test_replace_refuses_a_job_that_is_no_longer_scheduled(
     redis_url: str, stream: str
 ) -> None:

@@ -32,8 +32,8 @@ outcomes as one msgpack value because this is the hot path: the client joins and
 instead of sending thousands of arguments. A retry or deferral of a job whose cancellation was
 requested while it ran ends it as cancelled instead.
 An outcome other than done whose entry is no longer pending is stale (this worker stalled, and
-another took the entry over and finished it): it is dropped, so a late retry cannot run a
-finished job again. A done outcome for a job whose record already says done is stale too, so
+another took the entry over and finished it; or the server restarted without the delivery): it
+is dropped, and its entry left where it is, so a late retry cannot run a finished job again. A done outcome for a job whose record already says done is stale too, so
 a run is counted, and its events written, once.
 The counts hash also sums `ran` (outcomes of runs) and `busy_ms` (their handler time).
 Every outcome appends its event: 'started' (at the time the handler started: a start is not a
@@ -55,12 +55,18 @@ local event_settings = events_settings(KEYS[10])
 local acked = 0
 local outcomes = cmsgpack.unpack(ARGV[6])
 local stale = {}
+-- Entries of stale outcomes stay in their lane: one still there was never delivered as far as
+-- the server knows (a restart from an AOF that lacked the delivery), so its next reader runs it;
+-- deleting it would lose the job. One that another worker finished is gone already.
+local keep = nil
 local accounts = {} -- read with a done job's state, so its event costs no second read
 for i, o in ipairs(outcomes) do
   if o[1] ~= 'd' then
-    local entry = o[#o]
-    if not redis.call('XPENDING', KEYS[o[#o - 1]], group, entry, entry, 1)[1] then
+    local lane, entry = o[#o - 1], o[#o]
+    if not redis.call('XPENDING', KEYS[lane], group, entry, entry, 1)[1] then
       stale[i] = true
+      keep = keep or { {}, {}, {} }
+      keep[lane][entry] = true
     end
   else
     local f = redis.call('HMGET', KEYS[10 + i], 'state', 'account')
@@ -80,8 +86,11 @@ end
 
 for l = 1, 3 do
   local ids = {}
+  local kept = keep and keep[l] or {}
   for id in string.gmatch(ARGV[l + 1], '%S+') do
-    ids[#ids + 1] = id
+    if not kept[id] then
+      ids[#ids + 1] = id
+    end
     -- unpack() is bounded by the Lua C stack, so large batches go in slices.
     if #ids == 1000 then
       ack(KEYS[l], ids)
