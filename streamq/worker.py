@@ -1244,8 +1244,11 @@ class Worker:
     async def _pause_after_failure(self, what: str, exc: BaseException, failures: int) -> None:
         delay = retry_delay(failures)
         log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
-        with anyio.move_on_after(delay):
-            await self._stop_event.wait() if what == "fetch" else anyio.sleep(delay)
+        if what == "fetch":
+            with anyio.move_on_after(delay):  # a stop need not wait for the next try
+                await self._stop_event.wait()
+        else:
+            await anyio.sleep(delay)
 
 
 _msgpack = msgspec.msgpack.Encoder().encode
