@@ -56,11 +56,58 @@ def finish(processes: list[subprocess.Popen[str]]) -> None:
             process.stdout.close()
 
 
-def wait_until_done(record: sync_redis.Redis, stream: str, jobs: int, within: float) -> None:
+def wait_until_done(
+    record: sync_redis.Redis,
+    stream: str,
+    jobs: int,
+    within: float,
+    *,
+    ids: set[str] | None = None,
+    server: sync_redis.Redis | None = None,
+) -> None:
+    """Waits until the handler has recorded `jobs` successes; on a timeout the error says
+    where the missing ones are (given their ids and the server that holds them)."""
     deadline = time.monotonic() + within
     while record.hlen(f"{stream}:succeeded") < jobs:
-        assert time.monotonic() < deadline, f"{record.hlen(f'{stream}:succeeded')} of {jobs}"
+        if time.monotonic() > deadline:
+            done = record.hlen(f"{stream}:succeeded")
+            where = whereabouts(record, server, stream, ids) if ids is not None else ""
+            raise AssertionError(f"{done} of {jobs} succeeded{where}")
         time.sleep(0.05)
+
+
+def whereabouts(
+    record: sync_redis.Redis, server: sync_redis.Redis | None, stream: str, ids: set[str]
+) -> str:
+    """A line per job that has not succeeded: its record, its runs, its dead letter."""
+    server = server or record
+    names: Any = record.hkeys(f"{stream}:succeeded")
+    succeeded = {name.decode() for name in names}
+    dead: dict[str, bytes] = {}
+    letters: Any = server.xrange(keys.dead(stream))
+    for _, fields in letters:
+        values = b" ".join(fields.values())
+        for job_id in ids - succeeded:
+            if job_id.encode() in values:
+                dead[job_id] = fields.get(b"_reason", b"?")
+    lines = []
+    for job_id in sorted(ids - succeeded)[:20]:
+        state: Any = server.hgetall(keys.job(stream, job_id))
+        runs = record.hget(f"{stream}:runs", job_id)
+        line = f"{job_id}: runs={runs!r} dead={dead.get(job_id)!r} record={state!r}"
+        entry = state.get(b"entry")
+        for lane in keys.lanes(stream) if entry else []:
+            if server.xrange(lane, entry, entry):
+                pending = server.xpending_range(lane, keys.GROUP, entry, entry, 1)
+                line += f" in {lane}, pending={pending!r}"
+        lines.append(line)
+    consumers = [
+        server.xinfo_consumers(lane, keys.GROUP)
+        for lane in keys.lanes(stream)
+        if server.exists(lane)
+    ]
+    lines.append(f"consumers: {consumers!r}")
+    return "".join("\n  " + line for line in lines)
 
 
 def states(redis: sync_redis.Redis, stream: str, ids: set[str]) -> set[bytes | None]:
