@@ -129,11 +129,12 @@ async def _summaries(redis: Redis, stream: str) -> dict[str, _Summary]:
     return found
 
 
-async def recent_lateness(redis: Redis, stream: str, now_ms: int) -> float | None:
-    """The worst p95 lateness (s) among workers that reported within the last minute and ran
-    something; None when none did."""
+async def recent_lateness(redis: Redis, streams: list[str], now_ms: int) -> float | None:
+    """The worst p95 lateness (s) among workers of the streams (a stream's partitions, or
+    itself) that reported within the last minute and ran something; None when none did."""
     fresh = [
         s.p95_s
+        for stream in streams
         for s in (await _summaries(redis, stream)).values()
         if now_ms - s.at <= LATENESS_FRESH_SECONDS * 1000 and s.jobs and s.p95_s is not None
     ]
@@ -157,9 +158,24 @@ class Rates(msgspec.Struct):
         return (self.retried + self.dead) / self.runs if self.runs else None
 
 
-async def recent_rates(redis: Redis, stream: str, now_ms: int, window_s: float) -> Rates | None:
-    """Outcomes since the newest sample at least ``window_s`` old (or the oldest one, when the
-    samples span less); None without any sample (no worker ran in the last hour)."""
+async def recent_rates(
+    redis: Redis, streams: list[str], now_ms: int, window_s: float
+) -> Rates | None:
+    """Outcomes of the streams (a stream's partitions, or itself) together, each since its
+    newest sample at least ``window_s`` old (or its oldest, when its samples span less), over
+    the longest of those spans; None without any sample (no worker ran in the last hour)."""
+    each = [r for r in [await _recent_rates(redis, s, now_ms, window_s) for s in streams] if r]
+    if not each:
+        return None
+    return Rates(
+        max(r.span_s for r in each),
+        sum(r.done for r in each),
+        sum(r.retried for r in each),
+        sum(r.dead for r in each),
+    )
+
+
+async def _recent_rates(redis: Redis, stream: str, now_ms: int, window_s: float) -> Rates | None:
     since = now_ms - round(window_s * 1000)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hmget(keys.counts(stream), ["done", "retried", "dead"])
@@ -316,8 +332,9 @@ async def _stream(
 ) -> StreamHealth:
     limits = config.stream(figures.stream).health
     expected = expected_override if expected_override is not None else limits.expected_workers
-    rates = await recent_rates(redis, figures.stream, now_ms, limits.error_window)
-    lateness = await recent_lateness(redis, figures.stream, now_ms)
+    holders = stats.holders(figures)
+    rates = await recent_rates(redis, holders, now_ms, limits.error_window)
+    lateness = await recent_lateness(redis, holders, now_ms)
     problems = []
     if expected and figures.consumers < limits.min_alive * expected:
         problems.append(

@@ -95,6 +95,13 @@ async def stream_parts(redis: Redis, streams: list[str] | None = None) -> dict[s
     }
 
 
+def holders(figures: StreamStats) -> list[str]:
+    """The streams that hold a stream's jobs, and its workers' counts and reports: its
+    partitions (figures merged by `snapshot`), or itself."""
+    listed = figures.keys.get("partitions")
+    return listed.split(",") if listed else [figures.stream]
+
+
 def _partition_order(name: str) -> int:
     index = keys.partition_index(name)
     return -1 if index is None else index

@@ -55,19 +55,22 @@ class Sampler:
         now = snap.server_time_ms
         rows = []
         for s in snap.streams:
-            done = int(await self.redis.hget(keys.counts(s.stream), "done") or 0)
+            holders = stats.holders(s)
+            done = sum(
+                [int(await self.redis.hget(keys.counts(h), "done") or 0) for h in holders]
+            )
             rate: float | None = None
             last = self._last.get(s.stream)
             if last is not None and now > last[0]:
                 rate = (done - last[1]) * 1000 / (now - last[0])
             else:
                 recent = await health.recent_rates(
-                    self.redis, s.stream, now, FIRST_RATE_WINDOW_SECONDS
+                    self.redis, holders, now, FIRST_RATE_WINDOW_SECONDS
                 )
                 if recent is not None and recent.span_s > 0:
                     rate = recent.done / recent.span_s
             self._last[s.stream] = (now, done)
-            lateness = await health.recent_lateness(self.redis, s.stream, now)
+            lateness = await health.recent_lateness(self.redis, holders, now)
             figures = (s.depth, s.waiting, s.pending, lateness, s.consumers, s.dead, s.delayed)
             rows.append(Row(s.stream, rate, *figures))
         return now, rows

@@ -157,6 +157,35 @@ async def test_lateness_reported_by_workers(redis: Redis, redis_url: str, stream
     assert (await health.check(redis_url, Config(), [stream])).code == health.HEALTHY
 
 
+async def test_a_partitioned_streams_error_rate_and_lateness_cover_its_partitions(
+    redis: Redis, redis_url: str, stream: str
+) -> None:
+    config = parse_config(
+        {"streams": {stream: {"partitions": 2, "health": {"max_lateness": "1s"}}}}
+    )
+    parts = keys.partitions(stream, 2)
+    for part in parts:
+        await scripts.sample_counts(
+            redis, [keys.counts(part), keys.samples(part)], [10_000, 60_000]
+        )
+    five_seconds_ago = datetime.now(UTC) - timedelta(seconds=5)
+    await Producer(redis, config).enqueue_many(
+        stream, [{"n": 1}] * 6 + [{"then": "fail"}] * 2, options=JobOptions(run_at=five_seconds_ago)
+    )
+    now = await health_now(redis)
+    for part in parts:
+        worker = Worker(redis, part, handlers.outcome, WorkerOptions(burst=True))
+        await worker.run()
+        await health.report(redis, part, worker.consumer, worker.metrics.lateness_counts(), now)
+    report = await health.check(redis_url, config, [stream])
+    [figures] = report.streams
+    assert (figures.error_rate, figures.lateness_p95_s) == (0.25, 10.0)
+    assert report.problems == [
+        f"{stream}: error rate 25.0% over 5% (2 of 8 runs in 0s)",
+        f"{stream}: p95 lateness 10s over 1s",
+    ]
+
+
 async def health_now(redis: Redis) -> int:
     seconds, micros = await redis.time()
     return int(seconds) * 1000 + int(micros) // 1000

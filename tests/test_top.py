@@ -123,6 +123,22 @@ async def test_rates_span_one_refresh(redis: Redis, stream: str) -> None:
     assert second.done_per_s == pytest.approx(50_000 / (second_ms - first_ms))
 
 
+@pytest.mark.anyio
+async def test_a_partitioned_streams_rate_sums_its_partitions(redis: Redis, stream: str) -> None:
+    parts = keys.partitions(stream, 2)
+    await redis.sadd(keys.STREAM_REGISTRY, *parts)
+    sampler = top.Sampler(redis, [stream])
+    first_ms, [first] = await sampler.rows()
+    assert first.stream == stream
+    for part, done in zip(parts, [30, 20], strict=True):
+        await redis.hincrby(keys.counts(part), "done", done)
+    with anyio.fail_after(5):
+        while await server_ms(redis) <= first_ms:  # noqa: ASYNC110 - a clock, not an event
+            await anyio.sleep(0.001)
+    second_ms, [second] = await sampler.rows()
+    assert second.done_per_s == pytest.approx(50_000 / (second_ms - first_ms))
+
+
 async def server_ms(redis: Redis) -> int:
     seconds, micros = await redis.time()
     return int(seconds) * 1000 + int(micros) // 1000
