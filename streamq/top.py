@@ -56,9 +56,7 @@ class Sampler:
         rows = []
         for s in snap.streams:
             holders = stats.holders(s)
-            done = sum(
-                [int(await self.redis.hget(keys.counts(h), "done") or 0) for h in holders]
-            )
+            done = sum([int(await self.redis.hget(keys.counts(h), "done") or 0) for h in holders])
             rate: float | None = None
             last = self._last.get(s.stream)
             if last is not None and now > last[0]:

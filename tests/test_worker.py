@@ -408,6 +408,7 @@ async def test_a_failing_call_the_worker_must_finish_backs_off_between_tries(
     redis: Redis, stream: str
 ) -> None:
     """An acknowledgement is retried until the server answers, but never in a busy loop."""
+
     async def handler(job: Job) -> None:
         return None
 
