@@ -21,11 +21,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from streamq import admin, connection
+from streamq import admin, connection, keys, scripts
 from streamq.server import LocalCluster, LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +128,21 @@ async def entries(redis: Redis, key: str) -> list[Entry]:
     """XRANGE of a whole stream, typed for the tests."""
     reply: Any = await redis.xrange(key)
     return [(entry_id, fields) for entry_id, fields in reply]
+
+
+async def finish_late(
+    redis: Redis, stream: str, job_id: str, entry_id: bytes, outcome: tuple[Any, ...]
+) -> None:
+    """Send one job's outcome as a worker that stalled (or outlived a restart) would, late:
+    straight to the finish script, its entry acknowledged with it."""
+    await scripts.finish_jobs(
+        redis,
+        [*keys.lanes(stream), keys.dedup(stream), keys.delayed(stream), keys.dead(stream),
+         keys.counts(stream), keys.control(stream), keys.events(stream), keys.meta(stream),
+         keys.job(stream, job_id)],
+        [keys.GROUP, "", entry_id, "", 60_000, msgspec.msgpack.encode([outcome]),
+         keys.script_prefix(stream)],
+    )  # fmt: skip
 
 
 def sync_entries(redis: sync_redis.Redis, key: str) -> list[Entry]:

@@ -14,12 +14,12 @@ import pytest
 from redis.asyncio import Redis
 
 import streamq
-from streamq import events, keys, scripts
+from streamq import events, keys
 from streamq.config import EventsConfig
 from streamq.errors import ConfigError
 from streamq.job import Job
 from streamq.worker import Worker
-from tests.conftest import entries, run_cli
+from tests.conftest import entries, finish_late, run_cli
 from tests.test_cli import one_line_error
 from tests.test_lifecycle import QUICK, Running, state
 from tests.test_worker import FAST, poll
@@ -222,14 +222,7 @@ async def test_a_late_second_done_writes_no_second_event_nor_count(
         [(entry_id, _)] = await entries(redis, keys.lane(stream, "normal"))
         await Worker(redis, stream, handler, options()).run()
     late = ("d", job_id, "", 1, 1, '"twice"')  # a stalled worker's done, after the takeover
-    await scripts.finish_jobs(
-        redis,
-        [*keys.lanes(stream), keys.dedup(stream), keys.delayed(stream), keys.dead(stream),
-         keys.counts(stream), keys.control(stream), keys.events(stream), keys.meta(stream),
-         keys.job(stream, job_id)],
-        [keys.GROUP, "", entry_id, "", 60_000, msgspec.msgpack.encode([late]),
-         keys.script_prefix(stream)],
-    )  # fmt: skip
+    await finish_late(redis, stream, job_id, entry_id, late)
     kinds = [ev.type for ev in await every_event(redis, stream)]
     assert kinds == ["queued", "started", "done"]
     assert await redis.hget(keys.counts(stream), "done") == b"1"

@@ -16,7 +16,7 @@ from streamq.config import Backoff
 from streamq.errors import ConfigError, Fail, InvalidJobState, JobNotFound, RateLimited, Retry
 from streamq.job import Job
 from streamq.worker import Worker, WorkerOptions
-from tests.conftest import entries
+from tests.conftest import entries, finish_late
 from tests.test_worker import FAST, poll
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
@@ -384,14 +384,7 @@ async def test_a_stale_retry_cannot_reopen_a_finished_job(
         await Worker(redis, stream, handler, msgspec.structs.replace(FAST, backoff=QUICK)).run()
         assert await state(q, job_id) == "done"
         stale = ("r", job_id, "", 2, 0, '{"id":"x"}', 50, "late", 2, entry_id.decode())
-        await streamq.scripts.finish_jobs(
-            redis,
-            [*keys.lanes(stream), keys.dedup(stream), keys.delayed(stream), keys.dead(stream),
-             keys.counts(stream), keys.control(stream), keys.events(stream), keys.meta(stream),
-             keys.job(stream, job_id)],
-            [keys.GROUP, "", entry_id, "", 60_000, msgspec.msgpack.encode([stale]),
-             keys.script_prefix(stream)],
-        )  # fmt: skip
+        await finish_late(redis, stream, job_id, entry_id, stale)
         assert await state(q, job_id) == "done"
         assert await redis.zcard(keys.delayed(stream)) == 0
 
@@ -412,14 +405,7 @@ async def test_a_retry_for_an_entry_the_server_forgot_delivering_keeps_the_job(
         await redis.xack(lane, keys.GROUP, entry_id)
         await redis.xgroup_setid(lane, keys.GROUP, "0")
         late = ("r", job_id, "", 2, 0, '{"id":"x"}', 50, "failed", 2, entry_id.decode())
-        await streamq.scripts.finish_jobs(
-            redis,
-            [*keys.lanes(stream), keys.dedup(stream), keys.delayed(stream), keys.dead(stream),
-             keys.counts(stream), keys.control(stream), keys.events(stream), keys.meta(stream),
-             keys.job(stream, job_id)],
-            [keys.GROUP, "", entry_id, "", 60_000, msgspec.msgpack.encode([late]),
-             keys.script_prefix(stream)],
-        )  # fmt: skip
+        await finish_late(redis, stream, job_id, entry_id, late)
         assert [e for e, _ in await entries(redis, lane)] == [entry_id]
         ran: list[str] = []
 
