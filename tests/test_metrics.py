@@ -67,7 +67,10 @@ async def test_a_known_workload_is_counted_exactly(redis: Redis, stream: str) ->
             with anyio.fail_after(10):
                 while True:
                     samples = await anyio.to_thread.run_sync(scrape, exposition.url)
-                    if value(samples, "streamq_stream_dead", stream=stream) == FAILING:
+                    # Both read in one refresh, which may have begun before the retirement.
+                    dead = value(samples, "streamq_stream_dead", stream=stream)
+                    consumers = value(samples, "streamq_stream_consumers", stream=stream)
+                    if (dead, consumers) == (FAILING, 0):
                         break
                     await anyio.sleep(0.02)
             tasks.cancel_scope.cancel()
