@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
+import anyio
 import redis as sync_redis
 from redis import exceptions as redis_errors
 from redis.asyncio import ConnectionPool, Redis
@@ -339,7 +340,7 @@ async def _server_info(redis: Redis) -> Any:
     cluster = as_cluster(redis)
     if cluster is None:
         return await redis.info("server")
-    await cluster.initialize()  # tries every seed in turn
+    await _initialize_cluster(cluster)
     failure: BaseException | None = None
     for node in cluster.get_primaries():
         try:
@@ -347,6 +348,30 @@ async def _server_info(redis: Redis) -> Any:
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
             failure = exc
     raise failure or redis_errors.ConnectionError("no cluster master answered")
+
+
+async def _initialize_cluster(cluster: RedisCluster) -> None:
+    """Learn the cluster's slots, trying every seed in turn. redis-py then reads COMMAND from
+    the first master the slot map names, which may be one that just died and still owns its
+    slots: tried again while its replica takes over, for up to the socket timeout."""
+    budget = cluster.get_connection_kwargs().get("socket_timeout") or SOCKET_TIMEOUT_SECONDS
+    deadline = anyio.current_time() + budget
+    failures = 0
+    while True:
+        try:
+            await cluster.initialize()
+            return
+        except redis_errors.RedisClusterException as exc:
+            if "cannot be connected" in str(exc):  # no seed answered: nothing to wait for
+                detail = str(exc).partition(": ")[2] or str(exc)
+                raise redis_errors.ConnectionError(f"no seed node answered ({detail})") from None
+            failure: Exception = redis_errors.ConnectionError(str(exc))  # slots not covered
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            failure = exc
+        failures += 1
+        if anyio.current_time() + retry_delay(failures) > deadline:
+            raise failure
+        await anyio.sleep(retry_delay(failures))
 
 
 async def check(redis: Redis, url: str) -> str:

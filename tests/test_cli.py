@@ -423,3 +423,14 @@ def test_sigterm_interrupts_an_idle_blocking_read_at_once(redis_url: str, stream
         worker.wait()
     assert worker.returncode == 0
     assert took < 3.0, f"stop took {took:.1f}s: the blocking read was not interrupted"
+
+
+def test_an_unreachable_cluster_is_one_line() -> None:
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    url = f"redis+cluster://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
+    result = run_cli("enqueue", "--redis-url", url, "--stream", "x", "--payload", "{}")
+    one_line_error(result, f"cannot reach Redis at {url}: no seed node answered")
