@@ -42,22 +42,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On the cluster, engine tests run on uvloop only (what workers use in production): plain
-    asyncio, for apps embedding streamq, is covered on one server, and the suite stays short."""
-    dropped = [item for item in items if _cluster_on_plain_asyncio(item)]
+    """Engine tests run on uvloop (what workers use in production) on every engine, and on
+    plain asyncio (for apps embedding streamq) on Valkey only: the event loop and the engine
+    are independent, and the suite stays short."""
+    dropped = [item for item in items if _plain_asyncio_beyond_valkey(item)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = [item for item in items if not _cluster_on_plain_asyncio(item)]
+        items[:] = [item for item in items if not _plain_asyncio_beyond_valkey(item)]
 
 
-def _cluster_on_plain_asyncio(item: pytest.Item) -> bool:
+def _plain_asyncio_beyond_valkey(item: pytest.Item) -> bool:
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return False
     params = callspec.params
     backend = params.get("anyio_backend")
     return (
-        params.get("server") == "cluster"
+        params.get("server", "valkey") != "valkey"
         and backend is not None
         and (backend[1].get("use_uvloop") is False)
     )
