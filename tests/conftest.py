@@ -64,6 +64,27 @@ def _plain_asyncio_beyond_valkey(item: pytest.Item) -> bool:
     )
 
 
+FIGURES_MARK = "faults: "
+"""Fault tests print their figures on a line that starts so; the run repeats them at its end."""
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault tests' figures, gathered from their captured output (xdist workers' too)."""
+    lines = []
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", None) != "call":
+                continue
+            for line in report.capstdout.splitlines():
+                if line.startswith(FIGURES_MARK):
+                    test = report.nodeid.rpartition("::")[2]
+                    lines.append(f"{line.removeprefix(FIGURES_MARK)}  [{test}]")
+    if lines:
+        terminalreporter.section("fault figures: jobs lost and run twice")
+        for line in sorted(lines):
+            terminalreporter.line(line)
+
+
 @pytest.fixture(scope="session")
 def server(request: pytest.FixtureRequest) -> Iterator[LocalServer | LocalCluster]:
     """One server per engine for the whole session; typed LocalServer for the tests that

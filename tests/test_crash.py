@@ -100,8 +100,9 @@ def test_sigkill_of_one_of_two_workers_loses_no_job(redis_url: str, stream: str)
     assert sorted(kinds["done"]) == sorted(ids)
     assert len(kinds.get("retried", [])) == int(client.hget(keys.counts(stream), "retried") or 0)
     failed_first = {i for i in ids if client.hget(keys.job(stream, i), "attempt") == b"2"}
-    print(  # figures for the record (pytest -s shows them)
-        f"\ncrash: {JOBS} jobs, victim ran {len(ran_by_victim)} before SIGKILL, "
+    print(  # figures for the record, repeated at the end of the run
+        f"\nfaults: one of two workers SIGKILLed, {JOBS} jobs, victim ran {len(ran_by_victim)} "
+        "before SIGKILL, "
         f"lost {JOBS - len(succeeded)}, succeeded twice {len(twice)}, "
         f"retried after a first failure {len(failed_first)}"
     )

@@ -132,7 +132,8 @@ def test_a_master_killed_mid_run_is_survived_by_workers_and_producers(tmp_path: 
                 producer.join(5)
             finish(pool)
     print(
-        f"\nfailover: {total} jobs over {PARTITIONS} partitions, master of {stream}:0 SIGKILLed "
+        f"\nfaults: cluster failover: {total} jobs over {PARTITIONS} partitions, master of "
+        f"{stream}:0 SIGKILLed "
         f"a quarter through; replica promoted in {promoted_after:.1f}s; {len(refused)} enqueue "
         f"batches refused and retried ({', '.join(sorted(set(refused))) or 'none'}); "
         f"lost {lost}, ran twice {twice}"

@@ -78,7 +78,8 @@ def test_a_server_clock_jump_forward_and_back_loses_nothing(stream: str, tmp_pat
         finally:
             finish(pool)
     print(
-        f"\nserver clock +{JUMP_SECONDS}s then back: {len(ids)} jobs ({len(later)} after the "
+        f"\nfaults: server clock +{JUMP_SECONDS}s then back: {len(ids)} jobs ({len(later)} "
+        "after the "
         f"jump back); lost {lost}, ran twice {twice}"
     )
     assert lost == 0
