@@ -12,7 +12,9 @@ from typing import Final
 
 _COMMON: Final = (
     "resetkeys ~streamq:* resetchannels -@all "
-    "+ping +hello +info +time +evalsha +script|load +multi +exec +discard"
+    "+ping +hello +info +time +evalsha +script|load +multi +exec +discard "
+    # A cluster client learns the slot map and the command table (for the keys' positions).
+    "+cluster|slots +command"
 )
 _READ_STREAMS: Final = (
     "+xrange +xrevrange +xread +xlen +xpending +xinfo|stream +xinfo|groups +xinfo|consumers"

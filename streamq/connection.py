@@ -364,7 +364,11 @@ async def _initialize_cluster(cluster: RedisCluster) -> None:
         except redis_errors.RedisClusterException as exc:
             if "cannot be connected" in str(exc):  # no seed answered: nothing to wait for
                 detail = str(exc).partition(": ")[2] or str(exc)
-                raise redis_errors.ConnectionError(f"no seed node answered ({detail})") from None
+                if "Cluster mode is not enabled" in detail:  # redis-py's word for any error
+                    detail = "CLUSTER SLOTS refused: not a cluster, or a user without it"
+                raise redis_errors.ConnectionError(
+                    f"no seed node gave the slot map ({detail})"
+                ) from None
             failure: Exception = redis_errors.ConnectionError(str(exc))  # slots not covered
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
             failure = exc

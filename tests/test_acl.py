@@ -1,5 +1,6 @@
 """Producers, workers and the autoscaler run under exactly the least-privilege ACL users the
-README gives (streamq.acl.ROLES), on each engine, and nothing more is allowed to them."""
+README gives (streamq.acl.ROLES), on each engine and a cluster, and nothing more is allowed to
+them."""
 
 from __future__ import annotations
 
@@ -14,34 +15,46 @@ import redis as sync_redis
 from autoscaler import controller
 from autoscaler.observe import StreamWatch
 from streamq import acl, connection, limiter
-from streamq.server import LocalServer
+from streamq.server import LocalCluster, LocalServer
 from tests.conftest import run_cli
 
 
-def users(server: LocalServer) -> dict[str, str]:
-    """One fresh user per role on the test's server; role -> URL."""
-    admin = sync_redis.Redis(port=server.port)
-    urls = {}
-    for role, rules in acl.ROLES.items():
-        name = f"{role}-{uuid.uuid4().hex[:8]}"
-        admin.execute_command(  # type: ignore[no-untyped-call]
-            "ACL", "SETUSER", name, "reset", "on", f">pw-{name}", *rules.split()
-        )
-        urls[role] = f"redis://{name}:pw-{name}@127.0.0.1:{server.port}/0"
-    admin.close()
-    return urls
+def ports(server: LocalServer | LocalCluster) -> list[int]:
+    """Every node: users live in each node's own ACL (a cluster does not share them)."""
+    if isinstance(server, LocalCluster):
+        return [node.port for node in server.nodes]
+    return [server.port]
 
 
-def denials(server: LocalServer, urls: dict[str, str]) -> list[Any]:
+def users(server: LocalServer | LocalCluster) -> dict[str, str]:
+    """One fresh user per role on the test's server (every node of a cluster); role -> URL."""
+    names = {role: f"{role}-{uuid.uuid4().hex[:8]}" for role in acl.ROLES}
+    for port in ports(server):
+        admin = sync_redis.Redis(port=port)
+        for role, rules in acl.ROLES.items():
+            name = names[role]
+            admin.execute_command(  # type: ignore[no-untyped-call]
+                "ACL", "SETUSER", name, "reset", "on", f">pw-{name}", *rules.split()
+            )
+        admin.close()
+    scheme, _, hosts = server.url.partition("://")
+    return {role: f"{scheme}://{name}:pw-{name}@{hosts}" for role, name in names.items()}
+
+
+def denials(server: LocalServer | LocalCluster, urls: dict[str, str]) -> list[Any]:
     names = {url.split("//")[1].split(":")[0].encode() for url in urls.values()}
-    log: Any = sync_redis.Redis(port=server.port).execute_command(  # type: ignore[no-untyped-call]
-        "ACL", "LOG", "128"
-    )
-    return [(e[b"username"], e[b"object"]) for e in log if e[b"username"] in names]
+    found = []
+    for port in ports(server):
+        log: Any = sync_redis.Redis(port=port).execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "LOG", "128"
+        )
+        found += [(e[b"username"], e[b"object"]) for e in log if e[b"username"] in names]
+    return found
 
 
+@pytest.mark.cluster
 def test_every_role_does_its_work_with_exactly_its_rules(
-    server: LocalServer, stream: str, tmp_path: Path
+    server: LocalServer | LocalCluster, stream: str, tmp_path: Path
 ) -> None:
     urls = users(server)
     config = tmp_path / "streamq.toml"
@@ -104,3 +117,15 @@ def test_the_roles_allow_nothing_beyond_streamqs_keys(server: LocalServer) -> No
     with pytest.raises(sync_redis.exceptions.NoPermissionError):
         worker.xadd("streamq:{x}:lane:normal", {"j": "{}"})  # the autoscaler writes no jobs
     worker.close()
+
+
+def test_the_readme_gives_exactly_these_rules() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    given = {}
+    for line in readme.splitlines():
+        if line.startswith("ACL SETUSER streamq-"):
+            user, _, rules = line.removeprefix("ACL SETUSER streamq-").partition(
+                " reset on >PASSWORD "
+            )
+            given[user] = rules
+    assert given == acl.ROLES

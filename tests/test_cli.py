@@ -433,4 +433,4 @@ def test_an_unreachable_cluster_is_one_line() -> None:
             ports.append(sock.getsockname()[1])
     url = f"redis+cluster://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
     result = run_cli("enqueue", "--redis-url", url, "--stream", "x", "--payload", "{}")
-    one_line_error(result, f"cannot reach Redis at {url}: no seed node answered")
+    one_line_error(result, f"cannot reach Redis at {url}: no seed node gave the slot map")
