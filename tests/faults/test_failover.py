@@ -61,12 +61,16 @@ def first_masters_stream() -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_master_killed_mid_run_is_survived_by_workers_and_producers(tmp_path: Path) -> None:
+def test_a_master_killed_mid_run_is_survived_by_workers_and_producers(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """On a cluster of the engine under test (Valkey 8.1, Redis 7)."""
     batches, batch = (60, 500) if LONG else (30, 200)
     stream = first_masters_stream()
     config = tmp_path / "streamq.toml"
     config.write_text(f"[streams.{stream}]\npartitions = {PARTITIONS}\n")
-    with LocalServer() as records, LocalCluster(masters=3, replicas=1) as cluster:
+    nodes = LocalCluster(masters=3, replicas=1, binary=server.binary)
+    with LocalServer() as records, nodes as cluster:
         record = sync_redis.Redis.from_url(records.url)
         env = {"STREAMQ_TEST_RECORD_URL": records.url, "STREAMQ_TEST_RECORD": stream,
                "STREAMQ_TEST_JOB_SECONDS": "0.002"}  # fmt: skip
