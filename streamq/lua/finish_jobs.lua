@@ -32,9 +32,10 @@ outcomes as one msgpack value because this is the hot path: the client joins and
 instead of sending thousands of arguments. A retry or deferral of a job whose cancellation was
 requested while it ran ends it as cancelled instead.
 An outcome other than done whose entry is no longer pending is stale (this worker stalled, and
-another took the entry over and finished it; or the server restarted without the delivery): it
-is dropped, and its entry left where it is, so a late retry cannot run a finished job again. A done outcome for a job whose record already says done is stale too, so
-a run is counted, and its events written, once.
+another took the entry over and finished it; or the server restarted from an AOF that lacked
+the delivery): it is dropped, so a late retry cannot run a finished job again, and its entry is
+left in its lane, where a restarted server's next reader runs it. A done outcome for a job
+whose record already says done is stale too, so a run is counted, and its events written, once.
 The counts hash also sums `ran` (outcomes of runs) and `busy_ms` (their handler time).
 Every outcome appends its event: 'started' (at the time the handler started: a start is not a
 step on the server, so its event is written with the outcome), then 'done', 'retried',
@@ -55,10 +56,8 @@ local event_settings = events_settings(KEYS[10])
 local acked = 0
 local outcomes = cmsgpack.unpack(ARGV[6])
 local stale = {}
--- Entries of stale outcomes stay in their lane: one still there was never delivered as far as
--- the server knows (a restart from an AOF that lacked the delivery), so its next reader runs it;
--- deleting it would lose the job. One that another worker finished is gone already.
-local keep = nil
+local NONE = {}
+local keep = nil -- per lane, the entries of stale outcomes: not acknowledged, not deleted
 local accounts = {} -- read with a done job's state, so its event costs no second read
 for i, o in ipairs(outcomes) do
   if o[1] ~= 'd' then
@@ -86,7 +85,7 @@ end
 
 for l = 1, 3 do
   local ids = {}
-  local kept = keep and keep[l] or {}
+  local kept = keep and keep[l] or NONE
   for id in string.gmatch(ARGV[l + 1], '%S+') do
     if not kept[id] then
       ids[#ids + 1] = id
