@@ -425,7 +425,7 @@ class Worker:
                 failures = 0
             except TRANSIENT_ERRORS as exc:  # first: CLUSTERDOWN and MOVED are ResponseErrors
                 failures += 1
-                await self._pause_after_failure("fetch", exc, failures)
+                await self._pause_after_failure("fetch", exc, failures, until_stop=True)
                 await self._replace_reader()
             except redis_errors.ResponseError as exc:
                 if not _lane_gone(exc):
@@ -1241,11 +1241,15 @@ class Worker:
                     return None
                 await self._pause_after_failure(what, exc, failures)
 
-    async def _pause_after_failure(self, what: str, exc: BaseException, failures: int) -> None:
+    async def _pause_after_failure(
+        self, what: str, exc: BaseException, failures: int, *, until_stop: bool = False
+    ) -> None:
+        """Back off before the next try; ``until_stop`` ends the pause early when the worker
+        stops (a fetch need not be tried again then; an acknowledgement must be)."""
         delay = retry_delay(failures)
         log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
-        if what == "fetch":
-            with anyio.move_on_after(delay):  # a stop need not wait for the next try
+        if until_stop:
+            with anyio.move_on_after(delay):
                 await self._stop_event.wait()
         else:
             await anyio.sleep(delay)
