@@ -16,7 +16,7 @@ from autoscaler import controller
 from autoscaler.observe import StreamWatch
 from streamq import acl, connection, limiter
 from streamq.server import LocalCluster, LocalServer
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 
 def ports(server: LocalServer | LocalCluster) -> list[int]:
@@ -120,7 +120,7 @@ def test_the_roles_allow_nothing_beyond_streamqs_keys(server: LocalServer) -> No
 
 
 def test_the_readme_gives_exactly_these_rules() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     given = {}
     for line in readme.splitlines():
         if line.startswith("ACL SETUSER streamq-"):
