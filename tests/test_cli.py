@@ -302,7 +302,7 @@ def test_without_a_url_every_command_uses_the_embedded_server(stream: str) -> No
         client.close()
         stopped = run_cli("server", "stop", env=env)
         assert stopped.stdout.strip() == "stopped"
-        assert run_cli("server", "status", env=env).returncode == 3
+        assert run_cli("server", "status", env=env).returncode == 1
     finally:
         run_cli("server", "stop", env=env)
         shutil.rmtree(home, ignore_errors=True)
