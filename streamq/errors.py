@@ -25,6 +25,8 @@ Handlers steer a job's outcome by raising one of these (they are not errors of s
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Literal
 
 
@@ -123,7 +125,7 @@ _KINDS = {
     "array": "a list",
     "null": "null",
 }
-_PLAIN = (
+_PLAIN: tuple[tuple[str, Callable[[re.Match[str]], str]], ...] = (
     (r"Expected `str` of length >= 1", lambda m: "must not be empty"),
     (
         r"Expected `(\w+)` of length >= (\d+)",
@@ -147,8 +149,6 @@ _PLAIN = (
 def readable(message: str) -> str:
     """msgspec's validation message for a person: ``title: must not be empty`` rather than
     ``Expected `str` of length >= 1 - at `$.title```."""
-    import re
-
     text, _, path = message.partition(" - at `$")
     path = path.rstrip("`").lstrip(".")
     for pattern, say in _PLAIN:
