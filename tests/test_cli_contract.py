@@ -54,7 +54,7 @@ def required_args(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> lis
     argv: list[str] = []
     for action in parser._actions:
         if action.option_strings and action.required:
-            argv += [action.option_strings[0], str((action.choices or ["s1"])[0])]
+            argv += [action.option_strings[0], str(next(iter(action.choices or ["s1"])))]
         elif not action.option_strings and action.nargs not in ("*", "?"):
             argv.append(str(next(iter(action.choices or ["s1"]))))
     return argv + extra
