@@ -57,6 +57,10 @@ ACKS_IN_FLIGHT: Final = 2
 WATCHDOG_SECONDS: Final = 0.25
 """How often running jobs are checked against their timeout (and so its precision)."""
 MAX_PREFETCH: Final = 1024
+LANE_NEWS_SECONDS: Final = 0.01
+"""How old the news that a higher lane is empty may be when a job of a lower lane starts from
+the read-ahead; older news is checked first (one read of those lanes), so a job read ahead
+never starts while a higher lane has held a job for longer than this plus one round trip."""
 """How often a worker touches its consumer group at the least: the reclaimer's period."""
 
 
@@ -198,6 +202,14 @@ class Worker:
         # Fetched jobs waiting for a free consumer, one queue per lane so a higher lane's job
         # fetched later still starts before a lower lane's fetched earlier.
         self._ready: list[deque[Job]] = [deque() for _ in keys.LANES]
+        # When each lane was last seen empty (time.monotonic() as its read was sent), and
+        # whether a blocking read on every lane is waiting now (then any entry comes at once).
+        self._empty_at = [-math.inf] * len(keys.LANES)
+        self._blocking = False
+        self._looking: anyio.Event | None = None  # a look at the higher lanes in flight
+        # Per lane, admission calls in flight: their jobs were read but are not ready yet.
+        self._admitting_lane = [0] * len(keys.LANES)
+        self._admitted = anyio.Event()  # set (and replaced) as each admission call ends
         self._idle = 0  # consumers parked waiting for work
         self._ready_event = anyio.Event()
         self._room_event: anyio.Event | None = None
@@ -484,10 +496,13 @@ class Worker:
         for lane, key in enumerate(self._lanes):
             if found >= count:
                 break
+            sent = time.monotonic()
             reply = await self._reader.execute_command(  # type: ignore[no-untyped-call]
                 "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count - found,
                 "STREAMS", key, ">",
             )  # fmt: skip
+            if not reply or len(reply[0][1]) < count - found:
+                self._empty_at[lane] = sent
             if reply:
                 # Half the consumers parked with nothing buffered: the read-ahead is too short.
                 starved = starved or (
@@ -502,13 +517,21 @@ class Worker:
             self._reader_id = int(await self._reader.client_id())
             if self._stopping:
                 return
-        reply = await self._reader.execute_command(  # type: ignore[no-untyped-call]
-            "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count,
-            "BLOCK", max(1, int(self.options.block_seconds * 1000)),
-            "STREAMS", *self._lanes, *[">"] * len(self._lanes),
-        )  # fmt: skip
+        self._blocking = True
+        try:
+            reply = await self._reader.execute_command(  # type: ignore[no-untyped-call]
+                "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count,
+                "BLOCK", max(1, int(self.options.block_seconds * 1000)),
+                "STREAMS", *self._lanes, *[">"] * len(self._lanes),
+            )  # fmt: skip
+        finally:
+            self._blocking = False
         # Several lanes may answer at once: take them in priority order.
         by_name = {codec.text(name): entries for name, entries in reply or []}
+        answered = time.monotonic()
+        for lane, name in enumerate(self._lanes):
+            if len(by_name.get(name) or ()) < count:
+                self._empty_at[lane] = answered
         for lane, name in enumerate(self._lanes):
             if by_name.get(name):
                 await self._accept(lane, by_name[name])
@@ -597,10 +620,14 @@ class Worker:
                 job.cancelled = bool(flagged)
         if jobs:
             self._admitting += 1
+            self._admitting_lane[lane] += 1
             try:
                 jobs = await self._admit(lane, jobs, reclaimed=deliveries is not None)
             finally:
                 self._admitting -= 1
+                self._admitting_lane[lane] -= 1
+                admitted, self._admitted = self._admitted, anyio.Event()
+                admitted.set()
             if self._pausing:
                 jobs = self._park_pausing(jobs)
         if jobs:
@@ -749,6 +776,50 @@ class Worker:
                 self.counts.released += int(released or 0)
         await self._give_back_starts()
 
+    def _higher_lanes_unknown(self, lane: int) -> bool:
+        """Whether a lane above ``lane`` may hold jobs this worker has not read: not seen empty
+        within LANE_NEWS_SECONDS, and no blocking read waiting on it; or holds jobs being
+        admitted now."""
+        if any(self._admitting_lane[:lane]):
+            return True
+        if self._blocking or self._stopping:
+            return False
+        since = time.monotonic() - LANE_NEWS_SECONDS
+        return any(self._empty_at[higher] < since for higher in range(lane))
+
+    async def _look_above(self, lane: int) -> None:
+        """Read the lanes above ``lane`` before a job of it starts from the read-ahead: jobs
+        read ahead while those lanes were empty must not start before ones that came since.
+        One look at a time; consumers that want one meanwhile wait for it. Jobs of those lanes
+        already read and being admitted are waited for instead."""
+        if any(self._admitting_lane[:lane]):
+            await self._admitted.wait()
+            return
+        if self._looking is not None:
+            await self._looking.wait()
+            return
+        looking = self._looking = anyio.Event()
+        try:
+            count = sum(slot.job is None for slot in self._slots)  # free to start one now
+            for higher in range(lane):
+                sent = time.monotonic()
+                reply: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count,
+                    "STREAMS", self._lanes[higher], ">",
+                )  # fmt: skip
+                entries = reply[0][1] if reply else []
+                if len(entries) < count:
+                    self._empty_at[higher] = sent
+                if entries:
+                    await self._accept(higher, entries)
+        except TRANSIENT_ERRORS as exc:
+            # The fetcher meets the same trouble and backs off; meanwhile the read-ahead runs.
+            log.warning("reading %s's higher lanes failed: %s", self.stream, exc)
+            self._empty_at[:lane] = [time.monotonic()] * lane
+        finally:
+            self._looking = None
+            looking.set()
+
     # -- running --------------------------------------------------------------------------------
 
     async def _consume(self, slot: _Slot) -> None:
@@ -775,7 +846,6 @@ class Worker:
         while True:
             for lane_jobs in ready:
                 if lane_jobs:
-                    job = lane_jobs.popleft()
                     break
             else:
                 if self._closing:
@@ -786,6 +856,11 @@ class Worker:
                 finally:
                     self._idle -= 1
                 continue
+            lane = lane_jobs[0]._lane
+            if lane and self._higher_lanes_unknown(lane):
+                await self._look_above(lane)
+                continue
+            job = lane_jobs.popleft()
             env = job.envelope
             if self._platform_paused_until_ms:
                 wait_ms = self._platform_paused_until_ms - self.promoter.server_now_ms()
