@@ -747,7 +747,14 @@ class Worker:
     async def _wait_for_room(self) -> None:
         event = self._room_event = anyio.Event()
         with anyio.move_on_after(self.options.block_seconds):
-            await event.wait()
+            while not event.is_set():
+                with anyio.move_on_after(LANE_NEWS_SECONDS / 2):
+                    await event.wait()
+                # Jobs below the top lane wait in the read-ahead: look above them before the
+                # news goes stale, so a freed slot seldom has to wait for a look of its own.
+                lowest = max((lane for lane, jobs in enumerate(self._ready) if jobs), default=0)
+                if lowest and self._higher_lanes_unknown(lowest, LANE_NEWS_SECONDS / 2):
+                    await self._look_above(lowest)
         self._room_event = None
 
     def _wake_consumers(self) -> None:
@@ -776,7 +783,7 @@ class Worker:
                 self.counts.released += int(released or 0)
         await self._give_back_starts()
 
-    def _higher_lanes_unknown(self, lane: int) -> bool:
+    def _higher_lanes_unknown(self, lane: int, within: float = LANE_NEWS_SECONDS) -> bool:
         """Whether a lane above ``lane`` may hold jobs this worker has not read: not seen empty
         within LANE_NEWS_SECONDS, and no blocking read waiting on it; or holds jobs being
         admitted now."""
@@ -784,7 +791,7 @@ class Worker:
             return True
         if self._blocking or self._stopping:
             return False
-        since = time.monotonic() - LANE_NEWS_SECONDS
+        since = time.monotonic() - within
         return any(self._empty_at[higher] < since for higher in range(lane))
 
     async def _look_above(self, lane: int) -> None:
@@ -800,7 +807,7 @@ class Worker:
             return
         looking = self._looking = anyio.Event()
         try:
-            count = sum(slot.job is None for slot in self._slots)  # free to start one now
+            count = max(1, sum(slot.job is None for slot in self._slots))  # free ones
             for higher in range(lane):
                 sent = time.monotonic()
                 reply: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
@@ -812,8 +819,15 @@ class Worker:
                     self._empty_at[higher] = sent
                 if entries:
                     await self._accept(higher, entries)
+        except redis_errors.ResponseError as exc:
+            if isinstance(exc, TRANSIENT_ERRORS) or _lane_gone(exc):
+                # The fetcher meets the same trouble and deals with it; meanwhile the
+                # read-ahead runs rather than every slot waiting for a look it cannot have.
+                log.warning("reading %s's higher lanes failed: %s", self.stream, exc)
+                self._empty_at[:lane] = [time.monotonic()] * lane
+            else:
+                raise
         except TRANSIENT_ERRORS as exc:
-            # The fetcher meets the same trouble and backs off; meanwhile the read-ahead runs.
             log.warning("reading %s's higher lanes failed: %s", self.stream, exc)
             self._empty_at[:lane] = [time.monotonic()] * lane
         finally:

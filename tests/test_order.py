@@ -32,10 +32,8 @@ ACCOUNTS = ["a", "b"]
 LIMITS: dict[str, tuple[Limit, ...]] = {
     "none": (),
     "platform": (Limit(scope="platform", min_interval=0.02),),
+    "account": (Limit(scope="account", max=2, per=0.1),),
 }
-# Not yet "account": a job whose planned turn comes while its account's window is still full
-# (its predecessor started late) is deferred again, and a later job of the account can start
-# in between; see the README's "Order".
 
 Op = tuple[Any, ...]
 ops = st.lists(
