@@ -748,12 +748,15 @@ class Worker:
         event = self._room_event = anyio.Event()
         with anyio.move_on_after(self.options.block_seconds):
             while not event.is_set():
-                with anyio.move_on_after(LANE_NEWS_SECONDS / 2):
-                    await event.wait()
                 # Jobs below the top lane wait in the read-ahead: look above them before the
                 # news goes stale, so a freed slot seldom has to wait for a look of its own.
                 lowest = max((lane for lane, jobs in enumerate(self._ready) if jobs), default=0)
-                if lowest and self._higher_lanes_unknown(lowest, LANE_NEWS_SECONDS / 2):
+                if not lowest:
+                    await event.wait()
+                    break
+                with anyio.move_on_after(LANE_NEWS_SECONDS / 2):
+                    await event.wait()
+                if not event.is_set() and self._higher_lanes_unknown(lowest, LANE_NEWS_SECONDS / 2):
                     await self._look_above(lowest)
         self._room_event = None
 

@@ -88,6 +88,16 @@ class Starts:
 # for a platform's minimum interval.
 @example(plan=[("pause", "a"), ("bulk", ["a"] * 6, "normal")], limits="none", concurrency=1)
 @example(plan=[("bulk", ["a"] * 10, "normal")], limits="platform", concurrency=1)
+# Found by this test: a job deferred again by its account's limit, overtaken by a later one.
+@example(
+    plan=[
+        ("bulk", ["b", "a", "a", "a"], "high"),
+        ("bulk", ["a", "a", "a", "a"], "normal"),
+        ("bulk", ["a", "b", "a", "a"], "normal"),
+    ],
+    limits="account",
+    concurrency=1,
+)
 def test_an_accounts_jobs_start_in_enqueue_order_within_a_lane(
     server: LocalServer | LocalCluster, plan: list[Op], limits: str, concurrency: int
 ) -> None:
