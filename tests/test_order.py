@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import streamq
+from streamq import codec, keys
 from streamq.config import Config, Limit, StreamConfig
 from streamq.job import Job
 from streamq.server import LocalCluster, LocalServer
@@ -241,3 +243,80 @@ def test_no_job_read_ahead_starts_while_a_higher_lane_holds_a_ready_job(
             f"a lane-{lane} job started while {len(waiting)} higher-lane jobs had been ready "
             f"for {max(began - ready[w] for w in waiting):.3f}s"
         )
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(calls=st.lists(st.integers(1, 5), min_size=2, max_size=5))
+def test_jobs_due_at_the_same_millisecond_start_in_enqueue_order(
+    server: LocalServer | LocalCluster, calls: list[int]
+) -> None:
+    stream = f"o{os.urandom(6).hex()}"
+    starts = Starts()
+    enqueued: list[str] = []
+
+    async def handler(job: Job) -> None:
+        starts.note(job)
+
+    async def main() -> None:
+        async with streamq.connect(server.url) as q:
+            due = datetime.now(UTC) + timedelta(seconds=0.8)
+            for size in calls:  # bulk and single calls, all due at one millisecond
+                if size == 1:
+                    enqueued.append(await q.enqueue(stream, 0, run_at=due))
+                else:
+                    enqueued.extend(await q.enqueue_many(stream, [0] * size, run_at=due))
+            options = WorkerOptions(concurrency=1, block_seconds=0.5)
+            worker = Worker(q.redis, stream, handler, options)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(worker.run)
+                await starts.until(lambda: len(starts.at) == len(enqueued))
+                worker.stop()
+
+    anyio.run(main, backend="asyncio")
+    assert starts.order == enqueued
+
+
+def _previous_job_id(stream: str, at_ms: int | None = None) -> str:
+    """A job id as the previous version made them: ``<stream>:<ms hex 11>-<random hex 12>``."""
+    ms = codec.now_ms() if at_ms is None else at_ms
+    return f"{stream}:{ms:011x}-{os.urandom(6).hex()}"
+
+
+def test_jobs_with_ids_of_the_previous_version_run_and_keep_their_place(
+    server: LocalServer | LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = f"o{os.urandom(6).hex()}"
+    starts = Starts()
+    enqueued: list[str] = []
+
+    async def handler(job: Job) -> None:
+        starts.note(job)
+
+    async def main() -> None:
+        async with streamq.connect(server.url) as q:
+            await q.pause_account("a", stream)
+            with monkeypatch.context() as patch:
+                patch.setattr(codec, "new_job_id", _previous_job_id)
+                for _ in range(3):  # parked before an upgrade, a millisecond apart
+                    enqueued.append(await q.enqueue(stream, 0, account="a"))
+                    await anyio.sleep(0.002)
+            enqueued.extend(await q.enqueue_many(stream, [0] * 3, accounts=["a"] * 3))
+            assert all(len(job_id) == len(stream) + 25 for job_id in enqueued[:3])
+            options = WorkerOptions(concurrency=1, block_seconds=0.5)
+            worker = Worker(q.redis, stream, handler, options)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(worker.run)
+                with anyio.fail_after(30):
+                    while await q.redis.zcard(keys.parked(stream, "a")) < len(enqueued):  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                await q.resume_account("a", stream)
+                await starts.until(lambda: len(starts.at) == len(enqueued))
+                worker.stop()
+            assert {(await q.job(job_id)).state for job_id in enqueued} == {"done"}
+
+    anyio.run(main, backend="asyncio")
+    assert starts.order == enqueued

@@ -138,7 +138,8 @@ local function take(lane, entry, replacement)
 end
 
 -- How long a job waits, at the least, behind an earlier job of its account whose turn has come
--- but that has not started yet (it is on its way back to its lane).
+-- but that has not started yet (it is on its way back to its lane, or held by a worker that
+-- died until its visibility timeout passes).
 local BEHIND_MS = 10
 
 -- How many jobs of one account may wait for the platform at once: 1 is strict round robin.
@@ -217,10 +218,16 @@ for i, job in ipairs(jobs) do
       end
       account_turn = math.max(account_turn, tonumber(planned_at or now))
       -- An earlier job of the account still waiting (due, on its way back to a lane) goes
-      -- first: this one waits a moment behind it. (Ids of one stream sort in creation order.)
+      -- first: this one waits behind it, looking again less often the later that one is, and
+      -- not at all once it is as late as a plan entry that never comes back. (Ids of one
+      -- stream sort in creation order.)
       local head = redis.call('ZRANGE', account_plan, 0, 0, 'WITHSCORES')
       if head[1] and head[1] ~= id and head[1] < id then
-        account_turn = math.max(account_turn, tonumber(head[2]) + 1, now + BEHIND_MS)
+        local late = now - tonumber(head[2])
+        if late < STALE_MS then
+          account_turn = math.max(account_turn, tonumber(head[2]) + 1,
+            now + math.max(BEHIND_MS, math.floor(late / 2)))
+        end
       end
     end
     if by_platform then
