@@ -206,6 +206,9 @@ class Worker:
         # whether a blocking read on every lane is waiting now (then any entry comes at once).
         self._empty_at = [-math.inf] * len(keys.LANES)
         self._blocking = False
+        # Per lane, until when (time.monotonic()) its jobs may start from the read-ahead
+        # without a look above: the news above, cached so a consumer checks it in one step.
+        self._fresh_until = [math.inf] + [-math.inf] * (len(keys.LANES) - 1)
         self._looking: anyio.Event | None = None  # a look at the higher lanes in flight
         # Per lane, admission calls in flight: their jobs were read but are not ready yet.
         self._admitting_lane = [0] * len(keys.LANES)
@@ -503,6 +506,7 @@ class Worker:
             )  # fmt: skip
             if not reply or len(reply[0][1]) < count - found:
                 self._empty_at[lane] = sent
+                self._news()
             if reply:
                 # Half the consumers parked with nothing buffered: the read-ahead is too short.
                 starved = starved or (
@@ -518,6 +522,7 @@ class Worker:
             if self._stopping:
                 return
         self._blocking = True
+        self._news()
         try:
             reply = await self._reader.execute_command(  # type: ignore[no-untyped-call]
                 "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count,
@@ -526,12 +531,14 @@ class Worker:
             )  # fmt: skip
         finally:
             self._blocking = False
+            self._news()
         # Several lanes may answer at once: take them in priority order.
         by_name = {codec.text(name): entries for name, entries in reply or []}
         answered = time.monotonic()
         for lane, name in enumerate(self._lanes):
             if len(by_name.get(name) or ()) < count:
                 self._empty_at[lane] = answered
+        self._news()
         for lane, name in enumerate(self._lanes):
             if by_name.get(name):
                 await self._accept(lane, by_name[name])
@@ -621,11 +628,13 @@ class Worker:
         if jobs:
             self._admitting += 1
             self._admitting_lane[lane] += 1
+            self._news()
             try:
                 jobs = await self._admit(lane, jobs, reclaimed=deliveries is not None)
             finally:
                 self._admitting -= 1
                 self._admitting_lane[lane] -= 1
+                self._news()
                 admitted, self._admitted = self._admitted, anyio.Event()
                 admitted.set()
             if self._pausing:
@@ -754,10 +763,11 @@ class Worker:
                 if not lowest:
                     await event.wait()
                     break
+                if self._higher_lanes_unknown(lowest, LANE_NEWS_SECONDS / 2):
+                    await self._look_above(lowest)
+                    continue
                 with anyio.move_on_after(LANE_NEWS_SECONDS / 2):
                     await event.wait()
-                if not event.is_set() and self._higher_lanes_unknown(lowest, LANE_NEWS_SECONDS / 2):
-                    await self._look_above(lowest)
         self._room_event = None
 
     def _wake_consumers(self) -> None:
@@ -785,6 +795,16 @@ class Worker:
                 )
                 self.counts.released += int(released or 0)
         await self._give_back_starts()
+
+    def _news(self) -> None:
+        """Recompute _fresh_until after the news of a lane changed."""
+        until = math.inf
+        for lane, admitting in enumerate(self._admitting_lane):
+            self._fresh_until[lane] = until
+            if admitting:
+                until = -math.inf
+            elif not self._blocking:
+                until = min(until, self._empty_at[lane] + LANE_NEWS_SECONDS)
 
     def _higher_lanes_unknown(self, lane: int, within: float = LANE_NEWS_SECONDS) -> bool:
         """Whether a lane above ``lane`` may hold jobs this worker has not read: not seen empty
@@ -820,6 +840,7 @@ class Worker:
                 entries = reply[0][1] if reply else []
                 if len(entries) < count:
                     self._empty_at[higher] = sent
+                    self._news()
                 if entries:
                     await self._accept(higher, entries)
         except redis_errors.ResponseError as exc:
@@ -828,11 +849,13 @@ class Worker:
                 # read-ahead runs rather than every slot waiting for a look it cannot have.
                 log.warning("reading %s's higher lanes failed: %s", self.stream, exc)
                 self._empty_at[:lane] = [time.monotonic()] * lane
+                self._news()
             else:
                 raise
         except TRANSIENT_ERRORS as exc:
             log.warning("reading %s's higher lanes failed: %s", self.stream, exc)
             self._empty_at[:lane] = [time.monotonic()] * lane
+            self._news()
         finally:
             self._looking = None
             looking.set()
@@ -859,6 +882,7 @@ class Worker:
         default_timeout = self.options.job_timeout
         stream_expires = self.options.expire_after is not None
         monotonic = time.monotonic
+        fresh_until = self._fresh_until  # changed in place
         durations = self.metrics.durations  # drained in place, once per acknowledged batch
         while True:
             for lane_jobs in ready:
@@ -874,7 +898,7 @@ class Worker:
                     self._idle -= 1
                 continue
             lane = lane_jobs[0]._lane
-            if lane and self._higher_lanes_unknown(lane):
+            if lane and monotonic() > fresh_until[lane] and self._higher_lanes_unknown(lane):
                 await self._look_above(lane)
                 continue
             job = lane_jobs.popleft()
