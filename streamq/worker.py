@@ -58,7 +58,7 @@ WATCHDOG_SECONDS: Final = 0.25
 """How often running jobs are checked against their timeout (and so its precision)."""
 MAX_PREFETCH: Final = 1024
 """How often a worker touches its consumer group at the least: the reclaimer's period."""
-LANE_NEWS_SECONDS: Final = 0.01
+LANE_NEWS_SECONDS: Final = 0.02
 """How old the news that a higher lane is empty may be when a job of a lower lane starts from
 the read-ahead; older news is checked first (one read of those lanes), so a job read ahead
 never starts while a higher lane has held a job for longer than this plus one round trip."""

@@ -31,6 +31,11 @@ Accounts take turns on the platform: while one of an account's jobs waits for th
 its next ones are held aside (state 'held', not timed) and one is sent back to the lane each
 time the account's waiting job starts, so a newcomer waits behind one job per account, not
 behind another account's thousands.
+An account's jobs keep their enqueue order (job ids sort in creation order): a newcomer is
+planned after its account's waiting jobs, a job deferred again takes its account's later jobs
+planned before its new turn along with it, a job does not start while an earlier one of its
+account is due but not started (it waits a moment behind it), and a job sent back from the
+held set takes the account's turn at once, so a later one read before it is held behind it.
 A job of a paused account is parked until the account is resumed (or deferred to the end of a
 timed pause); a platform pause defers every job of the stream.
 A job deferred or held back appends a 'rate-limited' event, a parked one a 'paused' event.
