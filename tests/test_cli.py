@@ -173,7 +173,7 @@ def test_bad_config_is_one_line(redis_url: str, stream: str, tmp_path: Path) -> 
     result = run_cli(
         "consume", "--config", str(config), "--redis-url", redis_url, "--stream", stream
     )
-    one_line_error(result, "Expected `int`")
+    one_line_error(result, f"[streams.{stream}] concurrency: must be a whole number")
     config.write_text("[streams\n")
     result = run_cli("stats", "--config", str(config), "--redis-url", redis_url)
     one_line_error(result, "not valid TOML")
