@@ -109,10 +109,23 @@ def _reportable(exc: BaseException) -> tuple[str, int] | None:
     if isinstance(exc, redis_errors.TimeoutError | TimeoutError):
         return f"timed out: {exc}" if str(exc) else "timed out", TIMEOUT
     if isinstance(exc, StreamqError):
-        return str(exc), FAILURE
+        return str(exc), TIMEOUT if _timed_out(exc) else FAILURE
     if isinstance(exc, redis_errors.RedisError):
         return f"redis: {exc}", FAILURE
     return None
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a domain error stands for a timeout: a server that went silent is reported as
+    "cannot reach Redis", raised while handling the client's timeout."""
+    seen = exc.__context__
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, redis_errors.TimeoutError | TimeoutError):
+            return True
+        seen = seen.__context__
+    return False
 
 
 if __name__ == "__main__":

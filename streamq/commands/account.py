@@ -28,7 +28,7 @@ def register(commands: Any) -> None:
         parser.add_argument("--stream", action="append", help=STREAM_HELP)
 
 
-def _jobs(count: int) -> str:
+def jobs(count: int) -> str:
     return f"{count} waiting job" + ("" if count == 1 else "s")
 
 
@@ -57,7 +57,7 @@ async def resume_account(args: argparse.Namespace, config: Config) -> int:
         for stream in await _streams(q, args):
             was_paused, resumed = await q.resume_account(args.account, stream)
             if was_paused:
-                print(f"{stream}: resumed {args.account} ({_jobs(resumed)} released)")
+                print(f"{stream}: resumed {args.account} ({jobs(resumed)} released)")
             else:
                 print(f"{stream}: {args.account} was not paused")
     return 0
