@@ -342,7 +342,7 @@ def test_the_small_wordings(redis_url: str, stream: str, tmp_path: Path) -> None
     assert shown.returncode == 0, shown.stderr
     assert "10000/day" in shown.stdout, shown.stdout
     assert "per day" in shown.stdout
-    assert "25 per h each" in shown.stdout
+    assert "25 per hour each" in shown.stdout
     assert "416.667" not in shown.stdout
     assert "86400s" not in shown.stdout
 
