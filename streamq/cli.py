@@ -234,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--stream", action="append", help="only on this stream (repeatable; default: all)"
         )
 
+    # The token store (issue 23): its commands live in streamq.tokens_cli.
+    from streamq import tokens_cli
+
+    tokens_cli.add_account_status(account_actions, common)
+    tokens_cli.add_tokens_parser(commands, common, _Parser)
+
     limits = commands.add_parser("limits", parents=[common], help="rate limits and their use")
     limits_actions = limits.add_subparsers(dest="action", required=True, parser_class=_Parser)
     limits_show = limits_actions.add_parser(
@@ -393,6 +399,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "health": _health,
         "top": _top,
         "simulate": _simulate,
+        "tokens": _tokens,
     }
     command = commands[args.command]
     return anyio.run(command, args, config, backend_options={"use_uvloop": True})
@@ -437,7 +444,7 @@ def open_handler(
         return contextlib.nullcontext(resolve_handler(args.stream, args.handler, configured))
     from streamq.platforms.client import publishing
 
-    return publishing(name, config, concurrency=concurrency)
+    return publishing(name, config, concurrency=concurrency, redis_url=args.redis_url)
 
 
 async def _consume(args: argparse.Namespace, config: Config) -> int:
@@ -723,7 +730,17 @@ async def _streams_named(q: Queue, given: list[str] | None) -> list[str]:
     return await stats.known_streams(q.redis)
 
 
+async def _tokens(args: argparse.Namespace, config: Config) -> int:
+    from streamq import tokens_cli
+
+    return await tokens_cli.tokens_command(args, config)
+
+
 async def _account(args: argparse.Namespace, config: Config) -> int:
+    if args.action == "status":
+        from streamq import tokens_cli
+
+        return await tokens_cli.account_status(args, config)
     limiter.check_account(args.account)
     async with Queue(args.redis_url, config=config) as q:
         streams = await _streams_named(q, args.stream)

@@ -1,0 +1,268 @@
+"""The credentials provider that keeps every account's token alive: ``credentials = "store"``.
+
+Publishers ask it for an account's token; it reads the token store (streamq.tokenstore) and
+
+- hands out the stored token while it is young;
+- in the last part of its life (``tokens.refresh_before``, default the last 10 %), refreshes it
+  first: proactively, so a post rarely meets an expired token;
+- when a platform refuses a token as expired anyway, refreshes it on demand (reactive) and the
+  publisher sends again in the same attempt.
+
+Single flight: of all workers in all processes, one refreshes an account at a time. It takes
+the account's lease (lease_token.lua), which bumps a fence; it writes the platform's answer
+under that fence (write_token.lua), and a write whose fence is no longer the latest (an app
+put fresh tokens meanwhile, or the lease ran out and another took it) is discarded. The
+others use the token they have while it still works, or wait (``tokens.wait``) for the new
+version; past that the job is deferred without using an attempt.
+
+When refresh is impossible (``invalid_grant``, revoked consent, a refresh token past its
+life), the record's state becomes ``reauth_required`` (once: under the lease), an
+``account.reauth_required`` event is written to the job's stream, and every job of the account
+pauses its account with the reason ``reauth_required``, until an app puts fresh tokens
+(``streamq tokens put``), which resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+from redis.asyncio import Redis
+
+from streamq import keys
+from streamq.config import TokensConfig
+from streamq.errors import Fail, RateLimited
+from streamq.platforms import refresh as flows
+from streamq.platforms.base import PlatformSettings
+from streamq.platforms.credentials import Credentials, CredentialsProvider
+from streamq.tokenstore import REAUTH_REQUIRED, Keyring, StoredToken, TokenStore
+
+if TYPE_CHECKING:
+    from streamq.job import Job
+
+log = logging.getLogger("streamq.tokens")
+
+REAUTH_EVENT: Final = "account.reauth_required"
+POLL_SECONDS: Final = 0.05
+DEFER_SECONDS: Final = 1.0
+"""How long a job waits (deferred, no attempt used) when its token cannot be had right now."""
+
+
+class ReauthRequired(Fail):
+    """Refresh is impossible: the account pauses with the reason ``reauth_required``."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(REAUTH_REQUIRED, pause_account=True)
+        self.detail = detail
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TokenKeeper:
+    """A credentials provider on the token store that refreshes tokens (module docstring)."""
+
+    def __init__(
+        self,
+        store: TokenStore,
+        *,
+        config: TokensConfig | None = None,
+        clients: Mapping[str, flows.Client] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config or TokensConfig()
+        self._clients = dict(clients or {})
+        self._environ = environ
+        self.refreshes = 0
+        """Refreshes this process made (for the demo and tests)."""
+
+    @classmethod
+    def from_env(
+        cls,
+        redis: Redis,
+        config: TokensConfig | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> TokenKeeper:
+        return cls(TokenStore(redis, Keyring.from_env(environ)), config=config, environ=environ)
+
+    def client(self, platform: str) -> flows.Client | None:
+        if platform not in self._clients:
+            found = flows.client_from_env(platform, self._environ)
+            if found is None:
+                return None
+            self._clients[platform] = found
+        return self._clients[platform]
+
+    # -- the provider ---------------------------------------------------------------------------
+
+    async def __call__(self, platform: str, account: str | None) -> Credentials | None:
+        return await self.credentials(platform, account, None)
+
+    async def credentials(
+        self,
+        platform: str,
+        account: str | None,
+        job: Job | None,
+        settings: PlatformSettings | None = None,
+    ) -> Credentials | None:
+        """The account's token, refreshed first when it is due."""
+        stored = await self.store.get(platform, account)
+        if stored is None or stored.access_token is None:
+            return None
+        if stored.state == REAUTH_REQUIRED:
+            raise ReauthRequired(stored.reason or "a new sign-in is needed")
+        now = _now_ms()
+        if not stored.due(now, self.config.refresh_before):
+            return stored.credentials()
+        if flows.can_refresh(stored, now) == "young":
+            return stored.credentials()
+        return await self._renew(stored, job, settings, forced=False)
+
+    async def refreshed(
+        self,
+        platform: str,
+        account: str | None,
+        stale: Credentials,
+        job: Job | None,
+        settings: PlatformSettings | None = None,
+    ) -> Credentials | None:
+        """A token for one the platform just refused: the newer one if another worker already
+        refreshed, else a refresh now. None when the store does not hold this account."""
+        stored = await self.store.get(platform, account)
+        if stored is None or stored.access_token is None or stale.version is None:
+            return None
+        if stored.state == REAUTH_REQUIRED:
+            raise ReauthRequired(stored.reason or "a new sign-in is needed")
+        if stored.version != stale.version:
+            return stored.credentials()
+        return await self._renew(stored, job, settings, forced=True)
+
+    # -- single flight --------------------------------------------------------------------------
+
+    async def _renew(
+        self,
+        stored: StoredToken,
+        job: Job | None,
+        settings: PlatformSettings | None,
+        *,
+        forced: bool,
+    ) -> Credentials | None:
+        platform, account = stored.platform, stored.account
+        deadline = time.monotonic() + self.config.wait
+        lease_ms = round(self.config.lease * 1000)
+        while True:
+            lease = await self.store.lease(platform, account, stored.version, lease_ms)
+            if lease.outcome == "granted":
+                return await self._refresh(stored, lease.fence, job, settings, forced=forced)
+            if lease.outcome == "missing":
+                return None
+            if lease.outcome == "reauth":
+                found = await self.store.get(platform, account)
+                raise ReauthRequired((found.reason if found else None) or "a new sign-in is needed")
+            if lease.outcome == "newer":
+                found = await self.store.get(platform, account)
+                if found is None or found.access_token is None:
+                    return None
+                if found.state == REAUTH_REQUIRED:
+                    raise ReauthRequired(found.reason or "a new sign-in is needed")
+                return found.credentials()
+            # busy: another worker is refreshing. A token that still works is used meanwhile;
+            # an expired or refused one waits for the new version, within tokens.wait.
+            if not forced and not stored.expired(_now_ms()):
+                return stored.credentials()
+            if time.monotonic() >= deadline:
+                raise RateLimited(
+                    DEFER_SECONDS,
+                    f"{platform}: token: waiting for another worker's refresh",
+                    scope="account",
+                )
+            await anyio.sleep(min(POLL_SECONDS, lease.wait_ms / 1000))
+
+    async def _refresh(
+        self,
+        stored: StoredToken,
+        fence: int,
+        job: Job | None,
+        settings: PlatformSettings | None,
+        *,
+        forced: bool,
+    ) -> Credentials | None:
+        platform, account = stored.platform, stored.account
+        now = _now_ms()
+        why = flows.can_refresh(stored, now)
+        try:
+            if why is not None and why != "young":
+                raise flows.RefreshRefused(why)
+            from streamq.platforms.client import resolve_settings
+
+            chosen = settings or resolve_settings(platform)
+            url = flows.token_url(platform, chosen)
+            tokens = await flows.refresh(
+                platform,
+                url,
+                self.client(platform),
+                stored,
+                api_version=chosen.api_version,
+                timeout=min(chosen.timeout, self.config.lease),
+            )
+        except flows.RefreshRefused as refused:
+            written = await self.store.mark_reauth(platform, account, fence, str(refused))
+            if written is None:  # fresh tokens were put meanwhile: use them
+                found = await self.store.get(platform, account)
+                return None if found is None else found.credentials()
+            log.warning("%s/%s: reauth_required: %s", platform, account, refused)
+            if job is not None:
+                await self._tell(job, account, str(refused))
+            raise ReauthRequired(str(refused)) from None
+        except flows.RefreshUnavailable as unavailable:
+            log.warning("%s/%s: token refresh failed: %s", platform, account, unavailable)
+            # The lease runs out by itself; until then others keep using a working token.
+            if not forced and not stored.expired(_now_ms()):
+                return stored.credentials()
+            raise RateLimited(
+                DEFER_SECONDS, f"{platform}: token: refresh failed: {unavailable}", scope="account"
+            ) from None
+        self.refreshes += 1
+        version = await self.store.write_refreshed(
+            platform, account, fence, tokens, stored.refreshes + 1
+        )
+        if version is None:
+            # A newer write won (a put, or a later lease after ours ran out): ours is discarded.
+            log.info("%s/%s: a newer token was stored; refresh discarded", platform, account)
+            found = await self.store.get(platform, account)
+            return None if found is None else found.credentials()
+        log.info("%s/%s: token refreshed (version %d)", platform, account, version)
+        return Credentials(tokens.access_token, tokens.user_id, version=version)
+
+    async def _tell(self, job: Job, account: str, detail: str) -> None:
+        """The ``account.reauth_required`` event, in the job's stream's events (and so to its
+        webhooks), with the stream's events settings honoured."""
+        redis = self.store.redis
+        meta: Any = await redis.hmget(keys.meta(job.stream), ["events_cap", "events_skip"])
+        cap = int(meta[0] or 100_000)
+        skipped = (meta[1] or b"").decode().split(",")
+        if cap == 0 or REAUTH_EVENT in skipped:
+            return
+        seconds, micros = await redis.time()
+        await redis.xadd(
+            keys.events(job.stream),
+            {
+                "type": REAUTH_EVENT,
+                "job": job.id,
+                "at": int(seconds) * 1000 + int(micros) // 1000,
+                "attempt": job.attempt,
+                "account": account,
+                "error": detail,
+            },
+            maxlen=cap,
+            approximate=True,
+        )
+
+
+def is_keeper(provider: CredentialsProvider) -> bool:
+    return isinstance(provider, TokenKeeper)
