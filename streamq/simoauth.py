@@ -80,6 +80,9 @@ class OAuthSim:
         self.refused = 0
         self.failures_left: Counter[str] = Counter()
         """'<platform>' -> how many coming refreshes answer 503 (a test's outage)."""
+        self.hold = 0.0
+        """Seconds a rotating refresh holds its answer after the rotation (a window in which
+        to kill the client that asked: the hard case of a refresh lost with its process)."""
 
     def reset(self) -> None:
         self.issued.clear()
@@ -226,6 +229,10 @@ class OAuthSim:
         if platform in ROTATING:
             grant.revoked = True  # rotation: the one used is spent
             answer["refresh_token"] = self._grant(platform, grant.user)
+            if self.hold > 0:
+                import asyncio
+
+                await asyncio.sleep(self.hold)
         if platform == "tiktok":
             answer["open_id"] = grant.user
             answer["refresh_expires_in"] = 365 * 86400

@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from streamq.platforms.client import Session
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+TOKEN_TRIES = 3
+"""Sends of one run with a token store: a refused token is refreshed and the post sent again,
+up to this many times in all (a token refreshed by another worker may itself expire while a
+slow run holds it); then the account pauses as without a store."""
 
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=2048)]
 """A media or link URL the platform fetches."""
@@ -97,17 +101,20 @@ class Publisher:
                 f"({self.needs_user_id})",
                 pause_account=True,
             )
-        try:
-            return await self._send(post, creds, job.id, again=job.attempt > 1)
-        except outcomes.TokenRejected:
-            # The token expired (or was revoked) under us: with a token store, refresh it
-            # (once, for every worker: streamq.platforms.keeper) and send again, in the same
-            # attempt. An earlier step of this run may have reached the platform, so the
-            # second send looks first, as a retry would.
-            fresh = await self.session.refreshed(self.name, job.account, creds, job)
-            if fresh is None:
-                raise
-            return await self._send(post, fresh, job.id, again=True)
+        again = job.attempt > 1
+        for _ in range(TOKEN_TRIES - 1):
+            try:
+                return await self._send(post, creds, job.id, again=again)
+            except outcomes.TokenRejected:
+                # The token expired (or was revoked) under us: with a token store, refresh it
+                # (once, for every worker: streamq.platforms.keeper) and send again, in the
+                # same attempt. An earlier step of this run may have reached the platform, so
+                # the next send looks first, as a retry would.
+                fresh = await self.session.refreshed(self.name, job.account, creds, job)
+                if fresh is None:
+                    raise
+                creds, again = fresh, True
+        return await self._send(post, creds, job.id, again=again)
 
     async def _send(
         self, post: Any, creds: Credentials, marker: str, *, again: bool

@@ -119,6 +119,8 @@ class Session:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if isinstance(self.credentials, TokenKeeper):
+            await self.credentials.aclose()
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

@@ -80,6 +80,13 @@ class TokenKeeper:
         self._environ = environ
         self.refreshes = 0
         """Refreshes this process made (for the demo and tests)."""
+        self._http: dict[str, Any] = {}
+
+    async def aclose(self) -> None:
+        """Close the token endpoints' HTTP clients."""
+        for http in self._http.values():
+            await http.aclose()
+        self._http.clear()
 
     @classmethod
     def from_env(
@@ -202,13 +209,18 @@ class TokenKeeper:
 
             chosen = settings or resolve_settings(platform)
             url = flows.token_url(platform, chosen)
+            client = self.client(platform)
+            timeout = min(chosen.timeout, self.config.lease)
+            if platform not in self._http:
+                self._http[platform] = flows.oauth_client(platform, client, timeout)
             tokens = await flows.refresh(
                 platform,
                 url,
-                self.client(platform),
+                client,
                 stored,
+                http=self._http[platform],
                 api_version=chosen.api_version,
-                timeout=min(chosen.timeout, self.config.lease),
+                timeout=timeout,
             )
         except flows.RefreshRefused as refused:
             written = await self.store.mark_reauth(platform, account, fence, str(refused))

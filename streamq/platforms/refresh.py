@@ -128,16 +128,40 @@ def can_refresh(stored: StoredToken, now_ms: int) -> str | None:
     return None
 
 
+def oauth_client(platform: str, client: Client | None, timeout: float) -> Any:
+    """Authlib's httpx OAuth 2.0 client for ``platform``'s token endpoint. A keeper keeps one
+    per platform (making one costs a TLS context); a call passes the refresh token, so the
+    client holds no account's state between calls."""
+    flow = FLOWS[platform]
+    return AsyncOAuth2Client(
+        client_id=None if client is None else client.client_id,
+        client_secret=(
+            None
+            if client is None or client.client_secret is None
+            else client.client_secret.reveal()
+        ),
+        token_endpoint_auth_method=(
+            "none"
+            if flow.auth == "graph" or client is None or client.client_secret is None
+            else flow.auth
+        ),
+        timeout=timeout,
+        follow_redirects=False,
+    )
+
+
 async def refresh(
     platform: str,
     url: str,
     client: Client | None,
     stored: StoredToken,
     *,
+    http: Any = None,
     api_version: str = "v21.0",
     timeout: float = 30.0,  # noqa: ASYNC109 - per request, passed on to httpx
 ) -> TokenSet:
-    """Renew ``stored`` at the platform; see the module docstring for the outcomes."""
+    """Renew ``stored`` at the platform through ``http`` (an :func:`oauth_client`, else one
+    made for this call); see the module docstring for the outcomes."""
     flow = FLOWS[platform]
     if flow.auth != "graph" and client is None:
         raise RefreshRefused(
@@ -146,35 +170,25 @@ async def refresh(
     secrets = [s for s in (stored.access_token, stored.refresh_token) if s is not None]
     if client is not None and client.client_secret is not None:
         secrets.append(client.client_secret)
+    own = http is None
+    if own:
+        http = oauth_client(platform, client, timeout)
     try:
-        async with AsyncOAuth2Client(
-            client_id=None if client is None else client.client_id,
-            client_secret=(
-                None
-                if client is None or client.client_secret is None
-                else client.client_secret.reveal()
-            ),
-            token_endpoint_auth_method=(
-                "none"
-                if flow.auth == "graph" or client is None or client.client_secret is None
-                else flow.auth
-            ),
-            timeout=timeout,
-            follow_redirects=False,
-        ) as http:
-            if platform == "instagram":
-                return await _instagram(http, url, stored)
-            if platform == "facebook":
-                return await _facebook(http, url, api_version, client, stored)
-            assert stored.refresh_token is not None
-            extra: dict[str, str] = {}
-            if platform == "tiktok" and client is not None:
-                extra["client_key"] = client.client_id
-            if platform == "x" and client is not None:
-                extra["client_id"] = client.client_id
-            answer = await http.refresh_token(
-                url, refresh_token=stored.refresh_token.reveal(), **extra
-            )
+        if platform == "instagram":
+            return await _instagram(http, url, stored)
+        if platform == "facebook":
+            return await _facebook(http, url, api_version, client, stored)
+        assert stored.refresh_token is not None
+        extra: dict[str, str] = {}
+        if platform == "tiktok" and client is not None:
+            extra["client_key"] = client.client_id
+        if platform == "x" and client is not None:
+            extra["client_id"] = client.client_id
+        # Authlib sets the client's token from the answer and returns it, with no await in
+        # between: callers sharing the client each get their own answer.
+        answer = await http.refresh_token(
+            url, refresh_token=stored.refresh_token.reveal(), timeout=timeout, **extra
+        )
     except OAuthError as exc:
         raise RefreshRefused(
             _scrub(f"{platform}: refresh refused: {exc.error}: {exc.description or ''}", secrets)
@@ -187,6 +201,9 @@ async def refresh(
         raise RefreshUnavailable(
             _scrub(f"{platform}: token endpoint: {type(exc).__name__}: {exc}", secrets)
         ) from None
+    finally:
+        if own:
+            await http.aclose()
     return _token_set(platform, answer, stored)
 
 
