@@ -330,11 +330,18 @@ class TokensConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     """Seconds a worker whose token has expired waits for another's refresh before it defers
     the job (without using an attempt)."""
 
+    sweep: float = 60.0
+    """Seconds between two background looks for due tokens (streamq.platforms.keeper
+    keep_alive), for accounts that post less often than their tokens expire."""
+    instagram_min_age: float = 86400.0
+    """Instagram refreshes a long-lived token only once it is this old (its rule: 24 h);
+    lower it only against the simulator."""
+
     def __post_init__(self) -> None:
         if not 0 <= self.refresh_before < 1:
             raise ConfigError("tokens.refresh_before must be at least 0 and below 1")
-        if self.lease <= 0 or self.wait <= 0:
-            raise ConfigError("tokens.lease and tokens.wait must be positive")
+        if self.lease <= 0 or self.wait <= 0 or self.sweep <= 0:
+            raise ConfigError("tokens.lease, tokens.wait and tokens.sweep must be positive")
 
 
 _DURATION_FIELDS = ("visibility_timeout", "grace", "expire_after", "job_timeout", "retention")

@@ -8,7 +8,8 @@ ARGV[2..]   field, value pairs to set (sealed tokens, expiry, scopes, state, rea
 A refresh's write (fence > 0) lands only if its fence is still the record's latest: a put or
 a later lease since then means the answer is stale, and it is discarded, never written over
 the newer token. A put (fence 0) always lands and bumps the fence, so any refresh still under
-way is discarded in its turn; it also clears a 'reason' left by an earlier state.
+way is discarded in its turn; it also clears the 'reason' of an earlier state and 'told'
+(an account.reauth_required event was written for it).
 Either way the record's 'version' goes up by one and the lease is freed.
 Returns { 1, new version } when written, { 0, current version } when discarded.
 ]]
@@ -22,7 +23,7 @@ if fence > 0 then
   end
 else
   redis.call('HINCRBY', record, 'fence', 1)
-  redis.call('HDEL', record, 'reason')
+  redis.call('HDEL', record, 'reason', 'told')
 end
 local fields = {}
 for i = 2, #ARGV, 2 do

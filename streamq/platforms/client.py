@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+import anyio
 import httpx
 import msgspec
 
@@ -53,15 +54,13 @@ def resolve_settings(
         settings = msgspec.structs.replace(settings, **given)
     root = (os.environ if environ is None else environ).get("STREAMQ_PLATFORM_URL")
     if root:
-        from streamq.platforms.refresh import FLOWS
+        from streamq.platforms.refresh import simulated_token_url
 
         settings = msgspec.structs.replace(
             settings,
             base_url=f"{root.rstrip('/')}/{name}",
             lookup=True,
-            token_url=f"{root.rstrip('/')}/{name}/{FLOWS[name].sim_path}".removesuffix(
-                "/" * (name == "facebook")
-            ),
+            token_url=simulated_token_url(root, name),
         )
     return settings
 
@@ -274,7 +273,13 @@ async def publishing(
     redis_url: str | None = None,
 ) -> AsyncIterator[Publisher]:
     """The built-in publisher ``name`` as a worker's handler, its session open meanwhile."""
-    async with Session(
-        config, max_connections=max(100, concurrency), redis_url=redis_url
-    ) as session:
-        yield session.publisher(name)
+    async with (
+        Session(config, max_connections=max(100, concurrency), redis_url=redis_url) as session,
+        anyio.create_task_group() as background,
+    ):
+        if isinstance(session.credentials, TokenKeeper):
+            background.start_soon(session.credentials.keep_alive, {name: session.settings(name)})
+        try:
+            yield session.publisher(name)
+        finally:
+            background.cancel_scope.cancel()

@@ -122,11 +122,12 @@ class TokenKeeper:
         if stored is None or stored.access_token is None:
             return None
         if stored.state == REAUTH_REQUIRED:
+            await self._tell(job, stored.platform, stored.account, stored.reason)
             raise ReauthRequired(stored.reason or "a new sign-in is needed")
         now = _now_ms()
         if not stored.due(now, self.config.refresh_before):
             return stored.credentials()
-        if flows.can_refresh(stored, now) == "young":
+        if flows.can_refresh(stored, now, round(self.config.instagram_min_age * 1000)) == "young":
             return stored.credentials()
         return await self._renew(stored, job, settings, forced=False)
 
@@ -144,6 +145,7 @@ class TokenKeeper:
         if stored is None or stored.access_token is None or stale.version is None:
             return None
         if stored.state == REAUTH_REQUIRED:
+            await self._tell(job, stored.platform, stored.account, stored.reason)
             raise ReauthRequired(stored.reason or "a new sign-in is needed")
         if stored.version != stale.version:
             return stored.credentials()
@@ -201,7 +203,7 @@ class TokenKeeper:
     ) -> Credentials | None:
         platform, account = stored.platform, stored.account
         now = _now_ms()
-        why = flows.can_refresh(stored, now)
+        why = flows.can_refresh(stored, now, round(self.config.instagram_min_age * 1000))
         try:
             if why is not None and why != "young":
                 raise flows.RefreshRefused(why)
@@ -228,8 +230,7 @@ class TokenKeeper:
                 found = await self.store.get(platform, account)
                 return None if found is None else found.credentials()
             log.warning("%s/%s: reauth_required: %s", platform, account, refused)
-            if job is not None:
-                await self._tell(job, account, str(refused))
+            await self._tell(job, platform, account, str(refused))
             raise ReauthRequired(str(refused)) from None
         except flows.RefreshUnavailable as unavailable:
             log.warning("%s/%s: token refresh failed: %s", platform, account, unavailable)
@@ -251,10 +252,43 @@ class TokenKeeper:
         log.info("%s/%s: token refreshed (version %d)", platform, account, version)
         return Credentials(tokens.access_token, tokens.user_id, version=version)
 
-    async def _tell(self, job: Job, account: str, detail: str) -> None:
-        """The ``account.reauth_required`` event, in the job's stream's events (and so to its
+    async def keep_alive(
+        self, settings: Mapping[str, PlatformSettings], interval: float | None = None
+    ) -> None:
+        """Refresh, in the background, the due tokens of these platforms' accounts, so that
+        an account that posts rarely still has a live token (Instagram's and Facebook's
+        cannot be renewed once expired). Runs until cancelled; every worker process may run
+        it, the lease keeps it to one refresh per account."""
+        every = self.config.sweep if interval is None else interval
+        while True:
+            for platform, account in await self.store.accounts():
+                if platform not in settings:
+                    continue
+                try:
+                    stored = await self.store.get(platform, account)
+                    if stored is None or stored.state == REAUTH_REQUIRED:
+                        continue
+                    if stored.access_token is None:
+                        continue
+                    if stored.due(_now_ms(), self.config.refresh_before):
+                        await self._renew(stored, None, settings[platform], forced=False)
+                except (Fail, RateLimited) as exc:
+                    log.info("%s/%s: background refresh: %s", platform, account, exc)
+                except Exception as exc:  # never let one account stop the others'
+                    log.warning("%s/%s: background refresh failed: %r", platform, account, exc)
+            await anyio.sleep(every)
+
+    async def _tell(self, job: Job | None, platform: str, account: str, detail: str | None) -> None:
+        """The ``account.reauth_required`` event, once per lost sign-in (the record's 'told'
+        flag; a put clears it), in the stream of the job that found out (and so to its
         webhooks), with the stream's events settings honoured."""
+        if job is None:
+            return  # the next job of the account tells
         redis = self.store.redis
+        first: Any = await redis.hsetnx(keys.token_record(platform, account), "told", 1)
+        if not first:
+            return
+        detail = detail or "a new sign-in is needed"
         meta: Any = await redis.hmget(keys.meta(job.stream), ["events_cap", "events_skip"])
         cap = int(meta[0] or 100_000)
         skipped = (meta[1] or b"").decode().split(",")

@@ -107,18 +107,26 @@ def client_from_env(platform: str, environ: Mapping[str, str] | None = None) -> 
     return Client(client_id, Secret(secret) if secret else None)
 
 
+def simulated_token_url(root: str, platform: str) -> str:
+    """The simulator's token endpoint for ``platform`` under its base URL ``root``."""
+    url = f"{root.rstrip('/')}/{platform}/{FLOWS[platform].sim_path}"
+    return url.rstrip("/") if not FLOWS[platform].sim_path else url
+
+
 def token_url(platform: str, settings: PlatformSettings) -> str:
     """The endpoint refreshes go to: the settings' (a config's ``token_url``, or the
     simulator's under STREAMQ_PLATFORM_URL), else the real one."""
     return settings.token_url or FLOWS[platform].token_url
 
 
-def can_refresh(stored: StoredToken, now_ms: int) -> str | None:
+def can_refresh(
+    stored: StoredToken, now_ms: int, instagram_min_age_ms: int = INSTAGRAM_MIN_AGE_MS
+) -> str | None:
     """Why this token cannot be renewed by a refresh (None: it can)."""
     if stored.platform == "instagram":
         if stored.expired(now_ms):
             return "instagram: the long-lived token expired; it cannot be refreshed"
-        if now_ms - stored.issued_at_ms < INSTAGRAM_MIN_AGE_MS:
+        if now_ms - stored.issued_at_ms < instagram_min_age_ms:
             return "young"  # not refused: only not yet
         return None
     if stored.refresh_token is None:
