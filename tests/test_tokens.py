@@ -255,7 +255,7 @@ async def age(rig: Rig, account: str, *, issued_ago_ms: int, expires_in_ms: int)
 async def test_a_due_token_is_refreshed_once_before_the_post(rig: Rig) -> None:
     account = "acme"
     signed = await rig.sign_in(account)
-    await age(rig, account, issued_ago_ms=25 * 3600 * 1000, expires_in_ms=150)
+    await age(rig, account, issued_ago_ms=25 * 3600 * 1000, expires_in_ms=1500)
     job_id = await rig.q.enqueue(
         rig.stream, post_for(rig.platform, rig.sim.url, "hi"), account=account
     )
@@ -299,7 +299,7 @@ async def test_many_callers_one_refresh(rig: Rig) -> None:
     await rig.sign_in(account)
     # Meta's tokens cannot be renewed once expired: those are asked for just before.
     meta = rig.platform in ("facebook", "instagram")
-    await age(rig, account, issued_ago_ms=25 * 3600 * 1000, expires_in_ms=300 if meta else -10)
+    await age(rig, account, issued_ago_ms=25 * 3600 * 1000, expires_in_ms=1500 if meta else -10)
     results: list[Credentials | None] = []
 
     async def ask() -> None:
