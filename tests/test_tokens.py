@@ -59,6 +59,7 @@ def user_of(platform: str, account: str) -> str:
 # -- the store ----------------------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_tokens_are_sealed_at_rest_and_read_back(redis: Redis, stream: str) -> None:
     store = TokenStore(redis, KEYRING)
     account = f"acme-{stream}"
@@ -119,6 +120,7 @@ async def test_a_sealed_token_does_not_open_on_another_account(redis: Redis, str
         await store.get("x", f"b-{stream}")
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("flush", [False, True])
 async def test_the_lease_is_single_and_a_stale_fence_never_overwrites(
     redis: Redis, stream: str, flush: bool
@@ -294,6 +296,7 @@ async def test_a_token_expired_at_the_platform_is_refreshed_within_the_attempt(r
     assert len(rig.sim.posts_for(job_id)) == 1
 
 
+@pytest.mark.cluster
 async def test_many_callers_one_refresh(rig: Rig) -> None:
     account = "acme"
     await rig.sign_in(account)
@@ -318,6 +321,7 @@ async def test_many_callers_one_refresh(rig: Rig) -> None:
     assert rig.sim.summary()["revoked_refresh_presented"] == 0
 
 
+@pytest.mark.cluster
 async def test_a_refused_refresh_pauses_the_account_until_fresh_tokens_are_put(rig: Rig) -> None:
     account = "acme"
     await rig.sign_in(account)
