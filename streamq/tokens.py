@@ -13,21 +13,33 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+from redis.asyncio import Redis
+
 from streamq import keys, limiter, platforms, stats
+from streamq.config import Config
+from streamq.errors import ConfigError
 from streamq.platforms.credentials import CredentialsProvider, Secret
-from streamq.tokenstore import REAUTH_REQUIRED, Keyring, TokenSet, TokenStore, account_name
+from streamq.tokenstore import (
+    REAUTH_REQUIRED,
+    Keyring,
+    TokenSet,
+    TokenStatus,
+    TokenStore,
+    account_name,
+)
 
 if TYPE_CHECKING:
     from streamq.client import Queue
 
 
-async def platform_streams(q: Queue, platform: str) -> list[str]:
+async def platform_streams(redis: Redis, config: Config, platform: str) -> list[str]:
     """Every stream (partitions one by one) whose jobs ``platform``'s publisher runs."""
     found = []
-    for name in await stats.known_streams(q.redis):
+    for name in await stats.known_streams(redis):
         base = keys.base_stream(name)
         try:
-            runs = platforms.publisher_for(base, q.config.stream(base))
+            runs = platforms.publisher_for(base, config.stream(base))
         except Exception:  # a stream whose config names no valid publisher
             continue
         if runs == platform:
@@ -38,7 +50,7 @@ async def platform_streams(q: Queue, platform: str) -> list[str]:
 async def resume_reauth(q: Queue, platform: str, account: str) -> int:
     """Resume ``account`` wherever it waits for a new sign-in; returns jobs sent back."""
     released = 0
-    for stream in await platform_streams(q, platform):
+    for stream in await platform_streams(q.redis, q.config, platform):
         reason: Any = await q.redis.hget(keys.pause_reasons(stream), keys.pause_field(account))
         if reason is not None and reason.decode() == REAUTH_REQUIRED:
             _, count = await limiter.resume_account(q.redis, stream, account)
@@ -91,10 +103,9 @@ class Tokens:
         )
         return await put_tokens(self.q, self.store, platform, account, tokens)
 
-    async def status(self, platform: str, account: str | None) -> dict[str, Any] | None:
+    async def status(self, platform: str, account: str | None) -> TokenStatus | None:
         """The account's token state, without any token; None when none is stored."""
-        found = await self.store.get(platform, account)
-        return None if found is None else found.status()
+        return await self.store.status(platform, account)
 
     async def import_from(
         self, provider: CredentialsProvider, pairs: Iterable[tuple[str, str | None]]
@@ -111,6 +122,55 @@ class Tokens:
             await put_tokens(self.q, self.store, platform, account, tokens)
             copied.append((platform, account_name(account)))
         return copied
+
+
+class AccountPause(msgspec.Struct, frozen=True):
+    stream: str
+    until_ms: int | None
+    """None: until resumed."""
+    reason: str | None
+
+
+class AccountStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """``streamq account status`` and ``GET /api/accounts/{platform}/{account}``."""
+
+    platform: str
+    account: str
+    state: str
+    """'active', 'reauth_required' (a person must sign in again) or 'no token stored'."""
+    token: TokenStatus | None
+    pauses: list[AccountPause]
+    """The account's pauses on its platform's streams."""
+
+
+async def account_status(
+    redis: Redis, config: Config, platform: str, account: str
+) -> AccountStatus:
+    """The account's token state and its pauses, read without the encryption key."""
+    platforms.check_publisher(platform)
+    if not 0 < len(account) <= keys.MAX_ACCOUNT_LENGTH:
+        raise ConfigError(f"an account name has 1-{keys.MAX_ACCOUNT_LENGTH} characters")
+    token = await TokenStore(redis, None).status(platform, account)
+    pauses = []
+    for stream in await platform_streams(redis, config, platform):
+        field = keys.pause_field(account)
+        until: Any = await redis.hget(keys.paused(stream), field)
+        if until is None:
+            continue
+        why: Any = await redis.hget(keys.pause_reasons(stream), field)
+        pauses.append(
+            AccountPause(
+                stream,
+                None if int(until) < 0 else int(until),
+                None if why is None else why.decode(),
+            )
+        )
+    state = token.state if token is not None else "no token stored"
+    if any(pause.reason == REAUTH_REQUIRED for pause in pauses):
+        state = REAUTH_REQUIRED
+    return AccountStatus(
+        platform=platform, account=account, state=state, token=token, pauses=pauses
+    )
 
 
 def _secret(value: str | Secret) -> Secret:

@@ -15,13 +15,13 @@ from typing import Any
 
 import msgspec
 
-from streamq import keys, limiter, platforms
+from streamq import limiter, platforms, tokens
 from streamq.client import Queue
 from streamq.config import Config
 from streamq.errors import ConfigError
 from streamq.platforms.credentials import Secret, load_provider
-from streamq.tokens import Tokens, platform_streams
-from streamq.tokenstore import Keyring
+from streamq.tokens import Tokens
+from streamq.tokenstore import Keyring, TokenStatus
 
 
 def add_tokens_parser(commands: Any, common: argparse.ArgumentParser, parser_class: Any) -> None:
@@ -128,13 +128,13 @@ async def _put(store: Tokens, args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_line(row: dict[str, Any]) -> str:
-    expires = row["expires_in_seconds"]
+def _status_line(row: TokenStatus) -> str:
+    expires = row.expires_in_seconds
     life = "no expiry" if expires is None else f"expires in {expires:g}s"
-    extra = f" ({row['reason']})" if row.get("reason") else ""
+    extra = f" ({row.reason})" if row.reason else ""
     return (
-        f"{row['platform']}/{row['account']}: {row['state']}{extra}, {life}, "
-        f"refreshes {row['refreshes']}, version {row['version']}"
+        f"{row.platform}/{row.account}: {row.state}{extra}, {life}, "
+        f"refreshes {row.refreshes}, version {row.version}"
     )
 
 
@@ -142,37 +142,13 @@ async def account_status(args: argparse.Namespace, config: Config) -> int:
     """The account's token state and its pauses on the platform's streams."""
     limiter.check_account(args.account)
     async with Queue(args.redis_url, config=config) as q:
-        token = await Tokens(q).status(args.platform, args.account)
-        pauses = []
-        for stream in await platform_streams(q, args.platform):
-            field = keys.pause_field(args.account)
-            until: Any = await q.redis.hget(keys.paused(stream), field)
-            if until is None:
-                continue
-            why: Any = await q.redis.hget(keys.pause_reasons(stream), field)
-            pauses.append(
-                {
-                    "stream": stream,
-                    "until_ms": None if int(until) < 0 else int(until),
-                    "reason": None if why is None else why.decode(),
-                }
-            )
-    state = token["state"] if token else "no token stored"
-    if any(p["reason"] == "reauth_required" for p in pauses):
-        state = "reauth_required"
-    report = {
-        "platform": args.platform,
-        "account": args.account,
-        "state": state,
-        "token": token,
-        "pauses": pauses,
-    }
+        report = await tokens.account_status(q.redis, config, args.platform, args.account)
     if args.json:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
         return 0
-    print(f"{args.platform}/{args.account}: {state}")
-    if token is not None:
-        print(f"  token: {_status_line(token)}")
-    for pause in pauses:
-        print(f"  paused on {pause['stream']}: {pause['reason']}")
+    print(f"{args.platform}/{args.account}: {report.state}")
+    if report.token is not None:
+        print(f"  token: {_status_line(report.token)}")
+    for pause in report.pauses:
+        print(f"  paused on {pause.stream}: {pause.reason}")
     return 0

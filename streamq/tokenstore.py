@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -196,27 +197,27 @@ class StoredToken:
             raise ValueError("no access token")
         return Credentials(self.access_token, self.user_id, version=self.version)
 
-    def status(self, now_ms: int | None = None) -> dict[str, Any]:
-        """What may be shown: never a token, only whether there is one."""
-        now = int(time.time() * 1000) if now_ms is None else now_ms
-        return {
-            "platform": self.platform,
-            "account": self.account,
-            "state": self.state,
-            "reason": self.reason,
-            "expires_at_ms": self.expires_at_ms,
-            "expires_in_seconds": (
-                None if self.expires_at_ms is None else round((self.expires_at_ms - now) / 1000, 1)
-            ),
-            "has_refresh_token": self.refresh_token is not None,
-            "refresh_expires_at_ms": self.refresh_expires_at_ms,
-            "scopes": list(self.scopes),
-            "user_id": self.user_id,
-            "version": self.version,
-            "refreshes": self.refreshes,
-            "refreshed_at_ms": self.refreshed_at_ms,
-            "key_id": self.key_id,
-        }
+
+class TokenStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """An account's token as it may be shown (``streamq account status``, the admin API):
+    never a token, only whether there is one. Read without the encryption key."""
+
+    platform: str
+    account: str
+    state: str
+    """'active' or 'reauth_required'."""
+    reason: str | None
+    expires_at_ms: int | None
+    expires_in_seconds: float | None
+    has_refresh_token: bool
+    refresh_expires_at_ms: int | None
+    scopes: list[str]
+    user_id: str | None
+    version: int
+    refreshes: int
+    refreshed_at_ms: int | None
+    key_id: str | None
+    """Which encryption key sealed it (rotation)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +275,7 @@ class TokenStore:
             "state",
             ACTIVE,
         ]
+        fields += ["has_refresh", int(tokens.refresh_token is not None)]
         if tokens.user_id is not None:
             fields += ["user_id", tokens.user_id]
         return fields
@@ -325,6 +327,41 @@ class TokenStore:
             user_id=text("user_id"),
             state=text("state") or ACTIVE,
             reason=text("reason"),
+            version=number("version") or 0,
+            refreshes=number("refreshes") or 0,
+            refreshed_at_ms=number("refreshed_at_ms"),
+            key_id=None if not sealed else sealed.partition(".")[0],
+        )
+
+    async def status(self, platform: str, account: str | None) -> TokenStatus | None:
+        """The account's token state, read without unsealing anything."""
+        name = account_name(account)
+        raw: Any = await self.redis.hgetall(keys.token_record(platform, name))
+        if not raw or b"version" not in raw:
+            return None
+
+        def text(field: str) -> str | None:
+            value = raw.get(field.encode())
+            return None if value is None else value.decode()
+
+        def number(field: str) -> int | None:
+            value = text(field)
+            return None if value is None or int(value) < 0 else int(value)
+
+        expires = number("expires_at_ms")
+        now = int(time.time() * 1000)
+        sealed = text("sealed")
+        return TokenStatus(
+            platform=platform,
+            account=name,
+            state=text("state") or ACTIVE,
+            reason=text("reason"),
+            expires_at_ms=expires,
+            expires_in_seconds=None if expires is None else round((expires - now) / 1000, 1),
+            has_refresh_token=text("has_refresh") == "1",
+            refresh_expires_at_ms=number("refresh_expires_at_ms"),
+            scopes=(text("scopes") or "").split(),
+            user_id=text("user_id"),
             version=number("version") or 0,
             refreshes=number("refreshes") or 0,
             refreshed_at_ms=number("refreshed_at_ms"),

@@ -80,7 +80,7 @@ async def test_tokens_are_sealed_at_rest_and_read_back(redis: Redis, stream: str
     assert found.access_token == Secret("access-sekrit-1")
     assert found.refresh_token == Secret("refresh-sekrit-1")
     assert (found.version, found.scopes, found.user_id) == (version, ("tweet.write",), "u1")
-    assert "sekrit" not in repr(found) + str(found.status())
+    assert "sekrit" not in repr(found) + repr(await store.status("x", account))
     assert ("x", account) in await store.accounts()
 
 
@@ -438,3 +438,34 @@ def test_the_command_line_puts_imports_and_shows_tokens_without_showing_them(
     assert nokey.returncode == 1
     assert "STREAMQ_TOKEN_KEYS" in nokey.stderr
     assert "sekrit" not in nokey.stderr
+
+
+def test_the_admin_api_shows_an_account_waiting_for_a_sign_in(
+    admin_server: Any, redis_url: str, stream: str
+) -> None:
+    import httpx
+
+    from tests.conftest import ADMIN_TOKEN
+
+    async def setup() -> None:
+        async with Queue(redis_url) as q:
+            store = TokenStore(q.redis, KEYRING)
+            await store.put(
+                "x", stream, TokenSet(access_token=Secret("sekrit"), refresh_token=Secret("r"))
+            )
+            await q.redis.hset(
+                keys.token_record("x", stream),
+                mapping={"state": "reauth_required", "reason": "x: refresh refused"},
+            )
+
+    anyio.run(setup)
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    answer = httpx.get(f"{admin_server.url}/api/accounts/x/{stream}", headers=headers)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["state"] == "reauth_required"
+    assert body["token"]["reason"] == "x: refresh refused"
+    assert body["token"]["has_refresh_token"] is True
+    assert "sekrit" not in answer.text
+    bad = httpx.get(f"{admin_server.url}/api/accounts/myspace/{stream}", headers=headers)
+    assert bad.status_code == 400
