@@ -451,6 +451,8 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
     for name, table in platforms.items():
         if isinstance(table, dict) and "timeout" in table:
             table["timeout"] = _duration_value(table["timeout"], f"platforms.{name}.timeout")
+    if isinstance(data.get("tokens"), dict):
+        _parse_durations(data["tokens"], ("lease", "wait", "sweep", "instagram_min_age"), "tokens")
     try:
         return msgspec.convert(data, Config)
     except (msgspec.ValidationError, ConfigError, TypeError, ValueError) as exc:

@@ -469,3 +469,16 @@ def test_the_admin_api_shows_an_account_waiting_for_a_sign_in(
     assert "sekrit" not in answer.text
     bad = httpx.get(f"{admin_server.url}/api/accounts/myspace/{stream}", headers=headers)
     assert bad.status_code == 400
+
+
+def test_the_tokens_table_takes_durations_and_refuses_nonsense() -> None:
+    from streamq.config import parse_config
+
+    config = parse_config({"tokens": {"lease": "20s", "sweep": "5m", "refresh_before": 0.2}})
+    assert (config.tokens.lease, config.tokens.sweep, config.tokens.refresh_before) == (
+        20.0,
+        300.0,
+        0.2,
+    )
+    with pytest.raises(ConfigError, match="refresh_before"):
+        parse_config({"tokens": {"refresh_before": 1.5}})

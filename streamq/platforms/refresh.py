@@ -39,7 +39,10 @@ from streamq.tokenstore import StoredToken, TokenSet
 
 with warnings.catch_warnings():
     # Authlib 1.7+ prefers the httpx2 fork and warns when it falls back to httpx, which is the
-    # client the rest of streamq uses; the fallback is the same code path.
+    # client the rest of streamq uses; the fallback is the same code path. Its module of
+    # warnings, imported first, adds an "always" filter of its own, which this one overrides.
+    import authlib.deprecate  # noqa: F401
+
     warnings.simplefilter("ignore")
     from authlib.integrations.base_client.errors import OAuthError
     from authlib.integrations.httpx_client import AsyncOAuth2Client
