@@ -482,3 +482,15 @@ def test_the_tokens_table_takes_durations_and_refuses_nonsense() -> None:
     )
     with pytest.raises(ConfigError, match="refresh_before"):
         parse_config({"tokens": {"refresh_before": 1.5}})
+
+
+def test_a_worker_on_the_store_without_its_key_refuses_to_start(redis_url: str) -> None:
+    from tests.conftest import run_cli
+
+    started = run_cli(
+        "consume", "--redis-url", redis_url, "--stream", "x", "--burst",
+        env={"STREAMQ_CREDENTIALS": "store", "STREAMQ_TOKEN_KEYS": ""},
+    )  # fmt: skip
+    assert started.returncode == 1
+    assert "STREAMQ_TOKEN_KEYS" in started.stderr
+    assert started.stderr.count("\n") == 1

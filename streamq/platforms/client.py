@@ -273,13 +273,17 @@ async def publishing(
     redis_url: str | None = None,
 ) -> AsyncIterator[Publisher]:
     """The built-in publisher ``name`` as a worker's handler, its session open meanwhile."""
-    async with (
-        Session(config, max_connections=max(100, concurrency), redis_url=redis_url) as session,
-        anyio.create_task_group() as background,
-    ):
-        if isinstance(session.credentials, TokenKeeper):
-            background.start_soon(session.credentials.keep_alive, {name: session.settings(name)})
-        try:
+    async with Session(
+        config, max_connections=max(100, concurrency), redis_url=redis_url
+    ) as session:
+        keeper = session.credentials
+        if not isinstance(keeper, TokenKeeper):
             yield session.publisher(name)
-        finally:
-            background.cancel_scope.cancel()
+            return
+        # The token store: due tokens of accounts that post rarely are refreshed meanwhile.
+        async with anyio.create_task_group() as background:
+            background.start_soon(keeper.keep_alive, {name: session.settings(name)})
+            try:
+                yield session.publisher(name)
+            finally:
+                background.cancel_scope.cancel()

@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 
 from streamq import keys
 from streamq.config import TokensConfig
-from streamq.errors import Fail, RateLimited
+from streamq.errors import ConfigError, Fail, RateLimited
 from streamq.platforms import refresh as flows
 from streamq.platforms.base import PlatformSettings
 from streamq.platforms.credentials import Credentials, CredentialsProvider
@@ -95,7 +95,13 @@ class TokenKeeper:
         config: TokensConfig | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> TokenKeeper:
-        return cls(TokenStore(redis, Keyring.from_env(environ)), config=config, environ=environ)
+        keyring = Keyring.from_env(environ)
+        if keyring is None:  # a worker that could read no token: refuse to start
+            raise ConfigError(
+                'credentials "store" needs the encryption key: set STREAMQ_TOKEN_KEYS '
+                "(or STREAMQ_TOKEN_KEYS_FILE); 'streamq tokens keygen' makes one"
+            )
+        return cls(TokenStore(redis, keyring), config=config, environ=environ)
 
     def client(self, platform: str) -> flows.Client | None:
         if platform not in self._clients:
