@@ -494,3 +494,42 @@ def test_a_worker_on_the_store_without_its_key_refuses_to_start(redis_url: str) 
     assert started.returncode == 1
     assert "STREAMQ_TOKEN_KEYS" in started.stderr
     assert started.stderr.count("\n") == 1
+
+
+async def test_account_reauth_required_reaches_the_webhooks_by_default(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    """Once per lost sign-in, with the platform's reason, to a webhook with default events."""
+    from types import SimpleNamespace
+
+    from streamq.config import parse_config
+    from streamq.webhooks import Deliveries, delivery_stream
+    from tests.test_webhooks import Receiver
+
+    with Receiver() as receiver:
+        config = parse_config(
+            {
+                "streams": {
+                    stream: {"webhooks": {"url": receiver.url}},
+                    delivery_stream(stream): {"backoff": {"base": 0.05, "jitter": 0}},
+                }
+            }
+        )
+        store = TokenStore(redis, KEYRING)
+        await store.put("x", "acme", TokenSet(access_token=Secret("a")))
+        keeper = TokenKeeper(store)
+        job: Any = SimpleNamespace(stream=stream, id=f"{stream}:j1", attempt=1)
+        deliveries = Deliveries(redis, stream, config, "test-consumer")
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(deliveries.run)
+            await keeper._tell(job, "x", "acme", "x: refresh refused: invalid_request")
+            await keeper._tell(job, "x", "acme", "told once: this one is not sent")
+            with anyio.fail_after(20):
+                while not receiver.accepted:  # noqa: ASYNC110 - another thread fills it
+                    await anyio.sleep(0.05)
+            await anyio.sleep(0.3)
+            deliveries.stop()
+    [(_, body)] = receiver.accepted
+    event = json.loads(body)
+    assert (event["type"], event["account"]) == ("account.reauth_required", "acme")
+    assert event["error"] == "x: refresh refused: invalid_request"
