@@ -410,7 +410,8 @@ async def _token_drama(
         progress.reauth_required += 1
     await anyio.sleep(duration * 0.1)
     released = await _sign_in(q, keeper, simulator, platform, account)
-    progress.note(f"{platform}/{account}: the user signed in again: {released} posts released")
+    posts = "1 post" if released == 1 else f"{released} posts"
+    progress.note(f"{platform}/{account}: the user signed in again: {posts} released")
 
 
 async def _counts(q: Queue) -> dict[str, dict[str, int]]:

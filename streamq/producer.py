@@ -105,6 +105,7 @@ class Producer:
         self._registered: set[str] = set()
         self._offset_ms = 0
         self._offset_checked = -math.inf
+        self._last_now_ms = 0
         self._next_partition = -1
 
     async def _sent_until_answered(
@@ -142,7 +143,10 @@ class Producer:
             seconds, micros = await self._redis.time()
             self._offset_ms = int(seconds) * 1000 + int(micros) // 1000 - codec.now_ms()
             self._offset_checked = time.monotonic()
-        return codec.now_ms() + self._offset_ms
+        # Never backwards (a re-read offset may be a little smaller): job ids and parked and
+        # held jobs sort by this time first, so a later call must not get an earlier one.
+        self._last_now_ms = max(self._last_now_ms, codec.now_ms() + self._offset_ms)
+        return self._last_now_ms
 
     async def enqueue(
         self,

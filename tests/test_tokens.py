@@ -435,7 +435,7 @@ def test_the_command_line_puts_imports_and_shows_tokens_without_showing_them(
     everything = put.stdout + put.stderr + imported.stdout + status.stdout + listed.stdout
     assert "sekrit" not in everything
     nokey = run_cli("tokens", "put", "x", "acme", "--redis-url", redis_url, input=answer)
-    assert nokey.returncode == 1
+    assert nokey.returncode == 2  # a usage error: the configuration lacks the key
     assert "STREAMQ_TOKEN_KEYS" in nokey.stderr
     assert "sekrit" not in nokey.stderr
 
@@ -491,7 +491,7 @@ def test_a_worker_on_the_store_without_its_key_refuses_to_start(redis_url: str) 
         "consume", "--redis-url", redis_url, "--stream", "x", "--burst",
         env={"STREAMQ_CREDENTIALS": "store", "STREAMQ_TOKEN_KEYS": ""},
     )  # fmt: skip
-    assert started.returncode == 1
+    assert started.returncode == 2  # a usage error: the configuration lacks the key
     assert "STREAMQ_TOKEN_KEYS" in started.stderr
     assert started.stderr.count("\n") == 1
 

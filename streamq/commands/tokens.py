@@ -1,5 +1,5 @@
-"""The command line of the token store: ``streamq tokens put|import|list|keygen`` and
-``streamq account status``. cli.py wires these in; this module holds what they do.
+"""``streamq tokens put|import|list|keygen`` and ``streamq account status``: the token store
+from the command line.
 
 No token is ever taken from the command line (it would show in ``ps`` and shell history):
 ``tokens put`` reads the platform's JSON answer from standard input or a file.
@@ -13,24 +13,23 @@ import sys
 import time
 from typing import Any
 
-import msgspec
-
 from streamq import limiter, platforms, tokens
 from streamq.client import Queue
+from streamq.commands.common import NotFound, command, group, nothing, print_json
 from streamq.config import Config
 from streamq.errors import ConfigError
 from streamq.platforms.credentials import Secret, load_provider
 from streamq.tokens import Tokens
-from streamq.tokenstore import Keyring, TokenStatus
+from streamq.tokenstore import Keyring, TokenStatus, TokenStore
 
 
-def add_tokens_parser(commands: Any, common: argparse.ArgumentParser, parser_class: Any) -> None:
-    tokens = commands.add_parser("tokens", parents=[common], help="the token store")
-    actions = tokens.add_subparsers(dest="action", required=True, parser_class=parser_class)
-    put = actions.add_parser(
+def register(commands: Any) -> None:
+    actions = group(commands, "tokens", "the token store: put, import, list tokens")
+    put = command(
+        actions,
         "put",
-        parents=[common],
-        help="store an account's tokens (JSON on stdin or --file); resumes it if it waited",
+        "store an account's tokens (JSON on stdin or --file); resumes it if it waited",
+        run_put,
     )
     put.add_argument("platform", choices=platforms.PLATFORMS)
     put.add_argument("account")
@@ -39,8 +38,8 @@ def add_tokens_parser(commands: Any, common: argparse.ArgumentParser, parser_cla
         help='JSON file ("-": stdin, the default): {"access_token", "refresh_token", '
         '"expires_in", "scope", "user_id"}, as the platform answered the sign-in',
     )
-    imported = actions.add_parser(
-        "import", parents=[common], help="copy tokens from another provider into the store"
+    imported = command(
+        actions, "import", "copy tokens from another provider into the store", run_import
     )
     imported.add_argument("platform", choices=platforms.PLATFORMS)
     imported.add_argument("account", nargs="+")
@@ -50,49 +49,58 @@ def add_tokens_parser(commands: Any, common: argparse.ArgumentParser, parser_cla
         default=None,
         help='"env" (default), "file:PATH" or "package.module:function"',
     )
-    listing = actions.add_parser("list", parents=[common], help="every stored account's state")
-    listing.add_argument("--json", action="store_true")
-    actions.add_parser("keygen", parents=[common], help="print a new encryption key entry")
+    listing = command(actions, "list", "every stored account's token state", run_list)
+    listing.add_argument("--json", action="store_true", help="one JSON array")
+    command(actions, "keygen", "print a new encryption key entry", run_keygen, connects=False)
 
 
-def add_account_status(account_actions: Any, common: argparse.ArgumentParser) -> None:
-    status = account_actions.add_parser(
-        "status", parents=[common], help="an account's token and pauses"
-    )
+def add_account_status(actions: Any) -> None:
+    """``streamq account status PLATFORM ACCOUNT`` (wired in by streamq.commands.account)."""
+    status = command(actions, "status", "an account's token state and pauses", account_status)
     status.add_argument("platform", choices=platforms.PLATFORMS)
     status.add_argument("account")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="one JSON object")
 
 
-async def tokens_command(args: argparse.Namespace, config: Config) -> int:
-    if args.action == "keygen":
-        print(Keyring.generate(f"k{int(time.time())}"))
-        return 0
+async def run_keygen(args: argparse.Namespace, config: Config) -> int:
+    print(Keyring.generate(f"k{int(time.time())}"))
+    return 0
+
+
+async def run_put(args: argparse.Namespace, config: Config) -> int:
     async with Queue(args.redis_url, config=config) as q:
-        store = Tokens(q)
-        if args.action == "put":
-            return await _put(store, args)
-        if args.action == "import":
-            provider = load_provider(args.source or "env")
-            pairs = [(args.platform, limiter.check_account(a)) for a in args.account]
-            copied = await store.import_from(provider, pairs)
-            for platform, account in copied:
-                print(f"{platform}/{account}: imported")
-            missing = len(pairs) - len(copied)
-            if missing:
-                print(f"{missing} account(s) had no token in that provider", file=sys.stderr)
-            return 0 if copied else 1
+        return await _put(Tokens(q), args)
+
+
+async def run_import(args: argparse.Namespace, config: Config) -> int:
+    async with Queue(args.redis_url, config=config) as q:
+        provider = load_provider(args.source or "env")
+        pairs = [(args.platform, limiter.check_account(a)) for a in args.account]
+        copied = await Tokens(q).import_from(provider, pairs)
+    for platform, account in copied:
+        print(f"{platform}/{account}: imported")
+    missing = len(pairs) - len(copied)
+    if missing:
+        print(f"{missing} account(s) had no token in that provider", file=sys.stderr)
+    if not copied:
+        raise NotFound("no token found for those accounts")
+    return 0
+
+
+async def run_list(args: argparse.Namespace, config: Config) -> int:
+    async with Queue(args.redis_url, config=config) as q:
+        store = TokenStore(q.redis, None)  # states only: no key needed
         rows = [
             status
-            for platform, account in await store.store.accounts()
+            for platform, account in await store.accounts()
             if (status := await store.status(platform, account)) is not None
         ]
-        if args.json:
-            sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
-        for row in rows if not args.json else []:
-            print(_status_line(row))
-        if not rows and not args.json:
-            print("no tokens stored")
+    if args.json:
+        print_json(rows)
+    elif not rows:
+        nothing("no tokens stored")
+    for row in rows if not args.json else []:
+        print(_status_line(row))
     return 0
 
 
@@ -144,7 +152,7 @@ async def account_status(args: argparse.Namespace, config: Config) -> int:
     async with Queue(args.redis_url, config=config) as q:
         report = await tokens.account_status(q.redis, config, args.platform, args.account)
     if args.json:
-        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+        print_json(report)
         return 0
     print(f"{args.platform}/{args.account}: {report.state}")
     if report.token is not None:
