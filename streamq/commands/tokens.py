@@ -31,8 +31,8 @@ def register(commands: Any) -> None:
         "store an account's tokens (JSON on stdin or --file); resumes it if it waited",
         run_put,
     )
-    put.add_argument("platform", choices=platforms.PLATFORMS)
-    put.add_argument("account")
+    put.add_argument("platform", choices=platforms.PLATFORMS, help="the platform")
+    put.add_argument("account", help="the account, as given to enqueue --account")
     put.add_argument(
         "--file",
         help='JSON file ("-": stdin, the default): {"access_token", "refresh_token", '
@@ -41,8 +41,8 @@ def register(commands: Any) -> None:
     imported = command(
         actions, "import", "copy tokens from another provider into the store", run_import
     )
-    imported.add_argument("platform", choices=platforms.PLATFORMS)
-    imported.add_argument("account", nargs="+")
+    imported.add_argument("platform", choices=platforms.PLATFORMS, help="the platform")
+    imported.add_argument("account", nargs="+", help="the accounts to copy")
     imported.add_argument(
         "--from",
         dest="source",
@@ -57,8 +57,8 @@ def register(commands: Any) -> None:
 def add_account_status(actions: Any) -> None:
     """``streamq account status PLATFORM ACCOUNT`` (wired in by streamq.commands.account)."""
     status = command(actions, "status", "an account's token state and pauses", account_status)
-    status.add_argument("platform", choices=platforms.PLATFORMS)
-    status.add_argument("account")
+    status.add_argument("platform", choices=platforms.PLATFORMS, help="the platform")
+    status.add_argument("account", help="the account, as given to enqueue --account")
     status.add_argument("--json", action="store_true", help="one JSON object")
 
 
