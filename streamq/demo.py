@@ -266,6 +266,9 @@ async def _run(options: DemoOptions, console: Console, redis_url: str) -> dict[s
             seed=options.seed,
             # Tokens expire about six times in the demo: refreshes, not pauses, keep it going.
             access_ttl=max(5.0, options.duration / 6),
+            # Meta's tokens cannot be renewed once expired (their real life is 60 days): a
+            # loaded machine's late refresh would cost the account a sign-in.
+            access_ttls={"facebook": 3600.0, "instagram": 3600.0},
             ig_min_age=0.0,
         )
     )

@@ -103,7 +103,7 @@ class OAuthSim:
     # -- the rules ------------------------------------------------------------------------------
 
     def life(self, platform: str) -> float:
-        ttl = self.sim.options.access_ttl
+        ttl = self.sim.options.access_ttls.get(platform, self.sim.options.access_ttl)
         return ttl if ttl is not None else REAL_LIFE[platform]
 
     def _issue(self, platform: str, user: str, kind: str = "access") -> tuple[str, Issued]:

@@ -137,6 +137,8 @@ class SimOptions(msgspec.Struct, kw_only=True):
     """A token expires this long after the simulator first sees it (tokens it did not issue)."""
     access_ttl: float | None = None
     """Life of the access tokens its token endpoints issue (None: each platform's real one)."""
+    access_ttls: dict[str, float] = msgspec.field(default_factory=dict)
+    """Per platform, before ``access_ttl``."""
     ig_min_age: float = 86400.0
     """Instagram refreshes a long-lived token only once it is this old."""
     processing: float = 0.2

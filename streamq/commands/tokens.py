@@ -51,7 +51,7 @@ def register(commands: Any) -> None:
     )
     listing = command(actions, "list", "every stored account's token state", run_list)
     listing.add_argument("--json", action="store_true", help="one JSON array")
-    command(actions, "keygen", "print a new encryption key entry", run_keygen, connects=False)
+    command(actions, "keygen", "print a new encryption key entry", run_keygen)
 
 
 def add_account_status(actions: Any) -> None:

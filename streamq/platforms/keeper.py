@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamq import keys
 from streamq.config import TokensConfig
@@ -47,6 +49,8 @@ log = logging.getLogger("streamq.tokens")
 
 REAUTH_EVENT: Final = "account.reauth_required"
 POLL_SECONDS: Final = 0.05
+STORE_TRIES: Final = 5
+"""Tries to store a refresh's answer when the server fails (0.2 s, 0.4 s, ... apart)."""
 DEFER_SECONDS: Final = 1.0
 """How long a job waits (deferred, no attempt used) when its token cannot be had right now."""
 
@@ -178,7 +182,9 @@ class TokenKeeper:
                 return None
             if lease.outcome == "reauth":
                 found = await self.store.get(platform, account)
-                raise ReauthRequired((found.reason if found else None) or "a new sign-in is needed")
+                reason = (found.reason if found else None) or "a new sign-in is needed"
+                await self._tell(job, platform, account, reason)
+                raise ReauthRequired(reason)
             if lease.outcome == "newer":
                 found = await self.store.get(platform, account)
                 if found is None or found.access_token is None:
@@ -218,7 +224,9 @@ class TokenKeeper:
             chosen = settings or resolve_settings(platform)
             url = flows.token_url(platform, chosen)
             client = self.client(platform)
-            timeout = min(chosen.timeout, self.config.lease)
+            # Well inside the lease: an answer that comes after the lease ran out would race
+            # the next holder's refresh.
+            timeout = min(chosen.timeout, self.config.lease / 2)
             if platform not in self._http:
                 self._http[platform] = flows.oauth_client(platform, client, timeout)
             tokens = await flows.refresh(
@@ -247,9 +255,7 @@ class TokenKeeper:
                 DEFER_SECONDS, f"{platform}: token: refresh failed: {unavailable}", scope="account"
             ) from None
         self.refreshes += 1
-        version = await self.store.write_refreshed(
-            platform, account, fence, tokens, stored.refreshes + 1
-        )
+        version = await self._store_answer(stored, fence, tokens)
         if version is None:
             # A newer write won (a put, or a later lease after ours ran out): ours is discarded.
             log.info("%s/%s: a newer token was stored; refresh discarded", platform, account)
@@ -257,6 +263,23 @@ class TokenKeeper:
             return None if found is None else found.credentials()
         log.info("%s/%s: token refreshed (version %d)", platform, account, version)
         return Credentials(tokens.access_token, tokens.user_id, version=version)
+
+    async def _store_answer(self, stored: StoredToken, fence: int, tokens: Any) -> int | None:
+        """Write the platform's answer, retrying a server that fails for a moment: for X and
+        TikTok the old refresh token is already spent, so this answer is the account's only
+        way on without a new sign-in."""
+        for attempt in range(STORE_TRIES):
+            try:
+                return await self.store.write_refreshed(
+                    stored.platform, stored.account, fence, tokens, stored.refreshes + 1
+                )
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if attempt == STORE_TRIES - 1:
+                    raise
+                log.warning("%s/%s: storing the refresh: %s; again", stored.platform,
+                            stored.account, exc)  # fmt: skip
+                await anyio.sleep(0.2 * 2**attempt)
+        return None
 
     async def keep_alive(
         self, settings: Mapping[str, PlatformSettings], interval: float | None = None
