@@ -12,9 +12,11 @@ import json
 import os
 import pty
 import select
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -112,11 +114,17 @@ def test_a_group_level_url_is_the_server_acted_on(argv: list[str]) -> None:
         port = sock.getsockname()[1]  # nothing listens here once the socket closes
     url = f"redis://127.0.0.1:{port}/0"
     args = [part for item in argv for part in (["--redis-url", url] if item == "{url}" else [item])]
-    home = f"/tmp/sq-never-{port}"  # would hold an embedded server, were one started
-    result = run_cli(*args, env={"STREAMQ_HOME": home, "STREAMQ_REDIS_URL": ""})
+    home = tempfile.mkdtemp(dir="/tmp", prefix="sqnever")  # short: unix socket paths are limited
+    env = {"STREAMQ_HOME": home, "STREAMQ_REDIS_URL": ""}
+    try:
+        result = run_cli(*args, env=env)
+        started = Path(home, "valkey.sock").exists()  # the embedded server, acted on instead
+    finally:
+        run_cli("server", "stop", env=env)
+        shutil.rmtree(home, ignore_errors=True)
     one_line_error(result, f"cannot reach Redis at redis://127.0.0.1:{port}")
     assert result.returncode == 1
-    assert not Path(home, "valkey.sock").exists()
+    assert not started
 
 
 def test_a_group_level_log_level_is_honoured(redis_url: str, stream: str) -> None:
@@ -342,7 +350,7 @@ def test_the_small_wordings(redis_url: str, stream: str, tmp_path: Path) -> None
     assert shown.returncode == 0, shown.stderr
     assert "10000/day" in shown.stdout, shown.stdout
     assert "per day" in shown.stdout
-    assert "25 per h each" in shown.stdout
+    assert "25 per hour each" in shown.stdout
     assert "416.667" not in shown.stdout
     assert "86400s" not in shown.stdout
 

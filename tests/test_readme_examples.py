@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,32 @@ def test_the_example_runs_as_written(block: Block, own_server: LocalServer) -> N
             elif not expected.startswith("streamq: error:") and not command.runs_until_stopped:
                 assert matches(expected, out), (text, expected, out)
     assert time.monotonic() - started < 120
+
+
+def test_the_extractor_reads_commands_outputs_and_continuations(tmp_path: Path) -> None:
+    doc = tmp_path / "page.md"
+    doc.write_text(
+        "```sh\nstreamq stats\n```\n"  # not a console block: prose for the reader
+        "```console\n"
+        '$ streamq enqueue --stream x --payload 1 --at "2020-01-02 09:00" --tz UTC \\\n'
+        "    --key k   # a comment\n"
+        "x:19ab5f0c2e1-8d2f0a6b9c41\n"
+        "$ streamq job show x:19ab5f0c2e1-8d2f0a6b9c41\n"
+        "$ streamq consume --stream x\n"
+        "$ streamq consume --stream x --burst\n"
+        "$ streamq enqueue --stream x --payload nope\n"
+        "streamq: error: payload is not valid JSON...\n"
+        "```\n",
+        encoding="utf-8",
+    )
+    [block] = blocks(doc)
+    enqueue, show, consume, burst, bad = block.commands
+    assert enqueue.text.endswith("--tz UTC --key k   # a comment")
+    assert enqueue.expected == ["x:19ab5f0c2e1-8d2f0a6b9c41"]
+    assert (consume.runs_until_stopped, burst.runs_until_stopped) == (True, False)
+    assert bad.error == "streamq: error: payload is not valid JSON..."
+    assert matches(bad.error, "streamq: error: payload is not valid JSON: line 1\n")
+    ran = prepared(enqueue.text, {}, now=datetime(2030, 5, 6, 23, 59, tzinfo=UTC))
+    assert '--at "2030-05-07 09:00"' in ran
+    real = {"x:19ab5f0c2e1-8d2f0a6b9c41": "x:0000000000a-0000000000b"}
+    assert prepared(show.text, real).endswith("x:0000000000a-0000000000b")
