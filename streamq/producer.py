@@ -433,9 +433,6 @@ class Producer:
             self._registered.add(stream)
 
 
-_msgpack = msgspec.msgpack.Encoder().encode
-
-
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -454,7 +451,7 @@ def _encode(
     ids: list[str] = []
     slices: list[tuple[list[str], bytes]] = []
     record_keys: list[str] = []
-    jobs: list[list[str | int]] = []
+    jobs: list[codec.EnqueueRow] = []
     due = template.run_at_ms or 0
     replace = msgspec.structs.replace
     record_prefix = keyspace.job(stream, "")
@@ -478,13 +475,13 @@ def _encode(
                 f"stream's max_payload_bytes of {max_bytes}"
             )
         # str, not bytes: the server's cmsgpack reads msgpack str but not bin.
-        job: list[str | int] = [job_id, key or "", encoded.decode(), due]
-        if account is not None:
-            job.append(account)
-        jobs.append(job)
+        if account is None:
+            jobs.append(codec.EnqueueRow(job_id, key or "", encoded.decode(), due))
+        else:
+            jobs.append(codec.AccountEnqueueRow(job_id, key or "", encoded.decode(), due, account))
         if len(record_keys) == SLICE:
-            slices.append((record_keys, _msgpack(jobs)))
+            slices.append((record_keys, codec.pack_rows(jobs)))
             record_keys, jobs = [], []
     if record_keys:
-        slices.append((record_keys, _msgpack(jobs)))
+        slices.append((record_keys, codec.pack_rows(jobs)))
     return ids, slices

@@ -36,14 +36,23 @@ from typing import Any, Final, TypeVar
 
 import anyio
 import msgspec
-import orjson
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from streamq import codec, connection, health, keys, limiter, logs, metrics, scheduler, scripts
+from streamq import (
+    codec,
+    connection,
+    health,
+    keys,
+    limiter,
+    logs,
+    metrics,
+    outcomes,
+    scheduler,
+    scripts,
+)
 from streamq.config import StreamConfig
 from streamq.connection import TRANSIENT_ERRORS, retry_delay
-from streamq.errors import Fail, RateLimited, Retry
 from streamq.handler import Handler, Hooks
 from streamq.heartbeat import Heartbeat
 from streamq.job import Job
@@ -213,8 +222,8 @@ class Worker:
         self._reader_id: int | None = None
         self._cursors: list[str] = ["0-0"] * len(keys.LANES)
         self._slots = [_Slot() for _ in range(self.options.concurrency)]
-        self._finished: list[tuple[Job, tuple[Any, ...]]] = []
-        self._acking: list[list[tuple[Job, tuple[Any, ...]]]] = []  # batches on the wire
+        self._finished: list[tuple[Job, codec.Outcome]] = []
+        self._acking: list[list[tuple[Job, codec.Outcome]]] = []  # batches on the wire
         self._fixed_finish_keys = [
             *self._lanes,
             self._dedup,
@@ -631,24 +640,18 @@ class Worker:
         ):
             late = [job for job in gated if self._expired(job.envelope)]
             for job in late:
-                env = job.envelope
-                self._finish(job, ("e", env.id, env.key or "", env.attempt, 0, _text_of(env)))
+                self._finish(job, outcomes.expired(job))
                 self._let_go(job)
             gated = [job for job in gated if not self._expired(job.envelope)]
-        rows: list[list[str | int]] = []
+        rows: list[codec.AdmitRow] = []
         for job in gated:
             env = job.envelope
-            row: list[str | int] = [
-                lane + 1,
-                job._entry.decode(),
-                env.id,
-                env.account or "",
-                env.enqueued_at_ms,
-            ]
+            fields = (lane + 1, job._entry.decode(), env.id, env.account or "", env.enqueued_at_ms)
             if reclaimed:  # its attempt counts the crashed runs: keep that if it is deferred
-                row.append(_text_of(env))
-            rows.append(row)
-        packed = _msgpack(rows)
+                rows.append(codec.ReclaimedAdmitRow(*fields, codec.envelope_text(env)))
+            else:
+                rows.append(codec.AdmitRow(*fields))
+        packed = codec.pack_rows(rows)
         args: list[scripts.EncodableArg] = [
             keys.GROUP,
             self.consumer,
@@ -760,7 +763,7 @@ class Worker:
             # Only the watchdog cancels this scope: the slot's job ran past its timeout.
             job, slot.job = slot.job, None
             if job is not None:
-                timeout = self._timeout_of(job)
+                timeout = outcomes.timeout_of(job.envelope, self.options)
                 self.metrics.durations.append(timeout)
                 error = JobTimeout(f"timed out after {timeout:g}s")
                 self._finish(job, self._failure(job, error, slot.started))
@@ -790,22 +793,23 @@ class Worker:
             if self._platform_paused_until_ms:
                 wait_ms = self._platform_paused_until_ms - self.promoter.server_now_ms()
                 if wait_ms > 0:  # read before the platform asked to hold off: not now
-                    self._finish(job, self._held_back(env, wait_ms))
+                    now = self.promoter.server_now_ms()
+                    self._finish(job, outcomes.held_back(job, now, wait_ms))
                     self._not_started(job)
                     self._let_go(job)
                     continue
                 self._platform_paused_until_ms = 0
             if self._pausing and env.account in self._pausing:
-                self._finish(job, self._parked(env, 0, self._pausing[env.account]))
+                self._finish(job, outcomes.parked(job, self._pausing[env.account]))
                 self._not_started(job)
                 self._let_go(job)
                 continue
             if job.cancelled:
-                self._finish(job, ("c", env.id, env.key or "", env.attempt, 0, _text_of(env)))
+                self._finish(job, outcomes.cancelled(job))
                 self._let_go(job)
                 continue
             if (stream_expires or env.expire_after_ms is not None) and self._expired(env):
-                self._finish(job, ("e", env.id, env.key or "", env.attempt, 0, _text_of(env)))
+                self._finish(job, outcomes.expired(job))
                 self._let_go(job)
                 continue
             timeout = default_timeout if env.job_timeout_ms is None else env.job_timeout_ms / 1000
@@ -825,9 +829,7 @@ class Worker:
                 slot.job = None
                 # Inlined _finish: this is the path every successful job takes. (The ack loop
                 # swaps the list out, so it must be looked up each time.)
-                self._finished.append(
-                    (job, ("d", env.id, env.key or "", env.attempt, started, _result(result)))
-                )
+                self._finished.append((job, outcomes.done(job, started, result)))
                 if self._ack_event is not None:
                     self._ack_event.set()
             finally:
@@ -844,88 +846,21 @@ class Worker:
             self._room_event.set()
 
     def _expired(self, env: codec.Envelope) -> bool:
-        expire_ms = env.expire_after_ms
-        if expire_ms is None:
-            if self.options.expire_after is None:
-                return False
-            expire_ms = round(self.options.expire_after * 1000)
-        due = env.run_at_ms if env.run_at_ms is not None else env.enqueued_at_ms
-        return self.promoter.server_now_ms() > due + expire_ms
+        return outcomes.is_expired(env, self.options, self.promoter.server_now_ms())
 
-    def _timeout_of(self, job: Job) -> float:
-        if job.envelope.job_timeout_ms is not None:
-            return job.envelope.job_timeout_ms / 1000
-        return self.options.job_timeout or math.inf
-
-    def _failure(self, job: Job, exc: BaseException, started: int = 0) -> tuple[Any, ...]:
-        """The outcome of a run that raised: retry, defer, or dead-letter."""
-        env = job.envelope
-        key = env.key or ""
-        if isinstance(exc, RateLimited):
-            delay_ms = round(exc.retry_after * 1000)
-            later = msgspec.structs.replace(env, run_at_ms=self.promoter.server_now_ms() + delay_ms)
-            held = ""
-            if exc.scope == "platform":
-                held = keys.pause_field(None)
-                self._hold_platform(self.promoter.server_now_ms() + delay_ms)
-            elif env.account is not None:
-                held = keys.pause_field(env.account)
-            return (
-                "l",
-                env.id,
-                key,
-                env.attempt,
-                started,
-                _text_of(later),
-                delay_ms,
-                exc.reason,
-                held,
-            )
+    def _failure(self, job: Job, exc: BaseException, started: int = 0) -> codec.Outcome:
+        """The outcome of a run that raised (see streamq.outcomes), and what it asks of this
+        worker: hold the platform, or park the account's jobs already read."""
+        now = self.promoter.server_now_ms()
+        outcome = outcomes.failure(job, exc, self.options, started_ms=started, now_ms=now)
+        if isinstance(outcome, codec.Deferred):
+            if outcome.hold == keys.pause_field(None):
+                self._hold_platform(now + outcome.delay_ms)
+            return outcome
         self.counts.failed += 1
-        error = _describe(exc)
-        if job.cancelled:  # cancelled while it ran: it ends here, as cancelled
-            return ("c", env.id, key, env.attempt, started, _text_of(env))
-        if isinstance(exc, Fail) and exc.pause_account and env.account is not None:
-            log.warning(
-                "job %s: pausing account %s: %s",
-                env.id,
-                env.account,
-                exc.reason,
-                extra=logs.job(env.id, self.stream, env.attempt),
-            )
-            self._pausing[env.account] = exc.reason
-            return self._parked(env, started, exc.reason)
-        allowed = env.max_attempts or self.options.max_attempts
-        if isinstance(exc, Fail) or env.attempt >= allowed:
-            reason = (
-                exc.reason
-                if isinstance(exc, Fail)
-                else f"gave up after {env.attempt} attempts: {error}"
-            )
-            log.warning(
-                "job %s is dead: %s",
-                env.id,
-                reason,
-                extra=logs.job(env.id, self.stream, env.attempt),
-            )
-            return ("x", env.id, key, env.attempt, started, _text_of(env), reason)
-        if isinstance(exc, Retry) and exc.after is not None:
-            delay = exc.after
-        else:
-            delay = scheduler.backoff_seconds(env.backoff or self.options.backoff, env.attempt)
-        delay_ms = round(delay * 1000)
-        log.info(
-            "job %s attempt %d failed (%s); retrying in %.1fs",
-            env.id,
-            env.attempt,
-            error,
-            delay,
-            extra=logs.job(env.id, self.stream, env.attempt),
-        )
-        again = msgspec.structs.replace(
-            env, attempt=env.attempt + 1, run_at_ms=self.promoter.server_now_ms() + delay_ms
-        )
-        return ("r", env.id, key, env.attempt + 1, started, _text_of(again), delay_ms, error)
+        if isinstance(outcome, codec.Parked):
+            self._pausing[outcome.account] = outcome.reason
+        return outcome
 
     def _not_started(self, job: Job) -> None:
         """An admitted job will not run here after all: give its logged start back."""
@@ -947,12 +882,6 @@ class Worker:
             with contextlib.suppress(*TRANSIENT_ERRORS):
                 await pipe.execute()
 
-    def _held_back(self, env: codec.Envelope, wait_ms: int) -> tuple[Any, ...]:
-        """The outcome that defers a job, without running it, until a platform pause ends."""
-        later = msgspec.structs.replace(env, run_at_ms=self.promoter.server_now_ms() + wait_ms)
-        key = env.key or ""
-        return ("l", env.id, key, env.attempt, 0, _text_of(later), wait_ms, "platform paused", "")
-
     def _park_pausing(self, jobs: list[Job]) -> list[Job]:
         """Park the just-admitted jobs of accounts a handler is pausing; returns the rest."""
         keep = []
@@ -961,7 +890,7 @@ class Worker:
             if reason is None:
                 keep.append(job)
             else:
-                self._finish(job, self._parked(job.envelope, 0, reason))
+                self._finish(job, outcomes.parked(job, reason))
                 self._not_started(job)
                 self._let_go(job)
         self._settle_pauses()
@@ -981,25 +910,11 @@ class Worker:
             mine = [job for job in lane_jobs if job.envelope.account == account]
             for job in mine:
                 lane_jobs.remove(job)
-                self._finish(job, self._parked(job.envelope, 0, reason))
+                self._finish(job, outcomes.parked(job, reason))
                 self._not_started(job)
                 self._let_go(job)
 
-    def _parked(self, env: codec.Envelope, started: int, reason: str) -> tuple[Any, ...]:
-        """The outcome that pauses the job's account and parks the job, attempt unchanged."""
-        return (
-            "p",
-            env.id,
-            env.key or "",
-            env.attempt,
-            started,
-            _text_of(env),
-            reason,
-            env.account,
-            env.enqueued_at_ms,
-        )
-
-    def _finish(self, job: Job, outcome: tuple[Any, ...]) -> None:
+    def _finish(self, job: Job, outcome: codec.Outcome) -> None:
         self._finished.append((job, outcome))
         if self._ack_event is not None:
             self._ack_event.set()
@@ -1051,7 +966,7 @@ class Worker:
         self._acks_done.set()
 
     async def _record_batch(
-        self, batch: list[tuple[Job, tuple[Any, ...]]], in_flight: anyio.Semaphore
+        self, batch: list[tuple[Job, codec.Outcome]], in_flight: anyio.Semaphore
     ) -> None:
         self._acking.append(batch)
         try:
@@ -1067,32 +982,20 @@ class Worker:
         recurring = False
         for job, outcome in batch:
             recurring = recurring or job.envelope.cron is not None
-            if outcome[0] == "p" and outcome[7] in self._pausing:
-                self._pauses_recorded.add(outcome[7])
+            if isinstance(outcome, codec.Parked) and outcome.account in self._pausing:
+                self._pauses_recorded.add(outcome.account)
         self._settle_pauses()
         if recurring:
             self.promoter.wake()  # the next occurrence can be scheduled now
 
-    async def _call_hooks(self, hooks: Hooks, batch: list[tuple[Job, tuple[Any, ...]]]) -> None:
+    async def _call_hooks(self, hooks: Hooks, batch: list[tuple[Job, codec.Outcome]]) -> None:
         """The hooks of a recorded batch, one call at a time; none can change an outcome."""
         for job, outcome in batch:
-            code = outcome[0]
-            calls: list[tuple[str, Callable[..., Any] | None, tuple[Any, ...]]] = []
-            if code == "d":
-                result = orjson.loads(outcome[5]) if outcome[5] else None
-                calls.append(("on_done", hooks.on_done, (job, result)))
-            elif code in ("r", "x"):
-                error = outcome[7] if code == "r" else outcome[6]
-                calls.append(("on_failed", hooks.on_failed, (job, error)))
-                if code == "x":
-                    calls.append(("on_dead", hooks.on_dead, (job, error)))
-            elif code == "c":
-                calls.append(("on_cancelled", hooks.on_cancelled, (job,)))
-            elif code == "e":
-                calls.append(("on_expired", hooks.on_expired, (job,)))
-            for name, hook, args in calls:
+            for name, rest in outcomes.hook_calls(outcome):
+                hook: Callable[..., Any] | None = getattr(hooks, name)
                 if hook is None:
                     continue
+                args = (job, *rest)
                 try:
                     with anyio.fail_after(hooks.timeout):
                         if inspect.iscoroutinefunction(hook):
@@ -1106,18 +1009,18 @@ class Worker:
                         "hook %s failed for job %s: %s",
                         name,
                         job.id,
-                        _describe(exc),
+                        outcomes.describe(exc),
                         extra={"job_id": job.id, "stream": self.stream, "attempt": job.attempt},
                     )
 
     def _count(self, tally: dict[str, int]) -> None:
         counts = self.counts
-        counts.completed += tally.get("d", 0)
-        counts.dead_lettered += tally.get("x", 0)
-        counts.deferred += tally.get("l", 0)
-        counts.expired += tally.get("e", 0)
-        counts.cancelled += tally.get("c", 0)
-        counts.parked += tally.get("p", 0)
+        counts.completed += tally.get(codec.Done.name, 0)
+        counts.dead_lettered += tally.get(codec.Dead.name, 0)
+        counts.deferred += tally.get(codec.Deferred.name, 0)
+        counts.expired += tally.get(codec.Expired.name, 0)
+        counts.cancelled += tally.get(codec.Cancelled.name, 0)
+        counts.parked += tally.get(codec.Parked.name, 0)
 
     async def _finish_acks(self) -> None:
         self._acks_closed = True
@@ -1127,23 +1030,21 @@ class Worker:
         with anyio.move_on_after(max(self.options.grace, 5.0)):
             await self._acks_done.wait()
 
-    async def _record(self, batch: list[tuple[Job, tuple[Any, ...]]]) -> None:
+    async def _record(self, batch: list[tuple[Job, codec.Outcome]]) -> None:
         """Acknowledge a batch and record each job's outcome: one script call."""
         ids: list[list[bytes]] = [[] for _ in keys.LANES]
         record_keys: list[str] = []
-        outcomes: list[tuple[Any, ...]] = []
+        rows: list[codec.Outcome] = []
         prefix = self._record_prefix
         for job, outcome in batch:
             ids[job._lane].append(job._entry)
-            record_keys.append(prefix + outcome[1])
-            if outcome[0] != "d":  # lets the script drop it if the entry is no longer ours
-                outcome = (*outcome, job._lane + 1, job._entry.decode())
-            outcomes.append(outcome)
+            record_keys.append(prefix + outcome.id)
+            rows.append(outcome)
         joined = [b" ".join(lane_ids) for lane_ids in ids]
         await scripts.finish_jobs(
             self.redis,
             [*self._fixed_finish_keys, *record_keys],
-            [keys.GROUP, *joined, self._retention_ms, _msgpack(outcomes), self._script_prefix],
+            [keys.GROUP, *joined, self._retention_ms, codec.pack_rows(rows), self._script_prefix],
         )
 
     # -- recovering -----------------------------------------------------------------------------
@@ -1253,25 +1154,6 @@ class Worker:
                 await self._stop_event.wait()
         else:
             await anyio.sleep(delay)
-
-
-_msgpack = msgspec.msgpack.Encoder().encode
-_result_encoder = msgspec.json.Encoder(enc_hook=repr)
-
-
-def _result(value: Any) -> str:
-    """A handler's return value as stored in the job record ('' for None)."""
-    return "" if value is None else _result_encoder.encode(value).decode()
-
-
-def _text_of(envelope: codec.Envelope) -> str:
-    # Outcomes travel as msgpack, and the server's cmsgpack reads str values but not bin.
-    return codec.encode(envelope).decode()
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:1000]
 
 
 def _lane_gone(exc: redis_errors.ResponseError) -> bool:
