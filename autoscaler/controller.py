@@ -24,26 +24,12 @@ from autoscaler import metrics
 from autoscaler.observe import StreamWatch
 from autoscaler.policy import Policy, Scaler
 from autoscaler.targets import Target, TargetError
-from streamq import keys, limiter
+from streamq import keys, limiter, scripts
 from streamq.config import Config
 
 log = logging.getLogger("streamq.autoscaler")
 
 LEADER_PREFIX: Final = f"{keys.PREFIX}:autoscaler:leader:"
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 def identity() -> str:
@@ -92,8 +78,7 @@ class RedisLeadership:
     async def hold(self) -> bool:
         """Take or keep the lock; False while another controller leads."""
         if self.fence is not None:
-            renewed: Any = await self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms)
-            if renewed:
+            if await scripts.renew_leadership(self.redis, self.key, self.token, ttl_ms=self.ttl_ms):
                 return True
             log.warning("lost the leadership (fence %d)", self.fence)
             self.fence = None
@@ -112,7 +97,7 @@ class RedisLeadership:
     async def release(self) -> None:
         """Give the lock up on a clean stop, so the next leader need not wait it out."""
         if self.fence is not None:
-            await self.redis.eval(_RELEASE, 1, self.key, self.token)
+            await scripts.release_leadership(self.redis, self.key, self.token)
             self.fence = None
 
 

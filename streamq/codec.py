@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from typing import Annotated, Any, ClassVar, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 import orjson
@@ -187,8 +187,6 @@ class Outcome(msgspec.Struct, array_like=True, gc=False):
     Every outcome but :class:`Done` ends with the entry's lane (1-3) and id, so the script can
     drop an outcome whose entry is no longer this worker's."""
 
-    name: ClassVar[str]
-    """The outcome's name in counts, metrics and hooks."""
     id: str
     key: str
     """The dedup key, '' for none."""
@@ -196,43 +194,53 @@ class Outcome(msgspec.Struct, array_like=True, gc=False):
     started_ms: int
     """When the handler started (server clock), 0 when it did not run."""
 
+    @property
+    def name(self) -> str:
+        """The outcome's name in counts, metrics and hooks: done, retried, deferred, parked,
+        dead, expired or cancelled."""
+        return OUTCOME_NAMES[type(self)]
+
 
 class Done(Outcome, tag="d"):
-    name = "done"
     result: str
     """The handler's return value as JSON, '' for None."""
 
 
-class Retried(Outcome, tag="r"):
-    """Run again after ``delay_ms``; ``attempt`` is the next attempt's number."""
+class _Later(Outcome):
+    """An outcome that runs the job again after ``delay_ms``."""
 
-    name = "retried"
     envelope: str
-    """The next attempt's envelope as JSON."""
+    """The envelope of the next run, as JSON."""
     delay_ms: int
-    error: str
+    reason: str
+
+
+class Retried(_Later, tag="r"):
+    """Run again after the delay; ``attempt`` is the next attempt's number, ``reason`` the
+    error."""
+
     lane: int
     entry: str
 
 
-class Deferred(Outcome, tag="l"):
-    """Run again after ``delay_ms`` without using an attempt (rate limited, platform pause)."""
+class Deferred(_Later, tag="l"):
+    """Run again after the delay without using an attempt (rate limited, platform pause)."""
 
-    name = "deferred"
-    envelope: str
-    delay_ms: int
-    reason: str
     hold: str
     """'' or the pause field to hold until then ('platform', 'a:<account>')."""
     lane: int
     entry: str
 
 
-class Parked(Outcome, tag="p"):
+class _Ended(Outcome):
+    """An outcome that takes the job off the lanes for good, or until its account resumes."""
+
+    envelope: str
+
+
+class Parked(_Ended, tag="p"):
     """The job's account is paused until resumed; the job waits for it, attempt unchanged."""
 
-    name = "parked"
-    envelope: str
     reason: str
     account: str
     enqueued_ms: int
@@ -240,33 +248,36 @@ class Parked(Outcome, tag="p"):
     entry: str
 
 
-class Dead(Outcome, tag="x"):
-    name = "dead"
-    envelope: str
+class Dead(_Ended, tag="x"):
     reason: str
     lane: int
     entry: str
 
 
-class Expired(Outcome, tag="e"):
-    """Not run: it came due too long ago."""
+class _Dropped(_Ended):
+    """Not run, and never will be: Expired (it came due too long ago) or Cancelled."""
 
-    name = "expired"
-    envelope: str
     lane: int
     entry: str
 
 
-class Cancelled(Outcome, tag="c"):
-    name = "cancelled"
-    envelope: str
-    lane: int
-    entry: str
+class Expired(_Dropped, tag="e"):
+    pass
 
 
-OUTCOME_NAMES: Final = tuple(
-    kind.name for kind in (Done, Retried, Deferred, Parked, Dead, Expired, Cancelled)
-)
+class Cancelled(_Dropped, tag="c"):
+    pass
+
+
+OUTCOME_NAMES: Final[dict[type[Outcome], str]] = {
+    Done: "done",
+    Retried: "retried",
+    Deferred: "deferred",
+    Parked: "parked",
+    Dead: "dead",
+    Expired: "expired",
+    Cancelled: "cancelled",
+}
 
 
 class EnqueueRow(msgspec.Struct, array_like=True, gc=False):

@@ -64,14 +64,17 @@ DURATION_BUCKETS: Final = (
 """Seconds: platform API calls take 0.1–5 s; the low buckets show no-op and cached handlers."""
 
 OUTCOMES: Final = {
-    codec.Done.name: "done",
-    codec.Retried.name: "retried",
-    codec.Dead.name: "dead",
-    codec.Expired.name: "expired",
-    codec.Cancelled.name: "cancelled",
+    codec.OUTCOME_NAMES[codec.Done]: "done",
+    codec.OUTCOME_NAMES[codec.Retried]: "retried",
+    codec.OUTCOME_NAMES[codec.Dead]: "dead",
+    codec.OUTCOME_NAMES[codec.Expired]: "expired",
+    codec.OUTCOME_NAMES[codec.Cancelled]: "cancelled",
 }
 """Outcomes that end a run (or a job) → the ``outcome`` label."""
-DEFERRALS: Final = {codec.Deferred.name: "throttled", codec.Parked.name: "parked"}
+DEFERRALS: Final = {
+    codec.OUTCOME_NAMES[codec.Deferred]: "throttled",
+    codec.OUTCOME_NAMES[codec.Parked]: "parked",
+}
 """Outcomes that put a job aside without using an attempt; "limited" (over a rate limit
 or paused at admission) is counted when the admission answers."""
 
@@ -228,7 +231,7 @@ class WorkerMetrics:
     def dead_lettered(self, count: int) -> None:
         """Entries dead-lettered without a run (foreign, or delivered too often)."""
         if count:
-            self._completed[codec.Dead.name].inc(count)
+            self._completed[codec.OUTCOME_NAMES[codec.Dead]].inc(count)
 
     def lateness_counts(self) -> list[int]:
         """Lateness bucket counts (not cumulative) since the worker started, all lanes."""

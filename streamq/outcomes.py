@@ -211,7 +211,7 @@ def hook_calls(outcome: Outcome) -> list[tuple[str, tuple[Any, ...]]]:
     if isinstance(outcome, Done):
         return [("on_done", (orjson.loads(outcome.result) if outcome.result else None,))]
     if isinstance(outcome, Retried):
-        return [("on_failed", (outcome.error,))]
+        return [("on_failed", (outcome.reason,))]
     if isinstance(outcome, Dead):
         return [("on_failed", (outcome.reason,)), ("on_dead", (outcome.reason,))]
     if isinstance(outcome, Cancelled):

@@ -40,6 +40,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from streamq import (
+    channel,
     codec,
     connection,
     health,
@@ -179,8 +180,6 @@ class Worker:
         self.counts = WorkerCounts()
         self.metrics = metrics.WorkerMetrics(self.stream)
         self._lanes = keys.lanes(stream)
-        self._dedup = keys.dedup(stream)
-        self._dead = keys.dead(stream)
         self._prefetch = self.options.concurrency
         if self.options.prefetch is not None:
             self._prefetch = self.options.prefetch
@@ -224,31 +223,9 @@ class Worker:
         self._slots = [_Slot() for _ in range(self.options.concurrency)]
         self._finished: list[tuple[Job, codec.Outcome]] = []
         self._acking: list[list[tuple[Job, codec.Outcome]]] = []  # batches on the wire
-        self._fixed_finish_keys = [
-            *self._lanes,
-            self._dedup,
-            keys.delayed(stream),
-            self._dead,
-            keys.counts(stream),
-            keys.control(stream),
-            keys.events(stream),
-            keys.meta(stream),
-        ]
         self._retention_ms = round(self.options.retention * 1000)
         self._record_prefix = keys.job(self.stream, "")
         self._id_prefix = f"{self.stream}:"
-        self._script_prefix = keys.script_prefix(self.stream)
-        self._admit_keys = [
-            *self._lanes,
-            keys.delayed(stream),
-            keys.counts(stream),
-            keys.control(stream),
-            keys.paused(stream),
-            keys.rate_log(stream),
-            keys.plan(stream),
-            keys.events(stream),
-            keys.meta(stream),
-        ]
         self.heartbeat = Heartbeat(
             redis,
             self.stream,
@@ -258,13 +235,16 @@ class Worker:
             visibility_timeout=self.options.visibility_timeout,
             give_up_after=self.options.job_timeout,
         )
+        self.clock = channel.ServerClock(clock)
         self.promoter = scheduler.Promoter(
+            redis, self.stream, retention_ms=self._retention_ms, clock=self.clock
+        )
+        self.control = channel.ControlListener(
             redis,
             self.stream,
-            retention_ms=self._retention_ms,
             on_cancel=self.cancel_local,
             on_platform_pause=self._hold_platform,
-            clock=clock,
+            on_wake=self.promoter.wake,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -280,7 +260,7 @@ class Worker:
     async def run(self, *, handle_signals: bool = False) -> WorkerCounts:
         await self.ensure_groups()
         await self.publish_settings()
-        await self.promoter.prepare()
+        await self.control.prepare()
         # A platform pause from before this worker started (later ones come by the control
         # stream, which it now follows).
         paused_until: Any = await self.redis.hget(keys.paused(self.stream), "platform")
@@ -302,6 +282,7 @@ class Worker:
                 background.start_soon(self._ack_loop)
                 background.start_soon(self._refresh_loop)
                 background.start_soon(self._reclaim_loop)
+                background.start_soon(self.control.run)
                 background.start_soon(self.promoter.run)
                 background.start_soon(self._watchdog)
                 background.start_soon(
@@ -310,7 +291,7 @@ class Worker:
                     self.stream,
                     self.consumer,
                     self.metrics,
-                    self.promoter.server_now_ms,
+                    self.clock.now_ms,
                 )
                 await self._run_consumers()
                 await self._finish_acks()
@@ -416,7 +397,7 @@ class Worker:
     async def _fetch_loop(self) -> None:
         failures = 0
         while not self._stopping:
-            if self._platform_paused_until_ms > self.promoter.server_now_ms():
+            if self._platform_paused_until_ms > self.clock.now_ms():
                 await self._wait_out_platform_pause()
                 continue
             held = self.claimed
@@ -450,7 +431,7 @@ class Worker:
         self._platform_paused_until_ms = max(self._platform_paused_until_ms, until_ms)
 
     async def _wait_out_platform_pause(self) -> None:
-        wait = (self._platform_paused_until_ms - self.promoter.server_now_ms()) / 1000
+        wait = (self._platform_paused_until_ms - self.clock.now_ms()) / 1000
         log.info("platform of %s paused: reading nothing for %.1fs", self.stream, wait)
         with anyio.move_on_after(max(0.0, wait)):
             await self._stop_event.wait()
@@ -651,27 +632,21 @@ class Worker:
                 rows.append(codec.ReclaimedAdmitRow(*fields, codec.envelope_text(env)))
             else:
                 rows.append(codec.AdmitRow(*fields))
-        packed = codec.pack_rows(rows)
-        args: list[scripts.EncodableArg] = [
-            keys.GROUP,
-            self.consumer,
-            self._script_prefix,
-            self._packed_limits,
-            packed,
-        ]
         reply = await self._retrying(
-            "admit", lambda: scripts.admit_jobs(self.redis, self._admit_keys, args)
+            "admit",
+            lambda: scripts.admit_jobs(
+                self.redis, self.stream, self.consumer, rows, limits=self._packed_limits
+            ),
         )
         assert reply is not None  # unbounded retries
-        codes, platform_hold, now = reply
-        self._hold_platform(int(platform_hold))
+        self._hold_platform(reply.platform_paused_until_ms)
         admitted = free
         limited = self.counts.limited
-        for job, code in zip(gated, codes, strict=True):
+        for job, code in zip(gated, reply.verdicts, strict=True):
             if code:
                 job.cancelled = job.cancelled or code == 2
                 if code == 1 and self._limits.any:
-                    job._admitted_ms = int(now)
+                    job._admitted_ms = reply.now_ms
                 admitted.append(job)
             else:
                 self._held[lane].discard(job._entry)
@@ -682,8 +657,6 @@ class Worker:
     async def _dead_letter(
         self, lane: int, rejects: list[tuple[bytes, str, codec.Envelope | None]]
     ) -> None:
-        args: list[scripts.EncodableArg] = [keys.GROUP, self._retention_ms]
-        record_keys: list[str] = []
         for entry_id, reason, env in rejects:
             log.warning(
                 "dead-lettering %s entry %s: %s",
@@ -694,26 +667,12 @@ class Worker:
                 if env is None
                 else logs.job(env.id, self.stream, env.attempt),
             )
-            if env is not None:
-                record_keys.append(keys.job(self.stream, env.id))
-            args += (
-                entry_id,
-                reason,
-                (env and env.key) or "",
-                env.id if env else "",
-                len(record_keys) if env is not None else 0,
-            )
-        script_keys = [
-            self._lanes[lane],
-            self._dead,
-            self._dedup,
-            keys.counts(self.stream),
-            keys.events(self.stream),
-            keys.meta(self.stream),
-        ]
+        filed = [scripts.Reject(entry_id, reason, env) for entry_id, reason, env in rejects]
         await self._retrying(
             "dead-letter",
-            lambda: scripts.dead_letter(self.redis, [*script_keys, *record_keys], args),
+            lambda: scripts.dead_letter(
+                self.redis, self.stream, keys.LANES[lane], filed, retention_ms=self._retention_ms
+            ),
         )
         for entry_id, _, _ in rejects:
             self._held[lane].discard(entry_id)
@@ -734,7 +693,7 @@ class Worker:
         """Hand back jobs fetched but never started, so a stop does not delay them."""
         for lane, lane_jobs in enumerate(self._ready):
             ids = [job._entry for job in lane_jobs]
-            records = [self._record_prefix + job.id for job in lane_jobs]
+            pairs = [(job._entry, job.id) for job in lane_jobs]
             for job in lane_jobs:
                 self._not_started(job)
             lane_jobs.clear()
@@ -742,10 +701,8 @@ class Worker:
             if ids:
                 released = await self._retrying(
                     "release",
-                    lambda lane=lane, ids=ids, records=records: scripts.release_jobs(  # type: ignore[misc]
-                        self.redis,
-                        [self._lanes[lane], *records],
-                        [keys.GROUP, self.consumer, *ids],
+                    lambda lane=lane, pairs=pairs: scripts.release_jobs(  # type: ignore[misc]
+                        self.redis, self.stream, keys.LANES[lane], self.consumer, pairs
                     ),
                     attempts=3,
                 )
@@ -791,9 +748,9 @@ class Worker:
                 continue
             env = job.envelope
             if self._platform_paused_until_ms:
-                wait_ms = self._platform_paused_until_ms - self.promoter.server_now_ms()
+                wait_ms = self._platform_paused_until_ms - self.clock.now_ms()
                 if wait_ms > 0:  # read before the platform asked to hold off: not now
-                    now = self.promoter.server_now_ms()
+                    now = self.clock.now_ms()
                     self._finish(job, outcomes.held_back(job, now, wait_ms))
                     self._not_started(job)
                     self._let_go(job)
@@ -817,7 +774,7 @@ class Worker:
             began = monotonic()
             if timeout is not None:
                 slot.deadline = began + timeout
-            started = slot.started = self.promoter.server_now_ms()
+            started = slot.started = self.clock.now_ms()
             try:
                 result = await handler(job)
             except Exception as exc:
@@ -846,12 +803,12 @@ class Worker:
             self._room_event.set()
 
     def _expired(self, env: codec.Envelope) -> bool:
-        return outcomes.is_expired(env, self.options, self.promoter.server_now_ms())
+        return outcomes.is_expired(env, self.options, self.clock.now_ms())
 
     def _failure(self, job: Job, exc: BaseException, started: int = 0) -> codec.Outcome:
         """The outcome of a run that raised (see streamq.outcomes), and what it asks of this
         worker: hold the platform, or park the account's jobs already read."""
-        now = self.promoter.server_now_ms()
+        now = self.clock.now_ms()
         outcome = outcomes.failure(job, exc, self.options, started_ms=started, now_ms=now)
         if isinstance(outcome, codec.Deferred):
             if outcome.hold == keys.pause_field(None):
@@ -1015,12 +972,12 @@ class Worker:
 
     def _count(self, tally: dict[str, int]) -> None:
         counts = self.counts
-        counts.completed += tally.get(codec.Done.name, 0)
-        counts.dead_lettered += tally.get(codec.Dead.name, 0)
-        counts.deferred += tally.get(codec.Deferred.name, 0)
-        counts.expired += tally.get(codec.Expired.name, 0)
-        counts.cancelled += tally.get(codec.Cancelled.name, 0)
-        counts.parked += tally.get(codec.Parked.name, 0)
+        counts.completed += tally.get(codec.OUTCOME_NAMES[codec.Done], 0)
+        counts.dead_lettered += tally.get(codec.OUTCOME_NAMES[codec.Dead], 0)
+        counts.deferred += tally.get(codec.OUTCOME_NAMES[codec.Deferred], 0)
+        counts.expired += tally.get(codec.OUTCOME_NAMES[codec.Expired], 0)
+        counts.cancelled += tally.get(codec.OUTCOME_NAMES[codec.Cancelled], 0)
+        counts.parked += tally.get(codec.OUTCOME_NAMES[codec.Parked], 0)
 
     async def _finish_acks(self) -> None:
         self._acks_closed = True
@@ -1033,18 +990,12 @@ class Worker:
     async def _record(self, batch: list[tuple[Job, codec.Outcome]]) -> None:
         """Acknowledge a batch and record each job's outcome: one script call."""
         ids: list[list[bytes]] = [[] for _ in keys.LANES]
-        record_keys: list[str] = []
         rows: list[codec.Outcome] = []
-        prefix = self._record_prefix
         for job, outcome in batch:
             ids[job._lane].append(job._entry)
-            record_keys.append(prefix + outcome.id)
             rows.append(outcome)
-        joined = [b" ".join(lane_ids) for lane_ids in ids]
         await scripts.finish_jobs(
-            self.redis,
-            [*self._fixed_finish_keys, *record_keys],
-            [keys.GROUP, *joined, self._retention_ms, codec.pack_rows(rows), self._script_prefix],
+            self.redis, self.stream, ids, rows, retention_ms=self._retention_ms
         )
 
     # -- recovering -----------------------------------------------------------------------------
@@ -1068,25 +1019,22 @@ class Worker:
         room = max(0, self.options.concurrency + self._prefetch - self.claimed)
         reply = await scripts.reclaim_jobs(
             self.redis,
-            self._lanes,
-            [
-                keys.GROUP,
-                self.consumer,
-                int(self.options.visibility_timeout * 1000),
-                room,
-                *self._cursors,
-            ],
+            self.stream,
+            self.consumer,
+            min_idle_ms=int(self.options.visibility_timeout * 1000),
+            count=room,
+            cursors=self._cursors,
         )
         found = 0
-        for lane, (cursor, entries, deliveries) in enumerate(reply):
-            self._cursors[lane] = codec.text(cursor)
-            if self.stopping and entries:
+        for lane, claimed in enumerate(reply):
+            self._cursors[lane] = claimed.cursor
+            if self.stopping and claimed.entries:
                 # Stopped while the claim was on the wire: they stay pending, and another
                 # worker reclaims them once the visibility timeout passes.
                 continue
-            if entries:
-                log.info("reclaimed %d idle %s entries", len(entries), self._lanes[lane])
-                found += await self._accept(lane, entries, [int(d) for d in deliveries])
+            if claimed.entries:
+                log.info("reclaimed %d idle %s entries", len(claimed.entries), self._lanes[lane])
+                found += await self._accept(lane, claimed.entries, claimed.deliveries)
         self.counts.reclaimed += found
         return found
 
@@ -1098,9 +1046,7 @@ class Worker:
                 continue
             held = [list(ids) for ids in self._held]
             try:
-                lost = await scripts.refresh_claims(
-                    self.redis, self._lanes, [keys.GROUP, self.consumer, *scripts.lane_args(held)]
-                )
+                lost = await scripts.refresh_claims(self.redis, self.stream, self.consumer, held)
             except (*TRANSIENT_ERRORS, redis_errors.ResponseError) as exc:
                 log.warning("could not refresh claims, will try again: %s", exc)
                 continue
@@ -1117,7 +1063,7 @@ class Worker:
 
     async def _retire(self) -> None:
         try:
-            await scripts.retire_consumer(self.redis, self._lanes, [keys.GROUP, self.consumer])
+            await scripts.retire_consumer(self.redis, self.stream, self.consumer)
         except (*TRANSIENT_ERRORS, redis_errors.ResponseError) as exc:
             log.debug("could not retire consumer %s: %s", self.consumer, exc)
 

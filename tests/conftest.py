@@ -25,7 +25,7 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from streamq import admin, codec, connection, keys, scripts
+from streamq import admin, codec, connection, scripts
 from streamq.server import LocalCluster, LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,14 +156,7 @@ async def finish_late(
 ) -> None:
     """Send one job's outcome as a worker that stalled (or outlived a restart) would, late:
     straight to the finish script, its entry acknowledged with it."""
-    await scripts.finish_jobs(
-        redis,
-        [*keys.lanes(stream), keys.dedup(stream), keys.delayed(stream), keys.dead(stream),
-         keys.counts(stream), keys.control(stream), keys.events(stream), keys.meta(stream),
-         keys.job(stream, job_id)],
-        [keys.GROUP, "", entry_id, "", 60_000, codec.pack_rows([outcome]),
-         keys.script_prefix(stream)],
-    )  # fmt: skip
+    await scripts.finish_jobs(redis, stream, [[], [entry_id], []], [outcome], retention_ms=60_000)
 
 
 def sync_entries(redis: sync_redis.Redis, key: str) -> list[Entry]:

@@ -13,7 +13,15 @@ from redis.asyncio import Redis
 import streamq
 from streamq import codec, keys
 from streamq.config import Backoff
-from streamq.errors import ConfigError, Fail, InvalidJobState, JobNotFound, RateLimited, Retry
+from streamq.errors import (
+    ConfigError,
+    Fail,
+    InvalidJobState,
+    JobNotFound,
+    RateLimited,
+    RecordChanged,
+    Retry,
+)
 from streamq.job import Job
 from streamq.worker import Worker, WorkerOptions
 from tests.conftest import entries, finish_late
@@ -437,18 +445,10 @@ async def test_reschedule_never_writes_back_an_envelope_that_changed_meanwhile(
         assert read_before is not None
         await q.enqueue(stream, {"text": "v2"}, key="k", delay="1h", on_conflict="replace")
         # Writing the envelope read before the replace would bring back v1: refused.
-        reply = await streamq.scripts.reschedule_job(
-            redis,
-            [
-                record,
-                keys.delayed(stream),
-                keys.control(stream),
-                keys.events(stream),
-                keys.meta(stream),
-            ],
-            [job_id, 1, b"stale", read_before],
-        )
-        assert reply == b"changed"
+        with pytest.raises(RecordChanged):
+            await streamq.scripts.reschedule_job(
+                redis, job_id, due_ms=1, envelope=b"stale", read=read_before
+            )
         assert (await q.job(job_id)).payload == {"text": "v2"}
         await q.reschedule(job_id, delay="2h")  # the real call reads again and succeeds
         assert (await q.job(job_id)).payload == {"text": "v2"}
