@@ -130,6 +130,7 @@ async def _run(redis: Redis, name: str, script_keys: Sequence[str], args: Sequen
 def lane_args(by_lane: Sequence[Iterable[bytes]]) -> list[EncodableArg]:
     """Entry ids grouped by lane as the scripts take them: the count of each lane, then the ids."""
     lanes = [list(ids) for ids in by_lane]
+    assert len(lanes) == len(keys.LANES), "one group of ids per lane"
     counts: list[EncodableArg] = [len(ids) for ids in lanes]
     return counts + [i for ids in lanes for i in ids]
 

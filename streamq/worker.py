@@ -5,9 +5,15 @@
        └──────────── room to fetch more ◄─────────────┘
     reclaimer   takes over entries idle past the visibility timeout (crashed consumers)
     refresher   keeps the claims of jobs this worker holds fresh, so nobody takes them over
-    promoter    moves due scheduled jobs and retries onto the lanes; hears cancellations
+    promoter    moves due scheduled jobs and retries onto the lanes (streamq.scheduler)
+    listener    hears cancellations, platform pauses and wake-ups (streamq.channel)
     watchdog    cancels handlers that run past their job timeout; stamps the heartbeat
     heartbeat   a thread, not a task: keeps the claims fresh while a handler blocks the loop
+
+What is decided lives elsewhere, and this module only acts on it: what a run's result or
+exception means (streamq.outcomes), whether a job read may start (streamq.admission), the
+server's clock (streamq.channel), how each script is called (streamq.scripts), what a stop
+signal means (streamq.signals), the hooks (streamq.handler).
 
 Nothing is done per job against Redis: entries arrive in batches (the highest lane read
 first), and completions are acknowledged in batches, each ack call carrying every
@@ -21,12 +27,9 @@ the visibility timeout.
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import logging
 import math
 import os
-import signal
 import socket
 import time
 from collections import deque
@@ -40,6 +43,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from streamq import (
+    admission,
     channel,
     codec,
     connection,
@@ -51,10 +55,11 @@ from streamq import (
     outcomes,
     scheduler,
     scripts,
+    signals,
 )
 from streamq.config import StreamConfig
 from streamq.connection import TRANSIENT_ERRORS, retry_delay
-from streamq.handler import Handler, Hooks
+from streamq.handler import Handler, Hooks, call_hooks
 from streamq.heartbeat import Heartbeat
 from streamq.job import Job
 
@@ -135,7 +140,7 @@ async def run_all(workers: list[Worker], *, handle_signals: bool = False) -> lis
 
     async with anyio.create_task_group() as tasks:
         if handle_signals:
-            tasks.start_soon(_stop_on_signals, workers, tasks.cancel_scope)
+            tasks.start_soon(stop_on_signals, workers, tasks.cancel_scope)
         async with anyio.create_task_group() as running:
             for worker in workers:
                 running.start_soon(run, worker)
@@ -143,16 +148,21 @@ async def run_all(workers: list[Worker], *, handle_signals: bool = False) -> lis
     return counts
 
 
-async def _stop_on_signals(workers: list[Worker], scope: anyio.CancelScope) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            if any(worker.stopping for worker in workers):
-                log.warning("second %s: stopping now", signal.Signals(signum).name)
-                scope.cancel()
-                return
-            log.info("%s: finishing running jobs, then stopping", signal.Signals(signum).name)
-            for worker in workers:
-                worker.stop()
+async def stop_on_signals(workers: list[Worker], scope: anyio.CancelScope) -> None:
+    """SIGTERM or SIGINT stops ``workers`` (running jobs finish); the next one cancels
+    ``scope`` at once."""
+
+    def handle(name: str) -> bool:
+        if any(worker.stopping for worker in workers):
+            log.warning("second %s: stopping now", name)
+            scope.cancel()
+            return True
+        log.info("%s: finishing running jobs, then stopping", name)
+        for worker in workers:
+            worker.stop()
+        return False
+
+    await signals.on_stop_signals(handle)
 
 
 def consumer_name() -> str:
@@ -185,21 +195,13 @@ class Worker:
             self._prefetch = self.options.prefetch
         self._starved_reads = 0
         self._adaptive = self.options.prefetch is None
-        self._limits = limiter.limits_for(
+        limits = limiter.limits_for(
             self.stream, self.options.limits, partitions=self.options.partitions
         )
-        self._packed_limits = self._limits.packed()
-        if self._limits.any:
+        if limits.any:
             # A rate-limited start is recorded when the job is read: read only what can start
             # at once, so the recorded time is the real one.
             self._prefetch, self._adaptive = 0, False
-        self._platform_paused_until_ms = 0
-        # Accounts a handler just paused (Fail(pause_account=True)) -> why: their jobs already
-        # read are parked too, until the pause is recorded and admission takes over.
-        self._pausing: dict[str, str] = {}
-        self._pauses_recorded: set[str] = set()
-        self._admitting = 0  # admission calls in flight
-        self._unstarted: list[Job] = []  # admitted, then not run: their starts go back
         # Entries this worker has claimed and not yet finished, per lane (ids are unique only
         # within one lane).
         self._held: list[set[bytes]] = [set() for _ in keys.LANES]
@@ -236,6 +238,7 @@ class Worker:
             give_up_after=self.options.job_timeout,
         )
         self.clock = channel.ServerClock(clock)
+        self.gate = admission.Gate(redis, self.stream, self.consumer, limits, self.clock)
         self.promoter = scheduler.Promoter(
             redis, self.stream, retention_ms=self._retention_ms, clock=self.clock
         )
@@ -243,7 +246,7 @@ class Worker:
             redis,
             self.stream,
             on_cancel=self.cancel_local,
-            on_platform_pause=self._hold_platform,
+            on_platform_pause=self.gate.hold_platform,
             on_wake=self.promoter.wake,
         )
 
@@ -265,7 +268,7 @@ class Worker:
         # stream, which it now follows).
         paused_until: Any = await self.redis.hget(keys.paused(self.stream), "platform")
         if paused_until is not None:
-            self._hold_platform(int(paused_until))
+            self.gate.hold_platform(int(paused_until))
         log.info(
             "worker %s consuming %s (concurrency %d)",
             self.consumer,
@@ -277,7 +280,7 @@ class Worker:
         try:
             async with anyio.create_task_group() as background:
                 if handle_signals:
-                    background.start_soon(self._watch_signals, background.cancel_scope)
+                    background.start_soon(stop_on_signals, [self], background.cancel_scope)
                 background.start_soon(self._unblock_on_stop)
                 background.start_soon(self._ack_loop)
                 background.start_soon(self._refresh_loop)
@@ -354,16 +357,6 @@ class Worker:
         if grace_scope.cancelled_caught:
             log.warning("grace period over: jobs still running were left pending")
 
-    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                if self._stopping:
-                    log.warning("second %s: stopping now", signal.Signals(signum).name)
-                    scope.cancel()
-                    return
-                log.info("%s: finishing running jobs, then stopping", signal.Signals(signum).name)
-                self.stop()
-
     @property
     def _reader(self) -> Redis:
         """Made on first use: a cluster client knows which node holds the lanes only after
@@ -397,8 +390,9 @@ class Worker:
     async def _fetch_loop(self) -> None:
         failures = 0
         while not self._stopping:
-            if self._platform_paused_until_ms > self.clock.now_ms():
-                await self._wait_out_platform_pause()
+            held_ms = self.gate.platform_wait_ms()
+            if held_ms:
+                await self._wait_out_platform_pause(held_ms)
                 continue
             held = self.claimed
             capacity = self.options.concurrency + self._prefetch
@@ -425,13 +419,10 @@ class Worker:
                 )
                 await self._retrying("recreate groups", self.ensure_groups)
 
-    def _hold_platform(self, until_ms: int) -> None:
+    async def _wait_out_platform_pause(self, wait_ms: int) -> None:
         """The platform asked every worker to hold off (a handler raised RateLimited with
         scope="platform"): read nothing until then."""
-        self._platform_paused_until_ms = max(self._platform_paused_until_ms, until_ms)
-
-    async def _wait_out_platform_pause(self) -> None:
-        wait = (self._platform_paused_until_ms - self.clock.now_ms()) / 1000
+        wait = wait_ms / 1000
         log.info("platform of %s paused: reading nothing for %.1fs", self.stream, wait)
         with anyio.move_on_after(max(0.0, wait)):
             await self._stop_event.wait()
@@ -586,12 +577,9 @@ class Worker:
             for job, flagged in zip(jobs, flags, strict=True):
                 job.cancelled = bool(flagged)
         if jobs:
-            self._admitting += 1
-            try:
+            with self.gate.admitting():
                 jobs = await self._admit(lane, jobs, reclaimed=deliveries is not None)
-            finally:
-                self._admitting -= 1
-            if self._pausing:
+            if self.gate.pausing_accounts:
                 jobs = self._park_pausing(jobs)
         if jobs:
             self._ready[lane].extend(jobs)
@@ -608,13 +596,9 @@ class Worker:
     async def _admit(self, lane: int, jobs: list[Job], *, reclaimed: bool) -> list[Job]:
         """Pass the jobs that rate limits or pauses concern through the admission script;
         returns those that may start now (the others left this worker's hands)."""
-        if self._limits.platform:
-            gated, free = jobs, []
-        else:
-            gated = [job for job in jobs if job.envelope.account is not None]
-            if not gated:
-                return jobs
-            free = [job for job in jobs if job.envelope.account is None]
+        gated, free = self.gate.gated(jobs)
+        if not gated:
+            return free
         # A job too late to run must not take a slot: it ends as expired without admission.
         if self.options.expire_after is not None or any(
             job.envelope.expire_after_ms is not None for job in gated
@@ -624,35 +608,17 @@ class Worker:
                 self._finish(job, outcomes.expired(job))
                 self._let_go(job)
             gated = [job for job in gated if not self._expired(job.envelope)]
-        rows: list[codec.AdmitRow] = []
-        for job in gated:
-            env = job.envelope
-            fields = (lane + 1, job._entry.decode(), env.id, env.account or "", env.enqueued_at_ms)
-            if reclaimed:  # its attempt counts the crashed runs: keep that if it is deferred
-                rows.append(codec.ReclaimedAdmitRow(*fields, codec.envelope_text(env)))
-            else:
-                rows.append(codec.AdmitRow(*fields))
-        reply = await self._retrying(
-            "admit",
-            lambda: scripts.admit_jobs(
-                self.redis, self.stream, self.consumer, rows, limits=self._packed_limits
-            ),
+        started = await self._retrying(
+            "admit", lambda: self.gate.admit(lane, gated, reclaimed=reclaimed)
         )
-        assert reply is not None  # unbounded retries
-        self._hold_platform(reply.platform_paused_until_ms)
-        admitted = free
-        limited = self.counts.limited
-        for job, code in zip(gated, reply.verdicts, strict=True):
-            if code:
-                job.cancelled = job.cancelled or code == 2
-                if code == 1 and self._limits.any:
-                    job._admitted_ms = reply.now_ms
-                admitted.append(job)
-            else:
+        assert started is not None  # unbounded retries
+        kept = {id(job) for job in started}
+        for job in gated:
+            if id(job) not in kept:  # deferred or parked: no longer this worker's
                 self._held[lane].discard(job._entry)
-                self.counts.limited += 1
-        self.metrics.limited(self.counts.limited - limited)
-        return admitted
+        self.counts.limited += len(gated) - len(started)
+        self.metrics.limited(len(gated) - len(started))
+        return free + started
 
     async def _dead_letter(
         self, lane: int, rejects: list[tuple[bytes, str, codec.Envelope | None]]
@@ -695,7 +661,7 @@ class Worker:
             ids = [job._entry for job in lane_jobs]
             pairs = [(job._entry, job.id) for job in lane_jobs]
             for job in lane_jobs:
-                self._not_started(job)
+                self.gate.not_started(job)
             lane_jobs.clear()
             self._held[lane].difference_update(ids)
             if ids:
@@ -707,7 +673,7 @@ class Worker:
                     attempts=3,
                 )
                 self.counts.released += int(released or 0)
-        await self._give_back_starts()
+        await self.gate.give_back_starts()
 
     # -- running --------------------------------------------------------------------------------
 
@@ -727,6 +693,7 @@ class Worker:
 
     async def _consume_jobs(self, slot: _Slot) -> None:
         ready = self._ready
+        gate = self.gate
         handler = self.handler
         default_timeout = self.options.job_timeout
         stream_expires = self.options.expire_after is not None
@@ -747,18 +714,16 @@ class Worker:
                     self._idle -= 1
                 continue
             env = job.envelope
-            if self._platform_paused_until_ms:
-                wait_ms = self._platform_paused_until_ms - self.clock.now_ms()
-                if wait_ms > 0:  # read before the platform asked to hold off: not now
-                    now = self.clock.now_ms()
-                    self._finish(job, outcomes.held_back(job, now, wait_ms))
-                    self._not_started(job)
+            if gate.platform_paused_until_ms:
+                wait_ms = gate.platform_wait_ms()
+                if wait_ms:  # read before the platform asked to hold off: not now
+                    self._finish(job, outcomes.held_back(job, self.clock.now_ms(), wait_ms))
+                    gate.not_started(job)
                     self._let_go(job)
                     continue
-                self._platform_paused_until_ms = 0
-            if self._pausing and env.account in self._pausing:
-                self._finish(job, outcomes.parked(job, self._pausing[env.account]))
-                self._not_started(job)
+            if gate.pausing_accounts and env.account in gate.pausing_accounts:
+                self._finish(job, outcomes.parked(job, gate.pausing_accounts[env.account]))
+                self.gate.not_started(job)
                 self._let_go(job)
                 continue
             if job.cancelled:
@@ -812,55 +777,31 @@ class Worker:
         outcome = outcomes.failure(job, exc, self.options, started_ms=started, now_ms=now)
         if isinstance(outcome, codec.Deferred):
             if outcome.hold == keys.pause_field(None):
-                self._hold_platform(now + outcome.delay_ms)
+                self.gate.hold_platform(now + outcome.delay_ms)
             return outcome
         self.counts.failed += 1
         if isinstance(outcome, codec.Parked):
-            self._pausing[outcome.account] = outcome.reason
+            self.gate.pause(outcome.account, outcome.reason)
         return outcome
-
-    def _not_started(self, job: Job) -> None:
-        """An admitted job will not run here after all: give its logged start back."""
-        if job._admitted_ms:
-            self._unstarted.append(job)
-
-    async def _give_back_starts(self) -> None:
-        """Remove the logged starts of admitted jobs that did not run, so no capacity is lost."""
-        jobs, self._unstarted = self._unstarted, []
-        if not jobs:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                member = f"{job.id}@{job._admitted_ms}"
-                if self._limits.platform:
-                    pipe.zrem(keys.rate_log(self.stream), member)
-                if self._limits.account and job.envelope.account is not None:
-                    pipe.zrem(keys.rate_log(self.stream, job.envelope.account), member)
-            with contextlib.suppress(*TRANSIENT_ERRORS):
-                await pipe.execute()
 
     def _park_pausing(self, jobs: list[Job]) -> list[Job]:
         """Park the just-admitted jobs of accounts a handler is pausing; returns the rest."""
         keep = []
         for job in jobs:
-            reason = self._pausing.get(job.envelope.account or "")
+            reason = self.gate.pausing_accounts.get(job.envelope.account or "")
             if reason is None:
                 keep.append(job)
             else:
                 self._finish(job, outcomes.parked(job, reason))
-                self._not_started(job)
+                self.gate.not_started(job)
                 self._let_go(job)
         self._settle_pauses()
         return keep
 
     def _settle_pauses(self) -> None:
-        """Once a pause is recorded and no admission that began before it is still on its
-        way, admission parks the account's jobs: park those already read, and stop watching."""
-        if not self._pauses_recorded or self._admitting:
-            return
-        for account in self._pauses_recorded:
-            self._park_ready(account, self._pausing.pop(account))
-        self._pauses_recorded.clear()
+        """Park the jobs already read of accounts whose pause is now in force."""
+        for account, reason in self.gate.settle():
+            self._park_ready(account, reason)
 
     def _park_ready(self, account: str, reason: str) -> None:
         for lane_jobs in self._ready:
@@ -868,7 +809,7 @@ class Worker:
             for job in mine:
                 lane_jobs.remove(job)
                 self._finish(job, outcomes.parked(job, reason))
-                self._not_started(job)
+                self.gate.not_started(job)
                 self._let_go(job)
 
     def _finish(self, job: Job, outcome: codec.Outcome) -> None:
@@ -931,44 +872,15 @@ class Worker:
         finally:
             self._acking.remove(batch)
             in_flight.release()
-        if self._unstarted:
-            await self._give_back_starts()
+        await self.gate.give_back_starts()
         self._count(self.metrics.finished(batch))
         if self.hooks is not None:
-            await self._call_hooks(self.hooks, batch)
-        recurring = False
-        for job, outcome in batch:
-            recurring = recurring or job.envelope.cron is not None
-            if isinstance(outcome, codec.Parked) and outcome.account in self._pausing:
-                self._pauses_recorded.add(outcome.account)
+            await call_hooks(self.hooks, batch)
+        self.gate.recorded([outcome for _, outcome in batch])
         self._settle_pauses()
+        recurring = any(job.envelope.cron is not None for job, _ in batch)
         if recurring:
             self.promoter.wake()  # the next occurrence can be scheduled now
-
-    async def _call_hooks(self, hooks: Hooks, batch: list[tuple[Job, codec.Outcome]]) -> None:
-        """The hooks of a recorded batch, one call at a time; none can change an outcome."""
-        for job, outcome in batch:
-            for name, rest in outcomes.hook_calls(outcome):
-                hook: Callable[..., Any] | None = getattr(hooks, name)
-                if hook is None:
-                    continue
-                args = (job, *rest)
-                try:
-                    with anyio.fail_after(hooks.timeout):
-                        if inspect.iscoroutinefunction(hook):
-                            await hook(*args)
-                        else:  # a plain function must not block the worker's event loop
-                            await anyio.to_thread.run_sync(
-                                functools.partial(hook, *args), abandon_on_cancel=True
-                            )
-                except Exception as exc:  # a hook's failure is logged, never the job's
-                    log.warning(
-                        "hook %s failed for job %s: %s",
-                        name,
-                        job.id,
-                        outcomes.describe(exc),
-                        extra={"job_id": job.id, "stream": self.stream, "attempt": job.attempt},
-                    )
 
     def _count(self, tally: dict[str, int]) -> None:
         counts = self.counts
