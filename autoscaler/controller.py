@@ -14,7 +14,7 @@ import logging
 import os
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import anyio
 from redis.asyncio import Redis
@@ -28,8 +28,6 @@ from streamq import keys, limiter, scripts
 from streamq.config import Config
 
 log = logging.getLogger("streamq.autoscaler")
-
-LEADER_PREFIX: Final = f"{keys.PREFIX}:autoscaler:leader:"
 
 
 def identity() -> str:
@@ -69,8 +67,8 @@ class RedisLeadership:
 
     def __init__(self, redis: Redis, streams: Sequence[str], ttl_seconds: float) -> None:
         self.redis = redis
-        self.key = LEADER_PREFIX + ",".join(sorted(streams))
-        self.fence_key = self.key + ":fence"
+        self.key = keys.autoscaler_leader(list(streams))
+        self.fence_key = keys.autoscaler_fence(list(streams))
         self.ttl_ms = round(ttl_seconds * 1000)
         self.token = identity()
         self.fence: int | None = None

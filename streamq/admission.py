@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
@@ -26,28 +27,24 @@ from streamq.job import Job
 from streamq.limiter import StreamLimits
 
 
+@dataclass(eq=False)
 class Gate:
-    def __init__(
-        self,
-        redis: Redis,
-        stream: str,
-        consumer: str,
-        limits: StreamLimits,
-        clock: channel.ServerClock,
-    ) -> None:
-        self.redis = redis
-        self.stream = stream
-        self.consumer = consumer
-        self.limits = limits
-        self.clock = clock
-        self._packed_limits = limits.packed()
-        self.platform_paused_until_ms = 0
-        self.pausing_accounts: dict[str, str] = {}
-        """Accounts a handler just paused (Fail(pause_account=True)) -> why: their jobs already
-        read are parked too, until the pause is recorded and admission takes over."""
-        self._recorded: set[str] = set()
-        self._admitting = 0  # admission calls in flight
-        self._unstarted: list[Job] = []  # admitted, then not run: their starts go back
+    redis: Redis
+    stream: str
+    consumer: str
+    limits: StreamLimits
+    clock: channel.ServerClock
+    platform_paused_until_ms: int = 0
+    """Read nothing until then (server clock); 0: not held."""
+    pausing_accounts: dict[str, str] = field(default_factory=dict)
+    """Accounts a handler just paused (Fail(pause_account=True)) -> why: their jobs already
+    read are parked too, until the pause is recorded and admission takes over."""
+    _recorded: set[str] = field(default_factory=set)
+    _admitting: int = 0  # admissions in flight
+    _unstarted: list[Job] = field(default_factory=list)  # admitted, then not run
+
+    def __post_init__(self) -> None:
+        self._packed_limits = self.limits.packed()
 
     # -- platform holds -------------------------------------------------------------------------
 

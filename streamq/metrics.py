@@ -198,12 +198,12 @@ class WorkerMetrics:
 
     def finished(self, batch: Sequence[tuple[Job, codec.Outcome]]) -> dict[str, int]:
         """Count an acknowledged batch of outcomes; returns how many of each (by name)."""
-        tally: dict[str, int] = {}
+        by_kind: dict[type[codec.Outcome], int] = {}
         started = [0, 0, 0]
         late: list[list[float]] = [[], [], []]
         for job, outcome in batch:
-            name = outcome.name
-            tally[name] = tally.get(name, 0) + 1
+            kind = type(outcome)
+            by_kind[kind] = by_kind.get(kind, 0) + 1
             start_ms = outcome.started_ms
             if start_ms:
                 lane = job._lane
@@ -211,6 +211,7 @@ class WorkerMetrics:
                 env = job.envelope
                 due = env.enqueued_at_ms if env.run_at_ms is None else env.run_at_ms
                 late[lane].append(max(0.0, (start_ms - due) / 1000))
+        tally = {codec.OUTCOME_NAMES[kind]: count for kind, count in by_kind.items()}
         for name, count in tally.items():
             counter = self._completed.get(name) or self._deferred.get(name)
             if counter is not None:

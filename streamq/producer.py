@@ -19,7 +19,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal, TypeVar, get_args
+from typing import Any, Final, Literal, TypedDict, TypeVar, get_args
 
 import anyio
 import anyio.lowlevel
@@ -53,6 +53,18 @@ class JobOptions(msgspec.Struct, frozen=True, kw_only=True):
     job_timeout: float | str | None = None
     backoff: Backoff | None = None
     on_conflict: OnConflict = "keep"
+
+
+class JobOptionArgs(TypedDict, total=False):
+    """:class:`JobOptions` as keyword arguments: ``q.enqueue(stream, payload, delay="5m")``."""
+
+    run_at: datetime | None
+    delay: timedelta | float | str | None
+    max_attempts: int | None
+    expire_after: float | str | None
+    job_timeout: float | str | None
+    backoff: Backoff | None
+    on_conflict: OnConflict
 
 
 def check_priority(priority: str) -> Priority:

@@ -876,9 +876,14 @@ class Worker:
         self._count(self.metrics.finished(batch))
         if self.hooks is not None:
             await call_hooks(self.hooks, batch)
-        self.gate.recorded([outcome for _, outcome in batch])
+        recurring = False
+        for job, _ in batch:
+            if job.envelope.cron is not None:
+                recurring = True
+                break
+        if self.gate.pausing_accounts:
+            self.gate.recorded([outcome for _, outcome in batch])
         self._settle_pauses()
-        recurring = any(job.envelope.cron is not None for job, _ in batch)
         if recurring:
             self.promoter.wake()  # the next occurrence can be scheduled now
 
