@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Annotated, Any, Final
@@ -335,7 +336,29 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# The tie-breaking counter of new_job_id: ids made in one millisecond by this process.
+_id_lock = threading.Lock()
+_id_ms = -1
+_id_count = 0
+
+
 def new_job_id(stream: str, at_ms: int | None = None) -> str:
-    """A job id that names its stream and sorts by creation time: ``<stream>:<ms hex>-<random>``."""
+    """A job id that names its stream and sorts by creation:
+    ``<stream>:<ms hex 11>-<counter hex 6><random hex 12>``.
+
+    Wherever jobs wait in a sorted set (scheduled, retrying, parked, held), equal scores fall
+    back to the member, the id: the counter, which counts the ids this process made in the same
+    millisecond, makes that fallback the order they were made in (a bulk enqueue's list order)
+    rather than the random part's. The random part keeps ids of different processes apart; it
+    orders only ids of different processes made in the same millisecond. Ids written by earlier
+    versions (``<ms hex 11>-<random hex 12>``) are read as they are.
+    """
+    global _id_ms, _id_count
     ms = now_ms() if at_ms is None else at_ms
-    return f"{stream}:{ms:011x}-{os.urandom(6).hex()}"
+    with _id_lock:
+        if ms > _id_ms:
+            _id_ms, _id_count = ms, 0
+        else:
+            _id_count += 1
+        count = _id_count
+    return f"{stream}:{ms:011x}-{count:06x}{os.urandom(6).hex()}"

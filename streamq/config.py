@@ -54,7 +54,7 @@ from typing import Any, Literal
 import msgspec
 
 from streamq.connection import MIN_SOCKET_TIMEOUT_SECONDS, SOCKET_TIMEOUT_SECONDS
-from streamq.errors import ConfigError
+from streamq.errors import ConfigError, readable
 from streamq.keys import MAX_PARTITIONS, base_stream, check_stream_name
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
@@ -420,7 +420,12 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
     for name, table in platforms.items():
         if isinstance(table, dict) and "timeout" in table:
             table["timeout"] = _duration_value(table["timeout"], f"platforms.{name}.timeout")
+    for name, table in streams.items():  # an error names its stream, not $.streams[...]
+        try:
+            msgspec.convert(table, StreamConfig)
+        except (msgspec.ValidationError, ConfigError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: [streams.{name}] {readable(str(exc))}") from None
     try:
         return msgspec.convert(data, Config)
     except (msgspec.ValidationError, ConfigError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: {readable(str(exc))}") from None

@@ -369,7 +369,8 @@ async def _token_drama(
         # -1: paused until resumed (a rate-limit hold has an end time, and ends by itself).
         if await q.redis.hget(paused_key, field_name) == b"-1":
             _, released = await q.resume_account(account, platform)
-            progress.note(f"{platform}/{account}: resumed, {released} posts released")
+            posts = "1 post" if released == 1 else f"{released} posts"
+            progress.note(f"{platform}/{account}: resumed, {posts} released")
         await anyio.sleep(0.1)
 
 

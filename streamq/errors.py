@@ -26,6 +26,8 @@ Handlers steer a job's outcome by raising one of these (they are not errors of s
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Final, Literal
 
 
@@ -137,3 +139,48 @@ class RateLimited(JobSignal):
         self.retry_after = max(0.0, float(retry_after))
         self.reason = reason
         self.scope = scope
+
+
+_KINDS = {
+    "str": "text",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "object": "an object",
+    "array": "a list",
+    "null": "null",
+}
+_PLAIN: tuple[tuple[str, Callable[[re.Match[str]], str]], ...] = (
+    (r"Expected `str` of length >= 1", lambda m: "must not be empty"),
+    (
+        r"Expected `(\w+)` of length >= (\d+)",
+        lambda m: f"needs at least {m[2]} {'characters' if m[1] == 'str' else 'items'}",
+    ),
+    (
+        r"Expected `(\w+)` of length <= (\d+)",
+        lambda m: f"allows at most {m[2]} {'characters' if m[1] == 'str' else 'items'}",
+    ),
+    (r"Expected `str` matching regex '(.*)'", lambda m: f"does not match {m[1]}"),
+    (
+        r"Expected `([\w |]+)`, got `(\w+)`",
+        lambda m: f"must be {_KINDS.get(m[1], m[1])}, not {_KINDS.get(m[2], m[2])}",
+    ),
+    (r"Object missing required field `(.+)`", lambda m: f"missing field {m[1]!r}"),
+    (r"Object contains unknown field `(.+)`", lambda m: f"unknown field {m[1]!r}"),
+    (r"Invalid enum value (.+)", lambda m: f"{m[1]} is not one of the values allowed"),
+)
+
+
+def readable(message: str) -> str:
+    """msgspec's validation message for a person: ``title: must not be empty`` rather than
+    ``Expected `str` of length >= 1 - at `$.title```."""
+    text, _, path = message.partition(" - at `$")
+    path = path.rstrip("`").lstrip(".")
+    for pattern, say in _PLAIN:
+        found = re.fullmatch(pattern, text)
+        if found is not None:
+            text = say(found)
+            break
+    else:
+        text = text.replace("`", "'")
+    return f"{path}: {text}" if path else text

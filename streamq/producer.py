@@ -109,6 +109,7 @@ class Producer:
         self._registered: set[str] = set()
         self._clock = channel.ServerClock()
         self._clock_checked = -math.inf
+        self._last_now_ms = 0
         self._next_partition = -1
 
     async def _sent_until_answered(
@@ -145,7 +146,10 @@ class Producer:
         if time.monotonic() - self._clock_checked > OFFSET_REFRESH_SECONDS:
             await self._clock.sync(self._redis)
             self._clock_checked = time.monotonic()
-        return self._clock.now_ms()
+        # Never backwards (a re-read offset may be a little smaller): job ids and parked and
+        # held jobs sort by this time first, so a later call must not get an earlier one.
+        self._last_now_ms = max(self._last_now_ms, self._clock.now_ms())
+        return self._last_now_ms
 
     async def enqueue(
         self,

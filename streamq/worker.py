@@ -73,6 +73,10 @@ WATCHDOG_SECONDS: Final = 0.25
 """How often running jobs are checked against their timeout (and so its precision)."""
 MAX_PREFETCH: Final = 1024
 """How often a worker touches its consumer group at the least: the reclaimer's period."""
+LANE_NEWS_SECONDS: Final = 0.02
+"""How old the news that a higher lane is empty may be when a job of a lower lane starts from
+the read-ahead; older news is checked first (one read of those lanes), so a job read ahead
+never starts while a higher lane has held a job for longer than this plus one round trip."""
 
 
 class WorkerOptions(StreamConfig, frozen=True, kw_only=True):
@@ -208,6 +212,17 @@ class Worker:
         # Fetched jobs waiting for a free consumer, one queue per lane so a higher lane's job
         # fetched later still starts before a lower lane's fetched earlier.
         self._ready: list[deque[Job]] = [deque() for _ in keys.LANES]
+        # When each lane was last seen empty (time.monotonic() as its read was sent), and
+        # whether a blocking read on every lane is waiting now (then any entry comes at once).
+        self._empty_at = [-math.inf] * len(keys.LANES)
+        self._blocking = False
+        # Per lane, until when (time.monotonic()) its jobs may start from the read-ahead
+        # without a look above: the news above, cached so a consumer checks it in one step.
+        self._fresh_until = [math.inf] + [-math.inf] * (len(keys.LANES) - 1)
+        self._looking: anyio.Event | None = None  # a look at the higher lanes in flight
+        # Per lane, admission calls in flight: their jobs were read but are not ready yet.
+        self._admitting_lane = [0] * len(keys.LANES)
+        self._admitted = anyio.Event()  # set (and replaced) as each admission call ends
         self._idle = 0  # consumers parked waiting for work
         self._ready_event = anyio.Event()
         self._room_event: anyio.Event | None = None
@@ -465,10 +480,14 @@ class Worker:
         for lane, key in enumerate(self._lanes):
             if found >= count:
                 break
+            sent = time.monotonic()
             reply = await self._reader.execute_command(  # type: ignore[no-untyped-call]
                 "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count - found,
                 "STREAMS", key, ">",
             )  # fmt: skip
+            if not reply or len(reply[0][1]) < count - found:
+                self._empty_at[lane] = sent
+                self._news()
             if reply:
                 # Half the consumers parked with nothing buffered: the read-ahead is too short.
                 starved = starved or (
@@ -483,13 +502,24 @@ class Worker:
             self._reader_id = int(await self._reader.client_id())
             if self._stopping:
                 return
-        reply = await self._reader.execute_command(  # type: ignore[no-untyped-call]
-            "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count,
-            "BLOCK", max(1, int(self.options.block_seconds * 1000)),
-            "STREAMS", *self._lanes, *[">"] * len(self._lanes),
-        )  # fmt: skip
+        self._blocking = True
+        self._news()
+        try:
+            reply = await self._reader.execute_command(  # type: ignore[no-untyped-call]
+                "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count,
+                "BLOCK", max(1, int(self.options.block_seconds * 1000)),
+                "STREAMS", *self._lanes, *[">"] * len(self._lanes),
+            )  # fmt: skip
+        finally:
+            self._blocking = False
+            self._news()
         # Several lanes may answer at once: take them in priority order.
         by_name = {codec.text(name): entries for name, entries in reply or []}
+        answered = time.monotonic()
+        for lane, name in enumerate(self._lanes):
+            if len(by_name.get(name) or ()) < count:
+                self._empty_at[lane] = answered
+        self._news()
         for lane, name in enumerate(self._lanes):
             if by_name.get(name):
                 await self._accept(lane, by_name[name])
@@ -578,7 +608,15 @@ class Worker:
                 job.cancelled = bool(flagged)
         if jobs:
             with self.gate.admitting():
-                jobs = await self._admit(lane, jobs, reclaimed=deliveries is not None)
+                self._admitting_lane[lane] += 1
+                self._news()
+                try:
+                    jobs = await self._admit(lane, jobs, reclaimed=deliveries is not None)
+                finally:
+                    self._admitting_lane[lane] -= 1
+                    self._news()
+                    admitted, self._admitted = self._admitted, anyio.Event()
+                    admitted.set()
             if self.gate.pausing_accounts:
                 jobs = self._park_pausing(jobs)
         if jobs:
@@ -648,7 +686,18 @@ class Worker:
     async def _wait_for_room(self) -> None:
         event = self._room_event = anyio.Event()
         with anyio.move_on_after(self.options.block_seconds):
-            await event.wait()
+            while not event.is_set():
+                # Jobs below the top lane wait in the read-ahead: look above them before the
+                # news goes stale, so a freed slot seldom has to wait for a look of its own.
+                lowest = max((lane for lane, jobs in enumerate(self._ready) if jobs), default=0)
+                if not lowest:
+                    await event.wait()
+                    break
+                if self._higher_lanes_unknown(lowest, LANE_NEWS_SECONDS / 2):
+                    await self._look_above(lowest)
+                    continue
+                with anyio.move_on_after(LANE_NEWS_SECONDS / 2):
+                    await event.wait()
         self._room_event = None
 
     def _wake_consumers(self) -> None:
@@ -675,6 +724,70 @@ class Worker:
                 self.counts.released += int(released or 0)
         await self.gate.give_back_starts()
 
+    def _news(self) -> None:
+        """Recompute _fresh_until after the news of a lane changed."""
+        until = math.inf
+        for lane, admitting in enumerate(self._admitting_lane):
+            self._fresh_until[lane] = until
+            if admitting:
+                until = -math.inf
+            elif not self._blocking:
+                until = min(until, self._empty_at[lane] + LANE_NEWS_SECONDS)
+
+    def _higher_lanes_unknown(self, lane: int, within: float = LANE_NEWS_SECONDS) -> bool:
+        """Whether a lane above ``lane`` may hold jobs this worker has not read: not seen empty
+        within LANE_NEWS_SECONDS, and no blocking read waiting on it; or holds jobs being
+        admitted now."""
+        if any(self._admitting_lane[:lane]):
+            return True
+        if self._blocking or self._stopping:
+            return False
+        since = time.monotonic() - within
+        return any(self._empty_at[higher] < since for higher in range(lane))
+
+    async def _look_above(self, lane: int) -> None:
+        """Read the lanes above ``lane`` before a job of it starts from the read-ahead: jobs
+        read ahead while those lanes were empty must not start before ones that came since.
+        One look at a time; consumers that want one meanwhile wait for it. Jobs of those lanes
+        already read and being admitted are waited for instead."""
+        if any(self._admitting_lane[:lane]):
+            await self._admitted.wait()
+            return
+        if self._looking is not None:
+            await self._looking.wait()
+            return
+        looking = self._looking = anyio.Event()
+        try:
+            count = max(1, sum(slot.job is None for slot in self._slots))  # free ones
+            for higher in range(lane):
+                sent = time.monotonic()
+                reply: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count,
+                    "STREAMS", self._lanes[higher], ">",
+                )  # fmt: skip
+                entries = reply[0][1] if reply else []
+                if len(entries) < count:
+                    self._empty_at[higher] = sent
+                    self._news()
+                if entries:
+                    await self._accept(higher, entries)
+        except redis_errors.ResponseError as exc:
+            if isinstance(exc, TRANSIENT_ERRORS) or _lane_gone(exc):
+                # The fetcher meets the same trouble and deals with it; meanwhile the
+                # read-ahead runs rather than every slot waiting for a look it cannot have.
+                log.warning("reading %s's higher lanes failed: %s", self.stream, exc)
+                self._empty_at[:lane] = [time.monotonic()] * lane
+                self._news()
+            else:
+                raise
+        except TRANSIENT_ERRORS as exc:
+            log.warning("reading %s's higher lanes failed: %s", self.stream, exc)
+            self._empty_at[:lane] = [time.monotonic()] * lane
+            self._news()
+        finally:
+            self._looking = None
+            looking.set()
+
     # -- running --------------------------------------------------------------------------------
 
     async def _consume(self, slot: _Slot) -> None:
@@ -698,11 +811,11 @@ class Worker:
         default_timeout = self.options.job_timeout
         stream_expires = self.options.expire_after is not None
         monotonic = time.monotonic
+        fresh_until = self._fresh_until  # changed in place
         durations = self.metrics.durations  # drained in place, once per acknowledged batch
         while True:
             for lane_jobs in ready:
                 if lane_jobs:
-                    job = lane_jobs.popleft()
                     break
             else:
                 if self._closing:
@@ -713,6 +826,11 @@ class Worker:
                 finally:
                     self._idle -= 1
                 continue
+            lane = lane_jobs[0]._lane
+            if lane and monotonic() > fresh_until[lane] and self._higher_lanes_unknown(lane):
+                await self._look_above(lane)
+                continue
+            job = lane_jobs.popleft()
             env = job.envelope
             if gate.platform_paused_until_ms:
                 wait_ms = gate.platform_wait_ms()

@@ -173,7 +173,7 @@ def test_bad_config_is_one_line(redis_url: str, stream: str, tmp_path: Path) -> 
     result = run_cli(
         "consume", "--config", str(config), "--redis-url", redis_url, "--stream", stream
     )
-    one_line_error(result, "Expected `int`")
+    one_line_error(result, f"[streams.{stream}] concurrency: must be a whole number")
     config.write_text("[streams\n")
     result = run_cli("stats", "--config", str(config), "--redis-url", redis_url)
     one_line_error(result, "not valid TOML")
@@ -302,7 +302,7 @@ def test_without_a_url_every_command_uses_the_embedded_server(stream: str) -> No
         client.close()
         stopped = run_cli("server", "stop", env=env)
         assert stopped.stdout.strip() == "stopped"
-        assert run_cli("server", "status", env=env).returncode == 3
+        assert run_cli("server", "status", env=env).returncode == 1
     finally:
         run_cli("server", "stop", env=env)
         shutil.rmtree(home, ignore_errors=True)

@@ -143,3 +143,14 @@ def test_bad_config_values_are_config_errors(toml: str, message: str) -> None:
 
     with pytest.raises(ConfigError, match=message):
         parse_config(tomllib.loads(toml))
+
+
+def test_job_ids_of_one_millisecond_sort_in_the_order_they_were_made() -> None:
+    # A sorted set orders equal scores by member: ids made in one millisecond (a bulk enqueue)
+    # must fall back to the order they were made in, not to their random part.
+    made = [codec.new_job_id("instagram", 1_700_000_000_000) for _ in range(5000)]
+    assert sorted(made) == made
+    later = codec.new_job_id("instagram", 1_700_000_000_001)
+    assert later > made[-1]
+    # Ids written by the previous version (<ms hex 11>-<random hex 12>) sort by time alike.
+    assert f"instagram:{1_699_999_999_999:011x}-ffffffffffff" < made[0]

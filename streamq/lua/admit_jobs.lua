@@ -31,6 +31,11 @@ Accounts take turns on the platform: while one of an account's jobs waits for th
 its next ones are held aside (state 'held', not timed) and one is sent back to the lane each
 time the account's waiting job starts, so a newcomer waits behind one job per account, not
 behind another account's thousands.
+An account's jobs keep their enqueue order (job ids sort in creation order): a newcomer is
+planned after its account's waiting jobs, a job deferred again takes its account's later jobs
+planned before its new turn along with it, a job does not start while an earlier one of its
+account is due but not started (it waits a moment behind it), and a job sent back from the
+held set takes the account's turn at once, so a later one read before it is held behind it.
 A job of a paused account is parked until the account is resumed (or deferred to the end of a
 timed pause); a platform pause defers every job of the stream.
 A job deferred or held back appends a 'rate-limited' event, a parked one a 'paused' event.
@@ -137,6 +142,11 @@ local function take(lane, entry, replacement)
   return replacement or (found and found[2][2])
 end
 
+-- How long a job waits, at the least, behind an earlier job of its account whose turn has come
+-- but that has not started yet (it is on its way back to its lane, or held by a worker that
+-- died until its visibility timeout passes).
+local BEHIND_MS = 10
+
 -- How many jobs of one account may wait for the platform at once: 1 is strict round robin.
 local TURNS_PER_ACCOUNT = 1
 
@@ -194,14 +204,36 @@ for i, job in ipairs(jobs) do
   else
     local by_account = account ~= '' and #account_limits > 0
     local by_platform = #platform_limits > 0
-    local account_log, account_plan
+    local account_log, account_plan, account_reentry
     local account_turn, platform_turn = now, now
     local platform_waits = false
     if by_account then
       account_log = prefix .. 'rate:a:' .. account
       account_plan = prefix .. 'plan:a:' .. account
-      local newcomer = not redis.call('ZSCORE', account_plan, id)
-      account_turn = turn(account_log, account_plan, account_limits, newcomer)
+      local planned_at = redis.call('ZSCORE', account_plan, id)
+      account_turn = turn(account_log, account_plan, account_limits, not planned_at)
+      -- The account's jobs keep their order: a newcomer goes after every job of the account
+      -- waiting already, and a waiting job no earlier than its planned turn (moved back when
+      -- an earlier job of the account was deferred again, below).
+      if not planned_at then
+        planned_at = redis.call('ZRANGE', account_plan, -1, -1, 'WITHSCORES')[2]
+        account_reentry = false
+      else
+        account_reentry = true
+      end
+      account_turn = math.max(account_turn, tonumber(planned_at or now))
+      -- An earlier job of the account still waiting (due, on its way back to a lane) goes
+      -- first: this one waits behind it, looking again less often the later that one is, and
+      -- not at all once it is as late as a plan entry that never comes back. (Ids of one
+      -- stream sort in creation order.)
+      local head = redis.call('ZRANGE', account_plan, 0, 0, 'WITHSCORES')
+      if head[1] and head[1] ~= id and head[1] < id then
+        local late = now - tonumber(head[2])
+        if late < STALE_MS then
+          account_turn = math.max(account_turn, tonumber(head[2]) + 1,
+            now + math.max(BEHIND_MS, math.floor(late / 2)))
+        end
+      end
     end
     if by_platform then
       platform_waits = redis.call('ZSCORE', platform_plan, id)
@@ -211,7 +243,10 @@ for i, job in ipairs(jobs) do
     local platform_held = by_platform and platform_turn > now
       and platform_turn >= math.max(hold, account_turn)
     local turns = account ~= '' and by_platform and prefix .. 'turns:' .. account
-    if due <= now then
+    -- Another job of the account waits for the platform (or was just sent back to take its
+    -- turn): this one goes behind it, even if the platform has room now.
+    local behind = turns and not platform_waits and has_turn_waiting(turns, id)
+    if due <= now and not behind then
       if by_account then
         record_start(account_log, account_plan, account_window, id)
       end
@@ -222,7 +257,7 @@ for i, job in ipairs(jobs) do
         leave_platform_queue(turns, account, id)
       end
       codes[i] = 1
-    elseif platform_held and turns and not platform_waits and has_turn_waiting(turns, id) then
+    elseif behind and (platform_held or due <= now) then
       -- The account already has a job waiting for the platform: this one waits behind it, off
       -- the platform's queue, which so holds one job per account and serves accounts in turn.
       local envelope = take(lane, entry, replacement)
@@ -246,6 +281,19 @@ for i, job in ipairs(jobs) do
         if by_account then
           redis.call('ZADD', account_plan, due, id)
           keep_for_last(account_plan)
+          if account_reentry then
+            -- Deferred again (a job before it started late): the account's later jobs planned
+            -- before its new turn move back to it, so none overtakes it. (Ids of one stream
+            -- sort in creation order; a sorted set orders equal scores by id.)
+            for _, other in ipairs(redis.call('ZRANGEBYSCORE', account_plan, '-inf', '(' .. due)) do
+              if other > id then
+                redis.call('ZADD', account_plan, due, other)
+                if redis.call('ZADD', delayed, 'XX', 'CH', due, other) == 1 then
+                  redis.call('HSET', prefix .. 'job:' .. other, 'run_at', due)
+                end
+              end
+            end
+          end
         end
         -- Only jobs the platform holds back queue on the platform: one held back by its
         -- account (or a pause) must not make every other account's jobs wait behind it.

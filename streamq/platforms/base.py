@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
-from streamq.errors import Fail, PayloadError
+from streamq.errors import Fail, PayloadError, readable
 from streamq.platforms import outcomes
 from streamq.platforms.credentials import Credentials
 from streamq.platforms.outcomes import Reply
@@ -64,7 +64,7 @@ def parse_post(platform: str, post_type: type[PostBase], payload: Any) -> PostBa
     try:
         return msgspec.convert(payload, post_type)
     except msgspec.ValidationError as exc:
-        raise PayloadError(f"{platform} post refused: {exc}") from None
+        raise PayloadError(f"{platform} post refused: {readable(str(exc))}") from None
 
 
 class Publisher:

@@ -13,6 +13,14 @@ local function release_held(prefix, account)
     local entry = redis.call('XADD', prefix .. 'lane:' .. (f[3] or 'normal'), '*', 'j', f[2])
     redis.call('HSET', record, 'state', 'queued', 'entry', entry)
     redis.call('HDEL', record, 'env')
+    -- It takes the account's turn from now on: a later job of the account read before it (it
+    -- joins the lane's end) must be held behind it, not go first. admit_jobs passes the turn
+    -- on when it starts, and forget_waiting if it never does.
+    local turns = prefix .. 'turns:' .. account
+    redis.call('ZADD', turns, server_now_ms(), id)
+    if redis.call('PTTL', turns) < 60000 then
+      redis.call('PEXPIRE', turns, 60000)
+    end
     local more = redis.call('HMGET', record, 'attempt', 'key')
     emit_event(prefix .. 'events', events_settings(prefix .. 'meta'), 'queued', id,
       server_now_ms(), more[1], more[2], account)

@@ -1,0 +1,80 @@
+"""``streamq job show|cancel|retry|reschedule ID``: one job, by id."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from streamq.client import Queue
+from streamq.commands.common import (
+    UsageError,
+    add_when,
+    command,
+    group,
+    json_text,
+    pairs,
+    print_json,
+    when,
+    when_text,
+)
+from streamq.config import Config
+
+ID_HELP = "the job's id, as enqueue printed it (STREAM:...)"
+
+
+def register(commands: Any) -> None:
+    actions = group(commands, "job", "show or steer one job by id")
+    show = command(actions, "show", "a job's state and record", show_job)
+    show.add_argument("id", help=ID_HELP)
+    show.add_argument("--json", action="store_true", help="print the record as JSON")
+    cancel = command(actions, "cancel", "never start it, or do not retry it", cancel_job)
+    cancel.add_argument("id", help=ID_HELP)
+    again = command(actions, "retry", "run a dead, cancelled or expired job again", retry_job)
+    again.add_argument("id", help=ID_HELP)
+    move = command(actions, "reschedule", "move a scheduled or retrying job", reschedule_job)
+    move.add_argument("id", help=ID_HELP)
+    add_when(move)
+
+
+async def show_job(args: argparse.Namespace, config: Config) -> int:
+    async with Queue(args.redis_url, config=config) as q:
+        info = await q.job(args.id)
+    if args.json:
+        print_json(info)
+        return 0
+    pairs([
+        ("id", info.id), ("state", info.state), ("attempt", str(info.attempt)),
+        ("priority", info.priority), ("key", info.key or "-"),
+        ("account", info.account or "-"),
+        ("enqueued", when_text(info.enqueued_at_ms)),
+        ("scheduled", when_text(info.run_at_ms)),
+        ("started", when_text(info.started_at_ms)),
+        ("finished", when_text(info.finished_at_ms)),
+        ("worker", info.consumer or "-"), ("error", info.error or "-"),
+        ("result", json_text(info.result) if info.result is not None else "-"),
+        ("payload", json_text(info.payload)),
+    ])  # fmt: skip
+    return 0
+
+
+async def cancel_job(args: argparse.Namespace, config: Config) -> int:
+    async with Queue(args.redis_url, config=config) as q:
+        outcome = await q.cancel(args.id)
+    print(outcome if outcome == "cancelled" else "cancelling: it is running; not retried")
+    return 0
+
+
+async def retry_job(args: argparse.Namespace, config: Config) -> int:
+    async with Queue(args.redis_url, config=config) as q:
+        await q.retry(args.id)
+    print("queued")
+    return 0
+
+
+async def reschedule_job(args: argparse.Namespace, config: Config) -> int:
+    run_at, delay = when(args)
+    if run_at is None and delay is None:
+        raise UsageError("reschedule needs --at or --delay")
+    async with Queue(args.redis_url, config=config) as q:
+        print(when_text(await q.reschedule(args.id, run_at=run_at, delay=delay)))
+    return 0

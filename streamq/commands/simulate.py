@@ -1,0 +1,83 @@
+"""``streamq simulate`` and ``streamq demo``: the platforms imitated on loopback, and the
+whole system in one command. Neither uses a Redis URL or a config file."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from streamq import platforms
+from streamq.commands.common import UsageError, command, duration, share
+from streamq.config import Config
+
+
+def register(commands: Any) -> None:
+    sim = command(
+        commands,
+        "simulate",
+        "imitate the platforms' endpoints on loopback",
+        simulate,
+        connects=False,
+    )
+    sim.add_argument("--port", type=int, default=8787, help="loopback port (8787; 0: any free)")
+    sim.add_argument("--latency", type=duration, default=0.0, help="mean answer delay (0)")
+    sim.add_argument("--error-rate", type=share, default=0.0, help="share of 5xx answers")
+    sim.add_argument(
+        "--lost-answer-rate", type=share, default=0.0, help="share of posts taken, then a 502"
+    )
+    sim.add_argument("--rate-limit", help="posts per token per window, e.g. 10/1s (then 429)")
+    sim.add_argument("--token-ttl", type=duration, help="tokens expire this long after first use")
+    sim.add_argument("--processing", type=duration, default=0.2, help="media processing (200ms)")
+    sim.add_argument("--seed", type=int, help="seed of the random failures")
+
+    demo = command(
+        commands,
+        "demo",
+        "the whole system in one command (about a minute)",
+        run_demo,
+        connects=False,
+    )
+    demo.add_argument("--duration", type=duration, default=60.0, help="the compressed day (60s)")
+    demo.add_argument("--latency", type=duration, default=0.08, help="simulator latency (80ms)")
+    demo.add_argument("--error-rate", type=share, default=0.02, help="simulator 5xx share")
+    demo.add_argument("--lost-answer-rate", type=share, default=0.01, help="answers lost")
+    demo.add_argument("--seed", type=int, help="make the run repeatable")
+    demo.add_argument("--json", action="store_true", help="no live view: the summary as JSON")
+
+
+async def simulate(args: argparse.Namespace, config: Config) -> int:
+    from streamq import simulator
+
+    def ready(url: str) -> None:
+        print(f"simulating {', '.join(platforms.PLATFORMS)} at {url}", flush=True)
+        print(f"export STREAMQ_PLATFORM_URL={url}", flush=True)
+
+    options = simulator.SimOptions(
+        latency=args.latency,
+        error_rate=args.error_rate,
+        lost_answer_rate=args.lost_answer_rate,
+        rate_limit=None if args.rate_limit is None else simulator.parse_rate(args.rate_limit),
+        token_ttl=args.token_ttl,
+        processing=args.processing,
+        seed=args.seed,
+    )
+    await simulator.run_command(args.port, options, ready)
+    return 0
+
+
+async def run_demo(args: argparse.Namespace, config: Config) -> int:
+    from rich.console import Console
+
+    from streamq import demo
+
+    if args.duration < 2:
+        raise UsageError("the demo needs a --duration of at least 2s")
+    options = demo.DemoOptions(
+        duration=args.duration,
+        latency=args.latency,
+        error_rate=args.error_rate,
+        lost_answer_rate=args.lost_answer_rate,
+        seed=args.seed,
+        json=args.json,
+    )
+    return await demo.run(options, Console())
