@@ -33,9 +33,10 @@ so partitions spread over a cluster's shards while each one's keys stay in one s
 
 The per-account keys (``rate:a:``, ``plan:a:``, ``parked:``, ``turns:``, ``held:``) and the records
 of jobs a script finds by id are built inside the scripts from ``script_prefix`` (an account is
-only known once a job is read); they share the stream's hash tag, so they live in the same slot.
-``tests/test_keys.py`` holds every name the scripts build to the functions here, and the
-README's data-layout table to this docstring's list.
+only known once a job is read), by the functions of one include, ``lua/include/stream_keys.lua``;
+they share the stream's hash tag, so they live in the same slot. ``tests/test_keys.py`` holds
+each of those functions to the one here, checks no script builds a name anywhere else, and
+holds the README's data-layout table to this module.
 """
 
 from __future__ import annotations

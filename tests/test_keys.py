@@ -69,33 +69,36 @@ def test_keys_py_docstring_names_every_key() -> None:
 
 
 def test_every_name_a_script_builds_is_one_keys_py_builds() -> None:
-    """Scripts build per-account keys and records from the stream's prefix ('streamq:{S}:'):
-    each fragment they append must give the name keys.py gives."""
-    prefix = keys.script_prefix(S)
-    built = {
-        "events": keys.events(S),
-        "meta": keys.meta(S),
-        "paused": keys.paused(S),
-        "plan:p": keys.plan(S),
-        "job:": keys.job(S, ""),
-        "lane:": keys.lane(S, "high").removesuffix("high"),
-        "held:": keys.held(S, ""),
-        "parked:": keys.parked(S, ""),
-        "plan:a:": keys.plan(S, ""),
-        "rate:a:": keys.rate_log(S, ""),
-        "turns:": keys.turns(S, ""),
+    """Scripts build per-account keys and records from the stream's prefix ('streamq:{S}:'), in
+    one include, lua/include/stream_keys.lua: each of its functions must give the name keys.py
+    gives, and no script may build a name anywhere else."""
+    expected = {
+        "job_key": keys.job(S, A),
+        "lane_key": keys.lane(S, "high").removesuffix("high") + A,
+        "events_key": keys.events(S),
+        "meta_key": keys.meta(S),
+        "paused_key": keys.paused(S),
+        "rate_key": keys.rate_log(S, A),
+        "platform_plan_key": keys.plan(S),
+        "plan_key": keys.plan(S, A),
+        "parked_key": keys.parked(S, A),
+        "turns_key": keys.turns(S, A),
+        "held_key": keys.held(S, A),
     }
-    found: set[str] = set()
+    include = (ROOT / "streamq/lua/include/stream_keys.lua").read_text()
+    defined = re.findall(
+        r"^local function (\w+)\(prefix(?:, \w+)?\) return prefix \.\. '([^']*)'( \.\. \w+)? end$",
+        include,
+        re.MULTILINE,
+    )
+    assert {name for name, _, _ in defined} == set(expected)
+    for name, fragment, tail in defined:
+        assert keys.script_prefix(S) + fragment + (A if tail else "") == expected[name], name
     for name in scripts.names():
-        source = scripts.load(name).source.decode()
-        found.update(re.findall(r"prefix \.\. '([^']*)'", source))
-        # The reasons hash is the paused hash's name plus ':why'.
+        source = scripts.load(name).source.decode().replace(include, "")
+        assert "prefix .. '" not in source, f"{name} builds a key name outside stream_keys.lua"
         for suffix in re.findall(r"paused \.\. '([^']*)'", source):
             assert keys.paused(S) + suffix == keys.pause_reasons(S)
-    assert found, "no script builds a name: this test no longer looks at the right thing"
-    assert found <= set(built), f"names keys.py does not know: {found - set(built)}"
-    for fragment in found:
-        assert prefix + fragment == built[fragment], fragment
 
 
 def test_the_autoscalers_lock_is_named_by_keys_py() -> None:
