@@ -102,8 +102,9 @@ def _reportable(exc: BaseException) -> tuple[str, int] | None:
             if found is not None:
                 return found
         return None
-    if isinstance(exc, USAGE_ERRORS):
-        return str(exc), USAGE
+    if isinstance(exc, USAGE_ERRORS) and not _timed_out(exc):
+        # A port taken or a file that cannot be read is the system's answer, not a usage error.
+        return str(exc), FAILURE if isinstance(exc.__context__, OSError) else USAGE
     if isinstance(exc, NotFound | JobNotFound):
         return str(exc), FAILURE
     if isinstance(exc, redis_errors.TimeoutError | TimeoutError):

@@ -291,15 +291,16 @@ def test_admin_refuses_to_start_without_a_token(tmp_path: Path) -> None:
         [sys.executable, "-m", "streamq", "admin", "--port", "0"],
         capture_output=True, text=True, timeout=30, cwd=ROOT, env=env,
     )  # fmt: skip
-    assert no_token.returncode == 1
+    assert no_token.returncode == 2  # a usage error: the command needs a token
     assert no_token.stderr == (
         "streamq: error: no admin token: set STREAMQ_ADMIN_TOKEN or pass --token-file PATH\n"
     )
     empty = tmp_path / "token"
     empty.write_text("\n")
-    for token_file, message in ((empty, "is empty"), (tmp_path / "nope", "cannot read")):
+    unreadable = tmp_path / "nope"
+    for token_file, message, code in ((empty, "is empty", 2), (unreadable, "cannot read", 1)):
         result = run_cli("admin", "--port", "0", "--token-file", str(token_file))
-        assert result.returncode == 1
+        assert result.returncode == code
         assert message in result.stderr
         assert result.stderr.count("\n") == 1
 

@@ -117,7 +117,7 @@ def test_a_bad_threshold_is_one_clear_error(redis_url: str, tmp_path: Path) -> N
     config = tmp_path / "streamq.toml"
     config.write_text("[streams.x.health]\nmax_error_rate = 2\n")
     result = run_cli("health", "--redis-url", redis_url, "--config", str(config))
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error: the config file
     assert result.stderr.strip() == (
         f"streamq: error: {config}: health.max_error_rate is a fraction between 0 and 1"
     )

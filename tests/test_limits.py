@@ -836,10 +836,10 @@ def test_cli_pauses_resumes_and_shows_limits(redis_url: str, stream: str, tmp_pa
     assert report["pauses"] == [{"scope": "acme", "until_ms": None, "reason": "audit"}]
     assert report["platform_rate_per_second"] == pytest.approx(5 / 3600)
     text = run_cli("limits", "show", *base, "--stream", stream, "--account", "acme")
-    assert "0/5 per 3600s" in text.stdout
+    assert "0/5 per hour " in text.stdout
     assert "paused   acme until resumed: audit" in text.stdout
     other = run_cli("limits", "show", "--redis-url", redis_url, "--stream", "instagram")
-    assert "account  50 per 86400s each" in other.stdout
+    assert "account  50 per day each" in other.stdout
     resumed = run_cli("account", "resume", "acme", *base, "--stream", stream)
     assert resumed.stdout.strip() == f"{stream}: resumed acme (0 waiting jobs released)"
 
@@ -854,6 +854,6 @@ def test_cli_pauses_resumes_and_shows_limits(redis_url: str, stream: str, tmp_pa
 )
 def test_cli_refuses_a_bad_account_in_one_line(redis_url: str, args: list[str]) -> None:
     done = run_cli(*args, "--redis-url", redis_url)
-    assert done.returncode == 1
+    assert done.returncode == 2  # a bad value: a usage error
     assert done.stderr.startswith("streamq: error: invalid account")
     assert done.stderr.count("\n") == 1

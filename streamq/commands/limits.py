@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from streamq import limiter
+from streamq import limiter, stats
 from streamq.client import Queue
-from streamq.commands.common import command, group, named_or_all, nothing, print_json, when_text
+from streamq.commands.common import command, group, nothing, print_json, when_text
 from streamq.config import Config
+from streamq.producer import check_stream
 
 UNITS = (("s", 1), ("min", 60), ("h", 3600), ("day", 86400))
 
@@ -17,7 +18,7 @@ def register(commands: Any) -> None:
     actions = group(commands, "limits", "rate limits and their use")
     show = command(actions, "show", "usage and remaining capacity", show_limits)
     show.add_argument(
-        "--stream", action="append", help="only this stream (repeatable; it must exist)"
+        "--stream", action="append", help="only this stream (repeatable; default: all)"
     )
     show.add_argument("--account", help="also this account's windows, pause and backlog")
     show.add_argument(
@@ -35,12 +36,15 @@ def rate_text(per_second: float) -> str:
     return f"{per_second * 3600:.1f}/h"
 
 
+WINDOWS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
 def per_text(seconds: float) -> str:
-    """A window's length: per 1 day, per 15 min, per 2.5s."""
-    for unit, size in reversed(UNITS):
+    """A window's length: per day, per 15 minutes, per 2.5s."""
+    for unit, size in WINDOWS:
         if seconds >= size and abs(seconds / size - round(seconds / size)) < 1e-9:
             count = round(seconds / size)
-            return f"per {unit}" if count == 1 else f"per {count} {unit}"
+            return f"per {unit}" if count == 1 else f"per {count} {unit}s"
     return f"per {seconds:g}s"
 
 
@@ -48,7 +52,11 @@ async def show_limits(args: argparse.Namespace, config: Config) -> int:
     if args.account is not None:
         limiter.check_account(args.account)
     async with Queue(args.redis_url, config=config) as q:
-        streams = await named_or_all(q, args.stream)
+        # A stream's limits come from its config: they can be shown before its first job.
+        if args.stream:
+            streams = [check_stream(stream) for stream in args.stream]
+        else:
+            streams = await stats.known_streams(q.redis)
         if args.account is None:  # a partitioned stream's platform windows are per partition
             streams = [part for stream in streams for part in await q.partitions(stream)]
         reports = [await q.limits(stream, args.account) for stream in streams]
