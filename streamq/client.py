@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, Unpack
+from typing import TYPE_CHECKING, Any, Self, Unpack
 
 from redis.asyncio import Redis
 
@@ -15,6 +15,9 @@ from streamq.config import Config, load_config
 from streamq.control import DeadLetter, JobInfo
 from streamq.events import Event, follow
 from streamq.producer import JobOptionArgs, JobOptions, Producer, check_stream
+
+if TYPE_CHECKING:
+    from streamq.tokens import Tokens
 
 
 class Queue:
@@ -54,6 +57,13 @@ class Queue:
         if self._redis is None:
             raise RuntimeError("use 'async with streamq.connect() as q:' before calling q")
         return self._redis
+
+    @property
+    def tokens(self) -> Tokens:
+        """The token store (streamq.tokens): ``await q.tokens.put(platform, account, ...)``."""
+        from streamq.tokens import Tokens
+
+        return Tokens(self)
 
     @property
     def producer(self) -> Producer:

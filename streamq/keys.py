@@ -27,6 +27,13 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:autoscaler:leader:<S,...>    string: the token of the autoscaler leading those streams;
                                          its :fence counts the leaders (the fencing token)
 
+Tokens (streamq.tokenstore) are kept per account, not per stream, each account's keys under a
+hash tag of their own, so one account's record and lease share a Cluster slot:
+
+    streamq:tokens                       set of '<platform>:<account>' with a stored token
+    streamq:{token:<P>:<A>}:record       hash: sealed tokens, expiry, scopes, state, version, fence
+    streamq:{token:<P>:<A>}:lease        string, expiring: the fence of the one refresh under way
+
 A stream split into partitions (``partitions = N`` in its config) is N such streams, named
 ``S:0`` ... ``S:N-1``: each has every key above under its own hash tag (``{instagram:3}``),
 so partitions spread over a cluster's shards while each one's keys stay in one slot.
@@ -53,6 +60,7 @@ LANES: Final[tuple[Priority, ...]] = ("high", "normal", "low")
 """Priority lanes, highest first: a worker always drains earlier lanes before later ones."""
 
 STREAM_REGISTRY: Final = f"{PREFIX}:streams"
+TOKEN_REGISTRY: Final = f"{PREFIX}:tokens"
 
 _STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}(:[0-9]{1,4})?")
 _PARTITION_SUFFIX = re.compile(r":([0-9]{1,4})$")
@@ -235,3 +243,21 @@ def autoscaler_fence(streams: list[str]) -> str:
 def pause_field(account: str | None) -> str:
     """The field of the paused hash for an account, or for the whole platform (None)."""
     return "platform" if account is None else f"a:{account}"
+
+
+def token_prefix(platform: str, account: str) -> str:
+    """The hash tag shared by one account's token keys."""
+    return f"{PREFIX}:{{token:{platform}:{account}}}"
+
+
+def token_record(platform: str, account: str) -> str:
+    return f"{token_prefix(platform, account)}:record"
+
+
+def token_lease(platform: str, account: str) -> str:
+    return f"{token_prefix(platform, account)}:lease"
+
+
+def token_member(platform: str, account: str) -> str:
+    """How TOKEN_REGISTRY names an account (platforms have no ':')."""
+    return f"{platform}:{account}"

@@ -572,3 +572,40 @@ async def renew_leadership(redis: Redis, lock: str, token: str, *, ttl_ms: int) 
 async def release_leadership(redis: Redis, lock: str, token: str) -> bool:
     """Give up the autoscaler's leadership ``lock`` if ``token`` holds it."""
     return bool(await _run(redis, "release_leadership", [lock], [token]))
+
+
+LeaseAnswer = Literal["granted", "newer", "busy", "missing", "reauth"]
+_LEASE_ANSWERS: tuple[LeaseAnswer, ...] = ("granted", "newer", "busy", "missing", "reauth")
+"""lease_token's answer codes 0..4, in order (see its header)."""
+
+
+def _token_keys(platform: str, account: str) -> list[str]:
+    return [keys.token_record(platform, account), keys.token_lease(platform, account)]
+
+
+async def lease_token(
+    redis: Redis, platform: str, account: str, *, seen_version: int, lease_ms: int
+) -> tuple[LeaseAnswer, int]:
+    """Ask to be the one worker that refreshes an account's token. Returns the answer and its
+    value: the fence (granted), the record's version (newer, reauth), the ms the lease still
+    runs (busy), or 0 (missing)."""
+    code, value = await _run(
+        redis, "lease_token", _token_keys(platform, account), [seen_version, lease_ms]
+    )
+    return _LEASE_ANSWERS[int(code)], int(value)
+
+
+async def write_token(
+    redis: Redis,
+    platform: str,
+    account: str,
+    *,
+    fence: int,
+    fields: Sequence[EncodableArg],
+) -> tuple[bool, int]:
+    """Store an account's token fields under ``fence`` (0: a put by the app, which always
+    lands). Returns (written, the record's version)."""
+    written, version = await _run(
+        redis, "write_token", _token_keys(platform, account), [fence, *fields]
+    )
+    return bool(written), int(version)

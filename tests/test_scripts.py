@@ -229,3 +229,43 @@ async def test_sample_counts_and_leadership(redis: Redis, stream: str) -> None:
     await redis.script_flush()
     assert await scripts.release_leadership(redis, lock, "me")
     assert not await redis.exists(lock)
+
+
+async def test_token_lease_and_write_keep_one_refresher_and_the_newest_token(
+    redis: Redis, stream: str
+) -> None:
+    account = stream  # unique per test
+    await redis.script_flush()
+    assert await scripts.lease_token(redis, "x", account, seen_version=0, lease_ms=5_000) == (
+        "missing",
+        0,
+    )
+    await redis.script_flush()
+    written, version = await scripts.write_token(
+        redis, "x", account, fence=0, fields=["state", "active"]
+    )
+    assert (written, version) == (True, 1)
+    await redis.script_flush()
+    answer, fence = await scripts.lease_token(redis, "x", account, seen_version=1, lease_ms=5_000)
+    assert answer == "granted"
+    # While it runs, another worker is told to wait; one that read an older version uses the new.
+    busy, left_ms = await scripts.lease_token(redis, "x", account, seen_version=1, lease_ms=5_000)
+    assert busy == "busy"
+    assert 0 < left_ms <= 5_000
+    assert await scripts.lease_token(redis, "x", account, seen_version=0, lease_ms=5_000) == (
+        "newer",
+        1,
+    )
+    # An app's put meanwhile wins: the refresh's answer under the old fence is discarded.
+    assert await scripts.write_token(redis, "x", account, fence=0, fields=["a", "1"]) == (True, 2)
+    await redis.script_flush()
+    assert await scripts.write_token(redis, "x", account, fence=fence, fields=["a", "0"]) == (
+        False,
+        2,
+    )
+    assert await redis.hget(keys.token_record("x", account), "a") == b"1"
+    await scripts.write_token(redis, "x", account, fence=0, fields=["state", "reauth_required"])
+    assert await scripts.lease_token(redis, "x", account, seen_version=3, lease_ms=5_000) == (
+        "reauth",
+        3,
+    )
