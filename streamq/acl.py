@@ -35,6 +35,6 @@ ROLES: Final = {
     "+xautoclaim +xclaim +xgroup|createconsumer +xgroup|delconsumer +set +pttl",
     # `streamq autoscale --target kubernetes`: it reads figures and holds its leader lock.
     "autoscaler": f"{_COMMON} {_READ_STREAMS} "
-    "+eval +set +get +incr +incrby +pexpire +del +hmget +hget +zcount +zcard +smembers +sismember",
+    "+set +get +incr +incrby +pexpire +del +hmget +hget +zcount +zcard +smembers +sismember",
 }
 """Role -> the ACL SETUSER rules after ``on >password``."""

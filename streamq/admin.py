@@ -16,7 +16,6 @@ import hmac
 import logging
 import os
 import re
-import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -34,7 +33,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from streamq import __version__, control, keys, stats, tokens
+from streamq import __version__, control, keys, signals, stats, tokens
 from streamq.config import Config, parse_duration
 from streamq.errors import ConfigError, InvalidJobState, JobNotFound
 from streamq.platforms import PLATFORMS as PLATFORM_NAMES
@@ -643,8 +642,10 @@ async def serve(app: Starlette, sock: socket.socket) -> None:
 
 
 async def _stop_on_signals(srv: Server) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            if srv.should_exit:
-                srv.force_exit = True
-            srv.should_exit = True
+    def handle(name: str) -> bool:
+        if srv.should_exit:
+            srv.force_exit = True
+        srv.should_exit = True
+        return False
+
+    await signals.on_stop_signals(handle)

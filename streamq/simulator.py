@@ -975,14 +975,10 @@ class ThreadedSimulator:
 
 async def run_command(port: int, options: SimOptions, ready: Callable[[str], None]) -> None:
     """``streamq simulate``: serve until SIGINT or SIGTERM."""
-    import signal
-
-    import anyio
+    from streamq import signals
 
     simulator = Simulator(options)
     async with simulator.serve(port) as url:
         ready(url)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                break
+        await signals.on_stop_signals(lambda name: True)
     log.info("simulator stopped: %s", simulator.summary())

@@ -231,9 +231,6 @@ class Lease:
     wait_ms: int = 0
 
 
-_LEASE_OUTCOMES: Final = {0: "granted", 1: "newer", 2: "busy", 3: "missing", 4: "reauth"}
-
-
 def account_name(account: str | None) -> str:
     return account or DEFAULT_ACCOUNT
 
@@ -244,9 +241,6 @@ class TokenStore:
     def __init__(self, redis: Redis, keyring: Keyring | None) -> None:
         self.redis = redis
         self.keyring = keyring
-
-    def _keys(self, platform: str, account: str) -> list[str]:
-        return [keys.token_record(platform, account), keys.token_lease(platform, account)]
 
     def _need_keyring(self) -> Keyring:
         if self.keyring is None:
@@ -287,7 +281,7 @@ class TokenStore:
         name = account_name(account)
         keys.check_account(name)
         fields = self._sealed_fields(platform, name, tokens)
-        _, version = await scripts.write_token(self.redis, self._keys(platform, name), [0, *fields])
+        _, version = await scripts.write_token(self.redis, platform, name, fence=0, fields=fields)
         await self.redis.sadd(keys.TOKEN_REGISTRY, keys.token_member(platform, name))
         return int(version)
 
@@ -377,10 +371,9 @@ class TokenStore:
     async def lease(self, platform: str, account: str | None, seen: int, lease_ms: int) -> Lease:
         """Ask to be the one worker that refreshes (lease_token.lua)."""
         name = account_name(account)
-        code, value = await scripts.lease_token(
-            self.redis, self._keys(platform, name), [seen, lease_ms]
+        outcome, value = await scripts.lease_token(
+            self.redis, platform, name, seen_version=seen, lease_ms=lease_ms
         )
-        outcome = _LEASE_OUTCOMES[int(code)]
         if outcome == "granted":
             return Lease(outcome, fence=int(value), version=seen)
         if outcome == "busy":
@@ -395,7 +388,7 @@ class TokenStore:
         fields = self._sealed_fields(platform, name, tokens)
         fields += ["refreshes", refreshes, "refreshed_at_ms", int(time.time() * 1000)]
         written, version = await scripts.write_token(
-            self.redis, self._keys(platform, name), [fence, *fields]
+            self.redis, platform, name, fence=fence, fields=fields
         )
         return int(version) if written else None
 
@@ -407,8 +400,10 @@ class TokenStore:
         name = account_name(account)
         written, version = await scripts.write_token(
             self.redis,
-            self._keys(platform, name),
-            [fence, "state", REAUTH_REQUIRED, "reason", reason],
+            platform,
+            name,
+            fence=fence,
+            fields=["state", REAUTH_REQUIRED, "reason", reason],
         )
         return int(version) if written else None
 
@@ -419,6 +414,8 @@ class TokenStore:
 
     async def delete(self, platform: str, account: str | None) -> bool:
         name = account_name(account)
-        removed = await self.redis.delete(*self._keys(platform, name))
+        removed = await self.redis.delete(
+            keys.token_record(platform, name), keys.token_lease(platform, name)
+        )
         await self.redis.srem(keys.TOKEN_REGISTRY, keys.token_member(platform, name))
         return bool(removed)

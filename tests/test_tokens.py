@@ -168,8 +168,8 @@ async def test_a_token_store_account_lives_in_one_slot() -> None:
 
     for account in ("acme", "a}b", "{x}"):
         assert tag(keys.token_record("x", account)) == tag(keys.token_lease("x", account))
-    assert scripts.lease_token.source.startswith(b"--[[ lease_token:")
-    assert scripts.write_token.source.startswith(b"--[[ write_token:")
+    assert scripts.load("lease_token").source.startswith(b"--[[ lease_token:")
+    assert scripts.load("write_token").source.startswith(b"--[[ write_token:")
 
 
 # -- the keeper against the simulator --------------------------------------------------------

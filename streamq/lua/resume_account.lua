@@ -16,6 +16,7 @@ other job when read; their attempt numbers are unchanged. (Through the delayed s
 enqueued just after the resume could reach its lane before them.)
 Returns { 1 if the account was paused else 0, number of jobs sent back }.
 ]]
+-- @include "stream_keys.lua"
 -- @include "server_now.lua"
 -- @include "emit_event.lua"
 local paused, parked = KEYS[1], KEYS[4]
@@ -27,10 +28,10 @@ local now = server_now_ms()
 local settings = events_settings(KEYS[6])
 local ids = redis.call('ZRANGE', parked, 0, -1)
 for _, id in ipairs(ids) do
-  local record = prefix .. 'job:' .. id
+  local record = job_key(prefix, id)
   local f = redis.call('HMGET', record, 'state', 'attempt', 'key', 'env', 'priority')
   if f[1] == 'paused' and f[4] then
-    local entry = redis.call('XADD', prefix .. 'lane:' .. (f[5] or 'normal'), '*', 'j', f[4])
+    local entry = redis.call('XADD', lane_key(prefix, f[5] or 'normal'), '*', 'j', f[4])
     redis.call('HSET', record, 'state', 'queued', 'entry', entry)
     redis.call('HDEL', record, 'env')
     emit_event(KEYS[5], settings, 'queued', id, now, f[2], f[3], account)
