@@ -14,7 +14,7 @@ import logging
 import os
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import anyio
 from redis.asyncio import Redis
@@ -24,26 +24,10 @@ from autoscaler import metrics
 from autoscaler.observe import StreamWatch
 from autoscaler.policy import Policy, Scaler
 from autoscaler.targets import Target, TargetError
-from streamq import keys, limiter
+from streamq import keys, limiter, scripts
 from streamq.config import Config
 
 log = logging.getLogger("streamq.autoscaler")
-
-LEADER_PREFIX: Final = f"{keys.PREFIX}:autoscaler:leader:"
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 def identity() -> str:
@@ -83,8 +67,8 @@ class RedisLeadership:
 
     def __init__(self, redis: Redis, streams: Sequence[str], ttl_seconds: float) -> None:
         self.redis = redis
-        self.key = LEADER_PREFIX + ",".join(sorted(streams))
-        self.fence_key = self.key + ":fence"
+        self.key = keys.autoscaler_leader(list(streams))
+        self.fence_key = keys.autoscaler_fence(list(streams))
         self.ttl_ms = round(ttl_seconds * 1000)
         self.token = identity()
         self.fence: int | None = None
@@ -92,8 +76,7 @@ class RedisLeadership:
     async def hold(self) -> bool:
         """Take or keep the lock; False while another controller leads."""
         if self.fence is not None:
-            renewed: Any = await self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms)
-            if renewed:
+            if await scripts.renew_leadership(self.redis, self.key, self.token, ttl_ms=self.ttl_ms):
                 return True
             log.warning("lost the leadership (fence %d)", self.fence)
             self.fence = None
@@ -112,7 +95,7 @@ class RedisLeadership:
     async def release(self) -> None:
         """Give the lock up on a clean stop, so the next leader need not wait it out."""
         if self.fence is not None:
-            await self.redis.eval(_RELEASE, 1, self.key, self.token)
+            await scripts.release_leadership(self.redis, self.key, self.token)
             self.fence = None
 
 

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from autoscaler.policy import Observation
-from streamq import keys, limiter, stats
+from streamq import channel, keys, limiter, stats
 
 DEFAULT_SERVICE_SECONDS = 1.0
 """Assumed handler time until the stream has run jobs."""
@@ -41,8 +41,7 @@ class StreamWatch:
         self._service = DEFAULT_SERVICE_SECONDS
 
     async def observe(self, workers: int) -> Observation:
-        seconds, micros = await self.redis.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        now_ms = await channel.server_ms(self.redis)
         # A partitioned stream is watched as one: its partitions' figures add up.
         parts = (await stats.stream_parts(self.redis, [self.stream]))[self.stream]
         each = [await stats.stream_stats(self.redis, part, now_ms) for part in parts]

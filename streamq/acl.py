@@ -30,10 +30,11 @@ ROLES: Final = {
     # Apps that enqueue and steer jobs and read stats and events; also `streamq admin`.
     "producer": f"{_COMMON} {_READ_STREAMS} {_JOBS} +hkeys +hvals +scan",
     # `streamq consume`, and `streamq autoscale --target local` (its workers share its URL).
+    # +set +pttl: the token store's refresh lease (lease_token.lua).
     "worker": f"{_COMMON} {_READ_STREAMS} {_JOBS} "
-    "+xautoclaim +xclaim +xgroup|createconsumer +xgroup|delconsumer",
+    "+xautoclaim +xclaim +xgroup|createconsumer +xgroup|delconsumer +set +pttl",
     # `streamq autoscale --target kubernetes`: it reads figures and holds its leader lock.
     "autoscaler": f"{_COMMON} {_READ_STREAMS} "
-    "+eval +set +get +incr +incrby +pexpire +del +hmget +hget +zcount +zcard +smembers +sismember",
+    "+set +get +incr +incrby +pexpire +del +hmget +hget +zcount +zcard +smembers +sismember",
 }
 """Role -> the ACL SETUSER rules after ``on >password``."""

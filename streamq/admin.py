@@ -16,7 +16,6 @@ import hmac
 import logging
 import os
 import re
-import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -34,9 +33,10 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from streamq import __version__, control, keys, stats
+from streamq import __version__, control, keys, signals, stats, tokens
 from streamq.config import Config, parse_duration
 from streamq.errors import ConfigError, InvalidJobState, JobNotFound
+from streamq.platforms import PLATFORMS as PLATFORM_NAMES
 
 TOKEN_ENV: Final = "STREAMQ_ADMIN_TOKEN"
 STATIC: Final = Path(__file__).with_name("admin_static")
@@ -344,6 +344,11 @@ class Admin:
         log.info("admin: purged %d finished job records of %s", purged, stream)
         return _json(Purged(purged))
 
+    async def account(self, request: Request) -> Response:
+        platform, account = request.path_params["platform"], request.path_params["account"]
+        report = await tokens.account_status(self.redis, self.config, platform, account)
+        return _json(report)
+
     def routes(self) -> list[BaseRoute]:
         only: tuple[str, ...] = ("stream",)
         api: list[tuple[str, Endpoint, str, tuple[str, ...]]] = [
@@ -356,6 +361,7 @@ class Admin:
             ("/api/streams/{stream}/dead/replay", self.replay, "POST", ()),
             ("/api/streams/{stream}/dead/purge", self.purge_dead, "POST", ()),
             ("/api/streams/{stream}/finished/purge", self.purge_finished, "POST", ()),
+            ("/api/accounts/{platform}/{account}", self.account, "GET", ()),
         ]
         return [
             Route("/api/openapi.json", _openapi, methods=["GET"]),
@@ -425,6 +431,7 @@ def openapi_document() -> dict[str, Any]:
         Replayed,
         PurgeFinishedRequest,
         Purged,
+        tokens.AccountStatus,
         ErrorBody,
     ]
     _, schemas = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
@@ -560,6 +567,27 @@ def openapi_document() -> dict[str, Any]:
             )
         },
     }
+    paths["/api/accounts/{platform}/{account}"] = {
+        "get": operation(
+            "An account's token state (never a token) and its pauses: reauth_required when a "
+            "person must sign in again",
+            "AccountStatus",
+            [
+                {
+                    "name": "platform",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "enum": list(PLATFORM_NAMES)},
+                },
+                {
+                    "name": "account",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                },
+            ],
+        )
+    }
     for path, methods in paths.items():
         for op in methods.values():
             op["security"] = [{"bearer": []}]
@@ -614,8 +642,10 @@ async def serve(app: Starlette, sock: socket.socket) -> None:
 
 
 async def _stop_on_signals(srv: Server) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            if srv.should_exit:
-                srv.force_exit = True
-            srv.should_exit = True
+    def handle(name: str) -> bool:
+        if srv.should_exit:
+            srv.force_exit = True
+        srv.should_exit = True
+        return False
+
+    await signals.on_stop_signals(handle)

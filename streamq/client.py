@@ -6,15 +6,18 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self, Unpack
 
 from redis.asyncio import Redis
 
 from streamq import codec, connection, control, keys, limiter, platforms, scheduler, stats
-from streamq.config import Backoff, Config, load_config
+from streamq.config import Config, load_config
 from streamq.control import DeadLetter, JobInfo
 from streamq.events import Event, follow
-from streamq.producer import JobOptions, OnConflict, Producer, check_stream
+from streamq.producer import JobOptionArgs, JobOptions, Producer, check_stream
+
+if TYPE_CHECKING:
+    from streamq.tokens import Tokens
 
 
 class Queue:
@@ -56,6 +59,13 @@ class Queue:
         return self._redis
 
     @property
+    def tokens(self) -> Tokens:
+        """The token store (streamq.tokens): ``await q.tokens.put(platform, account, ...)``."""
+        from streamq.tokens import Tokens
+
+        return Tokens(self)
+
+    @property
     def producer(self) -> Producer:
         if self._producer is None:
             raise RuntimeError("use 'async with streamq.connect() as q:' before calling q")
@@ -69,13 +79,7 @@ class Queue:
         key: str | None = None,
         account: str | None = None,
         priority: str = "normal",
-        run_at: datetime | None = None,
-        delay: timedelta | float | str | None = None,
-        on_conflict: OnConflict = "keep",
-        max_attempts: int | None = None,
-        expire_after: float | str | None = None,
-        job_timeout: float | str | None = None,
-        backoff: Backoff | None = None,
+        **options: Unpack[JobOptionArgs],
     ) -> str:
         """Add one job; returns its id (an existing job's id if ``key`` is held by a live job).
 
@@ -88,13 +92,7 @@ class Queue:
             keys=[key],
             accounts=None if account is None else [account],
             priority=priority,
-            run_at=run_at,
-            delay=delay,
-            on_conflict=on_conflict,
-            max_attempts=max_attempts,
-            expire_after=expire_after,
-            job_timeout=job_timeout,
-            backoff=backoff,
+            **options,
         )
         return job_id
 
@@ -106,13 +104,7 @@ class Queue:
         keys: Sequence[str | None] | None = None,
         accounts: Sequence[str | None] | None = None,
         priority: str = "normal",
-        run_at: datetime | None = None,
-        delay: timedelta | float | str | None = None,
-        max_attempts: int | None = None,
-        expire_after: float | str | None = None,
-        job_timeout: float | str | None = None,
-        backoff: Backoff | None = None,
-        on_conflict: OnConflict = "keep",
+        **options: Unpack[JobOptionArgs],
     ) -> list[str]:
         """Add many jobs in pipelined batches; returns one id per payload, in order.
         ``accounts`` names the publishing account of each payload (rate limits and pauses).
@@ -124,17 +116,13 @@ class Queue:
         if check is not None:
             payloads = payloads if isinstance(payloads, list) else list(payloads)
             check(payloads)
-        options = JobOptions(
-            run_at=run_at,
-            delay=delay,
-            on_conflict=on_conflict,
-            max_attempts=max_attempts,
-            expire_after=expire_after,
-            job_timeout=job_timeout,
-            backoff=backoff,
-        )
         return await self.producer.enqueue_many(
-            stream, payloads, keys=keys, accounts=accounts, priority=priority, options=options
+            stream,
+            payloads,
+            keys=keys,
+            accounts=accounts,
+            priority=priority,
+            options=JobOptions(**options),
         )
 
     def validator(self, stream: str) -> platforms.Validator | None:

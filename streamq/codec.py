@@ -1,8 +1,19 @@
-"""The wire format: the only module that knows how a job is laid out in a stream entry.
+"""The wire format: the only module that knows how a job is laid out in a stream entry, and
+how the rows the scripts take are laid out.
 
 A stream entry written by streamq has exactly one field, ``j``, whose value is a JSON object
 (the :class:`Envelope`). One field keeps XADD and XREADGROUP replies small and lets the worker
 tell a foreign entry (any other shape) from one of ours without guessing.
+
+The scripts take their batches as one msgpack argument: an array of rows, each a msgpack array
+(positions are the scripts' contract, see each ``lua/*.lua`` header). Here those rows are
+msgspec Structs with ``array_like=True``, read and built by name everywhere else and exactly as
+compact on the wire as a tuple:
+
+    Outcome (finish_jobs)   Done | Retried | Deferred | Parked | Dead | Expired | Cancelled,
+                            tagged by a one-letter code in position 1
+    EnqueueRow              enqueue_jobs' jobs (AccountEnqueueRow when the job has an account)
+    AdmitRow                admit_jobs' jobs (ReclaimedAdmitRow carries the envelope to keep)
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -165,6 +177,159 @@ def parse_json(text: str | bytes, what: str = "payload") -> Any:
 def text(value: bytes | str) -> str:
     """A reply value as str (replies are bytes: connections do not decode)."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+# -- rows the scripts take ------------------------------------------------------------------------
+
+
+class Outcome(msgspec.Struct, array_like=True, gc=False):
+    """What happened to one delivered job: a row of finish_jobs' outcomes.
+
+    Every outcome but :class:`Done` ends with the entry's lane (1-3) and id, so the script can
+    drop an outcome whose entry is no longer this worker's."""
+
+    id: str
+    key: str
+    """The dedup key, '' for none."""
+    attempt: int
+    started_ms: int
+    """When the handler started (server clock), 0 when it did not run."""
+
+    @property
+    def name(self) -> str:
+        """The outcome's name in counts, metrics and hooks: done, retried, deferred, parked,
+        dead, expired or cancelled."""
+        return OUTCOME_NAMES[type(self)]
+
+
+class Done(Outcome, tag="d"):
+    result: str
+    """The handler's return value as JSON, '' for None."""
+
+
+class _Later(Outcome):
+    """An outcome that runs the job again after ``delay_ms``."""
+
+    envelope: str
+    """The envelope of the next run, as JSON."""
+    delay_ms: int
+    reason: str
+
+
+class Retried(_Later, tag="r"):
+    """Run again after the delay; ``attempt`` is the next attempt's number, ``reason`` the
+    error."""
+
+    lane: int
+    entry: str
+
+
+class Deferred(_Later, tag="l"):
+    """Run again after the delay without using an attempt (rate limited, platform pause)."""
+
+    hold: str
+    """'' or the pause field to hold until then ('platform', 'a:<account>')."""
+    lane: int
+    entry: str
+
+
+class _Ended(Outcome):
+    """An outcome that takes the job off the lanes for good, or until its account resumes."""
+
+    envelope: str
+
+
+class Parked(_Ended, tag="p"):
+    """The job's account is paused until resumed; the job waits for it, attempt unchanged."""
+
+    reason: str
+    account: str
+    enqueued_ms: int
+    lane: int
+    entry: str
+
+
+class Dead(_Ended, tag="x"):
+    reason: str
+    lane: int
+    entry: str
+
+
+class _Dropped(_Ended):
+    """Not run, and never will be: Expired (it came due too long ago) or Cancelled."""
+
+    lane: int
+    entry: str
+
+
+class Expired(_Dropped, tag="e"):
+    pass
+
+
+class Cancelled(_Dropped, tag="c"):
+    pass
+
+
+OUTCOME_NAMES: Final[dict[type[Outcome], str]] = {
+    Done: "done",
+    Retried: "retried",
+    Deferred: "deferred",
+    Parked: "parked",
+    Dead: "dead",
+    Expired: "expired",
+    Cancelled: "cancelled",
+}
+
+
+class EnqueueRow(msgspec.Struct, array_like=True, gc=False):
+    """One job of enqueue_jobs' batch."""
+
+    id: str
+    key: str
+    """The dedup key, '' for none."""
+    envelope: str
+    due_ms: int
+    """0 = now."""
+
+
+class AccountEnqueueRow(EnqueueRow):
+    """An enqueue row of a job that has an account (a separate shape, so rows without one
+    carry no empty trailing field)."""
+
+    account: str
+
+
+class AdmitRow(msgspec.Struct, array_like=True, gc=False):
+    """One job of admit_jobs' batch."""
+
+    lane: int
+    """1-3."""
+    entry: str
+    id: str
+    account: str
+    """'' for none."""
+    enqueued_ms: int
+
+
+class ReclaimedAdmitRow(AdmitRow):
+    """A reclaimed job's admit row: its envelope counts the crashed runs in its attempt, so a
+    deferral keeps that envelope instead of the entry's."""
+
+    envelope: str
+
+
+_msgpack_encode = msgspec.msgpack.Encoder().encode
+
+
+def pack_rows(rows: Sequence[Outcome | EnqueueRow | AdmitRow]) -> bytes:
+    """A batch of rows as the scripts take it: one msgpack array."""
+    return _msgpack_encode(rows)
+
+
+def envelope_text(envelope: Envelope) -> str:
+    """An envelope as a row carries it: str, because the server's cmsgpack reads msgpack str
+    values but not bin."""
+    return encode(envelope).decode()
 
 
 def now_ms() -> int:

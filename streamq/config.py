@@ -147,8 +147,11 @@ EVENT_TYPES = (
     "expired",
     "rate-limited",
     "paused",
+    "account.reauth_required",
 )
-"""Every lifecycle event type (streamq.events)."""
+"""Every lifecycle event type (streamq.events); ``account.reauth_required`` is an account's,
+written by the token store's keeper when a refresh is refused (its ``job`` is the job that
+found out)."""
 
 
 class EventsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -185,7 +188,7 @@ class Webhook(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     """POST these events of the stream to ``url`` (streamq.webhooks)."""
 
     url: str
-    events: tuple[str, ...] = ("done", "dead", "cancelled", "expired")
+    events: tuple[str, ...] = ("done", "dead", "cancelled", "expired", "account.reauth_required")
     secret_env: str | None = None
     """Name of the environment variable holding the signing secret (preferred to ``secret``,
     which puts it in the file)."""
@@ -312,6 +315,33 @@ class PlatformConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     lookup: bool | None = None
     """Before re-sending a post an earlier attempt may have delivered, ask the platform for it
     by its idempotency marker (the simulator answers; see the README for real platforms)."""
+    token_url: str | None = None
+    """Where token refreshes go, when not the platform's own endpoint."""
+
+
+class TokensConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How the token store keeps tokens alive (``[tokens]``; streamq.platforms.keeper)."""
+
+    refresh_before: float = 0.1
+    """Refresh a token once it is in this last part of its life (0.1: the last 10 %)."""
+    lease: float = 15.0
+    """Seconds one worker may hold an account's refresh before another may try."""
+    wait: float = 10.0
+    """Seconds a worker whose token has expired waits for another's refresh before it defers
+    the job (without using an attempt)."""
+
+    sweep: float = 60.0
+    """Seconds between two background looks for due tokens (streamq.platforms.keeper
+    keep_alive), for accounts that post less often than their tokens expire."""
+    instagram_min_age: float = 86400.0
+    """Instagram refreshes a long-lived token only once it is this old (its rule: 24 h);
+    lower it only against the simulator."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.refresh_before < 1:
+            raise ConfigError("tokens.refresh_before must be at least 0 and below 1")
+        if self.lease <= 0 or self.wait <= 0 or self.sweep <= 0:
+            raise ConfigError("tokens.lease, tokens.wait and tokens.sweep must be positive")
 
 
 _DURATION_FIELDS = ("visibility_timeout", "grace", "expire_after", "job_timeout", "retention")
@@ -335,8 +365,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     streams: dict[str, StreamConfig] = msgspec.field(default_factory=dict)
     platforms: dict[str, PlatformConfig] = msgspec.field(default_factory=dict)
     credentials: str | None = None
-    """Where publishers find tokens: "env", "file:PATH" or "package.module:callable"
-    (STREAMQ_CREDENTIALS wins; default "env")."""
+    """Where publishers find tokens: "env", "file:PATH", "store" (the token store, which
+    refreshes them) or "package.module:callable" (STREAMQ_CREDENTIALS wins; default "env")."""
+    tokens: TokensConfig = msgspec.field(default_factory=TokensConfig)
 
     def stream(self, name: str) -> StreamConfig:
         """The configuration of stream ``name``; a partition (``S:3``) has its stream's."""
@@ -420,6 +451,8 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
     for name, table in platforms.items():
         if isinstance(table, dict) and "timeout" in table:
             table["timeout"] = _duration_value(table["timeout"], f"platforms.{name}.timeout")
+    if isinstance(data.get("tokens"), dict):
+        _parse_durations(data["tokens"], ("lease", "wait", "sweep", "instagram_min_age"), "tokens")
     for name, table in streams.items():  # an error names its stream, not $.streams[...]
         try:
             msgspec.convert(table, StreamConfig)

@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from streamq import codec, keys, scheduler, scripts
+from streamq import channel, codec, keys, scheduler, scripts
 from streamq.config import StreamConfig
-from streamq.errors import ConfigError, InvalidJobState, JobNotFound
+from streamq.errors import ConfigError, InvalidJobState, JobNotFound, RecordChanged
 
 __all__ = ["DeadLetter", "InvalidJobState", "JobInfo", "JobNotFound"]
 
@@ -133,28 +133,9 @@ async def cancel(redis: Redis, job_id: str, config: StreamConfig | None = None) 
     """Cancel a job. Returns 'cancelled' (it will never start) or 'cancelling' (it was already
     running: its handler sees job.cancelled and it is not retried).
     Raises InvalidJobState for a finished job."""
-    stream = _stream_of(job_id)
     retention_ms = round((config or StreamConfig()).retention * 1000)
-    outcome, before = await scripts.cancel_job(
-        redis,
-        [
-            keys.job(stream, job_id),
-            keys.delayed(stream),
-            *keys.lanes(stream),
-            keys.dedup(stream),
-            keys.counts(stream),
-            keys.control(stream),
-            keys.events(stream),
-            keys.meta(stream),
-        ],
-        [job_id, keys.GROUP, retention_ms, keys.script_prefix(stream)],
-    )
-    outcome, before = outcome.decode(), before.decode()
-    if outcome == "missing":
-        raise JobNotFound(f"no job {job_id!r}")
-    if outcome == "unchanged":
-        raise InvalidJobState(f"job {job_id} is already {before}: nothing to cancel")
-    return str(outcome)
+    _stream_of(job_id)  # a clear error for a malformed id
+    return await scripts.cancel_job(redis, job_id, retention_ms=retention_ms)
 
 
 async def reschedule(
@@ -167,8 +148,7 @@ async def reschedule(
     stream = _stream_of(job_id)
     if run_at is None and delay is None:
         raise InvalidJobState("reschedule needs run_at or delay")
-    seconds, micros = await redis.time()
-    due = scheduler.due_ms(run_at, delay, now_ms=int(seconds) * 1000 + int(micros) // 1000)
+    due = scheduler.due_ms(run_at, delay, now_ms=await channel.server_ms(redis))
     assert due is not None
     record_key = keys.job(stream, job_id)
     for _ in range(5):
@@ -179,26 +159,14 @@ async def reschedule(
                 raise JobNotFound(f"no job {job_id!r}")
             raise InvalidJobState(f"job {job_id} is {state.decode()}: only scheduled jobs move")
         envelope = msgspec.structs.replace(codec.decode(raw), run_at_ms=due)
-        state = await scripts.reschedule_job(
-            redis,
-            [
-                record_key,
-                keys.delayed(stream),
-                keys.control(stream),
-                keys.events(stream),
-                keys.meta(stream),
-            ],
-            [job_id, due, codec.encode(envelope), raw, keys.script_prefix(stream)],
-        )
-        if state is None:
-            raise JobNotFound(f"no job {job_id!r}")
-        if state != b"changed":
-            break
-    else:
-        raise InvalidJobState(f"job {job_id} kept changing while being rescheduled: try again")
-    if state.decode() not in ("scheduled", "retrying"):
-        raise InvalidJobState(f"job {job_id} is {state.decode()}: only scheduled jobs move")
-    return due
+        try:
+            await scripts.reschedule_job(
+                redis, job_id, due_ms=due, envelope=codec.encode(envelope), read=raw
+            )
+        except RecordChanged:
+            continue
+        return due
+    raise InvalidJobState(f"job {job_id} kept changing while being rescheduled: try again")
 
 
 async def retry(redis: Redis, job_id: str) -> None:
@@ -222,24 +190,13 @@ async def _revive(
     redis: Redis, stream: str, envelope: codec.Envelope, priority: str, dead_entry: str
 ) -> None:
     # Due now by the server's clock, so expire_after counts from the revival, not the enqueue.
-    seconds, micros = await redis.time()
-    now = int(seconds) * 1000 + int(micros) // 1000
+    now = await channel.server_ms(redis)
     fresh = msgspec.structs.replace(envelope, attempt=1, run_at_ms=now)
-    lane = priority if priority in keys.LANES else "normal"
-    reply = await scripts.revive_job(
-        redis,
-        [
-            keys.job(stream, envelope.id),
-            keys.lane(stream, lane),
-            keys.dead(stream),
-            keys.dedup(stream),
-            keys.events(stream),
-            keys.meta(stream),
-        ],
-        [envelope.id, codec.encode(fresh), lane, dead_entry, envelope.key or ""],
-    )
-    if isinstance(reply, list):
-        raise InvalidJobState(f"job {envelope.id} is {reply[0].decode()}: it cannot be retried")
+    lane: keys.Priority = "normal"
+    for known in keys.LANES:
+        if priority == known:
+            lane = known
+    await scripts.revive_job(redis, fresh, lane=lane, dead_entry=dead_entry)
 
 
 async def dead_letters(
@@ -332,8 +289,8 @@ async def purge_finished(
     async for key in redis.scan_iter(match=keys.job(stream, "*"), count=PURGE_BATCH):
         batch.append(key.decode() if isinstance(key, bytes) else str(key))
         if len(batch) == PURGE_BATCH:
-            deleted += int(await scripts.purge_records(redis, batch, [keep_ms, *states]))
+            deleted += await scripts.purge_records(redis, batch, keep_ms=keep_ms, states=states)
             batch = []
     if batch:
-        deleted += int(await scripts.purge_records(redis, batch, [keep_ms, *states]))
+        deleted += await scripts.purge_records(redis, batch, keep_ms=keep_ms, states=states)
     return deleted

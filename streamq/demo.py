@@ -4,8 +4,11 @@ It starts an embedded server in a temporary STREAMQ_HOME (never the user's), the
 simulator on a free loopback port (latency, transient errors, lost answers, a rate limit), one
 worker per platform running the built-in publishers, and a producer that schedules a day of
 posts for accounts in five time zones — compressed into ``--duration`` (60 s: a day passes
-1,440 times faster, and so do the platforms' daily limits). On the way, one account's token
-expires (its posts wait, paused, until the demo gives it a new token and resumes it), a few
+1,440 times faster, and so do the platforms' daily limits). Every account's tokens live in the
+token store (encrypted with a throwaway key) and expire every few seconds: workers refresh
+them, once per account per expiry, as they would every two hours on X. On the way, one
+account's user revokes the app's consent: its refresh is refused, the account pauses with
+``reauth_required`` and its posts wait until the user "signs in again" (a put), a few
 posts are refused at enqueue, a few break the content policy (dead letters), and a few come
 due long after they were meant for (expired).
 
@@ -41,12 +44,16 @@ from rich.text import Text
 
 from streamq import keys, limiter, server
 from streamq.client import Queue
-from streamq.config import Backoff, Config, StreamConfig
+from streamq.config import Backoff, Config, StreamConfig, TokensConfig
 from streamq.errors import PayloadError
 from streamq.platforms.base import PlatformSettings
 from streamq.platforms.client import Session
-from streamq.platforms.credentials import CallableCredentials, Credentials
+from streamq.platforms.credentials import Secret
+from streamq.platforms.keeper import TokenKeeper
+from streamq.platforms.refresh import Client, simulated_token_url
 from streamq.simulator import Fault, SimOptions, Simulator
+from streamq.tokens import put_tokens
+from streamq.tokenstore import Keyring, TokenSet, TokenStore
 from streamq.worker import Worker, WorkerOptions
 
 DAY: Final = 86_400.0
@@ -63,7 +70,8 @@ POST_TIMES: Final = ("07:30", "09:00", "11:15", "12:30", "15:00", "17:45", "19:3
 LAUNCH_TIME: Final = "10:00"
 """One account's product launch: a burst on x at one instant, over the simulator's limit."""
 LAUNCH_POSTS: Final = 6
-TOKEN_VICTIM: Final = ("instagram", "bistro")
+TOKEN_VICTIM: Final = ("x", "bistro")
+"""The account whose user revokes consent: a refresh refused, a new sign-in needed."""
 POLICY_TAG: Final = "#freemoney"
 
 
@@ -199,6 +207,7 @@ class Progress:
     events: list[str] = field(default_factory=list)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     enqueued: dict[str, int] = field(default_factory=dict)
+    reauth_required: int = 0
 
     def note(self, text: str) -> None:
         self.events.append(f"{time.monotonic() - self.started:5.1f}s  {text}")
@@ -255,19 +264,15 @@ async def _run(options: DemoOptions, console: Console, redis_url: str) -> dict[s
             rate_limit=options.rate_limit,
             processing=0.15,
             seed=options.seed,
+            # Tokens expire about six times in the demo: refreshes, not pauses, keep it going.
+            access_ttl=max(5.0, options.duration / 6),
+            # Meta's tokens cannot be renewed once expired (their real life is 60 days): a
+            # loaded machine's late refresh would cost the account a sign-in.
+            access_ttls={"facebook": 3600.0, "instagram": 3600.0},
+            ig_min_age=0.0,
         )
     )
     simulator.add_fault(Fault(kind="policy", match=POLICY_TAG, times=0))
-    tokens = {(p, a): f"demo-{p}-{a}-1" for p in PLATFORMS for a in ACCOUNTS}
-    user_ids = {"facebook": "104000000000", "instagram": "17841400000000"}
-
-    def credentials(platform: str, account: str | None) -> Credentials | None:
-        if account is None:
-            return None
-        user = user_ids.get(platform)
-        if platform == "linkedin":
-            user = f"urn:li:organization:{abs(hash(account)) % 10**8}"
-        return Credentials(tokens[(platform, account)], user)
 
     config = demo_config(factor)
     progress = Progress()
@@ -280,6 +285,7 @@ async def _run(options: DemoOptions, console: Console, redis_url: str) -> dict[s
                 lookup=True,
                 poll_interval=0.05,
                 ready_timeout=10.0,
+                token_url=simulated_token_url(sim_url, p),
             )
             for p in PLATFORMS
         }
@@ -287,39 +293,79 @@ async def _run(options: DemoOptions, console: Console, redis_url: str) -> dict[s
         settings["youtube"] = msgspec.structs.replace(settings["youtube"], api_version="v3")
         start = datetime.now(UTC)
         plan = make_plan(start, factor, f"{sim_url}/_sim/media", rng)
-        async with (
-            Queue(redis_url, config=config) as q,
-            Session(config, credentials=CallableCredentials(credentials), settings=settings) as s,
-        ):
-            workers = [
-                Worker(
-                    q.redis,
-                    platform,
-                    s.publisher(platform),
-                    WorkerOptions(
-                        **{
-                            **msgspec.structs.asdict(config.stream(platform)),
-                            "concurrency": options.concurrency,
-                        }
-                    ),
-                )
-                for platform in PLATFORMS
-            ]
-            await _enqueue(q, plan, progress)
-            deadline = time.monotonic() + options.duration + max(15.0, options.duration / 2)
-            async with anyio.create_task_group() as tasks:
-                for worker in workers:
-                    tasks.start_soon(worker.run)
-                async with anyio.create_task_group() as story:
-                    story.start_soon(_token_drama, q, simulator, tokens, progress, options.duration)
-                    await _watch(
-                        q, plan, simulator, progress, options, console, start, factor, deadline
+        async with Queue(redis_url, config=config) as q:
+            # The token store, sealed with a key that lives as long as the demo.
+            keeper = TokenKeeper(
+                TokenStore(q.redis, Keyring.parse(Keyring.generate("demo"))),
+                # Refreshed in the last 30 % of their life, so that even a short demo shows it.
+                config=TokensConfig(refresh_before=0.3, instagram_min_age=0.0),
+                clients={p: Client("demo-app", Secret(f"demo-secret-{p}")) for p in PLATFORMS},
+            )
+            for platform in PLATFORMS:
+                for account in ACCOUNTS:
+                    await _sign_in(q, keeper, simulator, platform, account)
+            async with Session(config, credentials=keeper, settings=settings) as s:
+                workers = [
+                    Worker(
+                        q.redis,
+                        platform,
+                        s.publisher(platform),
+                        WorkerOptions(
+                            **{
+                                **msgspec.structs.asdict(config.stream(platform)),
+                                "concurrency": options.concurrency,
+                            }
+                        ),
                     )
-                    story.cancel_scope.cancel()  # over, whatever point it had reached
-                for worker in workers:
-                    worker.stop()
-                tasks.cancel_scope.deadline = anyio.current_time() + 10
-            return await _summarize(q, plan, simulator, progress)
+                    for platform in PLATFORMS
+                ]
+                await _enqueue(q, plan, progress)
+                deadline = time.monotonic() + options.duration + max(15.0, options.duration / 2)
+                async with anyio.create_task_group() as tasks:
+                    for worker in workers:
+                        tasks.start_soon(worker.run)
+                    async with anyio.create_task_group() as story:
+                        story.start_soon(
+                            _token_drama, q, keeper, simulator, progress, options.duration
+                        )
+                        # Accounts that post less often than their tokens expire.
+                        story.start_soon(keeper.keep_alive, settings, 0.3)
+                        await _watch(
+                            q, plan, simulator, progress, options, console, start, factor, deadline
+                        )
+                        story.cancel_scope.cancel()  # over, whatever point it had reached
+                    for worker in workers:
+                        worker.stop()
+                    tasks.cancel_scope.deadline = anyio.current_time() + 10
+                return await _summarize(q, plan, simulator, progress)
+
+
+def _user(platform: str, account: str) -> str:
+    """Who the account is at the platform: a Page, an Instagram user, an organization."""
+    number = sorted(ACCOUNTS).index(account)
+    if platform == "facebook":
+        return f"10400000000{number}"
+    if platform == "instagram":
+        return f"1784140000000{number}"
+    if platform == "linkedin":
+        return f"urn:li:organization:{sum(map(ord, account)) * 7919 % 10**8}"
+    return f"{platform}-{account}"
+
+
+async def _sign_in(
+    q: Queue, keeper: TokenKeeper, simulator: Simulator, platform: str, account: str
+) -> int:
+    """The user signs in: the app puts the platform's tokens (resuming a paused account)."""
+    answer = simulator.oauth.sign_in(platform, _user(platform, account))
+    found = TokenSet.from_answer(answer)
+    tokens = TokenSet(
+        access_token=found.access_token,
+        refresh_token=found.refresh_token,
+        expires_at_ms=found.expires_at_ms,
+        user_id=_user(platform, account),
+        issued_at_ms=found.issued_at_ms,
+    )
+    return await put_tokens(q, keeper.store, platform, account, tokens)
 
 
 async def _enqueue(q: Queue, plan: Plan, progress: Progress) -> None:
@@ -343,35 +389,32 @@ async def _enqueue(q: Queue, plan: Plan, progress: Progress) -> None:
 
 async def _token_drama(
     q: Queue,
+    keeper: TokenKeeper,
     simulator: Simulator,
-    tokens: dict[tuple[str, str], str],
     progress: Progress,
     duration: float,
 ) -> None:
-    """One account's token expires; its posts wait, paused, until it has a new one.
-
-    Runs until the demo ends (cancelled then): a post that was already on its way with the
-    old token when the new one came pauses the account again, and is resumed too."""
+    """One account's user revokes the app's consent: the next refresh is refused
+    (invalid_grant), the account pauses with reauth_required and its posts wait, until the
+    user signs in again and the app puts the new tokens, which resumes it."""
     platform, account = TOKEN_VICTIM
     await anyio.sleep(duration * 0.35)
-    simulator.expire_token(tokens[(platform, account)])
-    progress.note(f"{platform}/{account}: the platform expired the token")
-    paused_key = keys.paused(platform)
+    simulator.oauth.revoke(platform, _user(platform, account))
+    current = await keeper.store.get(platform, account)
+    if current is not None and current.access_token is not None:  # and its token with it
+        simulator.expire_token(current.access_token.reveal())
+    progress.note(f"{platform}/{account}: the user revoked the app's access")
+    why_key = keys.pause_reasons(platform)
     field_name = keys.pause_field(account)
-    with anyio.move_on_after(duration * 0.25):
-        while await q.redis.hget(paused_key, field_name) != b"-1":  # noqa: ASYNC110 - polls Redis
+    with anyio.move_on_after(duration * 0.3):
+        while await q.redis.hget(why_key, field_name) != b"reauth_required":  # noqa: ASYNC110
             await anyio.sleep(0.1)
-        progress.note(f"{platform}/{account}: token refused → account paused, its posts wait")
+        progress.note(f"{platform}/{account}: refresh refused → reauth_required, its posts wait")
+        progress.reauth_required += 1
     await anyio.sleep(duration * 0.1)
-    tokens[(platform, account)] = f"demo-{platform}-{account}-2"
-    progress.note(f"{platform}/{account}: the account has a new token")
-    while True:
-        # -1: paused until resumed (a rate-limit hold has an end time, and ends by itself).
-        if await q.redis.hget(paused_key, field_name) == b"-1":
-            _, released = await q.resume_account(account, platform)
-            posts = "1 post" if released == 1 else f"{released} posts"
-            progress.note(f"{platform}/{account}: resumed, {posts} released")
-        await anyio.sleep(0.1)
+    released = await _sign_in(q, keeper, simulator, platform, account)
+    posts = "1 post" if released == 1 else f"{released} posts"
+    progress.note(f"{platform}/{account}: the user signed in again: {posts} released")
 
 
 async def _counts(q: Queue) -> dict[str, dict[str, int]]:
@@ -503,6 +546,8 @@ async def _summarize(
         "expired": states.get("expired", 0),
         "duplicates": sim["duplicates"] + ghosts,
         "lost": lost,
+        "token_refreshes": sim["refreshes"],
+        "reauth_required": progress.reauth_required,
         "simulator": {k: v for k, v in sim.items() if k != "by_platform"},
         "events": progress.events,
     }
@@ -520,7 +565,9 @@ def _summary_table(summary: dict[str, Any]) -> Table:
         ("retried (transient errors, timeouts)", "retried"),
         ("rate-limited by the platform (429)", "rate_limited"),
         ("held back by streamq's own limits", "held_by_limits"),
-        ("paused (token expired)", "paused"),
+        ("token refreshes (tokens expire every few seconds)", "token_refreshes"),
+        ("accounts that needed a new sign-in", "reauth_required"),
+        ("paused (waiting for a sign-in)", "paused"),
         ("dead (content policy)", "dead"),
         ("expired (due too long ago)", "expired"),
         ("duplicates found by the simulator", "duplicates"),

@@ -9,6 +9,7 @@
     ├── ServerFull           Redis refused a write: it is at maxmemory (policy noeviction)
     ├── JobNotFound          no record for that job id (never enqueued, or past retention)
     └── InvalidJobState      the job is not in a state that allows the operation
+        └── RecordChanged    the job's record changed while the operation read it: try again
 
 Every message is one line meant for a person: the CLI prints it as it is and exits non-zero.
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Literal
+from typing import Final, Literal
 
 
 class StreamqError(Exception):
@@ -65,6 +66,30 @@ class JobNotFound(StreamqError):
 
 class InvalidJobState(StreamqError):
     """The job's state does not allow the operation (e.g. rescheduling a finished job)."""
+
+
+class RecordChanged(InvalidJobState):
+    """The job's record changed between reading it and acting on it: try again."""
+
+
+SCRIPT_CODES: Final[dict[str, type[StreamqError]]] = {
+    "missing": JobNotFound,
+    "unchanged": InvalidJobState,
+    "changed": RecordChanged,
+}
+"""The one table of the scripts' refusals (see each ``lua/*.lua`` header): what a script
+answers instead of doing its work → the exception ``streamq.scripts`` raises for it.
+
+    missing     no record for the job id (cancel_job 'missing', reschedule_job false)
+    unchanged   the job's state does not allow it (cancel_job 'unchanged', reschedule_job a
+                state other than scheduled or retrying, revive_job { state })
+    changed     reschedule_job: the envelope read is no longer the record's
+"""
+
+
+def script_error(code: str, message: str) -> StreamqError:
+    """The exception for a script's refusal ``code`` (a key of SCRIPT_CODES)."""
+    return SCRIPT_CODES[code](message)
 
 
 class JobSignal(Exception):

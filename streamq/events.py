@@ -31,7 +31,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from streamq import keys, scheduler
+from streamq import channel, keys, scheduler
 from streamq.config import EVENT_TYPES, parse_duration
 from streamq.errors import ConfigError
 
@@ -115,11 +115,6 @@ def position(since: str | int | datetime | None, now_ms: int) -> str:
     return position(when, now_ms)
 
 
-async def _server_ms(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
 async def follow(
     redis: Redis,
     streams: Sequence[str],
@@ -142,7 +137,7 @@ async def follow(
     wanted = set(types) if types else None
     if wanted and not wanted <= set(TYPES):
         raise ConfigError(f"unknown event type(s): {', '.join(sorted(wanted - set(TYPES)))}")
-    now = await _server_ms(redis)
+    now = await channel.server_ms(redis)
     by_key = {keys.events(stream): stream for stream in streams}
     if isinstance(since, dict):
         cursors = {keys.events(s): position(since.get(s), now) for s in streams}

@@ -1,20 +1,28 @@
 """Finding the function that runs a job (``--handler module:function`` or ``handler =``), and
-the hooks a worker calls after outcomes (``--hooks module``)."""
+the hooks a worker calls after outcomes (``--hooks module``), and calling those."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
+from streamq import logs, outcomes
+from streamq.codec import Outcome
 from streamq.errors import HandlerError
 
 if TYPE_CHECKING:
     from streamq.job import Job
+
+log = logging.getLogger("streamq.worker")
 
 Handler = Callable[["Job"], Awaitable[Any]]
 
@@ -93,3 +101,29 @@ def load_hooks(module_name: str) -> Hooks:
         if not callable(hook):
             raise HandlerError(f"hooks {module_name!r}: {name} is not callable")
     return Hooks(**found)
+
+
+async def call_hooks(hooks: Hooks, batch: Sequence[tuple[Job, Outcome]]) -> None:
+    """The hooks of a recorded batch, one call at a time; none can change an outcome."""
+    for job, outcome in batch:
+        for name, rest in outcomes.hook_calls(outcome):
+            hook: Callable[..., Any] | None = getattr(hooks, name)
+            if hook is None:
+                continue
+            args = (job, *rest)
+            try:
+                with anyio.fail_after(hooks.timeout):
+                    if inspect.iscoroutinefunction(hook):
+                        await hook(*args)
+                    else:  # a plain function must not block the worker's event loop
+                        await anyio.to_thread.run_sync(
+                            functools.partial(hook, *args), abandon_on_cancel=True
+                        )
+            except Exception as exc:  # a hook's failure is logged, never the job's
+                log.warning(
+                    "hook %s failed for job %s: %s",
+                    name,
+                    job.id,
+                    outcomes.describe(exc),
+                    extra=logs.job(job.id, job.stream, job.attempt),
+                )

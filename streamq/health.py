@@ -96,8 +96,9 @@ async def report(
     ``recent`` (lateness bucket counts over its last minute); ``tidy`` drops stale summaries."""
     await scripts.sample_counts(
         redis,
-        [keys.counts(stream), keys.samples(stream)],
-        [round(SAMPLE_SECONDS * 1000), round(SAMPLES_KEPT_SECONDS * 1000)],
+        stream,
+        every_ms=round(SAMPLE_SECONDS * 1000),
+        keep_ms=round(SAMPLES_KEPT_SECONDS * 1000),
     )
     summary = {"at": now, "jobs": sum(recent), "p95_s": quantile_bound(recent, 0.95)}
     lateness = keys.lateness(stream)

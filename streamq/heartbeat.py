@@ -156,14 +156,13 @@ class Heartbeat:
     def _refresh(self, stalled: float) -> None:
         if self._client is None:
             self._client = connection.sync_twin(self._async_client, self._lanes[0])
-        args: list[scripts.EncodableArg] = [keys.GROUP, self._consumer, int(stalled * 1000)]
-        args += scripts.lane_args(self._held())
-        script = scripts.refresh_pending
         try:
-            try:
-                self._client.evalsha(script.sha, len(self._lanes), *self._lanes, *args)
-            except redis_errors.NoScriptError:
-                self._client.script_load(script.source)
-                self._client.evalsha(script.sha, len(self._lanes), *self._lanes, *args)
+            scripts.refresh_pending(
+                self._client,
+                self._stream,
+                self._consumer,
+                self._held(),
+                stalled_ms=int(stalled * 1000),
+            )
         except (redis_errors.RedisError, OSError) as exc:
             log.warning("heartbeat could not refresh claims, will try again: %s", exc)

@@ -10,7 +10,9 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:delayed                  sorted set: scheduled jobs and delayed retries, by due ms
     streamq:{S}:job:<id>                 hash: the job's record (state, attempts, times, result)
     streamq:{S}:counts                   hash: counters (expired, ...) and the retrying gauge
-    streamq:{S}:control                  stream, capped: wake-ups and cancellations for workers
+    streamq:{S}:control                  stream, capped: wake-ups, cancellations, platform pauses
+    streamq:{S}:events                   stream, capped: lifecycle events of the stream's jobs
+    streamq:{S}:meta                     hash: settings every writer follows (the events' cap)
     streamq:{S}:cron                     hash: recurring schedule name -> its definition
     streamq:{S}:cron:last                hash: recurring schedule name -> last fire time added
     streamq:{S}:rate:p | rate:a:<A>      sorted set: when jobs were admitted (platform, account A)
@@ -24,13 +26,26 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
                                          later ones waiting behind them, by id (all scored 0)
     streamq:{S}:lateness                 hash: consumer -> its recent lateness summary (health)
     streamq:{S}:samples                  sorted set: timestamped copies of the counts (health, top)
+    streamq:autoscaler:leader:<S,...>    string: the token of the autoscaler leading those streams;
+                                         its :fence counts the leaders (the fencing token)
+
+Tokens (streamq.tokenstore) are kept per account, not per stream, each account's keys under a
+hash tag of their own, so one account's record and lease share a Cluster slot:
+
+    streamq:tokens                       set of '<platform>:<account>' with a stored token
+    streamq:{token:<P>:<A>}:record       hash: sealed tokens, expiry, scopes, state, version, fence
+    streamq:{token:<P>:<A>}:lease        string, expiring: the fence of the one refresh under way
 
 A stream split into partitions (``partitions = N`` in its config) is N such streams, named
 ``S:0`` ... ``S:N-1``: each has every key above under its own hash tag (``{instagram:3}``),
 so partitions spread over a cluster's shards while each one's keys stay in one slot.
 
-The per-account keys are built inside the scripts from ``stream_prefix`` (an account is only known
-once a job is read); they share the stream's hash tag, so they live in the same slot.
+The per-account keys (``rate:a:``, ``plan:a:``, ``parked:``, ``turns:``, ``held:``) and the records
+of jobs a script finds by id are built inside the scripts from ``script_prefix`` (an account is
+only known once a job is read), by the functions of one include, ``lua/include/stream_keys.lua``;
+they share the stream's hash tag, so they live in the same slot. ``tests/test_keys.py`` holds
+each of those functions to the one here, checks no script builds a name anywhere else, and
+holds the README's data-layout table to this module.
 """
 
 from __future__ import annotations
@@ -47,6 +62,7 @@ LANES: Final[tuple[Priority, ...]] = ("high", "normal", "low")
 """Priority lanes, highest first: a worker always drains earlier lanes before later ones."""
 
 STREAM_REGISTRY: Final = f"{PREFIX}:streams"
+TOKEN_REGISTRY: Final = f"{PREFIX}:tokens"
 
 _STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}(:[0-9]{1,4})?")
 _PARTITION_SUFFIX = re.compile(r":([0-9]{1,4})$")
@@ -208,6 +224,42 @@ def parked(stream: str, account: str) -> str:
     return f"{stream_prefix(stream)}:parked:{account}"
 
 
+def turns(stream: str, account: str) -> str:
+    return f"{stream_prefix(stream)}:turns:{account}"
+
+
+def held(stream: str, account: str) -> str:
+    return f"{stream_prefix(stream)}:held:{account}"
+
+
+def autoscaler_leader(streams: list[str]) -> str:
+    """The lock of the autoscaler leading ``streams`` (one lock per set of streams)."""
+    return f"{PREFIX}:autoscaler:leader:" + ",".join(sorted(streams))
+
+
+def autoscaler_fence(streams: list[str]) -> str:
+    """The counter that numbers each new leader of ``streams`` (its fencing token)."""
+    return f"{autoscaler_leader(streams)}:fence"
+
+
 def pause_field(account: str | None) -> str:
     """The field of the paused hash for an account, or for the whole platform (None)."""
     return "platform" if account is None else f"a:{account}"
+
+
+def token_prefix(platform: str, account: str) -> str:
+    """The hash tag shared by one account's token keys."""
+    return f"{PREFIX}:{{token:{platform}:{account}}}"
+
+
+def token_record(platform: str, account: str) -> str:
+    return f"{token_prefix(platform, account)}:record"
+
+
+def token_lease(platform: str, account: str) -> str:
+    return f"{token_prefix(platform, account)}:lease"
+
+
+def token_member(platform: str, account: str) -> str:
+    """How TOKEN_REGISTRY names an account (platforms have no ':')."""
+    return f"{platform}:{account}"

@@ -34,7 +34,7 @@ from typing import Any, Final
 import msgspec
 from redis.asyncio import Redis
 
-from streamq import codec, keys, scripts
+from streamq import channel, codec, keys, scripts
 from streamq.config import Limit
 from streamq.errors import ConfigError
 
@@ -138,19 +138,7 @@ async def pause_account(redis: Redis, stream: str, account: str, reason: str = "
 async def resume_account(redis: Redis, stream: str, account: str) -> tuple[bool, int]:
     """Lift the pause; returns (whether it was paused, how many parked jobs go back to run)."""
     check_account(account)
-    was_paused, resumed = await scripts.resume_account(
-        redis,
-        [
-            keys.paused(stream),
-            keys.delayed(stream),
-            keys.control(stream),
-            keys.parked(stream, account),
-            keys.events(stream),
-            keys.meta(stream),
-        ],
-        [keys.script_prefix(stream), account],
-    )
-    return bool(was_paused), int(resumed)
+    return await scripts.resume_account(redis, stream, account)
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -203,8 +191,7 @@ async def report(
     """Usage and remaining capacity of each window (the account's when one is given)."""
     if account is not None:
         check_account(account)
-    seconds, micros = await redis.time()
-    now = int(seconds) * 1000 + int(micros) // 1000
+    now = await channel.server_ms(redis)
     windows: list[WindowUsage] = []
     scopes: list[tuple[str, str, Windows]] = [("platform", keys.rate_log(stream), limits.platform)]
     if account is not None:

@@ -28,7 +28,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import prometheus_client
@@ -38,7 +38,7 @@ from prometheus_client.utils import floatToGoString
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from streamq import keys, stats
+from streamq import codec, keys, stats
 from streamq.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -63,10 +63,19 @@ DURATION_BUCKETS: Final = (
 )  # fmt: skip
 """Seconds: platform API calls take 0.1–5 s; the low buckets show no-op and cached handlers."""
 
-OUTCOMES: Final = {"d": "done", "r": "retried", "x": "dead", "e": "expired", "c": "cancelled"}
-"""Outcome codes of the finish script that end a run (or a job) → the ``outcome`` label."""
-DEFERRALS: Final = {"l": "throttled", "p": "parked"}
-"""Outcome codes that put a job aside without using an attempt; "limited" (over a rate limit
+OUTCOMES: Final = {
+    codec.OUTCOME_NAMES[codec.Done]: "done",
+    codec.OUTCOME_NAMES[codec.Retried]: "retried",
+    codec.OUTCOME_NAMES[codec.Dead]: "dead",
+    codec.OUTCOME_NAMES[codec.Expired]: "expired",
+    codec.OUTCOME_NAMES[codec.Cancelled]: "cancelled",
+}
+"""Outcomes that end a run (or a job) → the ``outcome`` label."""
+DEFERRALS: Final = {
+    codec.OUTCOME_NAMES[codec.Deferred]: "throttled",
+    codec.OUTCOME_NAMES[codec.Parked]: "parked",
+}
+"""Outcomes that put a job aside without using an attempt; "limited" (over a rate limit
 or paused at admission) is counted when the admission answers."""
 
 
@@ -181,29 +190,30 @@ class WorkerMetrics:
         self.durations: list[float] = []
         """Handler times (s) appended by the worker as runs end; drained by ``finished``."""
         self._started = [JOBS_STARTED.labels(stream, lane) for lane in keys.LANES]
-        self._completed = {code: JOBS_COMPLETED.labels(stream, o) for code, o in OUTCOMES.items()}
-        self._deferred = {code: JOBS_DEFERRED.labels(stream, o) for code, o in DEFERRALS.items()}
+        self._completed = {name: JOBS_COMPLETED.labels(stream, o) for name, o in OUTCOMES.items()}
+        self._deferred = {name: JOBS_DEFERRED.labels(stream, o) for name, o in DEFERRALS.items()}
         self._limited = JOBS_DEFERRED.labels(stream, "limited")
         self._duration = JOB_DURATION.labels(stream)
         self._lateness = [JOB_LATENESS.labels(stream, lane) for lane in keys.LANES]
 
-    def finished(self, batch: Sequence[tuple[Job, tuple[Any, ...]]]) -> dict[str, int]:
-        """Count an acknowledged batch of outcomes; returns how many of each code."""
-        tally: dict[str, int] = {}
+    def finished(self, batch: Sequence[tuple[Job, codec.Outcome]]) -> dict[str, int]:
+        """Count an acknowledged batch of outcomes; returns how many of each (by name)."""
+        by_kind: dict[type[codec.Outcome], int] = {}
         started = [0, 0, 0]
         late: list[list[float]] = [[], [], []]
         for job, outcome in batch:
-            code = outcome[0]
-            tally[code] = tally.get(code, 0) + 1
-            start_ms = outcome[4]
+            kind = type(outcome)
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+            start_ms = outcome.started_ms
             if start_ms:
                 lane = job._lane
                 started[lane] += 1
                 env = job.envelope
                 due = env.enqueued_at_ms if env.run_at_ms is None else env.run_at_ms
                 late[lane].append(max(0.0, (start_ms - due) / 1000))
-        for code, count in tally.items():
-            counter = self._completed.get(code) or self._deferred.get(code)
+        tally = {codec.OUTCOME_NAMES[kind]: count for kind, count in by_kind.items()}
+        for name, count in tally.items():
+            counter = self._completed.get(name) or self._deferred.get(name)
             if counter is not None:
                 counter.inc(count)
         for lane, count in enumerate(started):
@@ -222,7 +232,7 @@ class WorkerMetrics:
     def dead_lettered(self, count: int) -> None:
         """Entries dead-lettered without a run (foreign, or delivered too often)."""
         if count:
-            self._completed["x"].inc(count)
+            self._completed[codec.OUTCOME_NAMES[codec.Dead]].inc(count)
 
     def lateness_counts(self) -> list[int]:
         """Lateness bucket counts (not cumulative) since the worker started, all lanes."""

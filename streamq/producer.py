@@ -19,16 +19,15 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal, TypeVar, get_args
+from typing import Any, Final, Literal, TypedDict, TypeVar, get_args
 
 import anyio
 import anyio.lowlevel
 import msgspec
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
-from streamq import codec, metrics, scheduler, scripts
+from streamq import channel, codec, limiter, metrics, scheduler, scripts
 from streamq import keys as keyspace
 from streamq.config import MAX_ATTEMPTS, Backoff, Config, parse_duration
 from streamq.connection import TRANSIENT_ERRORS, retry_delay
@@ -56,6 +55,18 @@ class JobOptions(msgspec.Struct, frozen=True, kw_only=True):
     on_conflict: OnConflict = "keep"
 
 
+class JobOptionArgs(TypedDict, total=False):
+    """:class:`JobOptions` as keyword arguments: ``q.enqueue(stream, payload, delay="5m")``."""
+
+    run_at: datetime | None
+    delay: timedelta | float | str | None
+    max_attempts: int | None
+    expire_after: float | str | None
+    job_timeout: float | str | None
+    backoff: Backoff | None
+    on_conflict: OnConflict
+
+
 def check_priority(priority: str) -> Priority:
     if priority not in get_args(Priority):
         raise ConfigError(f"unknown priority {priority!r}: use high, normal or low")
@@ -65,13 +76,6 @@ def check_priority(priority: str) -> Priority:
 def check_stream(stream: str) -> str:
     try:
         return keyspace.check_stream_name(stream)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def check_account(account: str) -> str:
-    try:
-        return keyspace.check_account(account)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -103,8 +107,8 @@ class Producer:
         self._redis = redis
         self._config = config or Config()
         self._registered: set[str] = set()
-        self._offset_ms = 0
-        self._offset_checked = -math.inf
+        self._clock = channel.ServerClock()
+        self._clock_checked = -math.inf
         self._last_now_ms = 0
         self._next_partition = -1
 
@@ -139,13 +143,12 @@ class Producer:
     async def _server_now_ms(self) -> int:
         """Now by the server's clock, which delays and due times are relative to; the offset
         from this process's clock is re-read once a minute."""
-        if time.monotonic() - self._offset_checked > OFFSET_REFRESH_SECONDS:
-            seconds, micros = await self._redis.time()
-            self._offset_ms = int(seconds) * 1000 + int(micros) // 1000 - codec.now_ms()
-            self._offset_checked = time.monotonic()
+        if time.monotonic() - self._clock_checked > OFFSET_REFRESH_SECONDS:
+            await self._clock.sync(self._redis)
+            self._clock_checked = time.monotonic()
         # Never backwards (a re-read offset may be a little smaller): job ids and parked and
         # held jobs sort by this time first, so a later call must not get an earlier one.
-        self._last_now_ms = max(self._last_now_ms, codec.now_ms() + self._offset_ms)
+        self._last_now_ms = max(self._last_now_ms, self._clock.now_ms())
         return self._last_now_ms
 
     async def enqueue(
@@ -209,7 +212,7 @@ class Producer:
                 raise ConfigError("enqueue_many: accounts must have one entry per payload")
             for account in accounts:
                 if account is not None:
-                    check_account(account)
+                    limiter.check_account(account)
         if not payload_list:
             return []
         count = self._config.stream(stream).partitions
@@ -293,30 +296,26 @@ class Producer:
             cron=cron,
         )
         await self._sent_until_answered(stream, lambda: self._register(stream), sent=False)
-        fixed_keys = [
-            keyspace.lane(stream, lane),
-            keyspace.dedup(stream),
-            keyspace.delayed(stream),
-            keyspace.control(stream),
-            keyspace.cron_fired(stream),
-            keyspace.events(stream),
-            keyspace.meta(stream),
-        ]
-        head: list[scripts.EncodableArg] = [
-            lane,
-            "" if template.expire_after_ms is None else template.expire_after_ms,
-            cron or "",
-        ]
         ids: list[str] = []
         max_bytes = self._config.stream(stream).max_payload_bytes
         chunk = SLICE * PIPELINE_SLICES
-        replies: list[list[Any]] = []
+        replies: list[list[list[tuple[int, str]]]] = []
         one_in_flight = anyio.Semaphore(1)
 
-        async def send(calls: list[tuple[list[str], list[scripts.EncodableArg]]]) -> None:
+        async def send(slices: list[tuple[list[str], bytes]]) -> None:
             try:
                 replies.append(
-                    await self._sent_until_answered(stream, lambda: self._run_pipelined(calls))
+                    await self._sent_until_answered(
+                        stream,
+                        lambda: scripts.enqueue_jobs(
+                            self._redis,
+                            stream,
+                            lane,
+                            slices,
+                            expire_after_ms=template.expire_after_ms,
+                            recurring=cron or "",
+                        ),
+                    )
                 )
             finally:
                 one_in_flight.release()
@@ -333,20 +332,17 @@ class Producer:
                     stream, part, part_keys, part_accounts, template, max_bytes, start
                 )
                 ids += part_ids
-                calls = [
-                    ([*fixed_keys, *record_keys], [*head, jobs]) for record_keys, jobs in slices
-                ]
                 await one_in_flight.acquire()
-                sends.start_soon(send, calls)
+                sends.start_soon(send, slices)
                 await anyio.lowlevel.checkpoint()  # let the send go out before encoding more
         held_by_others: list[int] = []
         for chunk_index, chunk_replies in enumerate(replies):
             for offset, taken in enumerate(chunk_replies):
                 base = chunk_index * chunk + offset * SLICE
-                for i in range(0, len(taken), 2):
+                for position, holder in taken:
                     # An occurrence refused as stale comes back with no id at all.
-                    ids[base + int(taken[i]) - 1] = taken[i + 1].decode()
-                    held_by_others.append(base + int(taken[i]) - 1)
+                    ids[base + position] = holder
+                    held_by_others.append(base + position)
         metrics.jobs_enqueued(stream, lane, len(payload_list) - len(held_by_others))
         if opts.on_conflict == "replace" and keys is not None:
             for index in held_by_others:
@@ -379,65 +375,20 @@ class Producer:
         stream: str,
         envelope: codec.Envelope,
         template: codec.Envelope,
-    ) -> Any:
+    ) -> bool:
         return await scripts.replace_job(
             self._redis,
-            [
-                keyspace.job(stream, job_id),
-                keyspace.delayed(stream),
-                keyspace.dedup(stream),
-                keyspace.control(stream),
-                keyspace.events(stream),
-                keyspace.meta(stream),
-            ],
-            [
-                job_id,
-                key,
-                codec.encode_new(envelope),
-                "" if template.run_at_ms is None else template.run_at_ms,
-                keyspace.script_prefix(stream),
-                template.account or "",
-            ],
+            job_id,
+            key=key,
+            envelope=codec.encode_new(envelope),
+            due_ms=template.run_at_ms,
+            account=template.account,
         )
-
-    async def _run_pipelined(
-        self, calls: list[tuple[list[str], list[scripts.EncodableArg]]]
-    ) -> list[Any]:
-        """Pipeline one EVALSHA per slice; a slice the server answers NOSCRIPT for (it had not
-        seen the script, or lost it mid-pipeline) is sent again after loading, and only it."""
-        replies: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for _ in range(2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    script_keys, args = calls[i]
-                    # execute_command, not evalsha: a cluster pipeline refuses evalsha by name,
-                    # though it routes EVALSHA by its keys like any keyed command.
-                    pipe.execute_command(
-                        "EVALSHA", scripts.enqueue_jobs.sha, len(script_keys), *script_keys, *args
-                    )
-                results = await pipe.execute(raise_on_error=False)
-            missing = []
-            for i, result in zip(todo, results, strict=True):
-                if isinstance(result, NoScriptError):
-                    missing.append(i)
-                elif isinstance(result, Exception):
-                    raise result
-                else:
-                    replies[i] = result
-            if not missing:
-                return replies
-            await self._redis.script_load(scripts.enqueue_jobs.source)
-            todo = missing
-        raise NoScriptError("enqueue_jobs could not be loaded")
 
     async def _register(self, stream: str) -> None:
         if stream not in self._registered:
             await self._redis.sadd(keyspace.STREAM_REGISTRY, stream)
             self._registered.add(stream)
-
-
-_msgpack = msgspec.msgpack.Encoder().encode
 
 
 def _first_line(exc: BaseException) -> str:
@@ -453,15 +404,14 @@ def _encode(
     max_bytes: int,
     first: int,
 ) -> tuple[list[str], list[tuple[list[str], bytes]]]:
-    """Job ids, and the record keys and packed jobs (enqueue_jobs' ARGV[4]) of each slice.
+    """Job ids, and the job ids and packed rows (enqueue_jobs' ARGV[4]) of each slice.
     Raises PayloadError for an envelope over ``max_bytes`` (``first`` numbers the payloads)."""
     ids: list[str] = []
     slices: list[tuple[list[str], bytes]] = []
-    record_keys: list[str] = []
-    jobs: list[list[str | int]] = []
+    slice_ids: list[str] = []
+    jobs: list[codec.EnqueueRow] = []
     due = template.run_at_ms or 0
     replace = msgspec.structs.replace
-    record_prefix = keyspace.job(stream, "")
     encode = codec.encode_new
     for index, payload in enumerate(payloads):
         job_id = codec.new_job_id(stream, template.enqueued_at_ms)
@@ -469,7 +419,7 @@ def _encode(
         ids.append(job_id)
         account = accounts[index] if accounts is not None else None
         envelope = replace(template, id=job_id, payload=payload, key=key, account=account)
-        record_keys.append(record_prefix + job_id)
+        slice_ids.append(job_id)
         try:
             encoded = encode(envelope)
         except PayloadError as exc:
@@ -482,13 +432,13 @@ def _encode(
                 f"stream's max_payload_bytes of {max_bytes}"
             )
         # str, not bytes: the server's cmsgpack reads msgpack str but not bin.
-        job: list[str | int] = [job_id, key or "", encoded.decode(), due]
-        if account is not None:
-            job.append(account)
-        jobs.append(job)
-        if len(record_keys) == SLICE:
-            slices.append((record_keys, _msgpack(jobs)))
-            record_keys, jobs = [], []
-    if record_keys:
-        slices.append((record_keys, _msgpack(jobs)))
+        if account is None:
+            jobs.append(codec.EnqueueRow(job_id, key or "", encoded.decode(), due))
+        else:
+            jobs.append(codec.AccountEnqueueRow(job_id, key or "", encoded.decode(), due, account))
+        if len(slice_ids) == SLICE:
+            slices.append((slice_ids, codec.pack_rows(jobs)))
+            slice_ids, jobs = [], []
+    if slice_ids:
+        slices.append((slice_ids, codec.pack_rows(jobs)))
     return ids, slices

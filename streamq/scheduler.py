@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,7 +21,7 @@ import msgspec
 from cronsim import CronSim, CronSimError
 from redis.asyncio import Redis
 
-from streamq import connection, keys, scripts
+from streamq import channel, keys, scripts
 from streamq.config import Backoff, parse_duration
 from streamq.connection import TRANSIENT_ERRORS, retry_delay
 from streamq.errors import ConfigError, ConnectionFailed, ServerFull
@@ -149,10 +147,8 @@ class Promoter:
 
     Every worker runs one: there is no scheduler process to lose, and the promotion script
     makes sure each job moves once however many promoters race. Sleeps are local timers (a
-    server-side BLOCK timeout can fire up to 100 ms late), re-planned whenever a wake-up arrives
-    on the control stream: a producer appends one when it schedules a job ahead of all others.
-    The control stream also carries cancellations, handed to ``on_cancel``, and platform
-    pauses, handed to ``on_platform_pause``.
+    server-side BLOCK timeout can fire up to 100 ms late), re-planned on ``wake()``: the
+    worker's control listener calls it when a producer schedules a job ahead of all others.
     """
 
     def __init__(
@@ -161,126 +157,65 @@ class Promoter:
         stream: str,
         *,
         retention_ms: int,
-        on_cancel: Callable[[str], None] = lambda job_id: None,
-        on_platform_pause: Callable[[int], None] = lambda until_ms: None,
-        clock: Callable[[], float] = time.time,
+        clock: channel.ServerClock | None = None,
     ) -> None:
         self.redis = redis
         self.stream = stream
         self.retention_ms = retention_ms
-        self.on_cancel = on_cancel
-        self.on_platform_pause = on_platform_pause
-        self.clock = clock
-        self.offset_ms = 0
-        """Server clock minus this process's clock, as of the last promotion."""
-        self._synced = False
+        self.clock = clock or channel.ServerClock()
         self.promoted = 0
         self.expired = 0
         self._wake = anyio.Event()
-        self._last_id: bytes | None = None
         self._delayed = keys.delayed(stream)
-        self._fixed_keys = [self._delayed, *keys.lanes(stream), keys.dedup(stream)]
-        self._fixed_keys += [keys.counts(stream), keys.events(stream), keys.meta(stream)]
-        self._script_prefix = keys.script_prefix(stream)
 
     def wake(self) -> None:
         """Re-plan now (e.g. a recurring job finished and its next occurrence can be added)."""
         self._wake.set()
 
-    def server_now_ms(self) -> int:
-        return round(self.clock() * 1000) + self.offset_ms
-
-    async def prepare(self) -> None:
-        """Note where the control stream stands, before the worker takes any job: a
-        cancellation sent from then on reaches this worker."""
-        self._last_id = await self._last_control_id(self.redis)
-
     async def run(self) -> None:
-        listener = connection.own_connection(self.redis)
-        try:
-            if self._last_id is None:
-                await self.prepare()
-            last_id = self._last_id or b"0-0"
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._listen, listener, last_id)
-                failures = 0
-                while True:
-                    try:
-                        if failures or not self._synced:
-                            await self._sync_clock()
-                        next_due = await self.promote_due()
-                        await reconcile_recurring(self.redis, self.stream, self.server_now_ms())
-                    except (*TRANSIENT_ERRORS, ConnectionFailed, ServerFull) as exc:
-                        # (The last two: a recurring occurrence the producer could not add.)
-                        # Nothing is lost meanwhile: due jobs wait in the delayed set, and
-                        # another worker's promoter (or this one, later) moves them.
-                        failures += 1
-                        delay = retry_delay(failures)
-                        log.warning("promotion failed (%s); retrying in %.2fs", exc, delay)
-                        await anyio.sleep(delay)
-                        continue
-                    failures = 0
-                    wait = MAX_SLEEP_SECONDS
-                    if next_due is not None:
-                        wait = min(wait, max(0.0, (next_due - self.server_now_ms()) / 1000))
-                    with anyio.move_on_after(wait):
-                        await self._wake.wait()
-                    self._wake = anyio.Event()
-        finally:
-            if listener is not self.redis:
-                with anyio.CancelScope(shield=True):
-                    await listener.aclose()
+        failures = 0
+        while True:
+            try:
+                if failures or not self.clock.synced:
+                    await self.clock.sync(self.redis)
+                next_due = await self.promote_due()
+                await reconcile_recurring(self.redis, self.stream, self.clock.now_ms())
+            except (*TRANSIENT_ERRORS, ConnectionFailed, ServerFull) as exc:
+                # (The last two: a recurring occurrence the producer could not add.)
+                # Nothing is lost meanwhile: due jobs wait in the delayed set, and
+                # another worker's promoter (or this one, later) moves them.
+                failures += 1
+                delay = retry_delay(failures)
+                log.warning("promotion failed (%s); retrying in %.2fs", exc, delay)
+                await anyio.sleep(delay)
+                continue
+            failures = 0
+            wait = MAX_SLEEP_SECONDS
+            if next_due is not None:
+                wait = min(wait, max(0.0, (next_due - self.clock.now_ms()) / 1000))
+            with anyio.move_on_after(wait):
+                await self._wake.wait()
+            self._wake = anyio.Event()
 
     async def promote_due(self) -> int | None:
         """Promote everything due now; returns when the next waiting job is due (server ms)."""
         while True:
-            horizon = self.server_now_ms() + 1000  # the script decides by TIME; this only picks
+            horizon = self.clock.now_ms() + 1000  # the script decides by TIME; this only picks
             candidates: Any = await self.redis.zrangebyscore(
                 self._delayed, "-inf", horizon, start=0, num=PROMOTE_BATCH
             )
             ids = [c.decode() for c in candidates]
-            record_keys = [keys.job(self.stream, job_id) for job_id in ids]
-            promoted, expired, server_now, head = await scripts.promote_due(
-                self.redis,
-                [*self._fixed_keys, *record_keys],
-                [self.retention_ms, self._script_prefix, *ids],
+            done = await scripts.promote_due(
+                self.redis, self.stream, ids, retention_ms=self.retention_ms
             )
-            self.offset_ms = int(server_now) - round(self.clock() * 1000)
-            self.promoted += int(promoted)
-            self.expired += int(expired)
-            head = int(head)
-            if head < 0:
+            self.clock.saw(done.now_ms)
+            self.promoted += done.promoted
+            self.expired += done.expired
+            head = done.next_due_ms
+            if head is None:
                 return None
-            if head > int(server_now) or not ids:
+            if head > done.now_ms or not ids:
                 return head
-
-    async def _sync_clock(self) -> None:
-        seconds, micros = await self.redis.time()
-        self.offset_ms = int(seconds) * 1000 + int(micros) // 1000 - round(self.clock() * 1000)
-        self._synced = True
-
-    async def _last_control_id(self, listener: Redis) -> bytes:
-        newest: Any = await listener.xrevrange(keys.control(self.stream), count=1)
-        return newest[0][0] if newest else b"0-0"
-
-    async def _listen(self, listener: Redis, last_id: bytes) -> None:
-        control = keys.control(self.stream)
-        while True:
-            try:
-                reply: Any = await listener.xread({control: last_id}, count=100, block=5000)
-            except TRANSIENT_ERRORS as exc:
-                log.warning("control stream read failed, retrying: %s", exc)
-                await anyio.sleep(1)
-                continue
-            for _, messages in reply or []:
-                for message_id, fields in messages:
-                    last_id = message_id
-                    if b"c" in fields:
-                        self.on_cancel(fields[b"c"].decode())
-                    if b"p" in fields:
-                        self.on_platform_pause(int(fields[b"p"]))
-                    if b"w" in fields:
-                        self._wake.set()
 
 
 # -- recurring jobs -----------------------------------------------------------------------------
@@ -305,15 +240,10 @@ def recurring_key(name: str) -> str:
     return f"cron:{name}"
 
 
-async def _server_ms(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
 async def add_recurring(redis: Redis, schedule: Recurring) -> None:
     check_cron(schedule.cron)
     zone(schedule.tz)
-    now = await _server_ms(redis)
+    now = await channel.server_ms(redis)
     stored = msgspec.structs.replace(schedule, created_ms=now, last_ms=0)
     await redis.hset(keys.cron(schedule.stream), schedule.name, msgspec.json.encode(stored))
     await redis.sadd(keys.STREAM_REGISTRY, schedule.stream)

@@ -30,6 +30,9 @@ simulator never deduplicates by key itself: a post sent twice is recorded twice.
     GET  /_sim/posts[?platform=P]   every post received     GET  /_sim/summary   counts
     POST /_sim/faults               add a Fault (JSON)      DELETE /_sim/faults  clear them
     POST /_sim/tokens/expire        {"token": ...}          POST /_sim/reset     forget all
+
+Token endpoints for every platform's refresh (and a sign-in to start from) are in
+streamq.simoauth: ``sim.oauth``.
     GET  /_sim/media/{name}         bytes for video_url / image_url (?bytes=N)
 """
 
@@ -61,6 +64,7 @@ from starlette.routing import Route
 
 from streamq.config import parse_duration
 from streamq.errors import ConfigError
+from streamq.simoauth import OAuthSim
 
 log = logging.getLogger("streamq.simulator")
 
@@ -130,7 +134,13 @@ class SimOptions(msgspec.Struct, kw_only=True):
     rate_limit: tuple[int, float] | None = None
     """At most this many posts per token in any window of that many seconds; beyond, 429."""
     token_ttl: float | None = None
-    """A token expires this long after the simulator first sees it."""
+    """A token expires this long after the simulator first sees it (tokens it did not issue)."""
+    access_ttl: float | None = None
+    """Life of the access tokens its token endpoints issue (None: each platform's real one)."""
+    access_ttls: dict[str, float] = msgspec.field(default_factory=dict)
+    """Per platform, before ``access_ttl``."""
+    ig_min_age: float = 86400.0
+    """Instagram refreshes a long-lived token only once it is this old."""
     processing: float = 0.2
     """Seconds a container, a TikTok pull or an upload takes to process."""
     refuse_duplicates: bool = True
@@ -217,6 +227,7 @@ class Simulator:
         self._lock = threading.Lock()
         self._closing = asyncio.Event()
         self._url: str | None = None
+        self.oauth = OAuthSim(self)
         self.app = Starlette(routes=self._routes())
 
     @property
@@ -248,6 +259,7 @@ class Simulator:
             self._expired.clear()
             self._first_seen.clear()
             self._windows.clear()
+            self.oauth.reset()
 
     def posts_for(self, key: str) -> list[SimPost]:
         return [post for post in list(self.posts) if post.key == key]
@@ -281,6 +293,7 @@ class Simulator:
             "token_errors": counts.token_errors,
             "lookups": counts.lookups,
             "found_by_lookup": counts.found,
+            **self.oauth.summary(),
         }
 
     @contextlib.asynccontextmanager
@@ -352,6 +365,7 @@ class Simulator:
             route("/tiktok/{version}/post/publish/video/init/", self._tiktok_init, "POST"),
             route("/tiktok/{version}/post/publish/status/fetch/", self._tiktok_status, "POST"),
             route("/youtube/upload/youtube/{version}/videos", self._youtube_upload, "POST", "PUT"),
+            *(route(path, endpoint, *methods) for path, endpoint, methods in self.oauth.routes()),
         ]
 
     async def _open(self, request: Request, platform: str, step: Step) -> _Ctx:
@@ -381,9 +395,14 @@ class Simulator:
             self.counts.token_errors += 1
             raise _Answer(self._error(platform, "token_expired", "no access token"))
         now = time.monotonic()
-        first = self._first_seen.setdefault(token, now)
-        ttl = self.options.token_ttl
-        if token in self._expired or (ttl is not None and now - first > ttl):
+        issued = self.oauth.check(token)
+        if issued is not None:
+            expired = issued[1]
+        else:
+            first = self._first_seen.setdefault(token, now)
+            ttl = self.options.token_ttl
+            expired = ttl is not None and now - first > ttl
+        if token in self._expired or expired:
             self.counts.token_errors += 1
             raise _Answer(self._error(platform, "token_expired", "token expired"))
         key = request.headers.get("idempotency-key")
@@ -461,7 +480,8 @@ class Simulator:
         return str(next(self._ids)).rjust(width, "0")
 
     def _user_of(self, token: str) -> str:
-        return f"user-{_token_id(token)}"
+        issued = self.oauth.check(token)
+        return issued[0] if issued is not None else f"user-{_token_id(token)}"
 
     def _duplicate(self, platform: str, user: str, text: str) -> SimPost | None:
         if not self.options.refuse_duplicates or not text:
@@ -955,14 +975,10 @@ class ThreadedSimulator:
 
 async def run_command(port: int, options: SimOptions, ready: Callable[[str], None]) -> None:
     """``streamq simulate``: serve until SIGINT or SIGTERM."""
-    import signal
-
-    import anyio
+    from streamq import signals
 
     simulator = Simulator(options)
     async with simulator.serve(port) as url:
         ready(url)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                break
+        await signals.on_stop_signals(lambda name: True)
     log.info("simulator stopped: %s", simulator.summary())

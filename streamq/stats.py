@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 from redis.asyncio import Redis
 
-from streamq import codec, keys
+from streamq import channel, codec, keys
 
 ALIVE_SECONDS: Final = 15.0
 """A consumer that touched its group this recently counts as alive: workers touch it at least
@@ -110,8 +110,7 @@ def _partition_order(name: str) -> int:
 async def snapshot(redis: Redis, streams: list[str] | None = None) -> Snapshot:
     """Figures of each stream; a partitioned one's summed over its partitions."""
     parts = await stream_parts(redis, streams)
-    seconds, micros = await redis.time()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    now_ms = await channel.server_ms(redis)
     figures = []
     for name, names in parts.items():
         each = [await stream_stats(redis, part, now_ms) for part in names]
@@ -185,7 +184,7 @@ async def outcomes(redis: Redis, streams: list[str] | None = None) -> Outcomes:
     parts = await stream_parts(redis, streams)
     names = [name for group in parts.values() for name in group]
     # TIME apart: a cluster pipeline refuses a command that names no key.
-    seconds, micros = await redis.time()
+    now_ms = await channel.server_ms(redis)
     async with redis.pipeline(transaction=False) as pipe:
         for stream in names:
             pipe.hmget(keys.counts(stream), list(_OUTCOMES))
@@ -195,7 +194,7 @@ async def outcomes(redis: Redis, streams: list[str] | None = None) -> Outcomes:
         for stream, reply in zip(names, replies, strict=True)
     }
     return Outcomes(
-        server_time_ms=int(seconds) * 1000 + int(micros) // 1000,
+        server_time_ms=now_ms,
         streams=[
             StreamOutcomes(
                 name, *(sum(column) for column in zip(*(counted[p] for p in group), strict=True))

@@ -10,7 +10,6 @@ and cron jobs get plain text.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from streamq import health, keys, stats
+from streamq import health, keys, signals, stats
 
 FIRST_RATE_WINDOW_SECONDS: Final = 10.0
 
@@ -142,16 +141,14 @@ async def run(
     if once or not console.is_terminal:
         console.print(render(*await sampler.rows(), console.width))
         return
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with anyio.create_task_group() as tasks:
+    async with anyio.create_task_group() as tasks:
 
-            async def stop_on_signal() -> None:
-                async for _ in signals:
-                    tasks.cancel_scope.cancel()
-                    return
+        def handle(name: str) -> bool:
+            tasks.cancel_scope.cancel()
+            return True
 
-            tasks.start_soon(stop_on_signal)
-            with Live(console=console, auto_refresh=False, transient=False) as live:
-                while True:
-                    live.update(render(*await sampler.rows(), console.width), refresh=True)
-                    await anyio.sleep(interval)
+        tasks.start_soon(signals.on_stop_signals, handle)
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            while True:
+                live.update(render(*await sampler.rows(), console.width), refresh=True)
+                await anyio.sleep(interval)

@@ -5,9 +5,15 @@
        └──────────── room to fetch more ◄─────────────┘
     reclaimer   takes over entries idle past the visibility timeout (crashed consumers)
     refresher   keeps the claims of jobs this worker holds fresh, so nobody takes them over
-    promoter    moves due scheduled jobs and retries onto the lanes; hears cancellations
+    promoter    moves due scheduled jobs and retries onto the lanes (streamq.scheduler)
+    listener    hears cancellations, platform pauses and wake-ups (streamq.channel)
     watchdog    cancels handlers that run past their job timeout; stamps the heartbeat
     heartbeat   a thread, not a task: keeps the claims fresh while a handler blocks the loop
+
+What is decided lives elsewhere, and this module only acts on it: what a run's result or
+exception means (streamq.outcomes), whether a job read may start (streamq.admission), the
+server's clock (streamq.channel), how each script is called (streamq.scripts), what a stop
+signal means (streamq.signals), the hooks (streamq.handler).
 
 Nothing is done per job against Redis: entries arrive in batches (the highest lane read
 first), and completions are acknowledged in batches, each ack call carrying every
@@ -21,12 +27,9 @@ the visibility timeout.
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import logging
 import math
 import os
-import signal
 import socket
 import time
 from collections import deque
@@ -36,15 +39,27 @@ from typing import Any, Final, TypeVar
 
 import anyio
 import msgspec
-import orjson
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from streamq import codec, connection, health, keys, limiter, logs, metrics, scheduler, scripts
+from streamq import (
+    admission,
+    channel,
+    codec,
+    connection,
+    health,
+    keys,
+    limiter,
+    logs,
+    metrics,
+    outcomes,
+    scheduler,
+    scripts,
+    signals,
+)
 from streamq.config import StreamConfig
 from streamq.connection import TRANSIENT_ERRORS, retry_delay
-from streamq.errors import Fail, RateLimited, Retry
-from streamq.handler import Handler, Hooks
+from streamq.handler import Handler, Hooks, call_hooks
 from streamq.heartbeat import Heartbeat
 from streamq.job import Job
 
@@ -129,7 +144,7 @@ async def run_all(workers: list[Worker], *, handle_signals: bool = False) -> lis
 
     async with anyio.create_task_group() as tasks:
         if handle_signals:
-            tasks.start_soon(_stop_on_signals, workers, tasks.cancel_scope)
+            tasks.start_soon(stop_on_signals, workers, tasks.cancel_scope)
         async with anyio.create_task_group() as running:
             for worker in workers:
                 running.start_soon(run, worker)
@@ -137,16 +152,21 @@ async def run_all(workers: list[Worker], *, handle_signals: bool = False) -> lis
     return counts
 
 
-async def _stop_on_signals(workers: list[Worker], scope: anyio.CancelScope) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            if any(worker.stopping for worker in workers):
-                log.warning("second %s: stopping now", signal.Signals(signum).name)
-                scope.cancel()
-                return
-            log.info("%s: finishing running jobs, then stopping", signal.Signals(signum).name)
-            for worker in workers:
-                worker.stop()
+async def stop_on_signals(workers: list[Worker], scope: anyio.CancelScope) -> None:
+    """SIGTERM or SIGINT stops ``workers`` (running jobs finish); the next one cancels
+    ``scope`` at once."""
+
+    def handle(name: str) -> bool:
+        if any(worker.stopping for worker in workers):
+            log.warning("second %s: stopping now", name)
+            scope.cancel()
+            return True
+        log.info("%s: finishing running jobs, then stopping", name)
+        for worker in workers:
+            worker.stop()
+        return False
+
+    await signals.on_stop_signals(handle)
 
 
 def consumer_name() -> str:
@@ -174,28 +194,18 @@ class Worker:
         self.counts = WorkerCounts()
         self.metrics = metrics.WorkerMetrics(self.stream)
         self._lanes = keys.lanes(stream)
-        self._dedup = keys.dedup(stream)
-        self._dead = keys.dead(stream)
         self._prefetch = self.options.concurrency
         if self.options.prefetch is not None:
             self._prefetch = self.options.prefetch
         self._starved_reads = 0
         self._adaptive = self.options.prefetch is None
-        self._limits = limiter.limits_for(
+        limits = limiter.limits_for(
             self.stream, self.options.limits, partitions=self.options.partitions
         )
-        self._packed_limits = self._limits.packed()
-        if self._limits.any:
+        if limits.any:
             # A rate-limited start is recorded when the job is read: read only what can start
             # at once, so the recorded time is the real one.
             self._prefetch, self._adaptive = 0, False
-        self._platform_paused_until_ms = 0
-        # Accounts a handler just paused (Fail(pause_account=True)) -> why: their jobs already
-        # read are parked too, until the pause is recorded and admission takes over.
-        self._pausing: dict[str, str] = {}
-        self._pauses_recorded: set[str] = set()
-        self._admitting = 0  # admission calls in flight
-        self._unstarted: list[Job] = []  # admitted, then not run: their starts go back
         # Entries this worker has claimed and not yet finished, per lane (ids are unique only
         # within one lane).
         self._held: list[set[bytes]] = [set() for _ in keys.LANES]
@@ -228,33 +238,11 @@ class Worker:
         self._reader_id: int | None = None
         self._cursors: list[str] = ["0-0"] * len(keys.LANES)
         self._slots = [_Slot() for _ in range(self.options.concurrency)]
-        self._finished: list[tuple[Job, tuple[Any, ...]]] = []
-        self._acking: list[list[tuple[Job, tuple[Any, ...]]]] = []  # batches on the wire
-        self._fixed_finish_keys = [
-            *self._lanes,
-            self._dedup,
-            keys.delayed(stream),
-            self._dead,
-            keys.counts(stream),
-            keys.control(stream),
-            keys.events(stream),
-            keys.meta(stream),
-        ]
+        self._finished: list[tuple[Job, codec.Outcome]] = []
+        self._acking: list[list[tuple[Job, codec.Outcome]]] = []  # batches on the wire
         self._retention_ms = round(self.options.retention * 1000)
         self._record_prefix = keys.job(self.stream, "")
         self._id_prefix = f"{self.stream}:"
-        self._script_prefix = keys.script_prefix(self.stream)
-        self._admit_keys = [
-            *self._lanes,
-            keys.delayed(stream),
-            keys.counts(stream),
-            keys.control(stream),
-            keys.paused(stream),
-            keys.rate_log(stream),
-            keys.plan(stream),
-            keys.events(stream),
-            keys.meta(stream),
-        ]
         self.heartbeat = Heartbeat(
             redis,
             self.stream,
@@ -264,13 +252,17 @@ class Worker:
             visibility_timeout=self.options.visibility_timeout,
             give_up_after=self.options.job_timeout,
         )
+        self.clock = channel.ServerClock(clock)
+        self.gate = admission.Gate(redis, self.stream, self.consumer, limits, self.clock)
         self.promoter = scheduler.Promoter(
+            redis, self.stream, retention_ms=self._retention_ms, clock=self.clock
+        )
+        self.control = channel.ControlListener(
             redis,
             self.stream,
-            retention_ms=self._retention_ms,
             on_cancel=self.cancel_local,
-            on_platform_pause=self._hold_platform,
-            clock=clock,
+            on_platform_pause=self.gate.hold_platform,
+            on_wake=self.promoter.wake,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -286,12 +278,12 @@ class Worker:
     async def run(self, *, handle_signals: bool = False) -> WorkerCounts:
         await self.ensure_groups()
         await self.publish_settings()
-        await self.promoter.prepare()
+        await self.control.prepare()
         # A platform pause from before this worker started (later ones come by the control
         # stream, which it now follows).
         paused_until: Any = await self.redis.hget(keys.paused(self.stream), "platform")
         if paused_until is not None:
-            self._hold_platform(int(paused_until))
+            self.gate.hold_platform(int(paused_until))
         log.info(
             "worker %s consuming %s (concurrency %d)",
             self.consumer,
@@ -303,11 +295,12 @@ class Worker:
         try:
             async with anyio.create_task_group() as background:
                 if handle_signals:
-                    background.start_soon(self._watch_signals, background.cancel_scope)
+                    background.start_soon(stop_on_signals, [self], background.cancel_scope)
                 background.start_soon(self._unblock_on_stop)
                 background.start_soon(self._ack_loop)
                 background.start_soon(self._refresh_loop)
                 background.start_soon(self._reclaim_loop)
+                background.start_soon(self.control.run)
                 background.start_soon(self.promoter.run)
                 background.start_soon(self._watchdog)
                 background.start_soon(
@@ -316,7 +309,7 @@ class Worker:
                     self.stream,
                     self.consumer,
                     self.metrics,
-                    self.promoter.server_now_ms,
+                    self.clock.now_ms,
                 )
                 await self._run_consumers()
                 await self._finish_acks()
@@ -379,16 +372,6 @@ class Worker:
         if grace_scope.cancelled_caught:
             log.warning("grace period over: jobs still running were left pending")
 
-    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                if self._stopping:
-                    log.warning("second %s: stopping now", signal.Signals(signum).name)
-                    scope.cancel()
-                    return
-                log.info("%s: finishing running jobs, then stopping", signal.Signals(signum).name)
-                self.stop()
-
     @property
     def _reader(self) -> Redis:
         """Made on first use: a cluster client knows which node holds the lanes only after
@@ -422,8 +405,9 @@ class Worker:
     async def _fetch_loop(self) -> None:
         failures = 0
         while not self._stopping:
-            if self._platform_paused_until_ms > self.promoter.server_now_ms():
-                await self._wait_out_platform_pause()
+            held_ms = self.gate.platform_wait_ms()
+            if held_ms:
+                await self._wait_out_platform_pause(held_ms)
                 continue
             held = self.claimed
             capacity = self.options.concurrency + self._prefetch
@@ -450,13 +434,10 @@ class Worker:
                 )
                 await self._retrying("recreate groups", self.ensure_groups)
 
-    def _hold_platform(self, until_ms: int) -> None:
+    async def _wait_out_platform_pause(self, wait_ms: int) -> None:
         """The platform asked every worker to hold off (a handler raised RateLimited with
         scope="platform"): read nothing until then."""
-        self._platform_paused_until_ms = max(self._platform_paused_until_ms, until_ms)
-
-    async def _wait_out_platform_pause(self) -> None:
-        wait = (self._platform_paused_until_ms - self.promoter.server_now_ms()) / 1000
+        wait = wait_ms / 1000
         log.info("platform of %s paused: reading nothing for %.1fs", self.stream, wait)
         with anyio.move_on_after(max(0.0, wait)):
             await self._stop_event.wait()
@@ -626,18 +607,17 @@ class Worker:
             for job, flagged in zip(jobs, flags, strict=True):
                 job.cancelled = bool(flagged)
         if jobs:
-            self._admitting += 1
-            self._admitting_lane[lane] += 1
-            self._news()
-            try:
-                jobs = await self._admit(lane, jobs, reclaimed=deliveries is not None)
-            finally:
-                self._admitting -= 1
-                self._admitting_lane[lane] -= 1
+            with self.gate.admitting():
+                self._admitting_lane[lane] += 1
                 self._news()
-                admitted, self._admitted = self._admitted, anyio.Event()
-                admitted.set()
-            if self._pausing:
+                try:
+                    jobs = await self._admit(lane, jobs, reclaimed=deliveries is not None)
+                finally:
+                    self._admitting_lane[lane] -= 1
+                    self._news()
+                    admitted, self._admitted = self._admitted, anyio.Event()
+                    admitted.set()
+            if self.gate.pausing_accounts:
                 jobs = self._park_pausing(jobs)
         if jobs:
             self._ready[lane].extend(jobs)
@@ -654,69 +634,33 @@ class Worker:
     async def _admit(self, lane: int, jobs: list[Job], *, reclaimed: bool) -> list[Job]:
         """Pass the jobs that rate limits or pauses concern through the admission script;
         returns those that may start now (the others left this worker's hands)."""
-        if self._limits.platform:
-            gated, free = jobs, []
-        else:
-            gated = [job for job in jobs if job.envelope.account is not None]
-            if not gated:
-                return jobs
-            free = [job for job in jobs if job.envelope.account is None]
+        gated, free = self.gate.gated(jobs)
+        if not gated:
+            return free
         # A job too late to run must not take a slot: it ends as expired without admission.
         if self.options.expire_after is not None or any(
             job.envelope.expire_after_ms is not None for job in gated
         ):
             late = [job for job in gated if self._expired(job.envelope)]
             for job in late:
-                env = job.envelope
-                self._finish(job, ("e", env.id, env.key or "", env.attempt, 0, _text_of(env)))
+                self._finish(job, outcomes.expired(job))
                 self._let_go(job)
             gated = [job for job in gated if not self._expired(job.envelope)]
-        rows: list[list[str | int]] = []
-        for job in gated:
-            env = job.envelope
-            row: list[str | int] = [
-                lane + 1,
-                job._entry.decode(),
-                env.id,
-                env.account or "",
-                env.enqueued_at_ms,
-            ]
-            if reclaimed:  # its attempt counts the crashed runs: keep that if it is deferred
-                row.append(_text_of(env))
-            rows.append(row)
-        packed = _msgpack(rows)
-        args: list[scripts.EncodableArg] = [
-            keys.GROUP,
-            self.consumer,
-            self._script_prefix,
-            self._packed_limits,
-            packed,
-        ]
-        reply = await self._retrying(
-            "admit", lambda: scripts.admit_jobs(self.redis, self._admit_keys, args)
+        started = await self._retrying(
+            "admit", lambda: self.gate.admit(lane, gated, reclaimed=reclaimed)
         )
-        assert reply is not None  # unbounded retries
-        codes, platform_hold, now = reply
-        self._hold_platform(int(platform_hold))
-        admitted = free
-        limited = self.counts.limited
-        for job, code in zip(gated, codes, strict=True):
-            if code:
-                job.cancelled = job.cancelled or code == 2
-                if code == 1 and self._limits.any:
-                    job._admitted_ms = int(now)
-                admitted.append(job)
-            else:
+        assert started is not None  # unbounded retries
+        kept = {id(job) for job in started}
+        for job in gated:
+            if id(job) not in kept:  # deferred or parked: no longer this worker's
                 self._held[lane].discard(job._entry)
-                self.counts.limited += 1
-        self.metrics.limited(self.counts.limited - limited)
-        return admitted
+        self.counts.limited += len(gated) - len(started)
+        self.metrics.limited(len(gated) - len(started))
+        return free + started
 
     async def _dead_letter(
         self, lane: int, rejects: list[tuple[bytes, str, codec.Envelope | None]]
     ) -> None:
-        args: list[scripts.EncodableArg] = [keys.GROUP, self._retention_ms]
-        record_keys: list[str] = []
         for entry_id, reason, env in rejects:
             log.warning(
                 "dead-lettering %s entry %s: %s",
@@ -727,26 +671,12 @@ class Worker:
                 if env is None
                 else logs.job(env.id, self.stream, env.attempt),
             )
-            if env is not None:
-                record_keys.append(keys.job(self.stream, env.id))
-            args += (
-                entry_id,
-                reason,
-                (env and env.key) or "",
-                env.id if env else "",
-                len(record_keys) if env is not None else 0,
-            )
-        script_keys = [
-            self._lanes[lane],
-            self._dead,
-            self._dedup,
-            keys.counts(self.stream),
-            keys.events(self.stream),
-            keys.meta(self.stream),
-        ]
+        filed = [scripts.Reject(entry_id, reason, env) for entry_id, reason, env in rejects]
         await self._retrying(
             "dead-letter",
-            lambda: scripts.dead_letter(self.redis, [*script_keys, *record_keys], args),
+            lambda: scripts.dead_letter(
+                self.redis, self.stream, keys.LANES[lane], filed, retention_ms=self._retention_ms
+            ),
         )
         for entry_id, _, _ in rejects:
             self._held[lane].discard(entry_id)
@@ -778,23 +708,21 @@ class Worker:
         """Hand back jobs fetched but never started, so a stop does not delay them."""
         for lane, lane_jobs in enumerate(self._ready):
             ids = [job._entry for job in lane_jobs]
-            records = [self._record_prefix + job.id for job in lane_jobs]
+            pairs = [(job._entry, job.id) for job in lane_jobs]
             for job in lane_jobs:
-                self._not_started(job)
+                self.gate.not_started(job)
             lane_jobs.clear()
             self._held[lane].difference_update(ids)
             if ids:
                 released = await self._retrying(
                     "release",
-                    lambda lane=lane, ids=ids, records=records: scripts.release_jobs(  # type: ignore[misc]
-                        self.redis,
-                        [self._lanes[lane], *records],
-                        [keys.GROUP, self.consumer, *ids],
+                    lambda lane=lane, pairs=pairs: scripts.release_jobs(  # type: ignore[misc]
+                        self.redis, self.stream, keys.LANES[lane], self.consumer, pairs
                     ),
                     attempts=3,
                 )
                 self.counts.released += int(released or 0)
-        await self._give_back_starts()
+        await self.gate.give_back_starts()
 
     def _news(self) -> None:
         """Recompute _fresh_until after the news of a lane changed."""
@@ -871,13 +799,14 @@ class Worker:
             # Only the watchdog cancels this scope: the slot's job ran past its timeout.
             job, slot.job = slot.job, None
             if job is not None:
-                timeout = self._timeout_of(job)
+                timeout = outcomes.timeout_of(job.envelope, self.options)
                 self.metrics.durations.append(timeout)
                 error = JobTimeout(f"timed out after {timeout:g}s")
                 self._finish(job, self._failure(job, error, slot.started))
 
     async def _consume_jobs(self, slot: _Slot) -> None:
         ready = self._ready
+        gate = self.gate
         handler = self.handler
         default_timeout = self.options.job_timeout
         stream_expires = self.options.expire_after is not None
@@ -903,25 +832,24 @@ class Worker:
                 continue
             job = lane_jobs.popleft()
             env = job.envelope
-            if self._platform_paused_until_ms:
-                wait_ms = self._platform_paused_until_ms - self.promoter.server_now_ms()
-                if wait_ms > 0:  # read before the platform asked to hold off: not now
-                    self._finish(job, self._held_back(env, wait_ms))
-                    self._not_started(job)
+            if gate.platform_paused_until_ms:
+                wait_ms = gate.platform_wait_ms()
+                if wait_ms:  # read before the platform asked to hold off: not now
+                    self._finish(job, outcomes.held_back(job, self.clock.now_ms(), wait_ms))
+                    gate.not_started(job)
                     self._let_go(job)
                     continue
-                self._platform_paused_until_ms = 0
-            if self._pausing and env.account in self._pausing:
-                self._finish(job, self._parked(env, 0, self._pausing[env.account]))
-                self._not_started(job)
+            if gate.pausing_accounts and env.account in gate.pausing_accounts:
+                self._finish(job, outcomes.parked(job, gate.pausing_accounts[env.account]))
+                self.gate.not_started(job)
                 self._let_go(job)
                 continue
             if job.cancelled:
-                self._finish(job, ("c", env.id, env.key or "", env.attempt, 0, _text_of(env)))
+                self._finish(job, outcomes.cancelled(job))
                 self._let_go(job)
                 continue
             if (stream_expires or env.expire_after_ms is not None) and self._expired(env):
-                self._finish(job, ("e", env.id, env.key or "", env.attempt, 0, _text_of(env)))
+                self._finish(job, outcomes.expired(job))
                 self._let_go(job)
                 continue
             timeout = default_timeout if env.job_timeout_ms is None else env.job_timeout_ms / 1000
@@ -929,7 +857,7 @@ class Worker:
             began = monotonic()
             if timeout is not None:
                 slot.deadline = began + timeout
-            started = slot.started = self.promoter.server_now_ms()
+            started = slot.started = self.clock.now_ms()
             try:
                 result = await handler(job)
             except Exception as exc:
@@ -941,9 +869,7 @@ class Worker:
                 slot.job = None
                 # Inlined _finish: this is the path every successful job takes. (The ack loop
                 # swaps the list out, so it must be looked up each time.)
-                self._finished.append(
-                    (job, ("d", env.id, env.key or "", env.attempt, started, _result(result)))
-                )
+                self._finished.append((job, outcomes.done(job, started, result)))
                 if self._ack_event is not None:
                     self._ack_event.set()
             finally:
@@ -960,162 +886,51 @@ class Worker:
             self._room_event.set()
 
     def _expired(self, env: codec.Envelope) -> bool:
-        expire_ms = env.expire_after_ms
-        if expire_ms is None:
-            if self.options.expire_after is None:
-                return False
-            expire_ms = round(self.options.expire_after * 1000)
-        due = env.run_at_ms if env.run_at_ms is not None else env.enqueued_at_ms
-        return self.promoter.server_now_ms() > due + expire_ms
+        return outcomes.is_expired(env, self.options, self.clock.now_ms())
 
-    def _timeout_of(self, job: Job) -> float:
-        if job.envelope.job_timeout_ms is not None:
-            return job.envelope.job_timeout_ms / 1000
-        return self.options.job_timeout or math.inf
-
-    def _failure(self, job: Job, exc: BaseException, started: int = 0) -> tuple[Any, ...]:
-        """The outcome of a run that raised: retry, defer, or dead-letter."""
-        env = job.envelope
-        key = env.key or ""
-        if isinstance(exc, RateLimited):
-            delay_ms = round(exc.retry_after * 1000)
-            later = msgspec.structs.replace(env, run_at_ms=self.promoter.server_now_ms() + delay_ms)
-            held = ""
-            if exc.scope == "platform":
-                held = keys.pause_field(None)
-                self._hold_platform(self.promoter.server_now_ms() + delay_ms)
-            elif env.account is not None:
-                held = keys.pause_field(env.account)
-            return (
-                "l",
-                env.id,
-                key,
-                env.attempt,
-                started,
-                _text_of(later),
-                delay_ms,
-                exc.reason,
-                held,
-            )
+    def _failure(self, job: Job, exc: BaseException, started: int = 0) -> codec.Outcome:
+        """The outcome of a run that raised (see streamq.outcomes), and what it asks of this
+        worker: hold the platform, or park the account's jobs already read."""
+        now = self.clock.now_ms()
+        outcome = outcomes.failure(job, exc, self.options, started_ms=started, now_ms=now)
+        if isinstance(outcome, codec.Deferred):
+            if outcome.hold == keys.pause_field(None):
+                self.gate.hold_platform(now + outcome.delay_ms)
+            return outcome
         self.counts.failed += 1
-        error = _describe(exc)
-        if job.cancelled:  # cancelled while it ran: it ends here, as cancelled
-            return ("c", env.id, key, env.attempt, started, _text_of(env))
-        if isinstance(exc, Fail) and exc.pause_account and env.account is not None:
-            log.warning(
-                "job %s: pausing account %s: %s",
-                env.id,
-                env.account,
-                exc.reason,
-                extra=logs.job(env.id, self.stream, env.attempt),
-            )
-            self._pausing[env.account] = exc.reason
-            return self._parked(env, started, exc.reason)
-        allowed = env.max_attempts or self.options.max_attempts
-        if isinstance(exc, Fail) or env.attempt >= allowed:
-            reason = (
-                exc.reason
-                if isinstance(exc, Fail)
-                else f"gave up after {env.attempt} attempts: {error}"
-            )
-            log.warning(
-                "job %s is dead: %s",
-                env.id,
-                reason,
-                extra=logs.job(env.id, self.stream, env.attempt),
-            )
-            return ("x", env.id, key, env.attempt, started, _text_of(env), reason)
-        if isinstance(exc, Retry) and exc.after is not None:
-            delay = exc.after
-        else:
-            delay = scheduler.backoff_seconds(env.backoff or self.options.backoff, env.attempt)
-        delay_ms = round(delay * 1000)
-        log.info(
-            "job %s attempt %d failed (%s); retrying in %.1fs",
-            env.id,
-            env.attempt,
-            error,
-            delay,
-            extra=logs.job(env.id, self.stream, env.attempt),
-        )
-        again = msgspec.structs.replace(
-            env, attempt=env.attempt + 1, run_at_ms=self.promoter.server_now_ms() + delay_ms
-        )
-        return ("r", env.id, key, env.attempt + 1, started, _text_of(again), delay_ms, error)
-
-    def _not_started(self, job: Job) -> None:
-        """An admitted job will not run here after all: give its logged start back."""
-        if job._admitted_ms:
-            self._unstarted.append(job)
-
-    async def _give_back_starts(self) -> None:
-        """Remove the logged starts of admitted jobs that did not run, so no capacity is lost."""
-        jobs, self._unstarted = self._unstarted, []
-        if not jobs:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                member = f"{job.id}@{job._admitted_ms}"
-                if self._limits.platform:
-                    pipe.zrem(keys.rate_log(self.stream), member)
-                if self._limits.account and job.envelope.account is not None:
-                    pipe.zrem(keys.rate_log(self.stream, job.envelope.account), member)
-            with contextlib.suppress(*TRANSIENT_ERRORS):
-                await pipe.execute()
-
-    def _held_back(self, env: codec.Envelope, wait_ms: int) -> tuple[Any, ...]:
-        """The outcome that defers a job, without running it, until a platform pause ends."""
-        later = msgspec.structs.replace(env, run_at_ms=self.promoter.server_now_ms() + wait_ms)
-        key = env.key or ""
-        return ("l", env.id, key, env.attempt, 0, _text_of(later), wait_ms, "platform paused", "")
+        if isinstance(outcome, codec.Parked):
+            self.gate.pause(outcome.account, outcome.reason)
+        return outcome
 
     def _park_pausing(self, jobs: list[Job]) -> list[Job]:
         """Park the just-admitted jobs of accounts a handler is pausing; returns the rest."""
         keep = []
         for job in jobs:
-            reason = self._pausing.get(job.envelope.account or "")
+            reason = self.gate.pausing_accounts.get(job.envelope.account or "")
             if reason is None:
                 keep.append(job)
             else:
-                self._finish(job, self._parked(job.envelope, 0, reason))
-                self._not_started(job)
+                self._finish(job, outcomes.parked(job, reason))
+                self.gate.not_started(job)
                 self._let_go(job)
         self._settle_pauses()
         return keep
 
     def _settle_pauses(self) -> None:
-        """Once a pause is recorded and no admission that began before it is still on its
-        way, admission parks the account's jobs: park those already read, and stop watching."""
-        if not self._pauses_recorded or self._admitting:
-            return
-        for account in self._pauses_recorded:
-            self._park_ready(account, self._pausing.pop(account))
-        self._pauses_recorded.clear()
+        """Park the jobs already read of accounts whose pause is now in force."""
+        for account, reason in self.gate.settle():
+            self._park_ready(account, reason)
 
     def _park_ready(self, account: str, reason: str) -> None:
         for lane_jobs in self._ready:
             mine = [job for job in lane_jobs if job.envelope.account == account]
             for job in mine:
                 lane_jobs.remove(job)
-                self._finish(job, self._parked(job.envelope, 0, reason))
-                self._not_started(job)
+                self._finish(job, outcomes.parked(job, reason))
+                self.gate.not_started(job)
                 self._let_go(job)
 
-    def _parked(self, env: codec.Envelope, started: int, reason: str) -> tuple[Any, ...]:
-        """The outcome that pauses the job's account and parks the job, attempt unchanged."""
-        return (
-            "p",
-            env.id,
-            env.key or "",
-            env.attempt,
-            started,
-            _text_of(env),
-            reason,
-            env.account,
-            env.enqueued_at_ms,
-        )
-
-    def _finish(self, job: Job, outcome: tuple[Any, ...]) -> None:
+    def _finish(self, job: Job, outcome: codec.Outcome) -> None:
         self._finished.append((job, outcome))
         if self._ack_event is not None:
             self._ack_event.set()
@@ -1167,7 +982,7 @@ class Worker:
         self._acks_done.set()
 
     async def _record_batch(
-        self, batch: list[tuple[Job, tuple[Any, ...]]], in_flight: anyio.Semaphore
+        self, batch: list[tuple[Job, codec.Outcome]], in_flight: anyio.Semaphore
     ) -> None:
         self._acking.append(batch)
         try:
@@ -1175,65 +990,29 @@ class Worker:
         finally:
             self._acking.remove(batch)
             in_flight.release()
-        if self._unstarted:
-            await self._give_back_starts()
+        await self.gate.give_back_starts()
         self._count(self.metrics.finished(batch))
         if self.hooks is not None:
-            await self._call_hooks(self.hooks, batch)
+            await call_hooks(self.hooks, batch)
         recurring = False
-        for job, outcome in batch:
-            recurring = recurring or job.envelope.cron is not None
-            if outcome[0] == "p" and outcome[7] in self._pausing:
-                self._pauses_recorded.add(outcome[7])
+        for job, _ in batch:
+            if job.envelope.cron is not None:
+                recurring = True
+                break
+        if self.gate.pausing_accounts:
+            self.gate.recorded([outcome for _, outcome in batch])
         self._settle_pauses()
         if recurring:
             self.promoter.wake()  # the next occurrence can be scheduled now
 
-    async def _call_hooks(self, hooks: Hooks, batch: list[tuple[Job, tuple[Any, ...]]]) -> None:
-        """The hooks of a recorded batch, one call at a time; none can change an outcome."""
-        for job, outcome in batch:
-            code = outcome[0]
-            calls: list[tuple[str, Callable[..., Any] | None, tuple[Any, ...]]] = []
-            if code == "d":
-                result = orjson.loads(outcome[5]) if outcome[5] else None
-                calls.append(("on_done", hooks.on_done, (job, result)))
-            elif code in ("r", "x"):
-                error = outcome[7] if code == "r" else outcome[6]
-                calls.append(("on_failed", hooks.on_failed, (job, error)))
-                if code == "x":
-                    calls.append(("on_dead", hooks.on_dead, (job, error)))
-            elif code == "c":
-                calls.append(("on_cancelled", hooks.on_cancelled, (job,)))
-            elif code == "e":
-                calls.append(("on_expired", hooks.on_expired, (job,)))
-            for name, hook, args in calls:
-                if hook is None:
-                    continue
-                try:
-                    with anyio.fail_after(hooks.timeout):
-                        if inspect.iscoroutinefunction(hook):
-                            await hook(*args)
-                        else:  # a plain function must not block the worker's event loop
-                            await anyio.to_thread.run_sync(
-                                functools.partial(hook, *args), abandon_on_cancel=True
-                            )
-                except Exception as exc:  # a hook's failure is logged, never the job's
-                    log.warning(
-                        "hook %s failed for job %s: %s",
-                        name,
-                        job.id,
-                        _describe(exc),
-                        extra={"job_id": job.id, "stream": self.stream, "attempt": job.attempt},
-                    )
-
     def _count(self, tally: dict[str, int]) -> None:
         counts = self.counts
-        counts.completed += tally.get("d", 0)
-        counts.dead_lettered += tally.get("x", 0)
-        counts.deferred += tally.get("l", 0)
-        counts.expired += tally.get("e", 0)
-        counts.cancelled += tally.get("c", 0)
-        counts.parked += tally.get("p", 0)
+        counts.completed += tally.get(codec.OUTCOME_NAMES[codec.Done], 0)
+        counts.dead_lettered += tally.get(codec.OUTCOME_NAMES[codec.Dead], 0)
+        counts.deferred += tally.get(codec.OUTCOME_NAMES[codec.Deferred], 0)
+        counts.expired += tally.get(codec.OUTCOME_NAMES[codec.Expired], 0)
+        counts.cancelled += tally.get(codec.OUTCOME_NAMES[codec.Cancelled], 0)
+        counts.parked += tally.get(codec.OUTCOME_NAMES[codec.Parked], 0)
 
     async def _finish_acks(self) -> None:
         self._acks_closed = True
@@ -1243,23 +1022,15 @@ class Worker:
         with anyio.move_on_after(max(self.options.grace, 5.0)):
             await self._acks_done.wait()
 
-    async def _record(self, batch: list[tuple[Job, tuple[Any, ...]]]) -> None:
+    async def _record(self, batch: list[tuple[Job, codec.Outcome]]) -> None:
         """Acknowledge a batch and record each job's outcome: one script call."""
         ids: list[list[bytes]] = [[] for _ in keys.LANES]
-        record_keys: list[str] = []
-        outcomes: list[tuple[Any, ...]] = []
-        prefix = self._record_prefix
+        rows: list[codec.Outcome] = []
         for job, outcome in batch:
             ids[job._lane].append(job._entry)
-            record_keys.append(prefix + outcome[1])
-            if outcome[0] != "d":  # lets the script drop it if the entry is no longer ours
-                outcome = (*outcome, job._lane + 1, job._entry.decode())
-            outcomes.append(outcome)
-        joined = [b" ".join(lane_ids) for lane_ids in ids]
+            rows.append(outcome)
         await scripts.finish_jobs(
-            self.redis,
-            [*self._fixed_finish_keys, *record_keys],
-            [keys.GROUP, *joined, self._retention_ms, _msgpack(outcomes), self._script_prefix],
+            self.redis, self.stream, ids, rows, retention_ms=self._retention_ms
         )
 
     # -- recovering -----------------------------------------------------------------------------
@@ -1283,25 +1054,22 @@ class Worker:
         room = max(0, self.options.concurrency + self._prefetch - self.claimed)
         reply = await scripts.reclaim_jobs(
             self.redis,
-            self._lanes,
-            [
-                keys.GROUP,
-                self.consumer,
-                int(self.options.visibility_timeout * 1000),
-                room,
-                *self._cursors,
-            ],
+            self.stream,
+            self.consumer,
+            min_idle_ms=int(self.options.visibility_timeout * 1000),
+            count=room,
+            cursors=self._cursors,
         )
         found = 0
-        for lane, (cursor, entries, deliveries) in enumerate(reply):
-            self._cursors[lane] = codec.text(cursor)
-            if self.stopping and entries:
+        for lane, claimed in enumerate(reply):
+            self._cursors[lane] = claimed.cursor
+            if self.stopping and claimed.entries:
                 # Stopped while the claim was on the wire: they stay pending, and another
                 # worker reclaims them once the visibility timeout passes.
                 continue
-            if entries:
-                log.info("reclaimed %d idle %s entries", len(entries), self._lanes[lane])
-                found += await self._accept(lane, entries, [int(d) for d in deliveries])
+            if claimed.entries:
+                log.info("reclaimed %d idle %s entries", len(claimed.entries), self._lanes[lane])
+                found += await self._accept(lane, claimed.entries, claimed.deliveries)
         self.counts.reclaimed += found
         return found
 
@@ -1313,9 +1081,7 @@ class Worker:
                 continue
             held = [list(ids) for ids in self._held]
             try:
-                lost = await scripts.refresh_claims(
-                    self.redis, self._lanes, [keys.GROUP, self.consumer, *scripts.lane_args(held)]
-                )
+                lost = await scripts.refresh_claims(self.redis, self.stream, self.consumer, held)
             except (*TRANSIENT_ERRORS, redis_errors.ResponseError) as exc:
                 log.warning("could not refresh claims, will try again: %s", exc)
                 continue
@@ -1332,7 +1098,7 @@ class Worker:
 
     async def _retire(self) -> None:
         try:
-            await scripts.retire_consumer(self.redis, self._lanes, [keys.GROUP, self.consumer])
+            await scripts.retire_consumer(self.redis, self.stream, self.consumer)
         except (*TRANSIENT_ERRORS, redis_errors.ResponseError) as exc:
             log.debug("could not retire consumer %s: %s", self.consumer, exc)
 
@@ -1369,25 +1135,6 @@ class Worker:
                 await self._stop_event.wait()
         else:
             await anyio.sleep(delay)
-
-
-_msgpack = msgspec.msgpack.Encoder().encode
-_result_encoder = msgspec.json.Encoder(enc_hook=repr)
-
-
-def _result(value: Any) -> str:
-    """A handler's return value as stored in the job record ('' for None)."""
-    return "" if value is None else _result_encoder.encode(value).decode()
-
-
-def _text_of(envelope: codec.Envelope) -> str:
-    # Outcomes travel as msgpack, and the server's cmsgpack reads str values but not bin.
-    return codec.encode(envelope).decode()
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:1000]
 
 
 def _lane_gone(exc: redis_errors.ResponseError) -> bool:

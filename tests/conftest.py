@@ -21,12 +21,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from streamq import admin, connection, keys, scripts
+from streamq import admin, codec, connection, scripts
 from streamq.server import LocalCluster, LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,18 +152,11 @@ async def entries(redis: Redis, key: str) -> list[Entry]:
 
 
 async def finish_late(
-    redis: Redis, stream: str, job_id: str, entry_id: bytes, outcome: tuple[Any, ...]
+    redis: Redis, stream: str, job_id: str, entry_id: bytes, outcome: codec.Outcome
 ) -> None:
     """Send one job's outcome as a worker that stalled (or outlived a restart) would, late:
     straight to the finish script, its entry acknowledged with it."""
-    await scripts.finish_jobs(
-        redis,
-        [*keys.lanes(stream), keys.dedup(stream), keys.delayed(stream), keys.dead(stream),
-         keys.counts(stream), keys.control(stream), keys.events(stream), keys.meta(stream),
-         keys.job(stream, job_id)],
-        [keys.GROUP, "", entry_id, "", 60_000, msgspec.msgpack.encode([outcome]),
-         keys.script_prefix(stream)],
-    )  # fmt: skip
+    await scripts.finish_jobs(redis, stream, [[], [entry_id], []], [outcome], retention_ms=60_000)
 
 
 def sync_entries(redis: sync_redis.Redis, key: str) -> list[Entry]:

@@ -15,6 +15,7 @@ import redis as sync_redis
 from autoscaler import controller
 from autoscaler.observe import StreamWatch
 from streamq import acl, connection, limiter
+from streamq.config import Config
 from streamq.server import LocalCluster, LocalServer
 from tests.conftest import ROOT, run_cli
 
@@ -83,7 +84,34 @@ def test_every_role_does_its_work_with_exactly_its_rules(
                  ["dead", "purge", "--stream", stream]):  # fmt: skip
         as_role("producer", *args)
     anyio.run(_autoscaler_round, urls["autoscaler"], stream)
+    anyio.run(_token_round, urls["producer"], urls["worker"], stream)
     assert denials(server, urls) == []
+
+
+async def _token_round(producer_url: str, worker_url: str, account: str) -> None:
+    """The token store: an app puts tokens and reads an account's state; a worker reads them,
+    takes the refresh lease, stores a refresh, and records a refused one."""
+    from streamq.platforms.credentials import Secret
+    from streamq.tokens import account_status
+    from streamq.tokenstore import Keyring, TokenSet, TokenStore
+
+    keyring = Keyring.parse(Keyring.generate("k1"))
+    producer, worker = connection.client(producer_url), connection.client(worker_url)
+    try:
+        tokens = TokenSet(access_token=Secret("a"), refresh_token=Secret("r"))
+        version = await TokenStore(producer, keyring).put("x", account, tokens)
+        await account_status(producer, Config(), "x", account)
+        store = TokenStore(worker, keyring)
+        assert await store.get("x", account) is not None
+        lease = await store.lease("x", account, version, 5000)
+        assert lease.outcome == "granted"
+        assert await store.lease("x", account, version, 5000) is not None  # busy: PTTL
+        assert await store.write_refreshed("x", account, lease.fence, tokens, 1) is not None
+        again = await store.lease("x", account, version + 1, 5000)
+        assert await store.mark_reauth("x", account, again.fence, "refused") is not None
+    finally:
+        await producer.aclose()
+        await worker.aclose()
 
 
 async def _autoscaler_round(url: str, stream: str) -> None:

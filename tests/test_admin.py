@@ -69,6 +69,7 @@ ROUTES = [
     ("POST", "/api/streams/s/dead/replay"),
     ("POST", "/api/streams/s/dead/purge"),
     ("POST", "/api/streams/s/finished/purge"),
+    ("GET", "/api/accounts/x/acme"),
 ]
 
 
@@ -92,7 +93,15 @@ async def test_every_api_route_refuses_a_missing_or_wrong_token(
     documented = {
         (method.upper(), path) for path, ops in document["paths"].items() for method in ops
     }
-    routes = {(m, p.replace("s:x", "{job_id}").replace("/s/", "/{stream}/")) for m, p in ROUTES}
+    routes = {
+        (
+            m,
+            p.replace("s:x", "{job_id}")
+            .replace("/s/", "/{stream}/")
+            .replace("/x/acme", "/{platform}/{account}"),
+        )
+        for m, p in ROUTES
+    }
     assert documented == routes
     assert all(op["security"] == [{"bearer": []}] for ops in document["paths"].values()
                for op in ops.values())  # fmt: skip

@@ -2,22 +2,71 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis as sync_redis
 
-from streamq import keys
+from streamq import cli, keys
 from streamq.server import LocalServer
 from tests.conftest import run_cli, spawn_worker, sync_client, sync_entries
 
 pytestmark = pytest.mark.cluster
+
+
+def invoke(
+    *args: str, input: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``streamq ARGS`` in this process (``cli.main``), its output and exit code captured as
+    ``run_cli`` gives them, for tests about parsing, messages and exit codes: a new Python
+    process per command line costs about a second on a loaded machine. stdout is not a
+    terminal here, as in a pipe; what needs a real process (a terminal, signals, a command
+    that runs until stopped) uses ``run_cli`` or ``spawn_worker``."""
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    code: object = 0
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        patch.setattr(sys, "stdin", io.StringIO(input or ""))
+        patch.setattr(sys, "stdout", out)
+        patch.setattr(sys, "stderr", err)
+        try:
+            cli.main(list(args))
+        except SystemExit as exited:
+            code = exited.code
+        finally:
+            for handler in list(root.handlers):
+                root.removeHandler(handler)
+            for handler in handlers:
+                root.addHandler(handler)
+            root.setLevel(level)
+    if isinstance(code, str):  # as the interpreter does: the message on stderr, exit 1
+        err.write(code + "\n")
+        code = 1
+    returncode = 0 if code is None else code
+    assert isinstance(returncode, int), returncode
+    return subprocess.CompletedProcess(list(args), returncode, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def valkey_url() -> Iterator[str]:
+    """One Valkey server for this module's tests whose outcome does not depend on the engine
+    (input refused before or whatever the server answers): they run once, not per engine."""
+    with LocalServer() as srv:
+        yield srv.url
 
 
 def one_line_error(result: object, *fragments: str) -> None:
@@ -32,7 +81,7 @@ def one_line_error(result: object, *fragments: str) -> None:
 
 
 def test_enqueue_prints_the_job_id(redis_url: str, stream: str) -> None:
-    result = run_cli(
+    result = invoke(
         "enqueue",
         "--redis-url",
         redis_url,
@@ -48,7 +97,7 @@ def test_enqueue_prints_the_job_id(redis_url: str, stream: str) -> None:
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
     assert job_id.startswith(f"{stream}:")
-    again = run_cli(
+    again = invoke(
         "enqueue",
         "--redis-url",
         redis_url,
@@ -67,7 +116,7 @@ def test_enqueue_prints_the_job_id(redis_url: str, stream: str) -> None:
 def test_enqueue_reads_a_payload_file(redis_url: str, stream: str, tmp_path: Path) -> None:
     payload = tmp_path / "post.json"
     payload.write_text('{"text": "from a file"}')
-    result = run_cli(
+    result = invoke(
         "enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", f"@{payload}"
     )
     assert result.returncode == 0, result.stderr
@@ -78,7 +127,7 @@ def test_enqueue_reads_a_payload_file(redis_url: str, stream: str, tmp_path: Pat
 
 def test_enqueue_bulk_imports_json_lines_from_stdin(redis_url: str, stream: str) -> None:
     lines = "".join(json.dumps({"n": i}) + "\n" for i in range(25_000)) + "\n"
-    result = run_cli(
+    result = invoke(
         "enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "-", input=lines
     )
     assert result.returncode == 0, result.stderr
@@ -88,11 +137,11 @@ def test_enqueue_bulk_imports_json_lines_from_stdin(redis_url: str, stream: str)
     assert client.xlen(keys.lane(stream, "normal")) == 25_000
 
 
-def test_bad_json_line_stops_before_its_batch(redis_url: str, stream: str) -> None:
-    result = run_cli(
+def test_bad_json_line_stops_before_its_batch(valkey_url: str, stream: str) -> None:
+    result = invoke(
         "enqueue",
         "--redis-url",
-        redis_url,
+        valkey_url,
         "--stream",
         stream,
         "--payload",
@@ -100,7 +149,7 @@ def test_bad_json_line_stops_before_its_batch(redis_url: str, stream: str) -> No
         input='{"ok": 1}\n{broken\n',
     )
     one_line_error(result, "stdin line 2", "not valid JSON")
-    assert sync_client(redis_url).xlen(keys.lane(stream, "normal")) == 0
+    assert sync_client(valkey_url).xlen(keys.lane(stream, "normal")) == 0
 
 
 @pytest.mark.parametrize(
@@ -112,14 +161,14 @@ def test_bad_json_line_stops_before_its_batch(redis_url: str, stream: str) -> No
     ],
 )
 def test_bad_enqueue_input_is_one_line(
-    redis_url: str, stream: str, args: list[str], fragments: list[str]
+    valkey_url: str, stream: str, args: list[str], fragments: list[str]
 ) -> None:
-    result = run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, *args)
+    result = invoke("enqueue", "--redis-url", valkey_url, "--stream", stream, *args)
     one_line_error(result, *fragments)
 
 
-def test_bad_stream_name_is_one_line(redis_url: str) -> None:
-    result = run_cli("enqueue", "--redis-url", redis_url, "--stream", "a:b", "--payload", "{}")
+def test_bad_stream_name_is_one_line(valkey_url: str) -> None:
+    result = invoke("enqueue", "--redis-url", valkey_url, "--stream", "a:b", "--payload", "{}")
     one_line_error(result, "invalid stream name")
 
 
@@ -127,7 +176,7 @@ def test_unreachable_server_is_one_line() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens here once the socket closes
-    result = run_cli(
+    result = invoke(
         "enqueue", "--redis-url", f"redis://127.0.0.1:{port}", "--stream", "x", "--payload", "{}"
     )
     one_line_error(result, "cannot reach Redis at redis://127.0.0.1")
@@ -136,10 +185,10 @@ def test_unreachable_server_is_one_line() -> None:
 def test_wrong_password_is_one_line_and_never_echoed() -> None:
     with LocalServer(extra_args=["--requirepass", "right-secret"]) as srv:
         url = f"redis://:wrong-secret@127.0.0.1:{srv.port}/0"
-        result = run_cli("stats", "--redis-url", url)
+        result = invoke("stats", "--redis-url", url)
         one_line_error(result, "refused the credentials")
         assert "wrong-secret" not in result.stderr
-        good = run_cli(
+        good = invoke(
             "stats", "--json", "--redis-url", f"redis://:right-secret@127.0.0.1:{srv.port}"
         )
         assert good.returncode == 0, good.stderr
@@ -156,26 +205,26 @@ def test_wrong_password_is_one_line_and_never_echoed() -> None:
     ],
 )
 def test_bad_handlers_are_one_line(
-    redis_url: str, stream: str, handler: str, fragment: str
+    valkey_url: str, stream: str, handler: str, fragment: str
 ) -> None:
-    result = run_cli("consume", "--redis-url", redis_url, "--stream", stream, "--handler", handler)
+    result = invoke("consume", "--redis-url", valkey_url, "--stream", stream, "--handler", handler)
     one_line_error(result, fragment)
 
 
-def test_consume_without_a_handler_says_how_to_name_one(redis_url: str, stream: str) -> None:
-    result = run_cli("consume", "--redis-url", redis_url, "--stream", stream)
+def test_consume_without_a_handler_says_how_to_name_one(valkey_url: str, stream: str) -> None:
+    result = invoke("consume", "--redis-url", valkey_url, "--stream", stream)
     one_line_error(result, "no handler for stream", "--handler", f"[streams.{stream}]")
 
 
-def test_bad_config_is_one_line(redis_url: str, stream: str, tmp_path: Path) -> None:
+def test_bad_config_is_one_line(valkey_url: str, stream: str, tmp_path: Path) -> None:
     config = tmp_path / "streamq.toml"
     config.write_text(f'[streams.{stream}]\nconcurrency = "many"\n')
-    result = run_cli(
-        "consume", "--config", str(config), "--redis-url", redis_url, "--stream", stream
+    result = invoke(
+        "consume", "--config", str(config), "--redis-url", valkey_url, "--stream", stream
     )
     one_line_error(result, f"[streams.{stream}] concurrency: must be a whole number")
     config.write_text("[streams\n")
-    result = run_cli("stats", "--config", str(config), "--redis-url", redis_url)
+    result = invoke("stats", "--config", str(config), "--redis-url", valkey_url)
     one_line_error(result, "not valid TOML")
 
 
@@ -183,9 +232,9 @@ def test_consume_runs_the_configured_handler(redis_url: str, stream: str, tmp_pa
     config = tmp_path / "streamq.toml"
     config.write_text(f'[streams.{stream}]\nhandler = "tests.handlers:record"\nconcurrency = 4\n')
     lines = "".join(f"{i}\n" for i in range(20))
-    run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "-", input=lines)
+    invoke("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "-", input=lines)
     env = {"STREAMQ_TEST_RECORD_URL": redis_url, "STREAMQ_TEST_RECORD": stream}
-    result = run_cli(
+    result = run_cli(  # a real process: tests.handlers keeps one client per process
         "consume",
         "--config",
         str(config),
@@ -204,7 +253,7 @@ def test_consume_runs_the_configured_handler(redis_url: str, stream: str, tmp_pa
 
 def test_sigterm_lets_running_jobs_finish_then_exits_zero(redis_url: str, stream: str) -> None:
     client = sync_client(redis_url)
-    run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", '"slow"')
+    invoke("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", '"slow"')
     env = {
         "STREAMQ_TEST_RECORD_URL": redis_url,
         "STREAMQ_TEST_RECORD": stream,
@@ -229,8 +278,8 @@ def test_sigterm_lets_running_jobs_finish_then_exits_zero(redis_url: str, stream
 
 
 def test_stats_json_has_the_documented_shape(redis_url: str, stream: str) -> None:
-    run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "1")
-    result = run_cli("stats", "--json", "--redis-url", redis_url, "--stream", stream)
+    invoke("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "1")
+    result = invoke("stats", "--json", "--redis-url", redis_url, "--stream", stream)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["format"] == 1
@@ -261,15 +310,15 @@ def test_stats_json_has_the_documented_shape(redis_url: str, stream: str) -> Non
         0,
     )
     assert entry["keys"]["normal"] == keys.lane(stream, "normal")
-    table = run_cli("stats", "--redis-url", redis_url, "--stream", stream, env={"COLUMNS": "120"})
+    table = invoke("stats", "--redis-url", redis_url, "--stream", stream, env={"COLUMNS": "120"})
     assert stream in table.stdout
 
 
 def test_usage_errors_exit_2() -> None:
-    result = run_cli("enqueue", "--stream", "x")
+    result = invoke("enqueue", "--stream", "x")
     assert result.returncode == 2
     assert "required: --payload" in result.stderr
-    result = run_cli("consume", "--stream", "x", "--concurrency", "0")
+    result = invoke("consume", "--stream", "x", "--concurrency", "0")
     assert result.returncode == 2
     assert "must be at least 1" in result.stderr
 
@@ -278,12 +327,12 @@ def test_without_a_url_every_command_uses_the_embedded_server(stream: str) -> No
     home = tempfile.mkdtemp(dir="/tmp", prefix="sqcli")  # short: unix socket paths are limited
     env = {"STREAMQ_HOME": home, "STREAMQ_REDIS_URL": ""}
     try:
-        added = run_cli("enqueue", "--stream", stream, "--payload", '{"text": "hi"}', env=env)
+        added = invoke("enqueue", "--stream", stream, "--payload", '{"text": "hi"}', env=env)
         assert added.returncode == 0, added.stderr
-        status = run_cli("server", "status", env=env)
+        status = invoke("server", "status", env=env)
         assert status.returncode == 0
         assert f"unix://{home}/valkey.sock" in status.stdout
-        consumed = run_cli(
+        consumed = run_cli(  # a real process: tests.handlers keeps one client per process
             "consume",
             "--stream",
             stream,
@@ -300,11 +349,11 @@ def test_without_a_url_every_command_uses_the_embedded_server(stream: str) -> No
         client = sync_redis.Redis(unix_socket_path=f"{home}/valkey.sock")
         assert client.hget(f"{stream}:runs", added.stdout.strip()) == b"1"
         client.close()
-        stopped = run_cli("server", "stop", env=env)
+        stopped = invoke("server", "stop", env=env)
         assert stopped.stdout.strip() == "stopped"
-        assert run_cli("server", "status", env=env).returncode == 1
+        assert invoke("server", "status", env=env).returncode == 1
     finally:
-        run_cli("server", "stop", env=env)
+        invoke("server", "stop", env=env)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -312,37 +361,37 @@ def test_schedule_show_reschedule_and_cancel_from_the_command_line(
     redis_url: str, stream: str
 ) -> None:
     base = ["--redis-url", redis_url]
-    added = run_cli(
+    added = invoke(
         "enqueue", *base, "--stream", stream, "--payload", '{"text": "hi"}',
         "--at", "2099-12-01 09:00", "--tz", "Europe/Paris", "--key", "post-1",
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
     job_id = added.stdout.strip()
-    shown = json.loads(run_cli("job", "show", job_id, "--json", *base).stdout)
+    shown = json.loads(invoke("job", "show", job_id, "--json", *base).stdout)
     assert (shown["state"], shown["payload"], shown["key"]) == (
         "scheduled",
         {"text": "hi"},
         "post-1",
     )
     assert shown["run_at_ms"] == 4099795200000  # 2099-12-01T09:00:00+01:00
-    text = run_cli("job", "show", job_id, *base).stdout
+    text = invoke("job", "show", job_id, *base).stdout
     assert "2099-12-01T08:00:00.000+00:00" in text
-    replaced = run_cli(
+    replaced = invoke(
         "enqueue", *base, "--stream", stream, "--payload", '{"text": "edited"}',
         "--key", "post-1", "--delay", "1h", "--replace",
     )  # fmt: skip
     assert replaced.stdout.strip() == job_id
-    assert json.loads(run_cli("job", "show", job_id, "--json", *base).stdout)["payload"] == {
+    assert json.loads(invoke("job", "show", job_id, "--json", *base).stdout)["payload"] == {
         "text": "edited"
     }
-    moved = run_cli("job", "reschedule", job_id, "--delay", "2h", *base)
+    moved = invoke("job", "reschedule", job_id, "--delay", "2h", *base)
     assert moved.returncode == 0, moved.stderr
-    assert run_cli("job", "cancel", job_id, *base).stdout.strip() == "cancelled"
-    one_line_error(run_cli("job", "cancel", job_id, *base), "already cancelled")
-    one_line_error(run_cli("job", "reschedule", job_id, "--delay", "1m", *base), "cancelled")
-    assert run_cli("job", "retry", job_id, *base).stdout.strip() == "queued"
-    one_line_error(run_cli("job", "show", f"{stream}:missing", *base), "no job")
-    one_line_error(run_cli("job", "show", "not-an-id", *base), "no job")
+    assert invoke("job", "cancel", job_id, *base).stdout.strip() == "cancelled"
+    one_line_error(invoke("job", "cancel", job_id, *base), "already cancelled")
+    one_line_error(invoke("job", "reschedule", job_id, "--delay", "1m", *base), "cancelled")
+    assert invoke("job", "retry", job_id, *base).stdout.strip() == "queued"
+    one_line_error(invoke("job", "show", f"{stream}:missing", *base), "no job")
+    one_line_error(invoke("job", "show", "not-an-id", *base), "no job")
 
 
 @pytest.mark.parametrize(
@@ -356,10 +405,10 @@ def test_schedule_show_reschedule_and_cancel_from_the_command_line(
     ],
 )
 def test_bad_schedules_are_one_line(
-    redis_url: str, stream: str, args: list[str], fragment: str
+    valkey_url: str, stream: str, args: list[str], fragment: str
 ) -> None:
-    result = run_cli(
-        "enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "1", *args
+    result = invoke(
+        "enqueue", "--redis-url", valkey_url, "--stream", stream, "--payload", "1", *args
     )
     one_line_error(result, fragment)
 
@@ -368,24 +417,24 @@ def test_dead_letters_and_cron_from_the_command_line(redis_url: str, stream: str
     base = ["--redis-url", redis_url]
     client = sync_client(redis_url)
     client.xadd(keys.lane(stream, "normal"), {"not": "ours"})
-    run_cli("enqueue", *base, "--stream", stream, "--payload", "1")
-    consumed = run_cli(
+    invoke("enqueue", *base, "--stream", stream, "--payload", "1")
+    consumed = invoke(
         "consume", *base, "--stream", stream, "--handler", "tests.handlers:noop", "--burst"
     )
     assert consumed.returncode == 0, consumed.stderr
-    listed = json.loads(run_cli("dead", "list", "--stream", stream, "--json", *base).stdout)
+    listed = json.loads(invoke("dead", "list", "--stream", stream, "--json", *base).stdout)
     assert [(d["job_id"], d["fields"]) for d in listed] == [(None, {"not": "ours"})]
-    assert "foreign entry" in run_cli("dead", "list", "--stream", stream, *base).stdout
-    replay = run_cli("dead", "replay", "--stream", stream, "--all", *base)
+    assert "foreign entry" in invoke("dead", "list", "--stream", stream, *base).stdout
+    replay = invoke("dead", "replay", "--stream", stream, "--all", *base)
     assert replay.stdout.strip() == "replayed 0, skipped 1 (not replayable)"
-    assert run_cli("dead", "purge", "--stream", stream, *base).stdout.strip() == "purged 1"
+    assert invoke("dead", "purge", "--stream", stream, *base).stdout.strip() == "purged 1"
 
-    added = run_cli(
+    added = invoke(
         "cron", "add", "daily", "--stream", stream, "--cron", "30 2 * * *",
         "--tz", "Europe/Paris", "--payload", '{"report": true}', *base,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
-    [schedule] = json.loads(run_cli("cron", "list", "--stream", stream, "--json", *base).stdout)
+    [schedule] = json.loads(invoke("cron", "list", "--stream", stream, "--json", *base).stdout)
     assert (schedule["name"], schedule["cron"], schedule["tz"]) == (
         "daily",
         "30 2 * * *",
@@ -393,12 +442,12 @@ def test_dead_letters_and_cron_from_the_command_line(redis_url: str, stream: str
     )
     assert schedule["last_ms"] > 0  # its first occurrence is waiting
     one_line_error(
-        run_cli("cron", "add", "bad", "--stream", stream, "--cron", "61 * * * *", *base),
+        invoke("cron", "add", "bad", "--stream", stream, "--cron", "61 * * * *", *base),
         "invalid cron expression",
     )
-    assert run_cli("cron", "remove", "daily", "--stream", stream, *base).returncode == 0
-    one_line_error(run_cli("cron", "remove", "daily", "--stream", stream, *base), "no schedule")
-    [s] = json.loads(run_cli("stats", "--json", "--stream", stream, *base).stdout)["streams"]
+    assert invoke("cron", "remove", "daily", "--stream", stream, *base).returncode == 0
+    one_line_error(invoke("cron", "remove", "daily", "--stream", stream, *base), "no schedule")
+    [s] = json.loads(invoke("stats", "--json", "--stream", stream, *base).stdout)["streams"]
     assert s["delayed"] == 0  # the waiting occurrence was cancelled with its schedule
 
 
@@ -432,5 +481,5 @@ def test_an_unreachable_cluster_is_one_line() -> None:
             sock.bind(("127.0.0.1", 0))
             ports.append(sock.getsockname()[1])
     url = f"redis+cluster://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
-    result = run_cli("enqueue", "--redis-url", url, "--stream", "x", "--payload", "{}")
+    result = invoke("enqueue", "--redis-url", url, "--stream", "x", "--payload", "{}")
     one_line_error(result, f"cannot reach Redis at {url}: no seed node gave the slot map")

@@ -26,8 +26,9 @@ import pytest
 from streamq import cli
 from streamq.commands import account as account_cmd
 from streamq.commands.common import COMMON_DEFAULTS
+from streamq.server import LocalServer
 from tests.conftest import ROOT, run_cli
-from tests.test_cli import one_line_error
+from tests.test_cli import invoke, one_line_error
 
 COMMON = {
     "--redis-url": "redis://127.0.0.1:1/0",
@@ -60,6 +61,14 @@ def required_args(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> lis
         elif not action.option_strings and action.nargs not in ("*", "?"):
             argv.append(str(next(iter(action.choices or ["s1"]))))
     return argv + extra
+
+
+@pytest.fixture(scope="module")
+def valkey_url() -> Iterator[str]:
+    """One Valkey server for the module: what the command line promises does not depend on
+    the engine, so these tests run once, not per engine."""
+    with LocalServer() as srv:
+        yield srv.url
 
 
 LEAVES = list(leaves(cli.build_parser()))
@@ -117,19 +126,19 @@ def test_a_group_level_url_is_the_server_acted_on(argv: list[str]) -> None:
     home = tempfile.mkdtemp(dir="/tmp", prefix="sqnever")  # short: unix socket paths are limited
     env = {"STREAMQ_HOME": home, "STREAMQ_REDIS_URL": ""}
     try:
-        result = run_cli(*args, env=env)
+        result = invoke(*args, env=env)
         started = Path(home, "valkey.sock").exists()  # the embedded server, acted on instead
     finally:
-        run_cli("server", "stop", env=env)
+        invoke("server", "stop", env=env)
         shutil.rmtree(home, ignore_errors=True)
     one_line_error(result, f"cannot reach Redis at redis://127.0.0.1:{port}")
     assert result.returncode == 1
     assert not started
 
 
-def test_a_group_level_log_level_is_honoured(redis_url: str, stream: str) -> None:
-    result = run_cli("job", "--log-level", "DEBUG", "show", f"{stream}:1-1", "--redis-url",
-                     redis_url)  # fmt: skip
+def test_a_group_level_log_level_is_honoured(valkey_url: str, stream: str) -> None:
+    result = invoke("job", "--log-level", "DEBUG", "show", f"{stream}:1-1", "--redis-url",
+                     valkey_url)  # fmt: skip
     assert result.returncode == 1
     assert "DEBUG" in result.stderr, result.stderr
 
@@ -151,12 +160,12 @@ def test_a_group_level_log_level_is_honoured(redis_url: str, stream: str) -> Non
     ],
 )
 def test_one_prefix_and_uniform_exit_codes(
-    redis_url: str, stream: str, args: list[str], code: int, fragment: str
+    valkey_url: str, stream: str, args: list[str], code: int, fragment: str
 ) -> None:
     """Before: a bad --delay said `streamq enqueue: error:`, a bad --at exited 1; unknown
     streams printed zeros or nothing with exit 0."""
     args = [arg.replace("{uid}", stream) for arg in args]
-    result = run_cli(*args, "--redis-url", redis_url)
+    result = invoke(*args, "--redis-url", valkey_url)
     one_line_error(result, fragment)
     assert result.returncode == code, result.stderr
 
@@ -168,7 +177,7 @@ def test_a_server_that_never_answers_is_a_timeout(tmp_path: Path) -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
-        result = run_cli("stats", "--redis-url", url, "--config", str(config))
+        result = invoke("stats", "--redis-url", url, "--config", str(config))
     one_line_error(result)
     assert result.returncode == 3, result.stderr
 
@@ -179,36 +188,36 @@ def tomorrow_and_yesterday() -> tuple[str, str]:
     return (now + timedelta(days=1)).strftime(fmt), (now - timedelta(days=1, hours=2)).strftime(fmt)
 
 
-def test_a_past_at_is_refused_unless_allowed(redis_url: str, stream: str) -> None:
+def test_a_past_at_is_refused_unless_allowed(valkey_url: str, stream: str) -> None:
     _, past = tomorrow_and_yesterday()
-    base = ["--redis-url", redis_url]
-    refused = run_cli("enqueue", "--stream", stream, "--payload", "1", "--at", past,
+    base = ["--redis-url", valkey_url]
+    refused = invoke("enqueue", "--stream", stream, "--payload", "1", "--at", past,
                       "--tz", "Europe/Paris", *base)  # fmt: skip
     one_line_error(refused, "in the past", "1d", "--allow-past")
     assert refused.returncode == 2
-    taken = run_cli("enqueue", "--stream", stream, "--payload", "1", "--at", past,
+    taken = invoke("enqueue", "--stream", stream, "--payload", "1", "--at", past,
                     "--tz", "Europe/Paris", "--allow-past", *base)  # fmt: skip
     assert taken.returncode == 0, taken.stderr
     job_id = taken.stdout.strip()
-    shown = json.loads(run_cli("job", "show", job_id, "--json", *base).stdout)
+    shown = json.loads(invoke("job", "show", job_id, "--json", *base).stdout)
     assert shown["state"] == "queued", shown  # due at once, not scheduled
 
-    later = run_cli("enqueue", "--stream", stream, "--payload", "2", "--delay", "1h", *base)
+    later = invoke("enqueue", "--stream", stream, "--payload", "2", "--delay", "1h", *base)
     later_id = later.stdout.strip()
-    moved = run_cli("job", "reschedule", later_id, "--at", past, "--tz", "UTC", *base)
+    moved = invoke("job", "reschedule", later_id, "--at", past, "--tz", "UTC", *base)
     one_line_error(moved, "in the past")
     assert moved.returncode == 2
-    assert json.loads(run_cli("job", "show", later_id, "--json", *base).stdout)["state"] == (
+    assert json.loads(invoke("job", "show", later_id, "--json", *base).stdout)["state"] == (
         "scheduled"
     )
 
 
-def test_a_pipe_gets_every_column_uncut(redis_url: str, stream: str) -> None:
+def test_a_pipe_gets_every_column_uncut(valkey_url: str, stream: str) -> None:
     """Before: `streamq stats | grep instagram` found `insta…` and headers like `waiti…`."""
     long_stream = stream + "-" + "x" * 40
-    run_cli("enqueue", "--stream", long_stream, "--payload", "1", "--redis-url", redis_url)
-    result = run_cli("stats", "--stream", long_stream, "--redis-url", redis_url,
-                     env={"COLUMNS": "40"})  # fmt: skip
+    invoke("enqueue", "--stream", long_stream, "--payload", "1", "--redis-url", valkey_url)
+    result = run_cli("stats", "--stream", long_stream, "--redis-url", valkey_url,
+                     env={"COLUMNS": "40"})  # fmt: skip  # a real pipe, a real width
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()
     assert header.split("\t") == ["stream", "depth", "waiting", "pending", "oldest pending",
@@ -247,14 +256,14 @@ def run_in_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int,
 
 
 def test_empty_results_say_so_at_a_terminal_and_stay_valid_json(
-    redis_url: str, stream: str
+    valkey_url: str, stream: str
 ) -> None:
     """Before: an empty dead-letter list printed nothing at all."""
-    base = ["--redis-url", redis_url]
-    run_cli("enqueue", "--stream", stream, "--payload", "1", *base)
-    as_json = run_cli("dead", "list", "--stream", stream, "--json", *base)
+    base = ["--redis-url", valkey_url]
+    invoke("enqueue", "--stream", stream, "--payload", "1", *base)
+    as_json = invoke("dead", "list", "--stream", stream, "--json", *base)
     assert (as_json.returncode, json.loads(as_json.stdout)) == (0, [])
-    piped = run_cli("dead", "list", "--stream", stream, *base)
+    piped = invoke("dead", "list", "--stream", stream, *base)
     assert (piped.returncode, piped.stdout) == (0, "")
     assert f"no dead letters on {stream}" in piped.stderr
     code, shown = run_in_terminal("dead", "list", "--stream", stream, *base)
@@ -262,12 +271,12 @@ def test_empty_results_say_so_at_a_terminal_and_stay_valid_json(
     assert f"no dead letters on {stream}" in shown
     code, shown = run_in_terminal("cron", "list", "--stream", stream, *base)
     assert (code, f"no schedules on {stream}" in shown) == (0, True)
-    assert json.loads(run_cli("cron", "list", "--stream", stream, "--json", *base).stdout) == []
+    assert json.loads(invoke("cron", "list", "--stream", stream, "--json", *base).stdout) == []
 
 
-def test_a_terminal_gets_a_full_width_table(redis_url: str, stream: str) -> None:
-    run_cli("enqueue", "--stream", stream, "--payload", "1", "--redis-url", redis_url)
-    code, shown = run_in_terminal("stats", "--stream", stream, "--redis-url", redis_url)
+def test_a_terminal_gets_a_full_width_table(valkey_url: str, stream: str) -> None:
+    invoke("enqueue", "--stream", stream, "--payload", "1", "--redis-url", valkey_url)
+    code, shown = run_in_terminal("stats", "--stream", stream, "--redis-url", valkey_url)
     assert code == 0
     assert stream in shown
     assert "oldest pending" in shown
@@ -304,7 +313,7 @@ def test_every_option_has_help_and_every_command_its_own_usage(
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completion_scripts(shell: str) -> None:
-    result = run_cli("completion", shell)
+    result = invoke("completion", shell)
     assert result.returncode == 0, result.stderr
     assert "streamq" in result.stdout
     assert "_ARGCOMPLETE" in result.stdout
@@ -333,10 +342,10 @@ def test_completion_answers_a_shell(tmp_path: Path) -> None:
     assert out.read_text().split() == ["list"]
 
 
-def test_the_small_wordings(redis_url: str, stream: str, tmp_path: Path) -> None:
-    base = ["--redis-url", redis_url]
-    run_cli("cron", "add", "daily", "--stream", stream, "--cron", "30 2 * * *", *base)
-    listed = run_cli("cron", "list", "--stream", stream, *base).stdout
+def test_the_small_wordings(valkey_url: str, stream: str, tmp_path: Path) -> None:
+    base = ["--redis-url", valkey_url]
+    invoke("cron", "add", "daily", "--stream", stream, "--cron", "30 2 * * *", *base)
+    listed = invoke("cron", "list", "--stream", stream, *base).stdout
     assert "next run" in listed
     assert "last fired" not in listed
 
@@ -345,8 +354,8 @@ def test_the_small_wordings(redis_url: str, stream: str, tmp_path: Path) -> None
         f'[[streams.{stream}.limits]]\nscope = "platform"\nmax = 10000\nper = "1d"\n'
         f'[[streams.{stream}.limits]]\nscope = "account"\nmax = 25\nper = "1h"\n'
     )
-    run_cli("enqueue", "--stream", stream, "--payload", "1", *base)
-    shown = run_cli("limits", "show", "--stream", stream, "--config", str(config), *base)
+    invoke("enqueue", "--stream", stream, "--payload", "1", *base)
+    shown = invoke("limits", "show", "--stream", stream, "--config", str(config), *base)
     assert shown.returncode == 0, shown.stderr
     assert "10000/day" in shown.stdout, shown.stdout
     assert "per day" in shown.stdout
@@ -354,14 +363,14 @@ def test_the_small_wordings(redis_url: str, stream: str, tmp_path: Path) -> None
     assert "416.667" not in shown.stdout
     assert "86400s" not in shown.stdout
 
-    run_cli("account", "pause", "acme", "--stream", stream, *base)
-    run_cli("enqueue", "--stream", stream, "--payload", "1", "--account", "acme", *base)
-    resumed = run_cli("account", "resume", "acme", "--stream", stream, *base).stdout
+    invoke("account", "pause", "acme", "--stream", stream, *base)
+    invoke("enqueue", "--stream", stream, "--payload", "1", "--account", "acme", *base)
+    resumed = invoke("account", "resume", "acme", "--stream", stream, *base).stdout
     assert f"{stream}: resumed acme (" in resumed, resumed
     assert (account_cmd.jobs(1), account_cmd.jobs(2)) == ("1 waiting job", "2 waiting jobs")
 
     post = '{"video_url": "https://cdn.example.com/v.mp4", "title": ""}'
-    refused = run_cli("enqueue", "--stream", "youtube", "--payload", post, *base)
+    refused = invoke("enqueue", "--stream", "youtube", "--payload", post, *base)
     one_line_error(refused, "youtube post refused: title: must not be empty")
     assert "Expected" not in refused.stderr
     assert "$." not in refused.stderr

@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 import streamq
-from streamq import events, keys
+from streamq import codec, events, keys
 from streamq.config import EventsConfig
 from streamq.errors import ConfigError
 from streamq.job import Job
@@ -221,7 +221,7 @@ async def test_a_late_second_done_writes_no_second_event_nor_count(
         job_id = await q.enqueue(stream, "x")
         [(entry_id, _)] = await entries(redis, keys.lane(stream, "normal"))
         await Worker(redis, stream, handler, options()).run()
-    late = ("d", job_id, "", 1, 1, '"twice"')  # a stalled worker's done, after the takeover
+    late = codec.Done(job_id, "", 1, 1, '"twice"')  # a stalled worker's done, after the takeover
     await finish_late(redis, stream, job_id, entry_id, late)
     kinds = [ev.type for ev in await every_event(redis, stream)]
     assert kinds == ["queued", "started", "done"]

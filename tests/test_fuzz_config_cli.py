@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,16 @@ from streamq.config import Config, load_config
 from streamq.errors import ConfigError
 from streamq.server import LocalServer
 from tests.conftest import run_cli
-from tests.test_cli import one_line_error
+from tests.test_cli import invoke, one_line_error
+
+
+@pytest.fixture(scope="module")
+def valkey() -> Iterator[LocalServer]:
+    """One Valkey server for the module: how a command line is refused does not depend on the
+    engine, so these tests run once, not per engine."""
+    with LocalServer() as srv:
+        yield srv
+
 
 STREAM_FIELDS = [
     "handler", "publisher", "concurrency", "prefetch", "visibility_timeout", "max_deliveries",
@@ -121,7 +131,7 @@ def test_a_generated_config_is_parsed_or_refused_in_one_line(
 def test_the_cli_refuses_a_bad_config_in_one_line(tmp_path: Path, text: str) -> None:
     path = tmp_path / "streamq.toml"
     path.write_text(text)
-    one_line_error(run_cli("stats", "--redis-url", "redis://127.0.0.1:1", "--config", str(path)))
+    one_line_error(invoke("stats", "--redis-url", "redis://127.0.0.1:1", "--config", str(path)))
 
 
 COMMANDS = [
@@ -147,12 +157,12 @@ argument_values = argument_text | st.sampled_from(
 @given(parts=st.lists(st.tuples(st.sampled_from(COMMANDS), argument_values), min_size=1,
                       max_size=3))  # fmt: skip
 def test_generated_command_lines_exit_cleanly(
-    server: LocalServer, capsys: pytest.CaptureFixture[str], parts: list[tuple[list[str], str]]
+    valkey: LocalServer, capsys: pytest.CaptureFixture[str], parts: list[tuple[list[str], str]]
 ) -> None:
     """In-process (``cli.main``), against a real server: any outcome but an exception other
     than SystemExit (a traceback) is fine; a failure is one line."""
     command = parts[0][0][:-1] if parts[0][0][-1].startswith("--") else parts[0][0]
-    argv = [*command, "--redis-url", server.url]
+    argv = [*command, "--redis-url", valkey.url]
     for flags, value in parts:
         if flags[: len(command)] == command and flags[-1].startswith("--"):
             argv.append(f"{flags[-1]}={value}")
@@ -171,7 +181,7 @@ def test_generated_command_lines_exit_cleanly(
         assert "error:" in last, (argv, err)
 
 
-def test_a_few_command_lines_through_a_real_process(server: LocalServer) -> None:
+def test_a_few_command_lines_through_a_real_process(valkey: LocalServer) -> None:
     for argv in (
         ["enqueue", "--stream", "s", "--payload", "1", "--max-attempts", "99999999999999999999"],
         ["enqueue", "--stream", "s", "--payload", "1", "--delay", "1e400"],
@@ -179,7 +189,7 @@ def test_a_few_command_lines_through_a_real_process(server: LocalServer) -> None
         ["job", "show", "s:" + "x" * 5000],
         ["dead", "list", "--stream", "s", "--count", "0"],
     ):
-        result = run_cli(*argv, "--redis-url", server.url, env={"COLUMNS": "100"})
+        result = run_cli(*argv, "--redis-url", valkey.url, env={"COLUMNS": "100"})
         assert result.returncode in (1, 2), (argv, result)
         assert len(result.stderr.strip().splitlines()) == 1, (argv, result.stderr)
         assert "Traceback" not in result.stderr

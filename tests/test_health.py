@@ -119,7 +119,7 @@ def test_a_bad_threshold_is_one_clear_error(redis_url: str, tmp_path: Path) -> N
     result = run_cli("health", "--redis-url", redis_url, "--config", str(config))
     assert result.returncode == 2  # a usage error: the config file
     assert result.stderr.strip() == (
-        f"streamq: error: {config}: health.max_error_rate is a fraction between 0 and 1"
+        f"streamq: error: {config}: [streams.x] health.max_error_rate is a fraction between 0 and 1"
     )
 
 
@@ -128,9 +128,7 @@ async def test_error_rate_over_the_window(redis: Redis, redis_url: str, stream: 
     await producer.enqueue_many(stream, [{"n": 1}] * 6)
     # The sample a worker takes at its start, taken here so the window surely begins before
     # the first job finishes.
-    await scripts.sample_counts(
-        redis, [keys.counts(stream), keys.samples(stream)], [10_000, 60_000]
-    )
+    await scripts.sample_counts(redis, stream, every_ms=10_000, keep_ms=60_000)
     await producer.enqueue_many(stream, [{"then": "fail"}] * 2)
     await Worker(redis, stream, handlers.outcome, WorkerOptions(burst=True)).run()
     report = await health.check(redis_url, Config(), [stream])
@@ -165,9 +163,7 @@ async def test_a_partitioned_streams_error_rate_and_lateness_cover_its_partition
     )
     parts = keys.partitions(stream, 2)
     for part in parts:
-        await scripts.sample_counts(
-            redis, [keys.counts(part), keys.samples(part)], [10_000, 60_000]
-        )
+        await scripts.sample_counts(redis, part, every_ms=10_000, keep_ms=60_000)
     five_seconds_ago = datetime.now(UTC) - timedelta(seconds=5)
     await Producer(redis, config).enqueue_many(
         stream, [{"n": 1}] * 6 + [{"then": "fail"}] * 2, options=JobOptions(run_at=five_seconds_ago)

@@ -11,9 +11,17 @@ import pytest
 from redis.asyncio import Redis
 
 import streamq
-from streamq import keys
+from streamq import codec, keys
 from streamq.config import Backoff
-from streamq.errors import ConfigError, Fail, InvalidJobState, JobNotFound, RateLimited, Retry
+from streamq.errors import (
+    ConfigError,
+    Fail,
+    InvalidJobState,
+    JobNotFound,
+    RateLimited,
+    RecordChanged,
+    Retry,
+)
 from streamq.job import Job
 from streamq.worker import Worker, WorkerOptions
 from tests.conftest import entries, finish_late
@@ -383,7 +391,7 @@ async def test_a_stale_retry_cannot_reopen_a_finished_job(
 
         await Worker(redis, stream, handler, msgspec.structs.replace(FAST, backoff=QUICK)).run()
         assert await state(q, job_id) == "done"
-        stale = ("r", job_id, "", 2, 0, '{"id":"x"}', 50, "late", 2, entry_id.decode())
+        stale = codec.Retried(job_id, "", 2, 0, '{"id":"x"}', 50, "late", 2, entry_id.decode())
         await finish_late(redis, stream, job_id, entry_id, stale)
         assert await state(q, job_id) == "done"
         assert await redis.zcard(keys.delayed(stream)) == 0
@@ -404,7 +412,7 @@ async def test_a_retry_for_an_entry_the_server_forgot_delivering_keeps_the_job(
         # What the restarted server holds: the entry, neither pending nor delivered.
         await redis.xack(lane, keys.GROUP, entry_id)
         await redis.xgroup_setid(lane, keys.GROUP, "0")
-        late = ("r", job_id, "", 2, 0, '{"id":"x"}', 50, "failed", 2, entry_id.decode())
+        late = codec.Retried(job_id, "", 2, 0, '{"id":"x"}', 50, "failed", 2, entry_id.decode())
         await finish_late(redis, stream, job_id, entry_id, late)
         assert [e for e, _ in await entries(redis, lane)] == [entry_id]
         ran: list[str] = []
@@ -437,18 +445,10 @@ async def test_reschedule_never_writes_back_an_envelope_that_changed_meanwhile(
         assert read_before is not None
         await q.enqueue(stream, {"text": "v2"}, key="k", delay="1h", on_conflict="replace")
         # Writing the envelope read before the replace would bring back v1: refused.
-        reply = await streamq.scripts.reschedule_job(
-            redis,
-            [
-                record,
-                keys.delayed(stream),
-                keys.control(stream),
-                keys.events(stream),
-                keys.meta(stream),
-            ],
-            [job_id, 1, b"stale", read_before],
-        )
-        assert reply == b"changed"
+        with pytest.raises(RecordChanged):
+            await streamq.scripts.reschedule_job(
+                redis, job_id, due_ms=1, envelope=b"stale", read=read_before
+            )
         assert (await q.job(job_id)).payload == {"text": "v2"}
         await q.reschedule(job_id, delay="2h")  # the real call reads again and succeeds
         assert (await q.job(job_id)).payload == {"text": "v2"}

@@ -4,6 +4,8 @@ of its own: see tests/doc_examples.py for the conventions."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import pytest
 from streamq.server import LocalServer
 from tests.conftest import ROOT
 from tests.doc_examples import JOB_ID, Block, Command, blocks, documents, matches, prepared
+from tests.test_cli import invoke
 
 BLOCKS = [block for path in documents(ROOT) for block in blocks(path)]
 STILL_RUNNING_AFTER = 4.0
@@ -44,7 +47,39 @@ def shell(command: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+SHELL_SYNTAX = re.compile(r"[|<>;&$`]")
+"""What only a shell can run: pipes, redirections, variables, $(...)."""
+
+
+def in_process(command: Command, text: str) -> list[str] | None:
+    """The argv of a plain ``streamq ...`` command that ends by itself, to be run in this
+    process (``cli.main``): the same parser, output and exit code without a new interpreter
+    per command. None for anything that needs a shell or runs until stopped."""
+    if command.runs_until_stopped or SHELL_SYNTAX.search(text.split("#", 1)[0]):
+        return None
+    words = shlex.split(text, comments=True)
+    return words[1:] if words and words[0] == "streamq" else None
+
+
 def run_example(command: Command, text: str, env: dict[str, str]) -> str:
+    argv = in_process(command, text)
+    if argv is not None:
+        ran = invoke(*argv, env={"STREAMQ_REDIS_URL": env["STREAMQ_REDIS_URL"], "COLUMNS": "120"})
+        returncode, out, err = ran.returncode, ran.stdout, ran.stderr
+    else:
+        returncode, out, err = run_in_shell(command, text, env)
+        if command.runs_until_stopped:
+            return out  # it was still running when stopped: checked in run_in_shell
+    if command.error is not None:
+        assert returncode != 0, (text, out)
+        assert matches(command.error, err), (text, err)
+    else:
+        assert returncode == 0, (text, returncode, err)
+        assert "Traceback" not in err, (text, err)
+    return out
+
+
+def run_in_shell(command: Command, text: str, env: dict[str, str]) -> tuple[int, str, str]:
     process = shell(text, env)
     try:
         if command.runs_until_stopped:
@@ -56,19 +91,13 @@ def run_example(command: Command, text: str, env: dict[str, str]) -> str:
                 pytest.fail(f"{text!r} stopped (exit {process.returncode}): {err}")
             os.killpg(process.pid, signal.SIGTERM)
             out, err = process.communicate(timeout=30)
-            return out
+            return process.returncode, out, err
         out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    if command.error is not None:
-        assert process.returncode != 0, (text, out)
-        assert matches(command.error, err), (text, err)
-    else:
-        assert process.returncode == 0, (text, process.returncode, err)
-        assert "Traceback" not in err, (text, err)
-    return out
+    return process.returncode, out, err
 
 
 def test_there_are_examples() -> None:
@@ -77,7 +106,11 @@ def test_there_are_examples() -> None:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda block: block.source)
-def test_the_example_runs_as_written(block: Block, own_server: LocalServer) -> None:
+def test_the_example_runs_as_written(
+    block: Block, own_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)  # as the shell runs them: paths like examples/post.json
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))  # as PYTHONPATH does: mypkg
     env = {
         **os.environ,
         "STREAMQ_REDIS_URL": own_server.url,

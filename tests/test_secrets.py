@@ -177,3 +177,76 @@ def test_the_admin_token_and_redis_password_stay_out_of_its_command_line_and_log
     seen = "\n".join(output.rest())
     assert token not in seen
     assert SECRET not in seen
+
+
+def test_oauth_tokens_client_secrets_and_the_store_key_show_nowhere(
+    tmp_path: Path, stream: str
+) -> None:
+    """A worker on the token store refreshes tokens (2 s life) and meets a refused refresh:
+    no access token, refresh token, client secret or encryption key in its command line,
+    its DEBUG JSON logs, its /metrics, the job records, events, dead letters, pause reasons
+    or the token records (sealed)."""
+    from streamq.simulator import SimOptions, ThreadedSimulator
+    from streamq.tokenstore import Keyring, TokenSet, TokenStore
+
+    key = Keyring.generate("k1")
+    client_secret = f"client-secret-{uuid.uuid4().hex}"
+    config = tmp_path / "tokens.toml"
+    config.write_text(f'[streams.{stream}]\npublisher = "x"\nlimits = []\n')
+    with LocalServer() as srv, ThreadedSimulator(SimOptions(access_ttl=2.0)) as sim:
+        url = srv.url
+
+        async def setup() -> list[str]:
+            import streamq
+            from streamq.config import load_config
+
+            async with streamq.connect(url, config=load_config(str(config))) as q:
+                store = TokenStore(q.redis, Keyring.parse(key))
+                for account in ("good", "revoked"):
+                    answer = sim.oauth.sign_in("x", f"x-{account}")
+                    await store.put("x", account, TokenSet.from_answer(answer))
+                sim.oauth.revoke("x", "x-revoked")
+                await q.redis.hset(keys.token_record("x", "revoked"), "expires_at_ms", 1)
+                return [
+                    await q.enqueue(stream, {"text": f"post {n}"}, account=account, delay=n * 0.2)
+                    for n in range(15)
+                    for account in ("good", "revoked")
+                ]
+
+        ids = anyio.run(setup)
+        env = {
+            "STREAMQ_CONFIG": str(config),
+            "STREAMQ_CREDENTIALS": "store",
+            "STREAMQ_TOKEN_KEYS": key,
+            "STREAMQ_PLATFORM_URL": sim.url,
+            "STREAMQ_X_CLIENT_ID": "app",
+            "STREAMQ_X_CLIENT_SECRET": client_secret,
+        }
+        worker = spawn_worker(
+            "--redis-url", url, "--stream", stream, "--metrics-port", "0",
+            "--log-format", "json", "--log-level", "DEBUG", env=env,
+        )  # fmt: skip
+        output = Lines(worker)
+        check = sync_redis.Redis.from_url(url)
+        try:
+            metrics_url = json.loads(output.wait_for('"metrics_url"'))["metrics_url"]
+            command_line = Path(f"/proc/{worker.pid}/cmdline").read_bytes()
+            deadline = time.monotonic() + 60
+            while {check.hget(keys.job(stream, i), "state") for i in ids} != {b"done", b"paused"}:
+                assert time.monotonic() < deadline, "jobs did not finish"
+                time.sleep(0.05)
+            exposition = httpx.get(metrics_url, timeout=10).text
+        finally:
+            worker.terminate()
+            worker.wait(30)
+        seen = "\n".join(output.rest())
+        stored: list[Any] = [check.hgetall(keys.job(stream, job_id)) for job_id in ids]
+        stored += [check.xrange(keys.events(stream)), check.xrange(keys.dead(stream))]
+        stored += [check.hgetall(keys.pause_reasons(stream))]
+        stored += [check.hgetall(keys.token_record("x", a)) for a in ("good", "revoked")]
+        check.close()
+        secrets = [*sim.oauth.issued, *sim.oauth.grants, client_secret, key.split(":")[1]]
+    assert sim.summary()["refreshes"] >= 1
+    assert "account.reauth_required" in repr(stored)
+    everything = repr(stored) + seen + exposition + command_line.decode(errors="replace")
+    assert [s for s in secrets if s in everything] == []

@@ -145,6 +145,13 @@ def test_demo_in_a_short_mode_loses_nothing_and_posts_nothing_twice() -> None:
     assert summary["refused_at_enqueue"] == 3
     assert summary["rate_limited"] > 0  # the launch burst on x
     assert summary["published"] + summary["dead"] + summary["expired"] == summary["scheduled"]
+    # Tokens expire during the demo: refreshed, once per account per expiry; a revoked refresh
+    # token is presented only by the account whose user revoked the app (a new sign-in then
+    # resumes it: nothing is lost, as asserted above).
+    assert summary["token_refreshes"] > 0
+    assert summary["simulator"]["early_refreshes"] == 0
+    assert summary["simulator"]["revoked_refresh_presented"] <= 1
+    assert summary["reauth_required"] <= 1
     # It cleaned up: its home is gone and its server stopped.
     assert not os.path.exists(summary["home"])
     assert _gone(summary["server_pid"])

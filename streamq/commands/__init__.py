@@ -22,10 +22,11 @@ from streamq.commands import (
     server,
     simulate,
     stats,
+    tokens,
     top,
 )
 
 GROUPS: tuple[ModuleType, ...] = (
-    consume, enqueue, job, dead, cron, stats, events, account, limits, autoscale, admin,
-    health, top, simulate, server, completion,
+    consume, enqueue, job, dead, cron, stats, events, account, tokens, limits, autoscale,
+    admin, health, top, simulate, server, completion,
 )  # fmt: skip

@@ -1,4 +1,5 @@
-"""``streamq account pause|resume ACCOUNT``: hold an account's jobs, or release them."""
+"""``streamq account pause|resume ACCOUNT``: hold an account's jobs, or release them;
+``streamq account status PLATFORM ACCOUNT`` (streamq.commands.tokens)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ STREAM_HELP = "only on this stream (repeatable; default: every stream)"
 
 
 def register(commands: Any) -> None:
-    actions = group(commands, "account", "pause or resume an account")
+    actions = group(commands, "account", "pause, resume or show an account")
     pause = command(
         actions, "pause", "hold its jobs (no attempts used) until resumed", pause_account
     )
@@ -26,6 +27,9 @@ def register(commands: Any) -> None:
     for parser in (pause, resume):
         parser.add_argument("account", help="the account, as given to enqueue --account")
         parser.add_argument("--stream", action="append", help=STREAM_HELP)
+    from streamq.commands.tokens import add_account_status
+
+    add_account_status(actions)  # its token (the token store) and pauses
 
 
 def jobs(count: int) -> str:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 from typing import Any
 
 import anyio
 
-from streamq import metrics, platforms
+from streamq import metrics, platforms, signals
 from streamq.client import Queue
 from streamq.commands.common import command, duration, port, positive_int
 from streamq.commands.consume import resolve_handler
@@ -150,7 +149,8 @@ async def _kubernetes_target(
 
 
 async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            scope.cancel()
-            return
+    def handle(name: str) -> bool:
+        scope.cancel()
+        return True
+
+    await signals.on_stop_signals(handle)

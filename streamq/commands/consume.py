@@ -85,7 +85,9 @@ def open_handler(
         return contextlib.nullcontext(resolve_handler(args.stream, args.handler, configured))
     from streamq.platforms.client import publishing
 
-    return publishing(name, config, concurrency=concurrency)
+    return publishing(
+        name, config, concurrency=concurrency, redis_url=getattr(args, "redis_url", None)
+    )
 
 
 async def run(args: argparse.Namespace, config: Config) -> int:

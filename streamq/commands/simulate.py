@@ -27,6 +27,9 @@ def register(commands: Any) -> None:
     )
     sim.add_argument("--rate-limit", help="posts per token per window, e.g. 10/1s (then 429)")
     sim.add_argument("--token-ttl", type=duration, help="tokens expire this long after first use")
+    sim.add_argument(
+        "--access-ttl", type=duration, help="life of the tokens its token endpoints issue"
+    )
     sim.add_argument("--processing", type=duration, default=0.2, help="media processing (200ms)")
     sim.add_argument("--seed", type=int, help="seed of the random failures")
 
@@ -58,6 +61,7 @@ async def simulate(args: argparse.Namespace, config: Config) -> int:
         lost_answer_rate=args.lost_answer_rate,
         rate_limit=None if args.rate_limit is None else simulator.parse_rate(args.rate_limit),
         token_ttl=args.token_ttl,
+        access_ttl=args.access_ttl,
         processing=args.processing,
         seed=args.seed,
     )

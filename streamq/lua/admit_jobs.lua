@@ -45,6 +45,7 @@ A job deferred or held back appends a 'rate-limited' event, a parked one a 'paus
 Returns { per job: 1 run, 2 run but it was cancelled, 0 not here (deferred, parked, or no longer
 this consumer's), platform paused until ms or 0, now }: a start is logged as '<job id>@<now>'.
 ]]
+-- @include "stream_keys.lua"
 -- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
@@ -207,7 +208,7 @@ local codes = {}
 for i, job in ipairs(jobs) do
   local lane, entry, id, account, enqueued = KEYS[job[1]], job[2], job[3], job[4], job[5]
   local replacement = job[6]
-  local record = prefix .. 'job:' .. id
+  local record = job_key(prefix, id)
   local hold = platform_hold
   if account ~= '' then
     local account_hold = paused_until('a:' .. account)
@@ -224,7 +225,7 @@ for i, job in ipairs(jobs) do
     local envelope = take(lane, entry, replacement)
     if envelope then
       forget_waiting(prefix, id, account)
-      redis.call('ZADD', prefix .. 'parked:' .. account, enqueued, id)
+      redis.call('ZADD', parked_key(prefix, account), enqueued, id)
       redis.call('HSET', record, 'state', 'paused', 'env', envelope)
       redis.call('HDEL', record, 'entry')
       parked = parked + 1
@@ -238,8 +239,8 @@ for i, job in ipairs(jobs) do
     local account_turn, platform_turn = now, now
     local platform_waits = false
     if by_account then
-      account_log = prefix .. 'rate:a:' .. account
-      account_plan = prefix .. 'plan:a:' .. account
+      account_log = rate_key(prefix, account)
+      account_plan = plan_key(prefix, account)
       local planned_at = redis.call('ZSCORE', account_plan, id)
       account_turn = turn(account_log, account_plan, account_limits, not planned_at)
       -- The account's jobs keep their order: a newcomer goes after every job of the account
@@ -285,7 +286,7 @@ for i, job in ipairs(jobs) do
     local due = math.max(hold, account_turn, platform_turn)
     local platform_held = not queued_behind and by_platform and platform_turn > now
       and platform_turn >= math.max(hold, account_turn)
-    local turns = account ~= '' and by_platform and prefix .. 'turns:' .. account
+    local turns = account ~= '' and by_platform and turns_key(prefix, account)
     -- Another job of the account waits for the platform (or was just sent back to take its
     -- turn): this one goes behind it, even if the platform has room now.
     local behind = turns and not platform_waits and has_turn_waiting(turns, id)
@@ -308,7 +309,7 @@ for i, job in ipairs(jobs) do
       -- the platform's queue, which so holds one job per account and serves accounts in turn.
       local envelope = take(lane, entry, replacement)
       if envelope then
-        redis.call('ZADD', prefix .. 'held:' .. account, enqueued, id)
+        redis.call('ZADD', held_key(prefix, account), enqueued, id)
         redis.call('HSET', record, 'state', 'held', 'env', envelope)
         redis.call('HDEL', record, 'entry')
         if by_account then
@@ -339,7 +340,7 @@ for i, job in ipairs(jobs) do
               if other > id then
                 redis.call('ZADD', account_plan, due, other)
                 if redis.call('ZADD', delayed, 'XX', 'CH', due, other) == 1 then
-                  redis.call('HSET', prefix .. 'job:' .. other, 'run_at', due)
+                  redis.call('HSET', job_key(prefix, other), 'run_at', due)
                 end
               end
             end

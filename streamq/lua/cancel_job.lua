@@ -21,6 +21,7 @@ A job cancelled here appends a 'cancelled' event; a running one's comes with its
 Returns { outcome, state before }: outcome is 'cancelled', 'cancelling' (it was running),
 'unchanged' (already finished) or 'missing'.
 ]]
+-- @include "stream_keys.lua"
 -- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "free_dedup_key.lua"

@@ -42,6 +42,7 @@ step on the server, so its event is written with the outcome), then 'done', 'ret
 'rate-limited', 'paused', 'dead', 'expired' or 'cancelled'. A stale outcome writes none.
 Returns the number of entries acknowledged.
 ]]
+-- @include "stream_keys.lua"
 -- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
@@ -50,7 +51,7 @@ Returns the number of entries acknowledged.
 -- @include "release_held.lua"
 local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, retention, prefix = ARGV[1], ARGV[5], ARGV[7]
-local paused = prefix .. 'paused'
+local paused = paused_key(prefix)
 local events = KEYS[9]
 local event_settings = events_settings(KEYS[10])
 local acked = 0
@@ -189,7 +190,7 @@ for i, o in ipairs(outcomes) do
     local account = o[8]
     redis.call('HSET', paused, 'a:' .. account, -1)
     redis.call('HSET', paused .. ':why', 'a:' .. account, o[7])
-    redis.call('ZADD', prefix .. 'parked:' .. account, o[9], id)
+    redis.call('ZADD', parked_key(prefix, account), o[9], id)
     redis.call('HSET', record, 'state', 'paused', 'attempt', attempt, 'started_at', started,
       'env', o[6], 'error', o[7])
     redis.call('HDEL', record, 'entry')

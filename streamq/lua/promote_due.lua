@@ -21,6 +21,7 @@ never came back.
 Each job promoted appends a 'queued' event, each expired one an 'expired' event.
 Returns { promoted, expired, server now ms, due ms of the next waiting job or -1 }.
 ]]
+-- @include "stream_keys.lua"
 -- @include "server_now.lua"
 -- @include "free_dedup_key.lua"
 -- @include "emit_event.lua"
@@ -37,12 +38,12 @@ local STALE_MS = 60000
 
 local function check_held(marker)
   local account = string.sub(marker, 7)
-  local turns = prefix .. 'turns:' .. account
+  local turns = turns_key(prefix, account)
   redis.call('ZREMRANGEBYSCORE', turns, '-inf', now - STALE_MS)
   if redis.call('ZCARD', turns) == 0 then
     release_held(prefix, account)
   end
-  if redis.call('ZCARD', prefix .. 'held:' .. account) > 0 then
+  if redis.call('ZCARD', held_key(prefix, account)) > 0 then
     redis.call('ZADD', delayed, now + STALE_MS, marker)
   end
 end

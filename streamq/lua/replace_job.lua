@@ -19,6 +19,7 @@ holds the key; a job already queued or running keeps its payload. Returns 1 if r
 not. A job waiting for rate-limit capacity leaves the plans (under its old account): it passes
 the limits again, as its new account's, when due.
 ]]
+-- @include "stream_keys.lua"
 -- @include "tell_workers.lua"
 -- @include "delayed_head.lua"
 -- @include "server_now.lua"

@@ -18,6 +18,7 @@ A job waiting for rate-limit capacity leaves the plans: it passes the limits aga
 A job moved appends a 'scheduled' event with its new due time.
 Returns the job's state, 'changed', or false when there is no record.
 ]]
+-- @include "stream_keys.lua"
 -- @include "tell_workers.lua"
 -- @include "delayed_head.lua"
 -- @include "server_now.lua"

@@ -19,6 +19,7 @@ job of the account still unread in the lane, ahead of them, is held back by admi
 they have started, so the account's jobs start in enqueue order within the lane.
 Returns { 1 if the account was paused else 0, number of jobs sent back }.
 ]]
+-- @include "stream_keys.lua"
 -- @include "server_now.lua"
 -- @include "emit_event.lua"
 -- An order set outlives any wait it orders; it only bounds what a job purged unseen leaves.
@@ -32,10 +33,10 @@ local now = server_now_ms()
 local settings = events_settings(KEYS[6])
 local ids = redis.call('ZRANGE', parked, 0, -1)
 for _, id in ipairs(ids) do
-  local record = prefix .. 'job:' .. id
+  local record = job_key(prefix, id)
   local f = redis.call('HMGET', record, 'state', 'attempt', 'key', 'env', 'priority')
   if f[1] == 'paused' and f[4] then
-    local entry = redis.call('XADD', prefix .. 'lane:' .. (f[5] or 'normal'), '*', 'j', f[4])
+    local entry = redis.call('XADD', lane_key(prefix, f[5] or 'normal'), '*', 'j', f[4])
     redis.call('HSET', record, 'state', 'queued', 'entry', entry)
     redis.call('HDEL', record, 'env')
     -- A later job of the account still unread in the lane (it joins the lane's end, behind

@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from streamq.platforms.client import Session
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+TOKEN_TRIES = 3
+"""Sends of one run with a token store: a refused token is refreshed and the post sent again,
+up to this many times in all (a token refreshed by another worker may itself expire while a
+slow run holds it); then the account pauses as without a store."""
 
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=2048)]
 """A media or link URL the platform fetches."""
@@ -50,6 +54,8 @@ class PlatformSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Between two checks of a container or upload the platform is still processing."""
     ready_timeout: float = 300.0
     """How long to wait for the platform to finish processing media before retrying later."""
+    token_url: str | None = None
+    """Where token refreshes go (None: the platform's own, streamq.platforms.refresh)."""
 
 
 class PostBase(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -87,7 +93,7 @@ class Publisher:
             post = parse_post(self.name, self.Post, job.payload)
         except PayloadError as exc:
             raise Fail(str(exc)) from None
-        creds = await self.session.credentials_for(self.name, job.account)
+        creds = await self.session.credentials_for(self.name, job.account, job)
         if self.needs_user_id and not creds.user_id:
             who = "no account" if job.account is None else f"account {job.account!r}"
             raise Fail(
@@ -95,15 +101,33 @@ class Publisher:
                 f"({self.needs_user_id})",
                 pause_account=True,
             )
-        marker = job.id
-        if job.attempt > 1 and self.settings.lookup:
+        again = job.attempt > 1
+        for _ in range(TOKEN_TRIES - 1):
+            try:
+                return await self._send(post, creds, job.id, again=again)
+            except outcomes.TokenRejected:
+                # The token expired (or was revoked) under us: with a token store, refresh it
+                # (once, for every worker: streamq.platforms.keeper) and send again, in the
+                # same attempt. An earlier step of this run may have reached the platform, so
+                # the next send looks first, as a retry would.
+                fresh = await self.session.refreshed(self.name, job.account, creds, job)
+                if fresh is None:
+                    raise
+                creds, again = fresh, True
+        return await self._send(post, creds, job.id, again=again)
+
+    async def _send(
+        self, post: Any, creds: Credentials, marker: str, *, again: bool
+    ) -> dict[str, Any]:
+        """Publish-once: ``again`` when an earlier try may have reached the platform."""
+        if again and self.settings.lookup:
             found = await self.lookup(creds, marker)
             if found is not None:
                 return {"platform": self.name, "post_id": found, "recovered": True}
         try:
             post_id = await self.publish(post, creds, marker)
         except outcomes.DuplicatePost as duplicate:
-            if job.attempt > 1:  # the earlier attempt's post: this job's own
+            if again:  # the earlier try's post: this job's own
                 return {"platform": self.name, "post_id": duplicate.existing_id, "recovered": True}
             raise Fail(str(duplicate)) from None
         return {"platform": self.name, "post_id": post_id}

@@ -16,12 +16,13 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
+import anyio
 import httpx
 import msgspec
 
-from streamq import platforms
+from streamq import connection, platforms
 from streamq.config import Config, load_config
 from streamq.errors import Fail
 from streamq.platforms.base import PlatformSettings, Publisher
@@ -31,7 +32,11 @@ from streamq.platforms.credentials import (
     Secret,
     load_provider,
 )
+from streamq.platforms.keeper import TokenKeeper
 from streamq.platforms.outcomes import PlatformUnavailable, Reply, clean
+
+if TYPE_CHECKING:
+    from streamq.job import Job
 
 USER_AGENT = "streamq"
 CONNECT_TIMEOUT = 10.0
@@ -49,8 +54,13 @@ def resolve_settings(
         settings = msgspec.structs.replace(settings, **given)
     root = (os.environ if environ is None else environ).get("STREAMQ_PLATFORM_URL")
     if root:
+        from streamq.platforms.refresh import simulated_token_url
+
         settings = msgspec.structs.replace(
-            settings, base_url=f"{root.rstrip('/')}/{name}", lookup=True
+            settings,
+            base_url=f"{root.rstrip('/')}/{name}",
+            lookup=True,
+            token_url=simulated_token_url(root, name),
         )
     return settings
 
@@ -66,8 +76,17 @@ class Session:
         settings: Mapping[str, PlatformSettings] | None = None,
         max_connections: int = 100,
         http2: bool = True,
+        redis_url: str | None = None,
     ) -> None:
         self.config = config if config is not None else load_config()
+        self._redis: Any = None
+        if credentials is None and _provider_spec(self.config) == "store":
+            # The token store: its own small connection, so that refreshes never wait behind
+            # a worker's batch commands.
+            self._redis = connection.client(
+                connection.resolve_url(redis_url, self.config.redis_url), max_connections=16
+            )
+            credentials = TokenKeeper.from_env(self._redis, self.config.tokens)
         self.credentials = credentials or load_provider(self.config.credentials)
         self._settings = dict(settings or {})
         self._max_connections = max_connections
@@ -99,6 +118,11 @@ class Session:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if isinstance(self.credentials, TokenKeeper):
+            await self.credentials.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -115,13 +139,32 @@ class Session:
         """The built-in publisher for platform ``name``, sending through this session."""
         return platforms.publisher_class(name)(self, self.settings(name))
 
-    async def credentials_for(self, platform: str, account: str | None) -> Credentials:
-        """The account's credentials; none found pauses the account (a token problem)."""
-        found = await self.credentials(platform, account)
+    async def credentials_for(
+        self, platform: str, account: str | None, job: Job | None = None
+    ) -> Credentials:
+        """The account's credentials (with a token store, refreshed first when due); none
+        found pauses the account (a token problem)."""
+        if isinstance(self.credentials, TokenKeeper):
+            found = await self.credentials.credentials(
+                platform, account, job, self.settings(platform)
+            )
+        else:
+            found = await self.credentials(platform, account)
         if found is None:
             who = "jobs without an account" if account is None else f"account {account!r}"
             raise Fail(f"{platform}: token: no credentials for {who}", pause_account=True)
         return found
+
+    async def refreshed(
+        self, platform: str, account: str | None, stale: Credentials, job: Job | None = None
+    ) -> Credentials | None:
+        """A new token for one the platform refused; None when the provider cannot refresh
+        (it is not the token store, or the store does not hold the account)."""
+        if not isinstance(self.credentials, TokenKeeper):
+            return None
+        return await self.credentials.refreshed(
+            platform, account, stale, job, self.settings(platform)
+        )
 
     async def send(
         self,
@@ -217,10 +260,30 @@ def _body(response: httpx.Response) -> Any:
         return response.text[:1000]
 
 
+def _provider_spec(config: Config) -> str:
+    return os.environ.get("STREAMQ_CREDENTIALS") or config.credentials or "env"
+
+
 @contextlib.asynccontextmanager
 async def publishing(
-    name: str, config: Config | None = None, *, concurrency: int = 32
+    name: str,
+    config: Config | None = None,
+    *,
+    concurrency: int = 32,
+    redis_url: str | None = None,
 ) -> AsyncIterator[Publisher]:
     """The built-in publisher ``name`` as a worker's handler, its session open meanwhile."""
-    async with Session(config, max_connections=max(100, concurrency)) as session:
-        yield session.publisher(name)
+    async with Session(
+        config, max_connections=max(100, concurrency), redis_url=redis_url
+    ) as session:
+        keeper = session.credentials
+        if not isinstance(keeper, TokenKeeper):
+            yield session.publisher(name)
+            return
+        # The token store: due tokens of accounts that post rarely are refreshed meanwhile.
+        async with anyio.create_task_group() as background:
+            background.start_soon(keeper.keep_alive, {name: session.settings(name)})
+            try:
+                yield session.publisher(name)
+            finally:
+                background.cancel_scope.cancel()

@@ -63,11 +63,15 @@ class Credentials:
     """An account's token on one platform, and the id it publishes as where the platform needs
     one (a Facebook page id, an Instagram user id, a LinkedIn author URN)."""
 
-    __slots__ = ("token", "user_id")
+    __slots__ = ("token", "user_id", "version")
 
-    def __init__(self, token: str | Secret, user_id: str | None = None) -> None:
+    def __init__(
+        self, token: str | Secret, user_id: str | None = None, *, version: int | None = None
+    ) -> None:
         self.token = token if isinstance(token, Secret) else Secret(token)
         self.user_id = user_id
+        self.version = version
+        """The token store's version of this token (None: from another provider)."""
 
     def __repr__(self) -> str:
         return f"Credentials(token=***, user_id={self.user_id!r})"
@@ -175,6 +179,10 @@ def load_provider(spec: str | None) -> CredentialsProvider:
     """A provider from its spec: ``env`` (the default), ``file:PATH``, or
     ``package.module:function`` (a function as CallableCredentials takes)."""
     chosen = spec or os.environ.get("STREAMQ_CREDENTIALS") or "env"
+    if chosen == "store":
+        raise ConfigError(
+            'credentials "store" is the token store: a platforms Session opens it itself'
+        )
     if chosen == "env":
         return EnvCredentials()
     if chosen.startswith("file:"):

@@ -107,9 +107,20 @@ def rate_limited(
     return RateLimited(wait, describe(platform, "rate limited", message, reply, code), scope=scope)
 
 
-def token_problem(platform: str, message: str, reply: Reply | None, code: Any = None) -> Fail:
-    """The account's token is invalid, expired or revoked: pause the account until fixed."""
-    return Fail(describe(platform, "token", message, reply, code), pause_account=True)
+class TokenRejected(Fail):
+    """The platform refused the account's token (invalid, expired or revoked). With a token
+    store, the publisher refreshes the token and sends again once; otherwise, or when the new
+    token is refused too, the account is paused until it has a good token."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, pause_account=True)
+
+
+def token_problem(
+    platform: str, message: str, reply: Reply | None, code: Any = None
+) -> TokenRejected:
+    """The account's token is invalid, expired or revoked: refresh it, or pause the account."""
+    return TokenRejected(describe(platform, "token", message, reply, code))
 
 
 def refused(platform: str, kind: str, message: str, reply: Reply | None, code: Any = None) -> Fail:

@@ -167,10 +167,12 @@ async def test_an_enqueue_into_a_black_hole_fails_in_one_line_within_its_timeout
     assert first in await lane_job_ids(redis, stream)
 
 
-@pytest.mark.parametrize("fault", ["cut", "black_hole"])
-def test_the_cli_enqueue_through_a_dead_link_exits_1_in_one_line(
-    server: LocalServer, stream: str, tmp_path: Any, fault: str
+@pytest.mark.parametrize(("fault", "exit_code"), [("cut", 1), ("black_hole", 3)])
+def test_the_cli_enqueue_through_a_dead_link_fails_in_one_line(
+    server: LocalServer, stream: str, tmp_path: Any, fault: str, exit_code: int
 ) -> None:
+    """A refused connection is a runtime failure (1); a server that never answers, a timeout
+    (3), as the README's exit codes say."""
     config = tmp_path / "streamq.toml"
     config.write_text('socket_timeout = "6s"\n')
     with FaultProxy("127.0.0.1", server.port) as proxy:
@@ -179,7 +181,7 @@ def test_the_cli_enqueue_through_a_dead_link_exits_1_in_one_line(
             "enqueue", "--config", str(config), "--redis-url", proxy.url, "--stream", stream,
             "--payload", '{"n": 1}', timeout=30,
         )  # fmt: skip
-    assert done.returncode == 1
+    assert done.returncode == exit_code
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"streamq: error: cannot reach Redis at {proxy.url}")

@@ -1,0 +1,221 @@
+"""What a run means: a handler's result or exception turned into the outcome the worker records.
+
+Pure functions of the job, the server's clock (``now_ms``) and the stream's settings: no Redis,
+no worker state, so every rule here is unit-tested without a server. The worker acts on what
+comes back (a :class:`~streamq.codec.Parked` from a handler means "pause the account", a
+:class:`~streamq.codec.Deferred` holding ``'platform'`` means "read nothing until then").
+
+    handler returned             Done
+    raised RateLimited           Deferred (attempt unchanged; holds the account or platform)
+    cancelled while it ran       Cancelled
+    raised Fail(pause_account)   Parked (its account is paused until resumed)
+    raised Fail, or last attempt Dead
+    raised anything else         Retried after Retry(after) or the backoff
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import msgspec
+import orjson
+
+from streamq import keys, logs, scheduler
+from streamq.codec import (
+    Cancelled,
+    Dead,
+    Deferred,
+    Done,
+    Envelope,
+    Expired,
+    Outcome,
+    Parked,
+    Retried,
+    envelope_text,
+)
+from streamq.config import StreamConfig
+from streamq.errors import Fail, RateLimited, Retry
+from streamq.job import Job
+
+log = logging.getLogger("streamq.worker")
+
+_result_encoder = msgspec.json.Encoder(enc_hook=repr)
+
+
+def done(job: Job, started_ms: int, value: Any) -> Done:
+    """The handler returned ``value`` (stored as JSON; '' for None)."""
+    env = job.envelope
+    result = "" if value is None else _result_encoder.encode(value).decode()
+    return Done(env.id, env.key or "", env.attempt, started_ms, result)
+
+
+def expired(job: Job) -> Expired:
+    env = job.envelope
+    return Expired(
+        env.id,
+        env.key or "",
+        env.attempt,
+        0,
+        envelope_text(env),
+        job._lane + 1,
+        job._entry.decode(),
+    )
+
+
+def cancelled(job: Job, started_ms: int = 0) -> Cancelled:
+    env = job.envelope
+    return Cancelled(
+        env.id,
+        env.key or "",
+        env.attempt,
+        started_ms,
+        envelope_text(env),
+        job._lane + 1,
+        job._entry.decode(),
+    )
+
+
+def parked(job: Job, reason: str, started_ms: int = 0) -> Parked:
+    """Pause the job's account (it has one) and park the job, attempt unchanged."""
+    env = job.envelope
+    assert env.account is not None
+    return Parked(
+        env.id,
+        env.key or "",
+        env.attempt,
+        started_ms,
+        envelope_text(env),
+        reason,
+        env.account,
+        env.enqueued_at_ms,
+        job._lane + 1,
+        job._entry.decode(),
+    )
+
+
+def held_back(job: Job, now_ms: int, wait_ms: int) -> Deferred:
+    """Defer a job, without running it, until a platform pause ends."""
+    env = job.envelope
+    later = msgspec.structs.replace(env, run_at_ms=now_ms + wait_ms)
+    return Deferred(
+        env.id,
+        env.key or "",
+        env.attempt,
+        0,
+        envelope_text(later),
+        wait_ms,
+        "platform paused",
+        "",
+        job._lane + 1,
+        job._entry.decode(),
+    )
+
+
+def failure(
+    job: Job, exc: BaseException, options: StreamConfig, *, started_ms: int, now_ms: int
+) -> Deferred | Cancelled | Parked | Dead | Retried:
+    """The outcome of a run that raised ``exc``: defer, cancel, park, dead-letter or retry."""
+    env = job.envelope
+    key = env.key or ""
+    lane, entry = job._lane + 1, job._entry.decode()
+    if isinstance(exc, RateLimited):
+        delay_ms = round(exc.retry_after * 1000)
+        later = msgspec.structs.replace(env, run_at_ms=now_ms + delay_ms)
+        hold = ""
+        if exc.scope == "platform":
+            hold = keys.pause_field(None)
+        elif env.account is not None:
+            hold = keys.pause_field(env.account)
+        return Deferred(
+            env.id,
+            key,
+            env.attempt,
+            started_ms,
+            envelope_text(later),
+            delay_ms,
+            exc.reason,
+            hold,
+            lane,
+            entry,
+        )
+    if job.cancelled:  # cancelled while it ran: it ends here, as cancelled
+        return cancelled(job, started_ms)
+    if isinstance(exc, Fail) and exc.pause_account and env.account is not None:
+        log.warning(
+            "job %s: pausing account %s: %s",
+            env.id,
+            env.account,
+            exc.reason,
+            extra=logs.job(env.id, job.stream, env.attempt),
+        )
+        return parked(job, exc.reason, started_ms)
+    error = describe(exc)
+    allowed = env.max_attempts or options.max_attempts
+    if isinstance(exc, Fail) or env.attempt >= allowed:
+        reason = (
+            exc.reason
+            if isinstance(exc, Fail)
+            else f"gave up after {env.attempt} attempts: {error}"
+        )
+        log.warning(
+            "job %s is dead: %s", env.id, reason, extra=logs.job(env.id, job.stream, env.attempt)
+        )
+        return Dead(env.id, key, env.attempt, started_ms, envelope_text(env), reason, lane, entry)
+    if isinstance(exc, Retry) and exc.after is not None:
+        delay = exc.after
+    else:
+        delay = scheduler.backoff_seconds(env.backoff or options.backoff, env.attempt)
+    delay_ms = round(delay * 1000)
+    log.info(
+        "job %s attempt %d failed (%s); retrying in %.1fs",
+        env.id,
+        env.attempt,
+        error,
+        delay,
+        extra=logs.job(env.id, job.stream, env.attempt),
+    )
+    again = msgspec.structs.replace(env, attempt=env.attempt + 1, run_at_ms=now_ms + delay_ms)
+    return Retried(
+        env.id, key, env.attempt + 1, started_ms, envelope_text(again), delay_ms, error, lane, entry
+    )
+
+
+def is_expired(env: Envelope, options: StreamConfig, now_ms: int) -> bool:
+    """Whether the job came due longer ago than its (or the stream's) ``expire_after``."""
+    expire_ms = env.expire_after_ms
+    if expire_ms is None:
+        if options.expire_after is None:
+            return False
+        expire_ms = round(options.expire_after * 1000)
+    due = env.run_at_ms if env.run_at_ms is not None else env.enqueued_at_ms
+    return now_ms > due + expire_ms
+
+
+def timeout_of(env: Envelope, options: StreamConfig) -> float:
+    """The job's own timeout, else the stream's (seconds; inf for none)."""
+    if env.job_timeout_ms is not None:
+        return env.job_timeout_ms / 1000
+    return options.job_timeout or math.inf
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as an outcome records it: type and message, at most 1,000 characters."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:1000]
+
+
+def hook_calls(outcome: Outcome) -> list[tuple[str, tuple[Any, ...]]]:
+    """The hooks a recorded outcome calls, by name, with their arguments after the job."""
+    if isinstance(outcome, Done):
+        return [("on_done", (orjson.loads(outcome.result) if outcome.result else None,))]
+    if isinstance(outcome, Retried):
+        return [("on_failed", (outcome.reason,))]
+    if isinstance(outcome, Dead):
+        return [("on_failed", (outcome.reason,)), ("on_dead", (outcome.reason,))]
+    if isinstance(outcome, Cancelled):
+        return [("on_cancelled", ())]
+    if isinstance(outcome, Expired):
+        return [("on_expired", ())]
+    return []

@@ -1,0 +1,535 @@
+"""The token store and the keeper that refreshes tokens, on a real server and the simulator.
+
+Every refresh goes over a real socket to the simulator's token endpoints, which rotate and
+revoke refresh tokens as the platforms do and count every refresh per account.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from streamq import events, keys, scripts
+from streamq.client import Queue
+from streamq.config import Backoff, Config, StreamConfig, TokensConfig
+from streamq.errors import ConfigError, RateLimited
+from streamq.platforms.client import Session
+from streamq.platforms.credentials import Credentials, Secret
+from streamq.platforms.keeper import ReauthRequired, TokenKeeper
+from streamq.platforms.refresh import Client
+from streamq.simulator import SimOptions, Simulator
+from streamq.tokenstore import Keyring, TokenSet, TokenStore
+from streamq.worker import Worker, WorkerOptions
+from tests.platform_helpers import PLATFORMS, USER_IDS, post_for, settings_for
+
+pytestmark = pytest.mark.anyio
+
+KEYRING = Keyring.parse(Keyring.generate("k1"))
+CLIENTS = {p: Client(f"client-{p}", Secret(f"client-secret-{p}-0123456789")) for p in PLATFORMS}
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    return ("asyncio", {"use_uvloop": True})
+
+
+def tokens_of(answer: dict[str, Any]) -> TokenSet:
+    found = TokenSet.from_answer(answer)
+    return TokenSet(
+        access_token=found.access_token,
+        refresh_token=found.refresh_token,
+        expires_at_ms=found.expires_at_ms,
+        user_id=answer.get("user_id"),
+        issued_at_ms=found.issued_at_ms,
+    )
+
+
+def user_of(platform: str, account: str) -> str:
+    return USER_IDS.get(platform, f"{platform}-{account}")
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+async def test_tokens_are_sealed_at_rest_and_read_back(redis: Redis, stream: str) -> None:
+    store = TokenStore(redis, KEYRING)
+    account = f"acme-{stream}"
+    tokens = TokenSet(
+        access_token=Secret("access-sekrit-1"),
+        refresh_token=Secret("refresh-sekrit-1"),
+        expires_at_ms=int(time.time() * 1000) + 60_000,
+        scopes=("tweet.write",),
+        user_id="u1",
+    )
+    version = await store.put("x", account, tokens)
+    raw: dict[bytes, bytes] = await redis.hgetall(keys.token_record("x", account))  # type: ignore[assignment]
+    everything = b" ".join(k + b"=" + v for k, v in raw.items())
+    assert b"sekrit" not in everything
+    assert raw[b"sealed"].startswith(b"k1.")
+    found = await store.get("x", account)
+    assert found is not None
+    assert found.access_token == Secret("access-sekrit-1")
+    assert found.refresh_token == Secret("refresh-sekrit-1")
+    assert (found.version, found.scopes, found.user_id) == (version, ("tweet.write",), "u1")
+    assert "sekrit" not in repr(found) + repr(await store.status("x", account))
+    assert ("x", account) in await store.accounts()
+
+
+async def test_without_a_key_the_store_holds_no_token(redis: Redis, stream: str) -> None:
+    store = TokenStore(redis, None)
+    with pytest.raises(ConfigError, match="STREAMQ_TOKEN_KEYS"):
+        await store.put("x", stream, TokenSet(access_token=Secret("a"), refresh_token=Secret("r")))
+    assert not await redis.exists(keys.token_record("x", stream))
+
+
+async def test_a_rotated_key_still_opens_old_tokens_and_seals_new_ones(
+    redis: Redis, stream: str
+) -> None:
+    old = Keyring.generate("old")
+    await TokenStore(redis, Keyring.parse(old)).put(
+        "x", stream, TokenSet(access_token=Secret("a1"))
+    )
+    rotated = TokenStore(redis, Keyring.parse(f"{Keyring.generate('new')},{old}"))
+    found = await rotated.get("x", stream)
+    assert found is not None
+    assert (found.access_token, found.key_id) == (Secret("a1"), "old")
+    await rotated.put("x", stream, TokenSet(access_token=Secret("a2")))
+    found = await rotated.get("x", stream)
+    assert found is not None
+    assert found.key_id == "new"
+    with pytest.raises(ConfigError, match="'new'"):
+        await TokenStore(redis, Keyring.parse(old)).get("x", stream)
+
+
+async def test_a_sealed_token_does_not_open_on_another_account(redis: Redis, stream: str) -> None:
+    store = TokenStore(redis, KEYRING)
+    await store.put("x", f"a-{stream}", TokenSet(access_token=Secret("a")))
+    await store.put("x", f"b-{stream}", TokenSet(access_token=Secret("b")))
+    sealed = await redis.hget(keys.token_record("x", f"a-{stream}"), "sealed")
+    await redis.hset(keys.token_record("x", f"b-{stream}"), "sealed", sealed)
+    with pytest.raises(ConfigError, match="does not open"):
+        await store.get("x", f"b-{stream}")
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("flush", [False, True])
+async def test_the_lease_is_single_and_a_stale_fence_never_overwrites(
+    redis: Redis, stream: str, flush: bool
+) -> None:
+    store = TokenStore(redis, KEYRING)
+    version = await store.put("x", stream, TokenSet(access_token=Secret("v1")))
+    if flush:
+        await redis.script_flush()
+    first = await store.lease("x", stream, version, 60_000)
+    assert first.outcome == "granted"
+    second = await store.lease("x", stream, version, 60_000)
+    assert second.outcome == "busy"
+    assert 0 < second.wait_ms <= 60_000
+    # The lease runs out (its holder is slow or dead) and another worker takes it.
+    await redis.delete(keys.token_lease("x", stream))
+    third = await store.lease("x", stream, version, 60_000)
+    assert third.outcome == "granted"
+    assert third.fence > first.fence
+    late = TokenSet(access_token=Secret("from-the-late-holder"))
+    assert await store.write_refreshed("x", stream, first.fence, late, 1) is None
+    newer = await store.write_refreshed(
+        "x", stream, third.fence, TokenSet(access_token=Secret("v2")), 1
+    )
+    assert newer == version + 1
+    found = await store.get("x", stream)
+    assert found is not None
+    assert found.access_token == Secret("v2")
+    assert (await store.lease("x", stream, version, 60_000)).outcome == "newer"
+    # An app's put ends any refresh under way: its later write is discarded.
+    fourth = await store.lease("x", stream, newer, 60_000)
+    assert fourth.outcome == "granted"
+    await store.put("x", stream, TokenSet(access_token=Secret("from-sign-in")))
+    gone = await store.write_refreshed(
+        "x", stream, fourth.fence, TokenSet(access_token=Secret("stale")), 2
+    )
+    assert gone is None
+    found = await store.get("x", stream)
+    assert found is not None
+    assert found.access_token == Secret("from-sign-in")
+
+
+async def test_a_token_store_account_lives_in_one_slot() -> None:
+    def tag(key: str) -> str:
+        return key[key.index("{") + 1 : key.index("}")]
+
+    for account in ("acme", "a}b", "{x}"):
+        assert tag(keys.token_record("x", account)) == tag(keys.token_lease("x", account))
+    assert scripts.load("lease_token").source.startswith(b"--[[ lease_token:")
+    assert scripts.load("write_token").source.startswith(b"--[[ write_token:")
+
+
+# -- the keeper against the simulator --------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    sim: Simulator
+    q: Queue
+    keeper: TokenKeeper
+    session: Session
+    stream: str
+    platform: str
+
+    async def sign_in(self, account: str) -> TokenSet:
+        tokens = tokens_of(self.sim.oauth.sign_in(self.platform, user_of(self.platform, account)))
+        await self.keeper.store.put(self.platform, account, tokens)
+        return tokens
+
+    async def run(self, job_ids: list[str], until: tuple[str, ...], limit: float = 20) -> Any:
+        worker = Worker(
+            self.q.redis,
+            self.stream,
+            self.session.publisher(self.platform),
+            WorkerOptions(
+                publisher=self.platform,
+                limits=(),
+                backoff=Backoff(base=0.05, factor=1, max=0.05, jitter=0),
+                visibility_timeout=5.0,
+                block_seconds=0.2,
+                grace=5.0,
+            ),
+        )
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(worker.run)
+            with anyio.fail_after(limit):
+                while True:
+                    infos = [await self.q.job(job_id) for job_id in job_ids]
+                    if all(info.state in until for info in infos):
+                        break
+                    await anyio.sleep(0.03)
+            worker.stop()
+        return infos
+
+
+async def open_rig(
+    redis_url: str, stream: str, platform: str, options: SimOptions
+) -> AsyncIterator[Rig]:
+    sim = Simulator(options)
+    async with sim.serve() as url:
+        config = Config(streams={stream: StreamConfig(publisher=platform, limits=())})
+        settings = {platform: settings_for(platform, url)}
+        async with Queue(redis_url, config=config) as q:
+            keeper = TokenKeeper(
+                TokenStore(q.redis, KEYRING),
+                config=TokensConfig(lease=2.0, wait=5.0),
+                clients=CLIENTS,
+            )
+            async with Session(config, credentials=keeper, settings=settings) as session:
+                yield Rig(sim, q, keeper, session, stream, platform)
+
+
+@pytest.fixture(params=PLATFORMS)
+async def rig(redis_url: str, stream: str, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    # Tokens live 4 s: the last 10 % of their life is 0.4 s.
+    options = SimOptions(processing=0.05, access_ttl=4.0, ig_min_age=0.0)
+    async for made in open_rig(redis_url, stream, request.param, options):
+        yield made
+
+
+async def age(rig: Rig, account: str, *, issued_ago_ms: int, expires_in_ms: int) -> None:
+    """Make the stored token look old: issued long ago, expiring soon (the simulator's own
+    clock for it is moved the same way)."""
+    now = int(time.time() * 1000)
+    await rig.q.redis.hset(
+        keys.token_record(rig.platform, account),
+        mapping={"issued_at_ms": now - issued_ago_ms, "expires_at_ms": now + expires_in_ms},
+    )
+    for issued in rig.sim.oauth.issued.values():
+        if issued.user == user_of(rig.platform, account):
+            issued.issued_at = time.monotonic() - issued_ago_ms / 1000
+            issued.expires_at = time.monotonic() + expires_in_ms / 1000
+
+
+async def test_a_due_token_is_refreshed_once_before_the_post(rig: Rig) -> None:
+    account = "acme"
+    signed = await rig.sign_in(account)
+    await age(rig, account, issued_ago_ms=25 * 3600 * 1000, expires_in_ms=1500)
+    job_id = await rig.q.enqueue(
+        rig.stream, post_for(rig.platform, rig.sim.url, "hi"), account=account
+    )
+    [info] = await rig.run([job_id], until=("done", "dead", "paused"))
+    assert (info.state, info.attempt) == ("done", 1), info.error
+    summary = rig.sim.summary()
+    assert summary["refreshes_by_account"] == {
+        f"{rig.platform}/{user_of(rig.platform, account)}": 1
+    }
+    assert summary["revoked_refresh_presented"] == 0
+    stored = await rig.keeper.store.get(rig.platform, account)
+    assert stored is not None
+    assert stored.access_token != signed.access_token
+    assert stored.refreshes == 1
+    if rig.platform in ("x", "tiktok"):  # rotated: the signed-in refresh token is spent
+        assert stored.refresh_token != signed.refresh_token
+        assert rig.sim.oauth.grants[signed.refresh_token.reveal()].revoked  # type: ignore[union-attr]
+    elif rig.platform in ("youtube", "linkedin"):
+        assert stored.refresh_token == signed.refresh_token
+    [post] = rig.sim.posts_for(job_id)
+    assert post.user == user_of(rig.platform, account)
+
+
+async def test_a_token_expired_at_the_platform_is_refreshed_within_the_attempt(rig: Rig) -> None:
+    account = "acme"
+    signed = await rig.sign_in(account)
+    await age(rig, account, issued_ago_ms=1000, expires_in_ms=3000)
+    rig.sim.expire_token(signed.access_token.reveal())  # the store still thinks it is good
+    job_id = await rig.q.enqueue(
+        rig.stream, post_for(rig.platform, rig.sim.url, "hi"), account=account
+    )
+    [info] = await rig.run([job_id], until=("done", "dead", "paused"))
+    assert (info.state, info.attempt) == ("done", 1), info.error
+    assert rig.sim.summary()["refreshes"] == 1
+    assert rig.sim.counts.token_errors >= 1
+    assert len(rig.sim.posts_for(job_id)) == 1
+
+
+@pytest.mark.cluster
+async def test_many_callers_one_refresh(rig: Rig) -> None:
+    account = "acme"
+    await rig.sign_in(account)
+    # Meta's tokens cannot be renewed once expired: those are asked for just before.
+    meta = rig.platform in ("facebook", "instagram")
+    await age(rig, account, issued_ago_ms=25 * 3600 * 1000, expires_in_ms=1500 if meta else -10)
+    results: list[Credentials | None] = []
+
+    async def ask() -> None:
+        results.append(
+            await rig.keeper.credentials(
+                rig.platform, account, None, rig.session.settings(rig.platform)
+            )
+        )
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(20):
+            tasks.start_soon(ask)
+    assert rig.sim.summary()["refreshes"] == 1
+    if not meta:  # every caller waited for the one new token
+        assert len({c.token.reveal() for c in results if c is not None}) == 1
+    assert rig.sim.summary()["revoked_refresh_presented"] == 0
+
+
+@pytest.mark.cluster
+async def test_a_refused_refresh_pauses_the_account_until_fresh_tokens_are_put(rig: Rig) -> None:
+    account = "acme"
+    await rig.sign_in(account)
+    await age(rig, account, issued_ago_ms=25 * 3600 * 1000, expires_in_ms=-10)
+    if rig.platform == "instagram":  # no refresh token: an expired long-lived token is final
+        pass
+    else:
+        rig.sim.oauth.revoke(rig.platform, user_of(rig.platform, account))
+    post = post_for(rig.platform, rig.sim.url, "kept")
+    first = await rig.q.enqueue(rig.stream, post, account=account)
+    second = await rig.q.enqueue(
+        rig.stream, post_for(rig.platform, rig.sim.url, "two"), account=account
+    )
+    infos = await rig.run([first, second], until=("paused",))
+    assert {i.state for i in infos} == {"paused"}
+    assert {i.attempt for i in infos} == {1}
+    report = await rig.q.limits(rig.stream, account)
+    assert [(p.scope, p.reason) for p in report.pauses] == [(account, "reauth_required")]
+    stored = await rig.keeper.store.get(rig.platform, account)
+    assert stored is not None
+    assert stored.state == "reauth_required"
+    assert stored.reason
+    found = [
+        e
+        async for e in events.follow(rig.q.redis, [rig.stream], wait=False)
+        if e.type == "account.reauth_required"
+    ]
+    assert len(found) == 1
+    assert found[0].account == account
+    assert rig.sim.posts == []
+    # The app signs the user in again and puts the tokens: the account resumes.
+    from streamq.tokens import put_tokens
+
+    fresh = tokens_of(rig.sim.oauth.sign_in(rig.platform, user_of(rig.platform, account)))
+    resumed = await put_tokens(rig.q, rig.keeper.store, rig.platform, account, fresh)
+    assert resumed == 2
+    infos = await rig.run([first, second], until=("done", "dead"))
+    assert [(i.state, i.attempt) for i in infos] == [("done", 1), ("done", 1)]
+
+
+async def test_an_outage_of_the_token_endpoint_defers_without_an_attempt(rig: Rig) -> None:
+    account = "acme"
+    await rig.sign_in(account)
+    await age(rig, account, issued_ago_ms=25 * 3600 * 1000, expires_in_ms=-10)
+    rig.sim.oauth.failures_left[rig.platform] = 1
+    if rig.platform in ("facebook", "instagram"):
+        pytest.skip("an expired Meta token cannot be refreshed at all")
+    with pytest.raises(RateLimited):
+        await rig.keeper.credentials(
+            rig.platform, account, None, rig.session.settings(rig.platform)
+        )
+    await rig.q.redis.delete(keys.token_lease(rig.platform, account))
+    job_id = await rig.q.enqueue(
+        rig.stream, post_for(rig.platform, rig.sim.url, "x"), account=account
+    )
+    [info] = await rig.run([job_id], until=("done", "dead", "paused"))
+    assert (info.state, info.attempt) == ("done", 1)
+
+
+async def test_reauth_is_raised_without_calling_the_platform_again(rig: Rig) -> None:
+    account = "acme"
+    await rig.sign_in(account)
+    await rig.q.redis.hset(
+        keys.token_record(rig.platform, account), mapping={"state": "reauth_required"}
+    )
+    with pytest.raises(ReauthRequired):
+        await rig.keeper.credentials(
+            rig.platform, account, None, rig.session.settings(rig.platform)
+        )
+    assert rig.sim.summary()["refreshes"] == rig.sim.oauth.refused == 0
+
+
+def test_token_set_hides_itself() -> None:
+    tokens = TokenSet(access_token=Secret("sekrit"), refresh_token=Secret("sekrit2"))
+    assert "sekrit" not in repr(tokens) + str(tokens)
+    with pytest.raises(TypeError):
+        msgspec.json.encode(tokens)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def test_the_command_line_puts_imports_and_shows_tokens_without_showing_them(
+    redis_url: str, stream: str
+) -> None:
+    from tests.conftest import run_cli
+
+    key = Keyring.generate("k1")
+    env = {
+        "STREAMQ_TOKEN_KEYS": key,
+        f"STREAMQ_X_{stream.upper()}_TOKEN": "imported-sekrit-token",
+    }
+    made = run_cli("tokens", "keygen")
+    assert made.returncode == 0
+    Keyring.parse(made.stdout.strip())  # a key that parses
+    answer = '{"access_token": "put-sekrit-1", "refresh_token": "put-sekrit-2", "expires_in": 7200}'
+    put = run_cli("tokens", "put", "x", "acme", "--redis-url", redis_url, input=answer, env=env)
+    assert put.returncode == 0, put.stderr
+    imported = run_cli(
+        "tokens", "import", "x", stream, "--from", "env", "--redis-url", redis_url, env=env
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert f"x/{stream}: imported" in imported.stdout
+    status = run_cli("account", "status", "x", "acme", "--json", "--redis-url", redis_url, env=env)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["state"] == "active"
+    assert report["token"]["has_refresh_token"] is True
+    assert 7000 < report["token"]["expires_in_seconds"] <= 7200
+    listed = run_cli("tokens", "list", "--redis-url", redis_url, env=env)
+    everything = put.stdout + put.stderr + imported.stdout + status.stdout + listed.stdout
+    assert "sekrit" not in everything
+    nokey = run_cli("tokens", "put", "x", "acme", "--redis-url", redis_url, input=answer)
+    assert nokey.returncode == 2  # a usage error: the configuration lacks the key
+    assert "STREAMQ_TOKEN_KEYS" in nokey.stderr
+    assert "sekrit" not in nokey.stderr
+
+
+def test_the_admin_api_shows_an_account_waiting_for_a_sign_in(
+    admin_server: Any, redis_url: str, stream: str
+) -> None:
+    import httpx
+
+    from tests.conftest import ADMIN_TOKEN
+
+    async def setup() -> None:
+        async with Queue(redis_url) as q:
+            store = TokenStore(q.redis, KEYRING)
+            await store.put(
+                "x", stream, TokenSet(access_token=Secret("sekrit"), refresh_token=Secret("r"))
+            )
+            await q.redis.hset(
+                keys.token_record("x", stream),
+                mapping={"state": "reauth_required", "reason": "x: refresh refused"},
+            )
+
+    anyio.run(setup)
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    answer = httpx.get(f"{admin_server.url}/api/accounts/x/{stream}", headers=headers)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["state"] == "reauth_required"
+    assert body["token"]["reason"] == "x: refresh refused"
+    assert body["token"]["has_refresh_token"] is True
+    assert "sekrit" not in answer.text
+    bad = httpx.get(f"{admin_server.url}/api/accounts/myspace/{stream}", headers=headers)
+    assert bad.status_code == 400
+
+
+def test_the_tokens_table_takes_durations_and_refuses_nonsense() -> None:
+    from streamq.config import parse_config
+
+    config = parse_config({"tokens": {"lease": "20s", "sweep": "5m", "refresh_before": 0.2}})
+    assert (config.tokens.lease, config.tokens.sweep, config.tokens.refresh_before) == (
+        20.0,
+        300.0,
+        0.2,
+    )
+    with pytest.raises(ConfigError, match="refresh_before"):
+        parse_config({"tokens": {"refresh_before": 1.5}})
+
+
+def test_a_worker_on_the_store_without_its_key_refuses_to_start(redis_url: str) -> None:
+    from tests.conftest import run_cli
+
+    started = run_cli(
+        "consume", "--redis-url", redis_url, "--stream", "x", "--burst",
+        env={"STREAMQ_CREDENTIALS": "store", "STREAMQ_TOKEN_KEYS": ""},
+    )  # fmt: skip
+    assert started.returncode == 2  # a usage error: the configuration lacks the key
+    assert "STREAMQ_TOKEN_KEYS" in started.stderr
+    assert started.stderr.count("\n") == 1
+
+
+async def test_account_reauth_required_reaches_the_webhooks_by_default(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    """Once per lost sign-in, with the platform's reason, to a webhook with default events."""
+    from types import SimpleNamespace
+
+    from streamq.config import parse_config
+    from streamq.webhooks import Deliveries, delivery_stream
+    from tests.test_webhooks import Receiver
+
+    with Receiver() as receiver:
+        config = parse_config(
+            {
+                "streams": {
+                    stream: {"webhooks": {"url": receiver.url}},
+                    delivery_stream(stream): {"backoff": {"base": 0.05, "jitter": 0}},
+                }
+            }
+        )
+        store = TokenStore(redis, KEYRING)
+        await store.put("x", "acme", TokenSet(access_token=Secret("a")))
+        keeper = TokenKeeper(store)
+        job: Any = SimpleNamespace(stream=stream, id=f"{stream}:j1", attempt=1)
+        deliveries = Deliveries(redis, stream, config, "test-consumer")
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(deliveries.run)
+            await keeper._tell(job, "x", "acme", "x: refresh refused: invalid_request")
+            await keeper._tell(job, "x", "acme", "told once: this one is not sent")
+            with anyio.fail_after(20):
+                while not receiver.accepted:  # noqa: ASYNC110 - another thread fills it
+                    await anyio.sleep(0.05)
+            await anyio.sleep(0.3)
+            deliveries.stop()
+    [(_, body)] = receiver.accepted
+    event = json.loads(body)
+    assert (event["type"], event["account"]) == ("account.reauth_required", "acme")
+    assert event["error"] == "x: refresh refused: invalid_request"
