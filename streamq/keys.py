@@ -232,6 +232,11 @@ def held(stream: str, account: str) -> str:
     return f"{stream_prefix(stream)}:held:{account}"
 
 
+def order(stream: str, lane: Priority, account: str) -> str:
+    """The account's jobs a resume sent back to ``lane``, and those waiting behind them."""
+    return f"{stream_prefix(stream)}:order:{lane}:{account}"
+
+
 def autoscaler_leader(streams: list[str]) -> str:
     """The lock of the autoscaler leading ``streams`` (one lock per set of streams)."""
     return f"{PREFIX}:autoscaler:leader:" + ",".join(sorted(streams))

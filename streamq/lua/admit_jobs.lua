@@ -166,7 +166,7 @@ local function earlier_in_order(order, id)
     if not first or first >= id then
       return nil
     end
-    local state = redis.call('HGET', prefix .. 'job:' .. first, 'state')
+    local state = redis.call('HGET', job_key(prefix, first), 'state')
     if state == 'queued' or state == 'scheduled' or state == 'held' then
       return first
     end
@@ -214,7 +214,7 @@ for i, job in ipairs(jobs) do
     local account_hold = paused_until('a:' .. account)
     hold = account_hold == -1 and -1 or math.max(hold, account_hold)
   end
-  local order = account ~= '' and prefix .. 'order:' .. LANE_NAMES[job[1]] .. ':' .. account
+  local order = account ~= '' and order_key(prefix, LANE_NAMES[job[1]], account)
   codes[i] = 0
   if redis.call('HGET', record, 'cancel') then
     codes[i] = 2 -- cancelled while waiting: the worker ends it

@@ -42,7 +42,7 @@ for _, id in ipairs(ids) do
     -- A later job of the account still unread in the lane (it joins the lane's end, behind
     -- them) must wait for it: admit_jobs holds back any job of the account and lane whose id
     -- is later than the first one here still on its way, and takes each out when it starts.
-    local order = prefix .. 'order:' .. (f[5] or 'normal') .. ':' .. account
+    local order = order_key(prefix, f[5] or 'normal', account)
     redis.call('ZADD', order, 0, id)
     redis.call('PEXPIRE', order, ORDER_TTL_MS)
     emit_event(KEYS[5], settings, 'queued', id, now, f[2], f[3], account)

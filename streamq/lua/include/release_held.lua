@@ -40,7 +40,7 @@ local function forget_waiting(prefix, id, account)
       release_held(prefix, account)
     end
     for _, lane in ipairs({ 'high', 'normal', 'low' }) do
-      redis.call('ZREM', prefix .. 'order:' .. lane .. ':' .. account, id)
+      redis.call('ZREM', order_key(prefix, lane, account), id)
     end
   end
 end
