@@ -22,6 +22,8 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:parked:<A>               sorted set: jobs of paused account A, by enqueue time
     streamq:{S}:turns:<A>                sorted set: A's jobs in the platform's plan (its turn)
     streamq:{S}:held:<A>                 sorted set: A's jobs waiting for that turn, by enqueue time
+    streamq:{S}:order:<L>:<A>            sorted set: A's jobs a resume sent back to lane L, and its
+                                         later ones waiting behind them, by id (all scored 0)
     streamq:{S}:lateness                 hash: consumer -> its recent lateness summary (health)
     streamq:{S}:samples                  sorted set: timestamped copies of the counts (health, top)
     streamq:autoscaler:leader:<S,...>    string: the token of the autoscaler leading those streams;
@@ -228,6 +230,11 @@ def turns(stream: str, account: str) -> str:
 
 def held(stream: str, account: str) -> str:
     return f"{stream_prefix(stream)}:held:{account}"
+
+
+def order(stream: str, lane: Priority, account: str) -> str:
+    """The account's jobs a resume sent back to ``lane``, and those waiting behind them."""
+    return f"{stream_prefix(stream)}:order:{lane}:{account}"
 
 
 def autoscaler_leader(streams: list[str]) -> str:

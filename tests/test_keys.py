@@ -85,6 +85,8 @@ def test_every_name_a_script_builds_is_one_keys_py_builds() -> None:
         "turns_key": keys.turns(S, A),
         "held_key": keys.held(S, A),
     }
+    # The one name of two parts (a lane and an account).
+    assert keys.order(S, "high", A) == keys.script_prefix(S) + "order:high:" + A
     include = (ROOT / "streamq/lua/include/stream_keys.lua").read_text()
     defined = re.findall(
         r"^local function (\w+)\(prefix(?:, \w+)?\) return prefix \.\. '([^']*)'( \.\. \w+)? end$",
@@ -92,6 +94,10 @@ def test_every_name_a_script_builds_is_one_keys_py_builds() -> None:
         re.MULTILINE,
     )
     assert {name for name, _, _ in defined} == set(expected)
+    assert (
+        "local function order_key(prefix, lane, account)\n"
+        "  return prefix .. 'order:' .. lane .. ':' .. account\nend\n"
+    ) in include
     for name, fragment, tail in defined:
         assert keys.script_prefix(S) + fragment + (A if tail else "") == expected[name], name
     for name in scripts.names():

@@ -90,6 +90,34 @@ class Starts:
 # for a platform's minimum interval.
 @example(plan=[("pause", "a"), ("bulk", ["a"] * 6, "normal")], limits="none", concurrency=1)
 @example(plan=[("bulk", ["a"] * 10, "normal")], limits="platform", concurrency=1)
+# A resume while the account's jobs are still unread or on their way to being parked.
+@example(
+    plan=[
+        ("pause", "a"),
+        ("one", "a", "normal"),
+        ("wait", 0.03),
+        ("bulk", ["a"] * 3, "normal"),
+        ("resume", "a"),
+    ],
+    limits="none",
+    concurrency=1,
+)
+# Found by this test: a job still unread at the final resume took its account's turn on the
+# platform while waiting behind a resumed one, which was then held behind it (both stuck).
+@example(
+    plan=[
+        ("one", "b", "high"),
+        ("bulk", ["a", "b"], "normal"),
+        ("bulk", ["a", "b", "a", "a", "b", "b"], "normal"),
+        ("pause", "b"),
+        ("wait", 0.005),
+        ("one", "b", "normal"),
+        ("one", "a", "normal"),
+        ("one", "b", "normal"),
+    ],
+    limits="platform",
+    concurrency=3,
+)
 # Found by this test: a job deferred again by its account's limit, overtaken by a later one.
 @example(
     plan=[
@@ -119,21 +147,6 @@ def test_an_accounts_jobs_start_in_enqueue_order_within_a_lane(
             )
             worker = Worker(q.redis, stream, handler, options)
             paused: set[str] = set()
-
-            async def settled(account: str) -> None:
-                # Every job of the account so far has started or been parked: a resume must
-                # not race a job enqueued before it that no worker has read yet (the README
-                # says so).
-                async def is_settled() -> bool:
-                    for job_id in (i for i, a in account_of.items() if a == account):
-                        if job_id not in starts.at and (await q.job(job_id)).state != "paused":
-                            return False
-                    return True
-
-                with anyio.fail_after(30):
-                    while not await is_settled():  # noqa: ASYNC110
-                        await anyio.sleep(0.01)
-
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(worker.run)
                 for op in plan:
@@ -152,13 +165,13 @@ def test_an_accounts_jobs_start_in_enqueue_order_within_a_lane(
                         await q.pause_account(op[1], stream)
                         paused.add(op[1])
                     elif op[0] == "resume":
-                        await settled(op[1])
+                        # At once, even while jobs of the account enqueued before it are still
+                        # unread in the lane: they must wait behind the parked ones.
                         await q.resume_account(op[1], stream)
                         paused.discard(op[1])
                     else:
                         await anyio.sleep(op[1])
                 for account in sorted(paused):
-                    await settled(account)
                     await q.resume_account(account, stream)
                 await starts.until(lambda: len(starts.at) == len(account_of))
                 worker.stop()
@@ -317,6 +330,45 @@ def test_jobs_with_ids_of_the_previous_version_run_and_keep_their_place(
                 await starts.until(lambda: len(starts.at) == len(enqueued))
                 worker.stop()
             assert {(await q.job(job_id)).state for job_id in enqueued} == {"done"}
+
+    anyio.run(main, backend="asyncio")
+    assert starts.order == enqueued
+
+
+@pytest.mark.parametrize("limits", sorted(LIMITS))
+def test_a_resumed_accounts_parked_jobs_start_before_its_later_ones_still_in_the_lane(
+    server: LocalServer | LocalCluster, limits: str
+) -> None:
+    # The race a resume used to lose: the account's first job was read and parked, its next
+    # ones were not read yet when the account was resumed, so the parked one went back to the
+    # lane behind them.
+    stream = f"o{os.urandom(6).hex()}"
+    config = Config(streams={stream: StreamConfig(limits=LIMITS[limits])})
+    starts = Starts()
+    enqueued: list[str] = []
+
+    async def handler(job: Job) -> None:
+        starts.note(job)
+
+    async def main() -> None:
+        async with streamq.connect(server.url, config=config) as q:
+            options = WorkerOptions(limits=LIMITS[limits], concurrency=1, block_seconds=0.2)
+            await q.pause_account("a", stream)
+            enqueued.append(await q.enqueue(stream, 0, account="a"))
+            async with anyio.create_task_group() as tasks:
+                worker = Worker(q.redis, stream, handler, options)
+                tasks.start_soon(worker.run)
+                with anyio.fail_after(30):  # the first job parked, then no worker reads
+                    while (await q.job(enqueued[0])).state != "paused":  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                worker.stop()
+            enqueued.extend(await q.enqueue_many(stream, [0] * 2, accounts=["a"] * 2))
+            await q.resume_account("a", stream)
+            async with anyio.create_task_group() as tasks:
+                worker = Worker(q.redis, stream, handler, options)
+                tasks.start_soon(worker.run)
+                await starts.until(lambda: len(starts.at) == len(enqueued))
+                worker.stop()
 
     anyio.run(main, backend="asyncio")
     assert starts.order == enqueued

@@ -35,7 +35,10 @@ An account's jobs keep their enqueue order (job ids sort in creation order): a n
 planned after its account's waiting jobs, a job deferred again takes its account's later jobs
 planned before its new turn along with it, a job does not start while an earlier one of its
 account is due but not started (it waits a moment behind it), and a job sent back from the
-held set takes the account's turn at once, so a later one read before it is held behind it.
+held set takes the account's turn at once, so a later one read before it is held behind it;
+a job does not start while an earlier one of its account that a resume sent back to the same
+lane (or that waits behind one) has not started: it waits a moment behind it (the account's
+order set for the lane, 'order:<lane>:<account>').
 A job of a paused account is parked until the account is resumed (or deferred to the end of a
 timed pause); a platform pause defers every job of the stream.
 A job deferred or held back appends a 'rate-limited' event, a parked one a 'paused' event.
@@ -148,6 +151,29 @@ end
 -- died until its visibility timeout passes).
 local BEHIND_MS = 10
 
+-- An account's order set for a lane ('order:<lane>:<account>', scored 0, so by id) holds the
+-- jobs a resume sent back to the lane's end and the account's later ones that came to wait
+-- behind them. The earliest of them still on its way (queued, deferred or held) goes first: a
+-- later job of the account and lane waits behind it, joining the set. A member that started
+-- leaves it; one that ended otherwise (cancelled, expired, dead, parked again) is dropped here.
+local LANE_NAMES = { 'high', 'normal', 'low' }
+local ORDER_TTL_MS = 7 * 86400000
+local BEHIND_MAX_MS = 1000
+
+local function earlier_in_order(order, id)
+  while true do
+    local first = redis.call('ZRANGE', order, 0, 0)[1]
+    if not first or first >= id then
+      return nil
+    end
+    local state = redis.call('HGET', job_key(prefix, first), 'state')
+    if state == 'queued' or state == 'scheduled' or state == 'held' then
+      return first
+    end
+    redis.call('ZREM', order, first)
+  end
+end
+
 -- How many jobs of one account may wait for the platform at once: 1 is strict round robin.
 local TURNS_PER_ACCOUNT = 1
 
@@ -188,9 +214,13 @@ for i, job in ipairs(jobs) do
     local account_hold = paused_until('a:' .. account)
     hold = account_hold == -1 and -1 or math.max(hold, account_hold)
   end
+  local order = account ~= '' and order_key(prefix, LANE_NAMES[job[1]], account)
   codes[i] = 0
   if redis.call('HGET', record, 'cancel') then
     codes[i] = 2 -- cancelled while waiting: the worker ends it
+    if order then
+      redis.call('ZREM', order, id)
+    end
   elseif hold == -1 then
     local envelope = take(lane, entry, replacement)
     if envelope then
@@ -236,12 +266,25 @@ for i, job in ipairs(jobs) do
         end
       end
     end
+    -- An earlier job of the account sent back to this lane by a resume (or waiting behind one)
+    -- has not started yet: this one waits behind it, looking again less often the longer. It
+    -- takes no place in the plans meanwhile (nor the account's turn on the platform, which the
+    -- earlier one would then be held behind): it joins them when nothing earlier is left.
+    local queued_behind = order and earlier_in_order(order, id)
+    if queued_behind then
+      redis.call('HSETNX', record, 'behind', now)
+      local waited = now - tonumber(redis.call('HGET', record, 'behind'))
+      account_turn = math.max(account_turn,
+        now + math.min(BEHIND_MAX_MS, math.max(BEHIND_MS, math.floor(waited / 2))))
+      redis.call('ZADD', order, 0, id)
+      redis.call('PEXPIRE', order, ORDER_TTL_MS)
+    end
     if by_platform then
       platform_waits = redis.call('ZSCORE', platform_plan, id)
       platform_turn = turn(platform_log, platform_plan, platform_limits, not platform_waits)
     end
     local due = math.max(hold, account_turn, platform_turn)
-    local platform_held = by_platform and platform_turn > now
+    local platform_held = not queued_behind and by_platform and platform_turn > now
       and platform_turn >= math.max(hold, account_turn)
     local turns = account ~= '' and by_platform and turns_key(prefix, account)
     -- Another job of the account waits for the platform (or was just sent back to take its
@@ -256,6 +299,9 @@ for i, job in ipairs(jobs) do
       end
       if turns then
         leave_platform_queue(turns, account, id)
+      end
+      if order and redis.call('ZREM', order, id) == 1 then
+        redis.call('HDEL', record, 'behind')
       end
       codes[i] = 1
     elseif behind and (platform_held or due <= now) then
@@ -279,7 +325,11 @@ for i, job in ipairs(jobs) do
     else
       local envelope = take(lane, entry, replacement)
       if envelope then
-        if by_account then
+        if queued_behind then
+          if by_account then
+            redis.call('ZREM', account_plan, id)
+          end
+        elseif by_account then
           redis.call('ZADD', account_plan, due, id)
           keep_for_last(account_plan)
           if account_reentry then

@@ -28,8 +28,9 @@ local function release_held(prefix, account)
   end
 end
 
--- The job no longer waits for capacity (cancelled, moved, expired): out of the plans, so no
--- newcomer queues behind it, and its account's turn on the platform passes to the next job.
+-- The job no longer waits for capacity (cancelled, moved, expired, parked): out of the plans
+-- and its account's order sets, so no newcomer queues behind it, and its account's turn on the
+-- platform passes to the next job.
 local function forget_waiting(prefix, id, account)
   redis.call('ZREM', platform_plan_key(prefix), id)
   if account and account ~= '' then
@@ -37,6 +38,9 @@ local function forget_waiting(prefix, id, account)
     local turns = turns_key(prefix, account)
     if redis.call('ZREM', turns, id) == 1 and redis.call('ZCARD', turns) == 0 then
       release_held(prefix, account)
+    end
+    for _, lane in ipairs({ 'high', 'normal', 'low' }) do
+      redis.call('ZREM', order_key(prefix, lane, account), id)
     end
   end
 end

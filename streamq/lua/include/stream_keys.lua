@@ -14,3 +14,6 @@ local function plan_key(prefix, account) return prefix .. 'plan:a:' .. account e
 local function parked_key(prefix, account) return prefix .. 'parked:' .. account end
 local function turns_key(prefix, account) return prefix .. 'turns:' .. account end
 local function held_key(prefix, account) return prefix .. 'held:' .. account end
+local function order_key(prefix, lane, account)
+  return prefix .. 'order:' .. lane .. ':' .. account
+end
