@@ -7,10 +7,11 @@ from typing import Any
 
 import msgspec
 
-from streamq.config import Config
+from streamq.config import Backoff, Config
 from streamq.platforms.base import PlatformSettings
 from streamq.platforms.client import resolve_settings
 from streamq.platforms.credentials import CallableCredentials, Credentials
+from streamq.worker import WorkerOptions
 
 PLATFORMS = ("facebook", "instagram", "linkedin", "x", "tiktok", "youtube")
 USER_IDS = {
@@ -55,4 +56,16 @@ def settings_for(
     settings = resolve_settings(platform, Config(), {"STREAMQ_PLATFORM_URL": sim_url})
     return msgspec.structs.replace(
         settings, timeout=timeout, lookup=lookup, poll_interval=0.02, ready_timeout=10.0
+    )
+
+
+def publisher_worker_options(platform: str) -> WorkerOptions:
+    """A worker for one platform's publisher against the simulator: quick retries, short reads."""
+    return WorkerOptions(
+        publisher=platform,
+        limits=(),
+        backoff=Backoff(base=0.05, factor=1, max=0.05, jitter=0),
+        visibility_timeout=5.0,
+        block_seconds=0.2,
+        grace=5.0,
     )

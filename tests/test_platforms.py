@@ -20,13 +20,20 @@ from redis.asyncio import Redis
 
 from streamq import stats
 from streamq.client import Queue
-from streamq.config import Backoff, Config, StreamConfig
+from streamq.config import Config, StreamConfig
 from streamq.control import JobInfo
 from streamq.platforms.client import Session
 from streamq.server import LocalServer
 from streamq.simulator import Fault, SimOptions, Simulator
-from streamq.worker import Worker, WorkerOptions
-from tests.platform_helpers import PLATFORMS, credentials, new_token, post_for, settings_for
+from streamq.worker import Worker
+from tests.platform_helpers import (
+    PLATFORMS,
+    credentials,
+    new_token,
+    post_for,
+    publisher_worker_options,
+    settings_for,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -66,14 +73,7 @@ class Rig:
             self.q.redis,
             self.stream,
             self.session.publisher(self.platform),
-            WorkerOptions(
-                publisher=self.platform,
-                limits=(),
-                backoff=Backoff(base=0.05, factor=1, max=0.05, jitter=0),
-                visibility_timeout=5.0,
-                block_seconds=0.2,
-                grace=5.0,
-            ),
+            publisher_worker_options(self.platform),
         )
         infos: list[JobInfo] = []
         async with anyio.create_task_group() as tasks:

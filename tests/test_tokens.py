@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from streamq import events, keys, scripts
 from streamq.client import Queue
-from streamq.config import Backoff, Config, StreamConfig, TokensConfig
+from streamq.config import Config, StreamConfig, TokensConfig
 from streamq.errors import ConfigError, RateLimited
 from streamq.platforms.client import Session
 from streamq.platforms.credentials import Credentials, Secret
@@ -27,8 +27,14 @@ from streamq.platforms.keeper import ReauthRequired, TokenKeeper
 from streamq.platforms.refresh import Client
 from streamq.simulator import SimOptions, Simulator
 from streamq.tokenstore import Keyring, TokenSet, TokenStore
-from streamq.worker import Worker, WorkerOptions
-from tests.platform_helpers import PLATFORMS, USER_IDS, post_for, settings_for
+from streamq.worker import Worker
+from tests.platform_helpers import (
+    PLATFORMS,
+    USER_IDS,
+    post_for,
+    publisher_worker_options,
+    settings_for,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -194,14 +200,7 @@ class Rig:
             self.q.redis,
             self.stream,
             self.session.publisher(self.platform),
-            WorkerOptions(
-                publisher=self.platform,
-                limits=(),
-                backoff=Backoff(base=0.05, factor=1, max=0.05, jitter=0),
-                visibility_timeout=5.0,
-                block_seconds=0.2,
-                grace=5.0,
-            ),
+            publisher_worker_options(self.platform),
         )
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(worker.run)
