@@ -18,7 +18,7 @@ from streamq import channel, codec, keys
 
 ALIVE_SECONDS: Final = 15.0
 """A consumer that touched its group this recently counts as alive: workers touch it at least
-every ``worker.HEARTBEAT_SECONDS`` (5 s), so this allows two missed beats."""
+every ``reclaim.HEARTBEAT_SECONDS`` (5 s), so this allows two missed beats."""
 
 STATS_FORMAT: Final = 1
 
