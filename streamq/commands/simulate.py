@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from streamq import platforms
-from streamq.commands.common import UsageError, command, duration, share
+from streamq.commands.common import UsageError, add_simulator_options, command, duration
 from streamq.config import Config
 
 
@@ -20,18 +20,13 @@ def register(commands: Any) -> None:
         connects=False,
     )
     sim.add_argument("--port", type=int, default=8787, help="loopback port (8787; 0: any free)")
-    sim.add_argument("--latency", type=duration, default=0.0, help="mean answer delay (0)")
-    sim.add_argument("--error-rate", type=share, default=0.0, help="share of 5xx answers")
-    sim.add_argument(
-        "--lost-answer-rate", type=share, default=0.0, help="share of posts taken, then a 502"
-    )
+    add_simulator_options(sim, latency=0.0, error_rate=0.0, lost_answer_rate=0.0)
     sim.add_argument("--rate-limit", help="posts per token per window, e.g. 10/1s (then 429)")
     sim.add_argument("--token-ttl", type=duration, help="tokens expire this long after first use")
     sim.add_argument(
         "--access-ttl", type=duration, help="life of the tokens its token endpoints issue"
     )
     sim.add_argument("--processing", type=duration, default=0.2, help="media processing (200ms)")
-    sim.add_argument("--seed", type=int, help="seed of the random failures")
 
     demo = command(
         commands,
@@ -41,10 +36,9 @@ def register(commands: Any) -> None:
         connects=False,
     )
     demo.add_argument("--duration", type=duration, default=60.0, help="the compressed day (60s)")
-    demo.add_argument("--latency", type=duration, default=0.08, help="simulator latency (80ms)")
-    demo.add_argument("--error-rate", type=share, default=0.02, help="simulator 5xx share")
-    demo.add_argument("--lost-answer-rate", type=share, default=0.01, help="answers lost")
-    demo.add_argument("--seed", type=int, help="make the run repeatable")
+    add_simulator_options(
+        demo, latency=0.08, error_rate=0.02, lost_answer_rate=0.01, what="the simulator's "
+    )
     demo.add_argument("--json", action="store_true", help="no live view: the summary as JSON")
 
 
