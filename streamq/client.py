@@ -140,13 +140,7 @@ class Queue:
     async def partitions(self, stream: str) -> list[str]:
         """The streams that hold ``stream``'s jobs: itself, or its configured partitions, and
         any partition left from an earlier partition count that producers wrote to."""
-        stream = check_stream(stream)
-        if keys.partition_index(stream) is not None:
-            return [stream]
-        configured = keys.partitions(stream, self.config.stream(stream).partitions)
-        registered = await stats.known_streams(self.redis)
-        left = [n for n in registered if keys.base_stream(n) == stream and n not in configured]
-        return configured + left
+        return await stats.partitions_of(self.redis, check_stream(stream), self.config)
 
     def _partition_count(self, stream: str) -> int:
         return (

@@ -501,10 +501,13 @@ async def list_jobs(
     check_state(state)
     check_limit(limit)
     check_range(since_ms, until_ms)
-    if account is not None:
-        keys.check_account(account)
-    if key is not None:
-        keys.check_key(key)
+    try:
+        if account is not None:
+            keys.check_account(account)
+        if key is not None:
+            keys.check_key(key)
+    except ValueError as exc:
+        raise ListingError(str(exc)) from None
     after = None if cursor is None else decode_cursor(cursor, state, account)
     since = -_INF if since_ms is None else float(since_ms)
     until = _INF if until_ms is None else float(until_ms)

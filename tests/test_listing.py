@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import anyio
+import httpx
 import pytest
 
 import streamq
@@ -15,7 +16,7 @@ from streamq.config import Config, StreamConfig
 from streamq.errors import Fail, ListingError
 from streamq.job import Job
 from streamq.worker import Worker, WorkerOptions
-from tests.conftest import run_cli
+from tests.conftest import ADMIN_TOKEN, AdminServer, run_cli
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
@@ -217,3 +218,39 @@ def test_cli_lists_jobs_as_json_lines_and_refuses_bad_input(redis_url: str, stre
         assert bad.returncode == 2, (args, bad.stderr)
         assert message in bad.stderr, bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+async def test_admin_api_lists_jobs_and_answers_bad_input_with_400(
+    admin_server: AdminServer, redis_url: str, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        ids = [await q.enqueue(stream, n, account="acme", delay=600 + n) for n in range(3)]
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(base_url=admin_server.url, headers=headers) as http:
+        path = f"/api/streams/{stream}/jobs"
+        seen: list[str] = []
+        params: dict[str, str] = {"state": "scheduled", "account": "acme", "limit": "2"}
+        for _ in range(3):
+            answer = await http.get(path, params=params)
+            assert answer.status_code == 200, answer.text
+            page = answer.json()
+            seen += [job["id"] for job in page["jobs"]]
+            if page["cursor"] is None:
+                break
+            params["cursor"] = page["cursor"]
+        assert seen == ids
+        for query, message in [
+            ({}, "state is required"),
+            ({"state": "asleep"}, "unknown state 'asleep'"),
+            ({"state": "queued", "cursor": "zzz"}, "bad cursor"),
+            ({"state": "queued", "limit": "1001"}, "limit must be"),
+            (
+                {"state": "queued", "since": "2026-02-01T00:00Z", "until": "2026-01-01T00:00Z"},
+                "inverted time range",
+            ),
+            ({"state": "queued", "since": "noon"}, "since must be an ISO 8601 time"),
+        ]:
+            answer = await http.get(path, params=query)
+            assert answer.status_code == 400, (query, answer.text)
+            assert message in answer.json()["error"]
+        assert (await http.get("/api/streams/nosuchstream/jobs?state=queued")).status_code == 404
