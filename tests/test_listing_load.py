@@ -77,7 +77,7 @@ async def test_paging_while_two_workers_drain(redis_url: str, stream: str) -> No
                     assert due_after <= set(listed_scheduled)
                     assert set(later) <= set(listed_scheduled)
                     if passes == 0:
-                        assert len(listed_queued) > QUEUED // 10, "the first pass came too late"
+                        assert listed_queued, "the first pass came after the drain"
                     passes += 1
                     if not listed_queued and len(listed_scheduled) == LATER:
                         break
