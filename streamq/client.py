@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Self, Unpack
 
 from redis.asyncio import Redis
 
-from streamq import codec, connection, control, keys, limiter, platforms, scheduler, stats
+from streamq import codec, connection, control, keys, limiter, listing, platforms, scheduler, stats
 from streamq.config import Config, load_config
 from streamq.control import DeadLetter, JobInfo
 from streamq.events import Event, follow
@@ -140,13 +140,7 @@ class Queue:
     async def partitions(self, stream: str) -> list[str]:
         """The streams that hold ``stream``'s jobs: itself, or its configured partitions, and
         any partition left from an earlier partition count that producers wrote to."""
-        stream = check_stream(stream)
-        if keys.partition_index(stream) is not None:
-            return [stream]
-        configured = keys.partitions(stream, self.config.stream(stream).partitions)
-        registered = await stats.known_streams(self.redis)
-        left = [n for n in registered if keys.base_stream(n) == stream and n not in configured]
-        return configured + left
+        return await stats.partitions_of(self.redis, check_stream(stream), self.config)
 
     def _partition_count(self, stream: str) -> int:
         return (
@@ -196,6 +190,50 @@ class Queue:
     async def job(self, job_id: str) -> JobInfo:
         """A job's record and state; raises JobNotFound."""
         return await control.job_info(self.redis, job_id)
+
+    async def jobs(
+        self,
+        stream: str,
+        state: str,
+        *,
+        account: str | None = None,
+        key: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> listing.JobPage:
+        """One page of the stream's jobs in ``state`` (see streamq.listing.STATES), in the
+        state's order (due time, lane order, enqueue, death or finish time), merged over its
+        partitions; pass the page's ``cursor`` for the next one (None: no more). ``since`` and
+        ``until`` (aware datetimes, inclusive) bound that time. Raises ListingError (a
+        ValueError) for an unknown state, a bad cursor, an inverted range or a limit over
+        1,000."""
+        return await listing.list_jobs(
+            self.redis,
+            await self.partitions(stream),
+            state,
+            account=account,
+            key=key,
+            since_ms=_ms(since, "since"),
+            until_ms=_ms(until, "until"),
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def iter_jobs(
+        self, stream: str, state: str, *, page_size: int = 100, **filters: Any
+    ) -> AsyncIterator[JobInfo]:
+        """Every job of a listing (``jobs``' filters), page after page:
+        ``async for info in q.iter_jobs("instagram", "scheduled", account="acme")``."""
+        cursor = None
+        while True:
+            page = await self.jobs(stream, state, limit=page_size, cursor=cursor, **filters)
+            for info in page.jobs:
+                yield info
+            if page.cursor is None:
+                return
+            cursor = page.cursor
 
     async def cancel(self, job_id: str) -> str:
         """'cancelled' (it will never start) or 'cancelling' (already running: not retried)."""
@@ -312,6 +350,14 @@ class Queue:
             with contextlib.suppress(control.InvalidJobState):  # it finished meanwhile
                 await self.cancel(holder)
         return True
+
+
+def _ms(when: datetime | None, name: str) -> int | None:
+    if when is None:
+        return None
+    if not isinstance(when, datetime) or when.tzinfo is None:
+        raise listing.ListingError(f"{name} must be an aware datetime (with a time zone)")
+    return round(when.timestamp() * 1000)
 
 
 def connect(url: str | None = None, *, config: Config | None = None) -> Queue:

@@ -2,6 +2,7 @@
 
     StreamqError
     ├── ConfigError          bad config file, option or argument value
+    │   └── ListingError     a job listing's bad state, range, limit or cursor (a ValueError too)
     ├── PayloadError         a payload that is not JSON, or not encodable
     ├── HandlerError         a handler spec that does not import or is not async
     ├── ServerError          the embedded server cannot be started or found
@@ -37,6 +38,11 @@ class StreamqError(Exception):
 
 class ConfigError(StreamqError):
     """A configuration value, option or argument is not acceptable."""
+
+
+class ListingError(ConfigError, ValueError):
+    """A job listing cannot mean what it was asked: an unknown state, a bad cursor, an inverted
+    time range, a limit out of range."""
 
 
 class PayloadError(StreamqError):

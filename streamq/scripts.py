@@ -175,8 +175,9 @@ async def enqueue_jobs(
     )
     head = [lane, "" if expire_after_ms is None else expire_after_ms, recurring]
     record_prefix = keys.job(stream, "")
+    prefix = keys.script_prefix(stream)
     calls: list[Call] = [
-        ((*fixed, *[record_prefix + job_id for job_id in ids]), [*head, rows])
+        ((*fixed, *[record_prefix + job_id for job_id in ids]), [*head, rows, prefix])
         for ids, rows in slices
     ]
     replies = await _evalsha(redis, load("enqueue_jobs"), calls)

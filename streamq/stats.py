@@ -15,6 +15,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from streamq import channel, codec, keys
+from streamq.config import Config
 
 ALIVE_SECONDS: Final = 15.0
 """A consumer that touched its group this recently counts as alive: workers touch it at least
@@ -76,6 +77,18 @@ class Snapshot(msgspec.Struct):
 async def known_streams(redis: Redis) -> list[str]:
     members: set[bytes] = await redis.smembers(keys.STREAM_REGISTRY)  # type: ignore[assignment]
     return sorted(m.decode() for m in members)
+
+
+async def partitions_of(redis: Redis, stream: str, config: Config) -> list[str]:
+    """The streams that hold ``stream``'s jobs: itself, or its configured partitions, and any
+    partition left from an earlier partition count that producers wrote to."""
+    if keys.partition_index(stream) is not None:
+        return [stream]
+    configured = keys.partitions(stream, config.stream(stream).partitions)
+    registered = await known_streams(redis)
+    return configured + [
+        n for n in registered if keys.base_stream(n) == stream and n not in configured
+    ]
 
 
 async def stream_parts(redis: Redis, streams: list[str] | None = None) -> dict[str, list[str]]:

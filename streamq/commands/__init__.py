@@ -18,6 +18,7 @@ from streamq.commands import (
     events,
     health,
     job,
+    jobs,
     limits,
     server,
     simulate,
@@ -27,6 +28,6 @@ from streamq.commands import (
 )
 
 GROUPS: tuple[ModuleType, ...] = (
-    consume, enqueue, job, dead, cron, stats, events, account, tokens, limits, autoscale,
+    consume, enqueue, job, jobs, dead, cron, stats, events, account, tokens, limits, autoscale,
     admin, health, top, simulate, server, completion,
 )  # fmt: skip

@@ -40,9 +40,12 @@ The counts hash also sums `ran` (outcomes of runs) and `busy_ms` (their handler 
 Every outcome appends its event: 'started' (at the time the handler started: a start is not a
 step on the server, so its event is written with the outcome), then 'done', 'retried',
 'rate-limited', 'paused', 'dead', 'expired' or 'cancelled'. A stale outcome writes none.
+A retry or deferral joins its account's due index with the delayed set; a job that ends done,
+cancelled or expired joins the finished index of that state.
 Returns the number of entries acknowledged.
 ]]
 -- @include "stream_keys.lua"
+-- @include "listing_index.lua"
 -- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
@@ -114,10 +117,14 @@ local function event(kind, extra)
   emit_event(events, event_settings, kind, job_id, now, job_attempt, job_key, job_account, extra)
 end
 
+local listed = { done = true, cancelled = true, expired = true }
 local function finish(record, id, key, state)
   redis.call('PEXPIRE', record, retention)
   free_dedup_key(dedup, key, id)
   tally[state] = (tally[state] or 0) + 1
+  if listed[state] then
+    index_finished(prefix, state, id, now)
+  end
 end
 
 for i, o in ipairs(outcomes) do
@@ -165,6 +172,7 @@ for i, o in ipairs(outcomes) do
   elseif code == 'r' or code == 'l' then
     local due = now + o[7]
     redis.call('ZADD', delayed, due, id)
+    index_due(prefix, job_account or redis.call('HGET', record, 'account'), due, id)
     redis.call('HSET', record, 'state', code == 'r' and 'retrying' or 'scheduled',
       'attempt', attempt, 'started_at', started, 'run_at', due, 'env', o[6], 'error', o[8])
     redis.call('HDEL', record, 'entry')
@@ -218,6 +226,9 @@ for i, o in ipairs(outcomes) do
 end
 for state, n in pairs(tally) do
   redis.call('HINCRBY', counts, state, n)
+  if listed[state] then
+    trim_finished(prefix, state, now, retention)
+  end
 end
 if earliest < head then
   tell_workers(control, 'w', earliest)
