@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, Self, Unpack
 
 from redis.asyncio import Redis
 
-from streamq import codec, connection, control, keys, limiter, platforms, scheduler, stats
+from streamq import codec, connection, control, keys, limiter, platforms, scheduler, stats, waiting
 from streamq.config import Config, load_config
 from streamq.control import DeadLetter, JobInfo
+from streamq.errors import JobCancelled, JobExpired, JobFailed
 from streamq.events import Event, follow
 from streamq.producer import JobOptionArgs, JobOptions, Producer, check_stream
 
@@ -29,6 +30,7 @@ class Queue:
         self._config_url = self.config.redis_url
         self._redis: Redis | None = None
         self._producer: Producer | None = None
+        self._waiters: waiting.Waiters | None = None
         self._validators: dict[str, platforms.Validator | None] = {}
         self.resolved_url: str | None = None
 
@@ -48,6 +50,9 @@ class Queue:
         await self.close()
 
     async def close(self) -> None:
+        if self._waiters is not None:
+            await self._waiters.close()
+            self._waiters = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -196,6 +201,33 @@ class Queue:
     async def job(self, job_id: str) -> JobInfo:
         """A job's record and state; raises JobNotFound."""
         return await control.job_info(self.redis, job_id)
+
+    @property
+    def waiters(self) -> waiting.Waiters:
+        """What every ``wait`` of this Queue shares (one events reader per stream)."""
+        if self._waiters is None:
+            self._waiters = waiting.Waiters(self.redis, self.config)
+        return self._waiters
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:  # noqa: ASYNC109
+        """The job's JobInfo as soon as it is done, dead, cancelled or expired (at once if it
+        is already). Raises TimeoutError after ``timeout`` seconds (None: no limit) and
+        JobNotFound for an unknown id. Waiters share one reader of each stream's events
+        (streamq.waiting); with events off they share one poll of the records."""
+        return await self.waiters.wait(job_id, timeout)
+
+    async def result(self, job_id: str, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        """What the job's handler returned, once it is done. Raises JobFailed (dead: ``reason``
+        says why), JobExpired (never run), JobCancelled, or TimeoutError."""
+        info = await self.wait(job_id, timeout)
+        if info.state == "done":
+            return info.result
+        if info.state == "cancelled":
+            raise JobCancelled(f"job {job_id} was cancelled", info)
+        if info.state == "expired":
+            raise JobExpired(f"job {job_id} expired: it came due too long ago to run", info)
+        reason = info.error or "no reason recorded"
+        raise JobFailed(f"job {job_id} failed: {reason}", info, reason)
 
     async def cancel(self, job_id: str) -> str:
         """'cancelled' (it will never start) or 'cancelling' (already running: not retried)."""

@@ -60,11 +60,15 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     """The entry's own fields when it was not one of ours."""
 
 
-def _stream_of(job_id: str) -> str:
+def stream_of(job_id: str) -> str:
+    """The stream (or partition) a job id names; JobNotFound for a malformed id."""
     try:
         return keys.stream_of_job(job_id)
     except ValueError:
         raise JobNotFound(f"no job {job_id!r}: job ids look like 'instagram:...'") from None
+
+
+_stream_of = stream_of
 
 
 def _int(value: bytes | None) -> int | None:
@@ -102,6 +106,23 @@ async def job_info(redis: Redis, job_id: str) -> JobInfo:
             state, consumer = "active", pending[0]["consumer"].decode()
         if found and b"j" in found[0][1]:
             envelope_raw = found[0][1][b"j"]
+    return from_record(job_id, record, state=state, envelope=envelope_raw, consumer=consumer)
+
+
+def from_record(
+    job_id: str,
+    record: dict[bytes, bytes],
+    *,
+    state: str | None = None,
+    envelope: bytes | None = None,
+    consumer: str | None = None,
+) -> JobInfo:
+    """The JobInfo of a record read already (``job_info`` adds what a queued job's lane says:
+    whether a worker holds it, and its envelope)."""
+    stream = keys.stream_of_job(job_id)
+    state = state or record[b"state"].decode()
+    priority = record.get(b"priority", b"normal").decode()
+    envelope_raw = envelope if envelope is not None else record.get(b"env")
     payload = None
     if envelope_raw is not None:
         try:

@@ -1,4 +1,4 @@
-"""``streamq job show|cancel|retry|reschedule ID``: one job, by id."""
+"""``streamq job show|wait|cancel|retry|reschedule ID``: one job, by id."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from typing import Any
 
 from streamq.client import Queue
 from streamq.commands.common import (
+    FAILURE,
+    OK,
     UsageError,
     add_when,
     command,
+    duration,
     group,
     json_text,
     pairs,
@@ -27,6 +30,20 @@ def register(commands: Any) -> None:
     show = command(actions, "show", "a job's state and record", show_job)
     show.add_argument("id", help=ID_HELP)
     show.add_argument("--json", action="store_true", help="print the record as JSON")
+    wait = command(
+        actions,
+        "wait",
+        "wait until the job is done (exit 0), dead, cancelled or expired (1), or timed out (3)",
+        wait_job,
+    )
+    wait.add_argument("id", help=ID_HELP)
+    wait.add_argument(
+        "--timeout",
+        type=duration,
+        default=None,
+        help="give up after this long, e.g. 30s (default: wait until it finishes)",
+    )
+    wait.add_argument("--json", action="store_true", help="print the finished job as JSON")
     cancel = command(actions, "cancel", "never start it, or do not retry it", cancel_job)
     cancel.add_argument("id", help=ID_HELP)
     again = command(actions, "retry", "run a dead, cancelled or expired job again", retry_job)
@@ -55,6 +72,18 @@ async def show_job(args: argparse.Namespace, config: Config) -> int:
         ("payload", json_text(info.payload)),
     ])  # fmt: skip
     return 0
+
+
+async def wait_job(args: argparse.Namespace, config: Config) -> int:
+    async with Queue(args.redis_url, config=config) as q:
+        info = await q.wait(args.id, timeout=args.timeout)
+    if args.json:
+        print_json(info)
+    elif info.state == "done":
+        print(json_text(info.result) if info.result is not None else "done")
+    else:
+        print(f"{info.state}" + (f": {info.error}" if info.error else ""))
+    return OK if info.state == "done" else FAILURE
 
 
 async def cancel_job(args: argparse.Namespace, config: Config) -> int:
