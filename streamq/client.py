@@ -195,7 +195,15 @@ class Queue:
         limits = limiter.limits_for(stream, configured.limits, configured.partitions)
         return await limiter.report(self.redis, stream, limits, account)
 
+    async def known(self, stream: str) -> str:
+        """``stream`` if it is configured or was ever used, else StreamNotFound (the rule every
+        question about a named stream follows: ``stats.known_stream``)."""
+        return await stats.known_stream(self.redis, self.config, stream)
+
     async def stats(self, streams: list[str] | None = None) -> stats.Snapshot:
+        """Figures of the streams named (each must be known), or of every stream used."""
+        for stream in streams or []:
+            await self.known(stream)
         return await stats.snapshot(self.redis, streams)
 
     async def job(self, job_id: str) -> JobInfo:
@@ -250,14 +258,14 @@ class Queue:
     async def dead(self, stream: str, count: int = 100) -> list[DeadLetter]:
         """The oldest ``count`` dead letters of each of the stream's partitions."""
         letters: list[DeadLetter] = []
-        for part in await self.partitions(stream):
+        for part in await self.partitions(await self.known(stream)):
             letters += await control.dead_letters(self.redis, part, count)
         return letters
 
     async def replay_dead(self, stream: str, ids: list[str] | None = None) -> tuple[int, int]:
         """Run dead letters again (all, or by job id / entry id): (replayed, skipped)."""
         replayed = skipped = 0
-        for part in await self.partitions(stream):
+        for part in await self.partitions(await self.known(stream)):
             done, passed = await control.replay(self.redis, part, ids)
             replayed, skipped = replayed + done, skipped + passed
         return replayed, skipped
@@ -268,7 +276,8 @@ class Queue:
         return replayed
 
     async def purge_dead(self, stream: str) -> int:
-        return sum([await control.purge_dead(self.redis, p) for p in await self.partitions(stream)])
+        parts = await self.partitions(await self.known(stream))
+        return sum([await control.purge_dead(self.redis, p) for p in parts])
 
     def events(
         self,

@@ -25,6 +25,9 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:order:<L>:<A>            sorted set: A's jobs a resume sent back to lane L, and its
                                          later ones waiting behind them, by id (all scored 0)
     streamq:{S}:lateness                 hash: consumer -> its recent lateness summary (health)
+    streamq:{S}:workers                  hash: consumer -> its card, rewritten every heartbeat
+    streamq:{S}:workers:gone             stream, capped: jobs reclaimed from a consumer, and the
+                                         consumers dropped from the group once they owned none
     streamq:{S}:samples                  sorted set: timestamped copies of the counts (health, top)
     streamq:autoscaler:leader:<S,...>    string: the token of the autoscaler leading those streams;
                                          its :fence counts the leaders (the fencing token)
@@ -175,6 +178,16 @@ def counts(stream: str) -> str:
 
 def lateness(stream: str) -> str:
     return f"{stream_prefix(stream)}:lateness"
+
+
+def workers(stream: str) -> str:
+    """The cards of the stream's workers (streamq.workers), by consumer name."""
+    return f"{stream_prefix(stream)}:workers"
+
+
+def workers_gone(stream: str) -> str:
+    """What reclaim_jobs took from which consumer, and the consumers it dropped."""
+    return f"{stream_prefix(stream)}:workers:gone"
 
 
 def samples(stream: str) -> str:

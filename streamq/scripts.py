@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import redis as sync_redis
 from redis.asyncio import Redis
@@ -449,6 +449,10 @@ async def dead_letter(
     return int(await _run(redis, "dead_letter", script_keys, args))
 
 
+GONE_KEPT: Final = 1000
+"""About how many records a stream's workers-gone log keeps."""
+
+
 @dataclass(frozen=True, slots=True)
 class Reclaimed:
     """One lane's part of reclaim_jobs' answer."""
@@ -470,12 +474,14 @@ async def reclaim_jobs(
     count: int,
     cursors: Sequence[str],
 ) -> list[Reclaimed]:
-    """Claim for ``consumer`` up to ``count`` entries idle ``min_idle_ms``, highest lane first."""
+    """Claim for ``consumer`` up to ``count`` entries idle ``min_idle_ms``, highest lane first,
+    and drop from the group the other consumers idle that long that own nothing (logged in
+    ``workers_gone`` with what was taken from them)."""
     reply = await _run(
         redis,
         "reclaim_jobs",
-        _keys(stream, keys.lanes),
-        [keys.GROUP, consumer, min_idle_ms, count, *cursors],
+        _keys(stream, keys.lanes, keys.workers, keys.workers_gone),
+        [keys.GROUP, consumer, min_idle_ms, count, *cursors, GONE_KEPT],
     )
     return [
         Reclaimed(codec.text(cursor), entries, [int(d) for d in deliveries])
@@ -530,7 +536,12 @@ async def release_jobs(
 async def retire_consumer(redis: Redis, stream: str, consumer: str) -> int:
     """Remove ``consumer`` from the lanes where it owns nothing; returns from how many."""
     return int(
-        await _run(redis, "retire_consumer", _keys(stream, keys.lanes), [keys.GROUP, consumer])
+        await _run(
+            redis,
+            "retire_consumer",
+            _keys(stream, keys.lanes, keys.workers),
+            [keys.GROUP, consumer],
+        )
     )
 
 

@@ -56,6 +56,7 @@ from streamq import (
     scheduler,
     scripts,
     signals,
+    workers,
 )
 from streamq.config import StreamConfig
 from streamq.connection import TRANSIENT_ERRORS, retry_delay
@@ -253,6 +254,7 @@ class Worker:
             give_up_after=self.options.job_timeout,
         )
         self.clock = channel.ServerClock(clock)
+        self._started_ms = 0
         self.gate = admission.Gate(redis, self.stream, self.consumer, limits, self.clock)
         self.promoter = scheduler.Promoter(
             redis, self.stream, retention_ms=self._retention_ms, clock=self.clock
@@ -276,6 +278,7 @@ class Worker:
                 self._room_event.set()
 
     async def run(self, *, handle_signals: bool = False) -> WorkerCounts:
+        self._started_ms = self.clock.now_ms()
         await self.ensure_groups()
         await self.publish_settings()
         await self.control.prepare()
@@ -303,6 +306,7 @@ class Worker:
                 background.start_soon(self.control.run)
                 background.start_soon(self.promoter.run)
                 background.start_soon(self._watchdog)
+                background.start_soon(workers.publish_loop, self.redis, self.stream, self.card)
                 background.start_soon(
                     health.report_loop,
                     self.redis,
@@ -332,6 +336,20 @@ class Worker:
             extra={"stream": self.stream, "consumer": self.consumer},
         )
         return self.counts
+
+    def card(self) -> workers.WorkerCard:
+        """What ``streamq workers`` shows of this worker now."""
+        held = [job.id for lane_jobs in self._ready for job in lane_jobs]
+        return workers.card(
+            consumer=self.consumer,
+            stream=self.stream,
+            concurrency=self.options.concurrency,
+            started_at_ms=self._started_ms,
+            now_ms=self.clock.now_ms(),
+            done=self.counts.completed,
+            failed=self.counts.failed,
+            holding=self._running_now() + held,
+        )
 
     async def publish_settings(self) -> None:
         """Share the stream's event settings with every process that changes its jobs: the

@@ -24,9 +24,10 @@ from streamq.commands import (
     stats,
     tokens,
     top,
+    workers,
 )
 
 GROUPS: tuple[ModuleType, ...] = (
-    consume, enqueue, job, dead, cron, stats, events, account, tokens, limits, autoscale,
+    consume, enqueue, job, dead, cron, stats, workers, events, account, tokens, limits, autoscale,
     admin, health, top, simulate, server, completion,
 )  # fmt: skip
