@@ -4,6 +4,7 @@ dead consumers dropped from the group once they own nothing (never before)."""
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any
 
 import anyio
@@ -146,7 +147,7 @@ async def test_an_unknown_stream_is_an_error_in_every_interface(
             await workers.of_streams(q.redis, q.config, [stream])
     for args in (["stats", "--stream", stream], ["dead", "list", "--stream", stream],
                  ["workers", "--stream", stream]):  # fmt: skip
-        cli = await anyio.to_thread.run_sync(lambda a=args: run_cli(*a, "--redis-url", redis_url))
+        cli = await anyio.to_thread.run_sync(partial(run_cli, *args, "--redis-url", redis_url))
         assert cli.returncode == 1
         assert cli.stderr.strip() == (
             f"streamq: error: no stream '{stream}': it is not configured and no job was ever "
