@@ -217,6 +217,11 @@ async def replace_job(
     return bool(reply)
 
 
+ATTEMPTS_KEPT: Final = 10
+"""How many failed runs a job's record keeps in its attempts history (the latest): the record
+stays bounded however often a job is retried or rate-limited."""
+
+
 async def finish_jobs(
     redis: Redis,
     stream: str,
@@ -224,9 +229,10 @@ async def finish_jobs(
     outcomes: Sequence[codec.Outcome],
     *,
     retention_ms: int,
+    consumer: str = "",
 ) -> int:
     """Acknowledge a batch (``entries``: the entry ids of each lane) and record each job's
-    outcome; returns how many entries were acknowledged."""
+    outcome, run by ``consumer``; returns how many entries were acknowledged."""
     record_prefix = keys.job(stream, "")
     reply = await _run(
         redis,
@@ -251,6 +257,8 @@ async def finish_jobs(
             retention_ms,
             codec.pack_rows(outcomes),
             keys.script_prefix(stream),
+            consumer,
+            ATTEMPTS_KEPT,
         ],
     )
     return int(reply)

@@ -1048,7 +1048,12 @@ class Worker:
             ids[job._lane].append(job._entry)
             rows.append(outcome)
         await scripts.finish_jobs(
-            self.redis, self.stream, ids, rows, retention_ms=self._retention_ms
+            self.redis,
+            self.stream,
+            ids,
+            rows,
+            retention_ms=self._retention_ms,
+            consumer=self.consumer,
         )
 
     # -- recovering -----------------------------------------------------------------------------
