@@ -32,12 +32,15 @@ class AckBatcher:
         redis: Redis,
         stream: str,
         *,
+        consumer: str,
         retention_ms: int,
         retrying: Retrying,
         on_recorded: Callable[[Batch], Awaitable[None]],
     ) -> None:
         self.redis = redis
         self.stream = stream
+        self.consumer = consumer
+        """Named in each failed run's attempts history (the record's ``attempts``)."""
         self.retention_ms = retention_ms
         self.retrying = retrying
         self.on_recorded = on_recorded
@@ -99,5 +102,10 @@ class AckBatcher:
             ids[job._lane].append(job._entry)
             rows.append(outcome)
         await scripts.finish_jobs(
-            self.redis, self.stream, ids, rows, retention_ms=self.retention_ms
+            self.redis,
+            self.stream,
+            ids,
+            rows,
+            retention_ms=self.retention_ms,
+            consumer=self.consumer,
         )

@@ -34,9 +34,9 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from streamq import __version__, control, keys, listing, signals, stats, tokens
+from streamq import __version__, control, keys, listing, signals, stats, tokens, workers
 from streamq.config import Config, parse_duration
-from streamq.errors import ConfigError, InvalidJobState, JobNotFound
+from streamq.errors import ConfigError, InvalidJobState, JobNotFound, StreamNotFound
 from streamq.platforms import PLATFORMS as PLATFORM_NAMES
 
 TOKEN_ENV: Final = "STREAMQ_ADMIN_TOKEN"
@@ -260,12 +260,9 @@ class Admin:
 
     async def _known(self, stream: str) -> str:
         try:
-            keys.check_stream_name(stream)
-        except ValueError as exc:
-            raise _BadRequest(str(exc)) from None
-        if not await self.redis.sismember(keys.STREAM_REGISTRY, stream):
-            raise _BadRequest(f"no stream {stream!r}", 404)
-        return stream
+            return await stats.known_stream(self.redis, self.config, stream)
+        except StreamNotFound as exc:
+            raise _BadRequest(str(exc), 404) from None
 
     @staticmethod
     def _job_id(request: Request) -> str:
@@ -367,6 +364,14 @@ class Admin:
         log.info("admin: purged %d finished job records of %s", purged, stream)
         return _json(Purged(purged))
 
+    async def workers(self, request: Request) -> Response:
+        wanted = request.query_params.getlist("stream")
+        try:
+            found = await workers.of_streams(self.redis, self.config, wanted or None)
+        except StreamNotFound as exc:
+            raise _BadRequest(str(exc), 404) from None
+        return _json(found)
+
     async def account(self, request: Request) -> Response:
         platform, account = request.path_params["platform"], request.path_params["account"]
         report = await tokens.account_status(self.redis, self.config, platform, account)
@@ -377,6 +382,7 @@ class Admin:
         api: list[tuple[str, Endpoint, str, tuple[str, ...]]] = [
             ("/api/stats", self.stats, "GET", only),
             ("/api/outcomes", self.outcomes, "GET", only),
+            ("/api/workers", self.workers, "GET", only),
             ("/api/jobs/{job_id}", self.job, "GET", ()),
             ("/api/jobs/{job_id}/retry", self.retry, "POST", ()),
             ("/api/jobs/{job_id}/cancel", self.cancel, "POST", ()),
@@ -478,6 +484,7 @@ def openapi_document() -> dict[str, Any]:
         PurgeFinishedRequest,
         Purged,
         tokens.AccountStatus,
+        workers.WorkersView,
         ErrorBody,
     ]
     _, schemas = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
@@ -543,6 +550,15 @@ def openapi_document() -> dict[str, Any]:
             "get": operation(
                 "How runs ended per stream, since it began (rates: difference of two readings)",
                 "Outcomes",
+                [only],
+                responses=missing,
+            )
+        },
+        "/api/workers": {
+            "get": operation(
+                "Live workers (host, pid, heartbeat, jobs held) and those gone lately, with "
+                "what was reclaimed from them",
+                "WorkersView",
                 [only],
                 responses=missing,
             )

@@ -30,6 +30,9 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:finished:<state>         sorted set: jobs that ended done, cancelled or expired,
                                          by finish ms, for the records' retention (listings)
     streamq:{S}:lateness                 hash: consumer -> its recent lateness summary (health)
+    streamq:{S}:workers                  hash: consumer -> its card, rewritten every heartbeat
+    streamq:{S}:workers:gone             stream, capped: jobs reclaimed from a consumer, and the
+                                         consumers dropped from the group once they owned none
     streamq:{S}:samples                  sorted set: timestamped copies of the counts (health, top)
     streamq:autoscaler:leader:<S,...>    string: the token of the autoscaler leading those streams;
                                          its :fence counts the leaders (the fencing token)
@@ -181,6 +184,16 @@ def counts(stream: str) -> str:
 
 def lateness(stream: str) -> str:
     return f"{stream_prefix(stream)}:lateness"
+
+
+def workers(stream: str) -> str:
+    """The cards of the stream's workers (streamq.workers), by consumer name."""
+    return f"{stream_prefix(stream)}:workers"
+
+
+def workers_gone(stream: str) -> str:
+    """What reclaim_jobs took from which consumer, and the consumers it dropped."""
+    return f"{stream_prefix(stream)}:workers:gone"
 
 
 def samples(stream: str) -> str:

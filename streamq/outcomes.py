@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+import traceback
+from typing import Any, Final
 
 import msgspec
 import orjson
@@ -162,7 +163,17 @@ def failure(
         log.warning(
             "job %s is dead: %s", env.id, reason, extra=logs.job(env.id, job.stream, env.attempt)
         )
-        return Dead(env.id, key, env.attempt, started_ms, envelope_text(env), reason, lane, entry)
+        return Dead(
+            env.id,
+            key,
+            env.attempt,
+            started_ms,
+            envelope_text(env),
+            reason,
+            last_frames(exc),
+            lane,
+            entry,
+        )
     if isinstance(exc, Retry) and exc.after is not None:
         delay = exc.after
     else:
@@ -178,7 +189,16 @@ def failure(
     )
     again = msgspec.structs.replace(env, attempt=env.attempt + 1, run_at_ms=now_ms + delay_ms)
     return Retried(
-        env.id, key, env.attempt + 1, started_ms, envelope_text(again), delay_ms, error, lane, entry
+        env.id,
+        key,
+        env.attempt + 1,
+        started_ms,
+        envelope_text(again),
+        delay_ms,
+        error,
+        last_frames(exc),
+        lane,
+        entry,
     )
 
 
@@ -204,6 +224,25 @@ def describe(exc: BaseException) -> str:
     """An exception as an outcome records it: type and message, at most 1,000 characters."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return text[:1000]
+
+
+FRAMES_KEPT: Final = 3
+TRACE_CHARS: Final = 1500
+
+
+def last_frames(exc: BaseException, count: int = FRAMES_KEPT) -> str:
+    """Where ``exc`` was raised: the traceback's last ``count`` frames, one line each
+    (``file:line in function: source``), at most TRACE_CHARS; '' when it has none (Fail and
+    Retry raised on purpose say why in their reason)."""
+    if isinstance(exc, Fail | Retry) or exc.__traceback__ is None:
+        return ""
+    frames = traceback.extract_tb(exc.__traceback__)[-count:]
+    lines = [
+        f"{frame.filename}:{frame.lineno} in {frame.name}"
+        + (f": {frame.line}" if frame.line else "")
+        for frame in frames
+    ]
+    return "\n".join(lines)[-TRACE_CHARS:]
 
 
 def hook_calls(outcome: Outcome) -> list[tuple[str, tuple[Any, ...]]]:

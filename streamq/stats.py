@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from streamq import channel, codec, keys
 from streamq.config import Config
+from streamq.errors import ConfigError, StreamNotFound
 
 ALIVE_SECONDS: Final = 15.0
 """A consumer that touched its group this recently counts as alive: workers touch it at least
@@ -89,6 +90,27 @@ async def partitions_of(redis: Redis, stream: str, config: Config) -> list[str]:
     return configured + [
         n for n in registered if keys.base_stream(n) == stream and n not in configured
     ]
+
+
+async def known_stream(redis: Redis, config: Config, stream: str) -> str:
+    """``stream`` if streamq knows it, else StreamNotFound (ConfigError for a bad name).
+
+    Known means configured (``[streams.S]``, or S for its partition ``S:i``) or used: a
+    producer or worker registered it, or one of its partitions, in ``streamq:streams``. Every
+    place that answers about a named stream (CLI, Python API, admin API) asks this, so an
+    unknown one is an error everywhere instead of zeros here and an empty list there."""
+    try:
+        keys.check_stream_name(stream)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if stream in config.streams or keys.base_stream(stream) in config.streams:
+        return stream
+    registered = await known_streams(redis)
+    if stream in registered or any(keys.base_stream(name) == stream for name in registered):
+        return stream
+    raise StreamNotFound(
+        f"no stream {stream!r}: it is not configured and no job was ever enqueued on it"
+    )
 
 
 async def stream_parts(redis: Redis, streams: list[str] | None = None) -> dict[str, list[str]]:

@@ -55,6 +55,7 @@ from streamq import (
     outcomes,
     scheduler,
     signals,
+    workers,
 )
 from streamq.acks import AckBatcher, Batch
 from streamq.buffers import LaneBuffers
@@ -178,10 +179,12 @@ class Worker:
         self._retrying = Retrying(log, self._stop_event)
         self.buffers = LaneBuffers()
         self.clock = channel.ServerClock(clock)
+        self._started_ms = 0
         self.gate = admission.Gate(redis, self.stream, self.consumer, limits, self.clock)
         self.acks = AckBatcher(
             redis,
             self.stream,
+            consumer=self.consumer,
             retention_ms=retention_ms,
             retrying=self._retrying,
             on_recorded=self._recorded,
@@ -246,6 +249,7 @@ class Worker:
             self.buffers.make_room()
 
     async def run(self, *, handle_signals: bool = False) -> WorkerCounts:
+        self._started_ms = self.clock.now_ms()
         await self.ensure_groups()
         await self.publish_settings()
         await self.control.prepare()
@@ -273,6 +277,7 @@ class Worker:
                 background.start_soon(self.control.run)
                 background.start_soon(self.promoter.run)
                 background.start_soon(self._watchdog)
+                background.start_soon(workers.publish_loop, self.redis, self.stream, self.card)
                 background.start_soon(
                     health.report_loop,
                     self.redis,
@@ -301,6 +306,20 @@ class Worker:
             extra={"stream": self.stream, "consumer": self.consumer},
         )
         return self.counts
+
+    def card(self) -> workers.WorkerCard:
+        """What ``streamq workers`` shows of this worker now."""
+        held = [job.id for lane_jobs in self.buffers.ready for job in lane_jobs]
+        return workers.card(
+            consumer=self.consumer,
+            stream=self.stream,
+            concurrency=self.options.concurrency,
+            started_at_ms=self._started_ms,
+            now_ms=self.clock.now_ms(),
+            done=self.counts.completed,
+            failed=self.counts.failed,
+            holding=self._running_now() + held,
+        )
 
     async def publish_settings(self) -> None:
         """Share the stream's event settings with every process that changes its jobs: the

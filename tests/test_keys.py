@@ -40,6 +40,8 @@ def documented() -> dict[str, str]:
         keys.parked(S, A): "parked",
         keys.samples(S): "samples",
         keys.lateness(S): "lateness",
+        keys.workers(S): "workers",
+        keys.workers_gone(S): "workers_gone",
     }
 
 

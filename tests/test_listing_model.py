@@ -166,10 +166,10 @@ class Listings(RuleBasedStateMachine):
                 later = msgspec.structs.replace(envelope, attempt=envelope.attempt + 1)
                 row = codec.Retried(
                     job_id, "", later.attempt, started, codec.envelope_text(later), 3_600_000,
-                    "boom", 2, entry,
+                    "boom", "", 2, entry,
                 )  # fmt: skip
             elif outcome == "dead":
-                row = codec.Dead(job_id, "", 1, started, text, "no good", 2, entry)
+                row = codec.Dead(job_id, "", 1, started, text, "no good", "", 2, entry)
             else:
                 row = codec.Parked(
                     job_id, "", 1, started, text, "revoked", str(job.account),

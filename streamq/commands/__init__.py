@@ -25,9 +25,10 @@ from streamq.commands import (
     stats,
     tokens,
     top,
+    workers,
 )
 
 GROUPS: tuple[ModuleType, ...] = (
-    consume, enqueue, job, jobs, dead, cron, stats, events, account, tokens, limits, autoscale,
-    admin, health, top, simulate, server, completion,
+    consume, enqueue, job, jobs, dead, cron, stats, workers, events, account, tokens, limits,
+    autoscale, admin, health, top, simulate, server, completion,
 )  # fmt: skip

@@ -256,15 +256,10 @@ def when(args: argparse.Namespace) -> tuple[datetime | None, float | None]:
 
 
 async def known(q: Queue, streams: Sequence[str]) -> list[str]:
-    """The streams named, each one a producer or worker has used; else NotFound, as the admin
-    API's 404 ("no stream 'S'")."""
-    from streamq.producer import check_stream
-
-    registered = set(await stats.known_streams(q.redis))
+    """The streams named, each one configured or used (``stats.known_stream``); else
+    StreamNotFound (exit 1), as the admin API's 404 and the Python API's exception."""
     for stream in streams:
-        check_stream(stream)
-        if stream not in registered:
-            raise NotFound(f"no stream {stream!r}: no job was ever enqueued on it")
+        await stats.known_stream(q.redis, q.config, stream)
     return list(streams)
 
 
