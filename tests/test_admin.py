@@ -66,6 +66,7 @@ ROUTES = [
     ("GET", "/api/jobs/s:x"),
     ("POST", "/api/jobs/s:x/retry"),
     ("POST", "/api/jobs/s:x/cancel"),
+    ("GET", "/api/streams/s/jobs"),
     ("GET", "/api/streams/s/dead"),
     ("POST", "/api/streams/s/dead/replay"),
     ("POST", "/api/streams/s/dead/purge"),
