@@ -62,6 +62,7 @@ from streamq.connection import TRANSIENT_ERRORS, retry_delay
 from streamq.handler import Handler, Hooks, call_hooks
 from streamq.heartbeat import Heartbeat
 from streamq.job import Job
+from streamq.starts import Starts
 
 log = logging.getLogger("streamq.worker")
 
@@ -254,6 +255,7 @@ class Worker:
         )
         self.clock = channel.ServerClock(clock)
         self.gate = admission.Gate(redis, self.stream, self.consumer, limits, self.clock)
+        self.starts = Starts(redis, self.stream, self._retrying)
         self.promoter = scheduler.Promoter(
             redis, self.stream, retention_ms=self._retention_ms, clock=self.clock
         )
@@ -853,6 +855,9 @@ class Worker:
                 self._let_go(job)
                 continue
             timeout = default_timeout if env.job_timeout_ms is None else env.job_timeout_ms / 1000
+            # The run counts (max_deliveries) once it is in the record, before the handler
+            # can do anything; earlier runs' checkpoints and send mark come back with it.
+            await self.starts.start(job)
             slot.job = job
             began = monotonic()
             if timeout is not None:
