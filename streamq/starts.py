@@ -6,7 +6,7 @@ once, which lets the sender put the call on the wire before the handler does any
 jobs that start while a call is on the wire share the next one. A worker killed within that one
 round trip may leave its last runs uncounted: they are counted late, never early, so an entry
 that never ran is never charged a run. (Waiting for the reply before every start would cost a
-round trip per job: a third to three quarters of the throughput of short jobs.)
+round trip per job: short jobs ran several times slower in a first try, 2026-12-04.)
 """
 
 from __future__ import annotations
