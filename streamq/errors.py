@@ -190,8 +190,7 @@ def readable(message: str) -> str:
 
 class NotPublished(JobSignal):
     """Raised by a handler on a verify run (``job.verify_only``): it looked, and no earlier
-    send of the job landed. The job ends dead with the reason it had before the lookup, and
-    its "may have been sent" mark is cleared (a replay sends without looking)."""
+    send of the job landed. The job ends dead with the reason it had before the lookup."""
 
     def __init__(self, reason: str = "no post found") -> None:
         super().__init__(reason)

@@ -14,17 +14,18 @@ entry, which a retry or a replay replaces) keeps what a run needs to know:
 ``await job.sent_nothing()``
     Clears the mark. Call it only when you know no post of this job exists: this run's request
     was refused outright (a 4xx that creates nothing) and any earlier send was looked up and not
-    found. Otherwise leave it: only a known outcome clears the mark (a verify run that raises
-    NotPublished clears it too). Done does not clear it; nothing runs a done job again.
+    found. Otherwise leave it set: nothing else clears it, not even a verify run that raises
+    NotPublished (a replay then looks once more, which costs a lookup and closes the windows a
+    lookup has), nor done (nothing runs a done job again).
 ``job.sent_since_ms``
-    When an earlier run (or delivery) first marked "may have been sent", read as this run
-    started; None when no earlier run may have sent anything. It stays as read for the whole
-    run (``may_send`` in this run does not change it). This, not ``job.attempt > 1``, is what
-    tells a publisher to look first: attempts are reset by a replay, the mark is not.
+    When an earlier run (or delivery) first marked "may have been sent", read from the record
+    as the job was delivered; None when no earlier run may have sent anything. It stays as read
+    for the whole run (``may_send`` in this run does not change it). This, not ``job.attempt >
+    1``, tells a publisher to look first: a replay resets the attempts, not the mark.
 ``await job.checkpoint(name, value)`` / ``job.checkpoints``
     Saves one step's result (a container id, an upload session URI, a publish id) in the
     record, atomically, before the next step; ``job.checkpoints`` holds those of earlier runs
-    (read as this run started) plus this run's. They survive retries, redeliveries, replays and
+    (read as the job was delivered) plus this run's. They survive retries, redeliveries, replays and
     ``job retry``, so a later run resumes from the step instead of starting over. Names are 1-100
     printable characters, values strings of at most 64 KiB.
 ``job.verify_only``
@@ -33,13 +34,16 @@ entry, which a retry or a replay replaces) keeps what a run needs to know:
     delivery budget ran out after crashes). The handler must not send; it looks the post up
     and returns its result when found (the job ends done, a dict result gets ``"recovered":
     true``), or raises :class:`streamq.errors.NotPublished` when not (the job ends dead with
-    its earlier reason, and the mark is cleared). Any other exception ends it dead with that
-    reason plus "a post may exist" and the mark kept, so a replay looks first again.
+    its earlier reason). Any other exception ends it dead with that reason plus "a post may
+    exist: its lookup failed (...)"; a verify run whose worker dies (VERIFY_RUNS times, see
+    streamq.outcomes) ends it dead with "a post may exist: its lookup did not finish". The mark
+    stays set either way, so ``dead replay`` and ``job retry`` look before they send.
 
 Storage (the record ``streamq:{S}:job:<id>``): ``checkpoints`` (a JSON object, name -> value,
-written by ``lua/save_checkpoint.lua``), ``sent_since`` (ms, ``lua/mark_sent.lua``), and ``runs``
-with ``run_entry`` (the handler starts of the current entry, counted by ``lua/start_jobs.lua``
-as each run starts, which also reads the two fields above for the run).
+written by ``lua/save_checkpoint.lua``), ``sent_since`` (ms, ``lua/mark_sent.lua``), both read
+by the worker as it takes the job (one pipelined read per batch fetched); and ``runs`` with
+``run_entry`` (the handler starts of the current entry, counted by ``lua/start_jobs.lua`` as
+each run starts: streamq.starts), which the delivery budget counts instead of deliveries.
 """
 
 from __future__ import annotations
@@ -79,8 +83,6 @@ class Job(msgspec.Struct):
     """The mark as read when this run started (earlier runs')."""
     _mark_ms: int | None = None
     """The mark as this run knows it now (earlier runs', or this run's may_send)."""
-    _runs: int = 0
-    """Runs of this job's entry as this one started, this one included (0: not counted)."""
 
     @property
     def id(self) -> str:

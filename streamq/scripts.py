@@ -632,20 +632,9 @@ async def mark_sent(redis: Redis, job_id: str, *, sent: bool) -> int | None:
     return reply or None
 
 
-@dataclass(frozen=True, slots=True)
-class Start:
-    """start_jobs' answer for one job."""
-
-    runs: int
-    """Runs of the job's entry, this one included (0: the job has no record)."""
-    checkpoints: dict[str, str]
-    sent_since_ms: int | None
-    """The "may have been sent" mark an earlier run set, or None."""
-
-
-async def start_jobs(redis: Redis, stream: str, jobs: Sequence[tuple[str, bytes]]) -> list[Start]:
-    """Count a run of each of ``jobs`` ((job id, entry id) pairs) whose handler starts now,
-    and read what earlier runs left in its record."""
+async def start_jobs(redis: Redis, stream: str, jobs: Sequence[tuple[str, bytes]]) -> list[int]:
+    """Count a run of each of ``jobs`` ((job id, entry id) pairs) whose handler started;
+    returns the runs of each one's entry, this one included (0: the job has no record)."""
     record_prefix = keys.job(stream, "")
     reply = await _run(
         redis,
@@ -653,7 +642,4 @@ async def start_jobs(redis: Redis, stream: str, jobs: Sequence[tuple[str, bytes]
         [record_prefix + job_id for job_id, _ in jobs],
         [entry for _, entry in jobs],
     )
-    return [
-        Start(int(runs), codec.checkpoints(saved), int(mark) if mark else None)
-        for runs, saved, mark in reply
-    ]
+    return [int(runs) for runs in reply]

@@ -1,7 +1,6 @@
---[[ start_jobs: count the run of each job whose handler starts now, and read what its earlier
-runs left.
+--[[ start_jobs: count the run of each job whose handler has started.
 
-KEYS[1..n]  the record of each job starting
+KEYS[1..n]  the record of each job started
 ARGV[1..n]  the entry each job was delivered from, in KEYS order
 
 A run is counted per entry ('runs', with 'run_entry' naming the entry it counts for: a retry, a
@@ -9,13 +8,12 @@ deferral or a replay comes back as a new entry and starts from 1 again). Runs, n
 are what the delivery budget (max_deliveries) and a crash's attempts count: an entry fetched
 into a worker's read-ahead and lost with that worker was delivered but never ran, so it uses
 up nothing. A record that is gone (a hand-written entry) is not created, and counts no run.
-Returns per job { runs of its entry including this one (0: no record), checkpoints as JSON or
-'', the "may have been sent" mark in ms or '' }.
+Returns per job the runs of its entry, this one included (0: no record).
 ]]
 local out = {}
 for i, record in ipairs(KEYS) do
   local entry = ARGV[i]
-  local f = redis.call('HMGET', record, 'state', 'run_entry', 'runs', 'checkpoints', 'sent_since')
+  local f = redis.call('HMGET', record, 'state', 'run_entry')
   local runs = 0
   if f[1] then
     if f[2] == entry then
@@ -25,6 +23,6 @@ for i, record in ipairs(KEYS) do
       redis.call('HSET', record, 'run_entry', entry, 'runs', 1)
     end
   end
-  out[i] = { runs, f[4] or '', f[5] or '' }
+  out[i] = runs
 end
 return out
