@@ -28,6 +28,7 @@ from bench.scenarios import (
     publish,
     recovery,
     throughput,
+    wait,
 )
 
 SCENARIOS: dict[str, tuple[ModuleType, str]] = {
@@ -41,6 +42,7 @@ SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "limits": (limits, "rate-limit admission cost; one hot account's burst"),
     "publish": (publish, "a built-in publisher against the simulator: rate, lost, twice"),
     "cluster": (cluster, "one server against a 3-master cluster, by partitions of the stream"),
+    "wait": (wait, "1,000 concurrent q.wait calls in one process: return after the final state"),
 }
 ALL = ["throughput", "io-bound", "lateness", "recovery", "memory", "day", "peers", "limits"]
 

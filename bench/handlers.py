@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from typing import Any
 
 import anyio
@@ -38,3 +39,9 @@ async def record_post(job: Job) -> Any:
     result = None if publisher is None else await publisher(job)
     probe.hit(f"{job.id}@{job.envelope.run_at_ms or 0}@{job.account or ''}", started)
     return result
+
+
+async def pause(job: Job) -> int:
+    """Sleeps a random part of BENCH_SLEEP_S, so the wait scenario's jobs finish spread out."""
+    await anyio.sleep(float(os.environ.get("BENCH_SLEEP_S", "0")) * random.random())
+    return job.attempt

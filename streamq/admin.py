@@ -18,6 +18,7 @@ import os
 import re
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -33,9 +34,9 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from streamq import __version__, control, keys, signals, stats, tokens
+from streamq import __version__, control, keys, listing, signals, stats, tokens, workers
 from streamq.config import Config, parse_duration
-from streamq.errors import ConfigError, InvalidJobState, JobNotFound
+from streamq.errors import ConfigError, InvalidJobState, JobNotFound, StreamNotFound
 from streamq.platforms import PLATFORMS as PLATFORM_NAMES
 
 TOKEN_ENV: Final = "STREAMQ_ADMIN_TOKEN"
@@ -259,12 +260,9 @@ class Admin:
 
     async def _known(self, stream: str) -> str:
         try:
-            keys.check_stream_name(stream)
-        except ValueError as exc:
-            raise _BadRequest(str(exc)) from None
-        if not await self.redis.sismember(keys.STREAM_REGISTRY, stream):
-            raise _BadRequest(f"no stream {stream!r}", 404)
-        return stream
+            return await stats.known_stream(self.redis, self.config, stream)
+        except StreamNotFound as exc:
+            raise _BadRequest(str(exc), 404) from None
 
     @staticmethod
     def _job_id(request: Request) -> str:
@@ -314,6 +312,28 @@ class Admin:
         letters = letters[:count]
         return _json(DeadLetterPage(stream, letters, letters[-1].entry_id if more else None))
 
+    async def jobs(self, request: Request) -> Response:
+        stream = await self._stream(request)
+        query = request.query_params
+        state = query.get("state")
+        if state is None:
+            raise _BadRequest(f"state is required: one of {', '.join(listing.STATES)}")
+        limit = query.get("limit", "100")
+        if not limit.isdigit():
+            raise _BadRequest(f"limit must be a whole number from 1 to {listing.MAX_LIMIT}")
+        page = await listing.list_jobs(
+            self.redis,
+            await stats.partitions_of(self.redis, stream, self.config),
+            state,
+            account=query.get("account"),
+            key=query.get("key"),
+            since_ms=_time_ms(query.get("since"), "since"),
+            until_ms=_time_ms(query.get("until"), "until"),
+            limit=int(limit),
+            cursor=query.get("cursor"),
+        )
+        return _json(page)
+
     async def replay(self, request: Request) -> Response:
         stream = await self._stream(request)
         body = await _body(request, ReplayRequest)
@@ -344,6 +364,14 @@ class Admin:
         log.info("admin: purged %d finished job records of %s", purged, stream)
         return _json(Purged(purged))
 
+    async def workers(self, request: Request) -> Response:
+        wanted = request.query_params.getlist("stream")
+        try:
+            found = await workers.of_streams(self.redis, self.config, wanted or None)
+        except StreamNotFound as exc:
+            raise _BadRequest(str(exc), 404) from None
+        return _json(found)
+
     async def account(self, request: Request) -> Response:
         platform, account = request.path_params["platform"], request.path_params["account"]
         report = await tokens.account_status(self.redis, self.config, platform, account)
@@ -354,10 +382,12 @@ class Admin:
         api: list[tuple[str, Endpoint, str, tuple[str, ...]]] = [
             ("/api/stats", self.stats, "GET", only),
             ("/api/outcomes", self.outcomes, "GET", only),
+            ("/api/workers", self.workers, "GET", only),
             ("/api/jobs/{job_id}", self.job, "GET", ()),
             ("/api/jobs/{job_id}/retry", self.retry, "POST", ()),
             ("/api/jobs/{job_id}/cancel", self.cancel, "POST", ()),
             ("/api/streams/{stream}/dead", self.dead, "GET", ("count", "after")),
+            ("/api/streams/{stream}/jobs", self.jobs, "GET", JOBS_QUERY),
             ("/api/streams/{stream}/dead/replay", self.replay, "POST", ()),
             ("/api/streams/{stream}/dead/purge", self.purge_dead, "POST", ()),
             ("/api/streams/{stream}/finished/purge", self.purge_finished, "POST", ()),
@@ -372,6 +402,27 @@ class Admin:
             Route("/", _index, methods=["GET"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
+
+
+JOBS_QUERY: Final = ("state", "account", "key", "since", "until", "limit", "cursor")
+
+
+def _time_ms(text: str | None, name: str) -> int | None:
+    """An ISO 8601 time with an offset (or ms since the epoch) as ms since the epoch."""
+    if text is None:
+        return None
+    if text.isdigit() and len(text) <= 15:
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise _BadRequest(
+            f"{name} must be an ISO 8601 time with an offset (2026-12-01T09:00:00Z) or ms since "
+            f"the epoch, not {text[:40]!r}"
+        )
+    return round(parsed.timestamp() * 1000)
 
 
 def _page_size(text: str | None) -> int:
@@ -425,6 +476,7 @@ def openapi_document() -> dict[str, Any]:
         stats.Snapshot,
         stats.Outcomes,
         control.JobInfo,
+        listing.JobPage,
         DeadLetterPage,
         JobAction,
         ReplayRequest,
@@ -432,6 +484,7 @@ def openapi_document() -> dict[str, Any]:
         PurgeFinishedRequest,
         Purged,
         tokens.AccountStatus,
+        workers.WorkersView,
         ErrorBody,
     ]
     _, schemas = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
@@ -501,6 +554,15 @@ def openapi_document() -> dict[str, Any]:
                 responses=missing,
             )
         },
+        "/api/workers": {
+            "get": operation(
+                "Live workers (host, pid, heartbeat, jobs held) and those gone lately, with "
+                "what was reclaimed from them",
+                "WorkersView",
+                [only],
+                responses=missing,
+            )
+        },
         "/api/jobs/{job_id}": {
             "get": operation("A job's record and state", "JobInfo", [job_id], responses=missing)
         },
@@ -538,6 +600,60 @@ def openapi_document() -> dict[str, Any]:
                         "required": False,
                         "description": "The previous page's `next`",
                         "schema": {"type": "string", "pattern": f"^{_ENTRY_ID.pattern}$"},
+                    },
+                ],
+                responses=missing,
+            )
+        },
+        "/api/streams/{stream}/jobs": {
+            "get": operation(
+                "A stream's jobs in one state, a page at a time (`streamq jobs`), merged over its "
+                "partitions; pass the answer's `cursor` for the next page (null: no more)",
+                "JobPage",
+                [
+                    stream,
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "enum": list(listing.STATES)},
+                    },
+                    {
+                        "name": "account",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    },
+                    {
+                        "name": "key",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only the job holding (or that held) this dedup key",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 512},
+                    },
+                    *(
+                        {
+                            "name": bound,
+                            "in": "query",
+                            "required": False,
+                            "description": "Due, queued, parked or finished time, inclusive: "
+                            "ISO 8601 with an offset, or ms since the epoch",
+                            "schema": {"type": "string", "format": "date-time"},
+                        }
+                        for bound in ("since", "until")
+                    ),
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": listing.MAX_LIMIT},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "The previous page's `cursor`",
+                        "schema": {"type": "string"},
                     },
                 ],
                 responses=missing,

@@ -10,6 +10,11 @@ touches the worker's buffers (the worker moves its jobs as the answers say).
                            why: their jobs already read are parked too, until it is recorded
     settle()               the accounts whose pause is recorded now: park what is read of
                            them, admission parks the rest from here on
+    held_back(job)         why a job read may not start after all (platform held, account
+                           pausing): the outcome to record instead of running it
+    pausing(jobs)          which of the jobs just admitted belong to a pausing account
+    heed(outcome)          what a run's outcome asks of this worker: hold the platform, or
+                           pause the account
     not_started(job)       an admitted job that will not run here: its logged start goes back
 """
 
@@ -21,7 +26,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from streamq import channel, codec, keys, scripts
+from streamq import channel, codec, keys, outcomes, scripts
 from streamq.connection import TRANSIENT_ERRORS
 from streamq.job import Job
 from streamq.limiter import StreamLimits
@@ -61,6 +66,27 @@ class Gate:
             self.platform_paused_until_ms = 0
             return 0
         return wait
+
+    def held_back(self, job: Job) -> codec.Deferred | codec.Parked | None:
+        """The outcome of a job read that may not start now after all: read before the
+        platform asked to hold off, or of an account a handler is pausing. None: it may."""
+        if self.platform_paused_until_ms:
+            wait_ms = self.platform_wait_ms()
+            if wait_ms:
+                return outcomes.held_back(job, self.clock.now_ms(), wait_ms)
+        account = job.envelope.account
+        if account is not None and account in self.pausing_accounts:
+            return outcomes.parked(job, self.pausing_accounts[account])
+        return None
+
+    def heed(self, outcome: codec.Outcome, now_ms: int) -> None:
+        """A run ended in ``outcome``: a deferral that holds the platform holds it here too,
+        and a parked run pauses its account (see ``pause``)."""
+        if isinstance(outcome, codec.Deferred):
+            if outcome.hold == keys.pause_field(None):
+                self.hold_platform(now_ms + outcome.delay_ms)
+        elif isinstance(outcome, codec.Parked):
+            self.pause(outcome.account, outcome.reason)
 
     # -- rate limits ----------------------------------------------------------------------------
 
@@ -133,6 +159,18 @@ class Gate:
         """A handler paused ``account``: park its jobs already read until the pause is
         recorded and admission takes over."""
         self.pausing_accounts[account] = reason
+
+    def pausing(self, jobs: list[Job]) -> tuple[list[Job], list[tuple[Job, str]]]:
+        """Split jobs just admitted: those that may run, and those of accounts a handler is
+        pausing, with why (the worker parks them)."""
+        keep, parked = [], []
+        for job in jobs:
+            reason = self.pausing_accounts.get(job.envelope.account or "")
+            if reason is None:
+                keep.append(job)
+            else:
+                parked.append((job, reason))
+        return keep, parked
 
     def recorded(self, outcomes: Sequence[codec.Outcome]) -> None:
         """A batch of outcomes is recorded: the pauses among them are in force."""

@@ -10,9 +10,21 @@ from typing import TYPE_CHECKING, Any, Self, Unpack
 
 from redis.asyncio import Redis
 
-from streamq import codec, connection, control, keys, limiter, platforms, scheduler, stats
+from streamq import (
+    codec,
+    connection,
+    control,
+    keys,
+    limiter,
+    listing,
+    platforms,
+    scheduler,
+    stats,
+    waiting,
+)
 from streamq.config import Config, load_config
 from streamq.control import DeadLetter, JobInfo
+from streamq.errors import JobCancelled, JobExpired, JobFailed
 from streamq.events import Event, follow
 from streamq.producer import JobOptionArgs, JobOptions, Producer, check_stream
 
@@ -29,6 +41,7 @@ class Queue:
         self._config_url = self.config.redis_url
         self._redis: Redis | None = None
         self._producer: Producer | None = None
+        self._waiters: waiting.Waiters | None = None
         self._validators: dict[str, platforms.Validator | None] = {}
         self.resolved_url: str | None = None
 
@@ -48,6 +61,9 @@ class Queue:
         await self.close()
 
     async def close(self) -> None:
+        if self._waiters is not None:
+            await self._waiters.close()
+            self._waiters = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -140,13 +156,7 @@ class Queue:
     async def partitions(self, stream: str) -> list[str]:
         """The streams that hold ``stream``'s jobs: itself, or its configured partitions, and
         any partition left from an earlier partition count that producers wrote to."""
-        stream = check_stream(stream)
-        if keys.partition_index(stream) is not None:
-            return [stream]
-        configured = keys.partitions(stream, self.config.stream(stream).partitions)
-        registered = await stats.known_streams(self.redis)
-        left = [n for n in registered if keys.base_stream(n) == stream and n not in configured]
-        return configured + left
+        return await stats.partitions_of(self.redis, check_stream(stream), self.config)
 
     def _partition_count(self, stream: str) -> int:
         return (
@@ -190,12 +200,91 @@ class Queue:
         limits = limiter.limits_for(stream, configured.limits, configured.partitions)
         return await limiter.report(self.redis, stream, limits, account)
 
+    async def known(self, stream: str) -> str:
+        """``stream`` if it is configured or was ever used, else StreamNotFound (the rule every
+        question about a named stream follows: ``stats.known_stream``)."""
+        return await stats.known_stream(self.redis, self.config, stream)
+
     async def stats(self, streams: list[str] | None = None) -> stats.Snapshot:
+        """Figures of the streams named (each must be known), or of every stream used."""
+        for stream in streams or []:
+            await self.known(stream)
         return await stats.snapshot(self.redis, streams)
 
     async def job(self, job_id: str) -> JobInfo:
         """A job's record and state; raises JobNotFound."""
         return await control.job_info(self.redis, job_id)
+
+    async def jobs(
+        self,
+        stream: str,
+        state: str,
+        *,
+        account: str | None = None,
+        key: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> listing.JobPage:
+        """One page of the stream's jobs in ``state`` (see streamq.listing.STATES), in the
+        state's order (due time, lane order, enqueue, death or finish time), merged over its
+        partitions; pass the page's ``cursor`` for the next one (None: no more). ``since`` and
+        ``until`` (aware datetimes, inclusive) bound that time. Raises ListingError (a
+        ValueError) for an unknown state, a bad cursor, an inverted range or a limit over
+        1,000."""
+        return await listing.list_jobs(
+            self.redis,
+            await self.partitions(stream),
+            state,
+            account=account,
+            key=key,
+            since_ms=_ms(since, "since"),
+            until_ms=_ms(until, "until"),
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def iter_jobs(
+        self, stream: str, state: str, *, page_size: int = 100, **filters: Any
+    ) -> AsyncIterator[JobInfo]:
+        """Every job of a listing (``jobs``' filters), page after page:
+        ``async for info in q.iter_jobs("instagram", "scheduled", account="acme")``."""
+        cursor = None
+        while True:
+            page = await self.jobs(stream, state, limit=page_size, cursor=cursor, **filters)
+            for info in page.jobs:
+                yield info
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    @property
+    def waiters(self) -> waiting.Waiters:
+        """What every ``wait`` of this Queue shares (one events reader per stream)."""
+        if self._waiters is None:
+            self._waiters = waiting.Waiters(self.redis, self.config)
+        return self._waiters
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:  # noqa: ASYNC109
+        """The job's JobInfo as soon as it is done, dead, cancelled or expired (at once if it
+        is already). Raises TimeoutError after ``timeout`` seconds (None: no limit) and
+        JobNotFound for an unknown id. Waiters share one reader of each stream's events
+        (streamq.waiting); with events off they share one poll of the records."""
+        return await self.waiters.wait(job_id, timeout)
+
+    async def result(self, job_id: str, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        """What the job's handler returned, once it is done. Raises JobFailed (dead: ``reason``
+        says why), JobExpired (never run), JobCancelled, or TimeoutError."""
+        info = await self.wait(job_id, timeout)
+        if info.state == "done":
+            return info.result
+        if info.state == "cancelled":
+            raise JobCancelled(f"job {job_id} was cancelled", info)
+        if info.state == "expired":
+            raise JobExpired(f"job {job_id} expired: it came due too long ago to run", info)
+        reason = info.error or "no reason recorded"
+        raise JobFailed(f"job {job_id} failed: {reason}", info, reason)
 
     async def cancel(self, job_id: str) -> str:
         """'cancelled' (it will never start) or 'cancelling' (already running: not retried)."""
@@ -218,14 +307,14 @@ class Queue:
     async def dead(self, stream: str, count: int = 100) -> list[DeadLetter]:
         """The oldest ``count`` dead letters of each of the stream's partitions."""
         letters: list[DeadLetter] = []
-        for part in await self.partitions(stream):
+        for part in await self.partitions(await self.known(stream)):
             letters += await control.dead_letters(self.redis, part, count)
         return letters
 
     async def replay_dead(self, stream: str, ids: list[str] | None = None) -> tuple[int, int]:
         """Run dead letters again (all, or by job id / entry id): (replayed, skipped)."""
         replayed = skipped = 0
-        for part in await self.partitions(stream):
+        for part in await self.partitions(await self.known(stream)):
             done, passed = await control.replay(self.redis, part, ids)
             replayed, skipped = replayed + done, skipped + passed
         return replayed, skipped
@@ -236,7 +325,8 @@ class Queue:
         return replayed
 
     async def purge_dead(self, stream: str) -> int:
-        return sum([await control.purge_dead(self.redis, p) for p in await self.partitions(stream)])
+        parts = await self.partitions(await self.known(stream))
+        return sum([await control.purge_dead(self.redis, p) for p in parts])
 
     def events(
         self,
@@ -312,6 +402,14 @@ class Queue:
             with contextlib.suppress(control.InvalidJobState):  # it finished meanwhile
                 await self.cancel(holder)
         return True
+
+
+def _ms(when: datetime | None, name: str) -> int | None:
+    if when is None:
+        return None
+    if not isinstance(when, datetime) or when.tzinfo is None:
+        raise listing.ListingError(f"{name} must be an aware datetime (with a time zone)")
+    return round(when.timestamp() * 1000)
 
 
 def connect(url: str | None = None, *, config: Config | None = None) -> Queue:

@@ -231,6 +231,8 @@ class Retried(_Later, tag="r"):
     """Run again after the delay; ``attempt`` is the next attempt's number, ``reason`` the
     error."""
 
+    trace: str
+    """The traceback's last frames, for the job's attempts history ('' for none)."""
     lane: int
     entry: str
 
@@ -262,6 +264,8 @@ class Parked(_Ended, tag="p"):
 
 class Dead(_Ended, tag="x"):
     reason: str
+    trace: str
+    """The traceback's last frames, for the job's attempts history ('' for none)."""
     lane: int
     entry: str
 

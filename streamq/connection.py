@@ -12,9 +12,10 @@ Kubernetes Secret); one in the URL wins.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import Iterable
-from typing import Any, Final, cast
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import anyio
@@ -37,6 +38,8 @@ MIN_SOCKET_TIMEOUT_SECONDS = 6.0
 """Above the 5 s blocking reads of workers, which must not time out while they wait."""
 MIN_VERSIONS = {"redis": (7, 0), "valkey": (7, 2)}
 
+T = TypeVar("T")
+
 TRANSIENT_ERRORS: Final = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
@@ -57,6 +60,46 @@ again; it never gives up on them."""
 def retry_delay(failures: int) -> float:
     """Seconds to wait after ``failures`` failures in a row: 0.1 s doubling up to 5 s."""
     return min(5.0, 0.05 * 2.0 ** min(max(failures, 1), 7))
+
+
+class Retrying:
+    """Runs Redis calls until they succeed, backing off while the server is unreachable.
+
+    Used where giving up would strand work in this process; ``attempts`` bounds a call where
+    giving up is safe (the entries stay pending and are reclaimed). ``stop`` ends a pause
+    early for the calls that need not be tried again once their loop stops (a fetch; never an
+    acknowledgement).
+    """
+
+    def __init__(self, log: logging.Logger, stop: anyio.Event) -> None:
+        self.log = log
+        self.stop = stop
+
+    async def __call__(
+        self, what: str, call: Callable[[], Awaitable[T]], attempts: int | None = None
+    ) -> T | None:
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except TRANSIENT_ERRORS as exc:
+                failures += 1
+                if attempts is not None and failures >= attempts:
+                    self.log.warning("%s failed %d times, giving up: %s", what, failures, exc)
+                    return None
+                await self.pause(what, exc, failures)
+
+    async def pause(
+        self, what: str, exc: BaseException, failures: int, *, until_stop: bool = False
+    ) -> None:
+        """Back off before the next try; ``until_stop`` ends the pause early at a stop."""
+        delay = retry_delay(failures)
+        self.log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
+        if until_stop:
+            with anyio.move_on_after(delay):
+                await self.stop.wait()
+        else:
+            await anyio.sleep(delay)
 
 
 def resolve_url(url: str | None = None, config_url: str | None = None) -> str:

@@ -7,7 +7,7 @@ a worker either applies fully or reports the state that won.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -17,13 +17,37 @@ from streamq import channel, codec, keys, scheduler, scripts
 from streamq.config import StreamConfig
 from streamq.errors import ConfigError, InvalidJobState, JobNotFound, RecordChanged
 
-__all__ = ["DeadLetter", "InvalidJobState", "JobInfo", "JobNotFound"]
+__all__ = ["Attempt", "DeadLetter", "InvalidJobState", "JobInfo", "JobNotFound"]
 
 FINISHED = ("done", "dead", "cancelled", "expired")
 REVIVABLE = ("dead", "cancelled", "expired")
 PURGED_BY_DEFAULT = ("done", "cancelled", "expired")
 """Dead jobs' records are kept unless asked for: ``job retry ID`` needs them."""
 PURGE_BATCH = 500
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    """One run of a job: who ran it, when, how it ended, and why (for a failure, the error and
+    where it was raised: the traceback's last frames)."""
+
+    n: int
+    worker: str | None = None
+    started_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    started_at: str | None = None
+    """ISO 8601, UTC, with its zone."""
+    finished_at: str | None = None
+    outcome: str
+    """done, retried, rate-limited, paused, dead or cancelled."""
+    error: str | None = None
+    trace: str | None = None
+
+
+def iso(ms: int | None) -> str | None:
+    """A time in ms since the epoch as ISO 8601 with its zone (UTC), to the millisecond."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
 class JobInfo(msgspec.Struct, kw_only=True):
@@ -47,6 +71,15 @@ class JobInfo(msgspec.Struct, kw_only=True):
     consumer: str | None = None
     """The worker running it, while active."""
     cancel_requested: bool = False
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+    """Its runs, oldest first: the latest ``scripts.ATTEMPTS_KEPT`` that did not end done
+    (retried, rate-limited, paused, dead, cancelled while running), then the done one. A run
+    cut short by a crash is not there (its entry was reclaimed and run again)."""
+    enqueued_at: str | None = None
+    """The ``*_ms`` times again, as ISO 8601 with the zone (UTC)."""
+    run_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
@@ -60,11 +93,15 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     """The entry's own fields when it was not one of ours."""
 
 
-def _stream_of(job_id: str) -> str:
+def stream_of(job_id: str) -> str:
+    """The stream (or partition) a job id names; JobNotFound for a malformed id."""
     try:
         return keys.stream_of_job(job_id)
     except ValueError:
         raise JobNotFound(f"no job {job_id!r}: job ids look like 'instagram:...'") from None
+
+
+_stream_of = stream_of
 
 
 def _int(value: bytes | None) -> int | None:
@@ -102,6 +139,23 @@ async def job_info(redis: Redis, job_id: str) -> JobInfo:
             state, consumer = "active", pending[0]["consumer"].decode()
         if found and b"j" in found[0][1]:
             envelope_raw = found[0][1][b"j"]
+    return from_record(job_id, record, state=state, envelope=envelope_raw, consumer=consumer)
+
+
+def from_record(
+    job_id: str,
+    record: dict[bytes, bytes],
+    *,
+    state: str | None = None,
+    envelope: bytes | None = None,
+    consumer: str | None = None,
+) -> JobInfo:
+    """The JobInfo of a record read already (``job_info`` adds what a queued job's lane says:
+    whether a worker holds it, and its envelope)."""
+    stream = keys.stream_of_job(job_id)
+    state = state or record[b"state"].decode()
+    priority = record.get(b"priority", b"normal").decode()
+    envelope_raw = envelope if envelope is not None else record.get(b"env")
     payload = None
     if envelope_raw is not None:
         try:
@@ -109,6 +163,15 @@ async def job_info(redis: Redis, job_id: str) -> JobInfo:
         except (msgspec.DecodeError, msgspec.ValidationError):
             payload = None
     result_raw = record.get(b"result")
+    times = {
+        name: _int(record.get(field))
+        for name, field in (
+            ("enqueued", b"enqueued_at"),
+            ("run", b"run_at"),
+            ("started", b"started_at"),
+            ("finished", b"finished_at"),
+        )
+    }
     return JobInfo(
         id=job_id,
         stream=stream,
@@ -118,15 +181,66 @@ async def job_info(redis: Redis, job_id: str) -> JobInfo:
         key=_text(record.get(b"key")),
         account=_text(record.get(b"account")),
         payload=payload,
-        enqueued_at_ms=_int(record.get(b"enqueued_at")),
-        run_at_ms=_int(record.get(b"run_at")),
-        started_at_ms=_int(record.get(b"started_at")),
-        finished_at_ms=_int(record.get(b"finished_at")),
+        enqueued_at_ms=times["enqueued"],
+        run_at_ms=times["run"],
+        started_at_ms=times["started"],
+        finished_at_ms=times["finished"],
         error=_text(record.get(b"error")),
         result=None if not result_raw else msgspec.json.decode(result_raw),
         consumer=consumer,
         cancel_requested=b"cancel" in record,
+        attempts=_attempts(record, state),
+        enqueued_at=iso(times["enqueued"]),
+        run_at=iso(times["run"]),
+        started_at=iso(times["started"]),
+        finished_at=iso(times["finished"]),
     )
+
+
+class _Run(msgspec.Struct):
+    """A run as finish_jobs.lua writes it in the record's ``attempts``."""
+
+    n: int
+    outcome: str
+    worker: str = ""
+    started_ms: int = 0
+    finished_ms: int = 0
+    error: str = ""
+    trace: str = ""
+
+
+def _attempts(record: dict[bytes, bytes], state: str) -> list[Attempt]:
+    runs: list[_Run] = []
+    raw = record.get(b"attempts")
+    if raw:
+        try:
+            runs = msgspec.json.decode(raw, type=list[_Run])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            runs = []
+    if state == "done" and b"started_at" in record:
+        runs.append(
+            _Run(
+                n=int(record.get(b"attempt", b"1")),
+                outcome="done",
+                worker=(record.get(b"worker") or b"").decode(),
+                started_ms=int(record[b"started_at"]),
+                finished_ms=int(record.get(b"finished_at", b"0")),
+            )
+        )
+    return [
+        Attempt(
+            n=run.n,
+            worker=run.worker or None,
+            started_at_ms=run.started_ms or None,
+            finished_at_ms=run.finished_ms or None,
+            started_at=iso(run.started_ms or None),
+            finished_at=iso(run.finished_ms or None),
+            outcome=run.outcome,
+            error=run.error or None,
+            trace=run.trace or None,
+        )
+        for run in runs
+    ]
 
 
 async def cancel(redis: Redis, job_id: str, config: StreamConfig | None = None) -> str:

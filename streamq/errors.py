@@ -2,12 +2,17 @@
 
     StreamqError
     ├── ConfigError          bad config file, option or argument value
+    │   └── ListingError     a job listing's bad state, range, limit or cursor (a ValueError too)
     ├── PayloadError         a payload that is not JSON, or not encodable
     ├── HandlerError         a handler spec that does not import or is not async
     ├── ServerError          the embedded server cannot be started or found
     ├── ConnectionFailed     Redis is unreachable, went silent, or refused our credentials
     ├── ServerFull           Redis refused a write: it is at maxmemory (policy noeviction)
     ├── JobNotFound          no record for that job id (never enqueued, or past retention)
+    ├── StreamNotFound       a stream neither configured nor ever used (no keys in Redis)
+    ├── JobFailed            q.result(): the job ended dead (or expired) instead of done
+    │   └── JobExpired       it was never run: it came due too long ago
+    ├── JobCancelled         q.result(): the job was cancelled
     └── InvalidJobState      the job is not in a state that allows the operation
         └── RecordChanged    the job's record changed while the operation read it: try again
 
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 
 class StreamqError(Exception):
@@ -39,6 +44,11 @@ class StreamqError(Exception):
 
 class ConfigError(StreamqError):
     """A configuration value, option or argument is not acceptable."""
+
+
+class ListingError(ConfigError, ValueError):
+    """A job listing cannot mean what it was asked: an unknown state, a bad cursor, an inverted
+    time range, a limit out of range."""
 
 
 class PayloadError(StreamqError):
@@ -64,6 +74,33 @@ class ServerFull(StreamqError):
 
 class JobNotFound(StreamqError):
     """No record exists for the job id (never enqueued, or removed after retention)."""
+
+
+class StreamNotFound(StreamqError):
+    """The stream is not in the config and no producer or worker ever used it (it is not in
+    ``streamq:streams``): asked about, it would only answer zeros and empty lists."""
+
+
+class JobFailed(StreamqError):
+    """``q.result()``: the job ended without a result, dead (``reason`` says why) or expired.
+    ``info`` is its JobInfo."""
+
+    def __init__(self, message: str, info: Any = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.info = info
+        self.reason = reason
+
+
+class JobExpired(JobFailed):
+    """``q.result()``: the job was never run: it came due longer ago than its expire_after."""
+
+
+class JobCancelled(StreamqError):
+    """``q.result()``: the job was cancelled. ``info`` is its JobInfo."""
+
+    def __init__(self, message: str, info: Any = None) -> None:
+        super().__init__(message)
+        self.info = info
 
 
 class InvalidJobState(StreamqError):

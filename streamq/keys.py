@@ -24,7 +24,15 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:held:<A>                 sorted set: A's jobs waiting for that turn, by enqueue time
     streamq:{S}:order:<L>:<A>            sorted set: A's jobs a resume sent back to lane L, and its
                                          later ones waiting behind them, by id (all scored 0)
+    streamq:{S}:holding                  sorted set: accounts with held jobs (all scored 0)
+    streamq:{S}:due:<A>                  sorted set: A's members of the delayed set, same due ms
+                                         (listings of one account's scheduled jobs)
+    streamq:{S}:finished:<state>         sorted set: jobs that ended done, cancelled or expired,
+                                         by finish ms, for the records' retention (listings)
     streamq:{S}:lateness                 hash: consumer -> its recent lateness summary (health)
+    streamq:{S}:workers                  hash: consumer -> its card, rewritten every heartbeat
+    streamq:{S}:workers:gone             stream, capped: jobs reclaimed from a consumer, and the
+                                         consumers dropped from the group once they owned none
     streamq:{S}:samples                  sorted set: timestamped copies of the counts (health, top)
     streamq:autoscaler:leader:<S,...>    string: the token of the autoscaler leading those streams;
                                          its :fence counts the leaders (the fencing token)
@@ -40,7 +48,8 @@ A stream split into partitions (``partitions = N`` in its config) is N such stre
 ``S:0`` ... ``S:N-1``: each has every key above under its own hash tag (``{instagram:3}``),
 so partitions spread over a cluster's shards while each one's keys stay in one slot.
 
-The per-account keys (``rate:a:``, ``plan:a:``, ``parked:``, ``turns:``, ``held:``) and the records
+The per-account keys (``rate:a:``, ``plan:a:``, ``parked:``, ``turns:``, ``held:``, ``due:``), the
+``finished:`` sets and the records
 of jobs a script finds by id are built inside the scripts from ``script_prefix`` (an account is
 only known once a job is read), by the functions of one include, ``lua/include/stream_keys.lua``;
 they share the stream's hash tag, so they live in the same slot. ``tests/test_keys.py`` holds
@@ -177,6 +186,16 @@ def lateness(stream: str) -> str:
     return f"{stream_prefix(stream)}:lateness"
 
 
+def workers(stream: str) -> str:
+    """The cards of the stream's workers (streamq.workers), by consumer name."""
+    return f"{stream_prefix(stream)}:workers"
+
+
+def workers_gone(stream: str) -> str:
+    """What reclaim_jobs took from which consumer, and the consumers it dropped."""
+    return f"{stream_prefix(stream)}:workers:gone"
+
+
 def samples(stream: str) -> str:
     return f"{stream_prefix(stream)}:samples"
 
@@ -230,6 +249,23 @@ def turns(stream: str, account: str) -> str:
 
 def held(stream: str, account: str) -> str:
     return f"{stream_prefix(stream)}:held:{account}"
+
+
+def holding(stream: str) -> str:
+    """The accounts that have jobs in their held set: what a listing of held jobs merges."""
+    return f"{stream_prefix(stream)}:holding"
+
+
+def due(stream: str, account: str) -> str:
+    """Account's jobs in the delayed set (scheduled, deferred, retrying), with the same scores:
+    what a listing of one account's scheduled jobs pages through."""
+    return f"{stream_prefix(stream)}:due:{account}"
+
+
+def finished(stream: str, state: str) -> str:
+    """Jobs that ended in ``state`` (done, cancelled, expired), by finish time, kept as long as
+    their records: what a listing of finished jobs pages through."""
+    return f"{stream_prefix(stream)}:finished:{state}"
 
 
 def order(stream: str, lane: Priority, account: str) -> str:

@@ -182,6 +182,36 @@ def jobs_enqueued(stream: str, priority: str, count: int) -> None:
         JOBS_ENQUEUED.labels(stream, priority).inc(count)
 
 
+@dataclass(slots=True)
+class WorkerCounts:
+    """What one worker did since it started (returned by ``Worker.run``)."""
+
+    completed: int = 0
+    """Jobs whose handler returned."""
+    failed: int = 0
+    """Runs that raised or timed out (each retried or dead-lettered)."""
+    dead_lettered: int = 0
+    deferred: int = 0
+    """Runs that raised RateLimited."""
+    limited: int = 0
+    """Jobs read but not started: over a rate limit, or their account or platform paused."""
+    parked: int = 0
+    """Jobs that paused their account (Fail(pause_account=True)), or found it pausing."""
+    expired: int = 0
+    cancelled: int = 0
+    reclaimed: int = 0
+    released: int = 0
+
+    def add(self, tally: dict[str, int]) -> None:
+        """Count an acknowledged batch, as ``WorkerMetrics.finished`` tallied it."""
+        self.completed += tally.get(codec.OUTCOME_NAMES[codec.Done], 0)
+        self.dead_lettered += tally.get(codec.OUTCOME_NAMES[codec.Dead], 0)
+        self.deferred += tally.get(codec.OUTCOME_NAMES[codec.Deferred], 0)
+        self.expired += tally.get(codec.OUTCOME_NAMES[codec.Expired], 0)
+        self.cancelled += tally.get(codec.OUTCOME_NAMES[codec.Cancelled], 0)
+        self.parked += tally.get(codec.OUTCOME_NAMES[codec.Parked], 0)
+
+
 class WorkerMetrics:
     """A worker's series, looked up once; updated once per acknowledged batch."""
 

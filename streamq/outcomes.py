@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import traceback
 from typing import Any, Final
 
 import msgspec
@@ -173,11 +174,28 @@ def failure(
             else f"gave up after {env.attempt} attempts: {error}"
         )
         if job.may_have_sent:
-            return verify(job, reason, options, started_ms=started_ms, now_ms=now_ms)
+            return verify(
+                job,
+                reason,
+                options,
+                started_ms=started_ms,
+                now_ms=now_ms,
+                trace=last_frames(exc),
+            )
         log.warning(
             "job %s is dead: %s", env.id, reason, extra=logs.job(env.id, job.stream, env.attempt)
         )
-        return Dead(env.id, key, env.attempt, started_ms, envelope_text(env), reason, lane, entry)
+        return Dead(
+            env.id,
+            key,
+            env.attempt,
+            started_ms,
+            envelope_text(env),
+            reason,
+            last_frames(exc),
+            lane,
+            entry,
+        )
     if isinstance(exc, Retry) and exc.after is not None:
         delay = exc.after
     else:
@@ -193,12 +211,21 @@ def failure(
     )
     again = msgspec.structs.replace(env, attempt=env.attempt + 1, run_at_ms=now_ms + delay_ms)
     return Retried(
-        env.id, key, env.attempt + 1, started_ms, envelope_text(again), delay_ms, error, lane, entry
+        env.id,
+        key,
+        env.attempt + 1,
+        started_ms,
+        envelope_text(again),
+        delay_ms,
+        error,
+        last_frames(exc),
+        lane,
+        entry,
     )
 
 
 def verify(
-    job: Job, reason: str, options: StreamConfig, *, started_ms: int, now_ms: int
+    job: Job, reason: str, options: StreamConfig, *, started_ms: int, now_ms: int, trace: str = ""
 ) -> Retried:
     """Run the job once more, only to look up whether an earlier send landed, instead of
     recording it dead with ``reason`` while its post may exist."""
@@ -221,6 +248,7 @@ def verify(
         envelope_text(again),
         delay_ms,
         f"{reason}; a post may exist: looking it up before recording the job dead",
+        trace,
         job._lane + 1,
         job._entry.decode(),
     )
@@ -252,6 +280,7 @@ def verified_dead(job: Job, exc: BaseException, started_ms: int) -> Dead:
         started_ms,
         envelope_text(plain),
         reason,
+        last_frames(exc),
         job._lane + 1,
         job._entry.decode(),
     )
@@ -331,6 +360,25 @@ def describe(exc: BaseException) -> str:
     """An exception as an outcome records it: type and message, at most 1,000 characters."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return text[:1000]
+
+
+FRAMES_KEPT: Final = 3
+TRACE_CHARS: Final = 1500
+
+
+def last_frames(exc: BaseException, count: int = FRAMES_KEPT) -> str:
+    """Where ``exc`` was raised: the traceback's last ``count`` frames, one line each
+    (``file:line in function: source``), at most TRACE_CHARS; '' when it has none (Fail and
+    Retry raised on purpose say why in their reason)."""
+    if isinstance(exc, Fail | Retry) or exc.__traceback__ is None:
+        return ""
+    frames = traceback.extract_tb(exc.__traceback__)[-count:]
+    lines = [
+        f"{frame.filename}:{frame.lineno} in {frame.name}"
+        + (f": {frame.line}" if frame.line else "")
+        for frame in frames
+    ]
+    return "\n".join(lines)[-TRACE_CHARS:]
 
 
 def hook_calls(outcome: Outcome) -> list[tuple[str, tuple[Any, ...]]]:

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import redis as sync_redis
 from redis.asyncio import Redis
@@ -175,8 +175,9 @@ async def enqueue_jobs(
     )
     head = [lane, "" if expire_after_ms is None else expire_after_ms, recurring]
     record_prefix = keys.job(stream, "")
+    prefix = keys.script_prefix(stream)
     calls: list[Call] = [
-        ((*fixed, *[record_prefix + job_id for job_id in ids]), [*head, rows])
+        ((*fixed, *[record_prefix + job_id for job_id in ids]), [*head, rows, prefix])
         for ids, rows in slices
     ]
     replies = await _evalsha(redis, load("enqueue_jobs"), calls)
@@ -217,6 +218,11 @@ async def replace_job(
     return bool(reply)
 
 
+ATTEMPTS_KEPT: Final = 10
+"""How many failed runs a job's record keeps in its attempts history (the latest): the record
+stays bounded however often a job is retried or rate-limited."""
+
+
 async def finish_jobs(
     redis: Redis,
     stream: str,
@@ -224,9 +230,10 @@ async def finish_jobs(
     outcomes: Sequence[codec.Outcome],
     *,
     retention_ms: int,
+    consumer: str = "",
 ) -> int:
     """Acknowledge a batch (``entries``: the entry ids of each lane) and record each job's
-    outcome; returns how many entries were acknowledged."""
+    outcome, run by ``consumer``; returns how many entries were acknowledged."""
     record_prefix = keys.job(stream, "")
     reply = await _run(
         redis,
@@ -251,6 +258,8 @@ async def finish_jobs(
             retention_ms,
             codec.pack_rows(outcomes),
             keys.script_prefix(stream),
+            consumer,
+            ATTEMPTS_KEPT,
         ],
     )
     return int(reply)
@@ -449,6 +458,10 @@ async def dead_letter(
     return int(await _run(redis, "dead_letter", script_keys, args))
 
 
+GONE_KEPT: Final = 1000
+"""About how many records a stream's workers-gone log keeps."""
+
+
 @dataclass(frozen=True, slots=True)
 class Reclaimed:
     """One lane's part of reclaim_jobs' answer."""
@@ -470,12 +483,14 @@ async def reclaim_jobs(
     count: int,
     cursors: Sequence[str],
 ) -> list[Reclaimed]:
-    """Claim for ``consumer`` up to ``count`` entries idle ``min_idle_ms``, highest lane first."""
+    """Claim for ``consumer`` up to ``count`` entries idle ``min_idle_ms``, highest lane first,
+    and drop from the group the other consumers idle that long that own nothing (logged in
+    ``workers_gone`` with what was taken from them)."""
     reply = await _run(
         redis,
         "reclaim_jobs",
-        _keys(stream, keys.lanes),
-        [keys.GROUP, consumer, min_idle_ms, count, *cursors],
+        _keys(stream, keys.lanes, keys.workers, keys.workers_gone),
+        [keys.GROUP, consumer, min_idle_ms, count, *cursors, GONE_KEPT],
     )
     return [
         Reclaimed(codec.text(cursor), entries, [int(d) for d in deliveries])
@@ -530,7 +545,12 @@ async def release_jobs(
 async def retire_consumer(redis: Redis, stream: str, consumer: str) -> int:
     """Remove ``consumer`` from the lanes where it owns nothing; returns from how many."""
     return int(
-        await _run(redis, "retire_consumer", _keys(stream, keys.lanes), [keys.GROUP, consumer])
+        await _run(
+            redis,
+            "retire_consumer",
+            _keys(stream, keys.lanes, keys.workers),
+            [keys.GROUP, consumer],
+        )
     )
 
 

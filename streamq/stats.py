@@ -15,10 +15,12 @@ import msgspec
 from redis.asyncio import Redis
 
 from streamq import channel, codec, keys
+from streamq.config import Config
+from streamq.errors import ConfigError, StreamNotFound
 
 ALIVE_SECONDS: Final = 15.0
 """A consumer that touched its group this recently counts as alive: workers touch it at least
-every ``worker.HEARTBEAT_SECONDS`` (5 s), so this allows two missed beats."""
+every ``reclaim.HEARTBEAT_SECONDS`` (5 s), so this allows two missed beats."""
 
 STATS_FORMAT: Final = 1
 
@@ -76,6 +78,39 @@ class Snapshot(msgspec.Struct):
 async def known_streams(redis: Redis) -> list[str]:
     members: set[bytes] = await redis.smembers(keys.STREAM_REGISTRY)  # type: ignore[assignment]
     return sorted(m.decode() for m in members)
+
+
+async def partitions_of(redis: Redis, stream: str, config: Config) -> list[str]:
+    """The streams that hold ``stream``'s jobs: itself, or its configured partitions, and any
+    partition left from an earlier partition count that producers wrote to."""
+    if keys.partition_index(stream) is not None:
+        return [stream]
+    configured = keys.partitions(stream, config.stream(stream).partitions)
+    registered = await known_streams(redis)
+    return configured + [
+        n for n in registered if keys.base_stream(n) == stream and n not in configured
+    ]
+
+
+async def known_stream(redis: Redis, config: Config, stream: str) -> str:
+    """``stream`` if streamq knows it, else StreamNotFound (ConfigError for a bad name).
+
+    Known means configured (``[streams.S]``, or S for its partition ``S:i``) or used: a
+    producer or worker registered it, or one of its partitions, in ``streamq:streams``. Every
+    place that answers about a named stream (CLI, Python API, admin API) asks this, so an
+    unknown one is an error everywhere instead of zeros here and an empty list there."""
+    try:
+        keys.check_stream_name(stream)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if stream in config.streams or keys.base_stream(stream) in config.streams:
+        return stream
+    registered = await known_streams(redis)
+    if stream in registered or any(keys.base_stream(name) == stream for name in registered):
+        return stream
+    raise StreamNotFound(
+        f"no stream {stream!r}: it is not configured and no job was ever enqueued on it"
+    )
 
 
 async def stream_parts(redis: Redis, streams: list[str] | None = None) -> dict[str, list[str]]:

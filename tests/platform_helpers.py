@@ -5,13 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import anyio
 import msgspec
 
+from streamq.client import Queue
 from streamq.config import Backoff, Config
+from streamq.control import JobInfo
 from streamq.platforms.base import PlatformSettings
-from streamq.platforms.client import resolve_settings
+from streamq.platforms.client import Session, resolve_settings
 from streamq.platforms.credentials import CallableCredentials, Credentials
-from streamq.worker import WorkerOptions
+from streamq.worker import Worker, WorkerOptions
 
 PLATFORMS = ("facebook", "instagram", "linkedin", "x", "tiktok", "youtube")
 USER_IDS = {
@@ -72,3 +75,30 @@ def publisher_worker_options(platform: str) -> WorkerOptions:
         block_seconds=0.2,
         grace=5.0,
     )
+
+
+async def run_publisher_until(
+    q: Queue,
+    session: Session,
+    stream: str,
+    platform: str,
+    job_ids: list[str],
+    until: tuple[str, ...],
+    limit: float = 20,
+) -> list[JobInfo]:
+    """Run a worker with ``platform``'s publisher on ``stream`` until every job's state is in
+    ``until`` (within ``limit`` seconds); the jobs as they ended."""
+    worker = Worker(
+        q.redis, stream, session.publisher(platform), publisher_worker_options(platform)
+    )
+    infos: list[JobInfo] = []
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(worker.run)
+        with anyio.fail_after(limit):
+            while True:
+                infos = [await q.job(job_id) for job_id in job_ids]
+                if all(info.state in until for info in infos):
+                    break
+                await anyio.sleep(0.03)
+        worker.stop()
+    return infos

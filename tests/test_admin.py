@@ -61,6 +61,7 @@ def error_of(response: httpx.Response) -> str:
 
 ROUTES = [
     ("GET", "/api/stats"),
+    ("GET", "/api/workers"),
     ("GET", "/api/outcomes"),
     ("GET", "/api/jobs/s:x"),
     ("POST", "/api/jobs/s:x/retry"),

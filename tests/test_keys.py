@@ -32,11 +32,16 @@ def documented() -> dict[str, str]:
         keys.plan(S, A): "plan",
         keys.turns(S, A): "turns",
         keys.held(S, A): "held",
+        keys.due(S, A): "due",
+        keys.holding(S): "holding",
+        keys.finished(S, "<state>"): "finished",
         keys.paused(S): "paused",
         keys.pause_reasons(S): "pause_reasons",
         keys.parked(S, A): "parked",
         keys.samples(S): "samples",
         keys.lateness(S): "lateness",
+        keys.workers(S): "workers",
+        keys.workers_gone(S): "workers_gone",
     }
 
 
@@ -84,6 +89,9 @@ def test_every_name_a_script_builds_is_one_keys_py_builds() -> None:
         "parked_key": keys.parked(S, A),
         "turns_key": keys.turns(S, A),
         "held_key": keys.held(S, A),
+        "due_key": keys.due(S, A),
+        "holding_key": keys.holding(S),
+        "finished_key": keys.finished(S, A),
     }
     # The one name of two parts (a lane and an account).
     assert keys.order(S, "high", A) == keys.script_prefix(S) + "order:high:" + A

@@ -391,7 +391,7 @@ async def test_a_stale_retry_cannot_reopen_a_finished_job(
 
         await Worker(redis, stream, handler, msgspec.structs.replace(FAST, backoff=QUICK)).run()
         assert await state(q, job_id) == "done"
-        stale = codec.Retried(job_id, "", 2, 0, '{"id":"x"}', 50, "late", 2, entry_id.decode())
+        stale = codec.Retried(job_id, "", 2, 0, '{"id":"x"}', 50, "late", "", 2, entry_id.decode())
         await finish_late(redis, stream, job_id, entry_id, stale)
         assert await state(q, job_id) == "done"
         assert await redis.zcard(keys.delayed(stream)) == 0
@@ -412,7 +412,7 @@ async def test_a_retry_for_an_entry_the_server_forgot_delivering_keeps_the_job(
         # What the restarted server holds: the entry, neither pending nor delivered.
         await redis.xack(lane, keys.GROUP, entry_id)
         await redis.xgroup_setid(lane, keys.GROUP, "0")
-        late = codec.Retried(job_id, "", 2, 0, '{"id":"x"}', 50, "failed", 2, entry_id.decode())
+        late = codec.Retried(job_id, "", 2, 0, '{"id":"x"}', 50, "failed", "", 2, entry_id.decode())
         await finish_late(redis, stream, job_id, entry_id, late)
         assert [e for e, _ in await entries(redis, lane)] == [entry_id]
         ran: list[str] = []

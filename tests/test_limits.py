@@ -754,10 +754,10 @@ async def test_a_worker_stopping_gives_back_the_starts_of_jobs_it_did_not_run(
         worker = Worker(redis, stream, Progress().record_start, limited(per_account))
         await worker.ensure_groups()
         # Read and admitted, then the worker stops before any consumer takes them.
-        found, _ = await worker._fetch(3)
+        found, _ = await worker.fetcher.fetch(3)
         assert found == 3
         assert (await q.limits(stream, "a")).windows[0].used == 3
-        await worker._release_ready()
+        await worker.fetcher.release_ready()
         assert worker.counts.released == 3
         assert (await q.limits(stream, "a")).windows[0].used == 0
 

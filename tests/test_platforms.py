@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import msgspec
 import pytest
 from redis.asyncio import Redis
@@ -25,13 +24,12 @@ from streamq.control import JobInfo
 from streamq.platforms.client import Session
 from streamq.server import LocalServer
 from streamq.simulator import Fault, SimOptions, Simulator
-from streamq.worker import Worker
 from tests.platform_helpers import (
     PLATFORMS,
     credentials,
     new_token,
     post_for,
-    publisher_worker_options,
+    run_publisher_until,
     settings_for,
 )
 
@@ -69,23 +67,9 @@ class Rig:
 
     async def run(self, job_ids: list[str], until: tuple[str, ...] = FINAL) -> list[JobInfo]:
         """Run a worker until every job's state is in ``until``."""
-        worker = Worker(
-            self.q.redis,
-            self.stream,
-            self.session.publisher(self.platform),
-            publisher_worker_options(self.platform),
+        return await run_publisher_until(
+            self.q, self.session, self.stream, self.platform, job_ids, until
         )
-        infos: list[JobInfo] = []
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(worker.run)
-            with anyio.fail_after(20):
-                while True:
-                    infos = [await self.q.job(job_id) for job_id in job_ids]
-                    if all(info.state in until for info in infos):
-                        break
-                    await anyio.sleep(0.03)
-            worker.stop()
-        return infos
 
     def posts_of(self, job_id: str) -> int:
         return len(self.sim.posts_for(job_id))

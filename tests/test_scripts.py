@@ -142,7 +142,7 @@ async def test_finish_dead_letter_and_purge(redis: Redis, stream: str) -> None:
     await redis.script_flush()
     outcomes = [
         codec.Done(done.id, "", 1, 5, '"ok"'),
-        codec.Dead(failed.id, "", 1, 5, "{}", "no", 2, failed._entry.decode()),
+        codec.Dead(failed.id, "", 1, 5, "{}", "no", "", 2, failed._entry.decode()),
     ]
     acked = await scripts.finish_jobs(
         redis, stream, [[], [done._entry, failed._entry], []], outcomes, retention_ms=60_000

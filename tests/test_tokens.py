@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from streamq import events, keys, scripts
 from streamq.client import Queue
 from streamq.config import Config, StreamConfig, TokensConfig
+from streamq.control import JobInfo
 from streamq.errors import ConfigError, RateLimited
 from streamq.platforms.client import Session
 from streamq.platforms.credentials import Credentials, Secret
@@ -27,12 +28,11 @@ from streamq.platforms.keeper import ReauthRequired, TokenKeeper
 from streamq.platforms.refresh import Client
 from streamq.simulator import SimOptions, Simulator
 from streamq.tokenstore import Keyring, TokenSet, TokenStore
-from streamq.worker import Worker
 from tests.platform_helpers import (
     PLATFORMS,
     USER_IDS,
     post_for,
-    publisher_worker_options,
+    run_publisher_until,
     settings_for,
 )
 
@@ -195,23 +195,12 @@ class Rig:
         await self.keeper.store.put(self.platform, account, tokens)
         return tokens
 
-    async def run(self, job_ids: list[str], until: tuple[str, ...], limit: float = 20) -> Any:
-        worker = Worker(
-            self.q.redis,
-            self.stream,
-            self.session.publisher(self.platform),
-            publisher_worker_options(self.platform),
+    async def run(
+        self, job_ids: list[str], until: tuple[str, ...], limit: float = 20
+    ) -> list[JobInfo]:
+        return await run_publisher_until(
+            self.q, self.session, self.stream, self.platform, job_ids, until, limit
         )
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(worker.run)
-            with anyio.fail_after(limit):
-                while True:
-                    infos = [await self.q.job(job_id) for job_id in job_ids]
-                    if all(info.state in until for info in infos):
-                        break
-                    await anyio.sleep(0.03)
-            worker.stop()
-        return infos
 
 
 async def open_rig(
@@ -391,6 +380,66 @@ async def test_reauth_is_raised_without_calling_the_platform_again(rig: Rig) -> 
             rig.platform, account, None, rig.session.settings(rig.platform)
         )
     assert rig.sim.summary()["refreshes"] == rig.sim.oauth.refused == 0
+
+
+@pytest.fixture
+async def x_rig(redis_url: str, stream: str) -> AsyncIterator[Rig]:
+    """X only (its refresh tokens rotate), with a lease of 2 s."""
+    options = SimOptions(processing=0.0, access_ttl=4.0)
+    async for made in open_rig(redis_url, stream, "x", options):
+        yield made
+
+
+async def test_a_refresh_answered_while_its_job_is_cancelled_is_still_stored(x_rig: Rig) -> None:
+    """The platform rotated the refresh token and is answering; the job that asked is
+    cancelled meanwhile (a worker stopping, a job timeout). The answer is stored all the same,
+    so no worker ever presents the spent refresh token."""
+    rig = x_rig
+    account = f"acme-{rig.stream}"  # the server outlives the test
+    await rig.sign_in(account)
+    await age(rig, account, issued_ago_ms=3600_000, expires_in_ms=-10)
+    rig.sim.oauth.hold = 0.5  # the answer waits after the rotation
+    settings = rig.session.settings("x")
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(rig.keeper.credentials, "x", account, None, settings)
+            with anyio.fail_after(5):
+                while True:  # a poll with a deadline: the simulator runs in this loop
+                    if rig.sim.oauth.refreshes[f"x/x-{account}"]:
+                        break
+                    await anyio.sleep(0.01)
+            scope.cancel()  # the job is cancelled after the rotation, before the answer
+    stored = await rig.keeper.store.get("x", account)
+    assert stored is not None
+    assert stored.refreshes == 1  # the answer was stored under its lease
+    rig.sim.oauth.hold = 0.0
+    await age(rig, account, issued_ago_ms=3600_000, expires_in_ms=-10)
+    assert await rig.keeper.credentials("x", account, None, settings) is not None
+    summary = rig.sim.summary()
+    assert (summary["refreshes"], summary["revoked_refresh_presented"]) == (2, 0)
+
+
+async def test_a_refresh_ends_before_its_lease_and_a_late_holder_does_not_ask(x_rig: Rig) -> None:
+    """The asking must end within the lease (less the part kept for storing), or another
+    worker could take the lease and present the same refresh token; a holder with no lease
+    left does not ask at all."""
+    rig = x_rig
+    account = f"acme-{rig.stream}"  # the server outlives the test
+    await rig.sign_in(account)
+    await age(rig, account, issued_ago_ms=3600_000, expires_in_ms=-10)
+    rig.sim.oauth.hold = 5.0  # slower than the lease (2 s)
+    settings = rig.session.settings("x")
+    began = time.monotonic()
+    with pytest.raises(RateLimited, match="may be spent"):
+        await rig.keeper.credentials("x", account, None, settings)
+    assert time.monotonic() - began < 2.0 * (1 - 0.25) + 0.3
+    assert await rig.q.redis.pttl(keys.token_lease("x", account)) > 0  # still the holder's
+    stored = await rig.keeper.store.get("x", account)
+    assert stored is not None
+    asked = rig.sim.counts.requests
+    with pytest.raises(RateLimited, match="lease ran out"):
+        await rig.keeper._refresh(stored, 1, time.monotonic(), None, settings, forced=True)
+    assert rig.sim.counts.requests == asked
 
 
 def test_token_set_hides_itself() -> None:

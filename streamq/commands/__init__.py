@@ -18,15 +18,17 @@ from streamq.commands import (
     events,
     health,
     job,
+    jobs,
     limits,
     server,
     simulate,
     stats,
     tokens,
     top,
+    workers,
 )
 
 GROUPS: tuple[ModuleType, ...] = (
-    consume, enqueue, job, dead, cron, stats, events, account, tokens, limits, autoscale,
-    admin, health, top, simulate, server, completion,
+    consume, enqueue, job, jobs, dead, cron, stats, workers, events, account, tokens, limits,
+    autoscale, admin, health, top, simulate, server, completion,
 )  # fmt: skip

@@ -163,6 +163,35 @@ def share(text: str) -> float:
     return value
 
 
+def add_simulator_options(
+    parser: argparse.ArgumentParser,
+    *,
+    latency: float,
+    error_rate: float,
+    lost_answer_rate: float,
+    what: str = "",
+) -> None:
+    """The simulator's failure options, with this command's defaults (``streamq simulate``
+    imitates a healthy platform, ``streamq demo`` a realistic one)."""
+
+    def shown(value: float, unit: str = "") -> str:
+        return f"{value * 1000:g}ms" if unit == "ms" and value else f"{value:g}"
+
+    parser.add_argument(
+        "--latency", type=duration, default=latency,
+        help=f"{what}mean answer delay ({shown(latency, 'ms')})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--error-rate", type=share, default=error_rate,
+        help=f"{what}share of 5xx answers ({shown(error_rate)})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lost-answer-rate", type=share, default=lost_answer_rate,
+        help=f"{what}share of posts taken, then a 502 ({shown(lost_answer_rate)})",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, help="seed of the random failures (a repeatable run)")
+
+
 def when_text(ms: int | None) -> str:
     if ms is None:
         return "-"
@@ -227,15 +256,10 @@ def when(args: argparse.Namespace) -> tuple[datetime | None, float | None]:
 
 
 async def known(q: Queue, streams: Sequence[str]) -> list[str]:
-    """The streams named, each one a producer or worker has used; else NotFound, as the admin
-    API's 404 ("no stream 'S'")."""
-    from streamq.producer import check_stream
-
-    registered = set(await stats.known_streams(q.redis))
+    """The streams named, each one configured or used (``stats.known_stream``); else
+    StreamNotFound (exit 1), as the admin API's 404 and the Python API's exception."""
     for stream in streams:
-        check_stream(stream)
-        if stream not in registered:
-            raise NotFound(f"no stream {stream!r}: no job was ever enqueued on it")
+        await stats.known_stream(q.redis, q.config, stream)
     return list(streams)
 
 

@@ -7,7 +7,13 @@ import argparse
 from typing import Any
 
 from streamq import platforms
-from streamq.commands.common import UsageError, command, duration, share
+from streamq.commands.common import (
+    UsageError,
+    add_simulator_options,
+    command,
+    duration,
+    share,
+)
 from streamq.config import Config
 
 
@@ -20,11 +26,7 @@ def register(commands: Any) -> None:
         connects=False,
     )
     sim.add_argument("--port", type=int, default=8787, help="loopback port (8787; 0: any free)")
-    sim.add_argument("--latency", type=duration, default=0.0, help="mean answer delay (0)")
-    sim.add_argument("--error-rate", type=share, default=0.0, help="share of 5xx answers")
-    sim.add_argument(
-        "--lost-answer-rate", type=share, default=0.0, help="share of posts taken, then a 502"
-    )
+    add_simulator_options(sim, latency=0.0, error_rate=0.0, lost_answer_rate=0.0)
     sim.add_argument(
         "--drop-rate", type=share, default=0.0, help="share of posts taken, then no answer"
     )
@@ -40,7 +42,6 @@ def register(commands: Any) -> None:
         "--access-ttl", type=duration, help="life of the tokens its token endpoints issue"
     )
     sim.add_argument("--processing", type=duration, default=0.2, help="media processing (200ms)")
-    sim.add_argument("--seed", type=int, help="seed of the random failures")
 
     demo = command(
         commands,
@@ -50,10 +51,9 @@ def register(commands: Any) -> None:
         connects=False,
     )
     demo.add_argument("--duration", type=duration, default=60.0, help="the compressed day (60s)")
-    demo.add_argument("--latency", type=duration, default=0.08, help="simulator latency (80ms)")
-    demo.add_argument("--error-rate", type=share, default=0.02, help="simulator 5xx share")
-    demo.add_argument("--lost-answer-rate", type=share, default=0.01, help="answers lost")
-    demo.add_argument("--seed", type=int, help="make the run repeatable")
+    add_simulator_options(
+        demo, latency=0.08, error_rate=0.02, lost_answer_rate=0.01, what="the simulator's "
+    )
     demo.add_argument("--json", action="store_true", help="no live view: the summary as JSON")
 
 

@@ -21,7 +21,8 @@ ARGV[5]     the jobs, msgpack: an array of { lane (1-3), entry id, job id, accou
 An admission log holds the times jobs started. A limit (count n, window w) allows a start at
 `now` only if the log's n-th latest start is at least w ago, so no window of length w, wherever
 it is placed, ever holds more than n starts: a sliding window, exact, with no boundary bursts.
-A job that may not start now leaves its lane for the delayed set, due when its turn comes; it
+A job that may not start now leaves its lane for the delayed set (and its account's due index),
+due when its turn comes; it
 keeps its attempt number. Its turn is planned, not just "when the next slot frees": a plan holds
 the jobs waiting on a log with their expected start, and a newcomer counts those as made, so
 waiting jobs keep their place and a thousand deferred posts wake one by one, not all at once.
@@ -46,6 +47,7 @@ Returns { per job: 1 run, 2 run but it was cancelled, 0 not here (deferred, park
 this consumer's), platform paused until ms or 0, now }: a start is logged as '<job id>@<now>'.
 ]]
 -- @include "stream_keys.lua"
+-- @include "listing_index.lua"
 -- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
@@ -310,6 +312,7 @@ for i, job in ipairs(jobs) do
       local envelope = take(lane, entry, replacement)
       if envelope then
         redis.call('ZADD', held_key(prefix, account), enqueued, id)
+        redis.call('ZADD', holding_key(prefix), 0, account)
         redis.call('HSET', record, 'state', 'held', 'env', envelope)
         redis.call('HDEL', record, 'entry')
         if by_account then
@@ -340,6 +343,7 @@ for i, job in ipairs(jobs) do
               if other > id then
                 redis.call('ZADD', account_plan, due, other)
                 if redis.call('ZADD', delayed, 'XX', 'CH', due, other) == 1 then
+                  redis.call('ZADD', due_key(prefix, account), 'XX', due, other)
                   redis.call('HSET', job_key(prefix, other), 'run_at', due)
                 end
               end
@@ -362,6 +366,7 @@ for i, job in ipairs(jobs) do
           end
         end
         redis.call('ZADD', delayed, due, id)
+        index_due(prefix, account, due, id)
         redis.call('HSET', record, 'state', 'scheduled', 'run_at', due, 'env', envelope)
         redis.call('HDEL', record, 'entry')
         earliest = math.min(earliest, due)

@@ -13,7 +13,7 @@ ARGV[2]     consumer group
 ARGV[3]     retention of finished records, ms
 ARGV[4]     key prefix of the stream, 'streamq:{S}:' (a paused job's parked set is built from it)
 
-A scheduled or retrying job leaves the delayed set, a paused or held one its account's set; a queued job nobody has read yet is deleted
+A scheduled or retrying job leaves the delayed set (and its account's due index), a paused or held one its account's set; a queued job nobody has read yet is deleted
 from its lane: either way it never starts, and ends as cancelled. A job already delivered to a
 worker is running (or about to): it is flagged, its workers are told through the control stream
 (the handler sees job.cancelled), and it will not be retried.
@@ -22,6 +22,7 @@ Returns { outcome, state before }: outcome is 'cancelled', 'cancelling' (it was 
 'unchanged' (already finished) or 'missing'.
 ]]
 -- @include "stream_keys.lua"
+-- @include "listing_index.lua"
 -- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "free_dedup_key.lua"
@@ -41,6 +42,8 @@ local function cancelled()
   redis.call('HSET', record, 'state', 'cancelled', 'finished_at', now)
   redis.call('PEXPIRE', record, retention)
   redis.call('HINCRBY', counts, 'cancelled', 1)
+  index_finished(ARGV[4], 'cancelled', id, now)
+  trim_finished(ARGV[4], 'cancelled', now, retention)
   free_dedup_key(dedup, f[4], id)
   emit_event(KEYS[9], events_settings(KEYS[10]), 'cancelled', id, now, f[6], f[4], f[5])
   return { 'cancelled', state }
@@ -48,6 +51,7 @@ end
 
 if state == 'scheduled' or state == 'retrying' then
   redis.call('ZREM', delayed, id)
+  unindex_due(ARGV[4], f[5], id)
   forget_waiting(ARGV[4], id, f[5])
   if state == 'retrying' then
     redis.call('HINCRBY', counts, 'retrying', -1)
@@ -56,6 +60,9 @@ if state == 'scheduled' or state == 'retrying' then
 end
 if state == 'paused' or state == 'held' then
   redis.call('ZREM', ARGV[4] .. (state == 'paused' and 'parked:' or 'held:') .. (f[5] or ''), id)
+  if state == 'held' and redis.call('ZCARD', held_key(ARGV[4], f[5] or '')) == 0 then
+    redis.call('ZREM', holding_key(ARGV[4]), f[5] or '')
+  end
   return cancelled()
 end
 if state == 'queued' then

@@ -16,9 +16,10 @@ ARGV[3]     '' or, for an occurrence of a recurring schedule, its name: the job 
 ARGV[4]     the jobs, msgpack: an array of { job id, dedup key ('' for none), envelope,
             due ms (0 = now) [, account] }, one per record key; one argument instead of four per job
             because packing arguments is most of a producer's work
+ARGV[5]     key prefix of the stream, 'streamq:{S}:' (an account's due index is built from it)
 
 A job due later than the server's clock (TIME) waits in the delayed set with its envelope in
-its record; any other goes straight onto the lane. A job due before everything else waiting
+its record (and its account's due index); any other goes straight onto the lane. A job due before everything else waiting
 appends a wake-up to the control stream, so sleeping workers re-plan.
 A job whose record exists already is skipped: job ids are new for every enqueue, so that record
 means this very call was carried out before and its answer lost on the way; a producer sending
@@ -27,12 +28,14 @@ Returns a flat array of (1-based position, existing job id) for every job NOT ad
 dedup key is held by a live job; an empty array when all were added.
 Each job added appends a 'queued' or 'scheduled' event.
 ]]
+-- @include "stream_keys.lua"
+-- @include "listing_index.lua"
 -- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
 -- @include "emit_event.lua"
 local lane, dedup, delayed, control, fired = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local priority, expire_after, recurring = ARGV[1], ARGV[2], ARGV[3]
+local priority, expire_after, recurring, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local jobs = cmsgpack.unpack(ARGV[4])
 local events, event_settings = KEYS[6], events_settings(KEYS[7])
 if recurring ~= '' then
@@ -80,6 +83,7 @@ for job, fields in ipairs(jobs) do
     end
     if due > now then
       redis.call('ZADD', delayed, due, id)
+      index_due(prefix, fields[5], due, id)
       redis.call('HSET', record, 'state', 'scheduled', 'enqueued_at', now, 'run_at', due,
         'env', envelope)
       earliest = math.min(earliest, due)

@@ -15,16 +15,19 @@ ARGV[5]     retention of finished records, ms
 ARGV[6]     the outcomes, msgpack: an array of
               { code, job id, dedup key or '', attempt, started ms, a, b, c }
             code 'd' done       a = result as JSON ('' for none)
-                 'r' retry      a = envelope of the next attempt, b = delay ms, c = error
+                 'r' retry      a = envelope of the next attempt, b = delay ms, c = error,
+                                d = the traceback's last frames
                  'l' deferred   a = envelope (attempt unchanged), b = delay ms, c = reason,
                                 d = '' or the scope to pause until then ('platform', 'a:<A>')
                  'p' parked     a = envelope, b = reason, c = account, d = enqueued ms: the
                                 account is paused until resumed, the job waits for it
-                 'x' dead       a = envelope, b = reason
+                 'x' dead       a = envelope, b = reason, c = the traceback's last frames
                  'e' expired    a = envelope (not run: it came due too long ago)
                  'c' cancelled  a = envelope
             every outcome but 'd' ends with { lane index (1-3), entry id }
 ARGV[7]     key prefix of the stream, 'streamq:{S}:' (per-account keys are built from it)
+ARGV[8]     the worker's consumer name (recorded with each run)
+ARGV[9]     how many failed runs a record's attempts history keeps (the latest)
 
 Acknowledging, deleting the entries and rescheduling happen together, so a crash can neither
 lose a retry nor run a finished job again. The ids of a lane travel as one argument and the
@@ -40,9 +43,18 @@ The counts hash also sums `ran` (outcomes of runs) and `busy_ms` (their handler 
 Every outcome appends its event: 'started' (at the time the handler started: a start is not a
 step on the server, so its event is written with the outcome), then 'done', 'retried',
 'rate-limited', 'paused', 'dead', 'expired' or 'cancelled'. A stale outcome writes none.
+A retry or deferral joins its account's due index with the delayed set; a job that ends done,
+cancelled or expired joins the finished index of that state.
+A run that did not end done (retried, rate-limited, paused, dead, cancelled while running) is
+appended to the record's `attempts`: a JSON array of { n, worker, started_ms, finished_ms,
+outcome, error, trace }, the latest ARGV[9] kept. A done run writes only `worker` beside its
+started_at and finished_at (the hot path: no read, no JSON); readers add it to the history.
+A done job's record also keeps its envelope (`env`, copied from its entry before the entry is
+deleted), so its payload can be shown while the record is retained.
 Returns the number of entries acknowledged.
 ]]
 -- @include "stream_keys.lua"
+-- @include "listing_index.lua"
 -- @include "tell_workers.lua"
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
@@ -51,6 +63,7 @@ Returns the number of entries acknowledged.
 -- @include "release_held.lua"
 local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, retention, prefix = ARGV[1], ARGV[5], ARGV[7]
+local worker, attempts_kept = ARGV[8], tonumber(ARGV[9])
 local paused = paused_key(prefix)
 local events = KEYS[9]
 local event_settings = events_settings(KEYS[10])
@@ -60,6 +73,8 @@ local stale = {}
 local NONE = {}
 local keep = nil -- per lane, the entries of stale outcomes: not acknowledged, not deleted
 local accounts = {} -- read with a done job's state, so its event costs no second read
+local envelopes = {} -- of done jobs, read from their entries before those are deleted
+local LANE_OF = { high = 1, normal = 2, low = 3 }
 for i, o in ipairs(outcomes) do
   if o[1] ~= 'd' then
     local lane, entry = o[#o - 1], o[#o]
@@ -69,12 +84,18 @@ for i, o in ipairs(outcomes) do
       keep[lane][entry] = true
     end
   else
-    local f = redis.call('HMGET', KEYS[10 + i], 'state', 'account')
+    local f = redis.call('HMGET', KEYS[10 + i], 'state', 'account', 'entry', 'priority')
     accounts[i] = f[2]
     if f[1] == 'done' then
       -- Another worker took the entry over and finished it first: its run is the one on
       -- record, so this late one writes neither a second outcome nor a second event.
       stale[i] = true
+    elseif f[3] then
+      -- The envelope lives in the lane entry, deleted below: the record keeps the payload.
+      local found = redis.call('XRANGE', KEYS[LANE_OF[f[4]] or 2], f[3], f[3])
+      if found[1] and found[1][2][1] == 'j' then
+        envelopes[i] = found[1][2][2]
+      end
     end
   end
 end
@@ -114,10 +135,33 @@ local function event(kind, extra)
   emit_event(events, event_settings, kind, job_id, now, job_attempt, job_key, job_account, extra)
 end
 
+local listed = { done = true, cancelled = true, expired = true }
+-- Where each kind of outcome carries its error and traceback (see the header).
+local ERROR_AT = { r = 8, l = 8, p = 7, x = 7 }
+local TRACE_AT = { r = 9, x = 8 }
+local RAN_AS = { r = 'retried', l = 'rate-limited', p = 'paused', x = 'dead', c = 'cancelled' }
+
+local function remember_run(record, o, code, n)
+  local raw = redis.call('HGET', record, 'attempts')
+  local runs = raw and cjson.decode(raw) or {}
+  runs[#runs + 1] = {
+    n = n, worker = worker, started_ms = o[5], finished_ms = now, outcome = RAN_AS[code],
+    error = ERROR_AT[o[1]] and o[ERROR_AT[o[1]]] or '',
+    trace = TRACE_AT[o[1]] and o[TRACE_AT[o[1]]] or '',
+  }
+  while #runs > attempts_kept do
+    table.remove(runs, 1)
+  end
+  redis.call('HSET', record, 'attempts', cjson.encode(runs))
+end
+
 local function finish(record, id, key, state)
   redis.call('PEXPIRE', record, retention)
   free_dedup_key(dedup, key, id)
   tally[state] = (tally[state] or 0) + 1
+  if listed[state] then
+    index_finished(prefix, state, id, now)
+  end
 end
 
 for i, o in ipairs(outcomes) do
@@ -147,24 +191,31 @@ for i, o in ipairs(outcomes) do
     -- Handler time, summed: the autoscaler's service time (busy_ms / ran).
     tally.ran = (tally.ran or 0) + 1
     tally.busy_ms = (tally.busy_ms or 0) + math.max(0, now - started)
+    if code ~= 'd' then
+      remember_run(record, o, code, job_attempt)
+    end
   end
   if code == 'd' then
     -- The record already holds attempt 1, or the retry's number: write it only when a
     -- crash redelivery raised it, to spare the common case a field.
+    -- One HSET for all of it: this is the hot path.
+    local fields = { 'state', 'done', 'started_at', started, 'finished_at', now, 'worker', worker }
     if attempt > 1 then
-      redis.call('HSET', record, 'state', 'done', 'started_at', started, 'finished_at', now,
-        'attempt', attempt)
-    else
-      redis.call('HSET', record, 'state', 'done', 'started_at', started, 'finished_at', now)
+      fields[#fields + 1], fields[#fields + 2] = 'attempt', attempt
     end
     if o[6] ~= '' then
-      redis.call('HSET', record, 'result', o[6])
+      fields[#fields + 1], fields[#fields + 2] = 'result', o[6]
     end
+    if envelopes[i] then
+      fields[#fields + 1], fields[#fields + 2] = 'env', envelopes[i]
+    end
+    redis.call('HSET', record, unpack(fields))
     finish(record, id, key, 'done')
     event('done', { 'result', o[6] })
   elseif code == 'r' or code == 'l' then
     local due = now + o[7]
     redis.call('ZADD', delayed, due, id)
+    index_due(prefix, job_account or redis.call('HGET', record, 'account'), due, id)
     redis.call('HSET', record, 'state', code == 'r' and 'retrying' or 'scheduled',
       'attempt', attempt, 'started_at', started, 'run_at', due, 'env', o[6], 'error', o[8])
     redis.call('HDEL', record, 'entry')
@@ -218,6 +269,9 @@ for i, o in ipairs(outcomes) do
 end
 for state, n in pairs(tally) do
   redis.call('HINCRBY', counts, state, n)
+  if listed[state] then
+    trim_finished(prefix, state, now, retention)
+  end
 end
 if earliest < head then
   tell_workers(control, 'w', earliest)

@@ -18,10 +18,12 @@ run: it ends as expired.
 A member '@held:<account>' is not a job but a safety net of admit_jobs: due when the account's
 job waiting for the platform should long have started, it releases a held job if that one
 never came back.
-Each job promoted appends a 'queued' event, each expired one an 'expired' event.
+A job leaves its account's due index with the delayed set; an expired one joins the finished
+index. Each job promoted appends a 'queued' event, each expired one an 'expired' event.
 Returns { promoted, expired, server now ms, due ms of the next waiting job or -1 }.
 ]]
 -- @include "stream_keys.lua"
+-- @include "listing_index.lua"
 -- @include "server_now.lua"
 -- @include "free_dedup_key.lua"
 -- @include "emit_event.lua"
@@ -59,6 +61,7 @@ for i = 3, #ARGV do
     redis.call('ZREM', delayed, id)
     local f = redis.call('HMGET', record, 'state', 'env', 'priority', 'expire_after', 'key',
       'account', 'attempt')
+    unindex_due(prefix, f[6], id)
     if f[1] == 'retrying' then
       redis.call('HINCRBY', counts, 'retrying', -1)
     end
@@ -68,6 +71,8 @@ for i = 3, #ARGV do
         redis.call('HSET', record, 'state', 'expired', 'finished_at', now)
         redis.call('PEXPIRE', record, retention)
         redis.call('HINCRBY', counts, 'expired', 1)
+        index_finished(prefix, 'expired', id, now)
+        trim_finished(prefix, 'expired', now, retention)
         free_dedup_key(dedup, f[5], id)
         forget_waiting(prefix, id, f[6])
         expired = expired + 1

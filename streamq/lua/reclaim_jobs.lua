@@ -1,27 +1,63 @@
---[[ reclaim_jobs: take over entries whose consumer has gone quiet for too long.
+--[[ reclaim_jobs: take over entries whose consumer has gone quiet for too long, and drop the
+consumers that are gone from the group.
 
-KEYS[1..L]  lane streams, highest priority first
+KEYS[1..3]  lane streams, highest priority first
+KEYS[4]     workers: hash, consumer -> its card (JSON, see streamq.workers)
+KEYS[5]     workers gone: stream, capped: what was reclaimed from whom, and who was dropped
 ARGV[1]     consumer group
 ARGV[2]     consumer name (the new owner)
 ARGV[3]     minimum idle time in ms (the visibility timeout)
 ARGV[4]     how many entries at most, over all lanes (0 claims nothing: a heartbeat only)
-ARGV[5..]   the XAUTOCLAIM cursor of each lane ('0-0' to start over)
+ARGV[5..7]  the XAUTOCLAIM cursor of each lane ('0-0' to start over)
+ARGV[8]     about how many records the gone log keeps
 
 The budget is spent from the highest lane down, so a busy worker never takes more than it can
 run. With none left it still touches the group (a claim that can match nothing), which keeps
 it counted as alive.
+Entries taken over are logged per previous owner: { kind 'reclaimed', from, by, jobs (the job
+ids, space-separated), at }. Then every other consumer idle for the minimum idle time that owns
+no entry on any lane is deleted from every lane's group, its card removed and logged: { kind
+'gone', consumer, card, at }. XGROUP DELCONSUMER drops a consumer's pending entries, so one
+that still owns any stays until they are reclaimed. A worker that was only stalled loses
+nothing: it owned nothing, and its next read adds it to the group again.
 Returns one item per lane: { next cursor, entries, delivery counts }, where entries is
 XAUTOCLAIM's list of {entry id, fields} and delivery counts[i] is how many times entries[i] has
 now been delivered (this claim included), so the caller can dead-letter crash loops.
 ]]
+-- @include "server_now.lua"
 local group, consumer, min_idle = ARGV[1], ARGV[2], ARGV[3]
 local budget = tonumber(ARGV[4])
+local workers, gone, keep = KEYS[4], KEYS[5], ARGV[8]
 local out = {}
-for l = 1, #KEYS do
+local taken, owners = {}, {}
+for l = 1, 3 do
   local reply
   if budget > 0 then
+    -- XAUTOCLAIM does not say whose entries it took: ask first, over the same range.
+    local owner_of = {}
+    local idle = redis.call('XPENDING', KEYS[l], group, 'IDLE', min_idle, ARGV[4 + l], '+',
+      budget)
+    for _, p in ipairs(idle) do
+      owner_of[p[1]] = p[2]
+    end
     reply = redis.call('XAUTOCLAIM', KEYS[l], group, consumer, min_idle, ARGV[4 + l],
       'COUNT', budget)
+    for _, entry in ipairs(reply[2]) do
+      local from = owner_of[entry[1]] or '?'
+      local job = entry[1]
+      local fields = entry[2]
+      if fields[1] == 'j' then
+        local ok, envelope = pcall(cjson.decode, fields[2])
+        if ok and type(envelope) == 'table' and type(envelope.id) == 'string' then
+          job = envelope.id
+        end
+      end
+      if not taken[from] then
+        taken[from] = {}
+        owners[#owners + 1] = from
+      end
+      table.insert(taken[from], job)
+    end
   else
     -- An idle time no entry can have: claims nothing, refreshes the consumer's seen-time.
     reply = redis.call('XAUTOCLAIM', KEYS[l], group, consumer, 9007199254740991, '0-0',
@@ -36,5 +72,47 @@ for l = 1, #KEYS do
   end
   budget = budget - #entries
   out[l] = { reply[1], entries, deliveries }
+end
+
+local now = server_now_ms()
+for _, from in ipairs(owners) do
+  redis.call('XADD', gone, 'MAXLEN', '~', keep, '*', 'kind', 'reclaimed', 'from', from,
+    'by', consumer, 'jobs', table.concat(taken[from], ' '), 'at', now)
+end
+
+local function owns_nothing(name)
+  for l = 1, 3 do
+    local ok, pending = pcall(redis.call, 'XPENDING', KEYS[l], group, '-', '+', 1, name)
+    if ok and #pending > 0 then
+      return false
+    end
+  end
+  return true
+end
+
+local looked = { [consumer] = true }
+for l = 1, 3 do
+  local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[l], group)
+  if ok then
+    for _, flat in ipairs(consumers) do
+      local info = {}
+      for i = 1, #flat, 2 do
+        info[flat[i]] = flat[i + 1]
+      end
+      local name = info['name']
+      if not looked[name] then
+        looked[name] = true
+        if info['idle'] >= tonumber(min_idle) and owns_nothing(name) then
+          for m = 1, 3 do
+            pcall(redis.call, 'XGROUP', 'DELCONSUMER', KEYS[m], group, name)
+          end
+          local card = redis.call('HGET', workers, name) or ''
+          redis.call('HDEL', workers, name)
+          redis.call('XADD', gone, 'MAXLEN', '~', keep, '*', 'kind', 'gone', 'consumer', name,
+            'card', card, 'at', now)
+        end
+      end
+    end
+  end
 end
 return out

@@ -13,13 +13,14 @@ ARGV[4]  new due time, ms ('' keeps the current one)
 ARGV[5]  key prefix of the stream, 'streamq:{S}:'
 ARGV[6]  the account that publishes it now ('' for none)
 
-A replaced job appends a 'scheduled' event (its new due time, or the one it keeps).
+The job moves to its new account's due index. A replaced job appends a 'scheduled' event (its new due time, or the one it keeps).
 Replaces only while the job is scheduled (not a retry, whose attempts would be lost) and still
 holds the key; a job already queued or running keeps its payload. Returns 1 if replaced, 0 if
 not. A job waiting for rate-limit capacity leaves the plans (under its old account): it passes
 the limits again, as its new account's, when due.
 ]]
 -- @include "stream_keys.lua"
+-- @include "listing_index.lua"
 -- @include "tell_workers.lua"
 -- @include "delayed_head.lua"
 -- @include "server_now.lua"
@@ -32,7 +33,9 @@ if redis.call('HGET', dedup, key) ~= id or state ~= 'scheduled' then
   return 0
 end
 redis.call('HSET', record, 'env', envelope)
-forget_waiting(ARGV[5], id, redis.call('HGET', record, 'account'))
+local was = redis.call('HGET', record, 'account')
+forget_waiting(ARGV[5], id, was)
+unindex_due(ARGV[5], was, id)
 if ARGV[6] ~= '' then
   redis.call('HSET', record, 'account', ARGV[6])
 else
@@ -46,6 +49,7 @@ if due ~= '' then
     tell_workers(control, 'w', due)
   end
 end
+index_due(ARGV[5], ARGV[6], redis.call('ZSCORE', delayed, id), id)
 emit_event(KEYS[5], events_settings(KEYS[6]), 'scheduled', id, server_now_ms(), 1, key, ARGV[6],
   { 'run_at', redis.call('HGET', record, 'run_at') })
 return 1

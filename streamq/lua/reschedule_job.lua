@@ -11,7 +11,7 @@ ARGV[3]  the job's envelope re-encoded with the new due time
 ARGV[4]  the envelope that was read to make ARGV[3]
 ARGV[5]  key prefix of the stream, 'streamq:{S}:'
 
-Only a scheduled or retrying job can move; wakes workers when it becomes the earliest. If the
+Only a scheduled or retrying job can move (in the delayed set and its account's due index); wakes workers when it becomes the earliest. If the
 envelope changed since it was read (a retry or a replace landed in between), nothing is
 written and 'changed' comes back, so the caller reads again rather than writing an old one.
 A job waiting for rate-limit capacity leaves the plans: it passes the limits again when due.
@@ -36,6 +36,9 @@ end
 local head = delayed_head_ms(delayed)
 redis.call('ZADD', delayed, 'XX', due, id)
 local f = redis.call('HMGET', record, 'account', 'attempt', 'key')
+if f[1] then
+  redis.call('ZADD', due_key(ARGV[5], f[1]), 'XX', due, id)
+end
 forget_waiting(ARGV[5], id, f[1])
 redis.call('HSET', record, 'run_at', due, 'env', ARGV[3])
 emit_event(KEYS[4], events_settings(KEYS[5]), 'scheduled', id, server_now_ms(), f[2], f[3], f[1],

@@ -11,7 +11,10 @@ Publishers ask it for an account's token; it reads the token store (streamq.toke
 Single flight: of all workers in all processes, one refreshes an account at a time. It takes
 the account's lease (lease_token.lua), which bumps a fence; it writes the platform's answer
 under that fence (write_token.lua), and a write whose fence is no longer the latest (an app
-put fresh tokens meanwhile, or the lease ran out and another took it) is discarded. The
+put fresh tokens meanwhile) is discarded. The lease never runs out while its holder may still
+ask or write: the whole exchange with the platform must end within the lease less its last
+quarter (kept for storing the answer), a holder past that does not ask at all, and the asking
+and storing are shielded from the cancelling of the job that started them. The
 others use the token they have while it still works, or wait (``tokens.wait``) for the new
 version; past that the job is deferred without using an attempt.
 
@@ -40,7 +43,7 @@ from streamq.errors import ConfigError, Fail, RateLimited
 from streamq.platforms import refresh as flows
 from streamq.platforms.base import PlatformSettings
 from streamq.platforms.credentials import Credentials, CredentialsProvider
-from streamq.tokenstore import REAUTH_REQUIRED, Keyring, StoredToken, TokenStore
+from streamq.tokenstore import REAUTH_REQUIRED, Keyring, StoredToken, TokenSet, TokenStore
 
 if TYPE_CHECKING:
     from streamq.job import Job
@@ -51,6 +54,10 @@ REAUTH_EVENT: Final = "account.reauth_required"
 POLL_SECONDS: Final = 0.05
 STORE_TRIES: Final = 5
 """Tries to store a refresh's answer when the server fails (0.2 s, 0.4 s, ... apart)."""
+LEASE_KEPT_TO_STORE: Final = 0.25
+"""The last part of a lease kept for storing the platform's answer: the refresh's request
+must be answered before it (else it is given up), so the answer is stored while the lease is
+still the holder's and no other worker can present the same refresh token meanwhile."""
 DEFER_SECONDS: Final = 1.0
 """How long a job waits (deferred, no attempt used) when its token cannot be had right now."""
 
@@ -175,9 +182,12 @@ class TokenKeeper:
         deadline = time.monotonic() + self.config.wait
         lease_ms = round(self.config.lease * 1000)
         while True:
+            asked = time.monotonic()  # the lease, if granted, ends no sooner than this + lease
             lease = await self.store.lease(platform, account, stored.version, lease_ms)
             if lease.outcome == "granted":
-                return await self._refresh(stored, lease.fence, job, settings, forced=forced)
+                return await self._refresh(
+                    stored, lease.fence, asked + self.config.lease, job, settings, forced=forced
+                )
             if lease.outcome == "missing":
                 return None
             if lease.outcome == "reauth":
@@ -208,6 +218,7 @@ class TokenKeeper:
         self,
         stored: StoredToken,
         fence: int,
+        lease_ends: float,
         job: Job | None,
         settings: PlatformSettings | None,
         *,
@@ -219,25 +230,12 @@ class TokenKeeper:
         try:
             if why is not None and why != "young":
                 raise flows.RefreshRefused(why)
-            from streamq.platforms.client import resolve_settings
-
-            chosen = settings or resolve_settings(platform)
-            url = flows.token_url(platform, chosen)
-            client = self.client(platform)
-            # Well inside the lease: an answer that comes after the lease ran out would race
-            # the next holder's refresh.
-            timeout = min(chosen.timeout, self.config.lease / 2)
-            if platform not in self._http:
-                self._http[platform] = flows.oauth_client(platform, client, timeout)
-            tokens = await flows.refresh(
-                platform,
-                url,
-                client,
-                stored,
-                http=self._http[platform],
-                api_version=chosen.api_version,
-                timeout=timeout,
-            )
+            # Shielded: a job cancelled meanwhile (a worker stopping, a job timeout) must not
+            # drop an answer the platform has given, since for X and TikTok the refresh token
+            # it was asked with is spent by then. Bounded all the same, by the lease.
+            with anyio.CancelScope(shield=True):
+                tokens = await self._ask(stored, lease_ends, settings)
+                version = await self._store_answer(stored, fence, tokens)
         except flows.RefreshRefused as refused:
             written = await self.store.mark_reauth(platform, account, fence, str(refused))
             if written is None:  # fresh tokens were put meanwhile: use them
@@ -255,16 +253,52 @@ class TokenKeeper:
                 DEFER_SECONDS, f"{platform}: token: refresh failed: {unavailable}", scope="account"
             ) from None
         self.refreshes += 1
-        version = await self._store_answer(stored, fence, tokens)
         if version is None:
-            # A newer write won (a put, or a later lease after ours ran out): ours is discarded.
+            # A newer write won (an app's put meanwhile): ours is discarded.
             log.info("%s/%s: a newer token was stored; refresh discarded", platform, account)
             found = await self.store.get(platform, account)
             return None if found is None else found.credentials()
         log.info("%s/%s: token refreshed (version %d)", platform, account, version)
         return Credentials(tokens.access_token, tokens.user_id, version=version)
 
-    async def _store_answer(self, stored: StoredToken, fence: int, tokens: Any) -> int | None:
+    async def _ask(
+        self, stored: StoredToken, lease_ends: float, settings: PlatformSettings | None
+    ) -> TokenSet:
+        """The platform's answer, asked for only while the lease has time left for the asking
+        and the storing: once the lease runs out, another worker may take it and present the
+        same refresh token, which a rotating platform has revoked if this one got through."""
+        from streamq.platforms.client import resolve_settings
+
+        platform = stored.platform
+        chosen = settings or resolve_settings(platform)
+        budget = min(
+            chosen.timeout, lease_ends - self.config.lease * LEASE_KEPT_TO_STORE - time.monotonic()
+        )
+        if budget <= 0:
+            raise flows.RefreshUnavailable(f"{platform}: the lease ran out before the refresh")
+        client = self.client(platform)
+        if platform not in self._http:
+            self._http[platform] = flows.oauth_client(platform, client, budget)
+        try:
+            # The whole exchange, not each of its reads and writes (httpx's timeout), ends
+            # within the budget.
+            with anyio.fail_after(budget):
+                return await flows.refresh(
+                    platform,
+                    flows.token_url(platform, chosen),
+                    client,
+                    stored,
+                    http=self._http[platform],
+                    api_version=chosen.api_version,
+                    timeout=budget,
+                )
+        except TimeoutError:
+            spent = " (the refresh token may be spent)" if flows.FLOWS[platform].rotates else ""
+            raise flows.RefreshUnavailable(
+                f"{platform}: no answer from the token endpoint within {budget:.1f}s{spent}"
+            ) from None
+
+    async def _store_answer(self, stored: StoredToken, fence: int, tokens: TokenSet) -> int | None:
         """Write the platform's answer, retrying a server that fails for a moment: for X and
         TikTok the old refresh token is already spent, so this answer is the account's only
         way on without a new sign-in."""

@@ -23,6 +23,7 @@ sign in again); :class:`RefreshUnavailable` when it could not answer (no answer,
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import warnings
@@ -223,28 +224,15 @@ def _token_set(platform: str, answer: Mapping[str, Any], stored: StoredToken) ->
         tokens = TokenSet.from_answer(answer)
     except (ValueError, TypeError):
         raise RefreshUnavailable(f"{platform}: token endpoint answered without a token") from None
-    if tokens.refresh_token is None or tokens.refresh_expires_at_ms is None or not tokens.scopes:
-        # Google and LinkedIn keep the refresh token (and its life); scopes may go unsaid.
-        tokens = TokenSet(
-            access_token=tokens.access_token,
-            refresh_token=tokens.refresh_token or stored.refresh_token,
-            expires_at_ms=tokens.expires_at_ms,
-            refresh_expires_at_ms=tokens.refresh_expires_at_ms or stored.refresh_expires_at_ms,
-            scopes=tokens.scopes or stored.scopes,
-            user_id=stored.user_id,
-            issued_at_ms=tokens.issued_at_ms,
-        )
-    else:
-        tokens = TokenSet(
-            access_token=tokens.access_token,
-            refresh_token=tokens.refresh_token,
-            expires_at_ms=tokens.expires_at_ms,
-            refresh_expires_at_ms=tokens.refresh_expires_at_ms,
-            scopes=tokens.scopes,
-            user_id=stored.user_id,
-            issued_at_ms=tokens.issued_at_ms,
-        )
-    return tokens
+    # Google and LinkedIn keep the refresh token (and its life); scopes may go unsaid; the
+    # user id is the account's, never the answer's.
+    return dataclasses.replace(
+        tokens,
+        refresh_token=tokens.refresh_token or stored.refresh_token,
+        refresh_expires_at_ms=tokens.refresh_expires_at_ms or stored.refresh_expires_at_ms,
+        scopes=tokens.scopes or stored.scopes,
+        user_id=stored.user_id,
+    )
 
 
 async def _graph_get(

@@ -5,9 +5,13 @@ local function release_held(prefix, account)
   local held = held_key(prefix, account)
   local id = redis.call('ZRANGE', held, 0, 0)[1]
   if not id then
+    redis.call('ZREM', holding_key(prefix), account)
     return
   end
   redis.call('ZREM', held, id)
+  if redis.call('ZCARD', held) == 0 then
+    redis.call('ZREM', holding_key(prefix), account)
+  end
   local record = job_key(prefix, id)
   local f = redis.call('HMGET', record, 'state', 'env', 'priority')
   if f[1] == 'held' and f[2] then

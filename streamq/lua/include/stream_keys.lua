@@ -14,6 +14,9 @@ local function plan_key(prefix, account) return prefix .. 'plan:a:' .. account e
 local function parked_key(prefix, account) return prefix .. 'parked:' .. account end
 local function turns_key(prefix, account) return prefix .. 'turns:' .. account end
 local function held_key(prefix, account) return prefix .. 'held:' .. account end
+local function holding_key(prefix) return prefix .. 'holding' end
+local function due_key(prefix, account) return prefix .. 'due:' .. account end
+local function finished_key(prefix, state) return prefix .. 'finished:' .. state end
 local function order_key(prefix, lane, account)
   return prefix .. 'order:' .. lane .. ':' .. account
 end

@@ -1,0 +1,111 @@
+"""Acknowledging finished jobs in batches, each with its outcome recorded in the same step.
+
+Consumers hand every job that leaves their hands to :meth:`AckBatcher.finish` with its
+outcome (done, retry, dead, deferred, parked, expired, cancelled). The batcher sends what has
+collected as one ``finish_jobs`` call (XACK + XDEL + records + reschedules), each call
+carrying every job that finished while the previous one was on the wire; two calls may be in
+flight, so the worker keeps collecting and the server keeps working meanwhile. A call is
+retried until the server answers: an entry is acknowledged only once its outcome is recorded,
+so nothing is lost when the server goes away (the entries stay pending and run again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import anyio
+from redis.asyncio import Redis
+
+from streamq import codec, keys, scripts
+from streamq.connection import Retrying
+from streamq.job import Job
+
+ACKS_IN_FLIGHT: Final = 2
+
+Batch = list[tuple[Job, codec.Outcome]]
+
+
+class AckBatcher:
+    def __init__(
+        self,
+        redis: Redis,
+        stream: str,
+        *,
+        consumer: str,
+        retention_ms: int,
+        retrying: Retrying,
+        on_recorded: Callable[[Batch], Awaitable[None]],
+    ) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.consumer = consumer
+        """Named in each failed run's attempts history (the record's ``attempts``)."""
+        self.retention_ms = retention_ms
+        self.retrying = retrying
+        self.on_recorded = on_recorded
+        """Called after each batch is recorded (counts, hooks, pauses in force)."""
+        self.finished: Batch = []
+        """Jobs finished and not yet on the wire (swapped out whole by each call)."""
+        self.in_flight: list[Batch] = []
+        """Batches on the wire."""
+        self.event: anyio.Event | None = None
+        """Set by ``finish`` while the batcher waits for something to send."""
+        self._closed = False
+        self._done = anyio.Event()
+
+    def finish(self, job: Job, outcome: codec.Outcome) -> None:
+        self.finished.append((job, outcome))
+        if self.event is not None:
+            self.event.set()
+
+    async def run(self) -> None:
+        # Batches are disjoint, so the order in which calls land does not matter.
+        in_flight = anyio.Semaphore(ACKS_IN_FLIGHT)
+        async with anyio.create_task_group() as calls:
+            while True:
+                if not self.finished:
+                    if self._closed:
+                        break
+                    event = self.event = anyio.Event()
+                    await event.wait()
+                    self.event = None
+                    continue
+                await in_flight.acquire()
+                batch, self.finished = self.finished, []
+                calls.start_soon(self._record_batch, batch, in_flight)
+        self._done.set()
+
+    async def close(self, within: float) -> None:
+        """Send what is left and wait for it, ``within`` seconds at most: with the server
+        gone, unacknowledged jobs stay pending and run again elsewhere."""
+        self._closed = True
+        if self.event is not None:
+            self.event.set()
+        with anyio.move_on_after(within):
+            await self._done.wait()
+
+    async def _record_batch(self, batch: Batch, in_flight: anyio.Semaphore) -> None:
+        self.in_flight.append(batch)
+        try:
+            await self.retrying("ack", lambda: self._record(batch))
+        finally:
+            self.in_flight.remove(batch)
+            in_flight.release()
+        await self.on_recorded(batch)
+
+    async def _record(self, batch: Batch) -> None:
+        """Acknowledge a batch and record each job's outcome: one script call."""
+        ids: list[list[bytes]] = [[] for _ in keys.LANES]
+        rows: list[codec.Outcome] = []
+        for job, outcome in batch:
+            ids[job._lane].append(job._entry)
+            rows.append(outcome)
+        await scripts.finish_jobs(
+            self.redis,
+            self.stream,
+            ids,
+            rows,
+            retention_ms=self.retention_ms,
+            consumer=self.consumer,
+        )

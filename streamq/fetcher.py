@@ -1,0 +1,486 @@
+"""Reading entries for a worker: new ones a lane at a time from the highest, the read-ahead,
+and the news of the lanes above a job read ahead.
+
+    fetch(room)            reads up to ``room`` new entries, highest lane first
+    blocking_fetch(room)   waits on every lane at once (all were empty a moment ago)
+    adapt(starved, full)   grows the read-ahead while consumers go idle between full reads
+    wait_for_room()        until consumers free room, looking above the read-ahead meanwhile
+    release_ready()        hands back the jobs read ahead and never started, at a stop
+    accept(lane, entries)  read entries (fetched or reclaimed) into jobs on the lane buffers:
+                           dead-letters what cannot run, passes gated jobs through admission
+    may_start(lane)        whether a job of ``lane`` read ahead may start without a look above
+    look_above(lane)       reads the lanes above ``lane``, so jobs that came there since the
+                           read-ahead start first
+
+The loop that decides when to read (room, burst mode, failures) is the worker's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, Final
+
+import anyio
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from streamq import admission, codec, connection, keys, logs, outcomes, scripts
+from streamq.buffers import LaneBuffers
+from streamq.config import StreamConfig
+from streamq.connection import TRANSIENT_ERRORS, Retrying
+from streamq.job import Job
+from streamq.metrics import WorkerCounts, WorkerMetrics
+
+log = logging.getLogger("streamq.worker")  # the worker's logger: this module serves it
+
+MAX_PREFETCH: Final = 1024
+LANE_NEWS_SECONDS: Final = 0.02
+"""How old the news that a higher lane is empty may be when a job of a lower lane starts from
+the read-ahead; older news is checked first (one read of those lanes), so a job read ahead
+never starts while a higher lane has held a job for longer than this plus one round trip."""
+
+
+@dataclass(eq=False)
+class Fetcher:
+    redis: Redis
+    stream: str
+    consumer: str
+    options: StreamConfig
+    _: KW_ONLY
+    buffers: LaneBuffers
+    gate: admission.Gate
+    counts: WorkerCounts
+    metrics: WorkerMetrics
+    retrying: Retrying
+    set_aside: Callable[[Job, codec.Outcome], None]
+    """Records why a job read will not run here and lets go of it (the worker's)."""
+    now_ms: Callable[[], int]
+    free_consumers: Callable[[], int]
+    stop_event: anyio.Event
+    rate_limited: bool
+
+    def __post_init__(self) -> None:
+        stream, options = self.stream, self.options
+        self.lanes = keys.lanes(stream)
+        self.prefetch = options.concurrency if options.prefetch is None else options.prefetch
+        """The current read-ahead (it adapts unless StreamConfig.prefetch was given)."""
+        self.adaptive = options.prefetch is None
+        if self.rate_limited:
+            # A rate-limited start is recorded when the job is read: read only what can start
+            # at once, so the recorded time is the real one.
+            self.prefetch, self.adaptive = 0, False
+        self._starved_reads = 0
+        # When each lane was last seen empty (time.monotonic() as its read was sent), and
+        # whether a blocking read on every lane is waiting now (then any entry comes at once).
+        self._empty_at = [-math.inf] * len(keys.LANES)
+        self._blocking = False
+        # Per lane, until when (time.monotonic()) its jobs may start from the read-ahead
+        # without a look above: the news above, cached so a consumer checks it in one step.
+        self.fresh_until = [math.inf] + [-math.inf] * (len(keys.LANES) - 1)
+        self._looking: anyio.Event | None = None  # a look at the higher lanes in flight
+        # Per lane, admission calls in flight: their jobs were read but are not ready yet.
+        self._admitting_lane = [0] * len(keys.LANES)
+        self._admitted = anyio.Event()  # set (and replaced) as each admission call ends
+        self._record_prefix = keys.job(stream, "")
+        self._id_prefix = f"{stream}:"
+        self._retention_ms = round(options.retention * 1000)
+        # One connection of its own for reads: a blocking read holds it, and a stop request
+        # interrupts that read by its client id. Replies stay raw (no dict per entry).
+        self._own_reader: Redis | None = None
+        self._reader_id: int | None = None
+
+    # -- the reader's connection ----------------------------------------------------------------
+
+    @property
+    def _reader(self) -> Redis:
+        """Made on first use: a cluster client knows which node holds the lanes only after
+        its first command."""
+        if self._own_reader is None:
+            self._own_reader = connection.reader(self.redis, self.lanes[0])
+            self._own_reader.set_response_callback("XREADGROUP", _raw)
+        return self._own_reader
+
+    async def replace_reader(self) -> None:
+        """After a lost connection: on a cluster the stream's slot may have a new master."""
+        self._reader_id = None
+        if connection.is_cluster_client(self.redis) and self._own_reader is not None:
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await self._own_reader.aclose()
+            self._own_reader = None
+            await connection.refresh_topology(self.redis)
+
+    async def unblock_on_stop(self) -> None:
+        await self.stop_event.wait()
+        reader_id = self._reader_id
+        if reader_id is not None:
+            # Another connection to the reader's server: on a cluster, self.redis could send
+            # CLIENT UNBLOCK to any node.
+            unblocker = Redis(connection_pool=self._reader.connection_pool)
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await unblocker.client_unblock(reader_id)
+
+    async def close(self) -> None:
+        if self._own_reader is not None:
+            await self._own_reader.aclose()
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def adapt(self, starved: bool, *, full: bool) -> None:
+        """Grow the read-ahead while consumers go idle between full reads; shrink it when the
+        backlog runs out. Slow jobs never leave consumers idle, so they keep a small read-ahead
+        and one worker does not hoard entries other workers could run."""
+        if starved and full:
+            # The first read after a pause always finds consumers idle: wait for a second.
+            self._starved_reads += 1
+            if self._starved_reads >= 2:
+                self.prefetch = min(self.prefetch * 2, MAX_PREFETCH)
+            return
+        self._starved_reads = 0
+        if not full:
+            self.prefetch = max(self.options.concurrency, self.prefetch // 2)
+
+    async def fetch(self, count: int) -> tuple[int, bool]:
+        """Read up to ``count`` new entries, a lane at a time from the highest.
+
+        Plain XREADGROUP per lane rather than one script: a script would have to copy every
+        entry into Lua and back, which costs the server twice as much per entry, and reading
+        several lanes in one command could claim lower-lane entries that later higher-lane
+        jobs would then wait behind. An empty lane costs one short round trip.
+        Returns how many entries came, and whether consumers ran out of work meanwhile.
+        """
+        found = 0
+        starved = False
+        buffers = self.buffers
+        for lane, key in enumerate(self.lanes):
+            if found >= count:
+                break
+            sent = time.monotonic()
+            reply = await self._reader.execute_command(  # type: ignore[no-untyped-call]
+                "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count - found,
+                "STREAMS", key, ">",
+            )  # fmt: skip
+            if not reply or len(reply[0][1]) < count - found:
+                self._empty_at[lane] = sent
+                self._news()
+            if reply:
+                # Half the consumers parked with nothing buffered: the read-ahead is too short.
+                starved = starved or (
+                    not any(buffers.ready) and 2 * buffers.idle >= self.options.concurrency
+                )
+                found += await self.accept(lane, reply[0][1])
+        return found, starved
+
+    async def blocking_fetch(self, count: int, block_seconds: float) -> None:
+        """Wait on every lane at once for the next entries (all were empty a moment ago)."""
+        if self._reader_id is None:
+            self._reader_id = int(await self._reader.client_id())
+            if self.stop_event.is_set():
+                return
+        self._blocking = True
+        self._news()
+        try:
+            reply = await self._reader.execute_command(  # type: ignore[no-untyped-call]
+                "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count,
+                "BLOCK", max(1, int(block_seconds * 1000)),
+                "STREAMS", *self.lanes, *[">"] * len(self.lanes),
+            )  # fmt: skip
+        finally:
+            self._blocking = False
+            self._news()
+        # Several lanes may answer at once: take them in priority order.
+        by_name = {codec.text(name): entries for name, entries in reply or []}
+        answered = time.monotonic()
+        for lane, name in enumerate(self.lanes):
+            if len(by_name.get(name) or ()) < count:
+                self._empty_at[lane] = answered
+        self._news()
+        for lane, name in enumerate(self.lanes):
+            if by_name.get(name):
+                await self.accept(lane, by_name[name])
+
+    async def wait_for_room(self, block_seconds: float) -> None:
+        buffers = self.buffers
+        event = buffers.room_event = anyio.Event()
+        with anyio.move_on_after(block_seconds):
+            while not event.is_set():
+                # Jobs below the top lane wait in the read-ahead: look above them before the
+                # news goes stale, so a freed slot seldom has to wait for a look of its own.
+                lowest = buffers.lowest_waiting()
+                if not lowest:
+                    await event.wait()
+                    break
+                if self.higher_lanes_unknown(lowest, LANE_NEWS_SECONDS / 2):
+                    await self.look_above(lowest)
+                    continue
+                with anyio.move_on_after(LANE_NEWS_SECONDS / 2):
+                    await event.wait()
+        buffers.room_event = None
+
+    async def release_ready(self) -> None:
+        """Hand back jobs fetched but never started, so a stop does not delay them."""
+        for lane, lane_jobs in enumerate(self.buffers.ready):
+            ids = [job._entry for job in lane_jobs]
+            pairs = [(job._entry, job.id) for job in lane_jobs]
+            for job in lane_jobs:
+                self.gate.not_started(job)
+            lane_jobs.clear()
+            self.buffers.held[lane].difference_update(ids)
+            if ids:
+                released = await self.retrying(
+                    "release",
+                    lambda lane=lane, pairs=pairs: scripts.release_jobs(  # type: ignore[misc]
+                        self.redis, self.stream, keys.LANES[lane], self.consumer, pairs
+                    ),
+                    attempts=3,
+                )
+                self.counts.released += int(released or 0)
+        await self.gate.give_back_starts()
+
+    # -- turning entries into jobs --------------------------------------------------------------
+
+    async def accept(
+        self, lane: int, entries: list[Any], deliveries: list[int] | None = None
+    ) -> int:
+        """Turn raw entries into jobs on the ready buffer; dead-letter what cannot run.
+        ``deliveries``: how often each was delivered, for entries reclaimed from a consumer
+        that died."""
+        priority = keys.LANES[lane]
+        held = self.buffers.held[lane]
+        stream = self.stream
+        jobs: list[Job] = []
+        rejects: list[tuple[bytes, str, codec.Envelope | None]] = []
+        for entry_id, fields in entries:
+            held.add(entry_id)
+            try:
+                env = codec.decode_fields(fields)
+            except codec.UnknownEntry as exc:
+                rejects.append((entry_id, str(exc), None))
+                continue
+            if not env.id.startswith(self._id_prefix):
+                # Written by hand or copied from another stream: its record would be filed
+                # where no lookup by its id could find it.
+                reason = f"job id {env.id[:100]!r} does not belong to stream {stream!r}"
+                rejects.append((entry_id, reason, None))
+                continue
+            jobs.append(Job(stream, priority, env, lane, entry_id, _redis=self.redis))
+        if jobs:
+            jobs = await self._read_records(jobs, deliveries, entries, rejects)
+        if rejects:
+            await self._dead_letter(lane, rejects)
+        if jobs:
+            with self.gate.admitting():
+                self._admitting_lane[lane] += 1
+                self._news()
+                try:
+                    jobs = await self._admit(lane, jobs, reclaimed=deliveries is not None)
+                finally:
+                    self._admitting_lane[lane] -= 1
+                    self._news()
+                    admitted, self._admitted = self._admitted, anyio.Event()
+                    admitted.set()
+            if self.gate.pausing_accounts:
+                jobs, parked = self.gate.pausing(jobs)
+                for job, reason in parked:
+                    self.set_aside(job, outcomes.parked(job, reason))
+                self.settle_pauses()
+        if jobs:
+            self.buffers.add(lane, jobs)
+        return len(entries)
+
+    def settle_pauses(self) -> None:
+        """Park the jobs already read of accounts whose pause is now in force."""
+        for account, reason in self.gate.settle():
+            for job in self.buffers.take_account(account):
+                self.set_aside(job, outcomes.parked(job, reason))
+
+    async def _read_records(
+        self,
+        jobs: list[Job],
+        deliveries: list[int] | None,
+        entries: list[Any],
+        rejects: list[tuple[bytes, str, codec.Envelope | None]],
+    ) -> list[Job]:
+        """Hand each job what its earlier runs left in its record (checkpoints, the "may have
+        been sent" mark: streamq.job). For jobs reclaimed from a worker that died
+        (``deliveries`` given), the record also decides whether they run again, run only to
+        verify, or are dead (streamq.outcomes.reclaimed), and a cancel sent meanwhile (which
+        only flagged the record) is seen. Returns the jobs that may run."""
+        # Retried until it answers: these entries are held here now, and giving up would
+        # leave them held (and refreshed) with nobody to run them.
+        found = await self.retrying("read records", lambda: self._records_of(jobs))
+        assert found is not None  # unbounded retries
+        if deliveries is None:
+            for job, (_, _, _, _, sent_since, saved) in zip(jobs, found, strict=True):
+                job._sent_since_ms = job._mark_ms = None if sent_since is None else int(sent_since)
+                if saved is not None:
+                    job._checkpoints = codec.checkpoints(saved)
+            return jobs
+        delivered = {entry[0]: count for entry, count in zip(entries, deliveries, strict=True)}
+        keep = []
+        for job, (state, cancel, runs, run_entry, sent_since, saved) in zip(
+            jobs, found, strict=True
+        ):
+            if state is None:  # no record (a hand-written entry): its deliveries count
+                runs = None
+            else:  # runs of this entry (a retry or a replay is a new entry)
+                runs = int(runs) if runs is not None and run_entry == job._entry else 0
+            env, reason = outcomes.reclaimed(
+                job.envelope,
+                runs=runs,
+                deliveries=delivered[job._entry],
+                may_have_sent=sent_since is not None,
+                options=self.options,
+            )
+            if reason is not None:
+                rejects.append((job._entry, reason, env))
+                continue
+            job.envelope = env
+            job.cancelled = cancel is not None
+            job._sent_since_ms = job._mark_ms = None if sent_since is None else int(sent_since)
+            if saved is not None:
+                job._checkpoints = codec.checkpoints(saved)
+            keep.append(job)
+        return keep
+
+    async def _records_of(self, jobs: list[Job]) -> list[Any]:
+        fields = ("state", "cancel", "runs", "run_entry", "sent_since", "checkpoints")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.hmget(self._record_prefix + job.id, *fields)
+            found: list[Any] = await pipe.execute()
+        return found
+
+    async def _admit(self, lane: int, jobs: list[Job], *, reclaimed: bool) -> list[Job]:
+        """Pass the jobs that rate limits or pauses concern through the admission script;
+        returns those that may start now (the others left this worker's hands)."""
+        gated, free = self.gate.gated(jobs)
+        if not gated:
+            return free
+        # A job too late to run must not take a slot: it ends as expired without admission.
+        if self.options.expire_after is not None or any(
+            job.envelope.expire_after_ms is not None for job in gated
+        ):
+
+            def expired(job: Job) -> bool:
+                return outcomes.is_expired(job.envelope, self.options, self.now_ms())
+
+            for job in [job for job in gated if expired(job)]:
+                self.set_aside(job, outcomes.expired(job))  # not admitted: no start to give back
+            gated = [job for job in gated if not expired(job)]
+        started = await self.retrying(
+            "admit", lambda: self.gate.admit(lane, gated, reclaimed=reclaimed)
+        )
+        assert started is not None  # unbounded retries
+        kept = {id(job) for job in started}
+        for job in gated:
+            if id(job) not in kept:  # deferred or parked: no longer this worker's
+                self.buffers.held[lane].discard(job._entry)
+        self.counts.limited += len(gated) - len(started)
+        self.metrics.limited(len(gated) - len(started))
+        return free + started
+
+    async def _dead_letter(
+        self, lane: int, rejects: list[tuple[bytes, str, codec.Envelope | None]]
+    ) -> None:
+        for entry_id, reason, env in rejects:
+            log.warning(
+                "dead-lettering %s entry %s: %s",
+                self.stream,
+                entry_id.decode(),
+                reason,
+                extra={"stream": self.stream}
+                if env is None
+                else logs.job(env.id, self.stream, env.attempt),
+            )
+        filed = [scripts.Reject(entry_id, reason, env) for entry_id, reason, env in rejects]
+        await self.retrying(
+            "dead-letter",
+            lambda: scripts.dead_letter(
+                self.redis, self.stream, keys.LANES[lane], filed, retention_ms=self._retention_ms
+            ),
+        )
+        for entry_id, _, _ in rejects:
+            self.buffers.held[lane].discard(entry_id)
+        self.counts.dead_lettered += len(rejects)
+        self.metrics.dead_lettered(len(rejects))
+
+    # -- the news of the lanes above ------------------------------------------------------------
+
+    def _news(self) -> None:
+        """Recompute fresh_until after the news of a lane changed."""
+        until = math.inf
+        for lane, admitting in enumerate(self._admitting_lane):
+            self.fresh_until[lane] = until
+            if admitting:
+                until = -math.inf
+            elif not self._blocking:
+                until = min(until, self._empty_at[lane] + LANE_NEWS_SECONDS)
+
+    def higher_lanes_unknown(self, lane: int, within: float = LANE_NEWS_SECONDS) -> bool:
+        """Whether a lane above ``lane`` may hold jobs this worker has not read: not seen empty
+        within LANE_NEWS_SECONDS, and no blocking read waiting on it; or holds jobs being
+        admitted now."""
+        if any(self._admitting_lane[:lane]):
+            return True
+        if self._blocking or self.stop_event.is_set():
+            return False
+        since = time.monotonic() - within
+        return any(self._empty_at[higher] < since for higher in range(lane))
+
+    async def look_above(self, lane: int) -> None:
+        """Read the lanes above ``lane`` before a job of it starts from the read-ahead: jobs
+        read ahead while those lanes were empty must not start before ones that came since.
+        One look at a time; consumers that want one meanwhile wait for it. Jobs of those lanes
+        already read and being admitted are waited for instead."""
+        if any(self._admitting_lane[:lane]):
+            await self._admitted.wait()
+            return
+        if self._looking is not None:
+            await self._looking.wait()
+            return
+        looking = self._looking = anyio.Event()
+        try:
+            count = max(1, self.free_consumers())
+            for higher in range(lane):
+                sent = time.monotonic()
+                reply: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count,
+                    "STREAMS", self.lanes[higher], ">",
+                )  # fmt: skip
+                entries = reply[0][1] if reply else []
+                if len(entries) < count:
+                    self._empty_at[higher] = sent
+                    self._news()
+                if entries:
+                    await self.accept(higher, entries)
+        except redis_errors.ResponseError as exc:
+            if isinstance(exc, TRANSIENT_ERRORS) or lane_gone(exc):
+                # The fetcher meets the same trouble and deals with it; meanwhile the
+                # read-ahead runs rather than every slot waiting for a look it cannot have.
+                log.warning("reading %s's higher lanes failed: %s", self.stream, exc)
+                self._empty_at[:lane] = [time.monotonic()] * lane
+                self._news()
+            else:
+                raise
+        except TRANSIENT_ERRORS as exc:
+            log.warning("reading %s's higher lanes failed: %s", self.stream, exc)
+            self._empty_at[:lane] = [time.monotonic()] * lane
+            self._news()
+        finally:
+            self._looking = None
+            looking.set()
+
+
+def lane_gone(exc: redis_errors.ResponseError) -> bool:
+    """The lane or its group was deleted under us: Valkey says NOGROUP; Redis 7.0 tells a
+    blocked reader UNBLOCKED."""
+    return str(exc).startswith(("NOGROUP", "UNBLOCKED"))
+
+
+def _raw(response: Any, **options: Any) -> Any:
+    return response
