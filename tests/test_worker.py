@@ -76,7 +76,10 @@ async def test_keys_left_behind_after_a_workload(redis: Redis, stream: str) -> N
     # lateness summaries in 10 minutes.
     stays = {keys.counts(stream), keys.meta(stream), keys.events(stream)}
     signals = {keys.samples(stream), keys.lateness(stream)}
-    assert left - records == {*keys.lanes(stream), *stays, *signals}
+    # The listing's index of done jobs lives as long as the records it points to.
+    finished = keys.finished(stream, "done")
+    assert left - records == {*keys.lanes(stream), *stays, *signals, finished}
+    assert 3000 < await redis.ttl(finished) <= 3600
     assert await redis.xlen(keys.events(stream)) == 4 * 3  # queued, started, done
     assert 0 < await redis.ttl(keys.samples(stream)) <= 3600
     assert 0 < await redis.ttl(keys.lateness(stream)) <= 600
