@@ -69,6 +69,9 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     backoff: Backoff | None = msgspec.field(default=None, name="b")
     account: Account | None = msgspec.field(default=None, name="u")
     """The account that publishes the job: its rate limits and pause apply."""
+    verify: str | None = msgspec.field(default=None, name="y")
+    """Set on a verify delivery only: the reason the job would have been dead with, when an
+    earlier run may have sent its post (see streamq.job). The handler only looks the post up."""
 
 
 _encoder = msgspec.json.Encoder()
@@ -172,6 +175,14 @@ def parse_json(text: str | bytes, what: str = "payload") -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise PayloadError(f"{what} is not valid JSON: {exc}") from None
+
+
+_checkpoints_decoder = msgspec.json.Decoder(dict[str, str])
+
+
+def checkpoints(raw: bytes | str) -> dict[str, str]:
+    """A record's ``checkpoints`` field (a JSON object, name -> value); '' is none."""
+    return _checkpoints_decoder.decode(raw) if raw else {}
 
 
 def text(value: bytes | str) -> str:

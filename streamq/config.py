@@ -313,8 +313,9 @@ class PlatformConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     timeout: float | None = None
     """Seconds to wait for the platform's answer to one request."""
     lookup: bool | None = None
-    """Before re-sending a post an earlier attempt may have delivered, ask the platform for it
-    by its idempotency marker (the simulator answers; see the README for real platforms)."""
+    """Before sending again a post an earlier run may have sent, read the account's recent
+    posts to find it where no checkpoint can tell (default on; see the README's "Publish
+    once"). Off: at least once on those platforms, and no read permission needed."""
     token_url: str | None = None
     """Where token refreshes go, when not the platform's own endpoint."""
 

@@ -305,7 +305,9 @@ async def _revive(
 ) -> None:
     # Due now by the server's clock, so expire_after counts from the revival, not the enqueue.
     now = await channel.server_ms(redis)
-    fresh = msgspec.structs.replace(envelope, attempt=1, run_at_ms=now)
+    # A dead letter of a verify run runs as an ordinary run: if the job's "may have been sent"
+    # mark is still set in its record, that run looks before it sends (streamq.job).
+    fresh = msgspec.structs.replace(envelope, attempt=1, run_at_ms=now, verify=None)
     lane: keys.Priority = "normal"
     for known in keys.LANES:
         if priority == known:

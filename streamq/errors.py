@@ -24,9 +24,11 @@ Handlers steer a job's outcome by raising one of these (they are not errors of s
     ├── Retry(after=None)        run it again: after `after` seconds, or after the backoff
     ├── Fail(reason)             give up now: straight to the dead-letter stream (or, with
     │                            pause_account=True, pause the job's account and wait)
-    └── RateLimited(retry_after) the platform said "slow down": run it again later, without
-                                 counting an attempt, and hold the account's (or with
-                                 scope="platform", every) job until then
+    ├── RateLimited(retry_after) the platform said "slow down": run it again later, without
+    │                            counting an attempt, and hold the account's (or with
+    │                            scope="platform", every) job until then
+    └── NotPublished(reason)     on a verify run (job.verify_only): the lookup found no post,
+                                 so the job ends dead with the reason it had
 """
 
 from __future__ import annotations
@@ -221,3 +223,12 @@ def readable(message: str) -> str:
     else:
         text = text.replace("`", "'")
     return f"{path}: {text}" if path else text
+
+
+class NotPublished(JobSignal):
+    """Raised by a handler on a verify run (``job.verify_only``): it looked, and no earlier
+    send of the job landed. The job ends dead with the reason it had before the lookup."""
+
+    def __init__(self, reason: str = "no post found") -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -26,7 +26,6 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, Final
 
 import anyio
-import msgspec
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
@@ -255,7 +254,7 @@ class Fetcher:
         stream = self.stream
         jobs: list[Job] = []
         rejects: list[tuple[bytes, str, codec.Envelope | None]] = []
-        for index, (entry_id, fields) in enumerate(entries):
+        for entry_id, fields in entries:
             held.add(entry_id)
             try:
                 env = codec.decode_fields(fields)
@@ -268,36 +267,11 @@ class Fetcher:
                 reason = f"job id {env.id[:100]!r} does not belong to stream {stream!r}"
                 rejects.append((entry_id, reason, None))
                 continue
-            if deliveries is not None:
-                if deliveries[index] > self.options.max_deliveries:
-                    reason = (
-                        f"delivered {deliveries[index]} times without being acknowledged "
-                        f"(max_deliveries={self.options.max_deliveries})"
-                    )
-                    rejects.append((entry_id, reason, env))
-                    continue
-                # A run cut short by a crash counts as an attempt too, so a job that crashes
-                # its worker every time ends dead after max_attempts, not max_deliveries.
-                env = msgspec.structs.replace(env, attempt=env.attempt + deliveries[index] - 1)
-                allowed = env.max_attempts or self.options.max_attempts
-                if env.attempt > allowed:
-                    reason = (
-                        f"gave up after {allowed} attempts: the worker running it stopped "
-                        "before it finished (crashed, killed, or stalled)"
-                    )
-                    rejects.append((entry_id, reason, env))
-                    continue
-            jobs.append(Job(stream, priority, env, lane, entry_id))
+            jobs.append(Job(stream, priority, env, lane, entry_id, _redis=self.redis))
+        if jobs:
+            jobs = await self._read_records(jobs, deliveries, entries, rejects)
         if rejects:
             await self._dead_letter(lane, rejects)
-        if jobs and deliveries is not None:
-            # Reclaimed from a worker that died: a cancel sent meanwhile only flagged the record.
-            # Retried until it answers: these entries are held here now, and giving up would
-            # leave them held (and refreshed) with nobody to run them.
-            flags = await self.retrying("read cancel flags", lambda: self._cancel_flags(jobs))
-            assert flags is not None  # unbounded retries
-            for job, flagged in zip(jobs, flags, strict=True):
-                job.cancelled = bool(flagged)
         if jobs:
             with self.gate.admitting():
                 self._admitting_lane[lane] += 1
@@ -324,12 +298,62 @@ class Fetcher:
             for job in self.buffers.take_account(account):
                 self.set_aside(job, outcomes.parked(job, reason))
 
-    async def _cancel_flags(self, jobs: list[Job]) -> list[Any]:
+    async def _read_records(
+        self,
+        jobs: list[Job],
+        deliveries: list[int] | None,
+        entries: list[Any],
+        rejects: list[tuple[bytes, str, codec.Envelope | None]],
+    ) -> list[Job]:
+        """Hand each job what its earlier runs left in its record (checkpoints, the "may have
+        been sent" mark: streamq.job). For jobs reclaimed from a worker that died
+        (``deliveries`` given), the record also decides whether they run again, run only to
+        verify, or are dead (streamq.outcomes.reclaimed), and a cancel sent meanwhile (which
+        only flagged the record) is seen. Returns the jobs that may run."""
+        # Retried until it answers: these entries are held here now, and giving up would
+        # leave them held (and refreshed) with nobody to run them.
+        found = await self.retrying("read records", lambda: self._records_of(jobs))
+        assert found is not None  # unbounded retries
+        if deliveries is None:
+            for job, (_, _, _, _, sent_since, saved) in zip(jobs, found, strict=True):
+                job._sent_since_ms = job._mark_ms = None if sent_since is None else int(sent_since)
+                if saved is not None:
+                    job._checkpoints = codec.checkpoints(saved)
+            return jobs
+        delivered = {entry[0]: count for entry, count in zip(entries, deliveries, strict=True)}
+        keep = []
+        for job, (state, cancel, runs, run_entry, sent_since, saved) in zip(
+            jobs, found, strict=True
+        ):
+            if state is None:  # no record (a hand-written entry): its deliveries count
+                runs = None
+            else:  # runs of this entry (a retry or a replay is a new entry)
+                runs = int(runs) if runs is not None and run_entry == job._entry else 0
+            env, reason = outcomes.reclaimed(
+                job.envelope,
+                runs=runs,
+                deliveries=delivered[job._entry],
+                may_have_sent=sent_since is not None,
+                options=self.options,
+            )
+            if reason is not None:
+                rejects.append((job._entry, reason, env))
+                continue
+            job.envelope = env
+            job.cancelled = cancel is not None
+            job._sent_since_ms = job._mark_ms = None if sent_since is None else int(sent_since)
+            if saved is not None:
+                job._checkpoints = codec.checkpoints(saved)
+            keep.append(job)
+        return keep
+
+    async def _records_of(self, jobs: list[Job]) -> list[Any]:
+        fields = ("state", "cancel", "runs", "run_entry", "sent_since", "checkpoints")
         async with self.redis.pipeline(transaction=False) as pipe:
             for job in jobs:
-                pipe.hexists(self._record_prefix + job.id, "cancel")
-            flags: list[Any] = await pipe.execute()
-        return flags
+                pipe.hmget(self._record_prefix + job.id, *fields)
+            found: list[Any] = await pipe.execute()
+        return found
 
     async def _admit(self, lane: int, jobs: list[Job], *, reclaimed: bool) -> list[Job]:
         """Pass the jobs that rate limits or pauses concern through the admission script;

@@ -9,8 +9,17 @@ comes back (a :class:`~streamq.codec.Parked` from a handler means "pause the acc
     raised RateLimited           Deferred (attempt unchanged; holds the account or platform)
     cancelled while it ran       Cancelled
     raised Fail(pause_account)   Parked (its account is paused until resumed)
-    raised Fail, or last attempt Dead
+    raised Fail, or last attempt Dead; but Retried as a verify run when its post may exist
     raised anything else         Retried after Retry(after) or the backoff
+
+    a verify run (job.verify_only) that returned   Done, the result marked recovered
+                       raised NotPublished         Dead, with the reason it had before
+                       raised anything else        Dead, the reason saying a post may exist
+
+A job whose "may have been sent" mark is set (streamq.job) is never recorded dead without a
+lookup first: where it would end dead, it runs once more with ``job.verify_only``, the reason
+it would have had kept in its envelope (``verify``). :func:`reclaimed` applies the same rule to
+a job whose worker died (its delivery budget counts runs, not deliveries).
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from streamq.codec import (
     envelope_text,
 )
 from streamq.config import StreamConfig
-from streamq.errors import Fail, RateLimited, Retry
+from streamq.errors import Fail, NotPublished, RateLimited, Retry
 from streamq.job import Job
 
 log = logging.getLogger("streamq.worker")
@@ -48,6 +57,8 @@ _result_encoder = msgspec.json.Encoder(enc_hook=repr)
 def done(job: Job, started_ms: int, value: Any) -> Done:
     """The handler returned ``value`` (stored as JSON; '' for None)."""
     env = job.envelope
+    if env.verify is not None and isinstance(value, dict):
+        value = {**value, "recovered": True}  # found by the lookup, not sent by this run
     result = "" if value is None else _result_encoder.encode(value).decode()
     return Done(env.id, env.key or "", env.attempt, started_ms, result)
 
@@ -153,6 +164,8 @@ def failure(
         )
         return parked(job, exc.reason, started_ms)
     error = describe(exc)
+    if env.verify is not None:
+        return verified_dead(job, exc, started_ms)
     allowed = env.max_attempts or options.max_attempts
     if isinstance(exc, Fail) or env.attempt >= allowed:
         reason = (
@@ -160,6 +173,15 @@ def failure(
             if isinstance(exc, Fail)
             else f"gave up after {env.attempt} attempts: {error}"
         )
+        if job.may_have_sent:
+            return verify(
+                job,
+                reason,
+                options,
+                started_ms=started_ms,
+                now_ms=now_ms,
+                trace=last_frames(exc),
+            )
         log.warning(
             "job %s is dead: %s", env.id, reason, extra=logs.job(env.id, job.stream, env.attempt)
         )
@@ -199,6 +221,120 @@ def failure(
         last_frames(exc),
         lane,
         entry,
+    )
+
+
+def verify(
+    job: Job, reason: str, options: StreamConfig, *, started_ms: int, now_ms: int, trace: str = ""
+) -> Retried:
+    """Run the job once more, only to look up whether an earlier send landed, instead of
+    recording it dead with ``reason`` while its post may exist."""
+    env = job.envelope
+    delay_ms = round(scheduler.backoff_seconds(env.backoff or options.backoff, env.attempt) * 1000)
+    log.warning(
+        "job %s would be dead (%s), but its post may exist: looking it up first",
+        env.id,
+        reason,
+        extra=logs.job(env.id, job.stream, env.attempt),
+    )
+    again = msgspec.structs.replace(
+        env, attempt=env.attempt + 1, run_at_ms=now_ms + delay_ms, verify=reason
+    )
+    return Retried(
+        env.id,
+        env.key or "",
+        env.attempt + 1,
+        started_ms,
+        envelope_text(again),
+        delay_ms,
+        f"{reason}; a post may exist: looking it up before recording the job dead",
+        trace,
+        job._lane + 1,
+        job._entry.decode(),
+    )
+
+
+MAY_EXIST: Final = "a post may exist"
+"""In the reason of a job recorded dead whose lookup could not tell: replaying it looks first."""
+
+
+def verified_dead(job: Job, exc: BaseException, started_ms: int) -> Dead:
+    """The outcome of a verify run that raised: NotPublished (nothing landed) ends the job dead
+    with the reason it had; any other failure of the lookup ends it dead saying a post may
+    exist (its mark stays set, so a replay looks first)."""
+    env = job.envelope
+    assert env.verify is not None
+    if isinstance(exc, NotPublished):
+        reason = env.verify
+    else:
+        reason = f"{env.verify}; {MAY_EXIST}: its lookup failed ({describe(exc)})"
+    log.warning(
+        "job %s is dead: %s", env.id, reason, extra=logs.job(env.id, job.stream, env.attempt)
+    )
+    # Dead letters are replayed as ordinary runs (they look first: the mark is in the record).
+    plain = msgspec.structs.replace(env, verify=None)
+    return Dead(
+        env.id,
+        env.key or "",
+        env.attempt,
+        started_ms,
+        envelope_text(plain),
+        reason,
+        last_frames(exc),
+        job._lane + 1,
+        job._entry.decode(),
+    )
+
+
+VERIFY_RUNS: Final = 3
+"""Verify runs a job whose worker keeps dying gets before it is recorded dead saying a post may
+exist (a lookup that itself kills its worker must not loop forever)."""
+
+
+def reclaimed(
+    env: Envelope, *, runs: int | None, deliveries: int, may_have_sent: bool, options: StreamConfig
+) -> tuple[Envelope, str | None]:
+    """A job taken over from a worker that went quiet: the envelope of its next run, or the
+    reason it is dead instead.
+
+    ``runs`` is how many times its entry started (start_jobs), all of them cut short; None when
+    the job has no record, and then the entry's ``deliveries`` (this one included) count
+    instead. Each cut-short run counts as an attempt; more than ``max_deliveries`` of them, or
+    more attempts than allowed, and the job is dead: unless its post may exist, and then it
+    runs as a verify run first (up to VERIFY_RUNS of them).
+    """
+    crashed = deliveries - 1 if runs is None else runs
+    if env.verify is not None:  # a verify run whose worker died
+        if crashed < VERIFY_RUNS:
+            return env, None
+        return env, (
+            f"{env.verify}; {MAY_EXIST}: its lookup did not finish (the worker running it stopped)"
+        )
+    again = msgspec.structs.replace(env, attempt=env.attempt + crashed)
+    allowed = env.max_attempts or options.max_attempts
+    over_runs = crashed - options.max_deliveries + 1
+    over_attempts = again.attempt - allowed
+    if over_runs <= 0 and over_attempts <= 0:
+        return again, None
+    if over_runs > 0:
+        reason = (
+            f"ran {crashed} times without finishing (max_deliveries={options.max_deliveries})"
+            if runs is not None
+            else f"delivered {deliveries} times without being acknowledged "
+            f"(max_deliveries={options.max_deliveries})"
+        )
+    else:
+        reason = (
+            f"gave up after {allowed} attempts: the worker running it stopped before it "
+            "finished (crashed, killed, or stalled)"
+        )
+    if not may_have_sent:
+        return again, reason
+    if max(over_runs, over_attempts) <= VERIFY_RUNS:
+        return msgspec.structs.replace(again, verify=reason), None
+    return (
+        again,
+        f"{reason}; {MAY_EXIST}: its lookup did not finish (the worker running it stopped)",
     )
 
 

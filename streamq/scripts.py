@@ -629,3 +629,37 @@ async def write_token(
         redis, "write_token", _token_keys(platform, account), [fence, *fields]
     )
     return bool(written), int(version)
+
+
+async def save_checkpoint(redis: Redis, job_id: str, name: str, value: str) -> dict[str, str]:
+    """Keep checkpoint ``name`` = ``value`` in the job's record; returns every checkpoint it
+    holds now. Raises JobNotFound when the record is gone."""
+    stream = keys.stream_of_job(job_id)
+    reply = await _run(redis, "save_checkpoint", [keys.job(stream, job_id)], [name, value])
+    if reply is None:
+        raise script_error("missing", f"no job {job_id!r}: its checkpoint was not kept")
+    return codec.checkpoints(reply)
+
+
+async def mark_sent(redis: Redis, job_id: str, *, sent: bool) -> int | None:
+    """Set (``sent``: keeps an earlier time) or clear the job's "may have been sent" mark;
+    returns the mark (server ms), None when cleared. Raises JobNotFound when the record is
+    gone."""
+    stream = keys.stream_of_job(job_id)
+    reply = int(await _run(redis, "mark_sent", [keys.job(stream, job_id)], [int(sent)]))
+    if reply < 0:
+        raise script_error("missing", f"no job {job_id!r}: its send mark was not kept")
+    return reply or None
+
+
+async def start_jobs(redis: Redis, stream: str, jobs: Sequence[tuple[str, bytes]]) -> list[int]:
+    """Count a run of each of ``jobs`` ((job id, entry id) pairs) whose handler started;
+    returns the runs of each one's entry, this one included (0: the job has no record)."""
+    record_prefix = keys.job(stream, "")
+    reply = await _run(
+        redis,
+        "start_jobs",
+        [record_prefix + job_id for job_id, _ in jobs],
+        [entry for _, entry in jobs],
+    )
+    return [int(runs) for runs in reply]

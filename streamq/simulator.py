@@ -5,23 +5,37 @@ requests the built-in publishers make — each platform under its own prefix, so
 ``STREAMQ_PLATFORM_URL=http://127.0.0.1:8787`` sends every publisher to it:
 
     /facebook/{v}/{page}/feed                     POST  a Page post
+    /facebook/{v}/{page}/feed|posts?since=T       GET   the Page's posts since T (Unix s)
     /instagram/{v}/{user}/media                   POST  a container (image, reel, carousel)
-    /instagram/{v}/{container}                    GET   its status_code
-    /instagram/{v}/{user}/media_publish           POST  publish a container
+    /instagram/{v}/{user}/media?since=T           GET   the user's published media since T
+    /instagram/{v}/{container}?fields=status_code GET   IN_PROGRESS, FINISHED, PUBLISHED, ERROR
+    /instagram/{v}/{user}/media_publish           POST  publish a container (once)
     /linkedin/rest/posts                          POST  a post (URN in x-restli-id)
+    /linkedin/rest/posts?q=author&author=URN      GET   the author's posts, newest first
     /x/{v}/tweets                                 POST  a post
+    /x/{v}/users/me                               GET   the token's user
+    /x/{v}/users/{id}/tweets?start_time=ISO       GET   the user's timeline since then
     /tiktok/{v}/post/publish/video/init/          POST  a video post, pulled from a URL
-    /tiktok/{v}/post/publish/status/fetch/        POST  its status
-    /youtube/upload/youtube/{v}/videos            POST  an upload session; PUT the bytes
-    /{platform}/_sim/lookup?key=K                 GET   the post made with idempotency key K
+    /tiktok/{v}/post/publish/status/fetch/        POST  its status (PUBLISH_COMPLETE, post ids)
+    /tiktok/{v}/video/list/                       POST  the user's videos, newest first
+    /youtube/upload/youtube/{v}/videos            POST  an upload session (its URI in Location)
+    <the session URI>                             PUT   the bytes; or, empty with
+                                                        Content-Range: bytes */N, its status:
+                                                        308 incomplete, 200 with the video
+    /{platform}/_sim/lookup?key=K                 GET   the simulator's own: the post made with
+                                                        idempotency key K (no publisher uses it)
 
 Answers and errors have each platform's own shape (Graph API error objects, LinkedIn's
 serviceErrorCode, X's problem JSON, TikTok's error.code, Google's error.errors[].reason),
 with what real platforms do on top: latency, transient 5xx, 429 with Retry-After past a rate
 limit, tokens that expire, X and LinkedIn refusing a duplicate text, media that takes a moment
 to process. Faults can be scripted per request (:class:`Fault`): an error of any class, an
-answer delayed past the client's timeout after the post was accepted, or an answer lost after
-acceptance.
+answer delayed past the client's timeout after the post was accepted, a 502 or a dropped
+connection after acceptance; the same three come at random with ``slow_rate``,
+``lost_answer_rate`` and ``drop_rate``.
+
+A request that makes something is committed before the answer's latency: a sender that dies
+(or gives up) while the answer is on its way leaves the post made, as on a real platform.
 
 Every accepted post is recorded with its idempotency key (``GET /_sim/posts``,
 ``Simulator.posts``), so a test or the demo counts lost and duplicated posts exactly. The
@@ -52,6 +66,7 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
@@ -81,9 +96,11 @@ FaultKind = Literal[
     "invalid",
     "hang",
     "lost_answer",
+    "drop",
 ]
 Step = Literal["create", "status", "publish", "lookup"]
-_AFTER_ACCEPT = ("hang", "lost_answer")
+_AFTER_ACCEPT = ("hang", "lost_answer", "drop")
+_DROPPED_LOG = "ASGI callable returned without completing response."
 
 
 class Fault(msgspec.Struct, kw_only=True):
@@ -93,8 +110,15 @@ class Fault(msgspec.Struct, kw_only=True):
     ``rate_limit`` — 429 with Retry-After —, ``platform_limit`` — the platform's own
     rate-limit signal —, ``token_expired`` — and the token stays expired —, ``permission``,
     ``policy``, ``invalid``), or, after accepting the post, ``hang`` (answer only after
-    ``seconds``: a client timeout after send, or a window to kill a worker in) and
-    ``lost_answer`` (a 502 instead of the success: the post exists, the client cannot know).
+    ``seconds``: a client timeout after send, or a window to kill a worker in),
+    ``lost_answer`` (a 502 instead of the success: the post exists, the client cannot know)
+    and ``drop`` (the connection closes in the middle of the answer).
+
+    Steps: ``create`` makes something that is not yet a post (an Instagram container, a
+    YouTube upload session); ``publish`` makes the post (a Facebook, LinkedIn or X post, an
+    Instagram media_publish, a TikTok init, a YouTube upload); ``status`` asks about a
+    container, a TikTok publish or an upload session; ``lookup`` lists posts (and
+    ``_sim/lookup``).
     """
 
     kind: FaultKind
@@ -129,8 +153,14 @@ class SimOptions(msgspec.Struct, kw_only=True):
     error_rate: float = 0.0
     """Share of platform requests answered with a transient 5xx, before anything happens."""
     lost_answer_rate: float = 0.0
-    """Share of posts accepted and then answered with a 502, as a gateway that lost the
-    backend's answer would: the post exists though the publisher saw an error."""
+    """Share of posts (and containers, upload sessions) accepted and then answered with a 502,
+    as a gateway that lost the backend's answer would: the post exists though the publisher
+    saw an error."""
+    drop_rate: float = 0.0
+    """Share accepted and then answered with a connection closed mid-answer (no status)."""
+    slow_rate: float = 0.0
+    """Share accepted and then answered only after ``slow_seconds`` (past a client timeout)."""
+    slow_seconds: float = 5.0
     rate_limit: tuple[int, float] | None = None
     """At most this many posts per token in any window of that many seconds; beyond, 429."""
     token_ttl: float | None = None
@@ -178,6 +208,8 @@ class _Ctx:
     form: dict[str, Any]
     after: Fault | None = None
     lost: bool = False
+    dropped: bool = False
+    slow: bool = False
 
 
 @dataclass(slots=True)
@@ -188,6 +220,16 @@ class _Container:
     ready_at: float
     key: str | None
     status: str = "IN_PROGRESS"
+    media_id: str | None = None
+
+
+@dataclass(slots=True)
+class _Upload:
+    """A YouTube resumable upload session: the video's metadata, then (once) its bytes."""
+
+    form: dict[str, Any]
+    user: str
+    video: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -196,6 +238,7 @@ class _Counts:
     rate_limited: int = 0
     transient: int = 0
     lost_answers: int = 0
+    dropped: int = 0
     hung: int = 0
     refused: int = 0
     token_errors: int = 0
@@ -223,7 +266,7 @@ class Simulator:
         self._windows: dict[tuple[str, str], deque[float]] = defaultdict(deque)
         self._containers: dict[str, _Container] = {}
         self._tiktok: dict[str, tuple[str, float]] = {}
-        self._uploads: dict[str, dict[str, Any]] = {}
+        self._uploads: dict[str, _Upload] = {}
         self._lock = threading.Lock()
         self._closing = asyncio.Event()
         self._url: str | None = None
@@ -259,6 +302,9 @@ class Simulator:
             self._expired.clear()
             self._first_seen.clear()
             self._windows.clear()
+            self._containers.clear()
+            self._tiktok.clear()
+            self._uploads.clear()
             self.oauth.reset()
 
     def posts_for(self, key: str) -> list[SimPost]:
@@ -288,6 +334,7 @@ class Simulator:
             "rate_limited": counts.rate_limited,
             "transient": counts.transient,
             "lost_answers": counts.lost_answers,
+            "dropped": counts.dropped,
             "hung": counts.hung,
             "refused": counts.refused,
             "token_errors": counts.token_errors,
@@ -348,6 +395,11 @@ class Simulator:
         ) -> Route:
             return Route(path, _answering(endpoint), methods=list(methods))
 
+        def platform(
+            path: str, endpoint: Callable[[Request], Awaitable[Response]], *methods: str
+        ) -> Route:
+            return Route(path, self._after_latency(endpoint), methods=list(methods))
+
         return [
             route("/_sim/posts", self._list_posts, "GET"),
             route("/_sim/summary", self._summary, "GET"),
@@ -355,24 +407,48 @@ class Simulator:
             route("/_sim/tokens/expire", self._expire, "POST"),
             route("/_sim/reset", self._reset, "POST"),
             route("/_sim/media/{name}", self._media, "GET"),
-            route("/{platform}/_sim/lookup", self._lookup, "GET"),
-            route("/facebook/{version}/{node}/feed", self._facebook_feed, "POST"),
-            route("/instagram/{version}/{node}/media", self._instagram_media, "POST"),
-            route("/instagram/{version}/{node}/media_publish", self._instagram_publish, "POST"),
-            route("/instagram/{version}/{node}", self._instagram_status, "GET"),
-            route("/linkedin/rest/posts", self._linkedin_post, "POST"),
-            route("/x/{version}/tweets", self._x_post, "POST"),
-            route("/tiktok/{version}/post/publish/video/init/", self._tiktok_init, "POST"),
-            route("/tiktok/{version}/post/publish/status/fetch/", self._tiktok_status, "POST"),
-            route("/youtube/upload/youtube/{version}/videos", self._youtube_upload, "POST", "PUT"),
+            platform("/{platform}/_sim/lookup", self._lookup, "GET"),
+            platform("/facebook/{version}/{node}/feed", self._facebook_feed, "POST"),
+            platform("/facebook/{version}/{node}/feed", self._facebook_list, "GET"),
+            platform("/facebook/{version}/{node}/posts", self._facebook_list, "GET"),
+            platform("/instagram/{version}/{node}/media", self._instagram_media, "POST"),
+            platform("/instagram/{version}/{node}/media", self._instagram_list, "GET"),
+            platform("/instagram/{version}/{node}/media_publish", self._instagram_publish, "POST"),
+            platform("/instagram/{version}/{node}", self._instagram_status, "GET"),
+            platform("/linkedin/rest/posts", self._linkedin_post, "POST"),
+            platform("/linkedin/rest/posts", self._linkedin_list, "GET"),
+            platform("/x/{version}/tweets", self._x_post, "POST"),
+            platform("/x/{version}/users/me", self._x_me, "GET"),
+            platform("/x/{version}/users/{user}/tweets", self._x_list, "GET"),
+            platform("/tiktok/{version}/post/publish/video/init/", self._tiktok_init, "POST"),
+            platform("/tiktok/{version}/post/publish/status/fetch/", self._tiktok_status, "POST"),
+            platform("/tiktok/{version}/video/list/", self._tiktok_list, "POST"),
+            platform(
+                "/youtube/upload/youtube/{version}/videos", self._youtube_upload, "POST", "PUT"
+            ),
             *(route(path, endpoint, *methods) for path, endpoint, methods in self.oauth.routes()),
         ]
 
+    def _after_latency(
+        self, endpoint: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A platform endpoint: it does its work (and commits what it makes) at once, then
+        the answer takes the latency, so a sender that dies meanwhile loses only the answer."""
+
+        async def run(request: Request) -> Response:
+            try:
+                response = await endpoint(request)
+            except _Answer as answer:
+                response = answer.response
+            if self.options.latency > 0:
+                await asyncio.sleep(self.options.latency * self._rng.uniform(0.5, 1.5))
+            return response
+
+        return run
+
     async def _open(self, request: Request, platform: str, step: Step) -> _Ctx:
-        """Latency, the token, the body: what every platform request goes through first."""
+        """The body and the token: what every platform request goes through first."""
         self.counts.requests += 1
-        if self.options.latency > 0:
-            await asyncio.sleep(self.options.latency * self._rng.uniform(0.5, 1.5))
         form: dict[str, Any] = dict(request.query_params)
         raw = await request.body()
         kind = request.headers.get("content-type", "")
@@ -430,9 +506,9 @@ class Simulator:
         if self.options.error_rate and self._rng.random() < self.options.error_rate:
             self.counts.transient += 1
             raise _Answer(self._error(ctx.platform, "transient", "random failure"))
-        if ctx.step != "publish":
+        if ctx.step not in ("create", "publish"):
             return
-        if self.options.rate_limit is not None:
+        if ctx.step == "publish" and self.options.rate_limit is not None:
             count, window = self.options.rate_limit
             starts = self._windows[(ctx.platform, ctx.token)]
             now = time.monotonic()
@@ -443,8 +519,14 @@ class Simulator:
                 wait = max(1, math.ceil(starts[0] + window - now))
                 raise _Answer(self._error(ctx.platform, "rate_limit", "rate limited", wait))
             starts.append(now)
-        if ctx.after is None and self.options.lost_answer_rate:
-            ctx.lost = self._rng.random() < self.options.lost_answer_rate
+        if ctx.after is None:
+            draw = self._rng.random()
+            options = self.options
+            ctx.lost = draw < options.lost_answer_rate
+            draw -= options.lost_answer_rate
+            ctx.dropped = 0 <= draw < options.drop_rate
+            draw -= options.drop_rate
+            ctx.slow = 0 <= draw < options.slow_rate
 
     def _take_fault(self, ctx: _Ctx, text: str) -> Fault | None:
         with self._lock:
@@ -466,14 +548,19 @@ class Simulator:
         return post
 
     async def _deliver(self, ctx: _Ctx, response: Response) -> Response:
-        """The answer to an accepted post, unless a fault delays or loses it."""
-        if ctx.after is not None and ctx.after.kind == "hang":
+        """The answer to an accepted request, unless a fault delays, loses or drops it."""
+        kind = ctx.after.kind if ctx.after is not None else None
+        if kind == "hang" or ctx.slow:
             self.counts.hung += 1
+            seconds = ctx.after.seconds if ctx.after is not None else self.options.slow_seconds
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), ctx.after.seconds)
-        elif ctx.lost or (ctx.after is not None and ctx.after.kind == "lost_answer"):
+                await asyncio.wait_for(self._closing.wait(), seconds)
+        elif kind == "lost_answer" or ctx.lost:
             self.counts.lost_answers += 1
             return JSONResponse({"message": "Bad Gateway"}, status_code=502)
+        elif kind == "drop" or ctx.dropped:
+            self.counts.dropped += 1
+            return _Dropped()
         return response
 
     def _new_id(self, width: int = 15) -> str:
@@ -520,6 +607,29 @@ class Simulator:
         post = self._record(ctx, f"{page}_{self._new_id()}", page, text, [link] if link else [])
         return await self._deliver(ctx, JSONResponse({"id": post.id}))
 
+    async def _facebook_list(self, request: Request) -> Response:
+        """A Page's feed, newest first: ``since`` (Unix seconds), ``limit``, ``after``."""
+        ctx = await self._open(request, "facebook", "lookup")
+        self._gate(ctx, "")
+        mine = self._listed("facebook", request.path_params["node"], _seconds_ms(ctx.form))
+        shown, after = _page(mine, ctx.form.get("after"), ctx.form.get("limit"), 25, 100)
+        data = [
+            {
+                "id": post.id,
+                "created_time": _graph_time(post.at_ms),
+                **({"message": post.text} if post.text else {}),
+                **({"link": post.media[0]} if post.media else {}),
+            }
+            for post in shown
+        ]
+        body: dict[str, Any] = {"data": data}
+        if after is not None:
+            body["paging"] = {
+                "cursors": {"after": after},
+                "next": str(request.url.include_query_params(after=after)),
+            }
+        return JSONResponse(body)
+
     async def _instagram_media(self, request: Request) -> Response:
         ctx = await self._open(request, "instagram", "create")
         form = ctx.form
@@ -541,7 +651,25 @@ class Simulator:
             ctx.key,
         )
         self._containers[container.id] = container
-        return JSONResponse({"id": container.id})
+        return await self._deliver(ctx, JSONResponse({"id": container.id}))
+
+    async def _instagram_list(self, request: Request) -> Response:
+        """The user's published media, newest first: ``since`` (Unix seconds), ``limit``."""
+        ctx = await self._open(request, "instagram", "lookup")
+        self._gate(ctx, "")
+        mine = self._listed("instagram", request.path_params["node"], _seconds_ms(ctx.form))
+        shown, after = _page(mine, ctx.form.get("after"), ctx.form.get("limit"), 25, 100)
+        data = [
+            {"id": post.id, "caption": post.text, "timestamp": _graph_time(post.at_ms)}
+            for post in shown
+        ]
+        body: dict[str, Any] = {"data": data}
+        if after is not None:
+            body["paging"] = {
+                "cursors": {"after": after},
+                "next": str(request.url.include_query_params(after=after)),
+            }
+        return JSONResponse(body)
 
     async def _instagram_status(self, request: Request) -> Response:
         ctx = await self._open(request, "instagram", "status")
@@ -562,6 +690,8 @@ class Simulator:
             raise _Answer(self._error("instagram", "invalid", "unknown creation_id"))
         if container.status == "IN_PROGRESS" and time.monotonic() >= container.ready_at:
             container.status = "FINISHED"
+        if container.status == "PUBLISHED":  # a container publishes once
+            raise _Answer(self._error("instagram", "invalid", "the media is already published"))
         if container.status != "FINISHED":
             raise _Answer(
                 self._error("instagram", "invalid", f"media is {container.status}, not FINISHED")
@@ -574,6 +704,7 @@ class Simulator:
         if fields.get("children"):
             media = str(fields["children"]).split(",")
         post = self._record(ctx, self._new_id(17), container.user, caption, media)
+        container.media_id = post.id
         return await self._deliver(ctx, JSONResponse({"id": post.id}))
 
     async def _linkedin_post(self, request: Request) -> Response:
@@ -603,6 +734,29 @@ class Simulator:
         answer = Response(status_code=201, headers={"x-restli-id": post.id})
         return await self._deliver(ctx, answer)
 
+    async def _linkedin_list(self, request: Request) -> Response:
+        """``?q=author&author=URN&start=&count=``: the author's posts, newest first."""
+        ctx = await self._open(request, "linkedin", "lookup")
+        author = ctx.form.get("author")
+        if ctx.form.get("q") != "author" or not isinstance(author, str):
+            raise _Answer(self._error("linkedin", "invalid", "q=author and author required"))
+        self._gate(ctx, "")
+        mine = self._listed("linkedin", author, 0)
+        start = _int(ctx.form.get("start"), 0)
+        count = max(1, min(100, _int(ctx.form.get("count"), 10)))
+        elements = [
+            {
+                "id": post.id,
+                "author": post.user,
+                "commentary": post.text,
+                "createdAt": post.at_ms,
+                "lifecycleState": "PUBLISHED",
+            }
+            for post in mine[start : start + count]
+        ]
+        paging = {"start": start, "count": count, "total": len(mine)}
+        return JSONResponse({"elements": elements, "paging": paging})
+
     async def _x_post(self, request: Request) -> Response:
         ctx = await self._open(request, "x", "publish")
         text = str(ctx.form.get("text", ""))
@@ -629,6 +783,35 @@ class Simulator:
             ctx, JSONResponse({"data": {"id": post.id, "text": text}}, status_code=201)
         )
 
+    async def _x_me(self, request: Request) -> Response:
+        ctx = await self._open(request, "x", "lookup")
+        user = self._user_of(ctx.token)
+        return JSONResponse({"data": {"id": user, "name": user, "username": user}})
+
+    async def _x_list(self, request: Request) -> Response:
+        """A user's timeline, newest first: ``start_time`` (ISO 8601), ``max_results``,
+        ``pagination_token``."""
+        ctx = await self._open(request, "x", "lookup")
+        self._gate(ctx, "")
+        since_ms = _iso_ms(ctx.form.get("start_time"))
+        mine = self._listed("x", request.path_params["user"], since_ms)
+        limit = ctx.form.get("max_results")
+        shown, after = _page(mine, ctx.form.get("pagination_token"), limit, 10, 100)
+        data = []
+        for post in shown:
+            item: dict[str, Any] = {
+                "id": post.id,
+                "text": post.text,
+                "created_at": _iso_time(post.at_ms),
+            }
+            if post.media:
+                item["attachments"] = {"media_keys": [f"3_{m}" for m in post.media]}
+            data.append(item)
+        meta: dict[str, Any] = {"result_count": len(data)}
+        if after is not None:
+            meta["next_token"] = after
+        return JSONResponse({"data": data, "meta": meta} if data else {"meta": meta})
+
     async def _tiktok_init(self, request: Request) -> Response:
         ctx = await self._open(request, "tiktok", "publish")
         info = ctx.form.get("post_info") or {}
@@ -641,7 +824,7 @@ class Simulator:
         self._gate(ctx, text)
         publish_id = f"v_pub_url~v2-{self._new_id(12)}"
         post = self._record(
-            ctx, publish_id, self._user_of(ctx.token), text, [str(source["video_url"])]
+            ctx, self._new_id(19), self._user_of(ctx.token), text, [str(source["video_url"])]
         )
         self._tiktok[publish_id] = (post.id, time.monotonic() + self.options.processing)
         body = {"data": {"publish_id": publish_id}, "error": _tiktok_ok()}
@@ -658,6 +841,27 @@ class Simulator:
             data: dict[str, Any] = {"status": "PROCESSING_DOWNLOAD"}
         else:
             data = {"status": "PUBLISH_COMPLETE", "publicaly_available_post_id": [post_id]}
+        return await self._deliver(ctx, JSONResponse({"data": data, "error": _tiktok_ok()}))
+
+    async def _tiktok_list(self, request: Request) -> Response:
+        """The Display API's video list: ``{"max_count", "cursor"}`` (a create time in ms:
+        older videos than it), newest first."""
+        ctx = await self._open(request, "tiktok", "lookup")
+        self._gate(ctx, "")
+        mine = self._listed("tiktok", self._user_of(ctx.token), 0)
+        cursor = ctx.form.get("cursor")
+        if isinstance(cursor, int) and cursor > 0:
+            mine = [post for post in mine if post.at_ms < cursor]
+        count = max(1, min(20, _int(ctx.form.get("max_count"), 10)))
+        shown = mine[:count]
+        videos = [
+            {"id": post.id, "title": post.text, "create_time": post.at_ms // 1000} for post in shown
+        ]
+        data = {
+            "videos": videos,
+            "cursor": shown[-1].at_ms if shown else 0,
+            "has_more": len(mine) > count,
+        }
         return JSONResponse({"data": data, "error": _tiktok_ok()})
 
     async def _youtube_upload(self, request: Request) -> Response:
@@ -669,27 +873,50 @@ class Simulator:
                 raise _Answer(self._error("youtube", "invalid", "resumable upload with a title"))
             self._gate(ctx, str(title))
             upload_id = self._new_id(20)
-            self._uploads[upload_id] = {"form": ctx.form, "user": self._user_of(ctx.token)}
+            self._uploads[upload_id] = _Upload(ctx.form, self._user_of(ctx.token))
             location = f"{request.url.replace(query='')}?uploadType=resumable&upload_id={upload_id}"
-            return Response(status_code=200, headers={"Location": location})
-        ctx = await self._open(request, "youtube", "publish")
+            return await self._deliver(
+                ctx, Response(status_code=200, headers={"Location": location})
+            )
+        asking = request.headers.get("content-range", "").startswith("bytes */")
+        ctx = await self._open(request, "youtube", "status" if asking else "publish")
         upload = self._uploads.get(str(ctx.form.get("upload_id", "")))
         if upload is None:
-            raise _Answer(self._error("youtube", "invalid", "unknown upload session"))
+            return JSONResponse({"error": {"code": 404, "message": "Not Found"}}, status_code=404)
+        if asking:  # the session's status: 308 with what it has, or the finished video
+            self._gate(ctx, "")
+            if upload.video is None:
+                return Response(status_code=308)
+            return JSONResponse(upload.video)
         if not ctx.form.get("_bytes"):
             raise _Answer(self._error("youtube", "invalid", "mediaBodyRequired"))
-        snippet = upload["form"].get("snippet") or {}
+        if upload.video is not None:  # a finished session answers its video, makes no other
+            return JSONResponse(upload.video)
+        snippet = upload.form.get("snippet") or {}
         text = f"{snippet.get('title', '')}\n{snippet.get('description', '')}".strip()
         self._gate(ctx, text)
         video_id = _youtube_id(next(self._ids))
-        self._record(ctx, video_id, upload["user"], text, [])
-        body = {
+        self._record(ctx, video_id, upload.user, text, [])
+        upload.video = {
             "kind": "youtube#video",
             "id": video_id,
             "snippet": snippet,
-            "status": {"uploadStatus": "uploaded", **(upload["form"].get("status") or {})},
+            "status": {"uploadStatus": "uploaded", **(upload.form.get("status") or {})},
         }
-        return await self._deliver(ctx, JSONResponse(body))
+        return await self._deliver(ctx, JSONResponse(upload.video))
+
+    def _listed(self, platform: str, user: str, since_ms: int) -> list[SimPost]:
+        """The user's posts on ``platform`` made at ``since_ms`` or later, newest first (a
+        listing the publishers' lookups read)."""
+        self.counts.lookups += 1
+        found = [
+            post
+            for post in reversed(self.posts)
+            if post.platform == platform and post.user == user and post.at_ms >= since_ms
+        ]
+        if found:
+            self.counts.found += 1
+        return found
 
     async def _lookup(self, request: Request) -> Response:
         platform = request.path_params["platform"]
@@ -760,8 +987,32 @@ def _answering(
     return run
 
 
+class _Dropped(Response):
+    """An answer cut off mid-way: its status line and the start of its body, then the
+    connection closes (uvicorn closes a response the app left incomplete)."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"64")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"id": ', "more_body": True})
+
+
+def _not_a_dropped_answer(record: logging.LogRecord) -> bool:
+    return record.msg != _DROPPED_LOG
+
+
 class _QuietServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the process that embeds it handles signals."""
+    """uvicorn without its signal handlers (the process that embeds it handles signals), and
+    without an error line for each answer the simulator drops on purpose."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        errors = logging.getLogger("uvicorn.error")
+        if _not_a_dropped_answer not in errors.filters:
+            errors.addFilter(_not_a_dropped_answer)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -770,6 +1021,52 @@ class _QuietServer(uvicorn.Server):
 
 def _seconds_text(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:.3f}"
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _page(
+    items: list[SimPost], after: Any, limit: Any, default: int, most: int
+) -> tuple[list[SimPost], str | None]:
+    """One page of a listing (``after``: the position to go on from) and the next page's."""
+    start = max(0, _int(after, 0))
+    size = max(1, min(most, _int(limit, default)))
+    end = start + size
+    return items[start:end], (str(end) if end < len(items) else None)
+
+
+def _seconds_ms(form: dict[str, Any]) -> int:
+    """Graph's ``since`` (Unix seconds) in milliseconds; 0 when not given."""
+    try:
+        return int(float(form.get("since", 0)) * 1000)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _graph_time(at_ms: int) -> str:
+    """Graph API's time format: ``2026-12-04T19:00:00+0000``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(at_ms / 1000))
+
+
+def _iso_time(at_ms: int) -> str:
+    """X's time format: ``2026-12-04T19:00:00.000Z``."""
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at_ms / 1000))
+    return f"{seconds}.{at_ms % 1000:03d}Z"
+
+
+def _iso_ms(value: Any) -> int:
+    """An ISO 8601 time (X's ``start_time``) in Unix milliseconds; 0 when not given."""
+    if not isinstance(value, str) or not value:
+        return 0
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return 0
 
 
 def _tiktok_ok() -> dict[str, str]:

@@ -67,6 +67,7 @@ from streamq.heartbeat import Heartbeat
 from streamq.job import Job
 from streamq.metrics import WorkerCounts
 from streamq.reclaim import Reclaimer
+from streamq.starts import Starts
 
 log = logging.getLogger("streamq.worker")
 
@@ -215,6 +216,7 @@ class Worker:
             visibility_timeout=self.options.visibility_timeout,
             give_up_after=self.options.job_timeout,
         )
+        self.starts = Starts(redis, self.stream, self._retrying)
         self.promoter = scheduler.Promoter(
             redis, self.stream, retention_ms=retention_ms, clock=self.clock
         )
@@ -272,6 +274,7 @@ class Worker:
                     background.start_soon(stop_on_signals, [self], background.cancel_scope)
                 background.start_soon(self.fetcher.unblock_on_stop)
                 background.start_soon(self.acks.run)
+                background.start_soon(self.starts.run)
                 background.start_soon(self.reclaimer.refresh_loop)
                 background.start_soon(self.reclaimer.reclaim_loop)
                 background.start_soon(self.control.run)
@@ -490,6 +493,8 @@ class Worker:
                 buffers.let_go(job)
                 continue
             timeout = default_timeout if env.job_timeout_ms is None else env.job_timeout_ms / 1000
+            # The run counts (max_deliveries), not the delivery: sent before the handler goes.
+            await self.starts.start(job)
             slot.job = job
             began = monotonic()
             if timeout is not None:

@@ -53,10 +53,13 @@ def credentials(tokens: dict[str, str]) -> CallableCredentials:
 
 
 def settings_for(
-    platform: str, sim_url: str, *, timeout: float = 5.0, lookup: bool = True
+    platform: str, sim_url: str, *, timeout: float = 5.0, lookup: bool | None = None
 ) -> PlatformSettings:
-    """The platform's settings pointed at the simulator, as STREAMQ_PLATFORM_URL does."""
+    """The platform's settings pointed at the simulator, as STREAMQ_PLATFORM_URL does (lookup
+    as for the real platforms, unless given)."""
     settings = resolve_settings(platform, Config(), {"STREAMQ_PLATFORM_URL": sim_url})
+    if lookup is None:
+        lookup = settings.lookup
     return msgspec.structs.replace(
         settings, timeout=timeout, lookup=lookup, poll_interval=0.02, ready_timeout=10.0
     )

@@ -147,9 +147,10 @@ def test_platform_settings_come_from_defaults_config_then_environment() -> None:
         "2",
         5.0,
     )
-    assert not settings.lookup
+    assert settings.lookup  # on by default, against the real platforms too
     assert resolve_settings("instagram", config, {}).base_url == "https://graph.facebook.com"
-    simulated = resolve_settings("x", config, {"STREAMQ_PLATFORM_URL": "http://127.0.0.1:9/"})
-    assert (simulated.base_url, simulated.lookup) == ("http://127.0.0.1:9/x", True)
+    off = parse_config({"platforms": {"x": {"lookup": False}}})
+    simulated = resolve_settings("x", off, {"STREAMQ_PLATFORM_URL": "http://127.0.0.1:9/"})
+    assert (simulated.base_url, simulated.lookup) == ("http://127.0.0.1:9/x", False)
     with pytest.raises(ConfigError, match="unknown field"):
         parse_config({"platforms": {"x": {"colour": "red"}}})

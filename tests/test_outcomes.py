@@ -11,7 +11,7 @@ import pytest
 
 from streamq import codec, outcomes
 from streamq.config import Backoff, StreamConfig
-from streamq.errors import Fail, RateLimited, Retry
+from streamq.errors import Fail, NotPublished, RateLimited, Retry
 from streamq.job import Job
 
 NOW = 1_000_000
@@ -151,3 +151,86 @@ def test_rows_are_as_compact_as_the_tuples_the_scripts_read() -> None:
 def _leaves(kind: type[codec.Outcome]) -> list[type[codec.Outcome]]:
     below = kind.__subclasses__()
     return [leaf for sub in below for leaf in _leaves(sub)] if below else [kind]
+
+
+# -- publish once: the verify run (issue 29) --------------------------------------------------
+
+
+def marked(**fields: object) -> Job:
+    """A job whose "may have been sent" mark is set."""
+    found = job(**fields)
+    found._mark_ms = 123
+    return found
+
+
+def test_a_job_whose_post_may_exist_is_verified_instead_of_dead() -> None:
+    for exc, attempt in ((ValueError("timed out"), 3), (Fail("refused"), 1)):
+        outcome = outcomes.failure(marked(attempt=attempt), exc, OPTIONS, started_ms=5, now_ms=NOW)
+        assert isinstance(outcome, codec.Retried)
+        again = codec.decode(outcome.envelope.encode())
+        assert again.attempt == attempt + 1
+        assert again.verify is not None
+        assert again.verify.startswith(("gave up after 3 attempts", "refused"))
+        assert "a post may exist" in outcome.reason
+    # Without the mark, the same failures are dead as before.
+    assert isinstance(
+        outcomes.failure(job(attempt=3), ValueError("x"), OPTIONS, started_ms=5, now_ms=NOW),
+        codec.Dead,
+    )
+
+
+def test_a_verify_run_ends_done_recovered_or_dead_with_its_reason() -> None:
+    verifying = job(attempt=4, verify="gave up after 3 attempts: ValueError: timed out")
+    assert verifying.verify_only
+    done = outcomes.done(verifying, 7, {"post_id": "p1"})
+    assert orjson.loads(done.result) == {"post_id": "p1", "recovered": True}
+    dead = outcomes.failure(verifying, NotPublished(), OPTIONS, started_ms=5, now_ms=NOW)
+    assert isinstance(dead, codec.Dead)
+    assert dead.reason == "gave up after 3 attempts: ValueError: timed out"
+    assert codec.decode(dead.envelope.encode()).verify is None  # replayed as an ordinary run
+    failed = outcomes.failure(verifying, ValueError("502"), OPTIONS, started_ms=5, now_ms=NOW)
+    assert isinstance(failed, codec.Dead)
+    assert failed.reason == (
+        "gave up after 3 attempts: ValueError: timed out; a post may exist: its lookup failed "
+        "(ValueError: 502)"
+    )
+
+
+def test_a_reclaimed_job_spends_its_budget_on_runs_not_deliveries() -> None:
+    options = msgspec.structs.replace(OPTIONS, max_attempts=10, max_deliveries=3)
+    env = codec.Envelope(id="s:1", payload=1, enqueued_at_ms=0)
+
+    def reclaim(runs: int | None, deliveries: int, sent: bool) -> tuple[codec.Envelope, str | None]:
+        return outcomes.reclaimed(
+            env, runs=runs, deliveries=deliveries, may_have_sent=sent, options=options
+        )
+
+    # Held, never started, by ten workers that died: it runs, attempt 1.
+    assert reclaim(0, 10, False) == (env, None)
+    # Two runs cut short: attempt 3.
+    assert reclaim(2, 10, False)[0].attempt == 3
+    # Three runs cut short: dead, or verified first when its post may exist.
+    assert reclaim(3, 4, False)[1] == "ran 3 times without finishing (max_deliveries=3)"
+    verifying, reason = reclaim(3, 4, True)
+    assert reason is None
+    assert verifying.verify == "ran 3 times without finishing (max_deliveries=3)"
+    assert reclaim(3 + outcomes.VERIFY_RUNS - 1, 9, True)[1] is None
+    last = reclaim(3 + outcomes.VERIFY_RUNS, 9, True)[1]
+    assert last is not None
+    assert last.endswith(
+        "a post may exist: its lookup did not finish (the worker running it stopped)"
+    )
+    # No record (an entry written by hand): its deliveries count, as before.
+    assert reclaim(None, 4, False)[1] == (
+        "delivered 4 times without being acknowledged (max_deliveries=3)"
+    )
+    # A verify run's own entry whose workers die: VERIFY_RUNS tries.
+    verify_env = msgspec.structs.replace(env, verify="gave up")
+    assert outcomes.reclaimed(
+        verify_env, runs=1, deliveries=2, may_have_sent=True, options=options
+    ) == (verify_env, None)
+    gone = outcomes.reclaimed(
+        verify_env, runs=outcomes.VERIFY_RUNS, deliveries=9, may_have_sent=True, options=options
+    )[1]
+    assert gone is not None
+    assert gone.startswith("gave up; a post may exist")

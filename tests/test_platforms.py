@@ -221,7 +221,6 @@ async def test_a_timeout_after_send_publishes_once(
         assert "no answer within 0.5s" in info.error  # the first attempt's
         [post] = rig.sim.posts_for(job_id)
         assert info.result == {"platform": platform, "post_id": post.id, "recovered": True}
-        assert rig.sim.counts.found >= 1
 
 
 @pytest.mark.parametrize("platform", ["x", "linkedin"])

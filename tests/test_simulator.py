@@ -166,3 +166,110 @@ def _gone(pid: int) -> bool:
         return True
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "State:\tZ" in status.read_text()
+
+
+def test_a_post_is_taken_though_its_sender_gave_up_during_the_answers_latency() -> None:
+    """The platform commits first; the latency is the answer's: a sender that times out (or
+    dies) meanwhile leaves the post made."""
+    with ThreadedSimulator(SimOptions(latency=0.6)) as sim:
+        with httpx.Client(base_url=sim.url, timeout=0.1) as http, pytest.raises(httpx.ReadTimeout):
+            http.post(
+                "/facebook/v21.0/9/feed",
+                data={"message": "m"},
+                headers={"Authorization": "Bearer t"},
+            )
+        assert [post.text for post in sim.posts] == ["m"]
+
+
+def test_random_faults_after_the_post_was_taken() -> None:
+    auth = {"Authorization": "Bearer t"}
+    with (
+        ThreadedSimulator(SimOptions(drop_rate=1.0)) as sim,
+        httpx.Client(base_url=sim.url, timeout=5) as http,
+    ):
+        with pytest.raises(httpx.RemoteProtocolError):
+            http.post("/x/2/tweets", json={"text": "cut"}, headers=auth)
+        assert [post.text for post in sim.posts] == ["cut"]
+        assert sim.summary()["dropped"] == 1
+    with (
+        ThreadedSimulator(SimOptions(slow_rate=1.0, slow_seconds=1.0)) as sim,
+        httpx.Client(base_url=sim.url, timeout=0.2) as http,
+    ):
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/x/2/tweets", json={"text": "slow"}, headers=auth)
+        assert [post.text for post in sim.posts] == ["slow"]
+    with (
+        ThreadedSimulator(SimOptions(lost_answer_rate=1.0)) as sim,
+        httpx.Client(base_url=sim.url, timeout=5) as http,
+    ):
+        assert http.post("/x/2/tweets", json={"text": "502"}, headers=auth).status_code == 502
+        assert [post.text for post in sim.posts] == ["502"]
+
+
+def test_status_and_listing_endpoints_answer_as_the_platforms_do() -> None:
+    auth = {"Authorization": "Bearer t"}
+    with (
+        ThreadedSimulator(SimOptions(processing=0.0)) as sim,
+        httpx.Client(base_url=sim.url, timeout=5, headers=auth) as http,
+    ):
+        since = int(time.time()) - 1
+        # Instagram: a container's status_code, and a container publishes once.
+        media = f"{sim.url}/_sim/media/a.jpg"
+        made = http.post("/instagram/v21.0/17/media", data={"image_url": media, "caption": "c"})
+        container = made.json()["id"]
+        status = http.get(f"/instagram/v21.0/{container}", params={"fields": "status_code"})
+        assert status.json()["status_code"] == "FINISHED"
+        published = http.post("/instagram/v21.0/17/media_publish", data={"creation_id": container})
+        media_id = published.json()["id"]
+        status = http.get(f"/instagram/v21.0/{container}", params={"fields": "status_code"})
+        assert status.json()["status_code"] == "PUBLISHED"
+        again = http.post("/instagram/v21.0/17/media_publish", data={"creation_id": container})
+        assert again.status_code == 400
+        listed = http.get("/instagram/v21.0/17/media", params={"since": since}).json()["data"]
+        assert [(m["id"], m["caption"]) for m in listed] == [(media_id, "c")]
+        # YouTube: the session's status, 308 before the bytes, the video after.
+        session = http.post(
+            "/youtube/upload/youtube/v3/videos",
+            params={"uploadType": "resumable", "part": "snippet"},
+            json={"snippet": {"title": "t"}},
+        ).headers["location"]
+        assert http.put(session, headers={"Content-Range": "bytes */*"}).status_code == 308
+        video = http.put(session, content=b"\0" * 100).json()["id"]
+        asked = http.put(session, headers={"Content-Range": "bytes */100"})
+        assert (asked.status_code, asked.json()["id"]) == (200, video)
+        # TikTok: the publish's status names the post; the video list has it.
+        init = http.post(
+            "/tiktok/v2/post/publish/video/init/",
+            json={"post_info": {"title": "tt"}, "source_info": {"source": "PULL_FROM_URL",
+                                                                "video_url": media}},
+        )  # fmt: skip
+        publish_id = init.json()["data"]["publish_id"]
+        fetched = http.post(
+            "/tiktok/v2/post/publish/status/fetch/", json={"publish_id": publish_id}
+        )
+        data = fetched.json()["data"]
+        assert data["status"] == "PUBLISH_COMPLETE"
+        [post_id] = data["publicaly_available_post_id"]
+        videos = http.post("/tiktok/v2/video/list/", json={"max_count": 20}).json()["data"]
+        assert [(v["id"], v["title"]) for v in videos["videos"]] == [(post_id, "tt")]
+        # Facebook: the Page's feed since a time; X: the user's timeline since a time.
+        fb = http.post("/facebook/v21.0/9/feed", data={"message": "f", "link": media}).json()
+        feed = http.get("/facebook/v21.0/9/feed", params={"since": since}).json()["data"]
+        assert [(p["id"], p["message"], p["link"]) for p in feed] == [(fb["id"], "f", media)]
+        later = http.get("/facebook/v21.0/9/posts", params={"since": int(time.time()) + 60})
+        assert later.json()["data"] == []
+        tweet = http.post("/x/2/tweets", json={"text": "x"}).json()["data"]["id"]
+        me = http.get("/x/2/users/me").json()["data"]["id"]
+        start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+        timeline = http.get(f"/x/2/users/{me}/tweets", params={"start_time": start}).json()
+        assert [(t["id"], t["text"]) for t in timeline["data"]] == [(tweet, "x")]
+        # LinkedIn: the author's posts.
+        author = "urn:li:organization:1"
+        http.post(
+            "/linkedin/rest/posts",
+            json={"author": author, "commentary": "l"},
+            headers={"LinkedIn-Version": "202411"},
+        )
+        found = http.get("/linkedin/rest/posts", params={"q": "author", "author": author}).json()
+        assert [p["commentary"] for p in found["elements"]] == ["l"]
+        assert sim.duplicates() == {}

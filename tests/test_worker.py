@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from streamq import keys, stats
+from streamq import keys, scripts, stats
 from streamq.config import Backoff
 from streamq.connection import Retrying, retry_delay
 from streamq.job import Job
@@ -186,8 +186,10 @@ async def test_crash_loops_end_in_dead_letters_after_max_deliveries(
     await redis.xgroup_create(lane, keys.GROUP, id="0", mkstream=True)
     [(entry_id, _)] = await entries(redis, lane)
     await redis.xreadgroup(keys.GROUP, "ghost", {lane: ">"})
-    for _ in range(2):  # two more deliveries to crashing consumers: three so far
+    await scripts.start_jobs(redis, stream, [(job_id, entry_id)])
+    for _ in range(2):  # two more runs in crashing consumers: three so far
         await redis.xclaim(lane, keys.GROUP, "ghost", 0, [entry_id])
+        await scripts.start_jobs(redis, stream, [(job_id, entry_id)])
     ran: list[str] = []
 
     async def handler(job: Job) -> None:
@@ -200,7 +202,7 @@ async def test_crash_loops_end_in_dead_letters_after_max_deliveries(
         worker.stop()
     assert ran == []
     [(_, fields)] = await entries(redis, keys.dead(stream))
-    assert b"delivered 4 times" in fields[b"_reason"]
+    assert b"ran 3 times without finishing" in fields[b"_reason"]
     assert job_id.encode() in fields[b"j"]
     assert await redis.hget(keys.dedup(stream), "k1") is None
 

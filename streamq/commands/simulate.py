@@ -7,7 +7,13 @@ import argparse
 from typing import Any
 
 from streamq import platforms
-from streamq.commands.common import UsageError, add_simulator_options, command, duration
+from streamq.commands.common import (
+    UsageError,
+    add_simulator_options,
+    command,
+    duration,
+    share,
+)
 from streamq.config import Config
 
 
@@ -21,6 +27,15 @@ def register(commands: Any) -> None:
     )
     sim.add_argument("--port", type=int, default=8787, help="loopback port (8787; 0: any free)")
     add_simulator_options(sim, latency=0.0, error_rate=0.0, lost_answer_rate=0.0)
+    sim.add_argument(
+        "--drop-rate", type=share, default=0.0, help="share of posts taken, then no answer"
+    )
+    sim.add_argument(
+        "--slow-rate", type=share, default=0.0, help="share of posts taken, answered late"
+    )
+    sim.add_argument(
+        "--slow", type=duration, default=5.0, help="how late --slow-rate answers come (5s)"
+    )
     sim.add_argument("--rate-limit", help="posts per token per window, e.g. 10/1s (then 429)")
     sim.add_argument("--token-ttl", type=duration, help="tokens expire this long after first use")
     sim.add_argument(
@@ -53,6 +68,9 @@ async def simulate(args: argparse.Namespace, config: Config) -> int:
         latency=args.latency,
         error_rate=args.error_rate,
         lost_answer_rate=args.lost_answer_rate,
+        drop_rate=args.drop_rate,
+        slow_rate=args.slow_rate,
+        slow_seconds=args.slow,
         rate_limit=None if args.rate_limit is None else simulator.parse_rate(args.rate_limit),
         token_ttl=args.token_ttl,
         access_ttl=args.access_ttl,

@@ -7,7 +7,8 @@ through it.
 
 Settings of a platform, later ones winning: the publisher's defaults (the real API's base URL
 and version), ``[platforms.<name>]`` in the config file, then ``STREAMQ_PLATFORM_URL``, which
-sends every platform to ``<url>/<name>`` — a running ``streamq simulate`` — with lookup on.
+sends every platform to ``<url>/<name>`` — a running ``streamq simulate``, which answers the
+same status and listing requests as the real platforms, so publish-once works the same there.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ def resolve_settings(
         settings = msgspec.structs.replace(
             settings,
             base_url=f"{root.rstrip('/')}/{name}",
-            lookup=True,
             token_url=simulated_token_url(root, name),
         )
     return settings

@@ -1,6 +1,8 @@
 """Facebook: a post on a Page's feed, with the Graph API.
 
     POST {base}/{version}/{page-id}/feed   message, link   ->  {"id": "<page>_<post>"}
+    GET  {base}/{version}/{page-id}/feed?since=<unix>&fields=id,message,link,created_time
+         the Page's posts since a time: how a later run finds an earlier send that landed
 
 Credentials: a Page access token, and the Page id as ``user_id``. Errors come as
 ``{"error": {"message", "type", "code", "error_subcode", "is_transient"}}``; Instagram's Graph
@@ -14,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Final
 import msgspec
 
 from streamq.platforms import outcomes
-from streamq.platforms.base import HttpUrl, PostBase, Publisher
+from streamq.platforms.base import LIST_PAGES, Found, HttpUrl, PostBase, Publisher, Sending
 from streamq.platforms.credentials import Credentials
 from streamq.platforms.outcomes import Reply
 
@@ -76,17 +78,45 @@ class FacebookPublisher(Publisher):
     api_version: ClassVar[str] = "v21.0"
     needs_user_id: ClassVar[str | None] = "the Page id"
 
-    async def publish(self, post: Any, creds: Credentials, marker: str) -> str:
+    async def publish(self, post: Any, creds: Credentials, sending: Sending) -> str:
         assert isinstance(post, FacebookPost)
         form = {"message": post.text, "link": post.link}
+        await sending.may_send()
         reply = await self.call(
             "POST",
             f"{self.settings.api_version}/{creds.user_id}/feed",
             creds,
-            marker=marker,
+            marker=sending.job.id,
             data={k: v for k, v in form.items() if v is not None},
         )
         return _id_of(self.name, reply)
+
+    async def find(self, post: Any, creds: Credentials, sending: Sending) -> Found | None:
+        """The Page's posts since the first send, matched by text and link."""
+        assert isinstance(post, FacebookPost)
+        if not self.settings.lookup:
+            return self.unlisted(sending)
+        url: str | None = self.url(f"{self.settings.api_version}/{creds.user_id}/feed")
+        params: dict[str, Any] | None = {
+            "since": sending.listed_since_ms() // 1000,
+            "fields": "id,message,link,created_time",
+            "limit": 100,
+        }
+        for _ in range(LIST_PAGES):
+            if not url:
+                return None
+            reply = await self.call("GET", url, creds, params=params)
+            body = reply.body if isinstance(reply.body, dict) else {}
+            for item in body.get("data") or []:
+                if not isinstance(item, dict):
+                    continue
+                same_link = post.link is None or item.get("link") == post.link
+                if (item.get("message") or None) == (post.text or None) and same_link:
+                    return Found(str(item["id"]))
+            paging = body.get("paging")
+            url = paging.get("next") if isinstance(paging, dict) else None
+            params = None  # the next page's URL carries them
+        return None
 
     def error(self, reply: Reply, creds: Credentials) -> Exception:
         return graph_error(self.name, reply, creds)

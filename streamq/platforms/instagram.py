@@ -3,10 +3,17 @@
     POST {base}/{version}/{ig-user-id}/media          image_url | video_url (REELS) | children
     GET  {base}/{version}/{container-id}?fields=status_code      until FINISHED
     POST {base}/{version}/{ig-user-id}/media_publish  creation_id   ->  {"id": "<media id>"}
+    GET  {base}/{version}/{ig-user-id}/media?since=<unix>&fields=id,caption,timestamp
 
 Credentials: a token with instagram_content_publish, and the Instagram user id as ``user_id``.
 A carousel is 2-10 items, each a child container made first. Only the publish call makes a
 post: a container left unpublished by a failed attempt expires on its own after 24 hours.
+
+Publish once: the container's id is kept as the job's checkpoint ``container`` before
+media_publish is sent, and a container publishes once. A later run asks the container's
+``status_code``: ``PUBLISHED`` means the earlier send landed (its media id is then read from
+the user's media since the first send, matched by caption); ``FINISHED`` or ``IN_PROGRESS``
+means it did not, and the run publishes that same container; anything else starts over.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from typing import Annotated, Any, ClassVar, Final
 import anyio
 import msgspec
 
+from streamq.errors import Fail
 from streamq.platforms import outcomes
-from streamq.platforms.base import HttpUrl, PostBase, Publisher
+from streamq.platforms.base import LIST_PAGES, Found, HttpUrl, PostBase, Publisher, Sending
 from streamq.platforms.credentials import Credentials
 from streamq.platforms.facebook import graph_error
 from streamq.platforms.outcomes import Reply
@@ -28,6 +36,8 @@ MAX_HASHTAGS: Final = 30
 MAX_MENTIONS: Final = 20
 _HASHTAG = re.compile(r"(?<!\w)#\w+")
 _MENTION = re.compile(r"(?<!\w)@[\w.]+")
+CONTAINER: Final = "container"
+"""The checkpoint that keeps the container's id (the job's record; see streamq.job)."""
 
 
 class InstagramItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -74,20 +84,33 @@ class InstagramPublisher(Publisher):
     api_version: ClassVar[str] = "v21.0"
     needs_user_id: ClassVar[str | None] = "the Instagram user id"
 
-    async def publish(self, post: Any, creds: Credentials, marker: str) -> str:
+    async def publish(self, post: Any, creds: Credentials, sending: Sending) -> str:
         assert isinstance(post, InstagramPost)
-        if post.children is not None:
-            children = [
-                await self._container(creds, marker, _media(item.image_url, item.video_url), True)
-                for item in post.children
-            ]
-            fields = {"media_type": "CAROUSEL", "children": ",".join(children)}
-        else:
-            fields = _media(post.image_url, post.video_url)
-        if post.text:
-            fields["caption"] = post.text
-        container = await self._container(creds, marker, fields, False)
+        marker = sending.job.id
+        container = sending.checkpoints.get(CONTAINER)
+        if container is not None:
+            status = await self._status(creds, container)
+            if status == "PUBLISHED":  # published by an earlier run after all
+                raise outcomes.DuplicatePost(f"{self.name}: container {container} is published")
+            if status not in ("FINISHED", "IN_PROGRESS"):
+                container = None  # expired, failed or unknown: a new one
+        if container is None:
+            if post.children is not None:
+                children = [
+                    await self._container(
+                        creds, marker, _media(item.image_url, item.video_url), True
+                    )
+                    for item in post.children
+                ]
+                fields = {"media_type": "CAROUSEL", "children": ",".join(children)}
+            else:
+                fields = _media(post.image_url, post.video_url)
+            if post.text:
+                fields["caption"] = post.text
+            container = await self._container(creds, marker, fields, False)
+            await sending.checkpoint(CONTAINER, container)
         await self._wait_until_ready(creds, container)
+        await sending.may_send()
         reply = await self.call(
             "POST",
             f"{self.settings.api_version}/{creds.user_id}/media_publish",
@@ -99,6 +122,58 @@ class InstagramPublisher(Publisher):
         if not media_id:
             raise outcomes.transient(self.name, "publish answer without an id", reply)
         return str(media_id)
+
+    async def find(self, post: Any, creds: Credentials, sending: Sending) -> Found | None:
+        """The earlier run's post, if its container says PUBLISHED."""
+        assert isinstance(post, InstagramPost)
+        container = sending.checkpoints.get(CONTAINER)
+        if container is None:  # no run got as far as media_publish (the id is kept first)
+            return None
+        if await self._status(creds, container) != "PUBLISHED":
+            return None
+        if not self.settings.lookup:
+            return Found(None)  # published for sure; which media, only a listing says
+        return Found(await self._published_media(post, creds, sending))
+
+    async def _status(self, creds: Credentials, container: str) -> str | None:
+        """A container's status_code; None when Instagram no longer knows it."""
+        try:
+            reply = await self.call(
+                "GET",
+                f"{self.settings.api_version}/{container}",
+                creds,
+                params={"fields": "status_code"},
+            )
+        except Fail as refused:
+            if refused.pause_account:
+                raise
+            return None
+        body = reply.body if isinstance(reply.body, dict) else {}
+        status = body.get("status_code")
+        return str(status) if status else None
+
+    async def _published_media(
+        self, post: InstagramPost, creds: Credentials, sending: Sending
+    ) -> str | None:
+        """The newest of the user's media since the first send with the post's caption."""
+        url: str | None = self.url(f"{self.settings.api_version}/{creds.user_id}/media")
+        params: dict[str, Any] | None = {
+            "since": sending.listed_since_ms() // 1000,
+            "fields": "id,caption,timestamp",
+            "limit": 100,
+        }
+        for _ in range(LIST_PAGES):
+            if not url:
+                return None
+            reply = await self.call("GET", url, creds, params=params)
+            body = reply.body if isinstance(reply.body, dict) else {}
+            for item in body.get("data") or []:
+                if isinstance(item, dict) and (item.get("caption") or "") == post.text:
+                    return str(item["id"])
+            paging = body.get("paging")
+            url = paging.get("next") if isinstance(paging, dict) else None
+            params = None
+        return None
 
     async def _container(
         self, creds: Credentials, marker: str, fields: dict[str, str], carousel_item: bool

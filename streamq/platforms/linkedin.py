@@ -3,6 +3,9 @@
     POST {base}/rest/posts   {"author", "commentary", "visibility", "distribution", ...}
          headers LinkedIn-Version: <YYYYMM>, X-Restli-Protocol-Version: 2.0.0
          -> 201, the post's URN in the x-restli-id header
+    GET  {base}/rest/posts?q=author&author=<URN>&sortBy=CREATED   the author's posts, newest
+         first: how a later run finds an earlier send that landed (needs r_member_social or
+         r_organization_social; without it, the duplicate refusal below still finds it)
 
 Credentials: a token with w_member_social (or w_organization_social), and the author URN
 (``urn:li:person:...`` or ``urn:li:organization:...``) as ``user_id``. LinkedIn refuses a
@@ -18,7 +21,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 import msgspec
 
 from streamq.platforms import outcomes
-from streamq.platforms.base import HttpUrl, PostBase, Publisher
+from streamq.platforms.base import LIST_PAGES, Found, HttpUrl, PostBase, Publisher, Sending
 from streamq.platforms.credentials import Credentials
 from streamq.platforms.outcomes import Reply
 
@@ -51,7 +54,7 @@ class LinkedInPublisher(Publisher):
         "the author URN, urn:li:person:... or urn:li:organization:..."
     )
 
-    async def publish(self, post: Any, creds: Credentials, marker: str) -> str:
+    async def publish(self, post: Any, creds: Credentials, sending: Sending) -> str:
         assert isinstance(post, LinkedInPost)
         body: dict[str, Any] = {
             "author": creds.user_id,
@@ -67,16 +70,14 @@ class LinkedInPublisher(Publisher):
         }
         if post.link is not None:
             body["content"] = {"article": {"source": post.link, "title": post.link_title}}
+        await sending.may_send()
         reply = await self.call(
             "POST",
             "rest/posts",
             creds,
-            marker=marker,
+            marker=sending.job.id,
             json=body,
-            headers={
-                "LinkedIn-Version": self.settings.api_version,
-                "X-Restli-Protocol-Version": "2.0.0",
-            },
+            headers=self._headers(),
         )
         urn = reply.header("x-restli-id") or (
             reply.body.get("id") if isinstance(reply.body, dict) else None
@@ -84,6 +85,33 @@ class LinkedInPublisher(Publisher):
         if not urn:
             raise outcomes.transient(self.name, "answer without the post's URN", reply)
         return str(urn)
+
+    async def find(self, post: Any, creds: Credentials, sending: Sending) -> Found | None:
+        """The author's posts since the first send, matched by text. With ``lookup`` off,
+        sending again finds it too: LinkedIn refuses the duplicate and names its URN."""
+        assert isinstance(post, LinkedInPost)
+        if not self.settings.lookup:
+            return self.unlisted(sending)
+        since = sending.listed_since_ms()
+        start, count = 0, 50
+        for _ in range(LIST_PAGES):
+            params = {"q": "author", "author": creds.user_id, "sortBy": "CREATED",
+                      "start": start, "count": count}  # fmt: skip
+            headers = self._headers()
+            reply = await self.call("GET", "rest/posts", creds, params=params, headers=headers)
+            body = reply.body if isinstance(reply.body, dict) else {}
+            elements = [e for e in body.get("elements") or [] if isinstance(e, dict)]
+            for element in elements:
+                if element.get("commentary") == post.text and element.get("id"):
+                    return Found(str(element["id"]))
+            created = [e.get("createdAt") for e in elements]
+            if len(elements) < count or any(isinstance(t, int) and t < since for t in created):
+                return None
+            start += count
+        return None
+
+    def _headers(self) -> dict[str, str]:
+        return {"LinkedIn-Version": self.settings.api_version, "X-Restli-Protocol-Version": "2.0.0"}
 
     def error(self, reply: Reply, creds: Credentials) -> Exception:
         body = reply.body if isinstance(reply.body, dict) else {}

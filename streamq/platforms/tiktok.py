@@ -3,6 +3,13 @@
     POST {base}/{version}/post/publish/video/init/     {"post_info", "source_info"}
          -> {"data": {"publish_id"}, "error": {"code": "ok"}}
     POST {base}/{version}/post/publish/status/fetch/   {"publish_id"}   until PUBLISH_COMPLETE
+    POST {base}/{version}/video/list/?fields=id,title,video_description,create_time
+         the user's videos, newest first (the Display API; needs video.list)
+
+Publish once: the publish id is kept as the job's checkpoint ``publish_id`` as soon as init
+answers, and a later run fetches its status instead of posting again (``FAILED``: nothing was
+posted, so it posts). When init's own answer was lost there is no publish id: the run reads
+the user's videos since the first send and matches the title.
 
 Credentials: a user token with video.publish; TikTok needs no user id. The URL's domain must
 be verified for the app. Every answer carries ``error.code`` ("ok" on success), which says
@@ -16,8 +23,9 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 import anyio
 import msgspec
 
+from streamq.errors import Fail
 from streamq.platforms import outcomes
-from streamq.platforms.base import HttpUrl, PostBase, Publisher
+from streamq.platforms.base import LIST_PAGES, Found, HttpUrl, PostBase, Publisher, Sending
 from streamq.platforms.credentials import Credentials
 from streamq.platforms.outcomes import Reply
 
@@ -39,6 +47,8 @@ POLICY_CODES: Final = frozenset(
     {"spam_risk_user_banned_from_posting", "spam_risk_text", "spam_risk"}
 )
 TRANSIENT_FAILURES: Final = frozenset({"internal", "video_pull_failed"})
+PUBLISH_ID: Final = "publish_id"
+"""The checkpoint that keeps init's publish id (the job's record; see streamq.job)."""
 
 
 class TikTokPost(PostBase, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -60,7 +70,7 @@ class TikTokPublisher(Publisher):
     base_url: ClassVar[str] = "https://open.tiktokapis.com"
     api_version: ClassVar[str] = "v2"
 
-    async def publish(self, post: Any, creds: Credentials, marker: str) -> str:
+    async def publish(self, post: Any, creds: Credentials, sending: Sending) -> str:
         assert isinstance(post, TikTokPost)
         info: dict[str, Any] = {
             "title": post.text,
@@ -71,11 +81,12 @@ class TikTokPublisher(Publisher):
         }
         if post.cover_timestamp_ms is not None:
             info["video_cover_timestamp_ms"] = post.cover_timestamp_ms
+        await sending.may_send()
         reply = await self.call(
             "POST",
             f"{self.settings.api_version}/post/publish/video/init/",
             creds,
-            marker=marker,
+            marker=sending.job.id,
             json={
                 "post_info": info,
                 "source_info": {"source": "PULL_FROM_URL", "video_url": post.video_url},
@@ -86,11 +97,58 @@ class TikTokPublisher(Publisher):
         publish_id = data.get("publish_id")
         if not publish_id:
             raise outcomes.transient(self.name, "answer without a publish_id", reply)
-        return await self._wait_until_published(creds, str(publish_id))
+        sending.accepted = True
+        await sending.checkpoint(PUBLISH_ID, str(publish_id))
+        post_id = await self._wait_until_published(creds, str(publish_id))
+        assert post_id is not None
+        return post_id
 
-    async def _wait_until_published(self, creds: Credentials, publish_id: str) -> str:
+    async def find(self, post: Any, creds: Credentials, sending: Sending) -> Found | None:
+        """The earlier run's post: by its publish id's status, else among the user's videos."""
+        assert isinstance(post, TikTokPost)
+        publish_id = sending.checkpoints.get(PUBLISH_ID)
+        if publish_id is not None:
+            try:
+                post_id = await self._wait_until_published(creds, publish_id, lookup=True)
+            except Fail as refused:
+                if refused.pause_account:
+                    raise
+                return None  # a publish id TikTok no longer knows: nothing posted with it
+            return None if post_id is None else Found(post_id)  # None: FAILED, nothing posted
+        if not self.settings.lookup:
+            return self.unlisted(sending)
+        if not post.text:
+            return None  # nothing to tell it from the user's other videos
+        since = sending.listed_since_ms()
+        body: dict[str, Any] = {"max_count": 20}
+        for _ in range(LIST_PAGES):
+            reply = await self.call(
+                "POST",
+                f"{self.settings.api_version}/video/list/",
+                creds,
+                params={"fields": "id,title,video_description,create_time"},
+                json=body,
+            )
+            self._check_body(reply, creds)
+            data = reply.body.get("data") or {}
+            videos = [v for v in data.get("videos") or [] if isinstance(v, dict)]
+            for video in videos:
+                if post.text in (video.get("title"), video.get("video_description")):
+                    return Found(str(video["id"]))
+            times = [v.get("create_time") for v in videos]
+            if not data.get("has_more") or any(
+                isinstance(t, int) and t * 1000 < since for t in times
+            ):
+                return None
+            body["cursor"] = data.get("cursor")
+        return None
+
+    async def _wait_until_published(
+        self, creds: Credentials, publish_id: str, *, lookup: bool = False
+    ) -> str | None:
         """Poll the publish until TikTok has pulled and posted the video; returns the post id
-        TikTok gives (the publish id while the post is not public yet)."""
+        TikTok gives (the publish id while the post is not public yet). A failed publish
+        raises what its reason means, or with ``lookup`` returns None (nothing was posted)."""
         with anyio.move_on_after(self.settings.ready_timeout):
             while True:
                 reply = await self.call(
@@ -106,6 +164,8 @@ class TikTokPublisher(Publisher):
                     public = data.get("publicaly_available_post_id") or []
                     return str(public[0]) if public else publish_id
                 if status == "FAILED":
+                    if lookup:
+                        return None
                     reason = self.message(data.get("fail_reason") or "failed", creds)
                     if reason in TRANSIENT_FAILURES:
                         raise outcomes.transient(self.name, f"publish failed: {reason}", reply)

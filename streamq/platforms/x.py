@@ -2,6 +2,9 @@
 
     POST {base}/{version}/tweets   {"text", "media": {"media_ids"}, "reply", "quote_tweet_id"}
          -> 201 {"data": {"id", "text"}}
+    GET  {base}/{version}/users/me                       the token's user id
+    GET  {base}/{version}/users/{id}/tweets?start_time=  the user's posts since a time: how a
+         later run finds an earlier send that landed (needs tweet.read, users.read)
 
 Credentials: a user-context OAuth 2.0 token with tweet.write; X needs no user id. Text length
 is X's weighted count: 280 at most, where a URL counts as 23 and characters outside Latin,
@@ -12,13 +15,15 @@ that post is the job's own, though X does not say its id.
 
 from __future__ import annotations
 
+import html
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final
 
 import msgspec
 
 from streamq.platforms import outcomes
-from streamq.platforms.base import PostBase, Publisher
+from streamq.platforms.base import LIST_PAGES, Found, PostBase, Publisher, Sending
 from streamq.platforms.credentials import Credentials
 from streamq.platforms.outcomes import Reply
 
@@ -64,7 +69,7 @@ class XPublisher(Publisher):
     base_url: ClassVar[str] = "https://api.x.com"
     api_version: ClassVar[str] = "2"
 
-    async def publish(self, post: Any, creds: Credentials, marker: str) -> str:
+    async def publish(self, post: Any, creds: Credentials, sending: Sending) -> str:
         assert isinstance(post, XPost)
         body: dict[str, Any] = {}
         if post.text:
@@ -75,13 +80,53 @@ class XPublisher(Publisher):
             body["reply"] = {"in_reply_to_tweet_id": post.reply_to}
         if post.quote_of:
             body["quote_tweet_id"] = post.quote_of
+        await sending.may_send()
         reply = await self.call(
-            "POST", f"{self.settings.api_version}/tweets", creds, marker=marker, json=body
+            "POST", f"{self.settings.api_version}/tweets", creds, marker=sending.job.id, json=body
         )
         data = reply.body.get("data") if isinstance(reply.body, dict) else None
         if not isinstance(data, dict) or not data.get("id"):
             raise outcomes.transient(self.name, "answer without the post's id", reply)
         return str(data["id"])
+
+    async def find(self, post: Any, creds: Credentials, sending: Sending) -> Found | None:
+        """The user's timeline since the first send, matched by text (URLs aside: X shortens
+        them) and media."""
+        assert isinstance(post, XPost)
+        if not self.settings.lookup:
+            return self.unlisted(sending)
+        version = self.settings.api_version
+        user = creds.user_id
+        if not user:
+            me = await self.call("GET", f"{version}/users/me", creds)
+            data = me.body.get("data") if isinstance(me.body, dict) else None
+            user = str(data.get("id") or "") if isinstance(data, dict) else ""
+            if not user:
+                raise outcomes.transient(self.name, "users/me answered without an id", me)
+        since = datetime.fromtimestamp(sending.listed_since_ms() / 1000, tz=UTC)
+        params: dict[str, Any] = {
+            "start_time": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "max_results": 100,
+            "tweet.fields": "created_at,attachments",
+        }
+        wanted = _comparable(post.text)
+        media = set(post.media_ids or ())
+        for _ in range(LIST_PAGES):
+            reply = await self.call("GET", f"{version}/users/{user}/tweets", creds, params=params)
+            body = reply.body if isinstance(reply.body, dict) else {}
+            for item in body.get("data") or []:
+                if not isinstance(item, dict) or _comparable(item.get("text")) != wanted:
+                    continue
+                attachments = item.get("attachments") or {}
+                keys = attachments.get("media_keys") or [] if isinstance(attachments, dict) else []
+                if {str(key).partition("_")[2] or str(key) for key in keys} == media:
+                    return Found(str(item["id"]))
+            meta = body.get("meta") or {}
+            token = meta.get("next_token") if isinstance(meta, dict) else None
+            if not token:
+                return None
+            params["pagination_token"] = token
+        return None
 
     def error(self, reply: Reply, creds: Credentials) -> Exception:
         body = reply.body if isinstance(reply.body, dict) else {}
@@ -113,3 +158,9 @@ class XPublisher(Publisher):
             if "rules" in lowered or "automated" in lowered or "policy" in lowered:
                 return outcomes.refused(self.name, "content policy", message, reply)
         return outcomes.by_status(self.name, message, reply)
+
+
+def _comparable(text: Any) -> str:
+    """A post's text as X's timeline and the payload can both be read: entities unescaped,
+    each URL (which X answers as its t.co form) one placeholder, spaces trimmed."""
+    return _URL.sub("<url>", html.unescape(str(text or ""))).strip()

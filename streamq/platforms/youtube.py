@@ -3,6 +3,12 @@
     POST {base}/upload/youtube/{version}/videos?uploadType=resumable&part=snippet,status
          {"snippet": {...}, "status": {...}}   -> 200, the upload session's URL in Location
     PUT  <session URL>   the video's bytes, streamed from video_url   -> {"id": "<video id>"}
+    PUT  <session URL>   empty, Content-Range: bytes */*   -> 308 incomplete, or 200 the video
+
+Publish once: the session URL is kept as the job's checkpoint ``upload`` before the bytes are
+sent (a video exists only once an upload completes). A later run asks the session: complete
+means the earlier upload landed (the video is the job's); incomplete, expired or unknown means
+it did not, and the run starts a new session.
 
 Credentials: an OAuth token with youtube.upload; the channel is the token's. videos.insert
 has its own quota (100 a day per Cloud project, see streamq.limiter): ``quotaExceeded`` holds
@@ -17,8 +23,16 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from streamq.errors import Fail
 from streamq.platforms import outcomes
-from streamq.platforms.base import IDEMPOTENCY_HEADER, HttpUrl, PostBase, Publisher
+from streamq.platforms.base import (
+    IDEMPOTENCY_HEADER,
+    Found,
+    HttpUrl,
+    PostBase,
+    Publisher,
+    Sending,
+)
 from streamq.platforms.credentials import Credentials
 from streamq.platforms.outcomes import Reply
 
@@ -35,6 +49,8 @@ RATE_REASONS: Final = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 PROJECT_QUOTA_REASONS: Final = frozenset({"quotaExceeded", "dailyLimitExceeded"})
 UPLOAD_LIMIT_REASONS: Final = frozenset({"uploadLimitExceeded"})
 TRANSIENT_REASONS: Final = frozenset({"backendError", "internalError"})
+UPLOAD: Final = "upload"
+"""The checkpoint that keeps the upload session's URL (the job's record; see streamq.job)."""
 
 
 class YouTubePost(PostBase, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -78,8 +94,9 @@ class YouTubePublisher(Publisher):
     base_url: ClassVar[str] = "https://www.googleapis.com"
     api_version: ClassVar[str] = "v3"
 
-    async def publish(self, post: Any, creds: Credentials, marker: str) -> str:
+    async def publish(self, post: Any, creds: Credentials, sending: Sending) -> str:
         assert isinstance(post, YouTubePost)
+        marker = sending.job.id
         metadata = {
             "snippet": {
                 "title": post.title,
@@ -104,6 +121,8 @@ class YouTubePublisher(Publisher):
         upload_url = session.header("location")
         if not upload_url:
             raise outcomes.transient(self.name, "no upload session URL in the answer", session)
+        await sending.checkpoint(UPLOAD, upload_url)
+        await sending.may_send()
         reply = await self.session.relay(
             self.name,
             post.video_url,
@@ -119,6 +138,31 @@ class YouTubePublisher(Publisher):
         if not video_id:
             raise outcomes.transient(self.name, "upload answer without the video's id", reply)
         return str(video_id)
+
+    async def find(self, post: Any, creds: Credentials, sending: Sending) -> Found | None:
+        """The video of the earlier run's upload session, if that upload completed."""
+        upload_url = sending.checkpoints.get(UPLOAD)
+        if upload_url is None:  # no run got as far as the bytes (the URL is kept first)
+            return None
+        reply = await self.session.send(
+            self.name,
+            "PUT",
+            upload_url,
+            creds.token,
+            headers={"Content-Range": "bytes */*"},
+            timeout=self.settings.timeout,
+        )
+        if reply.status == 308 or reply.status in (404, 410):
+            return None  # incomplete, or gone: no video came of it
+        if not reply.ok:
+            error = self.error(reply, creds)
+            if isinstance(error, Fail) and not error.pause_account:
+                return None  # the session is refused: no video came of it
+            raise error
+        video_id = reply.body.get("id") if isinstance(reply.body, dict) else None
+        if not video_id:
+            raise outcomes.transient(self.name, "session status without the video's id", reply)
+        return Found(str(video_id))
 
     def error(self, reply: Reply, creds: Credentials) -> Exception:
         body = reply.body if isinstance(reply.body, dict) else {}
