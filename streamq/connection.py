@@ -434,7 +434,12 @@ async def check(redis: Redis, url: str) -> str:
             ) from None
         raise ConnectionFailed(f"Redis at {redact(url)} answered with an error: {exc}") from None
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-        raise ConnectionFailed(f"cannot reach Redis at {redact(url)}: {exc}") from None
+        hint = ""
+        if url.startswith("rediss") and "ssl_certfile" not in url and "closed" in str(exc):
+            # Under TLS 1.3 a server that wants a client certificate refuses it after the
+            # handshake: the client sees either its alert or only the closed socket.
+            hint = " (a TLS server that requires a client certificate closes the connection)"
+        raise ConnectionFailed(f"cannot reach Redis at {redact(url)}: {exc}{hint}") from None
     engine = "valkey" if "valkey_version" in info else "redis"
     version = str(info.get("valkey_version") or info.get("redis_version") or "0")
     numbers = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 import streamq
-from streamq import keys, limiter
+from streamq import keys, limiter, scripts
 from streamq.config import Config, Limit, StreamConfig, load_config
 from streamq.errors import ConfigError, Fail, RateLimited
 from streamq.handler import Handler
@@ -623,8 +623,10 @@ async def test_a_reclaimed_job_keeps_its_crash_count_when_held_back(
         job_id = await q.enqueue(stream, 1, account="a")
         lane = keys.lane(stream, "normal")
         await redis.xgroup_create(lane, keys.GROUP, id="0")
-        # A worker that read it and died.
-        await redis.xreadgroup(keys.GROUP, "crashed", {lane: ">"}, count=1)
+        # A worker that read it, started its handler (the run is counted) and died.
+        read: Any = await redis.xreadgroup(keys.GROUP, "crashed", {lane: ">"}, count=1)
+        entry = read[0][1][0][0]
+        await scripts.start_jobs(redis, stream, [(job_id, entry)])
         await q.pause_account("a", stream)
         progress = Progress()
 
