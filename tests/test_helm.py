@@ -262,18 +262,43 @@ def test_the_charts_readme_documents_every_value() -> None:
     assert missing == []
 
 
-def test_the_dockerfile_is_multi_stage_slim_and_runs_as_a_numeric_non_root_user() -> None:
+def test_the_dockerfile_builds_a_wheel_and_runs_only_the_wheel_as_the_charts_user() -> None:
+    """No engine here can build the image, so the Dockerfile and the chart are checked to
+    agree: a pinned slim base, the wheel built in one stage and installed alone in the other,
+    the chart's numeric user, the `streamq` entrypoint its args follow, and one version."""
     text = (ROOT / "Dockerfile").read_text()
+    (base,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.MULTILINE)
+    assert re.fullmatch(r"python:3\.\d+-slim@sha256:[0-9a-f]{64}", base), base
     stages = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
-    assert len(stages) >= 2
-    assert stages[-1].endswith("-slim")
-    final = text[text.rindex("\nFROM ") :]
-    assert re.search(r"^USER 10001:10001$", final, re.MULTILINE)
+    assert stages == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
+    build, final = text.split("\nFROM ")[1:]
+    assert "hatchling build -t wheel" in build
+    # The runtime stage takes nothing from the checkout: only the wheel, from the build stage.
+    assert not re.search(r"^COPY ", final, re.MULTILINE)
+    assert re.search(r"pip install [^\n]*/dist/streamq-\*\.whl", final)
     assert not re.search(r"apt-get|gcc|build-essential", final)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    pod = values["podSecurityContext"]
+    user = f"{pod['runAsUser']}:{pod['runAsGroup']}"
+    assert re.search(rf"^USER {user}$", final, re.MULTILINE)
+    assert f"--uid {pod['runAsUser']} --gid {pod['runAsGroup']}" in final
+    assert re.search(r'^ENTRYPOINT \["streamq"\]$', final, re.MULTILINE)
+    consumer = (CHART / "templates" / "consumer-deployment.yaml").read_text()
+    assert "args:" in consumer
+    assert "command:" not in consumer  # so the image's entrypoint runs the args
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == streamq.__version__
     for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE):
         *sources, _ = shlex.split(line)
         assert all((ROOT / source).exists() for source in sources), line
     assert Path(ROOT / ".dockerignore").exists()
+
+
+def test_every_pod_has_resource_requests_and_a_memory_limit_by_default() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for resources in (values["consumer"]["resources"], values["autoscaler"]["resources"]):
+        assert set(resources["requests"]) == {"cpu", "memory"}
+        assert "memory" in resources["limits"]
 
 
 # -- the Helm 3 binary: helm template, helm lint --strict, and the Kubernetes schema ----------
