@@ -29,7 +29,13 @@ from streamq import admin, codec, connection, scripts
 from streamq.server import LocalCluster, LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINES = ["valkey"] + (["redis"] if shutil.which("redis-server") else [])
+ENGINES = (
+    os.environ.get("STREAMQ_TEST_ENGINES", "").split(",")
+    if os.environ.get("STREAMQ_TEST_ENGINES")
+    else ["valkey"] + (["redis"] if shutil.which("redis-server") else [])
+)
+"""Valkey, and Redis 7 when it is on PATH; STREAMQ_TEST_ENGINES=valkey narrows it (the other
+interpreters' fast tier, noxfile.py)."""
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
