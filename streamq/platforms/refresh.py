@@ -218,7 +218,8 @@ async def refresh(
     flow = FLOWS[platform]
     if flow.auth != "graph" and client is None:
         raise RefreshRefused(
-            f"{platform}: no OAuth client configured (STREAMQ_{platform.upper()}_CLIENT_ID)"
+            f"{platform}: no OAuth client configured "
+            f"(STREAMQ_{platform.upper()}_CLIENT_ID or {CLIENTS_FILE_ENV})"
         )
     secrets = [s for s in (stored.access_token, stored.refresh_token) if s is not None]
     if client is not None and client.client_secret is not None:
