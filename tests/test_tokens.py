@@ -526,6 +526,30 @@ async def test_client_credentials_come_from_the_clients_file(x_rig: Rig, tmp_pat
     assert "sekrit" not in str(broken.value)
 
 
+async def test_more_jobs_at_once_than_the_store_has_connections_all_get_their_token(
+    redis_url: str, stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker runs partitions x concurrency jobs at once, each asking the store for its
+    token through the session's small pool: they wait for a connection, none fails for want
+    of one (which, for a refresh's answer, would lose a rotated refresh token)."""
+    monkeypatch.setenv("STREAMQ_TOKEN_KEYS", Keyring.generate("k1"))
+    monkeypatch.delenv("STREAMQ_CREDENTIALS", raising=False)
+    async with Session(Config(credentials="store"), redis_url=redis_url) as session:
+        keeper = session.credentials
+        assert isinstance(keeper, TokenKeeper)
+        await keeper.store.put("x", stream, TokenSet(access_token=Secret("t")))
+        found: list[Credentials | None] = []
+
+        async def ask() -> None:
+            found.append(await keeper("x", stream))
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(64):
+                tasks.start_soon(ask)
+    assert len(found) == 64
+    assert all(c is not None and c.token == Secret("t") for c in found)
+
+
 def test_token_set_hides_itself() -> None:
     tokens = TokenSet(access_token=Secret("sekrit"), refresh_token=Secret("sekrit2"))
     assert "sekrit" not in repr(tokens) + str(tokens)
