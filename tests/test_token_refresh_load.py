@@ -88,6 +88,19 @@ def wait(condition: Callable[[], bool], what: str, limit: float = 60) -> None:
         time.sleep(0.05)
 
 
+def wait_for_progress(count: Callable[[], int], target: int, what: str, stall: float = 15) -> None:
+    """Until ``count()`` reaches ``target``, failing only when it stops growing for ``stall``
+    seconds: how fast posts go out is the machine's business (bench/, not a timed test), and a
+    loaded machine must not fail a run that is still making progress."""
+    seen, moved = count(), time.monotonic()
+    while seen < target:
+        assert time.monotonic() - moved < stall, f"{what}: {seen} of {target}, stalled"
+        time.sleep(0.05)
+        now = count()
+        if now != seen:
+            seen, moved = now, time.monotonic()
+
+
 def worker_env(sim: Simulator, config: Path) -> dict[str, str]:
     return {
         "STREAMQ_CONFIG": str(config),
@@ -120,7 +133,7 @@ def sign_in(redis_url: str, sim: Simulator, accounts: list[str]) -> list[str]:
 def test_tokens_expiring_every_two_seconds_cost_no_post_and_one_refresh_per_expiry(
     server: LocalServer, tmp_path: Path
 ) -> None:
-    """8 workers (4 partitions x 2 processes), 2,000 posts of 50 accounts spread over 6 s,
+    """8 workers (4 partitions x 2 processes), 2,000 posts of 50 accounts spread over 4 s,
     access tokens that live 2 s: every post once, none failed, exactly one refresh per
     account per expiry (counted by the simulator, kept by the store)."""
     stream = f"xl{os.urandom(5).hex()}"
@@ -129,7 +142,7 @@ def test_tokens_expiring_every_two_seconds_cost_no_post_and_one_refresh_per_expi
         f'[streams.{stream}]\npublisher = "x"\npartitions = 4\nlimits = []\nconcurrency = 16\n'
     )
     accounts = [f"a{i:02d}" for i in range(50)]
-    posts, spread = 2000, 6.0
+    posts, spread = 2000, 4.0
     with ThreadedSimulator(SimOptions(access_ttl=2.0, processing=0.0)) as sim:
         given = sign_in(server.url, sim, accounts)
         env = worker_env(sim, config)
@@ -156,7 +169,7 @@ def test_tokens_expiring_every_two_seconds_cost_no_post_and_one_refresh_per_expi
 
             job_ids = anyio.run(enqueue)
             try:
-                wait(lambda: len(sim.posts) >= posts, "all posts", limit=60)
+                wait_for_progress(lambda: len(sim.posts), posts, "posts")
             except AssertionError:
                 tail = "".join(
                     line for _, out in started for line in out.lines if "INFO" not in line
