@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 import anyio
 import redis as sync_redis
 from redis import exceptions as redis_errors
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, SSLConnection
 
@@ -158,9 +158,13 @@ def client(
     *,
     max_connections: int | None = None,
     socket_timeout: float = SOCKET_TIMEOUT_SECONDS,
+    wait_for_connection: float | None = None,
 ) -> Redis:
     """A client for ``url``; for a cluster URL a RedisCluster, typed as Redis because it
-    answers every command streamq sends the same way (each names keys of one slot)."""
+    answers every command streamq sends the same way (each names keys of one slot).
+
+    With ``wait_for_connection``, a command finding all ``max_connections`` busy waits that
+    long for one (a blocking pool) instead of failing at once with MaxConnectionsError."""
     options: dict[str, Any] = {
         # Pinned so reply shapes (lists, not RESP3 maps) do not change with redis-py's default.
         "protocol": 2,
@@ -180,7 +184,15 @@ def client(
     try:
         if is_cluster(url):
             return cast(Redis, _cluster_client(url, max_connections, options))
-        pool = ConnectionPool.from_url(url, max_connections=max_connections, **options)
+        if wait_for_connection is not None:
+            pool: ConnectionPool = BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections or 50,
+                timeout=wait_for_connection,
+                **options,
+            )
+        else:
+            pool = ConnectionPool.from_url(url, max_connections=max_connections, **options)
     except ValueError as exc:
         raise ConnectionFailed(f"invalid Redis URL {redact(url)!r}: {exc}") from None
     pool.connection_class = _closed_transport_is_a_connection_error(pool.connection_class)

@@ -17,7 +17,10 @@ life); old access tokens keep working until then. A refresh token that was rotat
 revoked is answered with the platform's own error (``invalid_grant``; X's
 ``invalid_request``) and counted, so a test can assert that none was ever presented.
 Refreshes are counted per account, with those made while the account's newest access token
-still had more than half its life ("early": a second refresh for the same expiry).
+still had more than half its life ("early": a second refresh for the same expiry), and the
+least part of its life any newest token had lived when it was refreshed
+(``youngest_refreshed_life``: a client that refreshes in the last 10 % of a token's life and
+never twice for one expiry keeps it at 0.9 or more).
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ class OAuthSim:
         self.refreshes: Counter[str] = Counter()
         """'<platform>/<user>' -> refreshes answered with a new token."""
         self.early = 0
+        self.youngest_refreshed_life: float | None = None
+        """The least fraction of its life an account's newest token had lived when a refresh
+        replaced it (None: no refresh yet)."""
         self.revoked_presented = 0
         self.refused = 0
         self.failures_left: Counter[str] = Counter()
@@ -90,12 +96,14 @@ class OAuthSim:
         self.latest.clear()
         self.refreshes.clear()
         self.early = self.revoked_presented = self.refused = 0
+        self.youngest_refreshed_life = None
 
     def summary(self) -> dict[str, Any]:
         return {
             "refreshes": sum(self.refreshes.values()),
             "refreshes_by_account": dict(self.refreshes),
             "early_refreshes": self.early,
+            "youngest_refreshed_life": self.youngest_refreshed_life,
             "revoked_refresh_presented": self.revoked_presented,
             "refresh_refused": self.refused,
         }
@@ -159,8 +167,12 @@ class OAuthSim:
         latest = self.latest.get((platform, user))
         if latest is not None:
             life = latest.expires_at - latest.issued_at
-            if time.monotonic() < latest.issued_at + life / 2:
+            now = time.monotonic()
+            if now < latest.issued_at + life / 2:
                 self.early += 1
+            lived = (now - latest.issued_at) / life if life > 0 else 1.0
+            if self.youngest_refreshed_life is None or lived < self.youngest_refreshed_life:
+                self.youngest_refreshed_life = lived
         self.refreshes[f"{platform}/{user}"] += 1
 
     # -- endpoints ------------------------------------------------------------------------------

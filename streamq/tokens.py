@@ -111,14 +111,24 @@ class Tokens:
         self, provider: CredentialsProvider, pairs: Iterable[tuple[str, str | None]]
     ) -> list[tuple[str, str]]:
         """Copy the tokens another provider (env, file, your function) holds for these
-        (platform, account) pairs into the store; returns the pairs copied. Such tokens carry
-        no expiry or refresh token: put them again from a sign-in to have them refreshed."""
+        (platform, account) pairs into the store; returns the pairs copied. The refresh token,
+        expiry and scopes come along where the provider has them, so the store refreshes the
+        account without a new sign-in; a token without them is used until the platform
+        refuses it, then the account waits for a sign-in (``reauth_required``)."""
         copied = []
         for platform, account in pairs:
             found = await provider(platform, account)
             if found is None:
                 continue
-            tokens = TokenSet(access_token=found.token, user_id=found.user_id)
+            # The provider does not say when the token was issued: its life is counted from
+            # now, so "the last 10 % of its life" is the last 10 % of what is left.
+            tokens = TokenSet(
+                access_token=found.token,
+                refresh_token=found.refresh_token,
+                expires_at_ms=found.expires_at_ms,
+                scopes=found.scopes,
+                user_id=found.user_id,
+            )
             await put_tokens(self.q, self.store, platform, account, tokens)
             copied.append((platform, account_name(account)))
         return copied

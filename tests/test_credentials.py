@@ -68,6 +68,41 @@ def test_a_broken_credentials_file_is_named_but_never_quoted(tmp_path: Path) -> 
     assert "leaky-secret" not in str(caught.value)
 
 
+def test_providers_give_what_an_import_brings_along(tmp_path: Path) -> None:
+    """Refresh token, expiry (Unix seconds, ISO 8601 or a TOML date-time) and scopes, for
+    ``streamq tokens import``; an expiry that will not do is a one-line error that does not
+    quote the file."""
+    path = tmp_path / "tokens.toml"
+    path.write_text(
+        '[x.acme]\ntoken = "t"\nrefresh_token = "r"\nexpires_at = 2100-01-01T00:00:00Z\n'
+        'scopes = "tweet.write,offline.access"\n[x.old]\ntoken = "t"\n'
+    )
+    found = get(creds.FileCredentials(path), "x", "acme")
+    assert (found.refresh_token, found.expires_at_ms) == (Secret("r"), 4102444800000)
+    assert found.scopes == ("tweet.write", "offline.access")
+    plain = get(creds.FileCredentials(path), "x", "old")
+    assert (plain.refresh_token, plain.expires_at_ms, plain.scopes) == (None, None, ())
+    env = {"STREAMQ_X_A_TOKEN": "t", "STREAMQ_X_A_REFRESH": "r", "STREAMQ_X_A_EXPIRES_AT": "1.5"}
+    by_env = get(creds.EnvCredentials(env), "x", "a")
+    assert (by_env.refresh_token, by_env.expires_at_ms) == (Secret("r"), 1500)
+    by_function = get(
+        creds.CallableCredentials(
+            lambda p, a: {"token": "t", "expires_at": "2100-01-01T01:00:00+01:00", "scopes": ["s"]}
+        ),
+        "x",
+        "a",
+    )
+    assert (by_function.expires_at_ms, by_function.scopes) == (4102444800000, ("s",))
+    path.write_text('[x.acme]\ntoken = "leaky-secret"\nexpires_at = "soon"\n')
+    os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    with pytest.raises(ConfigError, match="expires_at must be") as caught:
+        anyio.run(creds.FileCredentials(path), "x", "acme")
+    assert "leaky-secret" not in str(caught.value)
+    naive = {"STREAMQ_X_TOKEN": "t", "STREAMQ_X_EXPIRES_AT": "2100-01-01T00:00:00"}
+    with pytest.raises(ConfigError, match="offset"):
+        anyio.run(creds.EnvCredentials(naive), "x", None)
+
+
 def test_callable_credentials_take_sync_and_async_functions() -> None:
     def sync(platform: str, account: str | None) -> dict[str, str]:
         return {"token": f"{platform}-{account}", "user_id": "7"}

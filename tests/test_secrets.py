@@ -182,7 +182,8 @@ def test_the_admin_token_and_redis_password_stay_out_of_its_command_line_and_log
 def test_oauth_tokens_client_secrets_and_the_store_key_show_nowhere(
     tmp_path: Path, stream: str
 ) -> None:
-    """A worker on the token store refreshes tokens (2 s life) and meets a refused refresh:
+    """A worker on the token store refreshes tokens (2 s life, its OAuth client from
+    STREAMQ_OAUTH_CLIENTS_FILE) and meets a refused refresh:
     no access token, refresh token, client secret or encryption key in its command line,
     its DEBUG JSON logs, its /metrics, the job records, events, dead letters, pause reasons
     or the token records (sealed)."""
@@ -193,6 +194,8 @@ def test_oauth_tokens_client_secrets_and_the_store_key_show_nowhere(
     client_secret = f"client-secret-{uuid.uuid4().hex}"
     config = tmp_path / "tokens.toml"
     config.write_text(f'[streams.{stream}]\npublisher = "x"\nlimits = []\n')
+    clients = tmp_path / "clients.json"
+    clients.write_text(json.dumps({"x": {"client_id": "app", "client_secret": client_secret}}))
     with LocalServer() as srv, ThreadedSimulator(SimOptions(access_ttl=2.0)) as sim:
         url = srv.url
 
@@ -219,8 +222,8 @@ def test_oauth_tokens_client_secrets_and_the_store_key_show_nowhere(
             "STREAMQ_CREDENTIALS": "store",
             "STREAMQ_TOKEN_KEYS": key,
             "STREAMQ_PLATFORM_URL": sim.url,
-            "STREAMQ_X_CLIENT_ID": "app",
-            "STREAMQ_X_CLIENT_SECRET": client_secret,
+            # The client from a file (STREAMQ_X_CLIENT_SECRET is covered by the load test).
+            "STREAMQ_OAUTH_CLIENTS_FILE": str(clients),
         }
         worker = spawn_worker(
             "--redis-url", url, "--stream", stream, "--metrics-port", "0",

@@ -6,8 +6,8 @@ simulator's token endpoints over loopback.
 from __future__ import annotations
 
 import json
-import math
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -30,8 +30,10 @@ CLIENT_SECRET = "client-secret-load-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LocalServer]:
-    with LocalServer() as srv:
+def server(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
+    """A server of this module's own, of the engine the test is parametrized with."""
+    binary = None if request.param == "valkey" else shutil.which("redis-server")
+    with LocalServer(binary) as srv:
         yield srv
 
 
@@ -52,13 +54,19 @@ class Output:
                 self.consuming.set()
 
 
-def start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], Output]:
-    worker = spawn_worker(*args, env=env)
-    output = Output(worker)
-    if not output.consuming.wait(30):
-        worker.kill()
-        raise AssertionError("worker did not start: " + "".join(output.lines))
-    return worker, output
+def start(
+    args: list[str], env: dict[str, str], count: int = 1
+) -> list[tuple[subprocess.Popen[str], Output]]:
+    """``count`` worker processes, started together; returns once each is consuming."""
+    started = []
+    for _ in range(count):
+        worker = spawn_worker(*args, env=env)
+        started.append((worker, Output(worker)))
+    for _, output in started:
+        if not output.consuming.wait(30):
+            stop([w for w, _ in started])
+            raise AssertionError("worker did not start: " + "".join(output.lines))
+    return started
 
 
 def stop(workers: list[subprocess.Popen[str]]) -> None:
@@ -78,6 +86,19 @@ def wait(condition: Callable[[], bool], what: str, limit: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
+
+
+def wait_for_progress(count: Callable[[], int], target: int, what: str, stall: float = 15) -> None:
+    """Until ``count()`` reaches ``target``, failing only when it stops growing for ``stall``
+    seconds: how fast posts go out is the machine's business (bench/, not a timed test), and a
+    loaded machine must not fail a run that is still making progress."""
+    seen, moved = count(), time.monotonic()
+    while seen < target:
+        assert time.monotonic() - moved < stall, f"{what}: {seen} of {target}, stalled"
+        time.sleep(0.05)
+        now = count()
+        if now != seen:
+            seen, moved = now, time.monotonic()
 
 
 def worker_env(sim: Simulator, config: Path) -> dict[str, str]:
@@ -112,20 +133,21 @@ def sign_in(redis_url: str, sim: Simulator, accounts: list[str]) -> list[str]:
 def test_tokens_expiring_every_two_seconds_cost_no_post_and_one_refresh_per_expiry(
     server: LocalServer, tmp_path: Path
 ) -> None:
-    """8 workers (4 partitions x 2 processes), 2,000 posts of 50 accounts spread over 6 s,
-    access tokens that live 2 s: every post once, none failed, one refresh per expiry."""
+    """8 workers (4 partitions x 2 processes), 2,000 posts of 50 accounts spread over 4 s,
+    access tokens that live 2 s: every post once, none failed, exactly one refresh per
+    account per expiry (counted by the simulator, kept by the store)."""
     stream = f"xl{os.urandom(5).hex()}"
     config = tmp_path / "load.toml"
     config.write_text(
         f'[streams.{stream}]\npublisher = "x"\npartitions = 4\nlimits = []\nconcurrency = 16\n'
     )
     accounts = [f"a{i:02d}" for i in range(50)]
-    posts, spread = 2000, 6.0
+    posts, spread = 2000, 4.0
     with ThreadedSimulator(SimOptions(access_ttl=2.0, processing=0.0)) as sim:
         given = sign_in(server.url, sim, accounts)
         env = worker_env(sim, config)
         args = ["--redis-url", server.url, "--stream", stream]
-        started = [start(args, env) for _ in range(2)]
+        started = start(args, env, count=2)
         workers = [worker for worker, _ in started]
         try:
             began = time.monotonic()
@@ -147,7 +169,7 @@ def test_tokens_expiring_every_two_seconds_cost_no_post_and_one_refresh_per_expi
 
             job_ids = anyio.run(enqueue)
             try:
-                wait(lambda: len(sim.posts) >= posts, "all posts", limit=60)
+                wait_for_progress(lambda: len(sim.posts), posts, "posts")
             except AssertionError:
                 tail = "".join(
                     line for _, out in started for line in out.lines if "INFO" not in line
@@ -163,6 +185,10 @@ def test_tokens_expiring_every_two_seconds_cost_no_post_and_one_refresh_per_expi
             client.hmget(keys.job(keys.stream_of_job(j), j), "state", "attempt") for j in job_ids
         ]
         dead = sum(client.xlen(keys.dead(part)) for part in keys.partitions(stream, 4))
+        kept: dict[str, int] = {
+            f"x/x-{a}": int(client.hget(keys.token_record("x", a), "refreshes") or 0)
+            for a in accounts
+        }
     by_key = {post.key for post in sim.posts}
     lost = sum(1 for job_id in job_ids if job_id not in by_key)
     refreshes = summary["refreshes_by_account"]
@@ -174,6 +200,8 @@ def test_tokens_expiring_every_two_seconds_cost_no_post_and_one_refresh_per_expi
         "refreshes": summary["refreshes"],
         "refreshes_per_account": (min(refreshes.values()), max(refreshes.values())),
         "early_refreshes": summary["early_refreshes"],
+        "youngest_refreshed_life": summary["youngest_refreshed_life"],
+        "refreshes_kept_differ": {a: (n, kept[a]) for a, n in refreshes.items() if kept[a] != n},
         "revoked_presented": summary["revoked_refresh_presented"],
         "token_errors": summary["token_errors"],
         "second_attempts": sum(1 for _, attempt in records if attempt not in (None, b"1")),
@@ -186,12 +214,18 @@ def test_tokens_expiring_every_two_seconds_cost_no_post_and_one_refresh_per_expi
     # Every post done. (On a loaded machine a few may need a second attempt for reasons of
     # their own, a visibility timeout or a slow server: figures["second_attempts"].)
     assert {state for state, _ in records} == {b"done"}, figures
-    # One refresh per expiry: never a second refresh while the newest token was young, and
-    # no more refreshes than expiries in the run (an expiry every 2 s, at 90 % of life).
-    assert summary["early_refreshes"] == 0, figures
-    assert summary["revoked_refresh_presented"] == 0, figures
+    # Exactly one refresh per account per expiry, counted by the simulator:
+    # - every account's token expired during the run, and was refreshed;
+    # - no refresh came before the token it replaced was in the last 10 % of its life (the
+    #   keeper's refresh_before), so none was a second refresh for an expiry already refreshed,
+    #   nor one without an expiry (1 ms of the store's clock rounding aside);
+    # - no refresh token was presented twice (X rotates: a second use is refused, counted);
+    # - each account's record counts exactly the refreshes the simulator answered for it:
+    #   every answer was stored, none lost with a worker and none discarded.
     assert set(refreshes) == {f"x/x-{a}" for a in accounts}, figures
-    assert max(refreshes.values()) <= math.ceil(elapsed / 1.8) + 1, figures
+    assert summary["youngest_refreshed_life"] >= 0.9 - 0.001, figures
+    assert summary["revoked_refresh_presented"] == 0, figures
+    assert kept == refreshes, figures
     logs = "".join(line for _, out in started for line in out.lines)
     assert not [token for token in given if token in logs]
     assert CLIENT_SECRET not in logs
@@ -228,14 +262,14 @@ def test_a_worker_killed_mid_refresh_leaves_the_account_waiting_for_a_sign_in(
                 ]
 
         job_ids = anyio.run(enqueue)
-        victim, _ = start(args, env)
+        [(victim, _)] = start(args, env)
         survivor = None
         try:
             wait(lambda: sim.oauth.refreshes["x/x-acme"] == 1, "the rotation")
             victim.kill()  # SIGKILL: the rotated refresh token dies with the process
             victim.wait()
             sim.oauth.hold = 0.0
-            survivor, _ = start(args, env)
+            [(survivor, _)] = start(args, env)
 
             def states() -> set[object]:
                 return {client.hget(keys.job(stream, j), "state") for j in job_ids}

@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -442,6 +443,113 @@ async def test_a_refresh_ends_before_its_lease_and_a_late_holder_does_not_ask(x_
     assert rig.sim.counts.requests == asked
 
 
+async def test_an_imported_account_refreshes_without_a_new_sign_in(
+    x_rig: Rig, tmp_path: Path
+) -> None:
+    """``tokens import`` from a file provider brings the refresh token, expiry and scopes
+    along: once the token is due, the keeper refreshes it, and the post goes out on the first
+    attempt, with no sign-in after the one the file came from."""
+    from streamq.platforms.credentials import FileCredentials
+    from streamq.tokens import Tokens
+
+    rig = x_rig
+    account = f"imp-{rig.stream}"  # the server outlives the test
+    answer = rig.sim.oauth.sign_in("x", user_of("x", account))
+    expires = int(time.time()) + 3600
+    source = tmp_path / "tokens.toml"
+    source.write_text(
+        f'[x."{account}"]\ntoken = "{answer["access_token"]}"\n'
+        f'refresh_token = "{answer["refresh_token"]}"\n'
+        f"expires_at = {expires}\n"
+        'scopes = ["tweet.write", "offline.access"]\n'
+    )
+    copied = await Tokens(rig.q, KEYRING).import_from(FileCredentials(source), [("x", account)])
+    assert copied == [("x", account)]
+    stored = await rig.keeper.store.get("x", account)
+    assert stored is not None
+    assert stored.refresh_token == Secret(answer["refresh_token"])
+    assert (stored.expires_at_ms, stored.scopes) == (
+        expires * 1000,
+        ("tweet.write", "offline.access"),
+    )
+    grants_before = len(rig.sim.oauth.grants)
+    await age(rig, account, issued_ago_ms=3600_000, expires_in_ms=-10)  # expired meanwhile
+    job_id = await rig.q.enqueue(rig.stream, {"text": "hi"}, account=account)
+    [info] = await rig.run([job_id], until=("done", "dead", "paused"))
+    assert (info.state, info.attempt) == ("done", 1), info.error
+    summary = rig.sim.summary()
+    assert summary["refreshes_by_account"] == {f"x/{user_of('x', account)}": 1}
+    assert summary["revoked_refresh_presented"] == 0
+    assert len(rig.sim.oauth.grants) == grants_before + 1  # the rotation's, not a sign-in's
+    refreshed = await rig.keeper.store.get("x", account)
+    assert refreshed is not None
+    assert (refreshed.refreshes, refreshed.state) == (1, "active")
+
+
+async def test_client_credentials_come_from_the_clients_file(x_rig: Rig, tmp_path: Path) -> None:
+    """A keeper given no clients finds X's in STREAMQ_OAUTH_CLIENTS_FILE (the simulator, as X,
+    refuses a refresh without them); the environment's win over the file's; a file that does
+    not parse is named, never quoted, and stops a worker before it starts."""
+    rig = x_rig
+    account = f"cf-{rig.stream}"
+    clients = tmp_path / "clients.toml"
+    clients.write_text('[x]\nclient_id = "from-file"\nclient_secret = "file-sekrit-0123456789"\n')
+    environ = {"STREAMQ_OAUTH_CLIENTS_FILE": str(clients)}
+    keeper = TokenKeeper(TokenStore(rig.q.redis, KEYRING), environ=environ)
+    try:
+        await rig.sign_in(account)
+        await age(rig, account, issued_ago_ms=3600_000, expires_in_ms=-10)
+        found = await keeper.credentials("x", account, None, rig.session.settings("x"))
+        assert found is not None
+        assert rig.sim.summary()["refreshes"] == 1
+    finally:
+        await keeper.aclose()
+    chosen = keeper.client("x")
+    assert chosen is not None
+    assert (chosen.client_id, chosen.client_secret) == (
+        "from-file",
+        Secret("file-sekrit-0123456789"),
+    )
+    assert "sekrit" not in repr(chosen)
+    by_env = TokenKeeper(
+        keeper.store, environ={**environ, "STREAMQ_X_CLIENT_ID": "from-env"}
+    ).client("x")
+    assert by_env is not None
+    assert by_env.client_id == "from-env"
+    assert TokenKeeper(keeper.store, environ=environ).client("youtube") is None
+    clients.write_text('[x]\nclient_id = "from-file"\nclient_secret = "leaky-sekrit\n')
+    with pytest.raises(ConfigError) as broken:
+        TokenKeeper.from_env(
+            rig.q.redis, environ={**environ, "STREAMQ_TOKEN_KEYS": Keyring.generate("k1")}
+        )
+    assert str(clients) in str(broken.value)
+    assert "sekrit" not in str(broken.value)
+
+
+async def test_more_jobs_at_once_than_the_store_has_connections_all_get_their_token(
+    redis_url: str, stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker runs partitions x concurrency jobs at once, each asking the store for its
+    token through the session's small pool: they wait for a connection, none fails for want
+    of one (which, for a refresh's answer, would lose a rotated refresh token)."""
+    monkeypatch.setenv("STREAMQ_TOKEN_KEYS", Keyring.generate("k1"))
+    monkeypatch.delenv("STREAMQ_CREDENTIALS", raising=False)
+    async with Session(Config(credentials="store"), redis_url=redis_url) as session:
+        keeper = session.credentials
+        assert isinstance(keeper, TokenKeeper)
+        await keeper.store.put("x", stream, TokenSet(access_token=Secret("t")))
+        found: list[Credentials | None] = []
+
+        async def ask() -> None:
+            found.append(await keeper("x", stream))
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(64):
+                tasks.start_soon(ask)
+    assert len(found) == 64
+    assert all(c is not None and c.token == Secret("t") for c in found)
+
+
 def test_token_set_hides_itself() -> None:
     tokens = TokenSet(access_token=Secret("sekrit"), refresh_token=Secret("sekrit2"))
     assert "sekrit" not in repr(tokens) + str(tokens)
@@ -461,6 +569,9 @@ def test_the_command_line_puts_imports_and_shows_tokens_without_showing_them(
     env = {
         "STREAMQ_TOKEN_KEYS": key,
         f"STREAMQ_X_{stream.upper()}_TOKEN": "imported-sekrit-token",
+        f"STREAMQ_X_{stream.upper()}_REFRESH": "imported-sekrit-refresh",
+        f"STREAMQ_X_{stream.upper()}_EXPIRES_AT": "2100-01-01T00:00:00Z",
+        f"STREAMQ_X_{stream.upper()}_SCOPES": "tweet.write offline.access",
     }
     made = run_cli("tokens", "keygen")
     assert made.returncode == 0
@@ -479,8 +590,15 @@ def test_the_command_line_puts_imports_and_shows_tokens_without_showing_them(
     assert report["state"] == "active"
     assert report["token"]["has_refresh_token"] is True
     assert 7000 < report["token"]["expires_in_seconds"] <= 7200
+    brought = run_cli("account", "status", "x", stream, "--json", "--redis-url", redis_url, env=env)
+    assert brought.returncode == 0, brought.stderr
+    carried = json.loads(brought.stdout)["token"]  # the env provider's refresh token came too
+    assert carried["has_refresh_token"] is True
+    assert carried["expires_at_ms"] == 4102444800000
+    assert carried["scopes"] == ["tweet.write", "offline.access"]
     listed = run_cli("tokens", "list", "--redis-url", redis_url, env=env)
     everything = put.stdout + put.stderr + imported.stdout + status.stdout + listed.stdout
+    everything += brought.stdout
     assert "sekrit" not in everything
     nokey = run_cli("tokens", "put", "x", "acme", "--redis-url", redis_url, input=answer)
     assert nokey.returncode == 2  # a usage error: the configuration lacks the key

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 USER_AGENT = "streamq"
 CONNECT_TIMEOUT = 10.0
+STORE_WAIT_FOR_CONNECTION = 10.0
+"""How long a job waits for one of the token store's connections when all are busy."""
 
 
 def resolve_settings(
@@ -81,10 +83,14 @@ class Session:
         self.config = config if config is not None else load_config()
         self._redis: Any = None
         if credentials is None and _provider_spec(self.config) == "store":
-            # The token store: its own small connection, so that refreshes never wait behind
-            # a worker's batch commands.
+            # The token store: its own small pool, so that refreshes never wait behind a
+            # worker's batch commands. Every job asks it for a token, more at once than it has
+            # connections (partitions x concurrency): a job waits for a free one rather than
+            # fail (and a refresh's answer must never fail to be stored for want of one).
             self._redis = connection.client(
-                connection.resolve_url(redis_url, self.config.redis_url), max_connections=16
+                connection.resolve_url(redis_url, self.config.redis_url),
+                max_connections=16,
+                wait_for_connection=STORE_WAIT_FOR_CONNECTION,
             )
             credentials = TokenKeeper.from_env(self._redis, self.config.tokens)
         self.credentials = credentials or load_provider(self.config.credentials)

@@ -1,10 +1,15 @@
 """Where publishers find each account's token: a pluggable provider keyed by (platform, account).
 
-    EnvCredentials       STREAMQ_<PLATFORM>_<ACCOUNT>_TOKEN (and _USER_ID); no account:
-                         STREAMQ_<PLATFORM>_TOKEN
-    FileCredentials      a TOML or JSON file {platform: {account: {token, user_id}}}, read
-                         again whenever it changes (rotate tokens without a restart)
+    EnvCredentials       STREAMQ_<PLATFORM>_<ACCOUNT>_TOKEN (and _USER_ID, _REFRESH,
+                         _EXPIRES_AT, _SCOPES); no account: STREAMQ_<PLATFORM>_TOKEN
+    FileCredentials      a TOML or JSON file {platform: {account: {token, user_id,
+                         refresh_token, expires_at, scopes}}}, read again whenever it changes
+                         (rotate tokens without a restart)
     CallableCredentials  your function: (platform, account) -> Credentials, a mapping, or None
+
+Only the token is needed to publish; a refresh token, expiry and scopes, where a provider has
+them, go along when ``streamq tokens import`` copies its tokens into the token store, so the
+store can refresh them without a new sign-in.
 
 A token is held in a :class:`Secret`, which prints as ``***`` and refuses to be encoded, so it
 cannot reach a log line, an error message, a job record or a metric by accident; publishers
@@ -18,7 +23,8 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,20 +67,93 @@ class Secret:
 
 class Credentials:
     """An account's token on one platform, and the id it publishes as where the platform needs
-    one (a Facebook page id, an Instagram user id, a LinkedIn author URN)."""
+    one (a Facebook page id, an Instagram user id, a LinkedIn author URN); with what a provider
+    knows of its renewal (refresh token, expiry, scopes), for ``streamq tokens import``."""
 
-    __slots__ = ("token", "user_id", "version")
+    __slots__ = ("expires_at_ms", "refresh_token", "scopes", "token", "user_id", "version")
 
     def __init__(
-        self, token: str | Secret, user_id: str | None = None, *, version: int | None = None
+        self,
+        token: str | Secret,
+        user_id: str | None = None,
+        *,
+        version: int | None = None,
+        refresh_token: str | Secret | None = None,
+        expires_at_ms: int | None = None,
+        scopes: Sequence[str] = (),
     ) -> None:
         self.token = token if isinstance(token, Secret) else Secret(token)
         self.user_id = user_id
         self.version = version
         """The token store's version of this token (None: from another provider)."""
+        self.refresh_token = (
+            refresh_token
+            if refresh_token is None or isinstance(refresh_token, Secret)
+            else Secret(refresh_token)
+        )
+        self.expires_at_ms = expires_at_ms
+        """When the token expires (Unix ms), if the provider knows."""
+        self.scopes = tuple(scopes)
 
     def __repr__(self) -> str:
         return f"Credentials(token=***, user_id={self.user_id!r})"
+
+
+def _expires_at_ms(value: Any, where: str) -> int | None:
+    """An expiry as a provider gives it: Unix seconds, an ISO 8601 date-time with its offset,
+    or a TOML date-time; None when not given."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expires_at must be Unix seconds or an ISO 8601 date-time")
+    if isinstance(value, int | float):
+        return round(value * 1000)
+    if isinstance(value, str):
+        try:
+            return round(float(value) * 1000)
+        except ValueError:
+            pass
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigError(
+                f"{where}: expires_at must be Unix seconds or an ISO 8601 date-time"
+            ) from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ConfigError(f"{where}: expires_at needs its offset (Z or +hh:mm)")
+        return round(value.timestamp() * 1000)
+    raise ConfigError(f"{where}: expires_at must be Unix seconds or an ISO 8601 date-time")
+
+
+def _scopes(value: Any, where: str) -> tuple[str, ...]:
+    """Scopes as a list, or one string separated by spaces or commas (as platforms answer)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(value.replace(",", " ").split())
+    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise ConfigError(f"{where}: scopes must be a list of strings or one string")
+
+
+def credentials_from(entry: Mapping[str, Any], where: str) -> Credentials | None:
+    """Credentials from a provider's table or mapping (``token``, ``user_id``,
+    ``refresh_token``, ``expires_at``, ``scopes``); None without a token."""
+    token = entry.get("token")
+    if not isinstance(token, str | Secret) or not token:
+        return None
+    user_id = entry.get("user_id")
+    refresh = entry.get("refresh_token")
+    if refresh is not None and not isinstance(refresh, str | Secret):
+        raise ConfigError(f"{where}: refresh_token must be a string")
+    return Credentials(
+        token,
+        None if user_id is None else str(user_id),
+        refresh_token=refresh or None,
+        expires_at_ms=_expires_at_ms(entry.get("expires_at"), where),
+        scopes=_scopes(entry.get("scopes"), where),
+    )
 
 
 class CredentialsProvider(Protocol):
@@ -88,7 +167,9 @@ def _env_part(name: str) -> str:
 class EnvCredentials:
     """Tokens from the environment: ``STREAMQ_INSTAGRAM_ACME_TOKEN`` and
     ``STREAMQ_INSTAGRAM_ACME_USER_ID`` for account ``acme`` (other characters than letters and
-    digits become ``_``); ``STREAMQ_INSTAGRAM_TOKEN`` for jobs without an account."""
+    digits become ``_``); ``STREAMQ_INSTAGRAM_TOKEN`` for jobs without an account. Optional,
+    for ``streamq tokens import``: ``..._REFRESH`` (the refresh token), ``..._EXPIRES_AT``
+    (Unix seconds or ISO 8601), ``..._SCOPES`` (separated by spaces or commas)."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = environ if environ is not None else os.environ
@@ -99,10 +180,16 @@ class EnvCredentials:
         return f"STREAMQ_{_env_part(platform)}{middle}_{what}"
 
     async def __call__(self, platform: str, account: str | None) -> Credentials | None:
-        token = self._environ.get(self.variable(platform, account))
-        if not token:
-            return None
-        return Credentials(token, self._environ.get(self.variable(platform, account, "USER_ID")))
+        # The refresh token's suffix is _REFRESH, not _REFRESH_TOKEN, which would be the
+        # token of an account named "<account>-refresh".
+        suffixes = {"user_id": "USER_ID", "refresh_token": "REFRESH",
+                    "expires_at": "EXPIRES_AT", "scopes": "SCOPES"}  # fmt: skip
+        entry = {
+            field: self._environ.get(self.variable(platform, account, suffix))
+            for field, suffix in suffixes.items()
+        }
+        entry["token"] = self._environ.get(self.variable(platform, account))
+        return credentials_from(entry, self.variable(platform, account, "*"))
 
 
 class FileCredentials:
@@ -113,6 +200,9 @@ class FileCredentials:
     user_id = "17841400000000000"
     [x.default]          # jobs enqueued without an account
     token = "..."
+    refresh_token = "..."                  # optional, with expires_at and scopes: for
+    expires_at = 2026-12-05T11:00:00Z      # ``streamq tokens import``
+    scopes = ["tweet.write", "offline.access"]
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -144,11 +234,11 @@ class FileCredentials:
         return self._table
 
     async def __call__(self, platform: str, account: str | None) -> Credentials | None:
-        entry = self._load().get(platform, {}).get(account or DEFAULT_ACCOUNT)
-        if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
+        name = account or DEFAULT_ACCOUNT
+        entry = self._load().get(platform, {}).get(name)
+        if not isinstance(entry, dict):
             return None
-        user_id = entry.get("user_id")
-        return Credentials(entry["token"], None if user_id is None else str(user_id))
+        return credentials_from(entry, f"credentials file {self.path} [{platform}.{name}]")
 
 
 CredentialsFunction = Callable[
@@ -170,8 +260,7 @@ class CallableCredentials:
         if value is None or isinstance(value, Credentials):
             return value
         if isinstance(value, Mapping) and isinstance(value.get("token"), str | Secret):
-            user_id = value.get("user_id")
-            return Credentials(value["token"], None if user_id is None else str(user_id))
+            return credentials_from(value, f"credentials of {platform}/{account}")
         raise TypeError("a credentials function must return Credentials, a mapping or None")
 
 

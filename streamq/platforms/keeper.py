@@ -28,6 +28,7 @@ pauses its account with the reason ``reauth_required``, until an app puts fresh 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -112,6 +113,9 @@ class TokenKeeper:
                 'credentials "store" needs the encryption key: set STREAMQ_TOKEN_KEYS '
                 "(or STREAMQ_TOKEN_KEYS_FILE); 'streamq tokens keygen' makes one"
             )
+        env = os.environ if environ is None else environ
+        if env.get(flows.CLIENTS_FILE_ENV):  # a file that will not do stops the worker now
+            flows.clients_from_file(env[flows.CLIENTS_FILE_ENV])
         return cls(TokenStore(redis, keyring), config=config, environ=environ)
 
     def client(self, platform: str) -> flows.Client | None:

@@ -14,9 +14,11 @@
                                                token (kept as the refresh token): renewed when
                                                the user token nears its end
 
-Client ids and secrets come from the environment (``STREAMQ_X_CLIENT_ID``,
-``STREAMQ_X_CLIENT_SECRET``, ...), or the ``clients`` given to the TokenKeeper, never from a
-job's payload. Outcomes: a new TokenSet; :class:`RefreshRefused` when the platform will not
+Client ids and secrets come from the credentials side, never from a job's payload: the
+``clients`` given to the TokenKeeper, else the environment (``STREAMQ_X_CLIENT_ID``,
+``STREAMQ_X_CLIENT_SECRET``, ...), else the file named by ``STREAMQ_OAUTH_CLIENTS_FILE`` (TOML
+or JSON: ``[x] client_id = "..." client_secret = "..."``; a secret kept out of the process's
+environment). Outcomes: a new TokenSet; :class:`RefreshRefused` when the platform will not
 renew it (``invalid_grant``, revoked consent, a refresh token past its life: a person must
 sign in again); :class:`RefreshUnavailable` when it could not answer (no answer, 5xx, 429).
 """
@@ -24,15 +26,19 @@ sign in again); :class:`RefreshUnavailable` when it could not answer (no answer,
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
+import tomllib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
 
+from streamq.errors import ConfigError
 from streamq.platforms.base import PlatformSettings
 from streamq.platforms.credentials import EnvCredentials, Secret
 from streamq.platforms.outcomes import clean
@@ -101,14 +107,49 @@ class Client:
         return f"Client(client_id={self.client_id!r}, client_secret=***)"
 
 
+CLIENTS_FILE_ENV: Final = "STREAMQ_OAUTH_CLIENTS_FILE"
+
+
 def client_from_env(platform: str, environ: Mapping[str, str] | None = None) -> Client | None:
-    """``STREAMQ_<PLATFORM>_CLIENT_ID`` and ``STREAMQ_<PLATFORM>_CLIENT_SECRET``."""
+    """``STREAMQ_<PLATFORM>_CLIENT_ID`` and ``STREAMQ_<PLATFORM>_CLIENT_SECRET``, else the
+    platform's entry in the file named by ``STREAMQ_OAUTH_CLIENTS_FILE``."""
     env = os.environ if environ is None else environ
     client_id = env.get(EnvCredentials.variable(platform, None, "CLIENT_ID"))
     if not client_id:
-        return None
+        path = env.get(CLIENTS_FILE_ENV)
+        return clients_from_file(path).get(platform) if path else None
     secret = env.get(EnvCredentials.variable(platform, None, "CLIENT_SECRET"))
     return Client(client_id, Secret(secret) if secret else None)
+
+
+def clients_from_file(path: str | os.PathLike[str]) -> dict[str, Client]:
+    """Each platform's client from a TOML (or ``.json``) file: ``{platform: {client_id,
+    client_secret}}``. A file that does not parse is named, never quoted (it holds secrets)."""
+    where = Path(path)
+    try:
+        text = where.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{CLIENTS_FILE_ENV} {where}: {exc.strerror}") from None
+    try:
+        table = json.loads(text) if where.suffix == ".json" else tomllib.loads(text.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        problem = type(exc).__name__
+        raise ConfigError(f"{CLIENTS_FILE_ENV} {where} does not parse ({problem})") from None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{CLIENTS_FILE_ENV} {where} must hold a table per platform")
+    clients = {}
+    for platform, entry in table.items():
+        if platform not in FLOWS:
+            raise ConfigError(f"{CLIENTS_FILE_ENV} {where}: unknown platform {platform!r}")
+        client_id = entry.get("client_id") if isinstance(entry, dict) else None
+        secret = entry.get("client_secret") if isinstance(entry, dict) else None
+        if not isinstance(client_id, str) or not client_id or not isinstance(secret, str | None):
+            raise ConfigError(
+                f"{CLIENTS_FILE_ENV} {where}: [{platform}] needs client_id (and client_secret) "
+                "as strings"
+            )
+        clients[platform] = Client(client_id, Secret(secret) if secret else None)
+    return clients
 
 
 def simulated_token_url(root: str, platform: str) -> str:
@@ -177,7 +218,8 @@ async def refresh(
     flow = FLOWS[platform]
     if flow.auth != "graph" and client is None:
         raise RefreshRefused(
-            f"{platform}: no OAuth client configured (STREAMQ_{platform.upper()}_CLIENT_ID)"
+            f"{platform}: no OAuth client configured "
+            f"(STREAMQ_{platform.upper()}_CLIENT_ID or {CLIENTS_FILE_ENV})"
         )
     secrets = [s for s in (stored.access_token, stored.refresh_token) if s is not None]
     if client is not None and client.client_secret is not None:
