@@ -42,6 +42,15 @@ def test_wall_time_with_zone_and_iso_offsets() -> None:
     assert scheduler.parse_at("2026-06-01T07:00:00Z").tzinfo is not None
 
 
+def test_a_time_from_text_must_carry_its_offset() -> None:
+    assert scheduler.aware_time("2026-12-01T09:00:00Z") == datetime(2026, 12, 1, 9, tzinfo=UTC)
+    plus_one = scheduler.aware_time("2026-12-01T09:00:00+01:00")
+    assert plus_one is not None
+    assert plus_one.utcoffset() == timedelta(hours=1)
+    assert scheduler.aware_time("2026-12-01T09:00:00") is None  # a wall time, not an instant
+    assert scheduler.aware_time("tomorrow") is None
+
+
 def test_a_time_in_the_spring_gap_is_refused() -> None:
     with pytest.raises(ConfigError, match="does not exist in Europe/Paris"):
         scheduler.parse_at("2026-03-29 02:30", "Europe/Paris")
