@@ -18,7 +18,6 @@ import os
 import re
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -34,7 +33,17 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from streamq import __version__, control, keys, listing, signals, stats, tokens, workers
+from streamq import (
+    __version__,
+    control,
+    keys,
+    listing,
+    scheduler,
+    signals,
+    stats,
+    tokens,
+    workers,
+)
 from streamq.config import Config, parse_duration
 from streamq.errors import ConfigError, InvalidJobState, JobNotFound, StreamNotFound
 from streamq.platforms import PLATFORMS as PLATFORM_NAMES
@@ -413,11 +422,8 @@ def _time_ms(text: str | None, name: str) -> int | None:
         return None
     if text.isdigit() and len(text) <= 15:
         return int(text)
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
+    parsed = scheduler.aware_time(text)
+    if parsed is None:
         raise _BadRequest(
             f"{name} must be an ISO 8601 time with an offset (2026-12-01T09:00:00Z) or ms since "
             f"the epoch, not {text[:40]!r}"

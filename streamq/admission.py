@@ -5,6 +5,7 @@ touches the worker's buffers (the worker moves its jobs as the answers say).
 
     gated(jobs)            which jobs the admission script must see (rate limits, pauses)
     admit(lane, jobs)      asks admit_jobs: which of them may start now
+    load_platform_hold()   a platform hold from before the worker started
     platform_wait_ms()     how long the platform is held (RateLimited(scope="platform"))
     pausing_accounts       the accounts a handler is pausing (Fail(pause_account=True)), and
                            why: their jobs already read are parked too, until it is recorded
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -52,6 +54,13 @@ class Gate:
         self._packed_limits = self.limits.packed()
 
     # -- platform holds -------------------------------------------------------------------------
+
+    async def load_platform_hold(self) -> None:
+        """A platform hold from before this worker started (later ones come by the control
+        stream, which the worker follows from before this read)."""
+        paused_until: Any = await self.redis.hget(keys.paused(self.stream), "platform")
+        if paused_until is not None:
+            self.hold_platform(int(paused_until))
 
     def hold_platform(self, until_ms: int) -> None:
         """The platform asked every worker to hold off until ``until_ms`` (server clock)."""

@@ -45,11 +45,12 @@ Command-line flags override the file; the file overrides the defaults below.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import msgspec
 
@@ -302,6 +303,16 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             raise ConfigError(f"max_payload_bytes must be from 1 to {MAX_PAYLOAD_BYTES}")
         if self.max_attempts > MAX_ATTEMPTS or self.max_deliveries > MAX_ATTEMPTS:
             raise ConfigError(f"max_attempts and max_deliveries must be at most {MAX_ATTEMPTS}")
+
+    def partition_share(self, partitions: int) -> Self:
+        """One partition's settings when a process reads ``partitions`` of them: an equal
+        share of the concurrency and read-ahead, at least one each."""
+        if partitions <= 1:
+            return self
+        share = {"concurrency": max(1, math.ceil(self.concurrency / partitions))}
+        if self.prefetch is not None:
+            share["prefetch"] = math.ceil(self.prefetch / partitions)
+        return msgspec.structs.replace(self, **share)
 
 
 class PlatformConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

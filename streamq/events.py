@@ -1,4 +1,6 @@
-"""Reading the lifecycle events the scripts append to each stream's ``streamq:{S}:events``.
+"""Reading the lifecycle events the scripts append to each stream's ``streamq:{S}:events``,
+and sharing the stream's event settings (``publish_settings``: cap, age, skipped types) in its
+meta hash, where every script that appends reads them.
 
 Every change of a job's state appends one event in the same script as the change, so an
 event is there exactly when its change happened: ``queued``, ``scheduled``, ``started``,
@@ -32,7 +34,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from streamq import channel, keys, scheduler
-from streamq.config import EVENT_TYPES, parse_duration
+from streamq.config import EVENT_TYPES, EventsConfig, parse_duration
 from streamq.errors import ConfigError
 
 TYPES = EVENT_TYPES
@@ -113,6 +115,19 @@ def position(since: str | int | datetime | None, now_ms: int) -> str:
             ) from None
         return f"{now_ms - round(ago * 1000)}-0"
     return position(when, now_ms)
+
+
+async def publish_settings(redis: Redis, stream: str, settings: EventsConfig) -> None:
+    """Share the stream's event settings with every process that changes its jobs: the
+    scripts read them from the meta hash, so producers need no config of their own."""
+    await redis.hset(
+        keys.meta(stream),
+        mapping={
+            "events_cap": settings.cap,
+            "events_age_ms": settings.max_age_ms,
+            "events_skip": ",".join(settings.skip),
+        },
+    )
 
 
 async def follow(

@@ -349,6 +349,11 @@ def is_expired(env: Envelope, options: StreamConfig, now_ms: int) -> bool:
     return now_ms > due + expire_ms
 
 
+class JobTimeout(Exception):
+    """What a run cut off by the worker's watchdog (past its job timeout) is recorded with:
+    a failed attempt like any other exception."""
+
+
 def timeout_of(env: Envelope, options: StreamConfig) -> float:
     """The job's own timeout, else the stream's (seconds; inf for none)."""
     if env.job_timeout_ms is not None:

@@ -48,6 +48,16 @@ def aware_ms(when: datetime) -> int:
     return round(when.timestamp() * 1000)
 
 
+def aware_time(text: str) -> datetime | None:
+    """``text`` as an ISO 8601 time that carries its offset; None when it is not one (a time
+    without an offset is not an instant)."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
 def local_to_aware(naive: datetime, tz: ZoneInfo) -> datetime:
     """Attach ``tz`` to a wall time, refusing one that the zone skips."""
     aware = naive.replace(tzinfo=tz, fold=0)

@@ -13,10 +13,14 @@
 This module keeps the loop and the consumers; each part around them is a module of its own:
 reading and the read-ahead (streamq.fetcher), what the worker holds per lane
 (streamq.buffers), acknowledging in batches (streamq.acks), reclaiming and refreshing claims
-(streamq.reclaim). What is decided lives elsewhere, and the worker only acts on it: what a
-run's result or exception means (streamq.outcomes), whether a job read may start
+(streamq.reclaim), counting runs as handlers start (streamq.starts). What is decided lives
+elsewhere, and the worker only acts on it: what a run's result or exception means, a timeout
+included (streamq.outcomes), whether a job read may start and platform holds
 (streamq.admission), the server's clock (streamq.channel), how each script is called
-(streamq.scripts), what a stop signal means (streamq.signals), the hooks (streamq.handler).
+(streamq.scripts), what a stop signal means (streamq.signals), the hooks (streamq.handler),
+its name and card (streamq.workers), the event settings it shares (streamq.events), one
+partition's share of the settings (StreamConfig.partition_share). Several workers in one
+process, one per partition, are run by ``streamq consume`` (streamq.commands.consume).
 
 Nothing is done per job against Redis: entries arrive in batches (the highest lane read
 first), and completions are acknowledged in batches, each ack call carrying every
@@ -31,15 +35,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import anyio
-import msgspec
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
@@ -47,6 +48,7 @@ from streamq import (
     admission,
     channel,
     codec,
+    events,
     health,
     keys,
     limiter,
@@ -94,62 +96,6 @@ class _Slot:
     scope: anyio.CancelScope | None = None
 
 
-class JobTimeout(Exception):
-    pass
-
-
-def partition_options(options: WorkerOptions, partitions: int) -> WorkerOptions:
-    """One partition's worker options when a process reads ``partitions`` of them: an equal
-    share of the concurrency and read-ahead, at least one each."""
-    if partitions <= 1:
-        return options
-    share = {"concurrency": max(1, math.ceil(options.concurrency / partitions))}
-    if options.prefetch is not None:
-        share["prefetch"] = math.ceil(options.prefetch / partitions)
-    return msgspec.structs.replace(options, **share)
-
-
-async def run_all(workers: list[Worker], *, handle_signals: bool = False) -> list[WorkerCounts]:
-    """Run several workers in this process (one per partition of a stream) until they stop;
-    SIGTERM or SIGINT stops them all, a second one ends them at once."""
-    if len(workers) == 1:
-        return [await workers[0].run(handle_signals=handle_signals)]
-    counts: list[WorkerCounts] = []
-
-    async def run(worker: Worker) -> None:
-        counts.append(await worker.run())
-
-    async with anyio.create_task_group() as tasks:
-        if handle_signals:
-            tasks.start_soon(stop_on_signals, workers, tasks.cancel_scope)
-        async with anyio.create_task_group() as running:
-            for worker in workers:
-                running.start_soon(run, worker)
-        tasks.cancel_scope.cancel()
-    return counts
-
-
-async def stop_on_signals(workers: list[Worker], scope: anyio.CancelScope) -> None:
-    """SIGTERM or SIGINT stops ``workers`` (running jobs finish); the next one cancels
-    ``scope`` at once."""
-
-    def handle(name: str) -> bool:
-        if any(worker.stopping for worker in workers):
-            log.warning("second %s: stopping now", name)
-            scope.cancel()
-            return True
-        log.info("%s: finishing running jobs, then stopping", name)
-        for worker in workers:
-            worker.stop()
-        return False
-
-    await signals.on_stop_signals(handle)
-
-
-def consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
-
-
 class Worker:
     def __init__(
         self,
@@ -167,7 +113,7 @@ class Worker:
         self.stream = keys.check_stream_name(stream)
         self.handler = handler
         self.options = options or WorkerOptions()
-        self.consumer = consumer or consumer_name()
+        self.consumer = consumer or workers.consumer_name()
         self.counts = WorkerCounts()
         self.metrics = metrics.WorkerMetrics(self.stream)
         limits = limiter.limits_for(
@@ -253,13 +199,9 @@ class Worker:
     async def run(self, *, handle_signals: bool = False) -> WorkerCounts:
         self._started_ms = self.clock.now_ms()
         await self.ensure_groups()
-        await self.publish_settings()
+        await events.publish_settings(self.redis, self.stream, self.options.events)
         await self.control.prepare()
-        # A platform pause from before this worker started (later ones come by the control
-        # stream, which it now follows).
-        paused_until: Any = await self.redis.hget(keys.paused(self.stream), "platform")
-        if paused_until is not None:
-            self.gate.hold_platform(int(paused_until))
+        await self.gate.load_platform_hold()
         log.info(
             "worker %s consuming %s (concurrency %d)",
             self.consumer,
@@ -271,7 +213,9 @@ class Worker:
         try:
             async with anyio.create_task_group() as background:
                 if handle_signals:
-                    background.start_soon(stop_on_signals, [self], background.cancel_scope)
+                    background.start_soon(
+                        signals.stop_gracefully, [self], background.cancel_scope, log
+                    )
                 background.start_soon(self.fetcher.unblock_on_stop)
                 background.start_soon(self.acks.run)
                 background.start_soon(self.starts.run)
@@ -322,19 +266,6 @@ class Worker:
             done=self.counts.completed,
             failed=self.counts.failed,
             holding=self._running_now() + held,
-        )
-
-    async def publish_settings(self) -> None:
-        """Share the stream's event settings with every process that changes its jobs: the
-        scripts read them from the meta hash, so producers need no config of their own."""
-        events = self.options.events
-        await self.redis.hset(
-            keys.meta(self.stream),
-            mapping={
-                "events_cap": events.cap,
-                "events_age_ms": events.max_age_ms,
-                "events_skip": ",".join(events.skip),
-            },
         )
 
     async def ensure_groups(self) -> None:
@@ -445,7 +376,7 @@ class Worker:
             if job is not None:
                 timeout = outcomes.timeout_of(job.envelope, self.options)
                 self.metrics.durations.append(timeout)
-                error = JobTimeout(f"timed out after {timeout:g}s")
+                error = outcomes.JobTimeout(f"timed out after {timeout:g}s")
                 self.acks.finish(job, self._failure(job, error, slot.started))
 
     async def _consume_jobs(self, slot: _Slot) -> None:

@@ -1,4 +1,5 @@
-"""Who is working: every live worker of a stream, and those that died lately.
+"""Who is working: every live worker of a stream, and those that died lately; and each
+worker's name in its group (``consumer_name``: host, pid and a random part).
 
 Each worker (one consumer of one stream, or partition) rewrites its card in
 ``streamq:{S}:workers`` every ``CARD_SECONDS``: host, pid, concurrency, when it started, its last
@@ -80,6 +81,12 @@ class GoneWorker(msgspec.Struct, kw_only=True):
 class WorkersView(msgspec.Struct, kw_only=True):
     live: list[WorkerCard]
     gone: list[GoneWorker]
+
+
+def consumer_name() -> str:
+    """A new worker's name in its group: host and pid, as on its card, and a random part (the
+    workers of one process, one per partition, each need their own)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
 def card(

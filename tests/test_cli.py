@@ -113,6 +113,7 @@ def test_enqueue_prints_the_job_id(redis_url: str, stream: str) -> None:
     assert client.xlen(keys.lane(stream, "high")) == 1
 
 
+@pytest.mark.any_engine
 def test_enqueue_reads_a_payload_file(redis_url: str, stream: str, tmp_path: Path) -> None:
     payload = tmp_path / "post.json"
     payload.write_text('{"text": "from a file"}')

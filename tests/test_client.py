@@ -22,12 +22,14 @@ async def test_connect_enqueue_and_stats(redis_url: str, stream: str) -> None:
     assert [lane.length for lane in s.lanes] == [1, 100, 0]
 
 
+@pytest.mark.any_engine
 async def test_using_a_queue_outside_its_context_is_a_clear_error(stream: str) -> None:
     q = streamq.connect("redis://127.0.0.1:1")
     with pytest.raises(RuntimeError, match=r"async with streamq\.connect"):
         await q.enqueue(stream, 1)
 
 
+@pytest.mark.any_engine
 async def test_unreachable_and_wrong_scheme_are_connection_failures() -> None:
     with pytest.raises(streamq.ConnectionFailed, match="cannot reach Redis"):
         async with streamq.connect("redis://127.0.0.1:1"):
@@ -37,6 +39,7 @@ async def test_unreachable_and_wrong_scheme_are_connection_failures() -> None:
             pass
 
 
+@pytest.mark.any_engine
 async def test_acl_user_and_password_from_the_url(stream: str) -> None:
     with LocalServer() as srv:
         admin = f"redis://127.0.0.1:{srv.port}/0"

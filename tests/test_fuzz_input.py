@@ -100,6 +100,7 @@ UNFAITHFUL = [
 ]
 
 
+@pytest.mark.any_engine
 @pytest.mark.parametrize(("payload", "fragment"), UNFAITHFUL)
 @pytest.mark.anyio
 async def test_a_payload_json_would_change_is_refused_at_enqueue(
@@ -117,6 +118,7 @@ async def test_a_payload_json_would_change_is_refused_at_enqueue(
         assert await q.redis.xlen(keys.lane(stream, "normal")) == 0
 
 
+@pytest.mark.any_engine
 @pytest.mark.anyio
 async def test_the_payload_limit_is_configurable_and_named_in_the_error(
     redis_url: str, stream: str
@@ -203,6 +205,7 @@ def test_a_stream_name_round_trips_or_is_refused_in_one_line(
     anyio.run(accepted)
 
 
+@pytest.mark.any_engine
 @pytest.mark.parametrize(
     "name", ["", "a" * 65, "-lead", "has space", "a:b", "a{b}", "ünï", "tab\t", "new\nline"]
 )
@@ -211,6 +214,7 @@ def test_the_cli_refuses_a_bad_stream_name_in_one_line(redis_url: str, name: str
     one_line_error(result, "invalid stream name")
 
 
+@pytest.mark.any_engine
 @pytest.mark.anyio
 async def test_out_of_range_job_options_are_refused_at_enqueue(redis_url: str, stream: str) -> None:
     async with streamq.connect(redis_url) as q:
@@ -222,6 +226,7 @@ async def test_out_of_range_job_options_are_refused_at_enqueue(redis_url: str, s
         assert await q.redis.xlen(keys.lane(stream, "normal")) == 0
 
 
+@pytest.mark.any_engine
 def test_a_key_refused_by_the_cli_is_one_line(redis_url: str, stream: str) -> None:
     result = run_cli("enqueue", "--redis-url", redis_url, "--stream", stream, "--payload", "1",
                      "--key", "k" * 513)  # fmt: skip

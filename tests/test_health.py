@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from streamq import connection, health, keys, scripts
+from streamq import channel, connection, health, keys, scripts
 from streamq.config import Config, parse_config
 from streamq.producer import JobOptions, Producer
 from streamq.server import LocalServer
@@ -113,6 +113,7 @@ def test_degraded_for_a_stream_nobody_used(redis_url: str, stream: str) -> None:
     assert result.stdout == f"degraded: {stream}: no worker or producer has used this stream yet\n"
 
 
+@pytest.mark.any_engine
 def test_a_bad_threshold_is_one_clear_error(redis_url: str, tmp_path: Path) -> None:
     config = tmp_path / "streamq.toml"
     config.write_text("[streams.x.health]\nmax_error_rate = 2\n")
@@ -146,7 +147,7 @@ async def test_lateness_reported_by_workers(redis: Redis, redis_url: str, stream
     worker = Worker(redis, stream, handlers.noop, WorkerOptions(burst=True))
     await worker.run()
     # What the worker's reporter sends every 5 s, sent now rather than waited for.
-    now = await health_now(redis)
+    now = await channel.server_ms(redis)
     await health.report(redis, stream, worker.consumer, worker.metrics.lateness_counts(), now)
     strict = parse_config({"streams": {stream: {"health": {"max_lateness": "1s"}}}})
     report = await health.check(redis_url, strict, [stream])
@@ -168,7 +169,7 @@ async def test_a_partitioned_streams_error_rate_and_lateness_cover_its_partition
     await Producer(redis, config).enqueue_many(
         stream, [{"n": 1}] * 6 + [{"then": "fail"}] * 2, options=JobOptions(run_at=five_seconds_ago)
     )
-    now = await health_now(redis)
+    now = await channel.server_ms(redis)
     for part in parts:
         worker = Worker(redis, part, handlers.outcome, WorkerOptions(burst=True))
         await worker.run()
@@ -182,11 +183,7 @@ async def test_a_partitioned_streams_error_rate_and_lateness_cover_its_partition
     ]
 
 
-async def health_now(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
+@pytest.mark.any_engine
 async def test_an_evicting_memory_policy_is_degraded() -> None:
     with LocalServer() as own:  # a server of its own: the policy is server-wide
         client = connection.client(own.url)

@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 from redis.asyncio import Redis
 
 import streamq
-from streamq import connection
+from streamq import channel, connection
 from streamq.config import Backoff
 from streamq.errors import Fail, InvalidJobState
 from streamq.job import Job
@@ -92,8 +92,7 @@ class Lifecycle(RuleBasedStateMachine):
         return await streamq.connect(self.url).__aenter__()
 
     async def _server_ms(self) -> int:
-        seconds, micros = await self.redis.time()
-        return int(seconds) * 1000 + int(micros) // 1000
+        return await channel.server_ms(self.redis)
 
     async def _handler(self, job: Job) -> str:
         self.starts.append((job.id, job.attempt, await self._server_ms()))

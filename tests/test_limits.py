@@ -846,6 +846,7 @@ def test_cli_pauses_resumes_and_shows_limits(redis_url: str, stream: str, tmp_pa
     assert resumed.stdout.strip() == f"{stream}: resumed acme (0 waiting jobs released)"
 
 
+@pytest.mark.any_engine
 @pytest.mark.parametrize(
     "args",
     [

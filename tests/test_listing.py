@@ -136,6 +136,7 @@ async def test_paused_and_partitions_merge_in_order(redis_url: str, stream: str)
         assert len(await _all(q, stream, "done", limit=5)) == 8
 
 
+@pytest.mark.any_engine
 async def test_bad_input_is_a_value_error(redis_url: str, stream: str) -> None:
     async with streamq.connect(redis_url) as q:
         await q.enqueue(stream, 1)

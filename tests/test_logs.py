@@ -6,6 +6,8 @@ import io
 import json
 import logging
 
+import pytest
+
 from streamq import logs
 from tests.conftest import run_cli
 
@@ -19,6 +21,7 @@ def enqueue(redis_url: str, stream: str, payload: dict[str, str], *more: str) ->
     return result.stdout.strip()
 
 
+@pytest.mark.any_engine
 def test_json_lines_carry_job_fields_and_no_payload(redis_url: str, stream: str) -> None:
     ok = enqueue(redis_url, stream, {"text": MARK})
     dead = enqueue(redis_url, stream, {"text": MARK, "then": "fail"})
@@ -48,6 +51,7 @@ def test_json_lines_carry_job_fields_and_no_payload(redis_url: str, stream: str)
     assert started["consumer"]
 
 
+@pytest.mark.any_engine
 def test_text_lines_end_with_the_job_fields(redis_url: str, stream: str) -> None:
     dead = enqueue(redis_url, stream, {"text": MARK, "then": "fail"})
     result = run_cli(

@@ -134,6 +134,7 @@ def test_consume_serves_metrics_on_the_port_it_logs(redis_url: str, stream: str)
             worker.wait()
 
 
+@pytest.mark.any_engine
 def test_a_taken_metrics_port_is_one_clear_error(redis_url: str, stream: str) -> None:
     taken = metrics.serve(0)
     try:

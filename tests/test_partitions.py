@@ -22,6 +22,7 @@ from streamq import codec, keys, limiter, stats
 from streamq.config import Config, Limit, StreamConfig, load_config
 from streamq.errors import ConfigError
 from streamq.server import LocalCluster, LocalServer
+from streamq.worker import WorkerOptions
 from tests.conftest import run_cli, spawn_worker, sync_client
 from tests.test_limits import over_limit, stop_all, wait_for, wait_until_consuming
 
@@ -147,6 +148,16 @@ def test_platform_limits_are_shared_out_and_account_limits_kept_whole() -> None:
         limiter.limits_for("x:0", limits, partitions=12)
     with pytest.raises(ConfigError, match="partitions must be between 1 and 1024"):
         StreamConfig(partitions=0)
+
+
+def test_each_partition_worker_gets_an_equal_share_of_concurrency_and_read_ahead() -> None:
+    options = WorkerOptions(concurrency=10, prefetch=7, burst=True)
+    assert options.partition_share(1) is options
+    share = options.partition_share(4)
+    assert (share.concurrency, share.prefetch, share.burst) == (3, 2, True)
+    assert isinstance(share, WorkerOptions)
+    assert WorkerOptions(concurrency=2).partition_share(8).concurrency == 1  # at least one
+    assert WorkerOptions(concurrency=8).partition_share(8).prefetch is None  # adaptive stays
 
 
 def test_partition_names_are_streams_and_job_ids_name_their_partition() -> None:

@@ -33,7 +33,9 @@ from tests.platform_helpers import (
     settings_for,
 )
 
-pytestmark = pytest.mark.anyio
+# Every case brings its own simulator and the module its own Valkey: the engine's tests cover
+# the engines, so both engine ids would run the very same thing.
+pytestmark = [pytest.mark.anyio, pytest.mark.any_engine]
 
 FINAL = ("done", "dead", "paused", "expired")
 

@@ -72,6 +72,7 @@ async def test_concurrent_producers_with_one_key_add_one_job(redis_url: str, str
     await client.aclose()
 
 
+@pytest.mark.any_engine
 async def test_unknown_priority_and_bad_stream_are_refused(redis: Redis, stream: str) -> None:
     producer = Producer(redis)
     with pytest.raises(ConfigError, match="unknown priority 'urgent'"):
@@ -92,6 +93,7 @@ async def test_enqueue_survives_script_flush(redis: Redis, stream: str) -> None:
     # (Every other script after a flush: tests/test_scripts.py.)
 
 
+@pytest.mark.any_engine
 async def test_a_payload_over_the_limit_is_refused_naming_it_and_the_limit(
     redis: Redis, stream: str
 ) -> None:
@@ -106,6 +108,7 @@ async def test_a_payload_over_the_limit_is_refused_naming_it_and_the_limit(
     assert await Producer(redis).enqueue(stream, "w" * 1000)
 
 
+@pytest.mark.any_engine
 async def test_a_bad_dedup_key_is_refused(redis: Redis, stream: str) -> None:
     producer = Producer(redis)
     for key in ("", "k" * 513, "tab\tkey"):
@@ -114,6 +117,7 @@ async def test_a_bad_dedup_key_is_refused(redis: Redis, stream: str) -> None:
     assert await redis.xlen(keys.lane(stream, "normal")) == 0
 
 
+@pytest.mark.any_engine
 def test_the_cli_refuses_an_oversized_payload_in_one_line(
     redis_url: str, stream: str, tmp_path: Path
 ) -> None:

@@ -5,7 +5,6 @@ delivery budget that counts runs, not holdings. Handlers here stand in for publi
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import anyio
@@ -20,6 +19,7 @@ from streamq.job import Job
 from streamq.producer import Producer
 from streamq.worker import Worker, WorkerOptions
 from tests.conftest import entries
+from tests.test_worker import poll
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
@@ -34,18 +34,6 @@ FAST = WorkerOptions(
 
 def options(**changes: Any) -> WorkerOptions:
     return msgspec.structs.replace(FAST, **changes)
-
-
-async def poll(condition: Any, within: float = 10.0, every: float = 0.02) -> None:
-    """Wait until ``condition()`` (or its awaited result) is true; fail after ``within`` s."""
-    with anyio.fail_after(within):
-        while True:
-            result = condition()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(every)
 
 
 async def run_until(worker: Worker, condition: Any, within: float = 15.0) -> None:

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from streamq import keys, scheduler
+from streamq import channel, keys, scheduler
 from streamq.config import Backoff
 from streamq.errors import ConfigError
 from streamq.job import Job
@@ -31,11 +31,6 @@ def options(**changes: Any) -> WorkerOptions:
     return msgspec.structs.replace(FAST, burst=False, **changes)
 
 
-async def server_ms(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
 # -- time arithmetic ------------------------------------------------------------------------------
 
 
@@ -45,6 +40,15 @@ def test_wall_time_with_zone_and_iso_offsets() -> None:
     )
     assert scheduler.parse_at("2026-12-01T09:00:00+01:00").utcoffset() == timedelta(hours=1)
     assert scheduler.parse_at("2026-06-01T07:00:00Z").tzinfo is not None
+
+
+def test_a_time_from_text_must_carry_its_offset() -> None:
+    assert scheduler.aware_time("2026-12-01T09:00:00Z") == datetime(2026, 12, 1, 9, tzinfo=UTC)
+    plus_one = scheduler.aware_time("2026-12-01T09:00:00+01:00")
+    assert plus_one is not None
+    assert plus_one.utcoffset() == timedelta(hours=1)
+    assert scheduler.aware_time("2026-12-01T09:00:00") is None  # a wall time, not an instant
+    assert scheduler.aware_time("tomorrow") is None
 
 
 def test_a_time_in_the_spring_gap_is_refused() -> None:
@@ -123,7 +127,7 @@ async def test_a_scheduled_job_waits_and_runs_after_its_time(redis: Redis, strea
     started: list[int] = []
 
     async def handler(job: Job) -> None:
-        started.append(await server_ms(redis))
+        started.append(await channel.server_ms(redis))
 
     worker = Worker(redis, stream, handler, options())
     async with anyio.create_task_group() as tg:
@@ -171,7 +175,7 @@ async def test_workers_with_skewed_clocks_run_jobs_by_the_server_clock(
     starts: list[tuple[int, int]] = []
 
     async def handler(job: Job) -> None:
-        starts.append((job.payload, await server_ms(redis)))
+        starts.append((job.payload, await channel.server_ms(redis)))
 
     fast = Worker(redis, stream, handler, options(), clock=lambda: time.time() + 300)
     slow = Worker(redis, stream, handler, options(), clock=lambda: time.time() - 300)
@@ -198,7 +202,7 @@ async def test_concurrent_promoters_move_each_job_once(redis: Redis, stream: str
     latest: Any = await redis.zrange(keys.delayed(stream), -1, -1, withscores=True)
     last_due = float(latest[0][1])
     with anyio.fail_after(10):  # until all 2,000 are due by the server's clock
-        while await server_ms(redis) <= last_due:  # noqa: ASYNC110 - the server's clock moves
+        while await channel.server_ms(redis) <= last_due:  # noqa: ASYNC110 - the server's clock moves
             await anyio.sleep(0.01)
     # Four promoters race for them.
     promoters = [scheduler.Promoter(redis, stream, retention_ms=60_000) for _ in range(4)]
@@ -222,7 +226,7 @@ async def test_ten_thousand_jobs_due_in_the_same_second(redis: Redis, stream: st
     async def handler(job: Job) -> None:
         runs[job.id] = runs.get(job.id, 0) + 1
         if not earliest:
-            earliest.append(await server_ms(redis))
+            earliest.append(await channel.server_ms(redis))
 
     workers = [Worker(redis, stream, handler, options()) for _ in range(2)]
     async with anyio.create_task_group() as tg:

@@ -59,6 +59,7 @@ def test_the_password_can_come_from_the_environment_or_a_file(
     assert "guess" not in wrong.stderr
 
 
+@pytest.mark.any_engine
 @pytest.mark.anyio
 async def test_local_workers_get_the_url_by_environment_not_on_their_command_line(
     guarded: LocalServer, stream: str

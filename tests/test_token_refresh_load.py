@@ -29,6 +29,10 @@ KEY = Keyring.generate("k1")
 CLIENT_SECRET = "client-secret-load-0123456789abcdef"
 
 
+# One Valkey of the module's own below: the engine ids would run the same thing twice.
+pytestmark = pytest.mark.any_engine
+
+
 @pytest.fixture(scope="module")
 def server(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
     """A server of this module's own, of the engine the test is parametrized with."""

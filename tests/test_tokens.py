@@ -66,6 +66,7 @@ def user_of(platform: str, account: str) -> str:
 # -- the store ----------------------------------------------------------------------------------
 
 
+@pytest.mark.any_engine
 @pytest.mark.cluster
 async def test_tokens_are_sealed_at_rest_and_read_back(redis: Redis, stream: str) -> None:
     store = TokenStore(redis, KEYRING)
@@ -91,6 +92,7 @@ async def test_tokens_are_sealed_at_rest_and_read_back(redis: Redis, stream: str
     assert ("x", account) in await store.accounts()
 
 
+@pytest.mark.any_engine
 async def test_without_a_key_the_store_holds_no_token(redis: Redis, stream: str) -> None:
     store = TokenStore(redis, None)
     with pytest.raises(ConfigError, match="STREAMQ_TOKEN_KEYS"):
@@ -98,6 +100,7 @@ async def test_without_a_key_the_store_holds_no_token(redis: Redis, stream: str)
     assert not await redis.exists(keys.token_record("x", stream))
 
 
+@pytest.mark.any_engine
 async def test_a_rotated_key_still_opens_old_tokens_and_seals_new_ones(
     redis: Redis, stream: str
 ) -> None:
@@ -117,6 +120,7 @@ async def test_a_rotated_key_still_opens_old_tokens_and_seals_new_ones(
         await TokenStore(redis, Keyring.parse(old)).get("x", stream)
 
 
+@pytest.mark.any_engine
 async def test_a_sealed_token_does_not_open_on_another_account(redis: Redis, stream: str) -> None:
     store = TokenStore(redis, KEYRING)
     await store.put("x", f"a-{stream}", TokenSet(access_token=Secret("a")))

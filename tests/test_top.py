@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 from rich.console import Console
 
-from streamq import keys, top
+from streamq import channel, keys, top
 from tests.conftest import ROOT, run_cli
 
 
@@ -41,6 +41,7 @@ def test_piped_it_prints_one_snapshot_of_the_streams(redis_url: str, stream: str
     assert rows[other][header.index("depth")] == "1,200"
 
 
+@pytest.mark.any_engine
 def test_sixty_columns_wide(redis_url: str, stream: str) -> None:
     enqueue(redis_url, stream, 2)
     result = run_cli("top", "--redis-url", redis_url, "--stream", stream, env={"COLUMNS": "60"})
@@ -117,7 +118,7 @@ async def test_rates_span_one_refresh(redis: Redis, stream: str) -> None:
     assert first.done_per_s is None  # no sample from the workers yet
     await redis.hincrby(keys.counts(stream), "done", 50)
     with anyio.fail_after(5):  # the server's clock has to move on by a millisecond
-        while await server_ms(redis) <= first_ms:  # noqa: ASYNC110 - a clock, not an event
+        while await channel.server_ms(redis) <= first_ms:  # noqa: ASYNC110 - a clock, not an event
             await anyio.sleep(0.001)
     second_ms, [second] = await sampler.rows()
     assert second.done_per_s == pytest.approx(50_000 / (second_ms - first_ms))
@@ -133,12 +134,7 @@ async def test_a_partitioned_streams_rate_sums_its_partitions(redis: Redis, stre
     for part, done in zip(parts, [30, 20], strict=True):
         await redis.hincrby(keys.counts(part), "done", done)
     with anyio.fail_after(5):
-        while await server_ms(redis) <= first_ms:  # noqa: ASYNC110 - a clock, not an event
+        while await channel.server_ms(redis) <= first_ms:  # noqa: ASYNC110 - a clock, not an event
             await anyio.sleep(0.001)
     second_ms, [second] = await sampler.rows()
     assert second.done_per_s == pytest.approx(50_000 / (second_ms - first_ms))
-
-
-async def server_ms(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000

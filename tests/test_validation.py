@@ -88,6 +88,7 @@ def test_which_streams_are_checked() -> None:
         platforms.publisher_for("news", StreamConfig(publisher="myspace"))
 
 
+@pytest.mark.any_engine
 @pytest.mark.anyio
 async def test_python_enqueue_refuses_a_bad_post_and_queues_nothing(
     redis_url: str, redis: Redis, stream: str
@@ -108,6 +109,7 @@ async def test_python_enqueue_refuses_a_bad_post_and_queues_nothing(
         assert await q.enqueue(stream, {"text": "y" * 281})
 
 
+@pytest.mark.any_engine
 def test_cli_enqueue_refuses_a_bad_post_in_one_line(redis_url: str, tmp_path: Path) -> None:
     client = sync_redis.Redis.from_url(redis_url)
     before = client.xlen(keys.lane("instagram", "normal"))
@@ -120,6 +122,7 @@ def test_cli_enqueue_refuses_a_bad_post_in_one_line(redis_url: str, tmp_path: Pa
     assert client.xlen(keys.lane("instagram", "normal")) == before
 
 
+@pytest.mark.any_engine
 def test_cli_bulk_enqueue_refuses_the_batch_with_a_bad_line(
     redis_url: str, stream: str, tmp_path: Path
 ) -> None:

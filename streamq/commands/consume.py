@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 import msgspec
 
-from streamq import metrics, platforms
+from streamq import metrics, platforms, signals
 from streamq.client import Queue
 from streamq.commands.common import command, duration, port, positive_int
 from streamq.config import Config, StreamConfig
 from streamq.errors import HandlerError
 from streamq.handler import Handler, load_handler, load_hooks
+from streamq.metrics import WorkerCounts
 from streamq.producer import check_stream
-from streamq.worker import Worker, WorkerOptions, partition_options, run_all
+from streamq.worker import Worker, WorkerOptions
+
+log = logging.getLogger("streamq.worker")
 
 
 def register(commands: Any) -> None:
@@ -101,7 +105,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         Queue(args.redis_url, config=config) as q,
     ):
         parts = await q.partitions(stream)
-        share = partition_options(options, len(parts))
+        share = options.partition_share(len(parts))
         workers = [Worker(q.redis, part, handler, share, hooks=hooks) for part in parts]
         deliveries = []
         if stream_config.webhooks:
@@ -118,3 +122,23 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             for relay in deliveries:
                 relay.stop()
     return 0
+
+
+async def run_all(workers: list[Worker], *, handle_signals: bool = False) -> list[WorkerCounts]:
+    """Run several workers in this process (one per partition of a stream) until they stop;
+    SIGTERM or SIGINT stops them all, a second one ends them at once."""
+    if len(workers) == 1:
+        return [await workers[0].run(handle_signals=handle_signals)]
+    counts: list[WorkerCounts] = []
+
+    async def run(worker: Worker) -> None:
+        counts.append(await worker.run())
+
+    async with anyio.create_task_group() as tasks:
+        if handle_signals:
+            tasks.start_soon(signals.stop_gracefully, workers, tasks.cancel_scope, log)
+        async with anyio.create_task_group() as running:
+            for worker in workers:
+                running.start_soon(run, worker)
+        tasks.cancel_scope.cancel()
+    return counts

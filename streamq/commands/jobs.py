@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from streamq import listing
+from streamq import listing, scheduler
 from streamq.client import Queue
 from streamq.commands.common import (
     UsageError,
@@ -77,11 +77,8 @@ def parse_time(text: str, option: str) -> datetime:
         except argparse.ArgumentTypeError as exc:
             raise UsageError(f"{option} {text!r}: {exc}") from None
         return now + timedelta(seconds=seconds if text[0] == "+" else -seconds)
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
+    parsed = scheduler.aware_time(text)
+    if parsed is None:
         raise UsageError(
             f"{option} {text!r} is not a time: use 2026-12-01T09:00:00+01:00, 'now', "
             "or a duration from now such as -1h or +30m"

@@ -38,7 +38,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streamq import keys
+from streamq import channel, keys
 from streamq.config import TokensConfig
 from streamq.errors import ConfigError, Fail, RateLimited
 from streamq.platforms import refresh as flows
@@ -361,13 +361,13 @@ class TokenKeeper:
         skipped = (meta[1] or b"").decode().split(",")
         if cap == 0 or REAUTH_EVENT in skipped:
             return
-        seconds, micros = await redis.time()
+        now_ms = await channel.server_ms(redis)
         await redis.xadd(
             keys.events(job.stream),
             {
                 "type": REAUTH_EVENT,
                 "job": job.id,
-                "at": int(seconds) * 1000 + int(micros) // 1000,
+                "at": now_ms,
                 "attempt": job.attempt,
                 "account": account,
                 "error": detail,
