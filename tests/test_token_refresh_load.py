@@ -29,7 +29,8 @@ KEY = Keyring.generate("k1")
 CLIENT_SECRET = "client-secret-load-0123456789abcdef"
 
 
-# One Valkey of the module's own below: the engine ids would run the same thing twice.
+# Load tests of processes and sockets: run on Valkey only, to keep the suite short (the store's
+# scripts run on both engines and the cluster in test_tokens.py).
 pytestmark = pytest.mark.any_engine
 
 
