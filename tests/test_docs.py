@@ -23,6 +23,7 @@ from mkdocs.commands.build import build
 from mkdocs.config import load_config
 from mkdocs.exceptions import Abort
 
+import streamq
 from streamq import admin, cli, config, keys
 from tests.conftest import ROOT
 
@@ -55,7 +56,9 @@ def test_the_site_builds_strict_with_no_warning(tmp_path: Path) -> None:
     for page in HOOKS.GENERATED:
         assert (site / page.removesuffix(".md") / "index.html").is_file(), page
     python_api = (site / "reference" / "python" / "index.html").read_text(encoding="utf-8")
-    for name in ("streamq.client.Queue.enqueue", "streamq.job.Job", "streamq.errors.Retry"):
+    public = [getattr(streamq, name) for name in streamq.__all__ if name != "__version__"]
+    for obj in [*public, streamq.Queue.enqueue, streamq.Queue.wait]:
+        name = f"{obj.__module__}.{obj.__qualname__}"
         assert f'id="{name}"' in python_api, name
 
 
