@@ -251,15 +251,22 @@ class HealthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     handler: str | None = None
+    """The async function that runs the stream's jobs, as "package.module:function"."""
     publisher: str | None = None
     """A built-in platform publisher (streamq.platforms) that runs the stream's jobs when no
     handler is given; unset, a stream named after a platform uses that platform's."""
     concurrency: int = 32
+    """Jobs one worker runs at once."""
     prefetch: int | None = None
     """Entries fetched ahead of free slots; None means as many as `concurrency`."""
     visibility_timeout: float = 60.0
+    """How long a job's entry may stay idle (its worker no longer refreshing its claim) before
+    another worker reclaims it."""
     max_deliveries: int = 5
+    """Runs of one entry cut short (its handler started and never finished: its worker died)
+    before it is dead-lettered, instead of crash-looping workers."""
     grace: float = 30.0
+    """Time running jobs get to finish when the worker is asked to stop."""
     max_attempts: int = 5
     """Runs of a job before it is dead-lettered (RateLimited deferrals do not count)."""
     backoff: Backoff = msgspec.field(default_factory=Backoff)
@@ -371,6 +378,8 @@ _HEALTH_DURATIONS = ("max_pending_age", "error_window", "max_lateness")
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     redis_url: str | None = None
+    """redis://, rediss://, unix:// or redis+cluster:// URL (STREAMQ_REDIS_URL and --redis-url
+    win); unset: the embedded server."""
     socket_timeout: float = SOCKET_TIMEOUT_SECONDS
     """Seconds a command waits for the server before the connection is given up (and, in a
     worker, made again): what a stalled network costs at most per command."""

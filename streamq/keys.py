@@ -71,7 +71,9 @@ LANES: Final[tuple[Priority, ...]] = ("high", "normal", "low")
 """Priority lanes, highest first: a worker always drains earlier lanes before later ones."""
 
 STREAM_REGISTRY: Final = f"{PREFIX}:streams"
+"""Set of every stream name ever used (for stats and discovery)."""
 TOKEN_REGISTRY: Final = f"{PREFIX}:tokens"
+"""Set of '<platform>:<account>' with a stored token (streamq.tokenstore)."""
 
 _STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}(:[0-9]{1,4})?")
 _PARTITION_SUFFIX = re.compile(r":([0-9]{1,4})$")
@@ -236,6 +238,7 @@ def paused(stream: str) -> str:
 
 
 def pause_reasons(stream: str) -> str:
+    """Why the platform or an account is paused: the reason of each field of ``paused``."""
     return f"{stream_prefix(stream)}:paused:why"
 
 

@@ -1,0 +1,210 @@
+"""The documentation site: it builds with no warning (``mkdocs build --strict``, links and
+anchors checked), a link to a missing page or anchor fails the build, and the generated
+reference pages (docs/hooks.py) hold every command, option, config field, Redis key and admin
+route the code has."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import msgspec
+import pytest
+import yaml
+from mkdocs.commands.build import build
+from mkdocs.config import load_config
+from mkdocs.exceptions import Abort
+
+import streamq
+from streamq import admin, cli, config, keys
+from tests.conftest import ROOT
+
+
+def load_hooks() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+HOOKS = load_hooks()
+
+
+def test_the_site_builds_strict_with_no_warning(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    ran = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
+         str(ROOT / "mkdocs.yml"), "--site-dir", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )  # fmt: skip
+    output = ran.stdout + ran.stderr
+    assert ran.returncode == 0, output
+    assert "WARNING" not in output, output
+    for page in HOOKS.GENERATED:
+        assert (site / page.removesuffix(".md") / "index.html").is_file(), page
+    python_api = (site / "reference" / "python" / "index.html").read_text(encoding="utf-8")
+    public = [getattr(streamq, name) for name in streamq.__all__ if name != "__version__"]
+    for obj in [*public, streamq.Queue.enqueue, streamq.Queue.wait]:
+        name = f"{obj.__module__}.{obj.__qualname__}"
+        assert f'id="{name}"' in python_api, name
+
+
+# -- the checks of links and anchors, shown on a small site with the real settings ------------
+
+
+def small_site(tmp_path: Path, index: str, nav: list[Any] | None = None) -> Path:
+    """A two-page site with mkdocs.yml's validation and Markdown settings."""
+    real = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "index.md").write_text(f"# Home\n\n{index}\n", encoding="utf-8")
+    (docs / "other.md").write_text("# Other\n\n## A section\n\nText.\n", encoding="utf-8")
+    settings = {
+        "site_name": "small",
+        "docs_dir": str(docs),
+        "site_dir": str(tmp_path / "site"),
+        "strict": real["strict"],
+        "validation": real["validation"],
+        "markdown_extensions": real["markdown_extensions"],
+        "nav": nav if nav is not None else ["index.md", "other.md"],
+    }
+    path = tmp_path / "mkdocs.yml"
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return path
+
+
+def build_small(path: Path, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warnings of the build; raises Abort when strict mode stops it."""
+    with caplog.at_level(logging.WARNING, logger="mkdocs"):
+        build(load_config(str(path)))
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_the_small_site_builds_when_every_link_resolves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = small_site(tmp_path, "[other](other.md), [a section](other.md#a-section)")
+    assert build_small(path, caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("index", "nav", "warned"),
+    [
+        ("[gone](missing.md)", None, "'missing.md', but the target is not found"),
+        ("[gone](other.md#no-such-section)", None, "anchor '#no-such-section'"),
+        ("[gone](#no-such-section)", None, "there is no such anchor on this page"),
+        ("[root](/other/)", None, "an absolute link"),
+        ("[other](other.md)", ["index.md"], 'not included in the "nav"'),
+        ("[other](other.md)", ["index.md", "other.md", "missing.md"], "'missing.md'"),
+    ],
+    ids=["missing page", "missing anchor", "missing anchor here", "absolute", "omitted", "nav"],
+)
+def test_a_broken_link_fails_the_strict_build(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    index: str,
+    nav: list[Any] | None,
+    warned: str,
+) -> None:
+    with pytest.raises(Abort):
+        build_small(small_site(tmp_path, index, nav), caplog)
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(warned in message for message in messages), messages
+
+
+# -- the generated reference pages hold everything the code has ------------------------------
+
+
+def parsers(
+    parser: argparse.ArgumentParser, words: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append(((*words, name), sub))
+                found += parsers(sub, (*words, name))
+    return found
+
+
+def test_the_cli_reference_has_every_command_and_option() -> None:
+    page = HOOKS.cli_reference()
+    every = parsers(cli.build_parser())
+    assert len(every) >= 40  # groups and their actions
+    for words, parser in every:
+        assert f"{{#streamq-{'-'.join(words)}}}" in page, words
+        for action in parser._actions:
+            if action.help != argparse.SUPPRESS and not isinstance(action, argparse._HelpAction):
+                for flag in action.option_strings:
+                    assert f"`{flag}" in page, (words, flag)
+
+
+def test_the_configuration_reference_has_every_table_and_field() -> None:
+    page = HOOKS.configuration_reference()
+    structs = [
+        value
+        for value in vars(config).values()
+        if isinstance(value, type)
+        and issubclass(value, msgspec.Struct)
+        and value is not msgspec.Struct
+    ]
+    assert len(structs) >= 10
+    for struct in structs:
+        anchor = "top-level" if struct is config.Config else HOOKS._table_anchor(struct)
+        section = page.split(f"{{#{anchor}}}", 1)
+        assert len(section) == 2, struct
+        table = section[1].split("\n## ", 1)[0]
+        for field in msgspec.structs.fields(struct):
+            assert f"| `{field.name}` |" in table, (struct, field.name)
+    assert "| `concurrency` | `int` | `32` |" in page
+    assert "Runs of a job before it is dead-lettered" in page  # a field's docstring
+
+
+NOT_KEY_BUILDERS = {
+    "check_key", "check_account", "check_stream_name", "partition", "partitions", "base_stream",
+    "partition_index", "stream_of_job", "lanes", "pause_field", "token_member",
+    "stream_prefix", "script_prefix", "token_prefix",
+}  # fmt: skip
+"""What keys.py holds besides key builders: validators, names of streams, fields, members."""
+
+
+def test_the_data_layout_has_every_key_builder() -> None:
+    page = HOOKS.data_layout_reference()
+    builders = [
+        name
+        for name, function in inspect.getmembers(keys, inspect.isfunction)
+        if function.__module__ == keys.__name__
+        and not name.startswith("_")
+        and name not in NOT_KEY_BUILDERS
+    ]
+    assert len(builders) >= 30
+    for name in builders:
+        assert f"`keys.{name}(" in page, name
+    assert "| `streamq:{S}:dead` | `keys.dead(S)` | dead letters:" in page
+    assert "| `streamq:{S}:rate:a:<A>` | `keys.rate_log(S, <A>)` |" in page
+    assert "| `streamq:{S}:rate:p` | `keys.rate_log(S)` |" in page
+
+
+def test_the_admin_reference_has_every_route_parameter_and_schema() -> None:
+    page = HOOKS.admin_api_reference()
+    document = admin.openapi_document()
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            assert f"### {method.upper()} `{path}` {{#{operation['operationId']}}}" in page
+            for parameter in operation.get("parameters", []):
+                assert f"| `{parameter['name']}` | {parameter['in']} |" in page, parameter
+    for name in document["components"]["schemas"]:
+        assert f"### {name} {{#schema-{name.lower()}}}" in page, name
