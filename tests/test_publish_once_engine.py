@@ -6,6 +6,7 @@ delivery budget that counts runs, not holdings. Handlers here stand in for publi
 from __future__ import annotations
 
 import inspect
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -17,7 +18,7 @@ from streamq import codec, control, keys, scripts
 from streamq.config import Backoff
 from streamq.errors import Fail, NotPublished, RateLimited
 from streamq.job import Job
-from streamq.producer import Producer
+from streamq.producer import JobOptions, Producer
 from streamq.worker import Worker, WorkerOptions
 from tests.conftest import entries
 
@@ -326,3 +327,40 @@ async def test_a_crashed_runs_checkpoints_survive_a_release_of_its_entry(
     assert not codec.decode_fields(fields).first_run
     await Worker(redis, stream, handler, options()).run()
     assert seen == [({"container": "c-7"}, True)]
+
+
+@pytest.mark.parametrize("end", ["cancelled", "expired"])
+async def test_the_mark_outlives_a_cancel_or_an_expiry_and_a_retry_looks_first(
+    redis: Redis, stream: str, end: str
+) -> None:
+    # Its first run may have posted (the answer was lost) and it waits to retry; then it is
+    # cancelled, or its retry comes too late and expires. The mark stays in the record: a
+    # later `job retry` (which resets the attempts) looks before it sends, and finds the post.
+    platform = Platform()
+    producer = Producer(redis)
+    job_id = await producer.enqueue(stream, {"text": "hello"}, options=JobOptions(expire_after=1))
+    later = options(burst=False, backoff=Backoff(base=60, factor=1, max=60, jitter=0))
+    worker = Worker(redis, stream, platform.publish, later)
+    await run_until(worker, lambda: worker.counts.failed == 1)
+    assert (await record(redis, stream, job_id))["state"] == "retrying"
+    if end == "cancelled":
+        assert await control.cancel(redis, job_id) == "cancelled"
+    else:  # due a minute ago: too late by the time it is promoted
+        await control.reschedule(redis, job_id, run_at=datetime.now(UTC) - timedelta(minutes=1))
+        worker = Worker(redis, stream, platform.publish, options(burst=False))
+
+        async def expired() -> bool:
+            return (await record(redis, stream, job_id))["state"] == "expired"
+
+        await run_until(worker, expired)
+    ended = await record(redis, stream, job_id)
+    assert ended["state"] == end
+    assert ended["sent_since"]
+    assert platform.posts == [job_id]
+    await control.retry(redis, job_id)
+    await Worker(redis, stream, platform.publish, options()).run()
+    assert platform.posts == [job_id]
+    assert platform.lookups == [False]
+    done = await record(redis, stream, job_id)
+    assert done["state"] == "done"
+    assert msgspec.json.decode(done["result"]) == {"post_id": "p0", "found": True}
