@@ -72,6 +72,21 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     verify: str | None = msgspec.field(default=None, name="y")
     """Set on a verify delivery only: the reason the job would have been dead with, when an
     earlier run may have sent its post (see streamq.job). The handler only looks the post up."""
+    first_run: bool = msgspec.field(default=False, name="f")
+    """Set by the producer on a new job's entry (and kept while that envelope waits: scheduled,
+    deferred or parked before it ever started): no run of the job can have left anything in its
+    record (checkpoints, the "may have been sent" mark), so the worker skips reading the record
+    (streamq.fetcher). Every envelope written after a delivery drops it (:func:`delivered`):
+    retries, deferrals, parking, dead letters, verify runs, reclaims, replays, releases. Keep it
+    the last field: release_jobs.lua drops it from the end of the JSON text."""
+
+
+def delivered(envelope: Envelope) -> Envelope:
+    """``envelope`` as any entry or record written after its job was delivered carries it:
+    without ``first_run``, so the run after it reads what earlier runs left in the record."""
+    if envelope.first_run:
+        return msgspec.structs.replace(envelope, first_run=False)
+    return envelope
 
 
 _encoder = msgspec.json.Encoder()
@@ -339,6 +354,11 @@ _msgpack_encode = msgspec.msgpack.Encoder().encode
 def pack_rows(rows: Sequence[Outcome | EnqueueRow | AdmitRow]) -> bytes:
     """A batch of rows as the scripts take it: one msgpack array."""
     return _msgpack_encode(rows)
+
+
+def pack_entry_ids(entry_ids: Sequence[bytes]) -> bytes:
+    """Entry ids as one msgpack array argument (of str: the server's cmsgpack reads no bin)."""
+    return _msgpack_encode([entry_id.decode() for entry_id in entry_ids])
 
 
 def envelope_text(envelope: Envelope) -> str:

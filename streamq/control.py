@@ -307,7 +307,11 @@ async def _revive(
     now = await channel.server_ms(redis)
     # A dead letter of a verify run runs as an ordinary run: if the job's "may have been sent"
     # mark is still set in its record, that run looks before it sends (streamq.job).
-    fresh = msgspec.structs.replace(envelope, attempt=1, run_at_ms=now, verify=None)
+    # Not a first run (first_run off): the run reads the checkpoints and the mark earlier runs
+    # left in the record.
+    fresh = msgspec.structs.replace(
+        envelope, attempt=1, run_at_ms=now, verify=None, first_run=False
+    )
     lane: keys.Priority = "normal"
     for known in keys.LANES:
         if priority == known:

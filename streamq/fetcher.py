@@ -310,16 +310,23 @@ class Fetcher:
         (``deliveries`` given), the record also decides whether they run again, run only to
         verify, or are dead (streamq.outcomes.reclaimed), and a cancel sent meanwhile (which
         only flagged the record) is seen. Returns the jobs that may run."""
-        # Retried until it answers: these entries are held here now, and giving up would
-        # leave them held (and refreshed) with nobody to run them.
-        found = await self.retrying("read records", lambda: self._records_of(jobs))
-        assert found is not None  # unbounded retries
         if deliveries is None:
-            for job, (_, _, _, _, sent_since, saved) in zip(jobs, found, strict=True):
+            # A new job's first entry (first_run, set by the producer): no run of it can have
+            # left anything in the record, so most batches read nothing.
+            rerun = [job for job in jobs if not job.envelope.first_run]
+            if not rerun:
+                return jobs
+            found = await self.retrying("read records", lambda: self._records_of(rerun))
+            assert found is not None  # unbounded retries
+            for job, (_, _, _, _, sent_since, saved) in zip(rerun, found, strict=True):
                 job._sent_since_ms = job._mark_ms = None if sent_since is None else int(sent_since)
                 if saved is not None:
                     job._checkpoints = codec.checkpoints(saved)
             return jobs
+        # Retried until it answers: these entries are held here now, and giving up would
+        # leave them held (and refreshed) with nobody to run them.
+        found = await self.retrying("read records", lambda: self._records_of(jobs))
+        assert found is not None  # unbounded retries
         delivered = {entry[0]: count for entry, count in zip(entries, deliveries, strict=True)}
         keep = []
         for job, (state, cancel, runs, run_entry, sent_since, saved) in zip(

@@ -41,9 +41,11 @@ entry, which a retry or a replay replaces) keeps what a run needs to know:
 
 Storage (the record ``streamq:{S}:job:<id>``): ``checkpoints`` (a JSON object, name -> value,
 written by ``lua/save_checkpoint.lua``), ``sent_since`` (ms, ``lua/mark_sent.lua``), both read
-by the worker as it takes the job (one pipelined read per batch fetched); and ``runs`` with
-``run_entry`` (the handler starts of the current entry, counted by ``lua/start_jobs.lua`` as
-each run starts: streamq.starts), which the delivery budget counts instead of deliveries.
+by the worker as it takes the job (one pipelined read per batch fetched), except on a new job's
+first entry, which no earlier run can have written to (``codec.Envelope.first_run``); and
+``runs`` with ``run_entry`` (the handler starts of the current entry, counted by
+``lua/start_jobs.lua`` as each run starts: streamq.starts), which the delivery budget counts
+instead of deliveries.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from streamq.codec import (
     Outcome,
     Parked,
     Retried,
+    delivered,
     envelope_text,
 )
 from streamq.config import StreamConfig
@@ -52,6 +53,12 @@ from streamq.job import Job
 log = logging.getLogger("streamq.worker")
 
 _result_encoder = msgspec.json.Encoder(enc_hook=repr)
+
+
+def _next_text(env: Envelope) -> str:
+    """The envelope an outcome writes for the job's next entry or its record: the job was
+    delivered (and may have run), so it is no longer its first run (codec.delivered)."""
+    return envelope_text(delivered(env))
 
 
 def done(job: Job, started_ms: int, value: Any) -> Done:
@@ -70,7 +77,7 @@ def expired(job: Job) -> Expired:
         env.key or "",
         env.attempt,
         0,
-        envelope_text(env),
+        _next_text(env),
         job._lane + 1,
         job._entry.decode(),
     )
@@ -83,7 +90,7 @@ def cancelled(job: Job, started_ms: int = 0) -> Cancelled:
         env.key or "",
         env.attempt,
         started_ms,
-        envelope_text(env),
+        _next_text(env),
         job._lane + 1,
         job._entry.decode(),
     )
@@ -98,7 +105,7 @@ def parked(job: Job, reason: str, started_ms: int = 0) -> Parked:
         env.key or "",
         env.attempt,
         started_ms,
-        envelope_text(env),
+        _next_text(env),
         reason,
         env.account,
         env.enqueued_at_ms,
@@ -116,7 +123,7 @@ def held_back(job: Job, now_ms: int, wait_ms: int) -> Deferred:
         env.key or "",
         env.attempt,
         0,
-        envelope_text(later),
+        _next_text(later),
         wait_ms,
         "platform paused",
         "",
@@ -145,7 +152,7 @@ def failure(
             key,
             env.attempt,
             started_ms,
-            envelope_text(later),
+            _next_text(later),
             delay_ms,
             exc.reason,
             hold,
@@ -190,7 +197,7 @@ def failure(
             key,
             env.attempt,
             started_ms,
-            envelope_text(env),
+            _next_text(env),
             reason,
             last_frames(exc),
             lane,
@@ -215,7 +222,7 @@ def failure(
         key,
         env.attempt + 1,
         started_ms,
-        envelope_text(again),
+        _next_text(again),
         delay_ms,
         error,
         last_frames(exc),
@@ -245,7 +252,7 @@ def verify(
         env.key or "",
         env.attempt + 1,
         started_ms,
-        envelope_text(again),
+        _next_text(again),
         delay_ms,
         f"{reason}; a post may exist: looking it up before recording the job dead",
         trace,
@@ -278,7 +285,7 @@ def verified_dead(job: Job, exc: BaseException, started_ms: int) -> Dead:
         env.key or "",
         env.attempt,
         started_ms,
-        envelope_text(plain),
+        _next_text(plain),
         reason,
         last_frames(exc),
         job._lane + 1,
@@ -303,6 +310,7 @@ def reclaimed(
     more attempts than allowed, and the job is dead: unless its post may exist, and then it
     runs as a verify run first (up to VERIFY_RUNS of them).
     """
+    env = delivered(env)  # a release or dead letter of it must not skip the record
     crashed = deliveries - 1 if runs is None else runs
     if env.verify is not None:  # a verify run whose worker died
         if crashed < VERIFY_RUNS:

@@ -294,6 +294,7 @@ class Producer:
             job_timeout_ms=_ms(opts.job_timeout, "job_timeout"),
             backoff=opts.backoff,
             cron=cron,
+            first_run=True,  # a new job: the worker need not read its record (codec.Envelope)
         )
         await self._sent_until_answered(stream, lambda: self._register(stream), sent=False)
         ids: list[str] = []
@@ -347,7 +348,11 @@ class Producer:
         if opts.on_conflict == "replace" and keys is not None:
             for index in held_by_others:
                 account = accounts[index] if accounts is not None else None
-                job = msgspec.structs.replace(template, key=keys[index], account=account)
+                # A scheduled job may have run before (a deferral after a start): its
+                # replacement reads the record when it runs.
+                job = msgspec.structs.replace(
+                    template, key=keys[index], account=account, first_run=False
+                )
                 await self._replace(stream, payload_list[index], ids[index], job)
         return ids
 

@@ -652,14 +652,12 @@ async def mark_sent(redis: Redis, job_id: str, *, sent: bool) -> int | None:
     return reply or None
 
 
-async def start_jobs(redis: Redis, stream: str, jobs: Sequence[tuple[str, bytes]]) -> list[int]:
+async def start_jobs(redis: Redis, stream: str, jobs: Sequence[tuple[str, bytes]]) -> int:
     """Count a run of each of ``jobs`` ((job id, entry id) pairs) whose handler started;
-    returns the runs of each one's entry, this one included (0: the job has no record)."""
+    returns how many were counted (a job without a record is not)."""
     record_prefix = keys.job(stream, "")
+    entries = codec.pack_entry_ids([entry for _, entry in jobs])
     reply = await _run(
-        redis,
-        "start_jobs",
-        [record_prefix + job_id for job_id, _ in jobs],
-        [entry for _, entry in jobs],
+        redis, "start_jobs", [record_prefix + job_id for job_id, _ in jobs], [entries]
     )
-    return [int(runs) for runs in reply]
+    return int(reply)

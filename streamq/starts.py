@@ -1,12 +1,14 @@
 """Counting runs: each job whose handler starts has the run counted in its record (start_jobs),
 so the delivery budget (max_deliveries) and a crash's attempts count runs, not deliveries.
 
-The count is sent as the handler starts, not waited for: a consumer queues its job and yields
-once, which lets the sender put the call on the wire before the handler does anything, and
-jobs that start while a call is on the wire share the next one. A worker killed within that one
-round trip may leave its last runs uncounted: they are counted late, never early, so an entry
-that never ran is never charged a run. (Waiting for the reply before every start would cost a
-round trip per job: short jobs ran several times slower in a first try, 2026-12-04.)
+The count is sent as the handler starts, not waited for: a consumer queues its job and, when no
+call is on the wire, yields once, which lets the sender put the call on the wire before the
+handler does anything; jobs that start while a call is on the wire share the next one, sent as
+its answer comes (a yield would not send it sooner, so they do not yield: a yield per job cost
+about a fifth of a no-op job's worker time, 2026-12-05). A worker killed within that one round
+trip may leave its last runs uncounted: they are counted late, never early, so an entry that
+never ran is never charged a run. (Waiting for the reply before every start would cost a round
+trip per job: short jobs ran several times slower in a first try, 2026-12-04.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ Retrying = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
 class Starts:
-    """One per worker: ``await starts.start(job)`` as its handler starts; ``run()`` sends."""
+    """One per worker: ``if starts.queue(job): await starts.send_first()`` as its handler
+    starts; ``run()`` sends."""
 
     def __init__(self, redis: Redis, stream: str, retrying: Retrying) -> None:
         self.redis = redis
@@ -34,10 +37,19 @@ class Starts:
         self._retrying = retrying
         self._queued: list[Job] = []
         self._wake = anyio.Event()
+        self._sending = False  # a call is on the wire: the queued runs go in the next one
 
-    async def start(self, job: Job) -> None:
+    def queue(self, job: Job) -> bool:
+        """Queue the count of ``job``'s run; True when the caller must ``await send_first()``
+        before its handler starts (no call is on the wire, so the sender is free to send it
+        now)."""
         self._queued.append(job)
+        if self._sending:
+            return False
         self._wake.set()
+        return True
+
+    async def send_first(self) -> None:
         await anyio.lowlevel.checkpoint()  # the sender goes first
 
     async def run(self) -> None:
@@ -51,6 +63,11 @@ class Starts:
         while self._queued:
             batch, self._queued = self._queued, []
             pairs = [(job.id, job._entry) for job in batch]
-            await self._retrying(
-                "count runs", functools.partial(scripts.start_jobs, self.redis, self.stream, pairs)
-            )
+            self._sending = True
+            try:
+                await self._retrying(
+                    "count runs",
+                    functools.partial(scripts.start_jobs, self.redis, self.stream, pairs),
+                )
+            finally:
+                self._sending = False

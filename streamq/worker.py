@@ -385,6 +385,7 @@ class Worker:
         fetcher = self.fetcher
         gate = self.gate
         acks = self.acks
+        starts = self.starts
         handler = self.handler
         default_timeout = self.options.job_timeout
         stream_expires = self.options.expire_after is not None
@@ -424,8 +425,10 @@ class Worker:
                 buffers.let_go(job)
                 continue
             timeout = default_timeout if env.job_timeout_ms is None else env.job_timeout_ms / 1000
-            # The run counts (max_deliveries), not the delivery: sent before the handler goes.
-            await self.starts.start(job)
+            # The run counts (max_deliveries), not the delivery: sent before the handler goes,
+            # or with the next call when one is on the wire (streamq.starts).
+            if starts.queue(job):
+                await starts.send_first()
             slot.job = job
             began = monotonic()
             if timeout is not None:

@@ -5,6 +5,7 @@ delivery budget that counts runs, not holdings. Handlers here stand in for publi
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -12,11 +13,11 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from streamq import control, keys, scripts
+from streamq import codec, control, keys, scripts
 from streamq.config import Backoff
-from streamq.errors import Fail, NotPublished
+from streamq.errors import Fail, NotPublished, RateLimited
 from streamq.job import Job
-from streamq.producer import Producer
+from streamq.producer import JobOptions, Producer
 from streamq.worker import Worker, WorkerOptions
 from tests.conftest import entries
 from tests.test_worker import poll
@@ -241,3 +242,113 @@ async def test_checkpoints_survive_a_dead_letter_and_its_replay(redis: Redis, st
     saved = {"upload": "https://upload.example/session/1", "step": "uploaded"}
     assert seen == [{}, saved]
     assert (await record(redis, stream, job_id))["state"] == "done"
+
+
+# -- a first run skips the record; every later run reads it -----------------------------------
+
+
+async def test_a_new_jobs_entry_is_a_first_run_and_what_follows_a_delivery_is_not(
+    redis: Redis, stream: str
+) -> None:
+    # The worker reads no record for a first run (codec.Envelope.first_run): only the
+    # producer's new entries may say so, never an entry written after a delivery.
+    job_id = await Producer(redis).enqueue(stream, {"text": "hello"})
+    [(_, fields)] = await entries(redis, keys.lane(stream, "normal"))
+    assert codec.decode_fields(fields).first_run
+
+    async def fail(job: Job) -> None:
+        await job.checkpoint("container", "c-1")
+        raise RuntimeError("the publish step timed out")
+
+    worker = Worker(
+        redis,
+        stream,
+        fail,
+        options(burst=False, backoff=Backoff(base=60, factor=1, max=60, jitter=0)),
+    )
+    await run_until(worker, lambda: worker.counts.failed == 1)
+    retry = await record(redis, stream, job_id)
+    assert retry["state"] == "retrying"
+    assert not codec.decode(retry["env"].encode()).first_run
+
+
+async def test_checkpoints_and_the_mark_survive_a_deferral_after_a_start(
+    redis: Redis, stream: str
+) -> None:
+    # The first run (its entry a first run's) saved a step, marked "may have been sent" and
+    # was told to slow down: the deferred run resumes from the step and looks first.
+    job_id = await Producer(redis).enqueue(stream, {"text": "two steps"})
+    seen: list[tuple[dict[str, str], bool]] = []
+
+    async def handler(job: Job) -> None:
+        seen.append((dict(job.checkpoints), job.sent_since_ms is not None))
+        if not job.checkpoints:
+            await job.checkpoint("container", "c-1")
+            await job.may_send()
+            raise RateLimited(0.05)
+
+    worker = Worker(redis, stream, handler, options(burst=False))
+    await run_until(worker, lambda: worker.counts.completed == 1)
+    assert seen == [({}, False), ({"container": "c-1"}, True)]
+    assert (await record(redis, stream, job_id))["state"] == "done"
+
+
+async def test_a_crashed_runs_checkpoints_survive_a_release_of_its_entry(
+    redis: Redis, stream: str
+) -> None:
+    # Its first run saved a step, marked "may have been sent" and died with its worker. A
+    # worker took the entry over and stopped before running it, handing it back as a new
+    # entry: that copy is not a first run, so the run after it resumes and looks first.
+    job_id = await Producer(redis).enqueue(stream, {"text": "reel"})
+    await ghost_runs(redis, stream, job_id, 1, runs=1, may_send=True)
+    await scripts.save_checkpoint(redis, job_id, "container", "c-7")
+    seen: list[tuple[dict[str, str], bool]] = []
+
+    async def handler(job: Job) -> None:
+        seen.append((dict(job.checkpoints), job.sent_since_ms is not None))
+
+    taker = Worker(redis, stream, handler, options())
+    assert await taker.reclaimer.reclaim_once() == 1
+    await taker.fetcher.release_ready()
+    assert taker.counts.released == 1
+    [(_, fields)] = await entries(redis, keys.lane(stream, "normal"))
+    assert not codec.decode_fields(fields).first_run
+    await Worker(redis, stream, handler, options()).run()
+    assert seen == [({"container": "c-7"}, True)]
+
+
+@pytest.mark.parametrize("end", ["cancelled", "expired"])
+async def test_the_mark_outlives_a_cancel_or_an_expiry_and_a_retry_looks_first(
+    redis: Redis, stream: str, end: str
+) -> None:
+    # Its first run may have posted (the answer was lost) and it waits to retry; then it is
+    # cancelled, or its retry comes too late and expires. The mark stays in the record: a
+    # later `job retry` (which resets the attempts) looks before it sends, and finds the post.
+    platform = Platform()
+    producer = Producer(redis)
+    job_id = await producer.enqueue(stream, {"text": "hello"}, options=JobOptions(expire_after=1))
+    later = options(burst=False, backoff=Backoff(base=60, factor=1, max=60, jitter=0))
+    worker = Worker(redis, stream, platform.publish, later)
+    await run_until(worker, lambda: worker.counts.failed == 1)
+    assert (await record(redis, stream, job_id))["state"] == "retrying"
+    if end == "cancelled":
+        assert await control.cancel(redis, job_id) == "cancelled"
+    else:  # due a minute ago: too late by the time it is promoted
+        await control.reschedule(redis, job_id, run_at=datetime.now(UTC) - timedelta(minutes=1))
+        worker = Worker(redis, stream, platform.publish, options(burst=False))
+
+        async def expired() -> bool:
+            return (await record(redis, stream, job_id))["state"] == "expired"
+
+        await run_until(worker, expired)
+    ended = await record(redis, stream, job_id)
+    assert ended["state"] == end
+    assert ended["sent_since"]
+    assert platform.posts == [job_id]
+    await control.retry(redis, job_id)
+    await Worker(redis, stream, platform.publish, options()).run()
+    assert platform.posts == [job_id]
+    assert platform.lookups == [False]
+    done = await record(redis, stream, job_id)
+    assert done["state"] == "done"
+    assert msgspec.json.decode(done["result"]) == {"post_id": "p0", "found": True}

@@ -1,28 +1,28 @@
 --[[ start_jobs: count the run of each job whose handler has started.
 
 KEYS[1..n]  the record of each job started
-ARGV[1..n]  the entry each job was delivered from, in KEYS order
+ARGV[1]     msgpack: an array of the entry each job was delivered from, in KEYS order (one
+            argument, not n: the worker sends this call for every job it runs)
 
 A run is counted per entry ('runs', with 'run_entry' naming the entry it counts for: a retry, a
 deferral or a replay comes back as a new entry and starts from 1 again). Runs, not deliveries,
 are what the delivery budget (max_deliveries) and a crash's attempts count: an entry fetched
 into a worker's read-ahead and lost with that worker was delivered but never ran, so it uses
 up nothing. A record that is gone (a hand-written entry) is not created, and counts no run.
-Returns per job the runs of its entry, this one included (0: no record).
+Returns how many runs were counted (the jobs that have a record).
 ]]
-local out = {}
+local entries = cmsgpack.unpack(ARGV[1])
+local counted = 0
 for i, record in ipairs(KEYS) do
-  local entry = ARGV[i]
+  local entry = entries[i]
   local f = redis.call('HMGET', record, 'state', 'run_entry')
-  local runs = 0
   if f[1] then
     if f[2] == entry then
-      runs = redis.call('HINCRBY', record, 'runs', 1)
+      redis.call('HINCRBY', record, 'runs', 1)
     else
-      runs = 1
       redis.call('HSET', record, 'run_entry', entry, 'runs', 1)
     end
+    counted = counted + 1
   end
-  out[i] = runs
 end
-return out
+return counted
