@@ -68,6 +68,41 @@ async def test_scheduled_by_due_time_and_by_account(redis_url: str, stream: str)
         assert await _all(q, stream, "cancelled") == [later[1]]
 
 
+async def test_jobs_due_at_one_time_page_through_once_each(redis_url: str, stream: str) -> None:
+    """Jobs due at the same time share a score: the cursor carries the job id with it, so a
+    page resumes just after the last job listed (not from the first of the ties), even when
+    that job has since left the set or moved in it."""
+    at = datetime.now(UTC) + timedelta(hours=1)
+    count = 1200
+    async with streamq.connect(redis_url) as q:
+        ids = await q.enqueue_many(
+            stream, [{"n": n} for n in range(count)], accounts=["acme"] * count, run_at=at
+        )
+        # Ids made by one process in one ms sort in the order made: the ties' order.
+        assert await _all(q, stream, "scheduled", limit=100) == ids
+        assert await _all(q, stream, "scheduled", limit=100, account="acme") == ids
+        assert [info.id async for info in q.iter_jobs(stream, "scheduled", page_size=7)] == ids
+        for account in (None, "acme"):
+            first = await q.jobs(stream, "scheduled", account=account, limit=10)
+            assert [info.id for info in first.jobs] == ids[:10]
+            assert first.cursor is not None
+            cursors = [first.cursor]
+            # The cursor's job leaves (cancelled) or moves later (rescheduled): its neighbours
+            # stay where they were.
+            gone = ids.pop(9) if account is None else ids.pop(8)
+            await q.cancel(gone)
+            after = await q.jobs(stream, "scheduled", account=account, limit=10, cursor=cursors[0])
+            assert [info.id for info in after.jobs] == ids[9:19]
+            assert after.cursor is not None
+            moved = ids.pop(18)
+            await q.reschedule(moved, run_at=at + timedelta(minutes=1))
+            ids.append(moved)
+            again = await q.jobs(
+                stream, "scheduled", account=account, limit=10, cursor=after.cursor
+            )
+            assert [info.id for info in again.jobs] == ids[18:28]
+
+
 async def _retrying_and_dead(q: streamq.Queue, stream: str, flaky: str) -> bool:
     return await _all(q, stream, "retrying") == [flaky] and bool(await _all(q, stream, "dead"))
 
