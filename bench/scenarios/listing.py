@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hot-jobs", type=int, help="jobs per hot-path run (50,000; quick 3,000)")
     parser.add_argument("--pairs", type=int, default=3, help="alternated rounds of the sides")
     parser.add_argument("--no-hot-path", action="store_true", help="pages only")
+    parser.add_argument("--no-pages", action="store_true", help="hot path only")
 
 
 # -- pages --------------------------------------------------------------------------------------
@@ -323,7 +324,8 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
         with servers(args.engines) as started:
             for engine, srv in started:
                 label = engine_label(engine, srv)
-                pages(args, ui, page_section, label, srv.url)
+                if not args.no_pages:
+                    pages(args, ui, page_section, label, srv.url)
                 if sides:
                     hot_path(args, ui, hot, label, srv.url, sides)
     page_section.notes.append(
@@ -331,7 +333,7 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
         "logged while the page is read), of which index read: the page_members script; "
         "median of 20 pages; wall ms: the q.jobs call as this process sees it"
     )
-    sections = [page_section]
+    sections = [] if args.no_pages else [page_section]
     if sides:
         hot.notes.append(
             "each side its own copy (git archive) run by bench/listing_hot_path.py, alternated "
