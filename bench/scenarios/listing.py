@@ -6,8 +6,10 @@ time), each for one of 10,000 accounts, and 100,000 more on another stream all d
 instant. Each page of 100 (``q.jobs``) is timed 20 times: the server's time per page is the sum
 of the durations SLOWLOG records for the page's commands (logging every command while the page
 is read: the script that reads the index, the pipelined reads of the records), and the wall
-time is the call as this process sees it. Beside them, the raw ZRANGE BYSCORE ... LIMIT a
-score-only cursor would need to resume in the middle of the ties.
+time is the call as this process sees it. Beside them, the one ZRANGE BYSCORE ... LIMIT a
+cursor of score and offset among the ties would send (cheap on Redis 7 and Valkey, which skip
+to an offset by rank, but wrong once a tie before the cursor leaves: why the cursor names the
+job instead).
 
 Hot path: the same enqueue-then-drain run (scheduled jobs with accounts: the due index on
 enqueue and promotion, the finished index on finish; bench/listing_hot_path.py) against this
@@ -157,8 +159,8 @@ def cursor_at(client: sync_redis.Redis, set_key: str, rank: int, account: str | 
 
 
 def raw_score_resume(client: sync_redis.Redis, set_key: str, rank: int) -> tuple[float, float]:
-    """Server µs of what a score-only cursor needs to resume at ``rank`` among ties: ZRANGE
-    BYSCORE from the score with LIMIT skipping the ties already listed."""
+    """Server µs of what a cursor of (score, offset among its ties) would send to resume at
+    ``rank``: ZRANGE BYSCORE from the score with LIMIT skipping the ties already listed."""
     found: Any = client.zrange(set_key, rank, rank, withscores=True)
     [(_, score)] = found
     skip = rank - int(client.zcount(set_key, "-inf", f"({score!r}"))
@@ -212,7 +214,7 @@ def pages(args: argparse.Namespace, ui: UI, section: Section, label: str, url: s
     for name, served, wall, listed in tied_timed:
         section.rows.append(row(label, name, ties, listed, served, wall))
     section.rows.append(
-        row(label, "  the same by score alone: ZRANGE BYSCORE LIMIT", ties, 101, raw, None)
+        row(label, "  a score-and-offset cursor there: ZRANGE BYSCORE LIMIT", ties, 101, raw, None)
     )
     client.flushall()
     client.close()
