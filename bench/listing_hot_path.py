@@ -12,7 +12,9 @@ Enqueues JOBS jobs scheduled two seconds ahead, each for one of ACCOUNTS account
 the per-account due index), then starts PROCESSES ``streamq consume`` workers with a no-op
 handler (found in HANDLER_DIR), which promote them (out of the index) and finish them (into
 the finished index). Prints one JSON line: enqueue jobs/s, and drain jobs/s from the first
-job done to the last (the workers' start-up is not counted).
+job done to the last (the workers' start-up is not counted); and the server's time per job in
+each phase (INFO commandstats, every command's usec summed: less swayed by a busy machine than
+the rates, though a server that loses its core mid-command counts that too).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import redis
 
@@ -81,15 +84,25 @@ def drain(url: str, stream: str, jobs: int, processes: int, handler_dir: str) ->
             worker.wait()
 
 
+def server_usec(url: str) -> int:
+    stats: Any = redis.Redis.from_url(url).info("commandstats")
+    return sum(int(row["usec"]) for row in stats.values())
+
+
 def main() -> None:
     url, stream, jobs, accounts, processes, handler_dir = sys.argv[1:7]
+    before = server_usec(url)
     enqueue_rate = asyncio.run(enqueue(url, stream, int(jobs), int(accounts)))
+    enqueued = server_usec(url)
     drain_rate = drain(url, stream, int(jobs), int(processes), handler_dir)
+    drained = server_usec(url)
     print(
         json.dumps({
             "streamq": os.path.dirname(os.path.dirname(os.path.abspath(streamq.__file__))),
             "enqueue jobs/s": round(enqueue_rate),
             "drain jobs/s": round(drain_rate),
+            "enqueue server us/job": round((enqueued - before) / int(jobs), 1),
+            "drain server us/job": round((drained - enqueued) / int(jobs), 1),
         })
     )  # fmt: skip
 

@@ -7,9 +7,9 @@ instant. Each page of 100 (``q.jobs``) is timed 20 times: the server's time per 
 of the durations SLOWLOG records for the page's commands (logging every command while the page
 is read: the script that reads the index, the pipelined reads of the records), and the wall
 time is the call as this process sees it. Beside them, the one ZRANGE BYSCORE ... LIMIT a
-cursor of score and offset among the ties would send (cheap on Redis 7 and Valkey, which skip
-to an offset by rank, but wrong once a tie before the cursor leaves: why the cursor names the
-job instead).
+cursor of score and offset among the ties would send (Valkey 8 skips to the offset by rank,
+Redis 7.0 walks it; either way wrong once a tie before the cursor leaves, which is why the
+cursor names the job instead).
 
 Hot path: the same enqueue-then-drain run (scheduled jobs with accounts: the due index on
 enqueue and promotion, the finished index on finish; bench/listing_hot_path.py) against this
@@ -49,7 +49,16 @@ PAGE_COLUMNS = [
     "index read us",
     "wall ms/page",
 ]
-HOT_COLUMNS = ["engine", "side", "round", "jobs", "enqueue jobs/s", "drain jobs/s"]
+HOT_COLUMNS = [
+    "engine",
+    "side",
+    "round",
+    "jobs",
+    "enqueue jobs/s",
+    "drain jobs/s",
+    "enqueue server us/job",
+    "drain server us/job",
+]
 REPEATS = 20
 HANDLER = "async def noop(job):\n    return None\n"
 
@@ -292,8 +301,7 @@ def hot_path(
                     found = hot_run(tree, url, jobs, args.accounts, Path(handlers))
                     section.rows.append({
                         "engine": label, "side": side, "round": round_ + 1, "jobs": jobs,
-                        "enqueue jobs/s": found["enqueue jobs/s"],
-                        "drain jobs/s": found["drain jobs/s"],
+                        **{column: found[column] for column in HOT_COLUMNS[4:]},
                     })  # fmt: skip
                     advance(len(section.rows))
                     sync_redis.Redis.from_url(url).flushall()
@@ -301,8 +309,7 @@ def hot_path(
         mine = [r for r in section.rows if r["engine"] == label and r["side"] == side]
         section.rows.append({
             "engine": label, "side": side, "round": "median", "jobs": jobs,
-            "enqueue jobs/s": round(statistics.median(r["enqueue jobs/s"] for r in mine)),
-            "drain jobs/s": round(statistics.median(r["drain jobs/s"] for r in mine)),
+            **{c: statistics.median(r[c] for r in mine) for c in HOT_COLUMNS[4:]},
         })  # fmt: skip
 
 
