@@ -225,7 +225,7 @@ def pages(args: argparse.Namespace, ui: UI, section: Section, label: str, url: s
     section.rows.append(
         row(label, "  a score-and-offset cursor there: ZRANGE BYSCORE LIMIT", ties, 101, raw, None)
     )
-    client.flushall()
+    client.flushall(asynchronous=True)  # FLUSHALL of a million keys outlasts a read timeout
     client.close()
 
 
@@ -304,7 +304,7 @@ def hot_path(
                         **{column: found[column] for column in HOT_COLUMNS[4:]},
                     })  # fmt: skip
                     advance(len(section.rows))
-                    sync_redis.Redis.from_url(url).flushall()
+                    sync_redis.Redis.from_url(url).flushall(asynchronous=True)
     for side, _ in sides:
         mine = [r for r in section.rows if r["engine"] == label and r["side"] == side]
         section.rows.append({
