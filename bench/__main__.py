@@ -23,6 +23,7 @@ from bench.scenarios import (
     iobound,
     lateness,
     limits,
+    listing,
     memory,
     peers,
     publish,
@@ -42,6 +43,7 @@ SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "limits": (limits, "rate-limit admission cost; one hot account's burst"),
     "publish": (publish, "a built-in publisher against the simulator: rate, lost, twice"),
     "cluster": (cluster, "one server against a 3-master cluster, by partitions of the stream"),
+    "listing": (listing, "a page of 100 in 1,000,000 scheduled jobs; the indexes' hot-path cost"),
     "wait": (wait, "1,000 concurrent q.wait calls in one process: return after the final state"),
 }
 ALL = ["throughput", "io-bound", "lateness", "recovery", "memory", "day", "peers", "limits"]

@@ -232,10 +232,10 @@ class Queue:
         partitions; pass the page's ``cursor`` for the next one (None: no more). ``since`` and
         ``until`` (aware datetimes, inclusive) bound that time. Raises ListingError (a
         ValueError) for an unknown state, a bad cursor, an inverted range or a limit over
-        1,000."""
+        1,000, and StreamNotFound for a stream never configured nor used."""
         return await listing.list_jobs(
             self.redis,
-            await self.partitions(stream),
+            await self.partitions(await self.known(stream)),
             state,
             account=account,
             key=key,

@@ -17,7 +17,9 @@ members it skips: records whose state no longer matches (a retry met while listi
 jobs, a job promoted between two reads), and, for a filter no structure indexes (an account
 over queued, running, dead or finished jobs; a key over finished ones), every job it passes.
 Sources of several partitions are merged in order; the cursor is the position of the last job
-returned, so a job that keeps its place is listed once per pass however the others move.
+returned, so a job that keeps its place is listed once per pass however the others move. In a
+sorted set that position is (score, job id): a page resumes just after the last job listed,
+not at the first of the jobs that share its due time (scripts.page_members).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from streamq import codec, keys
+from streamq import codec, keys, scripts
 from streamq.control import JobInfo
 from streamq.errors import ListingError
 
@@ -174,42 +176,27 @@ class _SortedSet:
         self.since, self.until = since, until
 
     async def fetch(self, after: Position | None, count: int) -> tuple[list[_Item], bool]:
-        low = self.since if after is None else max(self.since, after[0])
-        if low > self.until:
-            return [], True
         items: list[_Item] = []
-        offset = 0
         while True:
-            raw: Any = await self.redis.zrange(
+            # After the cursor's (score, member), never from its score: a page resumes after
+            # the last job listed however many share its due time (scripts.page_members).
+            raw = await scripts.page_members(
+                self.redis,
                 self.key,
-                _bound(low),
-                _bound(self.until),
-                byscore=True,
-                offset=offset,
-                num=count,
-                withscores=True,
+                low=self.since,
+                high=self.until,
+                after=None if after is None else (float(after[0]), str(after[1])),
+                count=count,
             )
             for member, score in raw:
-                job_id = _text(member)
-                position = (float(score), job_id)
                 # Members that are not jobs: admit_jobs' '@held:<account>' safety nets.
-                if job_id.startswith("@") or (after is not None and position <= after):
-                    continue
-                items.append(_Item(position, self.stream, job_id))
+                if not member.startswith("@"):
+                    items.append(_Item((score, member), self.stream, member))
             if len(raw) < count:
                 return items, True
             if items:
                 return items, False
-            # A run of members tied at the cursor's score, all already listed: step over it.
-            offset += count
-
-
-def _bound(value: float) -> str | float:
-    if value == _INF:
-        return "+inf"
-    if value == -_INF:
-        return "-inf"
-    return value
+            after = (raw[-1][1], raw[-1][0])  # a page of safety nets only: read on past it
 
 
 class _Lane:

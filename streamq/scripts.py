@@ -576,6 +576,36 @@ async def purge_records(
     return int(await _run(redis, "purge_records", record_keys, [keep_ms, *states]))
 
 
+async def page_members(
+    redis: Redis,
+    set_key: str,
+    *,
+    low: float,
+    high: float,
+    after: tuple[float, str] | None,
+    count: int,
+) -> list[tuple[str, float]]:
+    """Up to ``count`` (member, score) of ``set_key`` with scores in [low, high] (infinities
+    for no bound), in (score, member) order, after the member ``after`` names at its score."""
+    args: list[EncodableArg] = [
+        _score_bound(low),
+        _score_bound(high),
+        "" if after is None else repr(after[0]),
+        "" if after is None else after[1],
+        count,
+    ]
+    flat = await _run(redis, "page_members", [set_key], args)
+    return [(codec.text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
+def _score_bound(value: float) -> str:
+    if value == float("inf"):
+        return "+inf"
+    if value == float("-inf"):
+        return "-inf"
+    return repr(value)
+
+
 async def sample_counts(redis: Redis, stream: str, *, every_ms: int, keep_ms: int) -> bool:
     """Add a copy of the counts to the samples if the last is ``every_ms`` old; True if added."""
     reply = await _run(

@@ -40,6 +40,7 @@ def test_help_lists_every_scenario() -> None:
         "day",
         "peers",
         "cluster",
+        "listing",
     ):
         assert scenario in done.stdout
 
@@ -79,6 +80,25 @@ def test_tiny_recovery_loses_nothing() -> None:
     assert row["lost"] == 0
     assert row["run twice"] == 0
     assert row["recovered in s"] is not None
+
+
+def test_tiny_listing_run_pages_every_case_and_times_both_sides() -> None:
+    done = bench(
+        "listing", "--jobs", "2000", "--accounts", "20", "--ties", "500", "--hot-jobs", "200",
+        "--pairs", "1", "--commits", "--engines", "valkey", "--json", "--no-charts",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    pages, hot = json.loads(done.stdout)["sections"]
+    assert [row["jobs in set"] for row in pages["rows"]] == [2000, 2000, 100, 100, 500, 500]
+    # A page of 100 everywhere but from the middle of one account's 100 jobs (its last 49).
+    assert [row["page"] for row in pages["rows"]] == [100, 100, 100, 49, 100, 101]
+    assert all(row["server us/page"] > 0 for row in pages["rows"])
+    # Only this tree's side here (each older commit's side is the same run in its own copy).
+    assert [(row["side"], row["round"]) for row in hot["rows"]] == [
+        ("this tree", 1),
+        ("this tree", "median"),
+    ]
+    assert all(row["enqueue jobs/s"] > 0 and row["drain jobs/s"] > 0 for row in hot["rows"])
 
 
 def test_day_plan_respects_platform_caps_and_spreads_over_zones() -> None:

@@ -12,8 +12,8 @@ import pytest
 
 import streamq
 from streamq import keys
-from streamq.config import Config, StreamConfig
-from streamq.errors import Fail, ListingError
+from streamq.config import Config, Limit, StreamConfig
+from streamq.errors import Fail, ListingError, StreamNotFound
 from streamq.job import Job
 from streamq.worker import Worker, WorkerOptions
 from tests.conftest import ADMIN_TOKEN, AdminServer, run_cli
@@ -68,6 +68,41 @@ async def test_scheduled_by_due_time_and_by_account(redis_url: str, stream: str)
         assert await _all(q, stream, "cancelled") == [later[1]]
 
 
+async def test_jobs_due_at_one_time_page_through_once_each(redis_url: str, stream: str) -> None:
+    """Jobs due at the same time share a score: the cursor carries the job id with it, so a
+    page resumes just after the last job listed (not from the first of the ties), even when
+    that job has since left the set or moved in it."""
+    at = datetime.now(UTC) + timedelta(hours=1)
+    count = 1200
+    async with streamq.connect(redis_url) as q:
+        ids = await q.enqueue_many(
+            stream, [{"n": n} for n in range(count)], accounts=["acme"] * count, run_at=at
+        )
+        # Ids made by one process in one ms sort in the order made: the ties' order.
+        assert await _all(q, stream, "scheduled", limit=100) == ids
+        assert await _all(q, stream, "scheduled", limit=100, account="acme") == ids
+        assert [info.id async for info in q.iter_jobs(stream, "scheduled", page_size=7)] == ids
+        for account in (None, "acme"):
+            first = await q.jobs(stream, "scheduled", account=account, limit=10)
+            assert [info.id for info in first.jobs] == ids[:10]
+            assert first.cursor is not None
+            cursors = [first.cursor]
+            # The cursor's job leaves (cancelled) or moves later (rescheduled): its neighbours
+            # stay where they were.
+            gone = ids.pop(9)
+            await q.cancel(gone)
+            after = await q.jobs(stream, "scheduled", account=account, limit=10, cursor=cursors[0])
+            assert [info.id for info in after.jobs] == ids[9:19]
+            assert after.cursor is not None
+            moved = ids.pop(18)
+            await q.reschedule(moved, run_at=at + timedelta(minutes=1))
+            ids.append(moved)
+            again = await q.jobs(
+                stream, "scheduled", account=account, limit=10, cursor=after.cursor
+            )
+            assert [info.id for info in again.jobs] == ids[18:28]
+
+
 async def _retrying_and_dead(q: streamq.Queue, stream: str, flaky: str) -> bool:
     return await _all(q, stream, "retrying") == [flaky] and bool(await _all(q, stream, "dead"))
 
@@ -111,6 +146,41 @@ async def test_running_retrying_dead_done(redis_url: str, stream: str) -> None:
             assert await _all(q, stream, "running") == []
             await q.cancel(flaky)
             worker.stop()
+
+
+async def test_jobs_held_behind_their_accounts_turn_are_listed_held(
+    redis_url: str, stream: str
+) -> None:
+    """A platform limit that binds: the account's next job waits for the platform (in the
+    delayed set, listed scheduled) and the ones after it are held aside (listed held)."""
+    platform = Limit(scope="platform", max=1, per=60.0)
+    config = Config(streams={stream: StreamConfig(limits=(platform,))})
+    ran: list[str] = []
+
+    async def handler(job: Job) -> None:
+        ran.append(job.id)
+
+    options = WorkerOptions(limits=(platform,), block_seconds=0.1, concurrency=4)
+    async with streamq.connect(redis_url, config=config) as q:
+        ids = await q.enqueue_many(stream, [1, 2, 3, 4], accounts=["acme"] * 4)
+        other = await q.enqueue(stream, 5, account="zeta")
+        worker = Worker(q.redis, stream, handler, options)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            with anyio.fail_after(10):
+                while len(await _all(q, stream, "held")) < 2:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            worker.stop()
+        assert ran == ids[:1]
+        assert await _all(q, stream, "held") == ids[2:]
+        assert await _all(q, stream, "held", account="acme") == ids[2:]
+        assert await _all(q, stream, "held", account="zeta") == []
+        [held] = (await q.jobs(stream, "held", limit=1)).jobs
+        assert (held.state, held.account, held.id) == ("held", "acme", ids[2])
+        assert (await q.job(ids[2])).state == "held"
+        # Waiting for the platform: the account's next job and the other account's.
+        assert sorted(await _all(q, stream, "scheduled")) == sorted([ids[1], other])
+        assert await _all(q, stream, "scheduled", account="acme") == [ids[1]]
 
 
 async def test_paused_and_partitions_merge_in_order(redis_url: str, stream: str) -> None:
@@ -167,6 +237,11 @@ async def test_bad_input_is_a_value_error(redis_url: str, stream: str) -> None:
         assert cursor is not None
         with pytest.raises(ListingError, match="belongs to a listing of queued jobs"):
             await q.jobs(stream, "scheduled", cursor=cursor)
+        # An unknown stream: the error stats, dead and the admin API give it.
+        with pytest.raises(StreamNotFound, match=f"no stream '{stream}x'"):
+            await q.jobs(stream + "x", "queued")
+        with pytest.raises(StreamNotFound):
+            [info async for info in q.iter_jobs(stream + "x", "queued")]
 
 
 def test_cli_lists_jobs_as_json_lines_and_refuses_bad_input(redis_url: str, stream: str) -> None:
@@ -219,6 +294,15 @@ def test_cli_lists_jobs_as_json_lines_and_refuses_bad_input(redis_url: str, stre
         assert bad.returncode == 2, (args, bad.stderr)
         assert message in bad.stderr, bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    unknown = run_cli(
+        "jobs", "--redis-url", redis_url, "--stream", stream + "x", "--state", "queued"
+    )
+    assert unknown.returncode == 1
+    assert unknown.stdout == ""
+    assert unknown.stderr.strip().splitlines() == [
+        f"streamq: error: no stream '{stream}x': it is not configured and no job was ever "
+        "enqueued on it"
+    ]
 
 
 async def test_admin_api_lists_jobs_and_answers_bad_input_with_400(
@@ -254,4 +338,10 @@ async def test_admin_api_lists_jobs_and_answers_bad_input_with_400(
             answer = await http.get(path, params=query)
             assert answer.status_code == 400, (query, answer.text)
             assert message in answer.json()["error"]
-        assert (await http.get("/api/streams/nosuchstream/jobs?state=queued")).status_code == 404
+        # An unknown stream is the one rule's answer for every route (README): 404, one line.
+        unknown = await http.get(f"/api/streams/{stream}x/jobs", params={"state": "queued"})
+        assert unknown.status_code == 404
+        assert unknown.json() == {
+            "error": f"no stream '{stream}x': it is not configured and no job was ever "
+            "enqueued on it"
+        }

@@ -1,11 +1,12 @@
 """A stateful hypothesis test of the listings against a model, on a real server.
 
 Rules enqueue jobs (now or later, with or without an account), promote, deliver one to a worker
-(it is then running), finish it (done, retry, dead, or pause its account), cancel, reschedule,
-resume an account and replay dead or cancelled jobs, all through the scripts workers and
-producers use. After every step, every state's listing, paged two at a time, holds exactly the
-jobs the model has in that state (and, filtered by account, exactly that account's), each once,
-the scheduled and retrying ones in due-time order.
+(it is then running), admit it under a platform limit that binds (it runs, waits for its turn
+or is held behind its account's waiting job), finish it (done, retry, dead, expired, or pause
+its account), cancel, reschedule, resume an account and replay dead or cancelled jobs, all
+through the scripts workers and producers use. After every step, every state's listing, paged
+two at a time, holds exactly the jobs the model has in that state (and, filtered by account,
+exactly that account's), each once, the scheduled and retrying ones in due-time order.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -32,7 +33,8 @@ from hypothesis.stateful import (
 from redis.exceptions import ResponseError
 
 import streamq
-from streamq import codec, keys, listing, scripts
+from streamq import codec, keys, limiter, listing, scripts
+from streamq.config import Limit
 from streamq.errors import InvalidJobState
 
 pytestmark = pytest.mark.cluster
@@ -40,6 +42,8 @@ pytestmark = pytest.mark.cluster
 ACCOUNTS = (None, "acme", "zeta")
 CONSUMER = "model-worker"
 LANE = keys.lane  # every job here is on the normal lane
+NORMAL = keys.LANES.index("normal") + 1  # admit_jobs' lane number
+ONE_AN_HOUR = limiter.limits_for("any", (Limit(scope="platform", max=1, per=3600.0),)).packed()
 
 
 class ModelJob(msgspec.Struct):
@@ -47,6 +51,11 @@ class ModelJob(msgspec.Struct):
     account: str | None
     entry: str | None = None
     cancel_requested: bool = False
+    admitted: bool = False
+    """Started under the platform limit in this delivery (a worker asks once per delivery)."""
+    waits_for_platform: bool = False
+    """Deferred or held by the limit: admission may move it on its own (held to the lane,
+    waiting to held), so the model follows its record while it waits."""
 
 
 class Listings(RuleBasedStateMachine):
@@ -78,8 +87,10 @@ class Listings(RuleBasedStateMachine):
 
     @initialize()
     def seed(self) -> None:
-        """A job of each account waiting now, so short runs reach the later states too."""
-        for account in ACCOUNTS:
+        """A job of each account waiting now, and two more of acme's (so a few workers' steps
+        under the platform limit reach a job waiting for it and one held behind it), so short
+        runs reach the later states too."""
+        for account in (*ACCOUNTS, "acme", "acme"):
             self.enqueue(later=False, account=account, hours=1)
 
     @rule(later=st.booleans(), account=st.sampled_from(ACCOUNTS), hours=st.integers(1, 5))
@@ -126,6 +137,9 @@ class Listings(RuleBasedStateMachine):
     @rule()
     def deliver(self) -> None:
         """A worker reads the lane's next entry: that job is running."""
+        self._deliver()
+
+    def _deliver(self) -> str:
         lane = LANE(self.stream, "normal")
 
         async def go() -> Any:
@@ -142,11 +156,83 @@ class Listings(RuleBasedStateMachine):
         assert self.jobs[job_id].state == "queued", (job_id, self.jobs[job_id])
         assert self.jobs[job_id].entry == entry.decode()
         self.jobs[job_id].state = "running"
+        self.jobs[job_id].admitted = False
+        return job_id
+
+    @precondition(lambda self: self._in("queued"))
+    @rule()
+    def work(self) -> None:
+        """What a worker under a platform limit does: read the next job, then ask the limit
+        if the job has an account."""
+        job_id = self._deliver()
+        if self.jobs[job_id].account is not None:
+            self._admit(job_id)
+
+    @precondition(lambda self: self._running_with_account())
+    @rule(data=st.data())
+    def admit(self, data: st.DataObject) -> None:
+        """Before its handler runs, the worker asks the platform's limit (one start an hour):
+        the first start takes the hour, a later job waits for its turn (scheduled), and while
+        one of its account's jobs waits, the account's next ones are held aside (held); a
+        paused account's job is parked (paused)."""
+        self._admit(data.draw(st.sampled_from(self._running_with_account())))
+
+    def _admit(self, job_id: str) -> None:
+        job = self.jobs[job_id]
+        entry = job.entry
+        assert entry is not None
+        assert job.account is not None
+
+        async def go() -> scripts.Admission:
+            raw: Any = await self.queue.redis.xrange(LANE(self.stream, "normal"), entry, entry)
+            envelope = codec.decode(raw[0][1][b"j"])
+            row = codec.AdmitRow(NORMAL, entry, job_id, str(job.account), envelope.enqueued_at_ms)
+            return await scripts.admit_jobs(
+                self.queue.redis, self.stream, CONSUMER, [row], limits=ONE_AN_HOUR
+            )
+
+        [verdict] = self.portal.call(go).verdicts
+        if verdict:
+            job.admitted = True
+        else:  # left the worker's hands: waiting for its turn, held aside, or parked
+            state = self._recorded(job_id)
+            assert state in ("scheduled", "held", "paused"), (job_id, state)
+            job.state, job.entry = state, None
+            job.waits_for_platform = state != "paused"
+
+    def _follow_the_platform_queue(self) -> None:
+        """Jobs the limit deferred or held move on as admission decides (a start sends the
+        account's next held job back to the lane): the model takes their recorded state."""
+        for job_id, job in self.jobs.items():
+            if not job.waits_for_platform:
+                continue
+            if job.state not in ("scheduled", "held"):
+                job.waits_for_platform = False
+                continue
+            recorded = self._recorded(job_id)
+            if recorded != job.state:
+                assert recorded in ("queued", "scheduled", "held"), (job_id, recorded)
+                job.state = recorded
+                job.entry = self._entry(job_id) if recorded == "queued" else None
+
+    def _running_with_account(self) -> list[str]:
+        return [
+            j
+            for j in self._in("running")
+            if self.jobs[j].account is not None and not self.jobs[j].admitted
+        ]
+
+    def _recorded(self, job_id: str) -> str:
+        raw: Any = self.portal.call(
+            lambda: self.queue.redis.hget(keys.job(self.stream, job_id), "state")
+        )
+        return str(raw.decode())
 
     @precondition(lambda self: self._in("running"))
-    @rule(data=st.data(), outcome=st.sampled_from(["done", "retry", "dead", "pause"]))
+    @rule(data=st.data(), outcome=st.sampled_from(["done", "retry", "dead", "pause", "expire"]))
     def finish(self, data: st.DataObject, outcome: str) -> None:
-        """The handler returns, fails (retried), fails for good, or pauses its account."""
+        """The handler returns, fails (retried), fails for good, or pauses its account; or the
+        worker finds the job came due too long ago and expires it unrun."""
         job_id = data.draw(st.sampled_from(self._in("running")))
         job = self.jobs[job_id]
         if outcome == "pause" and job.account is None:
@@ -170,6 +256,8 @@ class Listings(RuleBasedStateMachine):
                 )  # fmt: skip
             elif outcome == "dead":
                 row = codec.Dead(job_id, "", 1, started, text, "no good", "", 2, entry)
+            elif outcome == "expire":
+                row = codec.Expired(job_id, "", 1, 0, text, 2, entry)
             else:
                 row = codec.Parked(
                     job_id, "", 1, started, text, "revoked", str(job.account),
@@ -188,7 +276,12 @@ class Listings(RuleBasedStateMachine):
         if job.cancel_requested and outcome in ("retry", "pause"):
             job.state = "cancelled"
         else:
-            job.state = {"done": "done", "retry": "retrying", "dead": "dead"}.get(outcome, "paused")
+            job.state = {
+                "done": "done",
+                "retry": "retrying",
+                "dead": "dead",
+                "expire": "expired",
+            }.get(outcome, "paused")
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
@@ -237,9 +330,12 @@ class Listings(RuleBasedStateMachine):
 
     @invariant()
     def every_listing_matches_the_model(self) -> None:
-        self.portal.call(self._check)
+        self._follow_the_platform_queue()
+        for state in sorted(self.portal.call(self._check)):
+            event(f"listed {state}")  # --hypothesis-show-statistics: the states runs reach
 
-    async def _check(self) -> None:
+    async def _check(self) -> set[str]:
+        reached: set[str] = set()
         for state in listing.STATES:
             for account in ACCOUNTS:
                 listed = await self._listed(state, account)
@@ -251,11 +347,14 @@ class Listings(RuleBasedStateMachine):
                     if job.state == state and (account is None or job.account == account)
                 )
                 assert sorted(ids) == expected, (state, account, ids, expected)
+                if ids:
+                    reached.add(state)
                 if state in ("scheduled", "retrying"):
                     order = [(info.run_at_ms, info.id) for info in listed]
                     assert order == sorted(order), (state, order)
                 if state == "running":
                     assert {info.consumer for info in listed} <= {CONSUMER}
+        return reached
 
     async def _listed(self, state: str, account: str | None) -> list[Any]:
         found = []

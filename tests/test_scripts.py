@@ -231,6 +231,37 @@ async def test_sample_counts_and_leadership(redis: Redis, stream: str) -> None:
     assert not await redis.exists(lock)
 
 
+async def test_page_members_resumes_after_the_cursors_member_at_its_score(
+    redis: Redis, stream: str
+) -> None:
+    """Ties in byte order (b-10 before b-9), bounds, and a cursor member that has left."""
+    members = {"a": 1.0, "b-10": 2.0, "b-2": 2.0, "b-9": 2.0, "c": 3.0, "d": 4.5}
+    ordered = ["a", "b-10", "b-2", "b-9", "c", "d"]
+    index = keys.due(stream, "acme")
+    await redis.zadd(index, members)
+
+    async def page(low: float, high: float, after: tuple[float, str] | None, n: int) -> list[str]:
+        await redis.script_flush()
+        got = await scripts.page_members(redis, index, low=low, high=high, after=after, count=n)
+        assert all(members[m] == score for m, score in got)
+        return [m for m, _ in got]
+
+    inf = float("inf")
+    assert await page(-inf, inf, None, 10) == ordered
+    assert await page(2.0, 3.0, None, 10) == ordered[1:5]
+    assert await page(-inf, inf, (2.0, "b-10"), 2) == ["b-2", "b-9"]
+    assert await page(-inf, 2.0, (2.0, "b-2"), 10) == ["b-9"]
+    assert await page(3.0, inf, (2.0, "b-2"), 10) == ["c", "d"]  # cursor before since
+    assert await page(-inf, 1.5, (2.0, "b-2"), 10) == []  # cursor past until
+    await redis.zrem(index, "b-2")  # the cursor's member has left: the next tie after it
+    assert await page(-inf, inf, (2.0, "b-2"), 10) == ["b-9", "c", "d"]
+    assert await page(-inf, inf, (2.0, "b-1"), 1) == ["b-10"]
+    assert await page(-inf, inf, (2.0, "z"), 10) == ["c", "d"]
+    members["b-9"] = 4.0
+    await redis.zadd(index, {"b-9": 4.0})  # moved: its old place is found by the search
+    assert await page(-inf, inf, (2.0, "b-9"), 10) == ["c", "b-9", "d"]
+
+
 async def test_token_lease_and_write_keep_one_refresher_and_the_newest_token(
     redis: Redis, stream: str
 ) -> None:
