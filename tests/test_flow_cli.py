@@ -44,10 +44,10 @@ def test_flow_add_show_reschedule_cancel(server: LocalServer, stream: str) -> No
     cancelled = invoke("flow", "cancel", flow_id, env=env)
     assert (cancelled.returncode, cancelled.stdout.strip()) == (0, "cancelled")
 
-    async def upload_state() -> bytes:
+    async def upload_state() -> object:
         client = connection.client(server.url)
         try:
-            state: bytes = await client.hget(keys.job(f"{stream}-v", jobs["upload"]), "state")
+            state: object = await client.hget(keys.job(f"{stream}-v", jobs["upload"]), "state")
             return state
         finally:
             await client.aclose()
