@@ -330,6 +330,10 @@ async def drain(redis: Redis, flow_id: str) -> list[str]:
             [([step["job"]], codec.pack_rows([row]))],
             expire_after_ms=envelope.expire_after_ms,
         )
+        # The scripts that end a job without a worker (cancel_job, promote_due's expiry,
+        # dead_letter) read this to put the step in the outbox; finish_jobs needs no read.
+        member = codec.outbox_member(step["job"], envelope.flow)  # type: ignore[arg-type]
+        await redis.hset(keys.job(step["stream"], step["job"]), "flow", member)
         released.append(name)
     await scripts.mark_flow_released(redis, flow_id, released)
     return released

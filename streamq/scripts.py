@@ -456,6 +456,7 @@ async def dead_letter(
     script_keys = [
         keys.lane(stream, lane),
         *_keys(stream, keys.dead, keys.dedup, keys.counts, keys.events, keys.meta),
+        keys.flow_outbox(stream),
         *record_keys,
     ]
     return int(await _run(redis, "dead_letter", script_keys, args))

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 import streamq
-from streamq import flows, keys
+from streamq import channel, flows, keys
 from streamq.errors import ConfigError, Fail, FlowError, FlowNotFound, PayloadError
 from streamq.job import Job
 from streamq.worker import Worker
@@ -315,3 +315,50 @@ async def test_a_job_of_no_flow_leaves_no_outbox(redis_url: str, redis: Redis, s
 async def recording_plain(job: Job) -> Any:
     assert job.flow is None
     return "ok"
+
+
+async def test_a_step_cancelled_on_its_own_or_expired_still_tells_its_flow(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    """Ended without a worker's finish (cancel_job; promotion's expiry): the scripts put the
+    step in the outbox, and a worker's sweep tells the flow."""
+    from datetime import UTC, datetime, timedelta
+
+    a, b = streams_of(stream, 2)
+    runs: Runs = []
+    async with streamq.connect(redis_url) as q:
+        soon = datetime.now(UTC) + timedelta(milliseconds=300)
+        cancelled = await q.enqueue_flow(
+            [
+                streamq.Step(name="post", stream=a),
+                streamq.Step(name="pin", stream=b, after=["post"]),
+            ],
+            run_at=soon + timedelta(hours=1),
+        )
+        expired = await q.enqueue_flow(
+            [
+                streamq.Step(name="post", stream=a, expire_after="1ms", on_failure="continue"),
+                streamq.Step(name="pin", stream=b, after=["post"]),
+            ],
+            run_at=soon,
+        )
+        assert await q.cancel(cancelled.jobs["post"]) == "cancelled"
+        await poll(lambda: redis.zcard(keys.flow_outbox(a)))
+        due_ms = round(soon.timestamp() * 1000)
+        # Past the due time and its 1 ms grace, by the server's clock: it expires unrun.
+        await poll(lambda: _server_ms_past(redis, due_ms + 5))
+        async with workers(redis, [a, b], recording(runs)):
+            first = await ended(q, cancelled.id)
+            second = await ended(q, expired.id)
+    assert (first.state, first.steps["post"].state, first.steps["pin"].state) == (
+        "partially_done",
+        "cancelled",
+        "cancelled",
+    )
+    assert (second.state, second.steps["post"].state) == ("partially_done", "failed")
+    assert second.steps["post"].error == "expired: it came due too long ago to run"
+    assert [step for _, step, _ in runs] == ["pin"]
+
+
+async def _server_ms_past(redis: Redis, ms: int) -> bool:
+    return await channel.server_ms(redis) > ms
