@@ -339,9 +339,11 @@ async def drain(redis: Redis, flow_id: str) -> list[str]:
     return released
 
 
-async def tell(redis: Redis, member: str) -> None:
+async def tell(redis: Redis, member: str, *, again: bool = False) -> None:
     """Tell a flow that its step ended (one outbox member ``<job id> <flow id> <step>``),
-    release what that allows, and only then drop the member. Idempotent throughout."""
+    release what that allows, and only then drop the member. Idempotent throughout. The
+    flow's end event is written by the teller that ended the flow, or ``again`` (a sweep of
+    a member someone left) when it is still to be written."""
     job_id, flow_id, step = member.split(" ")
     stream = keys.stream_of_job(job_id)
     state, result, error = await redis.hmget(keys.job(stream, job_id), "state", "result", "error")
@@ -354,7 +356,7 @@ async def tell(redis: Redis, member: str) -> None:
         text_error = "" if error is None else _text(error)
         if _text(state) == "expired" and not text_error:
             text_error = "expired: it came due too long ago to run"
-    await scripts.advance_flow(
+    _, ended = await scripts.advance_flow(
         redis,
         flow_id,
         step,
@@ -363,8 +365,43 @@ async def tell(redis: Redis, member: str) -> None:
         error=text_error if step_state != "done" else "",
         retention_ms=RETENTION_MS,
     )
+    if ended or again:
+        await announce(redis, flow_id, stream)
     await drain(redis, flow_id)
     await redis.zrem(keys.flow_outbox(stream), member)
+
+
+async def announce(redis: Redis, flow_id: str, stream: str) -> None:
+    """Write the flow's end event (``flow.<state>``, with each step's final state) into
+    ``stream``'s events, and so to its webhooks, if the flow ended and it is not written yet.
+    The record's ``announce`` is dropped after the write: a crash between them writes it
+    again (at least once, by the sweep), as a sweep racing this teller may."""
+    raw: Any = await redis.hgetall(keys.flow(flow_id))
+    if b"announce" not in raw:
+        return
+    record = {k.decode(): v.decode() for k, v in raw.items()}
+    kind = f"flow.{record['announce']}"
+    meta: Any = await redis.hmget(keys.meta(stream), ["events_cap", "events_skip"])
+    cap = int(meta[0] or 100_000)
+    if cap > 0 and kind not in (meta[1] or b"").decode().split(","):
+        steps = {
+            step["name"]: record.get(f"s:{step['name']}")
+            for step in orjson.loads(record["spec"])["steps"]
+            if not step["last"]
+        }
+        await redis.xadd(
+            keys.events(stream),
+            {
+                "type": kind,
+                "job": flow_id,
+                "at": record.get("finished_at", "0"),
+                "attempt": 1,
+                "result": orjson.dumps(steps),
+            },
+            maxlen=cap,
+            approximate=True,
+        )
+    await redis.hdel(keys.flow(flow_id), "announce")
 
 
 async def tell_jobs(redis: Redis, jobs: Sequence[Job]) -> None:
@@ -387,7 +424,7 @@ async def sweep(redis: Redis, stream: str, now_ms: int) -> int:
         keys.flow_outbox(stream), "-inf", now_ms - OUTBOX_GRACE_MS, start=0, num=SWEEP_BATCH
     )
     for member in members:
-        await tell(redis, _text(member))
+        await tell(redis, _text(member), again=True)
     return len(members)
 
 
@@ -459,7 +496,7 @@ async def cancel_flow(q: Queue, flow_id: str) -> FlowState:
     reply = await scripts.cancel_flow(q.redis, flow_id, retention_ms=RETENTION_MS)
     if reply is None:
         raise FlowNotFound(f"no flow {flow_id!r}")
-    _, _, enqueued = reply
+    _, ended, enqueued = reply
     info = await flow_info(q.redis, flow_id)
     by_job = {step.job: step.name for step in info.steps.values()}
     for job_id in enqueued:
@@ -468,6 +505,11 @@ async def cancel_flow(q: Queue, flow_id: str) -> FlowState:
         # Cancelled at once (not running): no worker finishes it, so tell the flow here.
         flow = codec.FlowRef(id=flow_id, step=by_job[job_id])
         await tell(q.redis, codec.outbox_member(job_id, flow))
+    # Ended by the cancel itself (nothing was enqueued and not final): its event goes to the
+    # stream of its first step.
+    if ended:
+        first = next(iter(info.steps.values()))
+        await announce(q.redis, flow_id, keys.stream_of_job(first.job))
     return (await flow_info(q.redis, flow_id)).state
 
 

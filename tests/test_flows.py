@@ -50,6 +50,15 @@ async def workers(
         yield
 
 
+async def flow_events(q: streamq.Queue, streams: list[str], flow_id: str) -> list[streamq.Event]:
+    found = []
+    for stream in streams:  # one at a time: on a cluster each is on a slot of its own
+        async for event in q.events(stream, wait=False):
+            if event.job == flow_id and event.type.startswith("flow."):
+                found.append(event)
+    return found
+
+
 async def ended(q: streamq.Queue, flow_id: str) -> flows.FlowInfo:
     async def final() -> bool:
         info = await q.flow(flow_id)
@@ -83,6 +92,9 @@ async def test_a_cross_post_runs_one_step_per_platform_and_ends_done(
             assert (step.state, step.job) == ("done", flow.jobs[platform])
             assert step.result == {"id": f"{platform}-1", "payload": {"text": "hi"}}
             assert (await q.job(flow.jobs[platform])).account == "acme"
+        [ended_event] = await flow_events(q, platforms, flow.id)
+        assert ended_event.type == "flow.done"
+        assert ended_event.result == dict.fromkeys(platforms, "done")
 
 
 async def test_steps_run_after_the_steps_they_are_after_and_see_their_results(
@@ -132,6 +144,9 @@ async def test_a_failed_step_cancels_its_dependents_and_fails_the_flow_and_on_co
             # on_complete ran once, and nothing else runs later.
             await poll(lambda: sum(step == "end" for _, step, _ in runs) == 1)
     assert info.state == "failed"
+    async with streamq.connect(redis_url) as q:
+        events = await flow_events(q, [a, b, c], flow.id)
+    assert [(ev.type, ev.job) for ev in events] == [("flow.failed", flow.id)]
     states = {name: step.state for name, step in info.steps.items()}
     assert states == {
         "publish": "failed",
@@ -249,6 +264,7 @@ async def test_cancel_flow_cancels_steps_not_started_and_reschedule_moves_schedu
             info = await ended(q, flow.id)
         assert [step for _, step, _ in runs] == ["end"]
         assert info.state == "cancelled"
+        assert [ev.type for ev in await flow_events(q, [a, b], flow.id)] == ["flow.cancelled"]
 
 
 async def test_a_worker_dying_before_it_tells_the_flow_loses_and_doubles_nothing(

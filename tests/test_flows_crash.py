@@ -86,20 +86,25 @@ def test_flows_survive_worker_sigkills(redis_url: str, stream: str) -> None:
     runs: dict[Any, Any] = client.hgetall(f"{stream}:runs")
     lost = [job for job in jobs if job.encode() not in runs]
     released: dict[str, int] = {}
+    told: dict[str, int] = {}
     for platform in platforms:
         entries: Any = client.xrange(keys.events(platform))
         for _, fields in entries:
-            if fields[b"type"] == b"queued":
+            if fields[b"type"] in (b"queued", b"flow.done"):
                 job = fields[b"job"].decode()
-                released[job] = released.get(job, 0) + 1
+                counted = released if fields[b"type"] == b"queued" else told
+                counted[job] = counted.get(job, 0) + 1
     twice = [job for job in jobs if released.get(job, 0) != 1]
     outboxes = sum(client.zcard(keys.flow_outbox(p)) for p in platforms)
     ran_again = sum(int(n) - 1 for n in runs.values())
     print(
         f"\nfaults: {FLOWS} flows of 3 steps + on_complete, {kills} worker SIGKILLs: "
         f"lost {len(lost)}, released other than once {len(twice)}, steps run again "
-        f"{ran_again} (at-least-once runs of killed jobs), outbox left {outboxes}"
+        f"{ran_again} (at-least-once runs of killed jobs), outbox left {outboxes}, flow.done "
+        f"events {sum(told.values())} for {len(told)} flows"
     )
+    # The flow's end is one state flip (advance_flow); its event is written at least once.
+    assert set(told) == {flow.id for flow in created}
     assert lost == []
     assert twice == []
     assert outboxes == 0

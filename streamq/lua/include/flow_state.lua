@@ -54,7 +54,8 @@ local function finish_flow(record, spec, left, now)
       end
     end
   end
-  redis.call('HSET', record, 'state', state, 'finished_at', now)
+  -- 'announce': the flow's end event is still to be written (streamq.flows.announce).
+  redis.call('HSET', record, 'state', state, 'finished_at', now, 'announce', state)
   if spec.on_complete then
     redis.call('HSET', record, 's:' .. spec.on_complete, 'releasing')
   end
