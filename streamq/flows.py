@@ -78,6 +78,8 @@ RETENTION_MS: Final = 7 * 86_400_000
 OUTBOX_GRACE_MS: Final = 1000
 """An outbox member this old was not drained by the worker that wrote it: the sweepers do it."""
 SWEEP_BATCH: Final = 100
+ANNOUNCE_CLAIM_MS: Final = 5000
+"""A claim to write a flow's end event this old is its writer's last act: it died."""
 STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 JOB_ENDED: Final = {"done": "done", "dead": "failed", "expired": "failed", "cancelled": "cancelled"}
 """A job record's final state -> its step's state in the flow."""
@@ -365,20 +367,30 @@ async def tell(redis: Redis, member: str, *, again: bool = False) -> None:
         error=text_error if step_state != "done" else "",
         retention_ms=RETENTION_MS,
     )
-    if ended or again:
-        await announce(redis, flow_id, stream)
+    announced = await announce(redis, flow_id, stream) if ended or again else True
     await drain(redis, flow_id)
-    await redis.zrem(keys.flow_outbox(stream), member)
+    if announced:
+        await redis.zrem(keys.flow_outbox(stream), member)
 
 
-async def announce(redis: Redis, flow_id: str, stream: str) -> None:
+async def announce(redis: Redis, flow_id: str, stream: str) -> bool:
     """Write the flow's end event (``flow.<state>``, with each step's final state) into
     ``stream``'s events, and so to its webhooks, if the flow ended and it is not written yet.
-    The record's ``announce`` is dropped after the write: a crash between them writes it
-    again (at least once, by the sweep), as a sweep racing this teller may."""
-    raw: Any = await redis.hgetall(keys.flow(flow_id))
+    The writer first claims it (the record's ``announcing``, with the time), so a sweep racing
+    the teller does not write it twice; a claim older than ``ANNOUNCE_CLAIM_MS`` was its
+    writer's last act (it died) and is taken over. Returns False when another holds a fresh
+    claim: the caller keeps its outbox member, so a later sweep looks again (at least once)."""
+    record_key = keys.flow(flow_id)
+    raw: Any = await redis.hgetall(record_key)
     if b"announce" not in raw:
-        return
+        return True
+    now = await channel_ms(redis)
+    claimed: Any = await redis.hsetnx(record_key, "announcing", now)
+    if not claimed:
+        held: Any = await redis.hget(record_key, "announcing")
+        if held is not None and now - int(held) < ANNOUNCE_CLAIM_MS:
+            return False
+        await redis.hset(record_key, "announcing", now)
     record = {k.decode(): v.decode() for k, v in raw.items()}
     kind = f"flow.{record['announce']}"
     meta: Any = await redis.hmget(keys.meta(stream), ["events_cap", "events_skip"])
@@ -401,7 +413,13 @@ async def announce(redis: Redis, flow_id: str, stream: str) -> None:
             maxlen=cap,
             approximate=True,
         )
-    await redis.hdel(keys.flow(flow_id), "announce")
+    await redis.hdel(record_key, "announce", "announcing")
+    return True
+
+
+async def channel_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def tell_jobs(redis: Redis, jobs: Sequence[Job]) -> None:
