@@ -156,7 +156,7 @@ EVENT_TYPES = (
 """Every lifecycle event type (streamq.events); ``account.reauth_required`` is an account's,
 written by the token store's keeper when a refresh is refused (its ``job`` is the job that
 found out); ``flow.<state>`` a flow's end (its ``job`` is the flow's id, its ``result`` each
-step's final state, by name), in the stream of the step that ended it (streamq.flows)."""
+step's final state, by name), in the stream of its first step (streamq.flows)."""
 
 
 class EventsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

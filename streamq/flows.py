@@ -28,7 +28,9 @@ How a step's end reaches its flow (an outbox, drained idempotently):
 
 So a step's success releases its dependents once, the flow ends once (``advance_flow`` flips
 ``state`` from ``running`` once) and ``on_complete`` is enqueued once (under one job id), even
-when workers die between finishing a step and telling the flow.
+when workers die between finishing a step and telling the flow. The flow's end event
+(``flow.<state>``) is written by the teller that ended it, or by a sweep when that teller
+died, into its first step's stream, once (``announce``, ``lua/announce_flow.lua``).
 
 Failure policies (``Step.on_failure``), for a step that ends dead or expired:
 ``fail_flow`` (default) its dependents are cancelled (theirs too) and the flow ends ``failed``;
@@ -78,8 +80,6 @@ RETENTION_MS: Final = 7 * 86_400_000
 OUTBOX_GRACE_MS: Final = 1000
 """An outbox member this old was not drained by the worker that wrote it: the sweepers do it."""
 SWEEP_BATCH: Final = 100
-ANNOUNCE_CLAIM_MS: Final = 5000
-"""A claim to write a flow's end event this old is its writer's last act: it died."""
 STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 JOB_ENDED: Final = {"done": "done", "dead": "failed", "expired": "failed", "cancelled": "cancelled"}
 """A job record's final state -> its step's state in the flow."""
@@ -367,59 +367,36 @@ async def tell(redis: Redis, member: str, *, again: bool = False) -> None:
         error=text_error if step_state != "done" else "",
         retention_ms=RETENTION_MS,
     )
-    announced = await announce(redis, flow_id, stream) if ended or again else True
+    if ended or again:
+        await announce(redis, flow_id)
     await drain(redis, flow_id)
-    if announced:
-        await redis.zrem(keys.flow_outbox(stream), member)
+    await redis.zrem(keys.flow_outbox(stream), member)
 
 
-async def announce(redis: Redis, flow_id: str, stream: str) -> bool:
-    """Write the flow's end event (``flow.<state>``, with each step's final state) into
-    ``stream``'s events, and so to its webhooks, if the flow ended and it is not written yet.
-    The writer first claims it (the record's ``announcing``, with the time), so a sweep racing
-    the teller does not write it twice; a claim older than ``ANNOUNCE_CLAIM_MS`` was its
-    writer's last act (it died) and is taken over. Returns False when another holds a fresh
-    claim: the caller keeps its outbox member, so a later sweep looks again (at least once)."""
+async def announce(redis: Redis, flow_id: str) -> None:
+    """Write the flow's end event (``flow.<state>``, with each step's final state) into the
+    events of its first step's stream, and so to its webhooks, if the flow ended: once, as
+    ``announce_flow`` keeps the flows that stream told. The record's ``announce`` is dropped
+    only after, so a teller that dies in between leaves it to the sweep."""
     record_key = keys.flow(flow_id)
     raw: Any = await redis.hgetall(record_key)
     if b"announce" not in raw:
-        return True
-    now = await channel_ms(redis)
-    claimed: Any = await redis.hsetnx(record_key, "announcing", now)
-    if not claimed:
-        held: Any = await redis.hget(record_key, "announcing")
-        if held is not None and now - int(held) < ANNOUNCE_CLAIM_MS:
-            return False
-        await redis.hset(record_key, "announcing", now)
+        return
     record = {k.decode(): v.decode() for k, v in raw.items()}
-    kind = f"flow.{record['announce']}"
-    meta: Any = await redis.hmget(keys.meta(stream), ["events_cap", "events_skip"])
-    cap = int(meta[0] or 100_000)
-    if cap > 0 and kind not in (meta[1] or b"").decode().split(","):
-        steps = {
-            step["name"]: record.get(f"s:{step['name']}")
-            for step in orjson.loads(record["spec"])["steps"]
-            if not step["last"]
-        }
-        await redis.xadd(
-            keys.events(stream),
-            {
-                "type": kind,
-                "job": flow_id,
-                "at": record.get("finished_at", "0"),
-                "attempt": 1,
-                "result": orjson.dumps(steps),
-            },
-            maxlen=cap,
-            approximate=True,
-        )
-    await redis.hdel(record_key, "announce", "announcing")
-    return True
-
-
-async def channel_ms(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
+    spec = orjson.loads(record["spec"])
+    steps = {
+        step["name"]: record.get(f"s:{step['name']}") for step in spec["steps"] if not step["last"]
+    }
+    await scripts.announce_flow(
+        redis,
+        spec["steps"][0]["stream"],
+        flow_id,
+        f"flow.{record['announce']}",
+        at_ms=int(record.get("finished_at", "0")),
+        steps=orjson.dumps(steps).decode(),
+        remember_ms=RETENTION_MS,
+    )
+    await redis.hdel(record_key, "announce")
 
 
 async def tell_jobs(redis: Redis, jobs: Sequence[Job]) -> None:
@@ -523,11 +500,9 @@ async def cancel_flow(q: Queue, flow_id: str) -> FlowState:
         # Cancelled at once (not running): no worker finishes it, so tell the flow here.
         flow = codec.FlowRef(id=flow_id, step=by_job[job_id])
         await tell(q.redis, codec.outbox_member(job_id, flow))
-    # Ended by the cancel itself (nothing was enqueued and not final): its event goes to the
-    # stream of its first step.
+    # Ended by the cancel itself (nothing was enqueued and not final).
     if ended:
-        first = next(iter(info.steps.values()))
-        await announce(q.redis, flow_id, keys.stream_of_job(first.job))
+        await announce(q.redis, flow_id)
     return (await flow_info(q.redis, flow_id)).state
 
 

@@ -37,6 +37,8 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:flows:outbox             sorted set: '<job id> <flow id> <step>' of the
                                          stream's flow steps that ended, by finish ms, until
                                          their flow is told
+    streamq:{S}:flows:told               sorted set: flows whose end event this stream wrote,
+                                         by end ms (each is written once)
     streamq:autoscaler:leader:<S,...>    string: the token of the autoscaler leading those streams;
                                          its :fence counts the leaders (the fencing token)
 
@@ -331,3 +333,8 @@ def flow(flow_id: str) -> str:
 def flow_key(key: str) -> str:
     """Which flow a flow's dedup key names (a string, under a hash tag of the key)."""
     return f"{PREFIX}:{{flowkey:{key}}}"
+
+
+def flows_told(stream: str) -> str:
+    """Flows whose end event the stream's events hold already: announce_flow writes it once."""
+    return f"{stream_prefix(stream)}:flows:told"

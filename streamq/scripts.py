@@ -726,3 +726,24 @@ async def cancel_flow(
         return None
     state, ended, *jobs = reply
     return codec.text(state), bool(ended), [codec.text(job) for job in jobs]
+
+
+async def announce_flow(
+    redis: Redis,
+    stream: str,
+    flow_id: str,
+    kind: str,
+    *,
+    at_ms: int,
+    steps: str,
+    remember_ms: int,
+) -> bool:
+    """Write the flow's end event into ``stream``'s events unless it holds it already;
+    returns whether this call wrote it."""
+    reply = await _run(
+        redis,
+        "announce_flow",
+        [keys.events(stream), keys.meta(stream), keys.flows_told(stream)],
+        [flow_id, kind, at_ms, steps, remember_ms],
+    )
+    return bool(reply)

@@ -176,13 +176,13 @@ class Flows(RuleBasedStateMachine):
             self.portal.call(self.redis.aclose)
             self.stack.close()
 
-    async def _flow_events(self) -> dict[str, set[str]]:
+    async def _flow_events(self) -> dict[str, list[str]]:
         """The types of the flow events written, by flow id."""
-        found: dict[str, set[str]] = {}
+        found: dict[str, list[str]] = {}
         for stream in self.streams:
             async for event in self.queue.events(stream, wait=False):
                 if event.type.startswith("flow."):
-                    found.setdefault(event.job, set()).add(event.type)
+                    found.setdefault(event.job, []).append(event.type)
         return found
 
     async def _check(self) -> None:
@@ -201,7 +201,7 @@ class Flows(RuleBasedStateMachine):
             info = infos[flow_id]
             states, flow_state = expected(plan, cancelled)
             assert info.state == flow_state, (plan, cancelled, info)
-            assert told.get(flow_id) == {f"flow.{flow_state}"}, (plan, told.get(flow_id))
+            assert told.get(flow_id) == [f"flow.{flow_state}"], (plan, told.get(flow_id))
             got = {name: step.state for name, step in info.steps.items() if name != "end"}
             assert got == states, (plan, info)
             mine = [(step, kind, seen) for f, step, kind, seen in self.events if f == flow_id]

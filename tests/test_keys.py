@@ -43,6 +43,7 @@ def documented() -> dict[str, str]:
         keys.workers(S): "workers",
         keys.workers_gone(S): "workers_gone",
         keys.flow_outbox(S): "flow_outbox",
+        keys.flows_told(S): "flows_told",
         keys.flow("flow:<F>"): "flow",
         keys.flow_key("<K>"): "flow_key",
     }
