@@ -378,3 +378,29 @@ async def test_a_step_cancelled_on_its_own_or_expired_still_tells_its_flow(
 
 async def _server_ms_past(redis: Redis, ms: int) -> bool:
     return await channel.server_ms(redis) > ms
+
+
+async def test_steps_on_a_partitioned_stream_go_to_their_accounts_partition(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    from streamq.config import Config, StreamConfig
+
+    config = Config(streams={stream: StreamConfig(partitions=3)})
+    runs: Runs = []
+    async with streamq.connect(redis_url, config=config) as q:
+        flow = await q.enqueue_flow(
+            [
+                streamq.Step(name="post", stream=stream, account="acme"),
+                streamq.Step(name="comment", stream=stream, account="acme", after=["post"]),
+                streamq.Step(name="other", stream=stream),
+            ]
+        )
+        home = q.partition_of(stream, "acme")
+        assert keys.stream_of_job(flow.jobs["post"]) == home
+        assert keys.stream_of_job(flow.jobs["other"]) in keys.partitions(stream, 3)
+        async with workers(redis, keys.partitions(stream, 3), recording(runs)):
+            info = await ended(q, flow.id)
+        assert info.state == "done"
+        assert keys.stream_of_job(flow.jobs["comment"]) == home
+        assert (await q.job(flow.jobs["comment"])).stream == home
+        assert sorted(step for _, step, _ in runs) == ["comment", "other", "post"]
