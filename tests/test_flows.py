@@ -404,3 +404,14 @@ async def test_steps_on_a_partitioned_stream_go_to_their_accounts_partition(
         assert keys.stream_of_job(flow.jobs["comment"]) == home
         assert (await q.job(flow.jobs["comment"])).stream == home
         assert sorted(step for _, step, _ in runs) == ["comment", "other", "post"]
+
+
+async def test_cross_post_checks_the_post_for_every_platform_first(redis_url: str) -> None:
+    async with streamq.connect(redis_url) as q:
+        with pytest.raises(PayloadError) as refused:
+            await q.cross_post({"text": "no picture"}, ["x", "instagram"], account="acme")
+        assert str(refused.value).startswith("step 'instagram': instagram post refused")
+        with pytest.raises(FlowError, match="needs at least one platform"):
+            await q.cross_post({"text": "hi"}, [])
+        with pytest.raises(FlowError, match="duplicate step name 'x'"):
+            await q.cross_post({"text": "hi"}, ["x", "x"])
