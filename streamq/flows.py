@@ -407,7 +407,7 @@ async def tell_jobs(redis: Redis, jobs: Sequence[Job]) -> None:
         assert flow is not None
         try:
             await tell(redis, codec.outbox_member(job.id, flow))
-        except (*TRANSIENT_ERRORS, redis_errors.ResponseError) as exc:
+        except Exception as exc:  # a bad flow record must not stop a worker: the outbox keeps it
             log.warning(
                 "flow %s not told of %s yet (the outbox keeps it): %s", flow.id, job.id, exc
             )
@@ -419,7 +419,12 @@ async def sweep(redis: Redis, stream: str, now_ms: int) -> int:
         keys.flow_outbox(stream), "-inf", now_ms - OUTBOX_GRACE_MS, start=0, num=SWEEP_BATCH
     )
     for member in members:
-        await tell(redis, _text(member), again=True)
+        try:
+            await tell(redis, _text(member), again=True)
+        except (*TRANSIENT_ERRORS, redis_errors.ResponseError):
+            raise
+        except Exception as exc:  # one bad member (or flow record) must not stop the sweep
+            log.warning("flow outbox member %r of %s left: %s", _text(member)[:200], stream, exc)
     return len(members)
 
 

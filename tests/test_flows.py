@@ -415,3 +415,17 @@ async def test_cross_post_checks_the_post_for_every_platform_first(redis_url: st
             await q.cross_post({"text": "hi"}, [])
         with pytest.raises(FlowError, match="duplicate step name 'x'"):
             await q.cross_post({"text": "hi"}, ["x", "x"])
+
+
+async def test_a_bad_outbox_member_does_not_stop_a_worker(
+    redis_url: str, redis: Redis, stream: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await redis.zadd(keys.flow_outbox(stream), {"not a member at all": 0})
+    async with streamq.connect(redis_url) as q:
+        flow = await q.enqueue_flow([streamq.Step(name="only", stream=stream)])
+        async with workers(redis, [stream], recording([])):
+            # The sweep met it (and left it), and the worker goes on.
+            await poll(lambda: "'not a member at all'" in caplog.text)
+            info = await ended(q, flow.id)
+    assert info.state == "done"
+    assert await redis.zrange(keys.flow_outbox(stream), 0, -1) == [b"not a member at all"]
