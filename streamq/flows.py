@@ -462,7 +462,7 @@ async def flow_info(redis: Redis, flow_id: str) -> FlowInfo:
         if state == "released":
             job_state: Any = await redis.hget(keys.job(step["stream"], step["job"]), "state")
             state = "queued" if job_state is None else _text(job_state)
-        if not step["last"] and state not in ("held", "scheduled"):
+        if not step["last"] and state not in ("held", "scheduled", "queued"):
             started = True
         result = record.get(f"r:{name}")
         steps[name] = StepInfo(
