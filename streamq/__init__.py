@@ -9,6 +9,8 @@ from streamq.errors import (
     ConfigError,
     ConnectionFailed,
     Fail,
+    FlowError,
+    FlowNotFound,
     HandlerError,
     InvalidJobState,
     JobCancelled,
@@ -25,6 +27,7 @@ from streamq.errors import (
     StreamqError,
 )
 from streamq.events import Event
+from streamq.flows import Flow, FlowInfo, Step
 from streamq.handler import Hooks
 from streamq.job import Job
 
@@ -37,6 +40,10 @@ __all__ = [
     "ConnectionFailed",
     "Event",
     "Fail",
+    "Flow",
+    "FlowError",
+    "FlowInfo",
+    "FlowNotFound",
     "HandlerError",
     "Hooks",
     "InvalidJobState",
@@ -52,6 +59,7 @@ __all__ = [
     "Retry",
     "ServerError",
     "ServerFull",
+    "Step",
     "StreamNotFound",
     "StreamqError",
     "__version__",

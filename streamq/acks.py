@@ -98,9 +98,12 @@ class AckBatcher:
         """Acknowledge a batch and record each job's outcome: one script call."""
         ids: list[list[bytes]] = [[] for _ in keys.LANES]
         rows: list[codec.Outcome] = []
+        flow_steps: list[str] = []
         for job, outcome in batch:
             ids[job._lane].append(job._entry)
             rows.append(outcome)
+            if job.envelope.flow is not None:
+                flow_steps.append(codec.outbox_member(job.id, job.envelope.flow))
         await scripts.finish_jobs(
             self.redis,
             self.stream,
@@ -108,4 +111,5 @@ class AckBatcher:
             rows,
             retention_ms=self.retention_ms,
             consumer=self.consumer,
+            flow_steps=flow_steps,
         )

@@ -36,6 +36,7 @@ from starlette.staticfiles import StaticFiles
 from streamq import (
     __version__,
     control,
+    flows,
     keys,
     listing,
     scheduler,
@@ -45,7 +46,7 @@ from streamq import (
     workers,
 )
 from streamq.config import Config, parse_duration
-from streamq.errors import ConfigError, InvalidJobState, JobNotFound, StreamNotFound
+from streamq.errors import ConfigError, FlowNotFound, InvalidJobState, JobNotFound, StreamNotFound
 from streamq.platforms import PLATFORMS as PLATFORM_NAMES
 
 TOKEN_ENV: Final = "STREAMQ_ADMIN_TOKEN"
@@ -254,7 +255,7 @@ class Admin:
                 return _error(exc.status, str(exc))
             except ConfigError as exc:
                 return _error(400, str(exc))
-            except JobNotFound as exc:
+            except (JobNotFound, FlowNotFound) as exc:
                 return _error(404, str(exc))
             except InvalidJobState as exc:
                 return _error(409, str(exc))
@@ -295,6 +296,12 @@ class Admin:
 
     async def job(self, request: Request) -> Response:
         return _json(await control.job_info(self.redis, self._job_id(request)))
+
+    async def flow(self, request: Request) -> Response:
+        flow_id: str = request.path_params["flow_id"]
+        if not _FLOW_ID.fullmatch(flow_id):
+            raise _BadRequest(f"invalid flow id {flow_id[:60]!r}: expected 'flow:<token>'")
+        return _json(await flows.flow_info(self.redis, flow_id))
 
     async def retry(self, request: Request) -> Response:
         job_id = self._job_id(request)
@@ -393,6 +400,7 @@ class Admin:
             ("/api/outcomes", self.outcomes, "GET", only),
             ("/api/workers", self.workers, "GET", only),
             ("/api/jobs/{job_id}", self.job, "GET", ()),
+            ("/api/flows/{flow_id}", self.flow, "GET", ()),
             ("/api/jobs/{job_id}/retry", self.retry, "POST", ()),
             ("/api/jobs/{job_id}/cancel", self.cancel, "POST", ()),
             ("/api/streams/{stream}/dead", self.dead, "GET", ("count", "after")),
@@ -413,6 +421,7 @@ class Admin:
         ]
 
 
+_FLOW_ID: Final = re.compile(r"flow:[0-9a-f-]{1,64}")
 JOBS_QUERY: Final = ("state", "account", "key", "since", "until", "limit", "cursor")
 
 
@@ -491,6 +500,7 @@ def openapi_document() -> dict[str, Any]:
         Purged,
         tokens.AccountStatus,
         workers.WorkersView,
+        flows.FlowInfo,
         ErrorBody,
     ]
     _, schemas = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
@@ -571,6 +581,22 @@ def openapi_document() -> dict[str, Any]:
         },
         "/api/jobs/{job_id}": {
             "get": operation("A job's record and state", "JobInfo", [job_id], responses=missing)
+        },
+        "/api/flows/{flow_id}": {
+            "get": operation(
+                "A flow's state and each step's state, result and error",
+                "FlowInfo",
+                [
+                    {
+                        "name": "flow_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "A flow id, 'flow:<token>'",
+                        "schema": {"type": "string", "pattern": "^flow:[0-9a-f-]+$"},
+                    }
+                ],
+                responses={"404": answer("No such flow", "ErrorBody")},
+            )
         },
         "/api/jobs/{job_id}/retry": {
             "post": operation(

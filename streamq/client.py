@@ -14,6 +14,7 @@ from streamq import (
     codec,
     connection,
     control,
+    flows,
     keys,
     limiter,
     listing,
@@ -24,7 +25,7 @@ from streamq import (
 )
 from streamq.config import Config, load_config
 from streamq.control import DeadLetter, JobInfo
-from streamq.errors import JobCancelled, JobExpired, JobFailed
+from streamq.errors import FlowError, JobCancelled, JobExpired, JobFailed
 from streamq.events import Event, follow
 from streamq.producer import JobOptionArgs, JobOptions, Producer, check_stream
 
@@ -285,6 +286,55 @@ class Queue:
             raise JobExpired(f"job {job_id} expired: it came due too long ago to run", info)
         reason = info.error or "no reason recorded"
         raise JobFailed(f"job {job_id} failed: {reason}", info, reason)
+
+    async def enqueue_flow(
+        self,
+        steps: Sequence[flows.Step],
+        run_at: datetime | None = None,
+        on_complete: flows.Step | None = None,
+        *,
+        key: str | None = None,
+    ) -> flows.Flow:
+        """Add a flow (streamq.flows): ``steps`` after nothing run at ``run_at`` (None: now),
+        each other once every step it is ``after`` succeeded, ``on_complete`` once every step
+        is final. Every step is checked first (names, order, streams, payloads): a bad one
+        raises FlowError or PayloadError and nothing is enqueued. With ``key``, a flow still
+        running under that key is returned instead. Returns the flow's id and job ids."""
+        return await flows.enqueue_flow(
+            self, steps, run_at=run_at, on_complete=on_complete, key=key
+        )
+
+    async def cross_post(
+        self,
+        post: Any,
+        platforms: Sequence[str],
+        *,
+        account: str | None = None,
+        run_at: datetime | None = None,
+        key: str | None = None,
+        on_complete: flows.Step | None = None,
+    ) -> flows.Flow:
+        """Publish one post to several platforms as one flow (one step per platform, named
+        after it): the post is checked for every platform before anything is enqueued."""
+        if not platforms:
+            raise FlowError("cross_post needs at least one platform")
+        steps = [
+            flows.Step(name=platform, stream=platform, payload=post, account=account)
+            for platform in platforms
+        ]
+        return await self.enqueue_flow(steps, run_at, on_complete, key=key)
+
+    async def flow(self, flow_id: str) -> flows.FlowInfo:
+        """A flow's state and every step's state, result and error; raises FlowNotFound."""
+        return await flows.flow_info(self.redis, flow_id)
+
+    async def cancel_flow(self, flow_id: str) -> str:
+        """Cancel every step of the flow not yet started; returns the flow's state."""
+        return await flows.cancel_flow(self, flow_id)
+
+    async def reschedule_flow(self, flow_id: str, run_at: datetime) -> int:
+        """Move every step of the flow that is still scheduled; returns how many moved."""
+        return await flows.reschedule_flow(self, flow_id, run_at)
 
     async def cancel(self, job_id: str) -> str:
         """'cancelled' (it will never start) or 'cancelling' (already running: not retried)."""

@@ -46,6 +46,26 @@ Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
 Account = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ACCOUNT_LENGTH)]
 
 
+class FlowRef(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+    """What a step of a flow knows of its flow (``job.flow``, see streamq.flows)."""
+
+    id: str = msgspec.field(name="i")
+    """The flow's id."""
+    step: str = msgspec.field(name="s")
+    """This step's name in the flow."""
+    results: dict[str, Any] = msgspec.field(default_factory=dict, name="r")
+    """The results of the steps this one ran after (every step's, for on_complete), by name;
+    a step that failed (policy continue or ignore) or was cancelled has None."""
+    errors: dict[str, str] = msgspec.field(default_factory=dict, name="e")
+    """The errors of those steps that did not succeed, by name."""
+
+
+def outbox_member(job_id: str, flow: FlowRef) -> str:
+    """A flow step's member of its stream's flow outbox: ``<job id> <flow id> <step>`` (none
+    of the three holds a space)."""
+    return f"{job_id} {flow.id} {flow.step}"
+
+
 class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     """A job as stored in a stream entry.
 
@@ -72,6 +92,8 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     verify: str | None = msgspec.field(default=None, name="y")
     """Set on a verify delivery only: the reason the job would have been dead with, when an
     earlier run may have sent its post (see streamq.job). The handler only looks the post up."""
+    flow: FlowRef | None = msgspec.field(default=None, name="fl")
+    """Set on a step of a flow only (streamq.flows)."""
     first_run: bool = msgspec.field(default=False, name="f")
     """Set by the producer on a new job's entry (and kept while that envelope waits: scheduled,
     deferred or parked before it ever started): no run of the job can have left anything in its

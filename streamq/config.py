@@ -149,10 +149,15 @@ EVENT_TYPES = (
     "rate-limited",
     "paused",
     "account.reauth_required",
+    "flow.done",
+    "flow.failed",
+    "flow.partially_done",
+    "flow.cancelled",
 )
 """Every lifecycle event type (streamq.events); ``account.reauth_required`` is an account's,
 written by the token store's keeper when a refresh is refused (its ``job`` is the job that
-found out)."""
+found out); ``flow.<state>`` a flow's end (its ``job`` is the flow's id, its ``result`` each
+step's final state, by name), in the stream of its first step (streamq.flows)."""
 
 
 class EventsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

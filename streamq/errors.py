@@ -2,13 +2,15 @@
 
     StreamqError
     ├── ConfigError          bad config file, option or argument value
-    │   └── ListingError     a job listing's bad state, range, limit or cursor (a ValueError too)
+    │   ├── ListingError     a job listing's bad state, range, limit or cursor (a ValueError too)
+    │   └── FlowError        a flow's steps cannot run: a cycle, an unknown or duplicate name
     ├── PayloadError         a payload that is not JSON, or not encodable
     ├── HandlerError         a handler spec that does not import or is not async
     ├── ServerError          the embedded server cannot be started or found
     ├── ConnectionFailed     Redis is unreachable, went silent, or refused our credentials
     ├── ServerFull           Redis refused a write: it is at maxmemory (policy noeviction)
     ├── JobNotFound          no record for that job id (never enqueued, or past retention)
+    ├── FlowNotFound         no record for that flow id (never enqueued, or past retention)
     ├── StreamNotFound       a stream neither configured nor ever used (no keys in Redis)
     ├── JobFailed            q.result(): the job ended dead (or expired) instead of done
     │   └── JobExpired       it was never run: it came due too long ago
@@ -49,6 +51,15 @@ class ConfigError(StreamqError):
 class ListingError(ConfigError, ValueError):
     """A job listing cannot mean what it was asked: an unknown state, a bad cursor, an inverted
     time range, a limit out of range."""
+
+
+class FlowError(ConfigError, ValueError):
+    """A flow's steps cannot make a flow: a cycle, an unknown ``after`` name, a duplicate or
+    invalid step name, an unknown failure policy. Nothing of the flow is enqueued."""
+
+
+class FlowNotFound(StreamqError):
+    """No record exists for the flow id (never enqueued, or removed after retention)."""
 
 
 class PayloadError(StreamqError):

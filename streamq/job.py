@@ -58,7 +58,7 @@ from typing import Any, Final
 import msgspec
 
 from streamq import scripts
-from streamq.codec import Envelope
+from streamq.codec import Envelope, FlowRef
 
 MAX_CHECKPOINT_NAME: Final = 100
 MAX_CHECKPOINT_VALUE: Final = 65536
@@ -118,6 +118,12 @@ class Job(msgspec.Struct):
         """When the job was due, for scheduled jobs and retries."""
         due = self.envelope.run_at_ms
         return None if due is None else datetime.fromtimestamp(due / 1000, tz=UTC)
+
+    @property
+    def flow(self) -> FlowRef | None:
+        """For a step of a flow (streamq.flows): ``.id`` (the flow's), ``.step`` (this step's
+        name), ``.results`` and ``.errors`` of the steps it ran after, by name; else None."""
+        return self.envelope.flow
 
     @property
     def entry_id(self) -> str:

@@ -34,6 +34,11 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:workers:gone             stream, capped: jobs reclaimed from a consumer, and the
                                          consumers dropped from the group once they owned none
     streamq:{S}:samples                  sorted set: timestamped copies of the counts (health, top)
+    streamq:{S}:flows:outbox             sorted set: '<job id> <flow id> <step>' of the
+                                         stream's flow steps that ended, by finish ms, until
+                                         their flow is told
+    streamq:{S}:flows:told               sorted set: flows whose end event this stream wrote,
+                                         by end ms (each is written once)
     streamq:autoscaler:leader:<S,...>    string: the token of the autoscaler leading those streams;
                                          its :fence counts the leaders (the fencing token)
 
@@ -43,6 +48,14 @@ hash tag of their own, so one account's record and lease share a Cluster slot:
     streamq:tokens                       set of '<platform>:<account>' with a stored token
     streamq:{token:<P>:<A>}:record       hash: sealed tokens, expiry, scopes, state, version, fence
     streamq:{token:<P>:<A>}:lease        string, expiring: the fence of the one refresh under way
+
+Flows (streamq.flows) span several streams, so several Cluster slots: each flow's own keys
+share a hash tag of the flow id (``flow:<token>``), and no script touches a flow and a stream
+together:
+
+    streamq:{flow:<F>}:flow              hash: the flow's steps (spec), each step's state, result
+                                         and error, the flow's state and its counters
+    streamq:{flowkey:<K>}                string: the id of the flow that dedup key K names
 
 A stream split into partitions (``partitions = N`` in its config) is N such streams, named
 ``S:0`` ... ``S:N-1``: each has every key above under its own hash tag (``{instagram:3}``),
@@ -307,3 +320,24 @@ def token_lease(platform: str, account: str) -> str:
 def token_member(platform: str, account: str) -> str:
     """How TOKEN_REGISTRY names an account (platforms have no ':')."""
     return f"{platform}:{account}"
+
+
+def flow_outbox(stream: str) -> str:
+    """The stream's flow steps that ended and whose flow may not have been told yet: written
+    by finish_jobs in the step's own atomic finish, drained (idempotently) by streamq.flows."""
+    return f"{stream_prefix(stream)}:flows:outbox"
+
+
+def flow(flow_id: str) -> str:
+    """A flow's record; its hash tag is the flow id, so it has a Cluster slot of its own."""
+    return f"{PREFIX}:{{{flow_id}}}:flow"
+
+
+def flow_key(key: str) -> str:
+    """Which flow a flow's dedup key names (a string, under a hash tag of the key)."""
+    return f"{PREFIX}:{{flowkey:{key}}}"
+
+
+def flows_told(stream: str) -> str:
+    """Flows whose end event the stream's events hold already: announce_flow writes it once."""
+    return f"{stream_prefix(stream)}:flows:told"

@@ -231,9 +231,11 @@ async def finish_jobs(
     *,
     retention_ms: int,
     consumer: str = "",
+    flow_steps: Sequence[str] = (),
 ) -> int:
     """Acknowledge a batch (``entries``: the entry ids of each lane) and record each job's
-    outcome, run by ``consumer``; returns how many entries were acknowledged."""
+    outcome, run by ``consumer``; returns how many entries were acknowledged. ``flow_steps``:
+    the outbox members of the batch's flow steps (streamq.flows.outbox_member)."""
     record_prefix = keys.job(stream, "")
     reply = await _run(
         redis,
@@ -260,6 +262,7 @@ async def finish_jobs(
             keys.script_prefix(stream),
             consumer,
             ATTEMPTS_KEPT,
+            "\n".join(flow_steps),
         ],
     )
     return int(reply)
@@ -453,6 +456,7 @@ async def dead_letter(
     script_keys = [
         keys.lane(stream, lane),
         *_keys(stream, keys.dead, keys.dedup, keys.counts, keys.events, keys.meta),
+        keys.flow_outbox(stream),
         *record_keys,
     ]
     return int(await _run(redis, "dead_letter", script_keys, args))
@@ -691,3 +695,83 @@ async def start_jobs(redis: Redis, stream: str, jobs: Sequence[tuple[str, bytes]
         redis, "start_jobs", [record_prefix + job_id for job_id, _ in jobs], [entries]
     )
     return int(reply)
+
+
+# -- flows (streamq.flows): each script touches one flow's slot, or one key's -------------------
+
+
+async def claim_flow_key(
+    redis: Redis, key: str, flow_id: str, *, finished: str = "", ttl_ms: int
+) -> str:
+    """Make the flow dedup ``key`` name ``flow_id`` unless it names another flow (or, given
+    ``finished``, unless it no longer names that finished flow); returns the flow it names."""
+    reply = await _run(redis, "claim_flow_key", [keys.flow_key(key)], [flow_id, finished, ttl_ms])
+    return codec.text(reply)
+
+
+async def create_flow(
+    redis: Redis, flow_id: str, *, spec: str, envelopes: str, run_at_ms: int, key: str
+) -> bool:
+    """Write a new flow's record; False when it existed (nothing is changed then)."""
+    reply = await _run(
+        redis, "create_flow", [keys.flow(flow_id)], [spec, envelopes, run_at_ms, key]
+    )
+    return bool(reply)
+
+
+async def advance_flow(
+    redis: Redis,
+    flow_id: str,
+    step: str,
+    state: str,
+    *,
+    result: str,
+    error: str,
+    retention_ms: int,
+) -> tuple[str, bool]:
+    """Tell the flow that ``step`` ended in ``state``; returns (the flow's state, whether this
+    call ended the flow). The state is '' when the flow's record is gone."""
+    flow_state, ended = await _run(
+        redis, "advance_flow", [keys.flow(flow_id)], [step, state, result, error, retention_ms]
+    )
+    return codec.text(flow_state), bool(ended)
+
+
+async def mark_flow_released(redis: Redis, flow_id: str, steps: Sequence[str]) -> int:
+    """Note that ``steps`` were enqueued; returns how many were still to be."""
+    if not steps:
+        return 0
+    return int(await _run(redis, "mark_flow_released", [keys.flow(flow_id)], list(steps)))
+
+
+async def cancel_flow(
+    redis: Redis, flow_id: str, *, retention_ms: int
+) -> tuple[str, bool, list[str]] | None:
+    """Cancel the flow's steps not yet enqueued; returns (the flow's state, whether this call
+    ended it, the job ids of its enqueued steps not final), or None when there is no flow."""
+    reply = await _run(redis, "cancel_flow", [keys.flow(flow_id)], [retention_ms])
+    if not reply:
+        return None
+    state, ended, *jobs = reply
+    return codec.text(state), bool(ended), [codec.text(job) for job in jobs]
+
+
+async def announce_flow(
+    redis: Redis,
+    stream: str,
+    flow_id: str,
+    kind: str,
+    *,
+    at_ms: int,
+    steps: str,
+    remember_ms: int,
+) -> bool:
+    """Write the flow's end event into ``stream``'s events unless it holds it already;
+    returns whether this call wrote it."""
+    reply = await _run(
+        redis,
+        "announce_flow",
+        [keys.events(stream), keys.meta(stream), keys.flows_told(stream)],
+        [flow_id, kind, at_ms, steps, remember_ms],
+    )
+    return bool(reply)

@@ -49,6 +49,7 @@ from streamq import (
     channel,
     codec,
     events,
+    flows,
     health,
     keys,
     limiter,
@@ -166,6 +167,8 @@ class Worker:
         self.promoter = scheduler.Promoter(
             redis, self.stream, retention_ms=retention_ms, clock=self.clock
         )
+        sweep_every = min(5.0, self.options.visibility_timeout / 4)
+        self.flow_outbox = flows.OutboxSweeper(redis, self.stream, self.clock.now_ms, sweep_every)
         self.control = channel.ControlListener(
             redis,
             self.stream,
@@ -223,6 +226,7 @@ class Worker:
                 background.start_soon(self.reclaimer.reclaim_loop)
                 background.start_soon(self.control.run)
                 background.start_soon(self.promoter.run)
+                background.start_soon(self.flow_outbox.run)
                 background.start_soon(self._watchdog)
                 background.start_soon(workers.publish_loop, self.redis, self.stream, self.card)
                 background.start_soon(
@@ -507,6 +511,9 @@ class Worker:
         self.counts.add(self.metrics.finished(batch))
         if self.hooks is not None:
             await call_hooks(self.hooks, batch)
+        flow_steps = [job for job, _ in batch if job.envelope.flow is not None]
+        if flow_steps:
+            await flows.tell_jobs(self.redis, flow_steps)
         recurring = False
         for job, _ in batch:
             if job.envelope.cron is not None:

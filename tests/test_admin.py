@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import httpx
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
@@ -64,6 +65,7 @@ ROUTES = [
     ("GET", "/api/workers"),
     ("GET", "/api/outcomes"),
     ("GET", "/api/jobs/s:x"),
+    ("GET", "/api/flows/flow:0-0"),
     ("POST", "/api/jobs/s:x/retry"),
     ("POST", "/api/jobs/s:x/cancel"),
     ("GET", "/api/streams/s/jobs"),
@@ -100,6 +102,7 @@ async def test_every_api_route_refuses_a_missing_or_wrong_token(
         (
             m,
             p.replace("s:x", "{job_id}")
+            .replace("flow:0-0", "{flow_id}")
             .replace("/s/", "/{stream}/")
             .replace("/x/acme", "/{platform}/{account}"),
         )
@@ -135,6 +138,23 @@ async def test_stats_are_what_streamq_stats_json_prints(
     invalid = await http.get("/api/stats", params={"stream": "bad name!"})
     assert invalid.status_code == 400
     assert "invalid stream name" in error_of(invalid)
+
+
+async def test_flow_lookup_and_its_errors(
+    http: httpx.AsyncClient, redis_url: str, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        flow = await q.cross_post({"text": "hi"}, [stream, f"{stream}-b"], account="acme")
+        expected = json.loads(msgspec.json.encode(await q.flow(flow.id)))
+    response = await http.get(f"/api/flows/{flow.id}")
+    assert response.status_code == 200
+    assert response.json() == expected
+    assert response.json()["steps"][stream]["job"] == flow.jobs[stream]
+    unknown = await http.get("/api/flows/flow:0-0")
+    assert (unknown.status_code, error_of(unknown)) == (404, "no flow 'flow:0-0'")
+    invalid = await http.get("/api/flows/nope")
+    assert invalid.status_code == 400
+    assert "invalid flow id" in error_of(invalid)
 
 
 async def test_job_lookup_and_its_errors(

@@ -190,3 +190,30 @@ def test_retry_all_replays_every_dead_letter_of_the_stream(
     workload = Workload(redis_url, stream)
     workload.run_healthy(stream)
     assert {workload.state(job_id) for job_id in ids} == {"done"}
+
+
+def test_the_dashboard_shows_a_flow_and_its_steps_jobs(
+    page: Page, admin_server: AdminServer, redis_url: str, stream: str
+) -> None:
+    async def add_flow() -> streamq.Flow:
+        async with streamq.connect(redis_url) as q:
+            return await q.enqueue_flow(
+                [
+                    streamq.Step(name="post", stream=stream, payload={"text": "hi"}),
+                    streamq.Step(name="pin", stream=f"{stream}-b", after=["post"]),
+                ]
+            )
+
+    flow = run_async(add_flow)
+    sign_in(page, admin_server.url, admin_server.token)
+    page.fill("#job-id", flow.id)
+    page.click("#job-search button")
+    expect(page.locator("#flow-state")).to_have_text(f"{flow.id}: scheduled")
+    expect(page.locator('#flow-steps tr[data-step="post"] td.state')).to_have_text("queued")
+    expect(page.locator('#flow-steps tr[data-step="pin"] td.state')).to_have_text("held")
+    page.locator('#flow-steps tr[data-step="post"] button').click()
+    expect(page.locator('#job dd[data-field="id"]')).to_have_text(flow.jobs["post"])
+    expect(page.locator('#job dd[data-field="state"]')).to_have_text("queued")
+    page.fill("#job-id", "flow:0-0")
+    page.click("#job-search button")
+    expect(page.locator("#message")).to_have_text("no flow 'flow:0-0'")

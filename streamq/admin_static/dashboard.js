@@ -147,7 +147,46 @@ function drawStreams(streams, rates) {
 
 async function searchJob(event) {
   event.preventDefault();
-  await showJob($("job-id").value.trim());
+  const id = $("job-id").value.trim();
+  await (id.startsWith("flow:") ? showFlow(id) : showJob(id));
+}
+
+// A flow: its state, and each step's state, job (a link to show it) and result or error.
+async function showFlow(id) {
+  const box = $("job");
+  box.replaceChildren();
+  let flow;
+  try {
+    flow = await api("GET", `/api/flows/${encodeURIComponent(id)}`);
+  } catch (error) {
+    say(error.message, true);
+    return;
+  }
+  say("");
+  const head = document.createElement("p");
+  head.id = "flow-state";
+  head.textContent = `${flow.id}: ${flow.state}`;
+  const table = document.createElement("table");
+  table.id = "flow-steps";
+  const header = table.createTHead().insertRow();
+  for (const name of ["step", "state", "after", "job", "result / error"]) {
+    const th = document.createElement("th");
+    th.textContent = name;
+    header.append(th);
+  }
+  const body = table.createTBody();
+  for (const step of Object.values(flow.steps)) {
+    const row = body.insertRow();
+    row.dataset.step = step.name;
+    cell(row, step.name);
+    cell(row, step.state, "state");
+    cell(row, step.after.join(", ") || "-");
+    const job = row.insertCell();
+    job.append(button(step.job, () => showJob(step.job)));
+    const outcome = step.error ?? (step.result === null ? "-" : JSON.stringify(step.result));
+    cell(row, outcome);
+  }
+  box.append(head, table);
 }
 
 async function showJob(id) {

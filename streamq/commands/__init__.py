@@ -16,6 +16,7 @@ from streamq.commands import (
     dead,
     enqueue,
     events,
+    flow,
     health,
     job,
     jobs,
@@ -29,6 +30,6 @@ from streamq.commands import (
 )
 
 GROUPS: tuple[ModuleType, ...] = (
-    consume, enqueue, job, jobs, dead, cron, stats, workers, events, account, tokens, limits,
+    consume, enqueue, job, jobs, flow, dead, cron, stats, workers, events, account, tokens, limits,
     autoscale, admin, health, top, simulate, server, completion,
 )  # fmt: skip

@@ -18,6 +18,8 @@ from its lane: either way it never starts, and ends as cancelled. A job already 
 worker is running (or about to): it is flagged, its workers are told through the control stream
 (the handler sees job.cancelled), and it will not be retried.
 A job cancelled here appends a 'cancelled' event; a running one's comes with its outcome.
+A step of a flow (its record's 'flow' field, streamq.flows) cancelled here joins the stream's
+flow outbox, so its flow is told.
 Returns { outcome, state before }: outcome is 'cancelled', 'cancelling' (it was running),
 'unchanged' (already finished) or 'missing'.
 ]]
@@ -31,7 +33,8 @@ Returns { outcome, state before }: outcome is 'cancelled', 'cancelling' (it was 
 local record, delayed, dedup, counts, control = KEYS[1], KEYS[2], KEYS[6], KEYS[7], KEYS[8]
 local lanes = { high = KEYS[3], normal = KEYS[4], low = KEYS[5] }
 local id, group, retention = ARGV[1], ARGV[2], ARGV[3]
-local f = redis.call('HMGET', record, 'state', 'priority', 'entry', 'key', 'account', 'attempt')
+local f = redis.call('HMGET', record, 'state', 'priority', 'entry', 'key', 'account', 'attempt',
+  'flow')
 local state = f[1]
 if not state then
   return { 'missing', '' }
@@ -46,6 +49,9 @@ local function cancelled()
   trim_finished(ARGV[4], 'cancelled', now, retention)
   free_dedup_key(dedup, f[4], id)
   emit_event(KEYS[9], events_settings(KEYS[10]), 'cancelled', id, now, f[6], f[4], f[5])
+  if f[7] then
+    redis.call('ZADD', flow_outbox_key(ARGV[4]), 'NX', now, f[7])
+  end
   return { 'cancelled', state }
 end
 

@@ -6,11 +6,12 @@ KEYS[3]  dedup hash
 KEYS[4]  counts hash
 KEYS[5]  events stream
 KEYS[6]  stream settings (the events' cap)
-KEYS[7..] record keys of the entries that carry a job id (see the record index below)
+KEYS[7]  the stream's flow outbox (a step of a flow that ends here joins it: streamq.flows)
+KEYS[8..] record keys of the entries that carry a job id (see the record index below)
 ARGV[1]  consumer group
 ARGV[2]  retention of finished records, ms
 ARGV[3..] quintuples: entry id, reason, dedup key ('' for none), job id ('' for none),
-          1-based index of its record key after KEYS[6] (0 for an entry without a job id)
+          1-based index of its record key after KEYS[7] (0 for an entry without a job id)
 
 Each entry's fields are copied verbatim (foreign or undecodable bytes included, so nothing is
 lost), followed by _reason, _source and _entry; then it is acknowledged and deleted, its dedup
@@ -55,15 +56,18 @@ for q = 3, #ARGV, 5 do
   redis.call('XDEL', lane, id)
   free_dedup_key(dedup, key, job)
   if index > 0 then
-    local record = KEYS[6 + index]
+    local record = KEYS[7 + index]
     redis.call('HSET', record, 'state', 'dead', 'error', reason, 'finished_at', now,
       'dead_entry', dead_entry)
     if envelope then
       redis.call('HSET', record, 'env', envelope)
     end
     redis.call('PEXPIRE', record, retention)
-    local more = redis.call('HMGET', record, 'attempt', 'account')
+    local more = redis.call('HMGET', record, 'attempt', 'account', 'flow')
     emit_event(events, event_settings, 'dead', job, now, more[1], key, more[2], { 'error', reason })
+    if more[3] then
+      redis.call('ZADD', KEYS[7], 'NX', now, more[3])
+    end
   end
 end
 redis.call('HINCRBY', counts, 'dead', written)

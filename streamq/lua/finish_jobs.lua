@@ -28,6 +28,8 @@ ARGV[6]     the outcomes, msgpack: an array of
 ARGV[7]     key prefix of the stream, 'streamq:{S}:' (per-account keys are built from it)
 ARGV[8]     the worker's consumer name (recorded with each run)
 ARGV[9]     how many failed runs a record's attempts history keeps (the latest)
+ARGV[10]    '' or, for the batch's jobs that are steps of a flow, their outbox members
+            '<job id> <flow id> <step>' joined by newlines (streamq.flows)
 
 Acknowledging, deleting the entries and rescheduling happen together, so a crash can neither
 lose a retry nor run a finished job again. The ids of a lane travel as one argument and the
@@ -51,6 +53,9 @@ outcome, error, trace }, the latest ARGV[9] kept. A done run writes only `worker
 started_at and finished_at (the hot path: no read, no JSON); readers add it to the history.
 A done job's record also keeps its envelope (`env`, copied from its entry before the entry is
 deleted), so its payload can be shown while the record is retained.
+A flow step whose job ends here (done, dead, expired, cancelled) joins the stream's flow
+outbox in this same step, so a worker dying before its flow is told loses nothing: the outbox
+is drained idempotently (streamq.flows). Jobs of no flow pay one comparison per batch.
 Returns the number of entries acknowledged.
 ]]
 -- @include "stream_keys.lua"
@@ -61,6 +66,7 @@ Returns the number of entries acknowledged.
 -- @include "free_dedup_key.lua"
 -- @include "emit_event.lua"
 -- @include "release_held.lua"
+local record_key = job_key -- the include's: the name job_key is a local further down
 local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, retention, prefix = ARGV[1], ARGV[5], ARGV[7]
 local worker, attempts_kept = ARGV[8], tonumber(ARGV[9])
@@ -275,6 +281,16 @@ for state, n in pairs(tally) do
 end
 if earliest < head then
   tell_workers(control, 'w', earliest)
+end
+if ARGV[10] ~= '' then
+  local outbox = flow_outbox_key(prefix)
+  local ENDED = { done = true, dead = true, expired = true, cancelled = true }
+  for member in string.gmatch(ARGV[10], '[^\n]+') do
+    local id = string.match(member, '^%S+')
+    if ENDED[redis.call('HGET', record_key(prefix, id), 'state')] then
+      redis.call('ZADD', outbox, 'NX', now, member)
+    end
+  end
 end
 if event_settings.cap > 0 and event_settings.age > 0 then
   redis.call('XTRIM', events, 'MINID', '~', (now - event_settings.age) .. '-0')

@@ -14,7 +14,8 @@ ARGV[3..]   candidate job ids (the earliest members of the delayed set, read jus
 A candidate is promoted only if it is still in the delayed set and due by TIME; it leaves the
 set in the same step, so however many workers promote at once, each job moves exactly once.
 A job whose record holds expire_after and that is later than that past its due time is not
-run: it ends as expired.
+run: it ends as expired (a step of a flow, whose record holds 'flow', joins the stream's flow
+outbox then, so its flow is told).
 A member '@held:<account>' is not a job but a safety net of admit_jobs: due when the account's
 job waiting for the platform should long have started, it releases a held job if that one
 never came back.
@@ -60,7 +61,7 @@ for i = 3, #ARGV do
     local record = KEYS[6 + i]
     redis.call('ZREM', delayed, id)
     local f = redis.call('HMGET', record, 'state', 'env', 'priority', 'expire_after', 'key',
-      'account', 'attempt')
+      'account', 'attempt', 'flow')
     unindex_due(prefix, f[6], id)
     if f[1] == 'retrying' then
       redis.call('HINCRBY', counts, 'retrying', -1)
@@ -77,6 +78,9 @@ for i = 3, #ARGV do
         forget_waiting(prefix, id, f[6])
         expired = expired + 1
         emit_event(events, event_settings, 'expired', id, now, f[7], f[5], f[6])
+        if f[8] then
+          redis.call('ZADD', flow_outbox_key(prefix), 'NX', now, f[8])
+        end
       else
         local entry = redis.call('XADD', lanes[f[3]] or lanes.normal, '*', 'j', f[2])
         redis.call('HSET', record, 'state', 'queued', 'entry', entry)

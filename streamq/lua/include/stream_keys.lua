@@ -16,6 +16,7 @@ local function turns_key(prefix, account) return prefix .. 'turns:' .. account e
 local function held_key(prefix, account) return prefix .. 'held:' .. account end
 local function holding_key(prefix) return prefix .. 'holding' end
 local function due_key(prefix, account) return prefix .. 'due:' .. account end
+local function flow_outbox_key(prefix) return prefix .. 'flows:outbox' end
 local function finished_key(prefix, state) return prefix .. 'finished:' .. state end
 local function order_key(prefix, lane, account)
   return prefix .. 'order:' .. lane .. ':' .. account

@@ -1,0 +1,75 @@
+"""``streamq flow add|show|cancel|reschedule``: the names other checks rely on, one-line
+refusals with exit 2, and JSON output."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+
+from streamq import connection, keys
+from streamq.server import LocalServer
+from tests.test_cli import invoke
+
+
+def test_flow_add_show_reschedule_cancel(server: LocalServer, stream: str) -> None:
+    env = {"STREAMQ_REDIS_URL": server.url}
+    flow = {
+        "steps": [
+            {"name": "upload", "stream": f"{stream}-v", "payload": {"file": "a.mp4"}},
+            {"name": "publish", "stream": stream, "payload": "p", "after": ["upload"]},
+        ],
+        "on_complete": {"name": "notify", "stream": stream},
+    }
+    added = invoke("flow", "add", "--file", "-", "--delay", "1h", input=json.dumps(flow), env=env)
+    assert added.returncode == 0, added.stderr
+    flow_id, *rows = added.stdout.splitlines()
+    assert flow_id.startswith("flow:")
+    jobs = dict(row.split("\t") for row in rows)
+    assert set(jobs) == {"upload", "publish", "notify"}
+    shown = invoke("flow", "show", flow_id, "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    info = json.loads(shown.stdout)
+    assert info["state"] == "scheduled"
+    assert {name: step["state"] for name, step in info["steps"].items()} == {
+        "upload": "scheduled",
+        "publish": "held",
+        "notify": "held",
+    }
+    assert info["steps"]["publish"]["job"] == jobs["publish"]
+    moved = invoke("flow", "reschedule", flow_id, "--delay", "2h", env=env)
+    assert (moved.returncode, moved.stdout.split(" ")[0]) == (0, "1"), moved.stderr
+    text = invoke("flow", "show", flow_id, env=env)
+    assert "upload\tscheduled\t-\t" in text.stdout
+    cancelled = invoke("flow", "cancel", flow_id, env=env)
+    assert (cancelled.returncode, cancelled.stdout.strip()) == (0, "cancelled")
+
+    async def upload_state() -> object:
+        client = connection.client(server.url)
+        try:
+            state: object = await client.hget(keys.job(f"{stream}-v", jobs["upload"]), "state")
+            return state
+        finally:
+            await client.aclose()
+
+    assert anyio.run(upload_state) == b"cancelled"
+
+
+def test_bad_flow_files_are_refused_in_one_line(server: LocalServer, stream: str) -> None:
+    env = {"STREAMQ_REDIS_URL": server.url}
+    cycle = [
+        {"name": "a", "stream": stream, "after": ["b"]},
+        {"name": "b", "stream": stream, "after": ["a"]},
+    ]
+    cases = [
+        (json.dumps(cycle), "streamq: error: the steps' 'after' make a cycle: "),
+        ('[{"name": "a"}]', "streamq: error: flow file -: Object missing required field"),
+        ("{", "streamq: error: flow file - is not valid JSON"),
+    ]
+    for text, message in cases:
+        ran = invoke("flow", "add", "--file", "-", input=text, env=env)
+        assert ran.returncode == 2, (text, ran.stdout)
+        assert ran.stderr.startswith(message), ran.stderr
+        assert ran.stderr.count("\n") == 1
+    missing = invoke("flow", "show", "flow:0-0", env=env)
+    assert (missing.returncode, missing.stderr) == (1, "streamq: error: no flow 'flow:0-0'\n")
