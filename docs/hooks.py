@@ -325,6 +325,8 @@ KEY_PLACEHOLDERS: dict[str, Any] = {
     "state": "<state>",
     "platform": "<P>",
     "streams": ["S1", "S2"],
+    "flow_id": "<F>",
+    "key": "<key>",
 }
 """What each parameter of a key builder is called on the page."""
 
