@@ -10,10 +10,14 @@ them, once per account per expiry, as they would every two hours on X. On the wa
 account's user revokes the app's consent: its refresh is refused, the account pauses with
 ``reauth_required`` and its posts wait until the user "signs in again" (a put), a few
 posts are refused at enqueue, a few break the content policy (dead letters), and a few come
-due long after they were meant for (expired).
+due long after they were meant for (expired). A few pieces of content go out as flows
+(streamq.flows): cross-posts to facebook, linkedin and x (``q.cross_post``), and a launch on
+instagram, x and linkedin whose instagram step is followed by the first comment, made on the
+media id that step returned (``q.enqueue_flow``).
 
-At the end it counts, against the simulator's record of every post it received: published,
-retried, rate-limited, dead, expired, duplicates and lost — the last two should be 0 — then
+At the end it counts, against the simulator's record of every post (and comment) it received:
+published, retried, rate-limited, dead, expired, flows done and failed, duplicates and lost —
+the last two should be 0 — then
 stops the workers, the simulator and the server (by PID) and deletes the temporary home.
 """
 
@@ -46,6 +50,7 @@ from streamq import keys, limiter, server
 from streamq.client import Queue
 from streamq.config import Backoff, Config, StreamConfig, TokensConfig
 from streamq.errors import PayloadError
+from streamq.flows import FINAL, Step
 from streamq.platforms.base import PlatformSettings
 from streamq.platforms.client import Session
 from streamq.platforms.credentials import Secret
@@ -73,6 +78,13 @@ LAUNCH_POSTS: Final = 6
 TOKEN_VICTIM: Final = ("x", "bistro")
 """The account whose user revokes consent: a refresh refused, a new sign-in needed."""
 POLICY_TAG: Final = "#freemoney"
+CROSS_POSTS: Final = (("acme", 6), ("kaiten", 9), ("samba", 14))
+"""Accounts that post one text to CROSS_PLATFORMS at once, and when (hours into the day)."""
+CROSS_PLATFORMS: Final = ("facebook", "linkedin", "x")
+LAUNCH_FLOW: Final = ("koala", 11, ("instagram", "x", "linkedin"))
+"""One account's launch as a flow: a post per platform, then a first comment on instagram."""
+FIRST_COMMENT: Final = "#koala #launch #spring"
+COMMENT_STEP: Final = "first_comment"
 
 
 class DemoOptions(msgspec.Struct, kw_only=True):
@@ -102,10 +114,50 @@ class PlannedPost:
 
 
 @dataclass(slots=True)
+class PlannedFlow:
+    """Posts that go out as one flow: a step per platform (named after it), and maybe an
+    instagram first comment after the instagram step."""
+
+    account: str
+    due: datetime
+    posts: dict[str, PlannedPost]
+    comment: str | None = None
+    flow_id: str = ""
+    comment_job: str = ""
+
+    def steps(self) -> list[Step]:
+        steps = [
+            Step(name=name, stream=post.platform, payload=post.payload, account=self.account)
+            for name, post in self.posts.items()
+        ]
+        if self.comment is not None:
+            steps.append(
+                Step(
+                    name=COMMENT_STEP,
+                    stream="instagram",
+                    payload={"comment": self.comment},
+                    after=["instagram"],
+                    account=self.account,
+                )
+            )
+        return steps
+
+
+@dataclass(slots=True)
 class Plan:
     posts: list[PlannedPost]
     refused: list[tuple[str, Any]]
     """Posts the producer tries and enqueue refuses (platform, payload)."""
+    flows: list[PlannedFlow] = field(default_factory=list)
+
+    def every_post(self) -> list[PlannedPost]:
+        """The posts on their own and the flows' posts (not the comments)."""
+        return [*self.posts, *(post for flow in self.flows for post in flow.posts.values())]
+
+    @property
+    def jobs(self) -> int:
+        """How many jobs the plan enqueues: posts, flows' posts and comments."""
+        return len(self.every_post()) + sum(flow.comment is not None for flow in self.flows)
 
 
 def _payload(platform: str, text: str, media: str, n: int) -> dict[str, Any]:
@@ -171,12 +223,25 @@ def make_plan(start: datetime, factor: float, media: str, rng: random.Random) ->
         text = f"yesterday's news #{n}"
         late = start - timedelta(seconds=30 + i)
         posts.append(PlannedPost(platform, "samba", late, {"text": text}, expire_after=5.0))
+    flows = []
+    for account, hours in CROSS_POSTS:
+        n += 1
+        due = _compressed(start, start + timedelta(hours=hours), factor)
+        text = f"{account} everywhere at once (#{n})"
+        steps = {p: PlannedPost(p, account, due, {"text": text}) for p in CROSS_PLATFORMS}
+        flows.append(PlannedFlow(account, due, steps))
+    account, hours, platforms = LAUNCH_FLOW
+    n += 1
+    due = _compressed(start, start + timedelta(hours=hours), factor)
+    text = f"{account} launches its spring menu (#{n})"
+    steps = {p: PlannedPost(p, account, due, _payload(p, text, media, n)) for p in platforms}
+    flows.append(PlannedFlow(account, due, steps, comment=FIRST_COMMENT))
     refused = [
         ("x", {"text": "x" * 300}),
         ("instagram", {"text": "a caption but no picture"}),
         ("youtube", {"title": "", "video_url": f"{media}/v.mp4"}),
     ]
-    return Plan(sorted(posts, key=lambda p: p.due), refused)
+    return Plan(sorted(posts, key=lambda p: p.due), refused, flows)
 
 
 def demo_config(factor: float) -> Config:
@@ -207,6 +272,8 @@ class Progress:
     events: list[str] = field(default_factory=list)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     enqueued: dict[str, int] = field(default_factory=dict)
+    flows: dict[str, int] = field(default_factory=dict)
+    """Flows by state, once every job finished."""
     reauth_required: int = 0
 
     def note(self, text: str) -> None:
@@ -378,6 +445,25 @@ async def _enqueue(q: Queue, plan: Plan, progress: Progress) -> None:
             expire_after=post.expire_after,
         )
         progress.enqueued[post.platform] = progress.enqueued.get(post.platform, 0) + 1
+    for planned in plan.flows:
+        if planned.comment is None:  # one post to several platforms
+            content = next(iter(planned.posts.values())).payload  # the same on each
+            flow = await q.cross_post(
+                content, list(planned.posts), account=planned.account, run_at=planned.due
+            )
+        else:
+            flow = await q.enqueue_flow(planned.steps(), run_at=planned.due)
+            planned.comment_job = flow.jobs[COMMENT_STEP]
+            progress.enqueued["instagram"] = progress.enqueued.get("instagram", 0) + 1
+        planned.flow_id = flow.id
+        for name, post in planned.posts.items():
+            post.job_id = flow.jobs[name]
+            progress.enqueued[post.platform] = progress.enqueued.get(post.platform, 0) + 1
+    launches = sum(flow.comment is not None for flow in plan.flows)
+    progress.note(
+        f"{len(plan.flows)} flows: {len(plan.flows) - launches} cross-posts to "
+        f"{'+'.join(CROSS_PLATFORMS)}, {launches} launch with a first comment on instagram"
+    )
     for platform, payload in plan.refused:
         try:
             await q.enqueue(platform, payload, account="acme")
@@ -443,8 +529,9 @@ async def _watch(
     factor: float,
     deadline: float,
 ) -> None:
-    """Refresh the live view until every post is finished (or the deadline passes)."""
-    total = len(plan.posts)
+    """Refresh the live view until every job is finished and every flow has ended (or the
+    deadline passes)."""
+    total = plan.jobs
 
     def view() -> Group:
         return _live_view(plan, simulator, progress, start, factor)
@@ -461,11 +548,23 @@ async def _watch(
                 shown.update(view())
             finished = sum(_finished(c) for c in progress.counts.values())
             if finished >= total:
-                break
+                progress.flows = await _flow_states(q, plan)
+                if all(state in FINAL for state in progress.flows):
+                    break
             await anyio.sleep(0.25)
         progress.counts = await _counts(q)
+        progress.flows = await _flow_states(q, plan)
         if shown is not None:
             shown.update(view())
+
+
+async def _flow_states(q: Queue, plan: Plan) -> dict[str, int]:
+    """How many of the plan's flows are in each state."""
+    states: dict[str, int] = {}
+    for planned in plan.flows:
+        state = (await q.flow(planned.flow_id)).state
+        states[state] = states.get(state, 0) + 1
+    return states
 
 
 def _live_view(
@@ -505,7 +604,8 @@ def _live_view(
     table.caption = (
         f"simulator: {sim['requests']} requests, {sim['rate_limited']} answered 429, "
         f"{sim['transient']} 5xx, {sim['lost_answers']} answers lost after the post was taken "
-        f"({sim['found_by_lookup']} found again by lookup), duplicates {sim['duplicates']}"
+        f"({sim['found_by_lookup']} found again by lookup), {sim['comments']} comments, "
+        f"duplicates {sim['duplicates']}"
     )
     events = Text("\n".join(progress.events[-6:]) or "…", style="dim")
     return Group(table, events)
@@ -519,7 +619,8 @@ async def _summarize(
     lost = 0
     ghosts = 0
     posted = {post.key: post for post in simulator.posts if post.key is not None}
-    for post in plan.posts:
+    everything = plan.every_post()
+    for post in everything:
         info = await q.job(post.job_id)
         states[info.state] = states.get(info.state, 0) + 1
         at_platform = posted.get(post.job_id)
@@ -531,10 +632,35 @@ async def _summarize(
             ghosts += at_platform is not None  # on the platform, though recorded as not
         else:
             lost += 1  # never finished
+    commented = {c.key: c for c in simulator.comments if c.key is not None}
+    comments = 0
+    for planned in plan.flows:
+        if not planned.comment_job:
+            continue
+        info = await q.job(planned.comment_job)
+        on_platform = commented.get(planned.comment_job)
+        media = planned.posts["instagram"]
+        if info.state == "done":
+            result = info.result if isinstance(info.result, dict) else {}
+            published = posted.get(media.job_id)
+            if (
+                on_platform is None
+                or result.get("post_id") != on_platform.id
+                or published is None
+                or on_platform.media_id != published.id
+            ):
+                lost += 1  # recorded as commented, but not on the media the flow published
+            else:
+                comments += 1
+        elif info.state in ("dead", "expired", "cancelled"):
+            ghosts += on_platform is not None
+        else:
+            lost += 1
+    flows = progress.flows
     counts = progress.counts
     sim = simulator.summary()
     return {
-        "scheduled": len(plan.posts),
+        "scheduled": len(everything),
         "refused_at_enqueue": len(plan.refused),
         "published": states.get("done", 0),
         "recovered_by_lookup": sim["found_by_lookup"],
@@ -544,6 +670,10 @@ async def _summarize(
         "paused": sum(c.get("parked", 0) for c in counts.values()),
         "dead": states.get("dead", 0),
         "expired": states.get("expired", 0),
+        "flows": len(plan.flows),
+        "flows_done": flows.get("done", 0),
+        "flows_failed": sum(n for state, n in flows.items() if state != "done"),
+        "comments": comments,
         "duplicates": sim["duplicates"] + ghosts,
         "lost": lost,
         "token_refreshes": sim["refreshes"],
@@ -570,11 +700,15 @@ def _summary_table(summary: dict[str, Any]) -> Table:
         ("paused (waiting for a sign-in)", "paused"),
         ("dead (content policy)", "dead"),
         ("expired (due too long ago)", "expired"),
+        ("flows (cross-posts, a launch with a first comment)", "flows"),
+        ("  done", "flows_done"),
+        ("  failed (or not ended)", "flows_failed"),
+        ("first comments on instagram", "comments"),
         ("duplicates found by the simulator", "duplicates"),
         ("lost", "lost"),
     ]
     for label, name in rows:
         value = summary[name]
-        style = "bold red" if name in ("lost", "duplicates") and value else None
+        style = "bold red" if name in ("lost", "duplicates", "flows_failed") and value else None
         table.add_row(label, Text(str(value), style=style or ""))
     return table

@@ -10,6 +10,8 @@ requests the built-in publishers make — each platform under its own prefix, so
     /instagram/{v}/{user}/media?since=T           GET   the user's published media since T
     /instagram/{v}/{container}?fields=status_code GET   IN_PROGRESS, FINISHED, PUBLISHED, ERROR
     /instagram/{v}/{user}/media_publish           POST  publish a container (once)
+    /instagram/{v}/{media}/comments               POST  a comment (``message``) on a media
+    /instagram/{v}/{media}/comments?since=T       GET   the media's comments, newest first
     /linkedin/rest/posts                          POST  a post (URN in x-restli-id)
     /linkedin/rest/posts?q=author&author=URN      GET   the author's posts, newest first
     /x/{v}/tweets                                 POST  a post
@@ -38,8 +40,9 @@ A request that makes something is committed before the answer's latency: a sende
 (or gives up) while the answer is on its way leaves the post made, as on a real platform.
 
 Every accepted post is recorded with its idempotency key (``GET /_sim/posts``,
-``Simulator.posts``), so a test or the demo counts lost and duplicated posts exactly. The
-simulator never deduplicates by key itself: a post sent twice is recorded twice.
+``Simulator.posts``; comments in ``Simulator.comments``), so a test or the demo counts lost
+and duplicated posts exactly. The simulator never deduplicates by key itself: a post (or a
+comment) sent twice is recorded twice.
 
     GET  /_sim/posts[?platform=P]   every post received     GET  /_sim/summary   counts
     POST /_sim/faults               add a Fault (JSON)      DELETE /_sim/faults  clear them
@@ -67,7 +70,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -98,7 +101,7 @@ FaultKind = Literal[
     "lost_answer",
     "drop",
 ]
-Step = Literal["create", "status", "publish", "lookup"]
+Step = Literal["create", "status", "publish", "comment", "lookup"]
 _AFTER_ACCEPT = ("hang", "lost_answer", "drop")
 _DROPPED_LOG = "ASGI callable returned without completing response."
 
@@ -116,9 +119,9 @@ class Fault(msgspec.Struct, kw_only=True):
 
     Steps: ``create`` makes something that is not yet a post (an Instagram container, a
     YouTube upload session); ``publish`` makes the post (a Facebook, LinkedIn or X post, an
-    Instagram media_publish, a TikTok init, a YouTube upload); ``status`` asks about a
-    container, a TikTok publish or an upload session; ``lookup`` lists posts (and
-    ``_sim/lookup``).
+    Instagram media_publish, a TikTok init, a YouTube upload); ``comment`` makes an Instagram
+    comment; ``status`` asks about a container, a TikTok publish or an upload session;
+    ``lookup`` lists posts or comments (and ``_sim/lookup``).
     """
 
     kind: FaultKind
@@ -145,6 +148,19 @@ class SimPost(msgspec.Struct):
     text: str
     at_ms: int
     media: list[str] = msgspec.field(default_factory=list)
+
+
+class SimComment(msgspec.Struct):
+    """One comment the simulator accepted (Instagram's ``/{media}/comments``)."""
+
+    platform: str
+    id: str
+    media_id: str
+    key: str | None
+    """The Idempotency-Key the publisher sent (streamq's job id)."""
+    user: str
+    text: str
+    at_ms: int
 
 
 class SimOptions(msgspec.Struct, kw_only=True):
@@ -257,6 +273,7 @@ class Simulator:
     def __init__(self, options: SimOptions | None = None) -> None:
         self.options = options or SimOptions()
         self.posts: list[SimPost] = []
+        self.comments: list[SimComment] = []
         self.faults: list[Fault] = []
         self.counts = _Counts()
         self._rng = random.Random(self.options.seed)
@@ -265,6 +282,8 @@ class Simulator:
         self._expired: set[str] = set()
         self._windows: dict[tuple[str, str], deque[float]] = defaultdict(deque)
         self._containers: dict[str, _Container] = {}
+        self._ig_media: dict[str, str] = {}
+        """Published Instagram media id -> its user: what comments may go on."""
         self._tiktok: dict[str, tuple[str, float]] = {}
         self._uploads: dict[str, _Upload] = {}
         self._lock = threading.Lock()
@@ -297,6 +316,8 @@ class Simulator:
     def reset(self) -> None:
         with self._lock:
             self.posts.clear()
+            self.comments.clear()
+            self._ig_media.clear()
             self.faults.clear()
             self.counts = _Counts()
             self._expired.clear()
@@ -311,8 +332,10 @@ class Simulator:
         return [post for post in list(self.posts) if post.key == key]
 
     def duplicates(self) -> dict[str, int]:
-        """Idempotency keys received more than once -> how many posts each made."""
-        by_key = Counter(post.key for post in list(self.posts) if post.key is not None)
+        """Idempotency keys received more than once -> how many posts (or comments) each
+        made."""
+        made: list[SimPost | SimComment] = [*self.posts, *self.comments]
+        by_key = Counter(item.key for item in made if item.key is not None)
         return {key: n for key, n in by_key.items() if n > 1}
 
     def summary(self) -> dict[str, Any]:
@@ -328,6 +351,7 @@ class Simulator:
         counts = self.counts
         return {
             "posts": len(posts),
+            "comments": len(self.comments),
             "duplicates": sum(n - 1 for n in self.duplicates().values()),
             "by_platform": by_platform,
             "requests": counts.requests,
@@ -414,6 +438,8 @@ class Simulator:
             platform("/instagram/{version}/{node}/media", self._instagram_media, "POST"),
             platform("/instagram/{version}/{node}/media", self._instagram_list, "GET"),
             platform("/instagram/{version}/{node}/media_publish", self._instagram_publish, "POST"),
+            platform("/instagram/{version}/{node}/comments", self._instagram_comment, "POST"),
+            platform("/instagram/{version}/{node}/comments", self._instagram_comments, "GET"),
             platform("/instagram/{version}/{node}", self._instagram_status, "GET"),
             platform("/linkedin/rest/posts", self._linkedin_post, "POST"),
             platform("/linkedin/rest/posts", self._linkedin_list, "GET"),
@@ -506,7 +532,7 @@ class Simulator:
         if self.options.error_rate and self._rng.random() < self.options.error_rate:
             self.counts.transient += 1
             raise _Answer(self._error(ctx.platform, "transient", "random failure"))
-        if ctx.step not in ("create", "publish"):
+        if ctx.step not in ("create", "publish", "comment"):
             return
         if ctx.step == "publish" and self.options.rate_limit is not None:
             count, window = self.options.rate_limit
@@ -705,7 +731,66 @@ class Simulator:
             media = str(fields["children"]).split(",")
         post = self._record(ctx, self._new_id(17), container.user, caption, media)
         container.media_id = post.id
+        self._ig_media[post.id] = container.user
         return await self._deliver(ctx, JSONResponse({"id": post.id}))
+
+    def _commented_media(self, media_id: str) -> str:
+        """The media a comment request names, as Graph answers an id it does not know."""
+        if media_id not in self._ig_media:
+            detail = (
+                f"Unsupported request. Object with ID '{media_id}' does not exist, cannot be "
+                "loaded due to missing permissions, or does not support this operation"
+            )
+            raise _Answer(self._error("instagram", "invalid", detail))
+        return media_id
+
+    async def _instagram_comment(self, request: Request) -> Response:
+        """A comment on a published media: ``message`` -> ``{"id": <comment id>}``."""
+        ctx = await self._open(request, "instagram", "comment")
+        media_id = self._commented_media(request.path_params["node"])
+        text = str(ctx.form.get("message", ""))
+        if not text:
+            raise _Answer(self._error("instagram", "invalid", "message is required"))
+        self._gate(ctx, text)
+        comment = SimComment(
+            "instagram",
+            self._new_id(17),
+            media_id,
+            ctx.key,
+            self._user_of(ctx.token),
+            text,
+            int(time.time() * 1000),
+        )
+        self.comments.append(comment)
+        return await self._deliver(ctx, JSONResponse({"id": comment.id}))
+
+    async def _instagram_comments(self, request: Request) -> Response:
+        """A media's comments, newest first: ``since`` (Unix seconds), ``limit``, ``after``."""
+        ctx = await self._open(request, "instagram", "lookup")
+        media_id = self._commented_media(request.path_params["node"])
+        self._gate(ctx, "")
+        self.counts.lookups += 1
+        since = _seconds_ms(ctx.form)
+        mine = [c for c in reversed(self.comments) if c.media_id == media_id and c.at_ms >= since]
+        if mine:
+            self.counts.found += 1
+        shown, after = _page(mine, ctx.form.get("after"), ctx.form.get("limit"), 25, 100)
+        data = [
+            {
+                "id": c.id,
+                "text": c.text,
+                "timestamp": _graph_time(c.at_ms),
+                "from": {"id": c.user},
+            }
+            for c in shown
+        ]
+        body: dict[str, Any] = {"data": data}
+        if after is not None:
+            body["paging"] = {
+                "cursors": {"after": after},
+                "next": str(request.url.include_query_params(after=after)),
+            }
+        return JSONResponse(body)
 
     async def _linkedin_post(self, request: Request) -> Response:
         ctx = await self._open(request, "linkedin", "publish")
@@ -1023,6 +1108,9 @@ def _seconds_text(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:.3f}"
 
 
+_Item = TypeVar("_Item")
+
+
 def _int(value: Any, default: int) -> int:
     try:
         return int(value)
@@ -1031,8 +1119,8 @@ def _int(value: Any, default: int) -> int:
 
 
 def _page(
-    items: list[SimPost], after: Any, limit: Any, default: int, most: int
-) -> tuple[list[SimPost], str | None]:
+    items: list[_Item], after: Any, limit: Any, default: int, most: int
+) -> tuple[list[_Item], str | None]:
     """One page of a listing (``after``: the position to go on from) and the next page's."""
     start = max(0, _int(after, 0))
     size = max(1, min(most, _int(limit, default)))

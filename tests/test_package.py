@@ -111,6 +111,14 @@ def test_the_installed_demo_loses_nothing_and_posts_nothing_twice(installed: Ins
     assert summary["refused_at_enqueue"] == 3
     assert summary["rate_limited"] > 0  # the launch burst on x
     assert summary["published"] + summary["dead"] + summary["expired"] == summary["scheduled"]
+    # Some content goes out as flows: cross-posts, and a launch whose instagram step is followed
+    # by the first comment on the media it published (checked against the simulator's record,
+    # with the flows' posts, in lost and duplicates above).
+    assert summary["flows"] == 4
+    assert summary["flows_done"] == 4
+    assert summary["flows_failed"] == 0
+    assert summary["comments"] == 1
+    assert summary["simulator"]["comments"] == 1
     # Tokens expire during the demo: refreshed, once per account per expiry; a revoked refresh
     # token is presented only by the account whose user revoked the app (a new sign-in then
     # resumes it: nothing is lost, as asserted above).

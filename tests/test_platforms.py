@@ -13,25 +13,30 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from streamq import stats
+from streamq import Step, stats
 from streamq.client import Queue
 from streamq.config import Config, StreamConfig
 from streamq.control import JobInfo
+from streamq.errors import PayloadError
 from streamq.platforms.client import Session
 from streamq.server import LocalServer
 from streamq.simulator import Fault, SimOptions, Simulator
+from streamq.worker import Worker
 from tests.platform_helpers import (
     PLATFORMS,
     credentials,
     new_token,
     post_for,
+    publisher_worker_options,
     run_publisher_until,
     settings_for,
 )
+from tests.test_worker import poll
 
 # Every case brings its own simulator and the module its own Valkey: the engine's tests cover
 # the engines, so both engine ids would run the very same thing.
@@ -346,3 +351,66 @@ async def test_tokens_appear_in_no_log_error_record_or_metric(
         texts.append(repr(await rig.session.credentials_for("facebook", "acme")))
         assert caplog.records, "nothing was logged: the check would prove nothing"
         assert not [text for text in texts if secret in text]
+
+
+async def test_instagram_publishes_then_adds_the_first_comment_once_on_that_media(
+    redis_url: str, stream: str
+) -> None:
+    async for rig in open_rig(redis_url, stream, "instagram"):
+        # The comment's answer is lost after the simulator took it: the retry finds it among
+        # the media's comments instead of commenting again.
+        rig.sim.add_fault(Fault(kind="lost_answer", platform="instagram", step="comment"))
+        flow = await rig.q.enqueue_flow(
+            [
+                Step(name="publish", stream=stream, payload=rig.post("launch day"), account="a"),
+                Step(
+                    name="first_comment",
+                    stream=stream,
+                    payload={"comment": "#launch #spring"},
+                    after=["publish"],
+                    account="a",
+                ),
+            ]
+        )
+        worker = Worker(
+            rig.q.redis,
+            stream,
+            rig.session.publisher("instagram"),
+            publisher_worker_options("instagram"),
+        )
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(worker.run)
+
+            await poll(lambda: _flow_ended(rig.q, flow.id), within=20)  # noqa: B023
+            worker.stop()
+        info = await rig.q.flow(flow.id)
+        assert info.state == "done", info.steps
+        [post] = rig.sim.posts_for(flow.jobs["publish"])
+        [comment] = rig.sim.comments
+        assert (comment.media_id, comment.text) == (post.id, "#launch #spring")
+        assert comment.key == flow.jobs["first_comment"]
+        result = info.steps["first_comment"].result
+        assert result == {"platform": "instagram", "post_id": comment.id, "recovered": True}
+        assert rig.sim.summary()["comments"] == 1
+        assert rig.sim.summary()["duplicates"] == 0
+
+        # A comment on a media Instagram does not know is refused as Graph refuses it; a
+        # comment with a picture is refused at enqueue.
+        job_id = await rig.q.enqueue(stream, {"comment": "hi", "media_id": "999"}, account="a")
+        [dead] = await rig.run([job_id])
+        assert dead.state == "dead"
+        assert dead.error is not None
+        assert "Object with ID '999' does not exist" in dead.error
+        assert len(rig.sim.comments) == 1
+        with pytest.raises(PayloadError, match="an instagram comment takes comment"):
+            await rig.q.enqueue(stream, {"comment": "hi", "image_url": "https://a.b/c.jpg"})
+        # A comment in no flow and with no media_id has nothing to go on.
+        job_id = await rig.q.enqueue(stream, {"comment": "hi"}, account="a")
+        [dead] = await rig.run([job_id])
+        assert dead.state == "dead"
+        assert dead.error is not None
+        assert "a comment needs media_id" in dead.error
+
+
+async def _flow_ended(q: Queue, flow_id: str) -> bool:
+    return (await q.flow(flow_id)).state not in ("scheduled", "running")

@@ -9,17 +9,27 @@ Credentials: a token with instagram_content_publish, and the Instagram user id a
 A carousel is 2-10 items, each a child container made first. Only the publish call makes a
 post: a container left unpublished by a failed attempt expires on its own after 24 hours.
 
+A comment (the first comment with the hashtags, say) is its own job on the same stream:
+``{"comment": "#launch #spring"}`` in a flow step after the step that published the media
+(the media id is that step's result, ``job.flow.results[...]["post_id"]``), or with an explicit
+``media_id``:
+
+    POST {base}/{version}/{ig-media-id}/comments      message   ->  {"id": "<comment id>"}
+    GET  {base}/{version}/{ig-media-id}/comments?since=<unix>&fields=id,text,timestamp
+
 Publish once: the container's id is kept as the job's checkpoint ``container`` before
 media_publish is sent, and a container publishes once. A later run asks the container's
 ``status_code``: ``PUBLISHED`` means the earlier send landed (its media id is then read from
 the user's media since the first send, matched by caption); ``FINISHED`` or ``IN_PROGRESS``
-means it did not, and the run publishes that same container; anything else starts over.
+means it did not, and the run publishes that same container; anything else starts over. A comment
+that an earlier run may have sent is looked for among the media's comments since the first
+send, matched by text (with ``lookup`` off it is sent again: at least once).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final
 
 import anyio
 import msgspec
@@ -30,6 +40,9 @@ from streamq.platforms.base import LIST_PAGES, Found, HttpUrl, PostBase, Publish
 from streamq.platforms.credentials import Credentials
 from streamq.platforms.facebook import graph_error
 from streamq.platforms.outcomes import Reply
+
+if TYPE_CHECKING:
+    from streamq.job import Job
 
 MAX_CAPTION: Final = 2_200
 MAX_HASHTAGS: Final = 30
@@ -54,6 +67,11 @@ class InstagramItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 class InstagramPost(PostBase, frozen=True, forbid_unknown_fields=True, kw_only=True):
     text: Annotated[str, msgspec.Meta(max_length=MAX_CAPTION)] = ""
     """The caption."""
+    comment: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CAPTION)] | None = None
+    """Not a post but a comment on a published media: ``media_id``'s, or in a flow the one
+    Instagram media published by the step this one runs after."""
+    media_id: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,40}$")] | None = None
+    """The media a ``comment`` goes on (none: the one of the step it runs after)."""
     image_url: HttpUrl | None = None
     video_url: HttpUrl | None = None
     """A video is published as a reel."""
@@ -64,6 +82,15 @@ class InstagramPost(PostBase, frozen=True, forbid_unknown_fields=True, kw_only=T
 
     def __post_init__(self) -> None:
         given = [self.image_url, self.video_url, self.children]
+        if self.comment is not None:
+            if self.text or any(item is not None for item in given):
+                raise ValueError(
+                    "an instagram comment takes comment (and media_id) only: no text, "
+                    "image_url, video_url or children"
+                )
+            return
+        if self.media_id is not None:
+            raise ValueError("media_id goes with comment (a comment on that media)")
         if sum(item is not None for item in given) != 1:
             raise ValueError(
                 "an instagram post needs exactly one of image_url, video_url, children "
@@ -86,6 +113,10 @@ class InstagramPublisher(Publisher):
 
     async def publish(self, post: Any, creds: Credentials, sending: Sending) -> str:
         assert isinstance(post, InstagramPost)
+        if post.comment is not None:
+            return await self._comment(
+                post.comment, _commented_media(post, sending.job), creds, sending
+            )
         marker = sending.job.id
         container = sending.checkpoints.get(CONTAINER)
         if container is not None:
@@ -126,6 +157,10 @@ class InstagramPublisher(Publisher):
     async def find(self, post: Any, creds: Credentials, sending: Sending) -> Found | None:
         """The earlier run's post, if its container says PUBLISHED."""
         assert isinstance(post, InstagramPost)
+        if post.comment is not None:
+            return await self._find_comment(
+                post.comment, _commented_media(post, sending.job), creds, sending
+            )
         container = sending.checkpoints.get(CONTAINER)
         if container is None:  # no run got as far as media_publish (the id is kept first)
             return None
@@ -134,6 +169,45 @@ class InstagramPublisher(Publisher):
         if not self.settings.lookup:
             return Found(None)  # published for sure; which media, only a listing says
         return Found(await self._published_media(post, creds, sending))
+
+    async def _comment(self, text: str, media_id: str, creds: Credentials, sending: Sending) -> str:
+        await sending.may_send()
+        reply = await self.call(
+            "POST",
+            f"{self.settings.api_version}/{media_id}/comments",
+            creds,
+            marker=sending.job.id,
+            data={"message": text},
+        )
+        comment_id = reply.body.get("id") if isinstance(reply.body, dict) else None
+        if not comment_id:
+            raise outcomes.transient(self.name, "comment answer without an id", reply)
+        return str(comment_id)
+
+    async def _find_comment(
+        self, text: str, media_id: str, creds: Credentials, sending: Sending
+    ) -> Found | None:
+        """The earlier run's comment: the media's newest with this text since the first send."""
+        if not self.settings.lookup:
+            return self.unlisted(sending)
+        url: str | None = self.url(f"{self.settings.api_version}/{media_id}/comments")
+        params: dict[str, Any] | None = {
+            "since": sending.listed_since_ms() // 1000,
+            "fields": "id,text,timestamp",
+            "limit": 100,
+        }
+        for _ in range(LIST_PAGES):
+            if not url:
+                return None
+            reply = await self.call("GET", url, creds, params=params)
+            body = reply.body if isinstance(reply.body, dict) else {}
+            for item in body.get("data") or []:
+                if isinstance(item, dict) and item.get("text") == text and item.get("id"):
+                    return Found(str(item["id"]))
+            paging = body.get("paging")
+            url = paging.get("next") if isinstance(paging, dict) else None
+            params = None
+        return None
 
     async def _status(self, creds: Credentials, container: str) -> str | None:
         """A container's status_code; None when Instagram no longer knows it."""
@@ -220,6 +294,28 @@ class InstagramPublisher(Publisher):
 
     def error(self, reply: Reply, creds: Credentials) -> Exception:
         return graph_error(self.name, reply, creds)
+
+
+def _commented_media(post: InstagramPost, job: Job) -> str:
+    """The media a comment goes on: its ``media_id``, or the one Instagram media that the
+    steps of its flow it runs after published (their result's ``post_id``)."""
+    if post.media_id is not None:
+        return post.media_id
+    flow = job.flow
+    published = [
+        str(result["post_id"])
+        for result in (flow.results.values() if flow is not None else ())
+        if isinstance(result, dict)
+        and result.get("platform") == "instagram"
+        and result.get("post_id")
+    ]
+    if len(published) != 1:
+        found = "none" if not published else f"{len(published)}"
+        raise Fail(
+            "instagram: a comment needs media_id, or to run in a flow after exactly one "
+            f"step that published an instagram media ({found} found)"
+        )
+    return published[0]
 
 
 def _media(image_url: str | None, video_url: str | None) -> dict[str, str]:
