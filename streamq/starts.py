@@ -44,9 +44,11 @@ class Starts:
         before its handler starts (no call is on the wire, so the sender is free to send it
         now)."""
         self._queued.append(job)
-        if self._sending:
-            return False
-        self._wake.set()
+        if not self._sending:
+            self._wake.set()
+        # Every starting job yields once, whether or not a call is on the wire: consumers that
+        # yielded unequally would start their handlers out of the order they took their jobs
+        # (an account's thread out of order: tests/test_order.py found it).
         return True
 
     async def send_first(self) -> None:
