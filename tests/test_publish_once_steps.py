@@ -85,3 +85,39 @@ async def test_an_answer_lost_at_any_step_still_makes_exactly_one_post(
             [post] = sim.posts_for(job_id)  # exactly one post, not none and not two
             assert info.result is not None
             assert info.result["post_id"] == post.id
+
+
+@pytest.mark.parametrize("revive", ["dead replay", "job retry"])
+async def test_replaying_a_dead_facebook_job_whose_post_exists_does_not_post_it_again(
+    redis_url: str, stream: str, revive: str
+) -> None:
+    # The replay hole as the issue tells it: max_attempts = 1, the request timed out after
+    # Facebook took the post, and the verify run's listing failed too, so the job is dead.
+    # Replaying it resets its attempts, not its "may have been sent" mark: it looks first.
+    platform = "facebook"
+    sim = Simulator(SimOptions(processing=0.05))
+    async with sim.serve() as url:
+        config = Config(streams={stream: StreamConfig(publisher=platform, limits=())})
+        settings = {platform: settings_for(platform, url, timeout=0.3)}
+        tokens = credentials({platform: new_token(platform)})
+        async with (
+            Queue(redis_url, config=config) as q,
+            Session(config, credentials=tokens, settings=settings) as session,
+        ):
+            sim.add_fault(Fault(kind="hang", platform=platform, seconds=1.0))
+            sim.add_fault(Fault(kind="transient", platform=platform, step="lookup"))
+            job_id = await q.enqueue(
+                stream, post_for(platform, url, "replayed"), account="a", max_attempts=1
+            )
+            [dead] = await run_publisher_until(q, session, stream, platform, [job_id], ("dead",))
+            assert dead.error is not None
+            assert "a post may exist" in dead.error
+            assert len(sim.posts_for(job_id)) == 1
+            if revive == "dead replay":
+                assert await q.replay_dead(stream) == (1, 0)
+            else:
+                await q.retry(job_id)
+            [done] = await run_publisher_until(q, session, stream, platform, [job_id], ("done",))
+            [post] = sim.posts_for(job_id)  # still the one post
+            assert done.attempt == 1
+            assert done.result == {"platform": platform, "post_id": post.id, "recovered": True}
