@@ -11,20 +11,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 
 from streamq.client import Queue
 from streamq.config import Config, StreamConfig
+from streamq.job import Job
+from streamq.platforms.base import LIST_PAGES
 from streamq.platforms.client import Session
 from streamq.server import LocalServer
-from streamq.simulator import Fault, FaultKind, SimOptions, Simulator, Step
+from streamq.simulator import Fault, FaultKind, SimOptions, SimPost, Simulator, Step
+from streamq.worker import Worker
 from tests.platform_helpers import (
     credentials,
     new_token,
     post_for,
+    publisher_worker_options,
     run_publisher_until,
     settings_for,
 )
+from tests.test_worker import poll
 
 # One Valkey of the module's own: what a publisher does does not depend on the engine.
 pytestmark = [pytest.mark.anyio, pytest.mark.any_engine]
@@ -121,3 +127,53 @@ async def test_replaying_a_dead_facebook_job_whose_post_exists_does_not_post_it_
             [post] = sim.posts_for(job_id)  # still the one post
             assert done.attempt == 1
             assert done.result == {"platform": platform, "post_id": post.id, "recovered": True}
+
+
+async def test_a_lookup_that_cannot_reach_the_first_send_does_not_send_again(
+    redis_url: str, stream: str
+) -> None:
+    # TikTok's init answer is lost (no publish id), and before the job runs again the account
+    # posts more videos than a lookup reads (LIST_PAGES pages): the lookup cannot tell whether
+    # the post landed. Sending again could post twice; the job ends dead, its mark kept.
+    platform = "tiktok"
+    sim = Simulator(SimOptions(processing=0.05))
+    async with sim.serve() as url:
+        config = Config(streams={stream: StreamConfig(publisher=platform, limits=())})
+        settings = {platform: settings_for(platform, url)}
+        tokens = credentials({platform: new_token(platform)})
+        async with (
+            Queue(redis_url, config=config) as q,
+            Session(config, credentials=tokens, settings=settings) as session,
+        ):
+            sim.add_fault(Fault(kind="drop", platform=platform))
+            publisher = session.publisher(platform)
+            runs = 0
+
+            async def handler(job: Job) -> Any:
+                nonlocal runs
+                runs += 1
+                try:
+                    return await publisher(job)
+                finally:
+                    if runs == 1:
+                        [first] = sim.posts_for(job.id)
+                        later = first.at_ms + 1
+                        for n in range(LIST_PAGES * 20 + 1):
+                            sim.posts.append(
+                                SimPost(
+                                    platform, f"9{n:018}", None, first.user, f"other {n}", later + n
+                                )
+                            )
+
+            job_id = await q.enqueue(stream, post_for(platform, url, "mine"), account="a")
+            worker = Worker(q.redis, stream, handler, publisher_worker_options(platform))
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(worker.run)
+                await poll(lambda: worker.counts.dead_lettered + worker.counts.completed, 20)
+                worker.stop()
+            info = await q.job(job_id)
+            assert info.state == "dead", info.result
+            assert info.error is not None
+            assert "cannot tell whether it landed" in info.error
+            assert "a post may exist" in info.error
+            assert len(sim.posts_for(job_id)) == 1  # not sent again
