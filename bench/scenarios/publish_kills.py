@@ -36,9 +36,6 @@ USER_IDS = {
     "instagram": "17841400000000001",
     "linkedin": "urn:li:organization:5515715",
 }
-ACCOUNTS = tuple(f"acct{n}" for n in range(10))
-"""Each platform's posts go to ten accounts: a real account does not post 150 times in a
-minute, and a lookup reads only so many pages of one account's posts (LIST_PAGES)."""
 FINAL = (b"done", b"dead")
 COLUMNS = ["engine", "posts", "kills", "seconds", "duplicates", "lost", "dead", "dead posted",
            "not final", "replayed", "replay added", "lost answers", "dropped", "slow",
@@ -48,6 +45,7 @@ COLUMNS = ["engine", "posts", "kills", "seconds", "duplicates", "lost", "dead", 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--posts", type=int, help="posts over the six platforms (1,500; quick 300)")
     parser.add_argument("--kills", type=int, help="worker SIGKILLs at least (30; quick 8)")
+    parser.add_argument("--accounts", type=int, default=10, help="accounts per platform (10)")
     parser.add_argument("--seed", type=int, default=29)
 
 
@@ -60,6 +58,9 @@ class Plan:
     concurrency: int = 8
     timeout: float = 1.0
     """The publishers' request timeout; slow answers come after twice that."""
+    accounts: int = 10
+    """Accounts per platform: a real account does not post 150 times in a minute, and a lookup
+    reads only so many pages of one account's posts (LIST_PAGES)."""
     seed: int = 29
     limit: float = 600.0
     """Seconds before the run is abandoned (jobs then count as not final)."""
@@ -210,6 +211,7 @@ def run_kills(redis_url: str, plan: Plan) -> Figures:
         seed=plan.seed,
     )
     tag = os.urandom(3).hex()
+    accounts = [f"acct{n}" for n in range(plan.accounts)]
     streams = {platform: f"kills-{platform}-{tag}" for platform in PLATFORMS}
     figures = Figures(posts=plan.posts)
     with ThreadedSimulator(options) as sim, tempfile.TemporaryDirectory() as tmp:
@@ -220,7 +222,7 @@ def run_kills(redis_url: str, plan: Plan) -> Figures:
         )
         env = {"STREAMQ_CONFIG": str(config), "STREAMQ_PLATFORM_URL": sim.url}
         for platform in PLATFORMS:
-            for account in ACCOUNTS:
+            for account in accounts:
                 token = f"bench-{platform}-{account}-{tag}"
                 env[EnvCredentials.variable(platform, account)] = token
                 if platform in USER_IDS:
@@ -237,7 +239,7 @@ def run_kills(redis_url: str, plan: Plan) -> Figures:
                     ids = await q.enqueue_many(
                         stream,
                         [_post(platform, media, t) for t in texts],
-                        accounts=[ACCOUNTS[i % len(ACCOUNTS)] for i in range(count)],
+                        accounts=[accounts[i % len(accounts)] for i in range(count)],
                     )
                     jobs.update((job_id, (platform, stream)) for job_id in ids)
 
@@ -290,12 +292,14 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
     plan = Plan(
         posts=args.posts or (300 if args.quick else 1_500),
         kills=args.kills or (8 if args.quick else 30),
+        accounts=args.accounts,
         seed=args.seed,
     )
     section = Section(
         "publish-kills",
         f"publish-kills: {plan.posts:,} posts over six platforms, a worker process per "
-        f"platform SIGKILLed every {plan.kill_every} s (at least {plan.kills} kills); the "
+        f"platform ({plan.accounts} accounts each) SIGKILLed every {plan.kill_every} s (at "
+        f"least {plan.kills} kills); the "
         "simulator loses 3 % of answers after taking the request (502), drops 2 %, answers 2 % "
         f"after {plan.timeout * 2:g} s (timeout {plan.timeout:g} s), fails 2 % with a 5xx",
         COLUMNS,
