@@ -27,6 +27,7 @@ from bench.scenarios import (
     memory,
     peers,
     publish,
+    publish_kills,
     recovery,
     throughput,
     wait,
@@ -42,6 +43,10 @@ SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "peers": (peers, "throughput, io-bound, lateness for arq, saq, taskiq, Celery, streaq"),
     "limits": (limits, "rate-limit admission cost; one hot account's burst"),
     "publish": (publish, "a built-in publisher against the simulator: rate, lost, twice"),
+    "publish-kills": (
+        publish_kills,
+        "1,500 posts on six platforms, 30 worker SIGKILLs, lost answers: each published once",
+    ),
     "cluster": (cluster, "one server against a 3-master cluster, by partitions of the stream"),
     "listing": (listing, "a page of 100 in 1,000,000 scheduled jobs; the indexes' hot-path cost"),
     "wait": (wait, "1,000 concurrent q.wait calls in one process: return after the final state"),

@@ -76,7 +76,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -466,6 +466,10 @@ class Simulator:
                 response = await endpoint(request)
             except _Answer as answer:
                 response = answer.response
+            except ClientDisconnect:
+                # The sender died while its request's body was on its way (a worker killed
+                # mid-upload): nothing was taken, and there is no one to answer.
+                return Response(status_code=499)
             if self.options.latency > 0:
                 await asyncio.sleep(self.options.latency * self._rng.uniform(0.5, 1.5))
             return response

@@ -223,6 +223,16 @@ class Publisher:
         when this platform cannot tell: then it is sent again)."""
         raise NotImplementedError
 
+    def listing_too_long(self) -> Fail:
+        """What a lookup raises when it read LIST_PAGES pages of the account's posts without
+        reaching the first send: it cannot tell whether that send landed, and sending again
+        could post twice. The engine verifies, then records the job dead with its mark kept
+        (a replay looks again)."""
+        return Fail(
+            f"{self.name}: lookup: the account posted more than {LIST_PAGES} pages since the "
+            "first send; cannot tell whether it landed, so not sent again"
+        )
+
     def unlisted(self, sending: Sending) -> Found | None:
         """What :meth:`find` answers when only a listing of the account's posts could tell and
         ``lookup`` is off: on a verify run an error (the job ends dead with its mark kept, so a

@@ -116,7 +116,7 @@ class FacebookPublisher(Publisher):
             paging = body.get("paging")
             url = paging.get("next") if isinstance(paging, dict) else None
             params = None  # the next page's URL carries them
-        return None
+        raise self.listing_too_long()
 
     def error(self, reply: Reply, creds: Credentials) -> Exception:
         return graph_error(self.name, reply, creds)

@@ -247,7 +247,7 @@ class InstagramPublisher(Publisher):
             paging = body.get("paging")
             url = paging.get("next") if isinstance(paging, dict) else None
             params = None
-        return None
+        raise self.listing_too_long()
 
     async def _container(
         self, creds: Credentials, marker: str, fields: dict[str, str], carousel_item: bool

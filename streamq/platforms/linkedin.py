@@ -108,7 +108,7 @@ class LinkedInPublisher(Publisher):
             if len(elements) < count or any(isinstance(t, int) and t < since for t in created):
                 return None
             start += count
-        return None
+        raise self.listing_too_long()
 
     def _headers(self) -> dict[str, str]:
         return {"LinkedIn-Version": self.settings.api_version, "X-Restli-Protocol-Version": "2.0.0"}

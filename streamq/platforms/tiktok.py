@@ -141,7 +141,7 @@ class TikTokPublisher(Publisher):
             ):
                 return None
             body["cursor"] = data.get("cursor")
-        return None
+        raise self.listing_too_long()
 
     async def _wait_until_published(
         self, creds: Credentials, publish_id: str, *, lookup: bool = False

@@ -126,7 +126,7 @@ class XPublisher(Publisher):
             if not token:
                 return None
             params["pagination_token"] = token
-        return None
+        raise self.listing_too_long()
 
     def error(self, reply: Reply, creds: Credentials) -> Exception:
         body = reply.body if isinstance(reply.body, dict) else {}
