@@ -431,8 +431,7 @@ class Worker:
             timeout = default_timeout if env.job_timeout_ms is None else env.job_timeout_ms / 1000
             # The run counts (max_deliveries), not the delivery: sent before the handler goes,
             # or with the next call when one is on the wire (streamq.starts).
-            if starts.queue(job):
-                await starts.send_first()
+            await starts.start(job)
             slot.job = job
             began = monotonic()
             if timeout is not None:
