@@ -11,6 +11,7 @@ API speaks the same dialect, so :func:`graph_error` serves both.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, ClassVar, Final
 
 import msgspec
@@ -42,6 +43,37 @@ class FacebookPost(PostBase, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     def __post_init__(self) -> None:
         if not self.text and not self.link:
             raise ValueError("a facebook post needs text or a link")
+
+
+FEED_FIELDS: Final = "id,message,link,created_time"
+
+
+async def graph_listing(
+    publisher: Publisher, path: str, creds: Credentials, sending: Sending, fields: str
+) -> AsyncIterator[dict[str, Any]]:
+    """The items of a Graph API edge (a Page's feed, a user's media, a media's comments) since
+    the job's first send, newest first, page after page (Facebook and Instagram). Raises
+    ``listing_too_long`` when LIST_PAGES pages did not reach the end: a lookup that stopped
+    there cannot tell whether the send landed."""
+    url: str | None = publisher.url(f"{publisher.settings.api_version}/{path}")
+    params: dict[str, Any] | None = {
+        "since": sending.listed_since_ms() // 1000,
+        "fields": fields,
+        "limit": 100,
+    }
+    for _ in range(LIST_PAGES):
+        if not url:
+            return
+        reply = await publisher.call("GET", url, creds, params=params)
+        body = reply.body if isinstance(reply.body, dict) else {}
+        for item in body.get("data") or []:
+            if isinstance(item, dict):
+                yield item
+        paging = body.get("paging")
+        url = paging.get("next") if isinstance(paging, dict) else None
+        params = None  # the next page's URL carries them
+    if url:
+        raise publisher.listing_too_long()
 
 
 def graph_error(platform: str, reply: Reply, creds: Credentials) -> Exception:
@@ -96,27 +128,12 @@ class FacebookPublisher(Publisher):
         assert isinstance(post, FacebookPost)
         if not self.settings.lookup:
             return self.unlisted(sending)
-        url: str | None = self.url(f"{self.settings.api_version}/{creds.user_id}/feed")
-        params: dict[str, Any] | None = {
-            "since": sending.listed_since_ms() // 1000,
-            "fields": "id,message,link,created_time",
-            "limit": 100,
-        }
-        for _ in range(LIST_PAGES):
-            if not url:
-                return None
-            reply = await self.call("GET", url, creds, params=params)
-            body = reply.body if isinstance(reply.body, dict) else {}
-            for item in body.get("data") or []:
-                if not isinstance(item, dict):
-                    continue
-                same_link = post.link is None or item.get("link") == post.link
-                if (item.get("message") or None) == (post.text or None) and same_link:
-                    return Found(str(item["id"]))
-            paging = body.get("paging")
-            url = paging.get("next") if isinstance(paging, dict) else None
-            params = None  # the next page's URL carries them
-        raise self.listing_too_long()
+        feed = graph_listing(self, f"{creds.user_id}/feed", creds, sending, FEED_FIELDS)
+        async for item in feed:
+            same_link = post.link is None or item.get("link") == post.link
+            if (item.get("message") or None) == (post.text or None) and same_link:
+                return Found(str(item["id"]))
+        return None
 
     def error(self, reply: Reply, creds: Credentials) -> Exception:
         return graph_error(self.name, reply, creds)

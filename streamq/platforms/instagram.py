@@ -36,9 +36,9 @@ import msgspec
 
 from streamq.errors import Fail
 from streamq.platforms import outcomes
-from streamq.platforms.base import LIST_PAGES, Found, HttpUrl, PostBase, Publisher, Sending
+from streamq.platforms.base import Found, HttpUrl, PostBase, Publisher, Sending
 from streamq.platforms.credentials import Credentials
-from streamq.platforms.facebook import graph_error
+from streamq.platforms.facebook import graph_error, graph_listing
 from streamq.platforms.outcomes import Reply
 
 if TYPE_CHECKING:
@@ -190,23 +190,10 @@ class InstagramPublisher(Publisher):
         """The earlier run's comment: the media's newest with this text since the first send."""
         if not self.settings.lookup:
             return self.unlisted(sending)
-        url: str | None = self.url(f"{self.settings.api_version}/{media_id}/comments")
-        params: dict[str, Any] | None = {
-            "since": sending.listed_since_ms() // 1000,
-            "fields": "id,text,timestamp",
-            "limit": 100,
-        }
-        for _ in range(LIST_PAGES):
-            if not url:
-                return None
-            reply = await self.call("GET", url, creds, params=params)
-            body = reply.body if isinstance(reply.body, dict) else {}
-            for item in body.get("data") or []:
-                if isinstance(item, dict) and item.get("text") == text and item.get("id"):
-                    return Found(str(item["id"]))
-            paging = body.get("paging")
-            url = paging.get("next") if isinstance(paging, dict) else None
-            params = None
+        comments = graph_listing(self, f"{media_id}/comments", creds, sending, "id,text,timestamp")
+        async for item in comments:
+            if item.get("text") == text and item.get("id"):
+                return Found(str(item["id"]))
         return None
 
     async def _status(self, creds: Credentials, container: str) -> str | None:
@@ -230,24 +217,12 @@ class InstagramPublisher(Publisher):
         self, post: InstagramPost, creds: Credentials, sending: Sending
     ) -> str | None:
         """The newest of the user's media since the first send with the post's caption."""
-        url: str | None = self.url(f"{self.settings.api_version}/{creds.user_id}/media")
-        params: dict[str, Any] | None = {
-            "since": sending.listed_since_ms() // 1000,
-            "fields": "id,caption,timestamp",
-            "limit": 100,
-        }
-        for _ in range(LIST_PAGES):
-            if not url:
-                return None
-            reply = await self.call("GET", url, creds, params=params)
-            body = reply.body if isinstance(reply.body, dict) else {}
-            for item in body.get("data") or []:
-                if isinstance(item, dict) and (item.get("caption") or "") == post.text:
-                    return str(item["id"])
-            paging = body.get("paging")
-            url = paging.get("next") if isinstance(paging, dict) else None
-            params = None
-        raise self.listing_too_long()
+        fields = "id,caption,timestamp"
+        media = graph_listing(self, f"{creds.user_id}/media", creds, sending, fields)
+        async for item in media:
+            if (item.get("caption") or "") == post.text:
+                return str(item["id"])
+        return None
 
     async def _container(
         self, creds: Credentials, marker: str, fields: dict[str, str], carousel_item: bool
