@@ -652,13 +652,7 @@ class Simulator:
             }
             for post in shown
         ]
-        body: dict[str, Any] = {"data": data}
-        if after is not None:
-            body["paging"] = {
-                "cursors": {"after": after},
-                "next": str(request.url.include_query_params(after=after)),
-            }
-        return JSONResponse(body)
+        return _graph_page(request, data, after)
 
     async def _instagram_media(self, request: Request) -> Response:
         ctx = await self._open(request, "instagram", "create")
@@ -693,13 +687,7 @@ class Simulator:
             {"id": post.id, "caption": post.text, "timestamp": _graph_time(post.at_ms)}
             for post in shown
         ]
-        body: dict[str, Any] = {"data": data}
-        if after is not None:
-            body["paging"] = {
-                "cursors": {"after": after},
-                "next": str(request.url.include_query_params(after=after)),
-            }
-        return JSONResponse(body)
+        return _graph_page(request, data, after)
 
     async def _instagram_status(self, request: Request) -> Response:
         ctx = await self._open(request, "instagram", "status")
@@ -788,13 +776,7 @@ class Simulator:
             }
             for c in shown
         ]
-        body: dict[str, Any] = {"data": data}
-        if after is not None:
-            body["paging"] = {
-                "cursors": {"after": after},
-                "next": str(request.url.include_query_params(after=after)),
-            }
-        return JSONResponse(body)
+        return _graph_page(request, data, after)
 
     async def _linkedin_post(self, request: Request) -> Response:
         ctx = await self._open(request, "linkedin", "publish")
@@ -1120,6 +1102,18 @@ def _int(value: Any, default: int) -> int:
         return int(value)
     except (TypeError, ValueError):
         return default
+
+
+def _graph_page(request: Request, data: list[dict[str, Any]], after: str | None) -> Response:
+    """A Graph API listing's answer: the page's items, and the next page's URL when there is
+    one (Facebook feeds, Instagram media and comments)."""
+    body: dict[str, Any] = {"data": data}
+    if after is not None:
+        body["paging"] = {
+            "cursors": {"after": after},
+            "next": str(request.url.include_query_params(after=after)),
+        }
+    return JSONResponse(body)
 
 
 def _page(
