@@ -510,14 +510,19 @@ class Worker:
         self.counts.add(self.metrics.finished(batch))
         if self.hooks is not None:
             await call_hooks(self.hooks, batch)
-        flow_steps = [job for job, _ in batch if job.envelope.flow is not None]
-        if flow_steps:
-            await flows.tell_jobs(self.redis, flow_steps)
+        # One pass over the batch for the two rare kinds of job: flow steps and cron occurrences.
+        flow_steps: list[Job] = []
         recurring = False
         for job, _ in batch:
-            if job.envelope.cron is not None:
+            envelope = job.envelope
+            if envelope.flow is not None:
+                # Whatever its outcome: finish_jobs may have ended a retried step (cancelled
+                # meanwhile), and its record, not the outcome, says so (flows.tell reads it).
+                flow_steps.append(job)
+            if envelope.cron is not None:
                 recurring = True
-                break
+        if flow_steps:
+            await flows.tell_jobs(self.redis, flow_steps)
         if self.gate.pausing_accounts:
             self.gate.recorded([outcome for _, outcome in batch])
         self.fetcher.settle_pauses()
