@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from streamq.errors import ConfigError, HandlerError
+from streamq.scheduler import aware_time
 
 DEFAULT_ACCOUNT = "default"
 """The account name a file uses for jobs enqueued without an account."""
@@ -104,26 +105,18 @@ def _expires_at_ms(value: Any, where: str) -> int | None:
     or a TOML date-time; None when not given."""
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expires_at must be Unix seconds or an ISO 8601 date-time")
-    if isinstance(value, int | float):
-        return round(value * 1000)
     if isinstance(value, str):
         try:
-            return round(float(value) * 1000)
+            value = float(value)
         except ValueError:
-            pass
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise ConfigError(
-                f"{where}: expires_at must be Unix seconds or an ISO 8601 date-time"
-            ) from None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ConfigError(f"{where}: expires_at needs its offset (Z or +hh:mm)")
+            value = aware_time(value) or value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return round(value * 1000)
+    if isinstance(value, datetime) and value.tzinfo is not None:
         return round(value.timestamp() * 1000)
-    raise ConfigError(f"{where}: expires_at must be Unix seconds or an ISO 8601 date-time")
+    raise ConfigError(
+        f"{where}: expires_at must be Unix seconds or an ISO 8601 date-time with its offset"
+    )
 
 
 def _scopes(value: Any, where: str) -> tuple[str, ...]:
