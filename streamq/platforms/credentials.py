@@ -100,6 +100,22 @@ class Credentials:
         return f"Credentials(token=***, user_id={self.user_id!r})"
 
 
+def read_secret_table(path: Path, what: str) -> dict[str, Any]:
+    """A TOML (or ``.json``) file of secrets as a table. Errors name the file, never quote it:
+    a parse error's message can show the line it failed on."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror}") from None
+    try:
+        table = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} does not parse ({type(exc).__name__})") from None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{what} {path} must hold a table")
+    return table
+
+
 def _expires_at_ms(value: Any, where: str) -> int | None:
     """An expiry as a provider gives it: Unix seconds, an ISO 8601 date-time with its offset,
     or a TOML date-time; None when not given."""
@@ -210,19 +226,7 @@ class FileCredentials:
             raise ConfigError(f"credentials file {self.path}: {exc.strerror}") from None
         stamp = (info.st_mtime_ns, info.st_size)
         if stamp != self._stamp:
-            text = self.path.read_bytes()
-            try:
-                if self.path.suffix == ".json":
-                    table = json.loads(text)
-                else:
-                    table = tomllib.loads(text.decode())
-            except (ValueError, UnicodeDecodeError) as exc:
-                # The message of a parse error can quote the file: never pass it on.
-                raise ConfigError(
-                    f"credentials file {self.path} does not parse ({type(exc).__name__})"
-                ) from None
-            if not isinstance(table, dict):
-                raise ConfigError(f"credentials file {self.path} must hold a table")
+            table = read_secret_table(self.path, "credentials file")
             self._table, self._stamp = table, stamp
         return self._table
 

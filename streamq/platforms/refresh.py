@@ -26,10 +26,8 @@ sign in again); :class:`RefreshUnavailable` when it could not answer (no answer,
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
-import tomllib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ import httpx
 
 from streamq.errors import ConfigError
 from streamq.platforms.base import PlatformSettings
-from streamq.platforms.credentials import EnvCredentials, Secret
+from streamq.platforms.credentials import EnvCredentials, Secret, read_secret_table
 from streamq.platforms.outcomes import clean
 from streamq.tokenstore import StoredToken, TokenSet
 
@@ -126,17 +124,7 @@ def clients_from_file(path: str | os.PathLike[str]) -> dict[str, Client]:
     """Each platform's client from a TOML (or ``.json``) file: ``{platform: {client_id,
     client_secret}}``. A file that does not parse is named, never quoted (it holds secrets)."""
     where = Path(path)
-    try:
-        text = where.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{CLIENTS_FILE_ENV} {where}: {exc.strerror}") from None
-    try:
-        table = json.loads(text) if where.suffix == ".json" else tomllib.loads(text.decode())
-    except (ValueError, UnicodeDecodeError) as exc:
-        problem = type(exc).__name__
-        raise ConfigError(f"{CLIENTS_FILE_ENV} {where} does not parse ({problem})") from None
-    if not isinstance(table, dict):
-        raise ConfigError(f"{CLIENTS_FILE_ENV} {where} must hold a table per platform")
+    table = read_secret_table(where, CLIENTS_FILE_ENV)
     clients = {}
     for platform, entry in table.items():
         if platform not in FLOWS:
