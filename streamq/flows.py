@@ -289,10 +289,6 @@ async def _claim(redis: Redis, key: str, flow_id: str) -> str:
 # -- releasing and telling --------------------------------------------------------------------
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 async def drain(redis: Redis, flow_id: str) -> list[str]:
     """Enqueue every step of the flow that is ``releasing`` (under its own job id: a job
     whose record exists is skipped), then mark them ``released``. Returns their names."""
@@ -349,21 +345,21 @@ async def tell(redis: Redis, member: str, *, again: bool = False) -> None:
     job_id, flow_id, step = member.split(" ")
     stream = keys.stream_of_job(job_id)
     state, result, error = await redis.hmget(keys.job(stream, job_id), "state", "result", "error")
-    if state is not None and _text(state) not in JOB_ENDED:
+    if state is not None and codec.text(state) not in JOB_ENDED:
         return  # not ended (yet): finish_jobs adds it when it does
     if state is None:
         step_state, text_error = "failed", "its job's record is gone"
     else:
-        step_state = JOB_ENDED[_text(state)]
-        text_error = "" if error is None else _text(error)
-        if _text(state) == "expired" and not text_error:
+        step_state = JOB_ENDED[codec.text(state)]
+        text_error = "" if error is None else codec.text(error)
+        if codec.text(state) == "expired" and not text_error:
             text_error = "expired: it came due too long ago to run"
     _, ended = await scripts.advance_flow(
         redis,
         flow_id,
         step,
         step_state,
-        result="" if result is None or step_state != "done" else _text(result),
+        result="" if result is None or step_state != "done" else codec.text(result),
         error=text_error if step_state != "done" else "",
         retention_ms=RETENTION_MS,
     )
@@ -415,16 +411,18 @@ async def tell_jobs(redis: Redis, jobs: Sequence[Job]) -> None:
 
 async def sweep(redis: Redis, stream: str, now_ms: int) -> int:
     """Tell the flows of the outbox members older than the grace; returns how many."""
-    members = await redis.zrangebyscore(
+    members: list[bytes] = await redis.zrangebyscore(
         keys.flow_outbox(stream), "-inf", now_ms - OUTBOX_GRACE_MS, start=0, num=SWEEP_BATCH
     )
     for member in members:
         try:
-            await tell(redis, _text(member), again=True)
+            await tell(redis, codec.text(member), again=True)
         except (*TRANSIENT_ERRORS, redis_errors.ResponseError):
             raise
         except Exception as exc:  # one bad member (or flow record) must not stop the sweep
-            log.warning("flow outbox member %r of %s left: %s", _text(member)[:200], stream, exc)
+            log.warning(
+                "flow outbox member %r of %s left: %s", codec.text(member)[:200], stream, exc
+            )
     return len(members)
 
 
@@ -461,7 +459,7 @@ async def flow_info(redis: Redis, flow_id: str) -> FlowInfo:
             state = "held"
         if state == "released":
             job_state: Any = await redis.hget(keys.job(step["stream"], step["job"]), "state")
-            state = "queued" if job_state is None else _text(job_state)
+            state = "queued" if job_state is None else codec.text(job_state)
         if not step["last"] and state not in ("held", "scheduled", "queued"):
             started = True
         result = record.get(f"r:{name}")
