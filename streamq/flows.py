@@ -411,7 +411,7 @@ async def tell_jobs(redis: Redis, jobs: Sequence[Job]) -> None:
 
 async def sweep(redis: Redis, stream: str, now_ms: int) -> int:
     """Tell the flows of the outbox members older than the grace; returns how many."""
-    members: list[bytes] = await redis.zrangebyscore(
+    members: Any = await redis.zrangebyscore(
         keys.flow_outbox(stream), "-inf", now_ms - OUTBOX_GRACE_MS, start=0, num=SWEEP_BATCH
     )
     for member in members:
