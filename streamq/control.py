@@ -159,7 +159,7 @@ def from_record(
     decoded: codec.Envelope | None = None
     if envelope_raw is not None:
         try:
-            decoded = codec.decode(envelope_raw)
+            decoded = codec.record_envelope(envelope_raw, job_id)
         except (msgspec.DecodeError, msgspec.ValidationError):
             decoded = None
     result_raw = record.get(b"result")
@@ -278,7 +278,7 @@ async def reschedule(
             if state is None:
                 raise JobNotFound(f"no job {job_id!r}")
             raise InvalidJobState(f"job {job_id} is {state.decode()}: only scheduled jobs move")
-        envelope = msgspec.structs.replace(codec.decode(raw), run_at_ms=due)
+        envelope = msgspec.structs.replace(codec.record_envelope(raw, job_id), run_at_ms=due)
         try:
             await scripts.reschedule_job(
                 redis, job_id, due_ms=due, envelope=codec.encode(envelope), read=raw
@@ -300,7 +300,7 @@ async def retry(redis: Redis, job_id: str) -> None:
     await _revive(
         redis,
         stream,
-        codec.decode(record[b"env"]),
+        codec.record_envelope(record[b"env"], job_id),
         record.get(b"priority", b"normal").decode(),
         record.get(b"dead_entry", b"").decode(),
     )

@@ -316,7 +316,7 @@ async def _due_ms(redis: Redis, stream: str, job_id: str) -> int | None:
     run_at, envelope = read
     if run_at is not None:
         return int(run_at)
-    return None if envelope is None else codec.decode(envelope).run_at_ms
+    return None if envelope is None else codec.record_envelope(envelope, job_id).run_at_ms
 
 
 async def remove_recurring(redis: Redis, stream: str, name: str) -> str | None:

@@ -36,6 +36,7 @@ Each job added appends a 'queued' or 'scheduled' event.
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
 -- @include "emit_event.lua"
+-- @include "stored_envelope.lua"
 local lane, dedup, delayed, control, fired = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local priority, expire_after, recurring, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local jobs = cmsgpack.unpack(ARGV[4])
@@ -87,9 +88,10 @@ for job, fields in ipairs(jobs) do
       redis.call('ZADD', delayed, due, id)
       index_due(prefix, fields[5], due, id)
       -- The envelope holds the enqueue time ('t') and the due time ('r'): the record keeps
-      -- them once, there (streamq.control.from_record reads them from it). Each field left out
-      -- of a waiting job's record is memory the whole backlog pays (docs/capacity.md).
-      redis.call('HSET', record, 'state', 'scheduled', 'env', envelope)
+      -- them once, there (streamq.control.from_record reads them from it), and keeps the
+      -- envelope without the id its key names. Each byte of a waiting job's record is memory
+      -- the whole backlog pays (docs/capacity.md).
+      redis.call('HSET', record, 'state', 'scheduled', 'env', stored_envelope(id, envelope))
       earliest = math.min(earliest, due)
       emit_event(events, event_settings, 'scheduled', id, now, 1, key, fields[5], { 'run_at', due })
     else
