@@ -47,6 +47,13 @@ def usage(client: sync_redis.Redis, key: str) -> int:
     return int(client.memory_usage(key, samples=0) or 0)
 
 
+def server_usec(client: sync_redis.Redis) -> int:
+    """Every command's server time since the last CONFIG RESETSTAT, µs (INFO commandstats):
+    less swayed by a busy machine than the rates."""
+    stats: Any = client.info("commandstats")
+    return sum(int(row["usec"]) for row in stats.values())
+
+
 def settle(client: sync_redis.Redis) -> None:
     """Let lazy frees finish before a reading."""
     deadline = time.monotonic() + 5
@@ -63,6 +70,7 @@ async def fill(
 ) -> list[str]:  # fmt: skip
     """The backlog; returns some of its ids (every 1,000th)."""
     before = used_memory(client)
+    client.config_resetstat()
     sample: list[str] = []
     batches = max(1, -(-jobs // BATCH))
     spent = 0.0
@@ -79,6 +87,7 @@ async def fill(
         if done in checkpoints:
             settle(client)
             out[f"bytes/job at {done}"] = (used_memory(client) - before) / done
+    out["enqueue server us/job"] = server_usec(client) / jobs
     settle(client)
     used = used_memory(client) - before
     events = usage(client, keys.events(stream))
@@ -151,6 +160,7 @@ async def drain(
     out["enqueue now jobs/s"] = jobs / (time.perf_counter() - started)
     settle(client)
     before = used_memory(client)
+    client.config_resetstat()
     redis = connection.client(url)
 
     async def noop(job: Any) -> None:
@@ -159,6 +169,7 @@ async def drain(
     started = time.perf_counter()
     await Worker(redis, stream, noop, WorkerOptions(burst=True, retention=3600)).run()
     out["drain jobs/s"] = jobs / (time.perf_counter() - started)
+    out["drain server us/job"] = server_usec(client) / jobs
     await redis.aclose()
     settle(client)
     record = keys.job(stream, ids[len(ids) // 2])

@@ -35,6 +35,7 @@ COLUMNS = [
     "B/job",
     "B/job no events",
     "enqueue jobs/s",
+    "enqueue server us/job",
     "lookup ms",
     "page ms",
     "reschedule ms",
@@ -43,6 +44,7 @@ COLUMNS = [
     "p99 late ms",
     "enqueue now jobs/s",
     "drain jobs/s",
+    "drain server us/job",
     "finished record B",
 ]
 FIGURES = COLUMNS[4:]
@@ -130,7 +132,8 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
     section.notes.append(
         "B/job: used_memory added per scheduled job (payload {'n': i, 'text': 'a post'}, no key "
         "or account), events stream included (capped at 100,000 events by default); no "
-        "events: without it. ms: median of 5, as this process sees them. late: start minus "
+        "events: without it. server us/job: INFO commandstats, every command's time summed "
+        "over the phase. ms: median of 5, as this process sees them. late: start minus "
         "due of 1,000 jobs due at one instant, server clock. finished record: MEMORY USAGE "
         "of one done record, retention 1 h"
     )
