@@ -268,6 +268,8 @@ REPLAY_REQUEST_SCHEMA: Final = {
 """msgspec cannot say "exactly one of", so this part of the document is written by hand."""
 
 MAX_OLDER_THAN: Final = 10 * 365 * 86400.0
+MAX_TIME_MS: Final = 253402300799999
+"""9999-12-31T23:59:59.999Z: the last instant a datetime holds."""
 FinishedState = Literal["done", "dead", "cancelled", "expired"]
 
 
@@ -348,8 +350,11 @@ class AccountAction(msgspec.Struct, kw_only=True):
 
 class RescheduleRequest(msgspec.Struct, forbid_unknown_fields=True):
     run_at: (
-        Annotated[int, msgspec.Meta(ge=0, le=253402300799999)]
-        | Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+        Annotated[float, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
+        | Annotated[
+            str,
+            msgspec.Meta(min_length=1, max_length=64, extra_json_schema={"format": "date-time"}),
+        ]
     )
     """The new due time: ISO 8601 with an offset (2026-12-01T09:00:00+01:00), or ms since the
     epoch."""
@@ -675,8 +680,10 @@ class Admin:
     async def reschedule(self, request: Request) -> Response:
         job_id = self._job_id(request)
         body = await _body(request, RescheduleRequest)
-        due = _time_ms(str(body.run_at), "run_at")
-        assert due is not None
+        given = body.run_at
+        due = round(given) if isinstance(given, float) else _time_ms(given, "run_at")
+        if due is None or not 0 <= due <= MAX_TIME_MS:
+            raise _BadRequest("run_at must be between 1970 and the year 9999")
         moved = await control.reschedule(
             self.redis, job_id, run_at=datetime.fromtimestamp(due / 1000, tz=UTC)
         )

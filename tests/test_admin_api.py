@@ -6,8 +6,8 @@ and the audit event that says who did it."""
 from __future__ import annotations
 
 import itertools
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
