@@ -366,10 +366,20 @@ class RescheduleRequest(msgspec.Struct, forbid_unknown_fields=True):
 class Admin:
     """The API's routes, bound to one Redis client, token and config."""
 
-    def __init__(self, redis: Redis, admin_tokens: Sequence[AdminToken], config: Config) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        admin_tokens: Sequence[AdminToken],
+        config: Config,
+        static: Path = STATIC,
+    ) -> None:
         self.redis = redis
         self._tokens = tuple(admin_tokens)
         self.config = config
+        self.static = static
+
+    async def index(self, request: Request) -> Response:
+        return FileResponse(self.static / "index.html", headers=PAGE_HEADERS)
 
     def _caller(self, given: bytes) -> AdminToken | None:
         # Compared with every token, matched or not, each in constant time: neither how fast
@@ -728,8 +738,8 @@ class Admin:
                 Route(path, self.authorized(fn, query), methods=[method])
                 for path, fn, method, query in api
             ),
-            Route("/", _index, methods=["GET"]),
-            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            Route("/", self.index, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=self.static), name="static"),
         ]
 
 
@@ -789,10 +799,6 @@ PAGE_HEADERS: Final = {
 }
 
 
-async def _index(request: Request) -> Response:
-    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
-
-
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (no route, wrong method, body too large) as JSON too."""
     assert isinstance(exc, HTTPException)
@@ -808,15 +814,20 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    redis: Redis, token: str | Sequence[AdminToken], config: Config | None = None
+    redis: Redis,
+    token: str | Sequence[AdminToken],
+    config: Config | None = None,
+    *,
+    static: Path = STATIC,
 ) -> Starlette:
-    """The app; ``token`` is every token it takes, or one string: a read-write "admin"."""
+    """The app; ``token`` is every token it takes, or one string: a read-write "admin".
+    ``static``: the dashboard's files (another version's, for `python -m bench dashboard`)."""
     admin_tokens = (
         [AdminToken("admin", "read-write", token.encode())]
         if isinstance(token, str)
         else list(token)
     )
-    admin = Admin(redis, admin_tokens, config or Config())
+    admin = Admin(redis, admin_tokens, config or Config(), static)
     return Starlette(
         routes=admin.routes(),
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
