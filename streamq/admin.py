@@ -672,16 +672,16 @@ class Admin:
         for part in streams:
             was_paused, count = await limiter.resume_account(self.redis, part, account)
             released += count
-            if was_paused:
-                await scripts.append_audit(
-                    self.redis,
-                    part,
-                    by=_who(request),
-                    action="resume-account",
-                    target=f"{platform}/{account}",
-                    account=account,
-                    detail=f"{count} released",
-                )
+            # Recorded even when it changed nothing: who tried is part of the trail.
+            await scripts.append_audit(
+                self.redis,
+                part,
+                by=_who(request),
+                action="resume-account",
+                target=f"{platform}/{account}",
+                account=account,
+                detail=f"{count} released" if was_paused else "was not paused",
+            )
         log.info("admin: %s resumed %s (%d released)", _who(request), account, released)
         return _json(
             AccountAction(account=account, streams=streams, paused=False, released=released)

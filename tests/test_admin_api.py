@@ -295,6 +295,8 @@ async def test_pause_and_resume_an_account_as_the_cli_does(
 
     resumed = await http.post(f"/api/accounts/{stream}/acme/resume")
     assert resumed.json()["paused"] is False
+    again = await http.post(f"/api/accounts/{stream}/acme/resume")
+    assert again.json() == {"account": "acme", "streams": [stream], "paused": False, "released": 0}
     async with streamq.connect(redis_url) as q:
         assert (await q.limits(stream, "acme")).pauses == []
     one = (await http.get(f"/api/streams/{stream}/accounts", params={"account": "acme"})).json()
@@ -306,6 +308,7 @@ async def test_pause_and_resume_an_account_as_the_cli_does(
         ("admin", "pause-account", f"{stream}/acme", "acme", "brand review"),
         ("admin", "pause-account", f"{stream}/other", "other", "paused by an operator"),
         ("admin", "resume-account", f"{stream}/acme", "acme", "0 released"),
+        ("admin", "resume-account", f"{stream}/acme", "acme", "was not paused"),
     ]
     for path in (f"/api/accounts/{stream}-never/acme/pause", "/api/accounts/nope/acme/resume"):
         missing = await http.post(path)
