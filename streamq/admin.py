@@ -357,7 +357,7 @@ class RescheduleRequest(msgspec.Struct, forbid_unknown_fields=True):
         ]
     )
     """The new due time: ISO 8601 with an offset (2026-12-01T09:00:00+01:00), or ms since the
-    epoch."""
+    epoch. A time in the past makes the job due at once."""
 
 
 # -- the application ------------------------------------------------------------------------
@@ -692,8 +692,10 @@ class Admin:
         body = await _body(request, RescheduleRequest)
         given = body.run_at
         due = round(given) if isinstance(given, float) else _time_ms(given, "run_at")
-        if due is None or not 0 <= due <= MAX_TIME_MS:
-            raise _BadRequest("run_at must be between 1970 and the year 9999")
+        assert due is not None
+        # A time in the past makes the job due at once, as at enqueue; one before 1970 (or past
+        # what a datetime holds, by its offset) is held to those ends rather than refused.
+        due = min(max(due, 0), MAX_TIME_MS)
         moved = await control.reschedule(
             self.redis, job_id, run_at=datetime.fromtimestamp(due / 1000, tz=UTC)
         )

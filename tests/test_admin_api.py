@@ -205,6 +205,11 @@ async def test_reschedule_and_promote_move_the_job_and_say_who(
     assert await redis.zscore(keys.delayed(stream), job_id) == when.timestamp() * 1000
     as_ms = await http.post(f"/api/jobs/{job_id}/reschedule", json={"run_at": 4102444800000})
     assert as_ms.json()["run_at_ms"] == 4102444800000  # 2100-01-01, in ms
+    long_ago = {"run_at": "0016-03-11T14:22:14Z"}  # before the epoch: due at once, not refused
+    assert (await http.post(f"/api/jobs/{job_id}/reschedule", json=long_ago)).json()[
+        "run_at_ms"
+    ] == 0
+    await http.post(f"/api/jobs/{job_id}/reschedule", json={"run_at": 4102444800000})
 
     before = await channel.server_ms(redis)
     promoted = await http.post(f"/api/jobs/{job_id}/promote")
@@ -228,6 +233,8 @@ async def test_reschedule_and_promote_move_the_job_and_say_who(
 
     audit = await audit_events(redis, stream)
     assert [(e.by, e.action, e.target, e.job) for e in audit] == [
+        ("admin", "reschedule", job_id, job_id),
+        ("admin", "reschedule", job_id, job_id),
         ("admin", "reschedule", job_id, job_id),
         ("admin", "reschedule", job_id, job_id),
         ("admin", "promote", job_id, job_id),
