@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from redis.asyncio import Redis
@@ -26,7 +27,7 @@ from streamq.config import Config, Limit, StreamConfig
 from streamq.errors import ConfigError
 from streamq.metrics import LATENESS_BUCKETS
 from streamq.worker import Worker
-from tests.conftest import ADMIN_TOKEN, ROOT, VIEWER_TOKEN, AdminServer
+from tests.conftest import ADMIN_TOKEN, ROOT, VIEWER_TOKEN, AdminServer, run_cli
 from tests.test_admin import error_of, fail_on_bad
 from tests.test_worker import FAST, options
 
@@ -270,6 +271,13 @@ async def test_existing_writes_are_audited_too(
     ]
     assert audit[0].detail == "cancelled"
     assert audit[2].detail == "1 replayed, 0 skipped"
+    shown = await anyio.to_thread.run_sync(
+        lambda: run_cli("events", "--stream", stream, "--type", "admin", "--redis-url", redis_url)
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert len(lines) == 5
+    assert lines[0].endswith(f"  {stream}  admin  admin: cancel  {later}  (cancelled)")
 
 
 # -- accounts -------------------------------------------------------------------------------
