@@ -22,10 +22,11 @@ import pytest
 from redis.asyncio import Redis
 
 import streamq
-from streamq import admin, channel, events, health, keys, series, tokens
+from streamq import admin, channel, events, health, keys, limiter, series, tokens
 from streamq.config import Config, Limit, StreamConfig
 from streamq.errors import ConfigError
 from streamq.metrics import LATENESS_BUCKETS
+from streamq.tokenstore import REAUTH_REQUIRED
 from streamq.worker import Worker
 from tests.conftest import ADMIN_TOKEN, ROOT, VIEWER_TOKEN, AdminServer, run_cli
 from tests.test_admin import error_of, fail_on_bad
@@ -437,3 +438,26 @@ def test_the_docs_tokens_file_example_is_one_streamq_admin_reads(tmp_path: Path)
     file.write_text(textwrap.dedent(example))
     found = admin.tokens_from_file(file)
     assert [(t.name, t.role) for t in found] == [("ops", "read-write"), ("support", "read-only")]
+
+
+async def test_a_partitioned_streams_series_sums_its_partitions(redis: Redis, stream: str) -> None:
+    parts = keys.partitions(stream, 2)
+    now = await channel.server_ms(redis)
+    buckets = len(LATENESS_BUCKETS) + 1
+    for index, part in enumerate(parts):
+        lateness = [0] * buckets
+        lateness[index] = 50  # partition 0 in the first bucket, 1 in the second
+        assert await series.record(redis, part, now, lateness)
+        await redis.hincrby(keys.counts(part), "done", 10 * (index + 1))  # runs after the copy
+    got = await series.read(redis, stream, parts, 2)
+    [copied] = [p for p in got.points if p.sampled]
+    assert (copied.done, copied.failed) == (30, 0)
+    assert copied.lateness_p99_ms == round(LATENESS_BUCKETS[1] * 1000)
+
+
+async def test_an_account_waiting_for_a_sign_in_is_flagged(redis: Redis, stream: str) -> None:
+    await limiter.pause_account(redis, stream, "acme", REAUTH_REQUIRED)
+    page = await tokens.stream_accounts(redis, Config(), stream, [stream])
+    [acme] = page.accounts
+    assert (acme.account, acme.paused, acme.reauth_required) == ("acme", True, True)
+    assert acme.reason == REAUTH_REQUIRED
