@@ -208,3 +208,32 @@ def test_the_admin_reference_has_every_route_parameter_and_schema() -> None:
                 assert f"| `{parameter['name']}` | {parameter['in']} |" in page, parameter
     for name in document["components"]["schemas"]:
         assert f"### {name} {{#schema-{name.lower()}}}" in page, name
+
+
+def test_the_events_reference_has_every_type_and_field() -> None:
+    page = HOOKS.events_reference()
+    for name in config.EVENT_TYPES:
+        assert f"| `{name}` |" in page, name
+    for field in msgspec.structs.fields(streamq.Event):
+        assert f"| `{field.name}` |" in page, field.name
+    assert "its stream's events: resume after it" in page  # a field's docstring
+
+
+def test_an_event_type_without_a_meaning_fails_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "EVENT_TYPES", (*config.EVENT_TYPES, "invented"))
+    with pytest.raises(ValueError, match="invented"):
+        HOOKS.events_reference()
+
+
+def test_the_performance_page_is_bench_results_itself() -> None:
+    """Figures are not retyped: the page holds every recorded run of bench/RESULTS.md, each
+    section one level down under the page's own title."""
+    page = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    assert HOOKS.BENCH_RESULTS in page
+    results = (ROOT / "bench" / "RESULTS.md").read_text(encoding="utf-8")
+    included = HOOKS.bench_results()
+    runs = [line for line in results.splitlines() if line.startswith("## ")]
+    assert len(runs) >= 10
+    for heading in runs:
+        assert f"#{heading}\n" in included, heading
+    assert "\n# " not in f"\n{included}"
