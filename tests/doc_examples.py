@@ -1,4 +1,4 @@
-"""The command-line examples of the README (and of ``docs/*.md``, once there are docs), read
+"""The command-line examples of the README and of the docs' pages (``docs/**/*.md``), read
 from the documents themselves so that the tests and the docs cannot drift apart.
 
 An example is a fenced ```` ```console ```` block. A line starting with ``$ `` is a command
