@@ -7,6 +7,9 @@ it: nothing under ``reference/`` but ``python.md`` exists on disk.
 - ``reference/admin-api.md``: the admin API's OpenAPI document (``streamq.admin``);
 - ``reference/events.md``: every event type (``streamq.config.EVENT_TYPES``) and the fields of
   ``streamq.Event``;
+- ``rate-limits.md``'s built-in limits, where it says ``{{ builtin_limits }}``: the limits
+  ``streamq.limiter.DEFAULT_LIMITS`` enforces, with the source of each figure from that
+  module's docstring;
 - ``performance.md``'s recorded runs: ``bench/RESULTS.md`` itself, its headings moved one level
   down, where the page says ``{{ bench_results }}``: figures are never retyped into the docs.
 
@@ -57,10 +60,58 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
 BENCH_RESULTS = "{{ bench_results }}"
 
 
+BUILTIN_LIMITS = "{{ builtin_limits }}"
+
+
 def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
     if BENCH_RESULTS in markdown:
         markdown = markdown.replace(BENCH_RESULTS, bench_results())
+    if BUILTIN_LIMITS in markdown:
+        markdown = markdown.replace(BUILTIN_LIMITS, builtin_limits())
     return markdown
+
+
+_LIMITS_SOURCE_COLUMN = 36
+"""Where the source column of limiter.py's docstring table begins."""
+
+
+def builtin_limits() -> str:
+    """The built-in limits as a table: each platform's limits from the code, and its sources
+    from the docstring's table (a platform missing there fails the build)."""
+    from streamq import limiter
+
+    sources: dict[str, list[str]] = {}
+    platform = ""
+    for line in (limiter.__doc__ or "").splitlines():
+        if not line.startswith("    ") or len(line) <= _LIMITS_SOURCE_COLUMN:
+            platform = ""
+            continue
+        name = line[4:15].strip()
+        if name:
+            platform = name
+            sources[platform] = []
+        if platform:
+            sources[platform].append(line[_LIMITS_SOURCE_COLUMN:].strip())
+    rows = []
+    for name, limits in limiter.DEFAULT_LIMITS.items():
+        if name not in sources:
+            raise ValueError(f"streamq/limiter.py's docstring gives no source for {name}")
+        shown = ", ".join(
+            f"{limit.scope} {limit.max:,} / {_duration(limit.per)}"
+            if limit.max is not None and limit.per is not None
+            else f"{limit.scope} one per {_duration(limit.min_interval or 0)}"
+            for limit in limits
+        )
+        rows.append([name, shown, cell(" ".join(sources[name]))])
+    return table(["stream", "limits", "source"], rows)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count * 24}h" if unit == "d" and count == 1 else f"{count}{unit}"
+    return f"{seconds:g}s"
 
 
 def bench_results() -> str:

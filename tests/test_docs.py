@@ -237,3 +237,14 @@ def test_the_performance_page_is_bench_results_itself() -> None:
     for heading in runs:
         assert f"#{heading}\n" in included, heading
     assert "\n# " not in f"\n{included}"
+
+
+def test_the_built_in_limits_table_is_the_code_s() -> None:
+    from streamq import limiter
+
+    page = (ROOT / "docs" / "rate-limits.md").read_text(encoding="utf-8")
+    assert HOOKS.BUILTIN_LIMITS in page
+    table = HOOKS.builtin_limits()
+    for name in limiter.DEFAULT_LIMITS:
+        assert f"\n| {name} | " in table, name
+    assert "| x | account 100 / 15m, platform 10,000 / 24h | X API v2" in table
