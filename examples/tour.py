@@ -33,6 +33,7 @@ async def main() -> None:
         await q.reschedule(later, delay=timedelta(minutes=30))
         print(await q.cancel(later))  # "cancelled", or "cancelling" if already running
         await q.retry(later)  # a dead, cancelled or expired job runs again
+        await q.cancel(later)  # (and no more: this tour runs again as it is)
         letters = await q.dead("instagram")  # dead letters, with their reasons
         print(len(ids), len(letters))
         await q.replay("instagram")  # every dead letter runs again
