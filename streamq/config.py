@@ -14,7 +14,7 @@
     expire_after = "6h"
     job_timeout = "10m"
     retention = "7d"
-    partitions = 1                              # >1 splits the stream (see the README)
+    partitions = 1                              # >1 splits the stream (docs: Redis Cluster)
 
     [streams.instagram.health]                  # what `streamq health` checks (defaults shown)
     expected_workers = 4                        # default: unset, workers are not counted
@@ -340,7 +340,7 @@ class PlatformConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     """Seconds to wait for the platform's answer to one request."""
     lookup: bool | None = None
     """Before sending again a post an earlier run may have sent, read the account's recent
-    posts to find it where no checkpoint can tell (default on; see the README's "Publish
+    posts to find it where no checkpoint can tell (default on; see the docs' "Publish
     once"). Off: at least once on those platforms, and no read permission needed."""
     token_url: str | None = None
     """Where token refreshes go, when not the platform's own endpoint."""

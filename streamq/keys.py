@@ -69,7 +69,7 @@ of jobs a script finds by id are built inside the scripts from ``script_prefix``
 only known once a job is read), by the functions of one include, ``lua/include/stream_keys.lua``;
 they share the stream's hash tag, so they live in the same slot. ``tests/test_keys.py`` holds
 each of those functions to the one here, checks no script builds a name anywhere else, and
-holds the README's data-layout table to this module.
+holds the docs' data-layout table (docs/concepts.md) to this module.
 """
 
 from __future__ import annotations
