@@ -422,6 +422,7 @@ KEY_PLACEHOLDERS: dict[str, Any] = {
     "streams": ["S1", "S2"],
     "flow_id": "<F>",
     "key": "<key>",
+    "minute_ms": "<minute ms>",
 }
 """What each parameter of a key builder is called on the page."""
 
@@ -531,6 +532,8 @@ EVENT_MEANINGS = {
     "flow.failed": 'a flow\'s step failed with `on_failure = "fail_flow"`',
     "flow.partially_done": "a flow ended with a failed step whose policy was `continue`",
     "flow.cancelled": "a flow was cancelled",
+    "admin": "an operator acted through the admin API: `by` the token's name, `action`, "
+    "`target`, `detail` (see [the admin API](../admin-api.md#the-audit-trail))",
 }
 """What each event type means: the page fails to build if a type has no line here, or a line
 has no type, so the page holds exactly the types the code writes."""
