@@ -65,8 +65,10 @@ function button(text, onClick, attrs = {}) {
 }
 
 const enc = encodeURIComponent;
-const jobHref = (id) => `#/jobs/${enc(id)}`;
-const flowHref = (id) => `#/flows/${enc(id)}`;
+// Ids keep their ":" in links (x:1a2b-…, flow:…), so a pasted link reads as the id it opens.
+const idPart = (id) => enc(id).replaceAll("%3A", ":");
+const jobHref = (id) => `#/jobs/${idPart(id)}`;
+const flowHref = (id) => `#/flows/${idPart(id)}`;
 const listHref = (stream, params) => {
   const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v));
   return `#/streams/${enc(stream)}/jobs?${query}`;
@@ -110,7 +112,12 @@ function duration(ms) {
     const n = Math.floor(left / size);
     left -= n * size;
     if (n) parts.push(`${n} ${label}`);
-    if (parts.length === 2) break;
+    if (parts.length) {
+      // The unit after the first shown, when not zero: "2 h 5 min", "2 h", never "2 h 5 s".
+      const next = Math.floor(left / (size === 86400 ? 3600 : size === 3600 ? 60 : 1));
+      if (size > 1 && next) parts.push(`${next} ${size === 86400 ? "h" : size === 3600 ? "min" : "s"}`);
+      break;
+    }
   }
   return parts.join(" ");
 }
@@ -415,7 +422,9 @@ async function jobList(stream, params) {
   const account = params.get("account") || "";
   const key = params.get("key") || "";
   const cursor = params.get("cursor") || "";
-  const limit = params.get("limit") || String(PAGE_SIZE);
+  // A page size named in the link is kept by the tabs, filters and pages it leads to.
+  const sized = params.get("limit") || "";
+  const limit = sized || String(PAGE_SIZE);
   const query = new URLSearchParams({ state, limit });
   if (account) query.set("account", account);
   if (key) query.set("key", key);
@@ -426,7 +435,7 @@ async function jobList(stream, params) {
 
   const tabs = h("nav", { class: "tabs", "aria-label": "Job states" },
     STATES.map((st) => h("a", {
-      href: listHref(stream, { state: st, account, key }),
+      href: listHref(stream, { state: st, account, key, limit: sized }),
       "aria-current": st === state ? "page" : null,
       "data-state": st,
     }, st)));
@@ -437,13 +446,14 @@ async function jobList(stream, params) {
     h("label", { for: "filter-key" }, "Key"),
     h("input", { id: "filter-key", name: "key", autocomplete: "off" }),
     h("button", { type: "submit" }, "Filter"),
-    account || key ? h("a", { href: listHref(stream, { state }) }, "Clear filters") : null);
+    account || key ? h("a", { href: listHref(stream, { state, limit: sized }) }, "Clear filters") : null);
   filter.elements.account.value = account;
   filter.elements.key.value = key;
   filter.addEventListener("submit", (event) => {
     event.preventDefault();
     location.hash = listHref(stream, {
       state, account: filter.elements.account.value.trim(), key: filter.elements.key.value.trim(),
+      limit: sized,
     });
   });
 
@@ -468,8 +478,8 @@ async function jobList(stream, params) {
     ))));
 
   const pager = h("nav", { class: "pager", "aria-label": "Pages" },
-    cursor ? h("a", { href: listHref(stream, { state, account, key }), id: "first-page" }, "First page") : null,
-    page.cursor ? h("a", { href: listHref(stream, { state, account, key, cursor: page.cursor }), id: "next-page" }, "Next page") : null);
+    cursor ? h("a", { href: listHref(stream, { state, account, key, limit: sized }), id: "first-page" }, "First page") : null,
+    page.cursor ? h("a", { href: listHref(stream, { state, account, key, limit: sized, cursor: page.cursor }), id: "next-page" }, "Next page") : null);
 
   return [
     h("h2", {}, `Jobs of ${stream}`, " ", h("small", {}, state)),
@@ -831,6 +841,11 @@ function boot() {
   $("sign-in").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", () => signOut());
   $("find").addEventListener("submit", find);
+  // The skip link moves the focus without touching the hash, which names the page.
+  document.querySelector(".skip").addEventListener("click", (event) => {
+    event.preventDefault();
+    $("view").focus();
+  });
   window.addEventListener("hashchange", () => render());
   start();
 }
