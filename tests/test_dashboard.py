@@ -250,8 +250,8 @@ def test_a_job_list_filters_by_account_pages_and_opens_a_job(
         if len(seen) < 5:
             page.click("#next-page")
             # The next page is drawn once its first row is none of those seen.
-            shown = re.compile("^(" + "|".join(map(re.escape, seen)) + ")$")
-            expect(rows.first).not_to_have_attribute("data-job", shown)
+            listed = re.compile("^(" + "|".join(map(re.escape, seen)) + ")$")
+            expect(rows.first).not_to_have_attribute("data-job", listed)
     expect(page.locator("#next-page")).to_have_count(0)
     assert seen == alice  # every one of alice's jobs, once, in due order
     assert {state_of(redis_url, job_id) for job_id in alice + bob} == {"scheduled"}
