@@ -153,8 +153,11 @@ EVENT_TYPES = (
     "flow.failed",
     "flow.partially_done",
     "flow.cancelled",
+    "admin",
 )
-"""Every lifecycle event type (streamq.events); ``account.reauth_required`` is an account's,
+"""Every lifecycle event type (streamq.events); ``admin`` is an operator's action through the
+admin API (who: the token's name; the action; its target), in the stream it touched;
+``account.reauth_required`` is an account's,
 written by the token store's keeper when a refresh is refused (its ``job`` is the job that
 found out); ``flow.<state>`` a flow's end (its ``job`` is the flow's id, its ``result`` each
 step's final state, by name), in the stream of its first step (streamq.flows)."""

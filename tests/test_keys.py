@@ -39,6 +39,7 @@ def documented() -> dict[str, str]:
         keys.pause_reasons(S): "pause_reasons",
         keys.parked(S, A): "parked",
         keys.samples(S): "samples",
+        keys.series(S, "<minute ms>"): "series",  # type: ignore[arg-type]
         keys.lateness(S): "lateness",
         keys.workers(S): "workers",
         keys.workers_gone(S): "workers_gone",
