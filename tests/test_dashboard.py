@@ -34,7 +34,7 @@ from streamq.config import Config
 from streamq.errors import Fail
 from streamq.job import Job
 from streamq.worker import Worker
-from tests.conftest import ROOT, AdminServer
+from tests.conftest import ROOT, VIEWER_TOKEN, AdminServer
 from tests.test_worker import FAST
 
 pytestmark = pytest.mark.any_engine
@@ -127,6 +127,22 @@ def state_of(redis_url: str, job_id: str) -> str:
         return (await q.job(job_id)).state
 
     return on_server(redis_url, read)
+
+
+def run_jobs(redis_url: str, stream: str) -> None:
+    """A burst worker whose handler succeeds: runs every job due on ``stream``."""
+
+    async def handler(job: Job) -> None:
+        return None
+
+    async def run() -> None:
+        redis = connection.client(redis_url)
+        try:
+            await Worker(redis, stream, handler, FAST).run()
+        finally:
+            await redis.aclose()
+
+    run_async(run)
 
 
 def fail_jobs(
@@ -315,14 +331,18 @@ def test_reschedule_takes_a_wall_time_in_the_chosen_zone(
 
 
 @needs("/api/jobs/{job_id}/promote")
-def test_run_now_promotes_a_scheduled_job(
+def test_run_now_makes_a_scheduled_job_due_at_once(
     page: Page, admin_server: AdminServer, redis_url: str, stream: str
 ) -> None:
     job_id = on_server(redis_url, lambda q: q.enqueue(stream, {"n": 1}, run_at=later(60)))
     sign_in(page, admin_server, f"#/jobs/{job_id}")
     page.click("#promote-job")
-    expect(page.locator("#job-state")).to_have_text("queued")
-    assert state_of(redis_url, job_id) == "queued"
+    expect(page.locator("#message")).to_have_text(f"{job_id}: due now")
+    run_at_ms = on_server(redis_url, lambda q: q.job(job_id)).run_at_ms
+    assert run_at_ms is not None
+    assert run_at_ms <= datetime.now(UTC).timestamp() * 1000
+    run_jobs(redis_url, stream)  # a worker finds it due now, not in an hour
+    assert state_of(redis_url, job_id) in ("queued", "done")
 
 
 def test_a_dead_jobs_page_shows_its_attempts_and_retries_it(
@@ -380,30 +400,35 @@ def test_retry_all_asks_first_and_replays_every_dead_letter(
 @needs("/api/streams/{stream}/accounts")
 @needs("/api/accounts/{platform}/{account}/pause")
 def test_an_account_is_paused_with_a_reason_and_resumed(
-    page: Page, admin_server: AdminServer, redis_url: str
+    page: Page, admin_server: AdminServer, redis_url: str, stream: str
 ) -> None:
     account = f"acct-{uuid.uuid4().hex[:8]}"
-    on_server(
-        redis_url, lambda q: q.enqueue("x", {"text": "hi"}, account=account, run_at=later(60))
-    )
+    on_server(redis_url, lambda q: q.enqueue(stream, {"n": 1}, account=account, run_at=later(60)))
 
-    async def pauses(q: streamq.Queue) -> list[Any]:
-        return (await tokens.account_status(q.redis, Config(), "x", account)).pauses
+    async def status(q: streamq.Queue) -> tokens.StreamAccount:
+        page = await tokens.stream_accounts(q.redis, Config(), stream, [stream], account=account)
+        [found] = page.accounts
+        return found
 
-    sign_in(page, admin_server, "#/streams/x/accounts")
+    sign_in(page, admin_server, f"#/streams/{stream}/accounts")
+    expect(page.locator("#no-accounts")).to_be_visible()  # it never paused nor waited: unlisted
+    page.fill("#account-name", account)
+    page.click("#account-find button[type=submit]")
     row = page.locator(f'#accounts tr[data-account="{account}"]')
-    expect(row).to_contain_text("active")
+    expect(row.locator('[data-field="status"]')).to_have_text("active")
     row.get_by_role("button", name=f"Pause {account}").click()
-    page.fill("#confirm-reason-input", "brand review")
+    page.fill("#confirm-reason-input", "brand review <b>now</b>")
     confirm(page)
-    expect(row).to_contain_text("paused")
-    expect(row).to_contain_text("brand review")
-    [pause] = on_server(redis_url, pauses)
-    assert pause.reason == "brand review"
+    expect(row.locator('[data-field="status"]')).to_have_text("paused")
+    expect(row.locator('[data-field="reason"]')).to_have_text("brand review <b>now</b>")
+    paused = on_server(redis_url, status)
+    assert (paused.paused, paused.reason) == (True, "brand review <b>now</b>")
 
     row.get_by_role("button", name=f"Resume {account}").click()
-    expect(row).to_contain_text("active")
-    assert on_server(redis_url, pauses) == []
+    expect(row.locator('[data-field="status"]')).to_have_text("active")
+    assert on_server(redis_url, status).paused is False
+    page.goto(f"{admin_server.url}/#/streams/{stream}/accounts")
+    expect(page.locator(f'#accounts tr[data-account="{account}"]')).to_be_visible()  # once paused
 
 
 def test_the_workers_page_shows_live_and_silent_workers_with_the_jobs_they_hold(
@@ -513,21 +538,18 @@ def test_the_page_is_served_with_a_strict_content_security_policy(
 def test_a_read_only_token_sees_no_action_buttons(
     page: Page, admin_server: AdminServer, redis_url: str, stream: str
 ) -> None:
-    if "/api/me" not in PATHS:  # until tokens have roles, the server's answer is stood in for
-        page.route(
-            "**/api/me",
-            lambda route: route.fulfill(json={"name": "viewer", "role": "read-only"}),
-        )
     job_id = on_server(redis_url, lambda q: q.enqueue(stream, {"n": 1}, run_at=later(60)))
     fail_jobs(redis_url, f"{stream}-d", ["x"])
-    token = getattr(admin_server, "read_only_token", None)
-    sign_in(page, admin_server, f"#/jobs/{job_id}", token=token)
-    expect(page.locator("#who")).to_contain_text("read-only")
+    sign_in(page, admin_server, f"#/jobs/{job_id}", token=VIEWER_TOKEN)
+    expect(page.locator("#who")).to_have_text("viewer (read-only)")
     expect(page.locator("#job-state")).to_have_text("scheduled")
     expect(page.locator("#view button")).to_have_count(0)
     expect(page.locator("#reschedule")).to_have_count(0)
     page.goto(f"{admin_server.url}/#/streams/{stream}-d/jobs?state=dead")
     expect(page.locator("#jobs tbody tr")).to_have_count(1)
+    expect(page.locator("#view button[type=button]")).to_have_count(0)
+    page.goto(f"{admin_server.url}/#/streams/{stream}/accounts?account=alice")
+    expect(page.locator('#accounts tr[data-account="alice"]')).to_be_visible()
     expect(page.locator("#view button[type=button]")).to_have_count(0)
 
 

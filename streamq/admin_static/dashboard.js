@@ -19,7 +19,6 @@ const STATES = [
   "held", "dead", "done", "cancelled", "expired",
 ];
 const FINISHED = ["done", "dead", "cancelled", "expired"];
-const PLATFORMS = ["facebook", "instagram", "linkedin", "x", "tiktok", "youtube"];
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 const $ = (id) => document.getElementById(id);
@@ -369,6 +368,8 @@ function sparklines(series) {
   return h("div", { class: "sparks", "aria-label": "The last hour" },
     SERIES.map(({ field, label, rate }) => {
       const values = series.points.map((p) => {
+        // A minute no worker reported is a gap, not a zero.
+        if (p.sampled === false) return null;
         const v = p[field];
         return v === null || v === undefined ? null : rate ? v / bucket : v;
       });
@@ -573,7 +574,10 @@ function attemptsList(attempts) {
 function timeline(job) {
   let items;
   if (Array.isArray(job.events) && job.events.length) {
-    items = job.events.map((e) => [e.at_ms, e.type, [e.by ? `by ${e.by}` : "", e.reason || e.error || ""].filter(Boolean).join(" · ")]);
+    items = job.events.map((e) => [
+      e.at_ms, e.type === "admin" ? `${e.action} by ${e.by}` : e.type,
+      [e.detail, e.error].filter(Boolean).join(" · "),
+    ]);
   } else {
     items = [[job.enqueued_at_ms, "enqueued", ""]];
     if (job.run_at_ms && job.run_at_ms !== job.enqueued_at_ms) items.push([job.run_at_ms, "due", ""]);
@@ -598,7 +602,7 @@ function jobActions(job) {
     }, { class: "danger", id: "cancel-job" }));
   }
   if (["scheduled", "retrying"].includes(job.state)) {
-    buttons.push(button("Run now", () => act(() => api("POST", path("promote")), () => `${job.id}: queued to run now`), { id: "promote-job" }));
+    buttons.push(button("Run now", () => act(() => api("POST", path("promote")), () => `${job.id}: due now`), { id: "promote-job" }));
   }
   if (["dead", "cancelled", "expired"].includes(job.state)) {
     buttons.push(button("Retry", async () => {
@@ -693,52 +697,77 @@ function rescheduleForm(job) {
 
 // -- accounts -----------------------------------------------------------------------------
 
-// The platform whose accounts a stream's jobs publish to: as the server says, else the
-// stream's own name when it is a platform's (the default publisher of a stream).
-function platformOf(stream, data, account) {
-  const base = stream.replace(/#\d+$/, "").split(".")[0];
-  return account.platform || data.platform || (PLATFORMS.includes(base) ? base : null);
+function windowList(windows) {
+  if (!windows || !windows.length) return "no limits";
+  return h("ul", { class: "windows" }, windows.map((w) => h("li", { "data-window": w.name },
+    h("span", {}, `${w.name}: ${w.used} used of ${w.limit}`),
+    h("meter", {
+      min: 0, max: w.limit || 1, value: Math.min(w.used, w.limit || 1),
+      high: (w.limit || 1) * 0.8, optimum: 0, "aria-label": `${w.name}: ${w.used} used`,
+    }))));
 }
 
+// A stream's accounts: those the server knows to name (paused, held, with a token), or the
+// one asked for by name (an account that only ever ran within its limits is in none).
 async function accounts(stream, params) {
   const cursor = params.get("cursor") || "";
-  const query = new URLSearchParams(cursor ? { cursor } : {});
+  const only = params.get("account") || "";
+  const query = new URLSearchParams();
+  if (cursor) query.set("cursor", cursor);
+  if (only) query.set("account", only);
   const data = await api("GET", `/api/streams/${enc(stream)}/accounts?${query}`);
   const write = canWrite();
+  const here = `#/streams/${enc(stream)}/accounts`;
+  // Pausing by stream: the server takes a known stream where a platform may be named.
+  const target = (account) => `/api/accounts/${enc(stream)}/${enc(account)}`;
   const rows = data.accounts.map((a) => {
-    const platform = platformOf(stream, data, a);
     const status = a.reauth_required ? "sign-in needed" : a.paused ? "paused" : "active";
     return h("tr", { "data-account": a.account },
-      h("th", { scope: "row", class: "account" }, h("a", { href: listHref(stream, { state: "queued", account: a.account }) }, a.account)),
-      h("td", { "data-label": "status" }, h("span", { class: `badge status-${status.replace(/\W+/g, "-")}` }, status),
-        a.paused && a.reason ? h("span", { class: "reason" }, ` ${a.reason}`) : null),
-      h("td", { "data-label": "windows" }, (a.windows || []).length
-        ? h("ul", { class: "windows" }, a.windows.map((w) => h("li", { "data-window": w.name },
-          h("span", {}, `${w.name}: ${w.used} / ${w.limit} per ${duration(w.period_ms)}`),
-          h("meter", { min: 0, max: w.limit || 1, value: Math.min(w.used, w.limit || 1), "aria-label": `${w.name} used` }))))
-        : "no limits"),
-      write ? h("td", {}, platform === null ? "-" : a.paused
+      h("th", { scope: "row", class: "account" }, h("a", { href: listHref(stream, { state: a.paused ? "paused" : "queued", account: a.account }) }, a.account)),
+      h("td", { "data-label": "status" },
+        h("span", { class: `badge status-${status.replace(/\W+/g, "-")}`, "data-field": "status" }, status),
+        a.paused ? h("p", { class: "reason", "data-field": "reason" }, a.reason || "") : null,
+        a.paused && a.paused_until_ms ? h("p", {}, "until ", when(a.paused_until_ms)) : null,
+        a.parked ? h("p", {}, `${a.parked} job${a.parked === 1 ? "" : "s"} waiting`) : null),
+      h("td", { "data-label": "windows" }, windowList(a.windows)),
+      write ? h("td", {}, a.paused
         ? button("Resume", () => act(
-          () => api("POST", `/api/accounts/${enc(platform)}/${enc(a.account)}/resume`),
-          () => `${a.account}: resumed`), { "aria-label": `Resume ${a.account}` })
+          () => api("POST", `${target(a.account)}/resume`),
+          (r) => `${a.account}: resumed, ${r.released} job${r.released === 1 ? "" : "s"} released`),
+        { "aria-label": `Resume ${a.account}` })
         : button("Pause", async () => {
-          const reason = await confirmAction(`Pause ${a.account} on ${platform}? Its jobs wait, using no attempts, until resumed.`, { confirmLabel: "Pause", askReason: true });
+          const reason = await confirmAction(`Pause ${a.account} on ${stream}? Its jobs wait, using no attempts, until resumed.`, { confirmLabel: "Pause", askReason: true });
           if (reason === false) return;
-          await act(
-            () => api("POST", `/api/accounts/${enc(platform)}/${enc(a.account)}/pause`, { reason: reason || "paused by an operator" }),
-            () => `${a.account}: paused`);
+          const body = reason ? { reason } : {};
+          await act(() => api("POST", `${target(a.account)}/pause`, body), () => `${a.account}: paused`);
         }, { "aria-label": `Pause ${a.account}` })) : null);
+  });
+  const lookup = h("form", { id: "account-find", class: "filter", role: "search" },
+    h("label", { for: "account-name" }, "Account"),
+    h("input", { id: "account-name", name: "account", autocomplete: "off", required: true }),
+    h("button", { type: "submit" }, "Show"),
+    only ? h("a", { href: here }, "All known accounts") : null);
+  lookup.elements.account.value = only;
+  lookup.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = lookup.elements.account.value.trim();
+    location.hash = name ? `${here}?${new URLSearchParams({ account: name })}` : here;
   });
   return [
     h("h2", {}, `Accounts of ${stream}`),
     h("p", { class: "links" }, h("a", { href: "#/" }, "All streams"), h("a", { href: listHref(stream, { state: "queued" }) }, "Jobs of this stream")),
+    h("section", { "aria-labelledby": "platform-h" }, h("h3", { id: "platform-h" }, "Platform-wide limits"),
+      h("div", { id: "platform-windows" }, windowList(data.platform_windows))),
+    h("h3", {}, only ? `Account ${only}` : "Known accounts"),
+    h("p", { class: "muted" }, "Listed: accounts paused, held behind the platform's limits, or with a token stored. Ask for any other by name."),
+    lookup,
     rows.length ? h("div", { class: "scroll" }, h("table", { id: "accounts", class: "list" },
       h("caption", { class: "visually-hidden" }, `Accounts of ${stream}`),
       h("thead", {}, h("tr", {}, ["account", "status", "rate windows", write ? "" : null].filter((c) => c !== null).map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", {}, rows))) : h("p", { id: "no-accounts" }, "No accounts seen on this stream."),
+      h("tbody", {}, rows))) : h("p", { id: "no-accounts" }, "No accounts to show."),
     h("nav", { class: "pager", "aria-label": "Pages" },
-      cursor ? h("a", { href: `#/streams/${enc(stream)}/accounts` }, "First page") : null,
-      data.next_cursor ? h("a", { href: `#/streams/${enc(stream)}/accounts?${new URLSearchParams({ cursor: data.next_cursor })}`, id: "next-page" }, "Next page") : null),
+      cursor ? h("a", { href: here }, "First page") : null,
+      data.next_cursor ? h("a", { href: `${here}?${new URLSearchParams({ cursor: data.next_cursor })}`, id: "next-page" }, "Next page") : null),
   ];
 }
 
@@ -760,7 +789,7 @@ async function workersPage() {
     h("td", { "data-label": "pid" }, String(w.pid)),
     h("td", { "data-label": "streams" }, (w.streams || []).map((st, i) => [i ? ", " : "", h("a", { href: listHref(st, { state: "running" }) }, st)])),
     h("td", { "data-label": "concurrency" }, String(w.concurrency)),
-    h("td", { "data-label": "up for", title: new Date(w.started_at_ms).toISOString() }, duration(now - w.started_at_ms)),
+    h("td", { "data-label": "up for", title: new Date(w.started_at_ms).toISOString() }, duration(w.uptime_ms ?? now - w.started_at_ms)),
     h("td", { "data-label": "heartbeat" }, when(w.heartbeat_at_ms)),
     h("td", { "data-label": "done" }, String(w.done)),
     h("td", { "data-label": "failed", class: w.failed ? "bad" : null }, String(w.failed)),
