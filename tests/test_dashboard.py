@@ -609,16 +609,26 @@ def test_every_page_fits_both_widths_labels_its_controls_and_is_photographed(
     assert len(list(SCREENSHOTS.glob("*.png"))) >= 2 * len(pages)
 
 
-def test_the_keyboard_reaches_a_stream_and_opens_its_jobs(
+def test_the_keyboard_alone_opens_a_job_from_a_list_and_backs_out_of_cancelling_it(
     page: Page, admin_server: AdminServer, redis_url: str, stream: str
 ) -> None:
-    on_server(redis_url, lambda q: q.enqueue(stream, {"n": 1}))
-    sign_in(page, admin_server)
-    target = f"#/streams/{stream}/jobs?state=queued"
-    page.locator(f'.stream-card[data-stream="{stream}"] h3 a').focus()
-    page.keyboard.press("Tab")  # onwards to the card's next link, then back
-    page.keyboard.press("Shift+Tab")
-    assert page.evaluate("document.activeElement.getAttribute('href')") == target
-    page.keyboard.press("Enter")
-    expect(page).to_have_url(re.compile(re.escape(target) + "$"))
+    job_id = on_server(redis_url, lambda q: q.enqueue(stream, {"n": 1}, run_at=later(60)))
+    sign_in(page, admin_server, f"#/streams/{stream}/jobs?state=scheduled")
     expect(page.locator("#jobs tbody tr")).to_have_count(1)
+
+    def tab_to(check: str) -> None:
+        for _ in range(60):
+            page.keyboard.press("Tab")
+            if page.evaluate(f"(() => {{ const el = document.activeElement; return {check}; }})()"):
+                return
+        raise AssertionError(f"Tab never reached an element where {check}")
+
+    tab_to(f"el.getAttribute('href') === '#/jobs/{job_id}'")
+    page.keyboard.press("Enter")
+    expect(page.locator("#job-state")).to_have_text("scheduled")
+    tab_to("el.id === 'cancel-job'")
+    page.keyboard.press("Enter")
+    expect(page.locator("#confirm")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(page.locator("#confirm")).to_be_hidden()
+    assert state_of(redis_url, job_id) == "scheduled"

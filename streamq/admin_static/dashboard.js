@@ -323,12 +323,21 @@ const SERIES = [
   { field: "lateness_p99_ms", label: "p99 lateness (ms)", rate: false },
 ];
 
+// The series move a point a minute: read again every 30 s, not on each 5 s refresh.
+const SERIES_FRESH_MS = 30_000;
+const seriesCache = new Map();
+
+async function seriesOf(stream) {
+  const kept = seriesCache.get(stream);
+  if (kept && Date.now() - kept.at < SERIES_FRESH_MS) return kept.value;
+  const value = await api("GET", `/api/streams/${enc(stream)}/series?minutes=60`).catch((error) => error);
+  seriesCache.set(stream, { at: Date.now(), value });
+  return value;
+}
+
 async function overview() {
   const snapshot = await api("GET", "/api/stats");
-  const series = await Promise.all(
-    snapshot.streams.map((st) =>
-      api("GET", `/api/streams/${enc(st.stream)}/series?minutes=60`).catch((error) => error)),
-  );
+  const series = await Promise.all(snapshot.streams.map((st) => seriesOf(st.stream)));
   const cards = snapshot.streams.map((st, i) => streamCard(st, series[i]));
   return [
     h("h2", {}, "Streams ", h("small", {}, `at ${absolute.format(snapshot.server_time_ms)}`)),
