@@ -14,6 +14,7 @@ at the repository root (ignored by git), or to ``$STREAMQ_DASHBOARD_SCREENSHOTS`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -27,15 +28,17 @@ from zoneinfo import ZoneInfo
 import anyio
 import pytest
 from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
+from redis.exceptions import ResponseError
 
 import streamq
-from streamq import admin, connection, tokens, workers
+from streamq import admin, channel, connection, keys, tokens, workers
 from streamq.config import Config
 from streamq.errors import Fail
 from streamq.job import Job
 from streamq.worker import Worker
 from tests.conftest import ROOT, VIEWER_TOKEN, AdminServer
-from tests.test_worker import FAST
+from tests.test_lifecycle import Running
+from tests.test_worker import FAST, options, poll
 
 pytestmark = pytest.mark.any_engine
 
@@ -431,6 +434,36 @@ def test_an_account_is_paused_with_a_reason_and_resumed(
     expect(page.locator(f'#accounts tr[data-account="{account}"]')).to_be_visible()  # once paused
 
 
+def reclaimed_from_a_dead_worker(redis_url: str, stream: str) -> tuple[str, list[str]]:
+    """A worker takes two jobs and dies; a live one reclaims and runs them, and drops it from
+    the group (as tests/test_workers.py does): the dead one's name and the jobs taken."""
+    ghost = f"{stream}-ghost"
+
+    async def run(q: streamq.Queue) -> list[str]:
+        ids = await q.enqueue_many(stream, ["a", "b"])
+        redis = q.redis
+        for lane in keys.lanes(stream):
+            with contextlib.suppress(ResponseError):  # the group exists already
+                await redis.xgroup_create(lane, keys.GROUP, id="0", mkstream=True)
+        now = await channel.server_ms(redis)
+        card = workers.card(
+            consumer=ghost, stream=stream, concurrency=5, started_at_ms=now - 60_000,
+            now_ms=now - 30_000, done=7, failed=1, holding=ids,
+        )  # fmt: skip
+        await workers.publish(redis, stream, card)
+        await redis.xreadgroup(keys.GROUP, ghost, {keys.lane(stream, "normal"): ">"}, count=10)
+        seen: list[str] = []
+
+        async def handler(job: Job) -> None:
+            seen.append(job.id)
+
+        async with Running(Worker(redis, stream, handler, options(burst=False))):
+            await poll(lambda: len(seen) == len(ids))
+        return ids
+
+    return ghost, on_server(redis_url, run)
+
+
 def test_the_workers_page_shows_live_and_silent_workers_with_the_jobs_they_hold(
     page: Page, admin_server: AdminServer, redis_url: str, stream: str
 ) -> None:
@@ -452,6 +485,7 @@ def test_the_workers_page_shows_live_and_silent_workers_with_the_jobs_they_hold(
             await workers.publish(q.redis, stream, card)
 
     on_server(redis_url, publish)
+    ghost, taken = reclaimed_from_a_dead_worker(redis_url, f"{stream}-r")
     sign_in(page, admin_server)
     page.click('#nav a[data-nav="workers"]')
     live = page.locator(f'#workers tr[data-worker="{stream}-live"]')
@@ -460,6 +494,11 @@ def test_the_workers_page_shows_live_and_silent_workers_with_the_jobs_they_hold(
     expect(live.locator('td[data-label="up for"]')).to_have_text(re.compile(r"^2 h( 1 min)?$"))
     expect(live.locator('td[data-label="done"]')).to_have_text("41")
     expect(page.locator(f'#gone li[data-worker="{stream}-silent"]')).to_contain_text("silent")
+    dead = page.locator(f'#gone > li[data-worker="{ghost}"]')
+    expect(dead).to_contain_text("removed")
+    expect(dead).to_contain_text(f"{len(taken)} jobs reclaimed by ")
+    for job_id in taken:
+        expect(dead.get_by_role("link", name=job_id)).to_be_visible()
     live.get_by_role("link", name=held).click()
     expect(page.locator('#job-fields dd[data-field="id"]')).to_have_text(held)
 
