@@ -327,6 +327,7 @@ KEY_PLACEHOLDERS: dict[str, Any] = {
     "streams": ["S1", "S2"],
     "flow_id": "<F>",
     "key": "<key>",
+    "minute_ms": "<minute ms>",
 }
 """What each parameter of a key builder is called on the page."""
 

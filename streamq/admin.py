@@ -268,6 +268,8 @@ REPLAY_REQUEST_SCHEMA: Final = {
 """msgspec cannot say "exactly one of", so this part of the document is written by hand."""
 
 MAX_OLDER_THAN: Final = 10 * 365 * 86400.0
+MAX_TIME_MS: Final = 253402300799999
+"""9999-12-31T23:59:59.999Z: the last instant a datetime holds."""
 FinishedState = Literal["done", "dead", "cancelled", "expired"]
 
 
@@ -348,8 +350,11 @@ class AccountAction(msgspec.Struct, kw_only=True):
 
 class RescheduleRequest(msgspec.Struct, forbid_unknown_fields=True):
     run_at: (
-        Annotated[int, msgspec.Meta(ge=0, le=253402300799999)]
-        | Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+        Annotated[float, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
+        | Annotated[
+            str,
+            msgspec.Meta(min_length=1, max_length=64, extra_json_schema={"format": "date-time"}),
+        ]
     )
     """The new due time: ISO 8601 with an offset (2026-12-01T09:00:00+01:00), or ms since the
     epoch."""
@@ -361,10 +366,20 @@ class RescheduleRequest(msgspec.Struct, forbid_unknown_fields=True):
 class Admin:
     """The API's routes, bound to one Redis client, token and config."""
 
-    def __init__(self, redis: Redis, admin_tokens: Sequence[AdminToken], config: Config) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        admin_tokens: Sequence[AdminToken],
+        config: Config,
+        static: Path = STATIC,
+    ) -> None:
         self.redis = redis
         self._tokens = tuple(admin_tokens)
         self.config = config
+        self.static = static
+
+    async def index(self, request: Request) -> Response:
+        return FileResponse(self.static / "index.html", headers=PAGE_HEADERS)
 
     def _caller(self, given: bytes) -> AdminToken | None:
         # Compared with every token, matched or not, each in constant time: neither how fast
@@ -657,16 +672,16 @@ class Admin:
         for part in streams:
             was_paused, count = await limiter.resume_account(self.redis, part, account)
             released += count
-            if was_paused:
-                await scripts.append_audit(
-                    self.redis,
-                    part,
-                    by=_who(request),
-                    action="resume-account",
-                    target=f"{platform}/{account}",
-                    account=account,
-                    detail=f"{count} released",
-                )
+            # Recorded even when it changed nothing: who tried is part of the trail.
+            await scripts.append_audit(
+                self.redis,
+                part,
+                by=_who(request),
+                action="resume-account",
+                target=f"{platform}/{account}",
+                account=account,
+                detail=f"{count} released" if was_paused else "was not paused",
+            )
         log.info("admin: %s resumed %s (%d released)", _who(request), account, released)
         return _json(
             AccountAction(account=account, streams=streams, paused=False, released=released)
@@ -675,8 +690,10 @@ class Admin:
     async def reschedule(self, request: Request) -> Response:
         job_id = self._job_id(request)
         body = await _body(request, RescheduleRequest)
-        due = _time_ms(str(body.run_at), "run_at")
-        assert due is not None
+        given = body.run_at
+        due = round(given) if isinstance(given, float) else _time_ms(given, "run_at")
+        if due is None or not 0 <= due <= MAX_TIME_MS:
+            raise _BadRequest("run_at must be between 1970 and the year 9999")
         moved = await control.reschedule(
             self.redis, job_id, run_at=datetime.fromtimestamp(due / 1000, tz=UTC)
         )
@@ -721,8 +738,8 @@ class Admin:
                 Route(path, self.authorized(fn, query), methods=[method])
                 for path, fn, method, query in api
             ),
-            Route("/", _index, methods=["GET"]),
-            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            Route("/", self.index, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=self.static), name="static"),
         ]
 
 
@@ -782,10 +799,6 @@ PAGE_HEADERS: Final = {
 }
 
 
-async def _index(request: Request) -> Response:
-    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
-
-
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (no route, wrong method, body too large) as JSON too."""
     assert isinstance(exc, HTTPException)
@@ -801,15 +814,20 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    redis: Redis, token: str | Sequence[AdminToken], config: Config | None = None
+    redis: Redis,
+    token: str | Sequence[AdminToken],
+    config: Config | None = None,
+    *,
+    static: Path = STATIC,
 ) -> Starlette:
-    """The app; ``token`` is every token it takes, or one string: a read-write "admin"."""
+    """The app; ``token`` is every token it takes, or one string: a read-write "admin".
+    ``static``: the dashboard's files (another version's, for `python -m bench dashboard`)."""
     admin_tokens = (
         [AdminToken("admin", "read-write", token.encode())]
         if isinstance(token, str)
         else list(token)
     )
-    admin = Admin(redis, admin_tokens, config or Config())
+    admin = Admin(redis, admin_tokens, config or Config(), static)
     return Starlette(
         routes=admin.routes(),
         exception_handlers={HTTPException: _http_error, Exception: _server_error},

@@ -114,7 +114,6 @@ async def report(
     ``recent`` (lateness bucket counts over its last minute); ``tidy`` drops stale summaries.
     The minute's series gets the counts (first report of the minute) and ``since_last``, the
     lateness buckets since this worker's previous report."""
-    await series.record(redis, stream, now, since_last or [])
     await scripts.sample_counts(
         redis,
         stream,
@@ -127,6 +126,7 @@ async def report(
         pipe.hset(lateness, consumer, msgspec.json.encode(summary))
         pipe.pexpire(lateness, round(LATENESS_KEPT_SECONDS * 1000))
         await pipe.execute()
+    await series.record(redis, stream, now, since_last or [])
     if tidy:  # summaries of workers gone for good (they never remove their own)
         summaries = await _summaries(redis, stream)
         stale = [name for name, s in summaries.items() if now - s.at > LATENESS_KEPT_SECONDS * 1e3]
