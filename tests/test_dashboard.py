@@ -205,6 +205,10 @@ def test_the_overview_shows_each_streams_figures_and_links_to_its_lists(
     expect(
         page.locator(f'.stream-card[data-stream="{stream}-dead"] dd[data-figure="dead"]')
     ).to_have_text("1")
+    # No worker ever ran this stream: an hour of gaps, not an error.
+    expect(card.locator('figure[data-series="depth"] svg')).to_have_attribute(
+        "aria-label", "depth over the last hour: now -, peak -"
+    )
     card.get_by_role("link", name="Dead letters").click()
     expect(page).to_have_url(re.compile(rf"#/streams/{stream}/jobs\?state=dead$"))
     expect(page.locator("#no-jobs")).to_have_text("No dead jobs.")

@@ -384,7 +384,7 @@ function sparklines(series) {
       });
       const known = values.filter((v) => v !== null);
       const last = known.length ? known[known.length - 1] : null;
-      const max = known.length ? Math.max(...known) : 0;
+      const max = known.length ? Math.max(...known) : null;
       const shown = (v) => (v === null ? "-" : Number.isInteger(v) ? String(v) : v.toFixed(2));
       const text = `${label} over the last hour: now ${shown(last)}, peak ${shown(max)}`;
       return h("figure", { class: "spark", "data-series": field },
