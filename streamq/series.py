@@ -103,6 +103,8 @@ async def read(redis: Redis, stream: str, parts: Sequence[str], minutes: int) ->
                 sampled[i] = True
                 depth[i] += int(fields.get("depth", 0))
                 copies.append((i, [int(fields.get(c, 0)) for c in _COUNTERS]))
+        if not copies:  # no worker reported on this part in the window: no runs to count
+            continue
         current = [int(v or 0) for v in block[-1]]
         ends = [c[1] for c in copies[1:]] + [current]
         for (i, begin), end in zip(copies, ends, strict=True):
