@@ -144,6 +144,14 @@ def test_tokens_come_from_the_env_a_file_and_the_single_token(
         admin.load_tokens()
 
 
+def test_the_documented_tokens_file_loads_as_it_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/admin-api.md includes examples/admin-tokens.toml: one read-write, one read-only."""
+    monkeypatch.delenv(admin.TOKENS_ENV, raising=False)
+    monkeypatch.delenv(admin.TOKEN_ENV, raising=False)
+    found = admin.load_tokens(None, str(ROOT / "examples" / "admin-tokens.toml"))
+    assert [(t.name, t.role) for t in found] == [("ops", "read-write"), ("support", "read-only")]
+
+
 def test_streamq_admin_serves_a_tokens_file_with_roles(tmp_path: Path, redis_url: str) -> None:
     file = tmp_path / "tokens.toml"
     file.write_text(
