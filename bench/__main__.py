@@ -20,6 +20,7 @@ from bench.report import UI, as_json, as_markdown, print_tables, write_charts
 from bench.scenarios import (
     backlog,
     cluster,
+    dashboard,
     day,
     iobound,
     lateness,
@@ -54,6 +55,10 @@ SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "backlog": (
         backlog,
         "1,000,000 scheduled posts, this tree against an earlier commit: bytes, rates, lateness",
+    ),
+    "dashboard": (
+        dashboard,
+        "the admin API calls and the page load of the dashboard with 1,000,000 jobs scheduled",
     ),
 }
 ALL = ["throughput", "io-bound", "lateness", "recovery", "memory", "day", "peers", "limits"]

@@ -81,6 +81,8 @@ class Figures:
     sim: dict[str, Any] = field(default_factory=dict)
     twice: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per job posted more than once: its platform, record and posts (to diagnose)."""
+    dead_why: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per job recorded dead: its platform, whether its post exists, and its record's error."""
 
     def row(self) -> dict[str, Any]:
         return {
@@ -273,6 +275,15 @@ def run_kills(redis_url: str, plan: Plan) -> Figures:
         figures.dead_posted = sum(
             1 for job_id, state in states.items() if state == b"dead" and posts[job_id]
         )
+        for job_id, state in states.items():
+            if state == b"dead":
+                platform, stream = jobs[job_id]
+                error = client.hget(keys.job(stream, job_id), "error")
+                figures.dead_why[job_id] = {
+                    "platform": platform,
+                    "posted": posts[job_id],
+                    "error": error.decode()[:300] if isinstance(error, bytes) else None,
+                }
         figures.not_final = sum(1 for state in states.values() if state not in FINAL)
         figures.sim = dict(sim.summary())
         # Every dead letter again, run to the end without kills: a job whose post exists must
@@ -308,6 +319,11 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
         for engine, srv in started:
             ui.say(f"{engine}: {plan.posts} posts, {plan.kills} kills")
             figures = run_kills(srv.url, plan)
-            row = {"engine": engine_label(engine, srv), **figures.row(), "twice": figures.twice}
+            row = {
+                "engine": engine_label(engine, srv),
+                **figures.row(),
+                "twice": figures.twice,
+                "dead why": figures.dead_why,
+            }
             section.rows.append(row)
     return [section]
