@@ -18,6 +18,7 @@ from rich.console import Console
 from bench.common import BenchError, Section, machine
 from bench.report import UI, as_json, as_markdown, print_tables, write_charts
 from bench.scenarios import (
+    backlog,
     cluster,
     dashboard,
     day,
@@ -51,6 +52,10 @@ SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "cluster": (cluster, "one server against a 3-master cluster, by partitions of the stream"),
     "listing": (listing, "a page of 100 in 1,000,000 scheduled jobs; the indexes' hot-path cost"),
     "wait": (wait, "1,000 concurrent q.wait calls in one process: return after the final state"),
+    "backlog": (
+        backlog,
+        "1,000,000 scheduled posts, this tree against an earlier commit: bytes, rates, lateness",
+    ),
     "dashboard": (
         dashboard,
         "the admin API calls and the page load of the dashboard with 1,000,000 jobs scheduled",

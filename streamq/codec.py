@@ -178,6 +178,24 @@ def decode(raw: bytes) -> Envelope:
         raise msgspec.ValidationError(str(exc)) from None
 
 
+_ID_FIELD: Final = b'{"id":"'
+
+
+def entry_envelope(raw: bytes, job_id: str) -> bytes:
+    """A record's ``env`` as an entry carries it: a scheduled job's record keeps its envelope
+    without the id its key names (lua/include/stored_envelope.lua, the same function for the
+    scripts), other records and earlier versions' keep it whole."""
+    if raw.startswith(_ID_FIELD):
+        return raw
+    return _ID_FIELD + job_id.encode() + b'",' + raw[1:]
+
+
+def record_envelope(raw: bytes, job_id: str) -> Envelope:
+    """Decode a record's ``env`` (either form, see :func:`entry_envelope`); raises msgspec
+    errors if it is not ours."""
+    return decode(entry_envelope(raw, job_id))
+
+
 class UnknownEntry(ValueError):
     """A stream entry streamq did not write, or cannot read."""
 

@@ -156,12 +156,12 @@ def from_record(
     state = state or record[b"state"].decode()
     priority = record.get(b"priority", b"normal").decode()
     envelope_raw = envelope if envelope is not None else record.get(b"env")
-    payload = None
+    decoded: codec.Envelope | None = None
     if envelope_raw is not None:
         try:
-            payload = codec.decode(envelope_raw).payload
+            decoded = codec.record_envelope(envelope_raw, job_id)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            payload = None
+            decoded = None
     result_raw = record.get(b"result")
     times = {
         name: _int(record.get(field))
@@ -172,15 +172,21 @@ def from_record(
             ("finished", b"finished_at"),
         )
     }
+    # A record holds no time, key or account its envelope holds (enqueue_jobs.lua: a backlog
+    # pays for each field once); records written before that hold them, and those are read
+    # first. A queued job's envelope is its lane entry's (job_info reads it).
+    if decoded is not None:
+        times["enqueued"] = times["enqueued"] or decoded.enqueued_at_ms
+        times["run"] = times["run"] or decoded.run_at_ms
     return JobInfo(
         id=job_id,
         stream=stream,
         state=state,
         attempt=int(record.get(b"attempt", b"1")),
         priority=priority,
-        key=_text(record.get(b"key")),
-        account=_text(record.get(b"account")),
-        payload=payload,
+        key=_text(record.get(b"key")) or (decoded.key if decoded else None),
+        account=_text(record.get(b"account")) or (decoded.account if decoded else None),
+        payload=None if decoded is None else decoded.payload,
         enqueued_at_ms=times["enqueued"],
         run_at_ms=times["run"],
         started_at_ms=times["started"],
@@ -272,7 +278,7 @@ async def reschedule(
             if state is None:
                 raise JobNotFound(f"no job {job_id!r}")
             raise InvalidJobState(f"job {job_id} is {state.decode()}: only scheduled jobs move")
-        envelope = msgspec.structs.replace(codec.decode(raw), run_at_ms=due)
+        envelope = msgspec.structs.replace(codec.record_envelope(raw, job_id), run_at_ms=due)
         try:
             await scripts.reschedule_job(
                 redis, job_id, due_ms=due, envelope=codec.encode(envelope), read=raw
@@ -308,7 +314,7 @@ async def retry(redis: Redis, job_id: str) -> None:
     await _revive(
         redis,
         stream,
-        codec.decode(record[b"env"]),
+        codec.record_envelope(record[b"env"], job_id),
         record.get(b"priority", b"normal").decode(),
         record.get(b"dead_entry", b"").decode(),
     )

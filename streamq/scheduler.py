@@ -21,7 +21,7 @@ import msgspec
 from cronsim import CronSim, CronSimError
 from redis.asyncio import Redis
 
-from streamq import channel, keys, scripts
+from streamq import channel, codec, keys, scripts
 from streamq.config import Backoff, parse_duration
 from streamq.connection import TRANSIENT_ERRORS, retry_delay
 from streamq.errors import ConfigError, ConnectionFailed, ServerFull
@@ -303,9 +303,20 @@ async def reconcile_recurring(redis: Redis, stream: str, now_ms: int) -> int:
             options=JobOptions(run_at=datetime.fromtimestamp(fire_ms / 1000, tz=UTC)),
             cron=schedule.name,
         )
-        if job_id and await redis.hget(keys.job(stream, job_id), "run_at") == str(fire_ms).encode():
+        if job_id and await _due_ms(redis, stream, job_id) == fire_ms:
             added += 1
     return added
+
+
+async def _due_ms(redis: Redis, stream: str, job_id: str) -> int | None:
+    """When a just-added occurrence is due: its record's run_at (a record written before
+    enqueue_jobs stopped repeating it, or a due time in the past), else its waiting envelope's;
+    None when it waits in no record (then this call did not add it)."""
+    read: Any = await redis.hmget(keys.job(stream, job_id), ["run_at", "env"])
+    run_at, envelope = read
+    if run_at is not None:
+        return int(run_at)
+    return None if envelope is None else codec.record_envelope(envelope, job_id).run_at_ms
 
 
 async def remove_recurring(redis: Redis, stream: str, name: str) -> str | None:

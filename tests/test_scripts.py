@@ -111,7 +111,9 @@ async def test_cancel_reschedule_and_revive_and_their_refusals(redis: Redis, str
     [scheduled] = await add(redis, stream, due_ms=FAR)
     await redis.script_flush()
     envelope: Any = await redis.hget(keys.job(stream, scheduled), "env")
-    moved = codec.encode(msgspec.structs.replace(codec.decode(envelope), run_at_ms=FAR + 1))
+    # The record keeps the envelope without the id its key names (issue 28).
+    stored = codec.record_envelope(envelope, scheduled)
+    moved = codec.encode(msgspec.structs.replace(stored, run_at_ms=FAR + 1))
     await scripts.reschedule_job(redis, scheduled, due_ms=FAR + 1, envelope=moved, read=envelope)
     assert await redis.zscore(keys.delayed(stream), scheduled) == FAR + 1
     with pytest.raises(RecordChanged):  # the envelope read before is no longer the record's

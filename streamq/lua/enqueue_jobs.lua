@@ -19,7 +19,9 @@ ARGV[4]     the jobs, msgpack: an array of { job id, dedup key ('' for none), en
 ARGV[5]     key prefix of the stream, 'streamq:{S}:' (an account's due index is built from it)
 
 A job due later than the server's clock (TIME) waits in the delayed set with its envelope in
-its record (and its account's due index); any other goes straight onto the lane. A job due before everything else waiting
+its record (and its account's due index); any other goes straight onto the lane. The record
+holds no enqueue or due time of its own: the envelope has both ('t', 'r'), and a record that
+repeats them costs a backlog of millions their bytes twice. A job due before everything else waiting
 appends a wake-up to the control stream, so sleeping workers re-plan.
 A job whose record exists already is skipped: job ids are new for every enqueue, so that record
 means this very call was carried out before and its answer lost on the way; a producer sending
@@ -34,6 +36,7 @@ Each job added appends a 'queued' or 'scheduled' event.
 -- @include "server_now.lua"
 -- @include "delayed_head.lua"
 -- @include "emit_event.lua"
+-- @include "stored_envelope.lua"
 local lane, dedup, delayed, control, fired = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local priority, expire_after, recurring, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local jobs = cmsgpack.unpack(ARGV[4])
@@ -84,17 +87,22 @@ for job, fields in ipairs(jobs) do
     if due > now then
       redis.call('ZADD', delayed, due, id)
       index_due(prefix, fields[5], due, id)
-      redis.call('HSET', record, 'state', 'scheduled', 'enqueued_at', now, 'run_at', due,
-        'env', envelope)
+      -- The envelope holds the enqueue time ('t') and the due time ('r'): the record keeps
+      -- them once, there (streamq.control.from_record reads them from it), and keeps the
+      -- envelope without the id its key names. Each byte of a waiting job's record is memory
+      -- the whole backlog pays (docs/capacity.md).
+      redis.call('HSET', record, 'state', 'scheduled', 'env', stored_envelope(id, envelope))
       earliest = math.min(earliest, due)
       emit_event(events, event_settings, 'scheduled', id, now, 1, key, fields[5], { 'run_at', due })
     else
       local entry = redis.call('XADD', lane, '*', 'j', envelope)
+      -- The enqueue time is the entry's (its id is the server's ms) and the envelope's. A due
+      -- time already past (a recurring occurrence fired late) is kept: the envelope leaves the
+      -- record with the entry, and the scheduler reads it back (scheduler._due_ms).
       if due > 0 then
-        redis.call('HSET', record, 'state', 'queued', 'enqueued_at', now, 'entry', entry,
-          'run_at', due)
+        redis.call('HSET', record, 'state', 'queued', 'entry', entry, 'run_at', due)
       else
-        redis.call('HSET', record, 'state', 'queued', 'enqueued_at', now, 'entry', entry)
+        redis.call('HSET', record, 'state', 'queued', 'entry', entry)
       end
       emit_event(events, event_settings, 'queued', id, now, 1, key, fields[5])
     end

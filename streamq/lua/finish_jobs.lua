@@ -52,7 +52,8 @@ appended to the record's `attempts`: a JSON array of { n, worker, started_ms, fi
 outcome, error, trace }, the latest ARGV[9] kept. A done run writes only `worker` beside its
 started_at and finished_at (the hot path: no read, no JSON); readers add it to the history.
 A done job's record also keeps its envelope (`env`, copied from its entry before the entry is
-deleted), so its payload can be shown while the record is retained.
+deleted, without the id its key names: stored_envelope.lua), so its payload can be shown
+while the record is retained.
 A flow step whose job ends here (done, dead, expired, cancelled) joins the stream's flow
 outbox in this same step, so a worker dying before its flow is told loses nothing: the outbox
 is drained idempotently (streamq.flows). Jobs of no flow pay one comparison per batch.
@@ -66,6 +67,7 @@ Returns the number of entries acknowledged.
 -- @include "free_dedup_key.lua"
 -- @include "emit_event.lua"
 -- @include "release_held.lua"
+-- @include "stored_envelope.lua"
 local record_key = job_key -- the include's: the name job_key is a local further down
 local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, retention, prefix = ARGV[1], ARGV[5], ARGV[7]
@@ -213,7 +215,7 @@ for i, o in ipairs(outcomes) do
       fields[#fields + 1], fields[#fields + 2] = 'result', o[6]
     end
     if envelopes[i] then
-      fields[#fields + 1], fields[#fields + 2] = 'env', envelopes[i]
+      fields[#fields + 1], fields[#fields + 2] = 'env', stored_envelope(id, envelopes[i])
     end
     redis.call('HSET', record, unpack(fields))
     finish(record, id, key, 'done')

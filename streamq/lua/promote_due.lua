@@ -29,6 +29,7 @@ Returns { promoted, expired, server now ms, due ms of the next waiting job or -1
 -- @include "free_dedup_key.lua"
 -- @include "emit_event.lua"
 -- @include "release_held.lua"
+-- @include "stored_envelope.lua"
 local delayed, dedup, counts = KEYS[1], KEYS[5], KEYS[6]
 local lanes = { high = KEYS[2], normal = KEYS[3], low = KEYS[4] }
 local retention, prefix = ARGV[1], ARGV[2]
@@ -82,7 +83,8 @@ for i = 3, #ARGV do
           redis.call('ZADD', flow_outbox_key(prefix), 'NX', now, f[8])
         end
       else
-        local entry = redis.call('XADD', lanes[f[3]] or lanes.normal, '*', 'j', f[2])
+        local entry = redis.call('XADD', lanes[f[3]] or lanes.normal, '*', 'j',
+          entry_envelope(id, f[2]))
         redis.call('HSET', record, 'state', 'queued', 'entry', entry)
         redis.call('HDEL', record, 'env')
         promoted = promoted + 1

@@ -26,13 +26,14 @@ the limits again, as its new account's, when due.
 -- @include "server_now.lua"
 -- @include "emit_event.lua"
 -- @include "release_held.lua"
+-- @include "stored_envelope.lua"
 local record, delayed, dedup, control = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, key, envelope, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local state = redis.call('HGET', record, 'state')
 if redis.call('HGET', dedup, key) ~= id or state ~= 'scheduled' then
   return 0
 end
-redis.call('HSET', record, 'env', envelope)
+redis.call('HSET', record, 'env', stored_envelope(id, envelope))
 local was = redis.call('HGET', record, 'account')
 forget_waiting(ARGV[5], id, was)
 unindex_due(ARGV[5], was, id)
@@ -44,12 +45,15 @@ end
 if due ~= '' then
   local head = delayed_head_ms(delayed)
   redis.call('ZADD', delayed, 'XX', due, id)
-  redis.call('HSET', record, 'run_at', due)
   if tonumber(due) < head then
     tell_workers(control, 'w', due)
   end
 end
-index_due(ARGV[5], ARGV[6], redis.call('ZSCORE', delayed, id), id)
+local run_at = redis.call('ZSCORE', delayed, id)
+-- A new envelope that keeps the due time does not hold it ('r'): the record does (a replace is
+-- rare, so the field costs the backlog nothing).
+redis.call('HSET', record, 'run_at', run_at)
+index_due(ARGV[5], ARGV[6], run_at, id)
 emit_event(KEYS[5], events_settings(KEYS[6]), 'scheduled', id, server_now_ms(), 1, key, ARGV[6],
-  { 'run_at', redis.call('HGET', record, 'run_at') })
+  { 'run_at', run_at })
 return 1

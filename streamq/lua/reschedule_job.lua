@@ -24,6 +24,7 @@ Returns the job's state, 'changed', or false when there is no record.
 -- @include "server_now.lua"
 -- @include "emit_event.lua"
 -- @include "release_held.lua"
+-- @include "stored_envelope.lua"
 local record, delayed, control = KEYS[1], KEYS[2], KEYS[3]
 local id, due = ARGV[1], ARGV[2]
 local state = redis.call('HGET', record, 'state')
@@ -40,7 +41,7 @@ if f[1] then
   redis.call('ZADD', due_key(ARGV[5], f[1]), 'XX', due, id)
 end
 forget_waiting(ARGV[5], id, f[1])
-redis.call('HSET', record, 'run_at', due, 'env', ARGV[3])
+redis.call('HSET', record, 'run_at', due, 'env', stored_envelope(id, ARGV[3]))
 emit_event(KEYS[4], events_settings(KEYS[5]), 'scheduled', id, server_now_ms(), f[2], f[3], f[1],
   { 'run_at', due })
 if tonumber(due) < head then

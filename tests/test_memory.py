@@ -1,0 +1,224 @@
+"""What a job costs the server, and upgrades across record layouts.
+
+A scheduled job's record holds its state and its envelope, and nothing held elsewhere already
+(the enqueue and due times are the envelope's, the id is the record key's): the backlog of a
+scheduling app is millions of these, so each byte written twice is paid millions of times
+(issue 28, docs/capacity.md). Sizes are deterministic for a given server version, so they are
+asserted here; rates live in bench/.
+
+Upgrades: a worker of this version runs jobs whose records and entries an earlier version
+wrote, both written by the previous release's own code (a ``git archive`` of the commit this
+layout branched from, run in a subprocess) and written by hand in the earlier shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import textwrap
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+import streamq
+from streamq import codec, keys
+from streamq.control import job_info
+from streamq.producer import JobOptions, Producer
+from streamq.worker import Worker
+from tests.conftest import ROOT
+from tests.test_events import options
+from tests.test_lifecycle import Running
+
+pytestmark = [pytest.mark.anyio]
+
+PREVIOUS_LAYOUT = "ec2c9a159314081401b4a0f68880e164aadf3fd7"
+"""The last commit whose enqueue_jobs.lua wrote enqueued_at and run_at into every record."""
+
+PAYLOAD = {"n": 1, "text": "a post"}
+
+
+async def used_by(redis: Redis, names: list[str]) -> int:
+    total = 0
+    for name in names:
+        total += int(await redis.memory_usage(name, samples=0) or 0)
+    return total
+
+
+async def test_a_scheduled_record_holds_no_field_its_envelope_holds(
+    redis: Redis, stream: str
+) -> None:
+    job_id = await Producer(redis).enqueue(
+        stream, PAYLOAD, key="post-1", account="acme", options=JobOptions(delay=3600)
+    )
+    record: Any = await redis.hgetall(keys.job(stream, job_id))
+    assert set(record) == {b"state", b"env", b"key", b"account"}
+    assert job_id.encode() not in record[b"env"]  # its key names it
+    envelope = codec.record_envelope(record[b"env"], job_id)
+    assert envelope.id == job_id
+    info = await job_info(redis, job_id)
+    assert (info.enqueued_at_ms, info.run_at_ms) == (envelope.enqueued_at_ms, envelope.run_at_ms)
+    assert (info.key, info.account, info.payload) == ("post-1", "acme", PAYLOAD)
+
+
+@pytest.mark.any_engine
+async def test_one_scheduled_job_costs_its_record_and_its_delayed_member(
+    redis: Redis, stream: str
+) -> None:
+    """MEMORY USAGE of what one scheduled job adds on Valkey 8.1 (the record, its member of the
+    delayed set), with a tiny payload: 400 bytes now, 536 before the record stopped repeating
+    the envelope's times and id (issue 28 asks for 200 + payload: docs/capacity.md says where
+    the rest goes, and what the floor is)."""
+    stream = f"m{stream[-6:]}"  # a name of fixed length: it is spelled in both keys
+    producer = Producer(redis)
+    await producer.enqueue(stream, {"n": 0, "text": "a post"}, options=JobOptions(delay=3600))
+    delayed_before = await used_by(redis, [keys.delayed(stream)])
+    job_id = await producer.enqueue(stream, PAYLOAD, options=JobOptions(delay=3600))
+    record = await used_by(redis, [keys.job(stream, job_id)])
+    member = await used_by(redis, [keys.delayed(stream)]) - delayed_before
+    assert record + member <= 410, (record, member)
+
+
+async def _run_all(
+    redis_url: str, redis: Redis, stream: str, job_ids: list[str], consumer: str | None = None
+) -> list[str]:
+    ran: list[str] = []
+
+    async def handler(job: streamq.Job) -> dict[str, int]:
+        ran.append(job.id)
+        return {"n": len(ran)}
+
+    async with (
+        streamq.connect(redis_url) as q,
+        Running(Worker(redis, stream, handler, options(burst=False), consumer=consumer)),
+    ):
+        for job_id in job_ids:
+            assert (await q.wait(job_id, timeout=20)).state == "done"
+    return ran
+
+
+async def test_jobs_in_the_previous_shapes_run_and_read_as_before(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    """Records as enqueue_jobs.lua wrote them before: every time repeated beside the envelope."""
+    now = codec.now_ms()
+    scheduled = codec.new_job_id(stream)
+    envelope = codec.Envelope(
+        id=scheduled, payload=PAYLOAD, enqueued_at_ms=now - 5, key="k-1", account="acme",
+        run_at_ms=now + 300, first_run=True,
+    )  # fmt: skip
+    await redis.zadd(keys.delayed(stream), {scheduled: now + 300})
+    await redis.zadd(keys.due(stream, "acme"), {scheduled: now + 300})
+    await redis.hset(keys.dedup(stream), "k-1", scheduled)
+    await redis.hset(
+        keys.job(stream, scheduled),
+        mapping={
+            "key": "k-1", "account": "acme", "state": "scheduled", "enqueued_at": now - 3,
+            "run_at": now + 300, "env": codec.encode(envelope),
+        },
+    )  # fmt: skip
+    queued = codec.new_job_id(stream)
+    entry = await redis.xadd(
+        keys.lane(stream, "normal"),
+        {"j": codec.encode(codec.Envelope(id=queued, payload=PAYLOAD, enqueued_at_ms=now - 4))},
+    )
+    await redis.hset(
+        keys.job(stream, queued),
+        mapping={"state": "queued", "enqueued_at": now - 3, "entry": entry},
+    )
+    info = await job_info(redis, scheduled)
+    assert (info.enqueued_at_ms, info.run_at_ms, info.key) == (now - 3, now + 300, "k-1")
+    assert sorted(await _run_all(redis_url, redis, stream, [scheduled, queued])) == sorted(
+        [scheduled, queued]
+    )
+    done = await job_info(redis, scheduled)
+    assert (done.enqueued_at_ms, done.run_at_ms, done.payload) == (now - 3, now + 300, PAYLOAD)
+    assert await redis.hget(keys.dedup(stream), "k-1") is None
+    assert await redis.zcard(keys.due(stream, "acme")) == 0
+
+
+def _previous_release(into: Path) -> Path | None:
+    """The package as of PREVIOUS_LAYOUT, from this checkout's git history (None without)."""
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        return None
+    archive = subprocess.run(
+        [git, "-C", str(ROOT), "archive", PREVIOUS_LAYOUT, "streamq"], capture_output=True
+    )
+    if archive.returncode != 0:
+        return None
+    with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+async def test_a_worker_of_this_version_runs_what_the_previous_release_enqueued(
+    redis_url: str, redis: Redis, stream: str, tmp_path: Path
+) -> None:
+    previous = _previous_release(tmp_path / "previous")
+    if previous is None:
+        pytest.skip("no git history of the previous release here (an sdist)")
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from streamq import connection
+        from streamq.producer import JobOptions, Producer
+
+        async def main(url, stream):
+            redis = connection.client(url)
+            producer = Producer(redis)
+            ids = await producer.enqueue_many(
+                stream, [{"n": 1}, {"n": 2}], keys=["a", "b"], accounts=["acme", None],
+                options=JobOptions(delay=0.3))
+            ids += await producer.enqueue_many(stream, [{"n": 3}])
+            import streamq
+            assert streamq.__file__.startswith(sys.argv[3]), streamq.__file__
+            print(" ".join(ids))
+            await redis.aclose()
+
+        asyncio.run(main(sys.argv[1], sys.argv[2]))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(previous)}
+    with anyio.fail_after(60):
+        made = await anyio.run_process(
+            [sys.executable, "-c", script, redis_url, stream, str(previous)],
+            env=env, cwd=previous, check=False,
+        )  # fmt: skip
+    assert made.returncode == 0, made.stderr.decode()
+    job_ids = made.stdout.decode().split()
+    assert len(job_ids) == 3
+    # The previous release's records repeat the envelope's times: these are its shapes.
+    assert b"run_at" in await redis.hgetall(keys.job(stream, job_ids[0]))
+    assert sorted(await _run_all(redis_url, redis, stream, job_ids)) == sorted(job_ids)
+    infos = [await job_info(redis, job_id) for job_id in job_ids]
+    assert [info.payload for info in infos] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert infos[0].account == "acme"
+    assert all(info.enqueued_at_ms for info in infos)
+    assert await redis.hget(keys.dedup(stream), "a") is None
+
+
+@pytest.mark.any_engine
+async def test_a_done_record_keeps_its_payload_without_repeating_its_id(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    """A done job's record keeps its envelope for the job's detail (its payload), without the
+    id its key names: with a tiny payload the record then fits Valkey's compact encoding
+    (listpack), 336 bytes against 712 before (issue 28 asks for 150)."""
+    stream = f"m{stream[-6:]}"  # a name of fixed length: it is spelled in the record's key
+    [job_id] = await Producer(redis).enqueue_many(stream, [PAYLOAD])
+    # A consumer name of fixed length: the record keeps it (the host name would vary).
+    await _run_all(redis_url, redis, stream, [job_id], consumer="worker-1")
+    record: Any = await redis.hgetall(keys.job(stream, job_id))
+    assert job_id.encode() not in record[b"env"]
+    assert b"enqueued_at" not in record  # the envelope's 't', and the entry id's time
+    info = await job_info(redis, job_id)
+    assert (info.state, info.payload, info.result) == ("done", PAYLOAD, {"n": 1})
+    assert info.enqueued_at_ms is not None
+    assert int(await redis.memory_usage(keys.job(stream, job_id), samples=0) or 0) <= 400
