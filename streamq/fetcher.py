@@ -11,6 +11,9 @@ and the news of the lanes above a job read ahead.
     may_start(lane)        whether a job of ``lane`` read ahead may start without a look above
     look_above(lane)       reads the lanes above ``lane``, so jobs that came there since the
                            read-ahead start first
+    release_when_due()     holds the jobs read before their due time (the promoter moves jobs
+                           onto the lanes a little ahead, streamq.scheduler) and hands them on
+                           once check_due, by the server's clock, says they are due
 
 The loop that decides when to read (room, burst mode, failures) is the worker's.
 """
@@ -18,6 +21,7 @@ The loop that decides when to read (room, burst mode, failures) is the worker's.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import math
 import time
@@ -43,6 +47,14 @@ LANE_NEWS_SECONDS: Final = 0.02
 """How old the news that a higher lane is empty may be when a job of a lower lane starts from
 the read-ahead; older news is checked first (one read of those lanes), so a job read ahead
 never starts while a higher lane has held a job for longer than this plus one round trip."""
+CHECK_WINDOW_MS: Final = 1000
+"""A job read whose due time is less than this before the server's time as last read here (or
+any, when none was read in the last READING_MAX_SECONDS) waits for check_due: it may have been
+promoted ahead of its due time, and read before it."""
+READING_MAX_SECONDS: Final = 30.0
+"""How long a reading of the server's clock (check_due's answer, timed with time.monotonic())
+stands in for it: it only plans when to ask, and clocks drift apart by well under a ms in this."""
+CHECK_BATCH: Final = 1000
 
 
 @dataclass(eq=False)
@@ -93,6 +105,13 @@ class Fetcher:
         # interrupts that read by its client id. Replies stay raw (no dict per entry).
         self._own_reader: Redis | None = None
         self._reader_id: int | None = None
+        # Jobs read before their due time, earliest first: (due ms, order read, lane, job,
+        # deliveries or None, raw entry). Their entries are held (buffers.held) meanwhile.
+        self._waiting: list[tuple[int, int, int, Job, int | None, Any]] = []
+        self._waited = 0
+        self._waiting_changed = anyio.Event()
+        self._reading: tuple[int, float] | None = None
+        """The server's clock as check_due last answered (ms), and time.monotonic() then."""
 
     # -- the reader's connection ----------------------------------------------------------------
 
@@ -222,7 +241,10 @@ class Fetcher:
         buffers.room_event = None
 
     async def release_ready(self) -> None:
-        """Hand back jobs fetched but never started, so a stop does not delay them."""
+        """Hand back jobs fetched but never started, so a stop does not delay them (those held
+        for their due time too: they are back on their lane, still promoted ahead)."""
+        for lane, waiting in enumerate(self.waiting_jobs()):
+            self.buffers.ready[lane].extend(waiting)
         for lane, lane_jobs in enumerate(self.buffers.ready):
             ids = [job._entry for job in lane_jobs]
             pairs = [(job._entry, job.id) for job in lane_jobs]
@@ -269,6 +291,20 @@ class Fetcher:
                 continue
             jobs.append(Job(stream, priority, env, lane, entry_id, _redis=self.redis))
         if jobs:
+            jobs = self._hold_early(lane, jobs, deliveries, entries)
+        await self._take(lane, jobs, deliveries, entries, rejects)
+        return len(entries)
+
+    async def _take(
+        self,
+        lane: int,
+        jobs: list[Job],
+        deliveries: list[int] | None,
+        entries: list[Any],
+        rejects: list[tuple[bytes, str, codec.Envelope | None]],
+    ) -> None:
+        """The rest of accept, for jobs that may go on now."""
+        if jobs:
             jobs = await self._read_records(jobs, deliveries, entries, rejects)
         if rejects:
             await self._dead_letter(lane, rejects)
@@ -290,7 +326,117 @@ class Fetcher:
                 self.settle_pauses()
         if jobs:
             self.buffers.add(lane, jobs)
-        return len(entries)
+
+    # -- jobs read before their due time --------------------------------------------------------
+
+    def _server_floor_ms(self) -> float | None:
+        """The server's clock now, from check_due's last answer: never ahead of it (the answer
+        was read before it came back), so a wait planned from it ends at or after the due time;
+        None when there is no recent reading."""
+        if self._reading is None:
+            return None
+        server_ms, at = self._reading
+        elapsed = time.monotonic() - at
+        return None if elapsed > READING_MAX_SECONDS else server_ms + elapsed * 1000
+
+    def _hold_early(
+        self, lane: int, jobs: list[Job], deliveries: list[int] | None, entries: list[Any]
+    ) -> list[Job]:
+        """Set aside the jobs that may have been read before their due time; returns the others.
+
+        A job is set aside unless its due time is more than CHECK_WINDOW_MS before the server's
+        time as last read: such a job was promoted when due (or read long after), whereas one
+        promoted ahead, or read just after its due time, goes through check_due, which is the
+        only judge of "due" (and of a cancel or a reschedule that landed while it waited).
+        """
+        floor = self._server_floor_ms()
+        early = -math.inf if floor is None else floor - CHECK_WINDOW_MS
+        go: list[Job] = []
+        delivered = (
+            None
+            if deliveries is None
+            else {entry[0]: count for entry, count in zip(entries, deliveries, strict=True)}
+        )
+        raw = {entry[0]: entry for entry in entries}
+        for job in jobs:
+            due = job.envelope.run_at_ms
+            if due is None or due < early:
+                go.append(job)
+                continue
+            self._waited += 1
+            count = None if delivered is None else delivered[job._entry]
+            heapq.heappush(self._waiting, (due, self._waited, lane, job, count, raw[job._entry]))
+        if len(go) < len(jobs):
+            self._waiting_changed.set()
+        return go
+
+    async def release_when_due(self) -> None:
+        """Hand the jobs read before their due time on as they become due, until cancelled.
+
+        A local timer, planned from check_due's last reading of the server's clock, says when
+        to ask; check_due's answer says whether a job may go: nothing starts before it comes
+        back, so no job starts before its due time by the server's clock.
+        """
+        while True:
+            changed = self._waiting_changed = anyio.Event()
+            if not self._waiting:
+                await changed.wait()
+                continue
+            floor = self._server_floor_ms()
+            if floor is not None and self._waiting[0][0] > floor:
+                with anyio.move_on_after((self._waiting[0][0] - floor) / 1000):
+                    await changed.wait()
+                continue
+            await self._release_due(floor)
+
+    async def _release_due(self, floor: float | None) -> None:
+        asked: list[tuple[int, int, int, Job, int | None, Any]] = []
+        while self._waiting and len(asked) < CHECK_BATCH:
+            if floor is not None and self._waiting[0][0] > floor:
+                break
+            asked.append(heapq.heappop(self._waiting))
+        pairs = [(job.id, due, job._entry) for due, _, _, job, _, _ in asked]
+        answer = await self.retrying(
+            "check due", lambda: scripts.check_due(self.redis, self.stream, pairs)
+        )
+        assert answer is not None  # unbounded retries
+        self._reading = (answer.now_ms, time.monotonic())
+        going: list[list[tuple[Job, int | None, Any]]] = [[] for _ in keys.LANES]
+        for waiting, verdict in zip(asked, answer.verdicts, strict=True):
+            _, _, lane, job, count, entry = waiting
+            if verdict == scripts.DUE_WAIT:
+                heapq.heappush(self._waiting, waiting)
+            elif verdict == scripts.DUE_GONE:
+                # reschedule_job deleted its entry: nothing of it is this worker's any more.
+                self.buffers.let_go(job)
+            else:
+                job.cancelled = verdict == scripts.DUE_CANCELLED
+                going[lane].append((job, count, entry))
+        for lane, due in enumerate(going):
+            if not due:
+                continue
+            # Read entries and reclaimed ones (with their deliveries) go on apart, as they came.
+            read = [(job, entry) for job, count, entry in due if count is None]
+            if read:
+                await self._take(lane, [j for j, _ in read], None, [e for _, e in read], [])
+            taken = [(job, count, entry) for job, count, entry in due if count is not None]
+            if taken:
+                await self._take(
+                    lane,
+                    [job for job, _, _ in taken],
+                    [count for _, count, _ in taken if count is not None],
+                    [entry for _, _, entry in taken],
+                    [],
+                )
+
+    def waiting_jobs(self) -> list[list[Job]]:
+        """Take the jobs held for their due time, per lane (the worker hands them back at a
+        stop, as it does the read-ahead)."""
+        by_lane: list[list[Job]] = [[] for _ in keys.LANES]
+        for _, _, lane, job, _, _ in sorted(self._waiting):
+            by_lane[lane].append(job)
+        self._waiting.clear()
+        return by_lane
 
     def settle_pauses(self) -> None:
         """Park the jobs already read of accounts whose pause is now in force."""

@@ -150,10 +150,16 @@ def next_fire_ms(expression: str, tz_name: str, after_ms: int) -> int:
 PROMOTE_BATCH = 500
 MAX_SLEEP_SECONDS = 5.0
 """A promoter re-checks at least this often, whatever it was told."""
+PROMOTE_AHEAD_MS = 100
+"""Jobs are promoted this long before they are due: the promotion's work (and the worker's
+read) is done by the due time, and the worker that reads such a job holds it until check_due
+says, by the server's clock, that it is due (streamq.fetcher; docs/timing.md). Long enough to
+promote a few thousand jobs due at one instant; short, because a worker's read-ahead holds the
+jobs it read meanwhile."""
 
 
 class Promoter:
-    """Moves due jobs onto their lanes, sleeping until the next one is due.
+    """Moves due jobs onto their lanes, sleeping until PROMOTE_AHEAD_MS before the next one.
 
     Every worker runs one: there is no scheduler process to lose, and the promotion script
     makes sure each job moves once however many promoters race. Sleeps are local timers (a
@@ -202,21 +208,28 @@ class Promoter:
             failures = 0
             wait = MAX_SLEEP_SECONDS
             if next_due is not None:
-                wait = min(wait, max(0.0, (next_due - self.clock.now_ms()) / 1000))
+                ahead = next_due - PROMOTE_AHEAD_MS
+                wait = min(wait, max(0.0, (ahead - self.clock.now_ms()) / 1000))
             with anyio.move_on_after(wait):
                 await self._wake.wait()
             self._wake = anyio.Event()
 
     async def promote_due(self) -> int | None:
-        """Promote everything due now; returns when the next waiting job is due (server ms)."""
+        """Promote everything due within PROMOTE_AHEAD_MS; returns when the next waiting job
+        is due (server ms)."""
         while True:
-            horizon = self.clock.now_ms() + 1000  # the script decides by TIME; this only picks
+            # The script decides by TIME; this only picks.
+            horizon = self.clock.now_ms() + PROMOTE_AHEAD_MS + 1000
             candidates: Any = await self.redis.zrangebyscore(
                 self._delayed, "-inf", horizon, start=0, num=PROMOTE_BATCH
             )
             ids = [c.decode() for c in candidates]
             done = await scripts.promote_due(
-                self.redis, self.stream, ids, retention_ms=self.retention_ms
+                self.redis,
+                self.stream,
+                ids,
+                retention_ms=self.retention_ms,
+                ahead_ms=PROMOTE_AHEAD_MS,
             )
             self.clock.saw(done.now_ms)
             self.promoted += done.promoted
@@ -224,7 +237,7 @@ class Promoter:
             head = done.next_due_ms
             if head is None:
                 return None
-            if head > done.now_ms or not ids:
+            if head > done.now_ms + PROMOTE_AHEAD_MS or not ids:
                 return head
 
 

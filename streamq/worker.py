@@ -220,6 +220,7 @@ class Worker:
                         signals.stop_gracefully, [self], background.cancel_scope, log
                     )
                 background.start_soon(self.fetcher.unblock_on_stop)
+                background.start_soon(self.fetcher.release_when_due)
                 background.start_soon(self.acks.run)
                 background.start_soon(self.starts.run)
                 background.start_soon(self.reclaimer.refresh_loop)
