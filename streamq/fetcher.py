@@ -395,7 +395,7 @@ class Fetcher:
             if floor is not None and self._waiting[0][0] > floor:
                 break
             asked.append(heapq.heappop(self._waiting))
-        pairs = [(job.id, due, job._entry) for due, _, _, job, _, _ in asked]
+        pairs = [(job.id, due, job._entry, keys.LANES[lane]) for due, _, lane, job, _, _ in asked]
         answer = await self.retrying(
             "check due", lambda: scripts.check_due(self.redis, self.stream, pairs)
         )
@@ -407,7 +407,7 @@ class Fetcher:
             if verdict == scripts.DUE_WAIT:
                 heapq.heappush(self._waiting, waiting)
             elif verdict == scripts.DUE_GONE:
-                # reschedule_job deleted its entry: nothing of it is this worker's any more.
+                # Moved back by reschedule_job; check_due acknowledged and deleted the entry.
                 self.buffers.let_go(job)
             else:
                 job.cancelled = verdict == scripts.DUE_CANCELLED

@@ -360,14 +360,20 @@ class DueCheck:
     verdicts: list[int]
 
 
-async def check_due(redis: Redis, stream: str, jobs: Sequence[tuple[str, int, bytes]]) -> DueCheck:
-    """Whether each of ``jobs`` (job id, due ms, entry id) read ahead of its due time may start
-    now, by the server's clock (see check_due.lua)."""
+async def check_due(
+    redis: Redis, stream: str, jobs: Sequence[tuple[str, int, bytes, keys.Priority]]
+) -> DueCheck:
+    """Whether each of ``jobs`` (job id, due ms, entry id, lane) read ahead of its due time may
+    start now, by the server's clock (see check_due.lua)."""
     reply = await _run(
         redis,
         "check_due",
-        [keys.job(stream, job_id) for job_id, _, _ in jobs],
-        [arg for _, due, entry in jobs for arg in (due, entry)],
+        [keys.job(stream, job_id) for job_id, _, _, _ in jobs],
+        [
+            keys.script_prefix(stream),
+            keys.GROUP,
+            *[arg for _, due, entry, lane in jobs for arg in (due, entry, lane)],
+        ],
     )
     now, verdicts = reply
     return DueCheck(int(now), [int(v) for v in verdicts])

@@ -1,8 +1,10 @@
 --[[ check_due: whether jobs a worker read ahead of their due time may start now.
 
 KEYS[1..]  the record of each job
-ARGV[1..]  each job's due time, ms (its envelope's 'r'), then its entry id: two per job, in
-           KEYS order
+ARGV[1]    key prefix of the stream, 'streamq:{S}:'
+ARGV[2]    consumer group
+ARGV[3..]  per job, in KEYS order: its due time, ms (its envelope's 'r'), its entry id, and its
+           lane (high, normal, low)
 
 promote_due.lua promotes a job a little before it is due; the worker that reads it holds it and
 asks here, when its local timer says the time has come, before the job goes any further. The
@@ -11,19 +13,25 @@ the answer comes back, so a job never starts before its due time by the server's
 whatever the worker's clock says.
 Verdict per job: 0 not due yet (ask again later); 1 due: run; 2 due, but cancelled while it
 waited (cancel_job.lua flagged it: it ends as cancelled without running); 3 taken back while it
-waited (reschedule_job.lua put it back in the delayed set and deleted its entry; it may have
-been promoted again since, as a new entry): the worker lets go of it. A cancel or a reschedule that lands before the due time is seen here, because
+waited (reschedule_job.lua put it back in the delayed set; it may have been promoted again
+since, as a new entry): its entry is acknowledged and deleted here, and the worker lets go of
+it. A cancel or a reschedule that lands before the due time is seen here, because
 this step runs at or after the due time.
 Returns { server now ms, { verdict... } }.
 ]]
+-- @include "stream_keys.lua"
 -- @include "server_now.lua"
+local prefix, group = ARGV[1], ARGV[2]
 local now = server_now_ms()
 local verdicts = {}
 for i = 1, #KEYS do
   local verdict = 0
-  if tonumber(ARGV[2 * i - 1]) <= now then
+  local due, entry, lane = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+  if tonumber(due) <= now then
     local f = redis.call('HMGET', KEYS[i], 'state', 'cancel', 'entry')
-    if f[1] == 'scheduled' or f[1] == 'retrying' or (f[1] == 'queued' and f[3] ~= ARGV[2 * i]) then
+    if f[1] == 'scheduled' or f[1] == 'retrying' or (f[1] == 'queued' and f[3] ~= entry) then
+      redis.call('XACK', lane_key(prefix, lane), group, entry)
+      redis.call('XDEL', lane_key(prefix, lane), entry)
       verdict = 3
     elseif f[2] then
       verdict = 2

@@ -16,8 +16,8 @@ ARGV[6]  consumer group
 
 Only a scheduled or retrying job can move (in the delayed set and its account's due index); wakes workers when it becomes the earliest. A queued job
 that is not due yet (its envelope's 'r' is later than TIME: promote_due.lua promoted it ahead)
-moves too: its entry is deleted (and acknowledged, if a worker read it: that worker holds it
-until check_due.lua, which then tells it the job is gone), and it is scheduled (or retrying,
+moves too: its entry is deleted (if a worker read it, that worker holds it until check_due.lua,
+which then deletes it and tells the worker the job is gone), and it is scheduled (or retrying,
 after a failed attempt) again, as if it had never been promoted. If the
 envelope changed since it was read (a retry or a replace landed in between), nothing is
 written and 'changed' comes back, so the caller reads again rather than writing an old one.
@@ -50,9 +50,13 @@ if state == 'queued' then
   if not env.r or tonumber(env.r) <= server_now_ms() then
     return state -- due already: it runs (or is about to), as any queued job
   end
-  -- pcall: a lane no worker has read yet has no group (NOGROUP).
-  redis.pcall('XACK', lane, ARGV[6], q[1])
-  redis.call('XDEL', lane, q[1])
+  -- pcall: a lane no worker has read yet has no group (NOGROUP): nothing was delivered.
+  local read = redis.pcall('XPENDING', lane, ARGV[6], q[1], q[1], 1)
+  if not (type(read) == 'table' and not read.err and read[1]) then
+    redis.call('XDEL', lane, q[1])
+  end
+  -- (A worker that read it holds it: check_due.lua acknowledges and deletes it for that worker
+  -- when it asks, so the entry stays pending until its holder lets go.)
   redis.call('HDEL', record, 'entry')
   state = (tonumber(env.a) or 1) > 1 and 'retrying' or 'scheduled'
   if state == 'retrying' then
