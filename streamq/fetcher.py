@@ -48,13 +48,17 @@ LANE_NEWS_SECONDS: Final = 0.02
 the read-ahead; older news is checked first (one read of those lanes), so a job read ahead
 never starts while a higher lane has held a job for longer than this plus one round trip."""
 CHECK_WINDOW_MS: Final = 1000
-"""A job read whose due time is less than this before the server's time as last read here (or
-any, when none was read in the last READING_MAX_SECONDS) waits for check_due: it may have been
-promoted ahead of its due time, and read before it."""
+"""A job read by a blocking read or reclaimed, whose due time is less than this before the
+server's time as last read here (or any, when none was read in the last READING_MAX_SECONDS),
+waits for check_due: it may have been promoted ahead of its due time, and read before it."""
 READING_MAX_SECONDS: Final = 30.0
 """How long a reading of the server's clock (check_due's answer, timed with time.monotonic())
 stands in for it: it only plans when to ask, and clocks drift apart by well under a ms in this."""
-CHECK_BATCH: Final = 1000
+CHECK_BATCH: Final = 250
+"""Jobs per check_due call: the first ones go on while the next call is on the wire."""
+MAX_WAITING: Final = 10_000
+"""Jobs held for their due time take no read-ahead room, up to this many: all the jobs due at
+one instant that were promoted ahead can be read before it, and start at the worker's pace."""
 
 
 @dataclass(eq=False)
@@ -110,7 +114,7 @@ class Fetcher:
         self._waiting: list[tuple[int, int, int, Job, int | None, Any]] = []
         self._waited = 0
         self._waiting_changed = anyio.Event()
-        self._reading: tuple[int, float] | None = None
+        self._reading: tuple[float, float] | None = None
         """The server's clock as check_due last answered (ms), and time.monotonic() then."""
 
     # -- the reader's connection ----------------------------------------------------------------
@@ -179,6 +183,7 @@ class Fetcher:
             if found >= count:
                 break
             sent = time.monotonic()
+            floor = self._server_floor_ms()
             reply = await self._reader.execute_command(  # type: ignore[no-untyped-call]
                 "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count - found,
                 "STREAMS", key, ">",
@@ -191,7 +196,7 @@ class Fetcher:
                 starved = starved or (
                     not any(buffers.ready) and 2 * buffers.idle >= self.options.concurrency
                 )
-                found += await self.accept(lane, reply[0][1])
+                found += await self.accept(lane, reply[0][1], read_floor=floor)
         return found, starved
 
     async def blocking_fetch(self, count: int, block_seconds: float) -> None:
@@ -266,11 +271,17 @@ class Fetcher:
     # -- turning entries into jobs --------------------------------------------------------------
 
     async def accept(
-        self, lane: int, entries: list[Any], deliveries: list[int] | None = None
+        self,
+        lane: int,
+        entries: list[Any],
+        deliveries: list[int] | None = None,
+        *,
+        read_floor: float | None = None,
     ) -> int:
         """Turn raw entries into jobs on the ready buffer; dead-letter what cannot run.
         ``deliveries``: how often each was delivered, for entries reclaimed from a consumer
-        that died."""
+        that died. ``read_floor``: the server's clock, never ahead of it, as the read that
+        brought them was sent (_server_floor_ms), when known."""
         priority = keys.LANES[lane]
         held = self.buffers.held[lane]
         stream = self.stream
@@ -291,7 +302,7 @@ class Fetcher:
                 continue
             jobs.append(Job(stream, priority, env, lane, entry_id, _redis=self.redis))
         if jobs:
-            jobs = self._hold_early(lane, jobs, deliveries, entries)
+            jobs = self._hold_early(lane, jobs, deliveries, entries, read_floor)
         await self._take(lane, jobs, deliveries, entries, rejects)
         return len(entries)
 
@@ -340,17 +351,27 @@ class Fetcher:
         return None if elapsed > READING_MAX_SECONDS else server_ms + elapsed * 1000
 
     def _hold_early(
-        self, lane: int, jobs: list[Job], deliveries: list[int] | None, entries: list[Any]
+        self,
+        lane: int,
+        jobs: list[Job],
+        deliveries: list[int] | None,
+        entries: list[Any],
+        read_floor: float | None,
     ) -> list[Job]:
         """Set aside the jobs that may have been read before their due time; returns the others.
 
-        A job is set aside unless its due time is more than CHECK_WINDOW_MS before the server's
-        time as last read: such a job was promoted when due (or read long after), whereas one
-        promoted ahead, or read just after its due time, goes through check_due, which is the
-        only judge of "due" (and of a cancel or a reschedule that landed while it waited).
+        A job goes on at once when the read that brought it was sent once it was due by the
+        server's clock (``read_floor``): a cancel or a reschedule before its due time would
+        have deleted its entry, unread. Without that knowledge (a blocking read, a reclaim), it
+        goes on at once only if it was due CHECK_WINDOW_MS before the server's time now. Every
+        other job goes through check_due, the only judge of "due" (and of a cancel or a
+        reschedule that landed while it waited).
         """
-        floor = self._server_floor_ms()
-        early = -math.inf if floor is None else floor - CHECK_WINDOW_MS
+        if read_floor is not None:
+            early = read_floor
+        else:
+            floor = self._server_floor_ms()
+            early = -math.inf if floor is None else floor - CHECK_WINDOW_MS
         go: list[Job] = []
         delivered = (
             None
@@ -400,7 +421,7 @@ class Fetcher:
             "check due", lambda: scripts.check_due(self.redis, self.stream, pairs)
         )
         assert answer is not None  # unbounded retries
-        self._reading = (answer.now_ms, time.monotonic())
+        self._reading = (answer.now_us / 1000, time.monotonic())
         going: list[list[tuple[Job, int | None, Any]]] = [[] for _ in keys.LANES]
         for waiting, verdict in zip(asked, answer.verdicts, strict=True):
             _, _, lane, job, count, entry = waiting
@@ -428,6 +449,11 @@ class Fetcher:
                     [entry for _, _, entry in taken],
                     [],
                 )
+
+    @property
+    def waiting_room(self) -> int:
+        """Claimed entries that take no read-ahead room: held for their due time."""
+        return min(len(self._waiting), MAX_WAITING)
 
     def waiting_jobs(self) -> list[list[Job]]:
         """Take the jobs held for their due time, per lane (the worker hands them back at a
@@ -601,6 +627,7 @@ class Fetcher:
             count = max(1, self.free_consumers())
             for higher in range(lane):
                 sent = time.monotonic()
+                floor = self._server_floor_ms()
                 reply: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
                     "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count,
                     "STREAMS", self.lanes[higher], ">",
@@ -610,7 +637,7 @@ class Fetcher:
                     self._empty_at[higher] = sent
                     self._news()
                 if entries:
-                    await self.accept(higher, entries)
+                    await self.accept(higher, entries, read_floor=floor)
         except redis_errors.ResponseError as exc:
             if isinstance(exc, TRANSIENT_ERRORS) or lane_gone(exc):
                 # The fetcher meets the same trouble and deals with it; meanwhile the

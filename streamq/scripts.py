@@ -356,7 +356,8 @@ DUE_GONE: Final = 3
 class DueCheck:
     """check_due's answer."""
 
-    now_ms: int
+    now_us: int
+    """The server's clock (TIME) as the verdicts were given, in µs."""
     verdicts: list[int]
 
 

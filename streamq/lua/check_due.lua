@@ -17,17 +17,17 @@ waited (reschedule_job.lua put it back in the delayed set; it may have been prom
 since, as a new entry): its entry is acknowledged and deleted here, and the worker lets go of
 it. A cancel or a reschedule that lands before the due time is seen here, because
 this step runs at or after the due time.
-Returns { server now ms, { verdict... } }.
+Returns { server now in µs, { verdict... } } (µs: the worker plans its next wait from it).
 ]]
 -- @include "stream_keys.lua"
--- @include "server_now.lua"
 local prefix, group = ARGV[1], ARGV[2]
-local now = server_now_ms()
+local time = redis.call('TIME')
+local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local verdicts = {}
 for i = 1, #KEYS do
   local verdict = 0
   local due, entry, lane = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
-  if tonumber(due) <= now then
+  if tonumber(due) * 1000 <= now_us then
     local f = redis.call('HMGET', KEYS[i], 'state', 'cancel', 'entry')
     if f[1] == 'scheduled' or f[1] == 'retrying' or (f[1] == 'queued' and f[3] ~= entry) then
       redis.call('XACK', lane_key(prefix, lane), group, entry)
@@ -41,4 +41,4 @@ for i = 1, #KEYS do
   end
   verdicts[i] = verdict
 end
-return { now, verdicts }
+return { now_us, verdicts }
