@@ -114,6 +114,7 @@ class Fetcher:
         self._waiting: list[tuple[int, int, int, Job, int | None, Any]] = []
         self._waited = 0
         self._waiting_changed = anyio.Event()
+        self._releasing = 0  # check_due calls and hand-ons in flight
         self._reading: tuple[float, float] | None = None
         """The server's clock as check_due last answered (ms), and time.monotonic() then."""
 
@@ -379,9 +380,12 @@ class Fetcher:
             else {entry[0]: count for entry, count in zip(entries, deliveries, strict=True)}
         )
         raw = {entry[0]: entry for entry in entries}
+        # While jobs wait (or are being handed on), a due one read now queues behind them, so
+        # the jobs of an account due at the same time start in the order of their entries.
+        behind = bool(self._waiting) or self._releasing > 0
         for job in jobs:
             due = job.envelope.run_at_ms
-            if due is None or due < early:
+            if due is None or (due <= early and not behind):
                 go.append(job)
                 continue
             self._waited += 1
@@ -411,6 +415,13 @@ class Fetcher:
             await self._release_due(floor)
 
     async def _release_due(self, floor: float | None) -> None:
+        self._releasing += 1
+        try:
+            await self._check_and_hand_on(floor)
+        finally:
+            self._releasing -= 1
+
+    async def _check_and_hand_on(self, floor: float | None) -> None:
         asked: list[tuple[int, int, int, Job, int | None, Any]] = []
         while self._waiting and len(asked) < CHECK_BATCH:
             if floor is not None and self._waiting[0][0] > floor:

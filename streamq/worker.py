@@ -311,9 +311,10 @@ class Worker:
                 continue
             held = self.claimed - fetcher.waiting_room
             capacity = self.options.concurrency + fetcher.prefetch
-            if fetcher.waiting_room:
+            if fetcher.waiting_room and not fetcher.rate_limited:
                 # Jobs promoted ahead of their due time are being read: read them in the
-                # largest chunks, so all of a burst is here, held, by its due time.
+                # largest chunks, so all of a burst is here, held, by its due time. (Not
+                # under rate limits: there a job read is admitted, its start logged, at once.)
                 capacity = self.options.concurrency + MAX_PREFETCH
             room = capacity - held
             if room < max(1, capacity // 4) and held:
