@@ -30,6 +30,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
@@ -54,8 +55,16 @@ waits for check_due: it may have been promoted ahead of its due time, and read b
 READING_MAX_SECONDS: Final = 30.0
 """How long a reading of the server's clock (check_due's answer, timed with time.monotonic())
 stands in for it: it only plans when to ask, and clocks drift apart by well under a ms in this."""
-CHECK_BATCH: Final = 250
-"""Jobs per check_due call: the first ones go on while the next call is on the wire."""
+REFRESH_BEFORE_MS: Final = 10.0
+"""A job held for longer than twice this has the server's clock read again this long before it
+is due, to plan the last stretch from the closer of two readings."""
+TIMER_SLACK_MS: Final = 1.0
+"""How much earlier than planned the release timer is set; it yields the rest of the way (an
+event loop's timers have ms resolution and fire late, never early)."""
+CHECK_FIRST: Final = 100
+CHECK_BATCH: Final = 1000
+"""Jobs asked about at once: after a wait, the first CHECK_FIRST in a call of their own, so
+they go on soon, beside a call for the rest."""
 MAX_WAITING: Final = 10_000
 """Jobs held for their due time take no read-ahead room, up to this many: all the jobs due at
 one instant that were promoted ahead can be read before it, and start at the worker's pace."""
@@ -115,6 +124,7 @@ class Fetcher:
         self._waited = 0
         self._waiting_changed = anyio.Event()
         self._releasing = 0  # check_due calls and hand-ons in flight
+        self._refreshed = 0  # the due time the clock was last read again for
         self._reading: tuple[float, float] | None = None
         """The server's clock as check_due last answered (ms), and time.monotonic() then."""
 
@@ -341,6 +351,14 @@ class Fetcher:
 
     # -- jobs read before their due time --------------------------------------------------------
 
+    def _read_clock(self, server_us: int) -> None:
+        """Keep the reading that puts the server's clock latest: each is a lower bound (read
+        before its answer came back), and the one that came back quickest is the closest."""
+        reading = (server_us / 1000, time.monotonic())
+        floor = self._server_floor_ms()
+        if floor is None or reading[0] > floor:
+            self._reading = reading
+
     def _server_floor_ms(self) -> float | None:
         """The server's clock now, from check_due's last answer: never ahead of it (the answer
         was read before it came back), so a wait planned from it ends at or after the due time;
@@ -402,37 +420,86 @@ class Fetcher:
         to ask; check_due's answer says whether a job may go: nothing starts before it comes
         back, so no job starts before its due time by the server's clock.
         """
+        waited = True
         while True:
             changed = self._waiting_changed = anyio.Event()
             if not self._waiting:
+                waited = True
                 await changed.wait()
                 continue
             floor = self._server_floor_ms()
             if floor is not None and self._waiting[0][0] > floor:
-                with anyio.move_on_after((self._waiting[0][0] - floor) / 1000):
+                waited = True
+                due, wait_ms = self._waiting[0][0], self._waiting[0][0] - floor
+                if wait_ms > 2 * REFRESH_BEFORE_MS and self._refreshed != due:
+                    # Read the clock again shortly before: a second reading is often closer.
+                    with anyio.move_on_after((wait_ms - REFRESH_BEFORE_MS) / 1000) as timer:
+                        await changed.wait()
+                    if timer.cancelled_caught:
+                        self._refreshed = due
+                        await self._release_due(None, 1)
+                    continue
+                if wait_ms <= TIMER_SLACK_MS:
+                    # The event loop's timers fire up to a ms late: the last stretch is
+                    # yields, not a timer.
+                    await anyio.lowlevel.checkpoint()
+                    continue
+                with anyio.move_on_after((wait_ms - TIMER_SLACK_MS) / 1000):
                     await changed.wait()
                 continue
-            await self._release_due(floor)
+            await self._release_due(floor, CHECK_FIRST if waited else CHECK_BATCH)
+            waited = False
 
-    async def _release_due(self, floor: float | None) -> None:
+    async def _release_due(self, floor: float | None, first: int) -> None:
         self._releasing += 1
         try:
-            await self._check_and_hand_on(floor)
+            await self._check_and_hand_on(floor, first)
         finally:
             self._releasing -= 1
 
-    async def _check_and_hand_on(self, floor: float | None) -> None:
+    async def _check_and_hand_on(self, floor: float | None, first: int) -> None:
+        """Ask check_due about the earliest held jobs due by ``floor`` (all of them, as far as
+        CHECK_BATCH; ``first`` when there is no reading yet) and hand on those it calls due.
+        The first ``first`` are asked alone, beside the rest, so they go on while the rest are
+        checked. (Every job asked is due by ``floor``, a lower bound of the server's clock,
+        so the calls cannot answer "not due" for one and "due" for a later one.)"""
         asked: list[tuple[int, int, int, Job, int | None, Any]] = []
-        while self._waiting and len(asked) < CHECK_BATCH:
+        limit = first if floor is None else CHECK_BATCH
+        while self._waiting and len(asked) < limit:
             if floor is not None and self._waiting[0][0] > floor:
                 break
             asked.append(heapq.heappop(self._waiting))
-        pairs = [(job.id, due, job._entry, keys.LANES[lane]) for due, _, lane, job, _, _ in asked]
-        answer = await self.retrying(
-            "check due", lambda: scripts.check_due(self.redis, self.stream, pairs)
-        )
-        assert answer is not None  # unbounded retries
-        self._reading = (answer.now_us / 1000, time.monotonic())
+        chunks = [asked[:first], asked[first:]] if len(asked) > first else [asked]
+        answers: list[scripts.DueCheck | None] = [None] * len(chunks)
+        answered = [anyio.Event() for _ in chunks]
+
+        async def check(i: int) -> None:
+            pairs = [
+                (job.id, due, job._entry, keys.LANES[lane]) for due, _, lane, job, *_ in chunks[i]
+            ]
+            answers[i] = await self.retrying(
+                "check due", lambda: scripts.check_due(self.redis, self.stream, pairs)
+            )
+            answered[i].set()
+
+        async with anyio.create_task_group() as calls:
+            # Jobs of a lower lane read long ago would each wait for a look at the lanes above
+            # (look_above) before they start: take it now, beside the check, not after it.
+            lowest = max(lane for _, _, lane, _, _, _ in asked)
+            if lowest and self.higher_lanes_unknown(lowest, LANE_NEWS_SECONDS / 2):
+                calls.start_soon(self.look_above, lowest)
+            for i in range(len(chunks)):
+                calls.start_soon(check, i)
+            for i, chunk in enumerate(chunks):
+                await answered[i].wait()
+                answer = answers[i]
+                assert answer is not None  # unbounded retries
+                await self._hand_on(chunk, answer)
+
+    async def _hand_on(
+        self, asked: list[tuple[int, int, int, Job, int | None, Any]], answer: scripts.DueCheck
+    ) -> None:
+        self._read_clock(answer.now_us)
         going: list[list[tuple[Job, int | None, Any]]] = [[] for _ in keys.LANES]
         for waiting, verdict in zip(asked, answer.verdicts, strict=True):
             _, _, lane, job, count, entry = waiting
@@ -460,6 +527,10 @@ class Fetcher:
                     [entry for _, _, entry in taken],
                     [],
                 )
+        # Let the consumers take the jobs handed on and start them before anything else is
+        # built and sent: one turn to take a job, one through starts.start's yield.
+        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
     @property
     def waiting_room(self) -> int:

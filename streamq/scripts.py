@@ -366,15 +366,13 @@ async def check_due(
 ) -> DueCheck:
     """Whether each of ``jobs`` (job id, due ms, entry id, lane) read ahead of its due time may
     start now, by the server's clock (see check_due.lua)."""
+    record_prefix = keys.job(stream, "")
+    rows = codec.pack_due_checks([(due, entry, lane) for _, due, entry, lane in jobs])
     reply = await _run(
         redis,
         "check_due",
-        [keys.job(stream, job_id) for job_id, _, _, _ in jobs],
-        [
-            keys.script_prefix(stream),
-            keys.GROUP,
-            *[arg for _, due, entry, lane in jobs for arg in (due, entry, lane)],
-        ],
+        [record_prefix + job_id for job_id, _, _, _ in jobs],
+        [keys.script_prefix(stream), keys.GROUP, rows],
     )
     now, verdicts = reply
     return DueCheck(int(now), [int(v) for v in verdicts])

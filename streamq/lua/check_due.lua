@@ -3,8 +3,8 @@
 KEYS[1..]  the record of each job
 ARGV[1]    key prefix of the stream, 'streamq:{S}:'
 ARGV[2]    consumer group
-ARGV[3..]  per job, in KEYS order: its due time, ms (its envelope's 'r'), its entry id, and its
-           lane (high, normal, low)
+ARGV[3]    msgpack: per job, in KEYS order, { due time ms (its envelope's 'r'), entry id, lane
+           (high, normal, low) } (one argument: a worker sends this for every job it held)
 
 promote_due.lua promotes a job a little before it is due; the worker that reads it holds it and
 asks here, when its local timer says the time has come, before the job goes any further. The
@@ -21,12 +21,13 @@ Returns { server now in µs, { verdict... } } (µs: the worker plans its next wa
 ]]
 -- @include "stream_keys.lua"
 local prefix, group = ARGV[1], ARGV[2]
+local rows = cmsgpack.unpack(ARGV[3])
 local time = redis.call('TIME')
 local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local verdicts = {}
 for i = 1, #KEYS do
   local verdict = 0
-  local due, entry, lane = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+  local due, entry, lane = rows[i][1], rows[i][2], rows[i][3]
   if tonumber(due) * 1000 <= now_us then
     local f = redis.call('HMGET', KEYS[i], 'state', 'cancel', 'entry')
     if f[1] == 'scheduled' or f[1] == 'retrying' or (f[1] == 'queued' and f[3] ~= entry) then
