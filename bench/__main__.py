@@ -19,6 +19,7 @@ from bench.common import BenchError, Section, machine
 from bench.report import UI, as_json, as_markdown, print_tables, write_charts
 from bench.scenarios import (
     cluster,
+    dashboard,
     day,
     iobound,
     lateness,
@@ -50,6 +51,10 @@ SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "cluster": (cluster, "one server against a 3-master cluster, by partitions of the stream"),
     "listing": (listing, "a page of 100 in 1,000,000 scheduled jobs; the indexes' hot-path cost"),
     "wait": (wait, "1,000 concurrent q.wait calls in one process: return after the final state"),
+    "dashboard": (
+        dashboard,
+        "the admin API calls and the page load of the dashboard with 1,000,000 jobs scheduled",
+    ),
 }
 ALL = ["throughput", "io-bound", "lateness", "recovery", "memory", "day", "peers", "limits"]
 

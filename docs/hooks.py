@@ -4,7 +4,14 @@ it: nothing under ``reference/`` but ``python.md`` exists on disk.
 - ``reference/cli.md``: every command of ``streamq.cli``'s parser, its usage and options;
 - ``reference/configuration.md``: the config Structs of ``streamq.config``, as TOML tables;
 - ``reference/data-layout.md``: every key builder of ``streamq.keys``, with the key it makes;
-- ``reference/admin-api.md``: the admin API's OpenAPI document (``streamq.admin``).
+- ``reference/admin-api.md``: the admin API's OpenAPI document (``streamq.admin``);
+- ``reference/events.md``: every event type (``streamq.config.EVENT_TYPES``) and the fields of
+  ``streamq.Event``;
+- ``rate-limits.md``'s built-in limits, where it says ``{{ builtin_limits }}``: the limits
+  ``streamq.limiter.DEFAULT_LIMITS`` enforces, with the source of each figure from that
+  module's docstring;
+- ``performance.md``'s recorded runs: ``bench/RESULTS.md`` itself, its headings moved one level
+  down, where the page says ``{{ bench_results }}``: figures are never retyped into the docs.
 
 A mkdocs hook (``hooks:`` in mkdocs.yml) rather than a plugin package or generated files kept
 in git: the pages are made from the modules the build imports, so there is nothing to keep
@@ -18,11 +25,13 @@ import ast
 import inspect
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
 
 GENERATED: dict[str, Callable[[], str]] = {}
 """Each generated page's path under docs/, and what writes it."""
@@ -34,6 +43,92 @@ def page(path: str) -> Callable[[Callable[[], str]], Callable[[], str]]:
         return write
 
     return register
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    """Snippets (``--8<-- "examples/..."``) are read from the checkout's top, wherever mkdocs
+    was started from."""
+    snippets = config.mdx_configs.get("pymdownx.snippets")
+    if snippets is not None:
+        snippets["base_path"] = [str(ROOT)]
+    return config
+
+
+BENCH_RESULTS = "{{ bench_results }}"
+
+
+BUILTIN_LIMITS = "{{ builtin_limits }}"
+
+
+def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
+    if BENCH_RESULTS in markdown:
+        markdown = markdown.replace(BENCH_RESULTS, bench_results())
+    if BUILTIN_LIMITS in markdown:
+        markdown = markdown.replace(BUILTIN_LIMITS, builtin_limits())
+    return markdown
+
+
+_LIMITS_SOURCE_COLUMN = 36
+"""Where the source column of limiter.py's docstring table begins."""
+
+
+def builtin_limits() -> str:
+    """The built-in limits as a table: each platform's limits from the code, and its sources
+    from the docstring's table (a platform missing there fails the build)."""
+    from streamq import limiter
+
+    sources: dict[str, list[str]] = {}
+    platform = ""
+    for line in (limiter.__doc__ or "").splitlines():
+        if not line.startswith("    ") or len(line) <= _LIMITS_SOURCE_COLUMN:
+            platform = ""
+            continue
+        name = line[4:15].strip()
+        if name:
+            platform = name
+            sources[platform] = []
+        if platform:
+            sources[platform].append(line[_LIMITS_SOURCE_COLUMN:].strip())
+    rows = []
+    for name, limits in limiter.DEFAULT_LIMITS.items():
+        if name not in sources:
+            raise ValueError(f"streamq/limiter.py's docstring gives no source for {name}")
+        shown = ", ".join(
+            f"{limit.scope} {limit.max:,} / {_duration(limit.per)}"
+            if limit.max is not None and limit.per is not None
+            else f"{limit.scope} one per {_duration(limit.min_interval or 0)}"
+            for limit in limits
+        )
+        rows.append([name, shown, cell(" ".join(sources[name]))])
+    return table(["stream", "limits", "source"], rows)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count * 24}h" if unit == "d" and count == 1 else f"{count}{unit}"
+    return f"{seconds:g}s"
+
+
+def bench_results() -> str:
+    """bench/RESULTS.md under the page's own title: its title dropped and every heading one
+    level down, so each recorded run is a section of the page (with its date and machine)."""
+    lines = (ROOT / "bench" / "RESULTS.md").read_text(encoding="utf-8").splitlines()
+    out = []
+    fence = False
+    for line in lines:
+        if line.startswith("```"):
+            fence = not fence
+        if not fence and line.startswith("# "):
+            continue  # the file's own title: the page has one
+        if not fence and line.startswith("#"):
+            line = "#" + line
+        out.append(line)
+    return "\n".join(out)
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
@@ -327,6 +422,7 @@ KEY_PLACEHOLDERS: dict[str, Any] = {
     "streams": ["S1", "S2"],
     "flow_id": "<F>",
     "key": "<key>",
+    "minute_ms": "<minute ms>",
 }
 """What each parameter of a key builder is called on the page."""
 
@@ -414,6 +510,69 @@ def _key_examples(function: Callable[..., Any]) -> Iterator[tuple[str, Any]]:
             yield f"{function.__name__}({shown})", function(**given)
         except ValueError:
             return
+
+
+# -- the events -------------------------------------------------------------------------------
+
+EVENT_MEANINGS = {
+    "queued": "the job entered its lane: enqueued due now, came due, was released or sent back",
+    "scheduled": "the job waits for its time (`run_at_ms`)",
+    "started": "a run started (written with its outcome, with the handler's start time)",
+    "retried": "a run failed and the job will run again at `run_at_ms`; `error` says why",
+    "done": "the handler returned; `result` is what it returned",
+    "dead": "the job went to the dead-letter stream; `error` is the reason",
+    "cancelled": "the job was cancelled",
+    "expired": "the job came due more than `expire_after` late and was not run",
+    "rate-limited": "a limit or the platform deferred the job to `run_at_ms`, no attempt used",
+    "paused": "the job was parked while its account is paused; `error` is the pause's reason",
+    "account.reauth_required": "the account's token cannot be refreshed: a person must sign "
+    "in again; `job` found out, `error` is the platform's reason",
+    "flow.done": "a flow ended with every step done (or ignored); `job` is the flow's id, "
+    "`result` each step's final state",
+    "flow.failed": 'a flow\'s step failed with `on_failure = "fail_flow"`',
+    "flow.partially_done": "a flow ended with a failed step whose policy was `continue`",
+    "flow.cancelled": "a flow was cancelled",
+    "admin": "an operator acted through the admin API: `by` the token's name, `action`, "
+    "`target`, `detail` (see [the admin API](../admin-api.md#the-audit-trail))",
+}
+"""What each event type means: the page fails to build if a type has no line here, or a line
+has no type, so the page holds exactly the types the code writes."""
+
+
+@page("reference/events.md")
+def events_reference() -> str:
+    from streamq import config, events
+
+    missing = set(config.EVENT_TYPES) ^ set(EVENT_MEANINGS)
+    if missing:
+        raise ValueError(f"docs/hooks.py EVENT_MEANINGS out of step with the code: {missing}")
+    notes = _field_notes(inspect.getsource(events))["Event"]
+    out = [
+        "# Events",
+        "",
+        "Generated from `streamq/config.py` (`EVENT_TYPES`) and `streamq/events.py` (`Event`) "
+        "at every build. How to read them, follow them and receive them as webhooks: "
+        "[events, webhooks and hooks](../events.md).",
+        "",
+        "## Types {#types}",
+        "",
+        table(
+            ["type", "meaning"],
+            [[code(name), cell(EVENT_MEANINGS[name])] for name in config.EVENT_TYPES],
+        ),
+        "",
+        "## Fields {#fields}",
+        "",
+        "What `q.events(...)` yields (`streamq.Event`); `streamq events --json` and a webhook's "
+        "body carry the same.",
+        "",
+    ]
+    rows = []
+    for field in _struct_fields(events.Event):
+        note, annotation = notes.get(field.name, ("", ""))
+        rows.append([code(field.name), code(annotation), cell(note)])
+    out += [table(["field", "type", "meaning"], rows), ""]
+    return "\n".join(out)
 
 
 # -- the admin API ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The least-privilege ACL rules of each kind of streamq client, as the README gives them.
+"""The least-privilege ACL rules of each kind of streamq client, as docs/security.md gives them.
 
 Every role may touch streamq's keys only (``~streamq:*``) and no pub/sub channel, and may run
 only the commands it needs; scripts run their commands with the caller's permissions, so the

@@ -1,8 +1,12 @@
 """``streamq admin``: an HTTP admin API under ``/api/`` and the web dashboard at ``/``.
 
-Every ``/api/`` route but the OpenAPI document needs ``Authorization: Bearer <token>``; the
-token comes from ``STREAMQ_ADMIN_TOKEN`` or a file, and there is no way to run without one.
-The dashboard's files hold no data: the page asks for the token and calls the API with it.
+Every ``/api/`` route but the OpenAPI document needs ``Authorization: Bearer <token>``. Tokens
+are named and either read-only or read-write (``STREAMQ_ADMIN_TOKENS``, a tokens file; the
+single ``STREAMQ_ADMIN_TOKEN`` or ``--token-file`` is one read-write token named "admin"), and
+there is no way to run without one. Every POST needs a read-write token and appends an
+``admin`` event (who: the token's name, never its value; the action; its target) to the
+events of the stream it touched. The dashboard's files hold no data: the page asks for the
+token and calls the API with it.
 
 The routes are thin: figures come from ``stats``, every action from ``control``, so the API
 and the CLI cannot drift apart. Errors are ``{"error": "<one line>"}`` with a 4xx status for
@@ -17,7 +21,9 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -38,8 +44,11 @@ from streamq import (
     control,
     flows,
     keys,
+    limiter,
     listing,
     scheduler,
+    scripts,
+    series,
     signals,
     stats,
     tokens,
@@ -48,8 +57,10 @@ from streamq import (
 from streamq.config import Config, parse_duration
 from streamq.errors import ConfigError, FlowNotFound, InvalidJobState, JobNotFound, StreamNotFound
 from streamq.platforms import PLATFORMS as PLATFORM_NAMES
+from streamq.platforms.credentials import read_secret_table
 
 TOKEN_ENV: Final = "STREAMQ_ADMIN_TOKEN"
+TOKENS_ENV: Final = "STREAMQ_ADMIN_TOKENS"
 STATIC: Final = Path(__file__).with_name("admin_static")
 MAX_BODY_BYTES: Final = 1_000_000
 BACKLOG: Final = 128
@@ -65,6 +76,102 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 # -- the token and the socket ---------------------------------------------------------------
+
+
+Role = Literal["read-only", "read-write"]
+ROLES: Final[tuple[Role, ...]] = ("read-only", "read-write")
+_TOKEN_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}")
+
+
+@dataclass(frozen=True)
+class AdminToken:
+    """A bearer token the API takes: its name says who acted in the audit events, its role
+    whether it may change anything. The value is left out of ``repr``, so a token printed or
+    logged by mistake shows no secret."""
+
+    name: str
+    role: Role
+    value: bytes = field(repr=False)
+
+    @property
+    def writes(self) -> bool:
+        return self.role == "read-write"
+
+
+def _token(name: str, role: str, value: str, where: str) -> AdminToken:
+    if not _TOKEN_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}: invalid token name {name[:40]!r}: use 1-64 letters, digits, '_.@-'"
+        )
+    if role not in ROLES:
+        raise ConfigError(f"{where}: token {name}: role must be read-only or read-write")
+    if not value.strip():
+        raise ConfigError(f"{where}: token {name} is empty")
+    chosen: Role = "read-write" if role == "read-write" else "read-only"
+    return AdminToken(name, chosen, value.strip().encode())
+
+
+def tokens_from_env(text: str) -> list[AdminToken]:
+    """``STREAMQ_ADMIN_TOKENS``: entries ``name:role:token`` separated by commas or newlines
+    (a token may hold ':' but no ',')."""
+    found = []
+    for entry in text.replace("\n", ",").split(","):
+        if not entry.strip():
+            continue
+        name, _, rest = entry.strip().partition(":")
+        role, _, value = rest.partition(":")
+        if not value:
+            raise ConfigError(
+                f"{TOKENS_ENV}: each entry is name:role:token (role read-only or read-write); "
+                f"{name[:40]!r} is not"
+            )
+        found.append(_token(name, role, value, TOKENS_ENV))
+    return found
+
+
+def tokens_from_file(path: Path) -> list[AdminToken]:
+    """A TOML file of ``[tokens.<name>]`` tables, each with ``token`` and ``role`` (read-only
+    unless it says read-write). Errors name the file, never quote it."""
+    table = read_secret_table(path, "the admin tokens file")
+    entries = table.get("tokens")
+    if not isinstance(entries, dict) or not entries or set(table) != {"tokens"}:
+        raise ConfigError(f"the admin tokens file {path} must hold [tokens.<name>] tables only")
+    found = []
+    for name, entry in entries.items():
+        where = f"the admin tokens file {path}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
+            raise ConfigError(f'{where}: [tokens.{name}] needs token = "..."')
+        unknown = set(entry) - {"token", "role"}
+        if unknown:
+            raise ConfigError(f"{where}: [tokens.{name}]: unknown key {sorted(unknown)[0]!r}")
+        found.append(_token(name, str(entry.get("role", "read-only")), entry["token"], where))
+    return found
+
+
+def load_tokens(token_file: str | None = None, tokens_file: str | None = None) -> list[AdminToken]:
+    """Every token the API takes: the tokens file's, ``STREAMQ_ADMIN_TOKENS``'s, and the single
+    token (``--token-file`` or ``STREAMQ_ADMIN_TOKEN``) as read-write "admin". Raises
+    ConfigError when there is none (an admin API without auth is never started), or when two
+    share a name or a value (who acted would be ambiguous)."""
+    found: list[AdminToken] = []
+    if tokens_file is not None:
+        found += tokens_from_file(Path(tokens_file))
+    if os.environ.get(TOKENS_ENV, "").strip():
+        found += tokens_from_env(os.environ[TOKENS_ENV])
+    if token_file is not None or os.environ.get(TOKEN_ENV, "").strip():
+        found.append(AdminToken("admin", "read-write", load_token(token_file).encode()))
+    if not found:
+        raise ConfigError(
+            f"no admin token: set {TOKEN_ENV} or {TOKENS_ENV}, or pass --token-file PATH or "
+            "--tokens-file PATH"
+        )
+    names = [t.name for t in found]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"two admin tokens are named {name!r}: names must differ")
+    if len({t.value for t in found}) < len(found):
+        raise ConfigError("two admin tokens have the same value: each needs its own")
+    return found
 
 
 def load_token(token_file: str | None) -> str:
@@ -161,6 +268,8 @@ REPLAY_REQUEST_SCHEMA: Final = {
 """msgspec cannot say "exactly one of", so this part of the document is written by hand."""
 
 MAX_OLDER_THAN: Final = 10 * 365 * 86400.0
+MAX_TIME_MS: Final = 253402300799999
+"""9999-12-31T23:59:59.999Z: the last instant a datetime holds."""
 FinishedState = Literal["done", "dead", "cancelled", "expired"]
 
 
@@ -175,13 +284,13 @@ class PurgeFinishedRequest(msgspec.Struct, forbid_unknown_fields=True):
     )
 
 
-_Body = TypeVar("_Body", ReplayRequest, PurgeFinishedRequest)
+_Body = TypeVar("_Body", ReplayRequest, PurgeFinishedRequest, "PauseRequest", "RescheduleRequest")
 
 
 async def _body(request: Request, kind: type[_Body], *, optional: bool = False) -> _Body:
     raw = await request.body()
     if not raw.strip() and optional:
-        return kind()
+        raw = b"{}"  # no body: every field's default
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
@@ -217,16 +326,69 @@ class ErrorBody(msgspec.Struct):
     error: str
 
 
+class Me(msgspec.Struct):
+    """Who the bearer token is: the dashboard hides its buttons for a read-only one."""
+
+    name: str
+    role: Role
+
+
+class PauseRequest(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)] | None = None
+    """Shown by `streamq limits show`, the accounts page and the events (default: "paused by
+    an operator")."""
+
+
+class AccountAction(msgspec.Struct, kw_only=True):
+    account: str
+    streams: list[str]
+    """The streams (partitions) it was paused or resumed on."""
+    paused: bool
+    released: int
+    """Resume: parked jobs sent back to run."""
+
+
+class RescheduleRequest(msgspec.Struct, forbid_unknown_fields=True):
+    run_at: (
+        Annotated[float, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
+        | Annotated[
+            str,
+            msgspec.Meta(min_length=1, max_length=64, extra_json_schema={"format": "date-time"}),
+        ]
+    )
+    """The new due time: ISO 8601 with an offset (2026-12-01T09:00:00+01:00), or ms since the
+    epoch. A time in the past makes the job due at once."""
+
+
 # -- the application ------------------------------------------------------------------------
 
 
 class Admin:
     """The API's routes, bound to one Redis client, token and config."""
 
-    def __init__(self, redis: Redis, token: str, config: Config) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        admin_tokens: Sequence[AdminToken],
+        config: Config,
+        static: Path = STATIC,
+    ) -> None:
         self.redis = redis
-        self._token = token.encode()
+        self._tokens = tuple(admin_tokens)
         self.config = config
+        self.static = static
+
+    async def index(self, request: Request) -> Response:
+        return FileResponse(self.static / "index.html", headers=PAGE_HEADERS)
+
+    def _caller(self, given: bytes) -> AdminToken | None:
+        # Compared with every token, matched or not, each in constant time: neither how fast
+        # nor after how many comparisons it is refused tells anything about a token.
+        match = None
+        for candidate in self._tokens:
+            if hmac.compare_digest(given, candidate.value) and match is None:
+                match = candidate
+        return match
 
     def authorized(self, endpoint: Endpoint, query: tuple[str, ...] = ()) -> Endpoint:
         """``endpoint`` behind the token check, refusing query parameters it does not know
@@ -238,13 +400,16 @@ class Admin:
                 return _error(
                     401, "missing bearer token", {"WWW-Authenticate": 'Bearer realm="streamq"'}
                 )
-            # Constant time, so the token cannot be guessed from how fast it is refused.
-            if not hmac.compare_digest(given.strip().encode(), self._token):
+            caller = self._caller(given.strip().encode())
+            if caller is None:
                 return _error(
                     401,
                     "invalid bearer token",
                     {"WWW-Authenticate": 'Bearer realm="streamq", error="invalid_token"'},
                 )
+            if request.method != "GET" and not caller.writes:
+                return _error(403, f"token {caller.name!r} is read-only: it cannot change anything")
+            request.state.caller = caller
             unknown = sorted(set(request.query_params) - set(query))
             if unknown:
                 known = ", ".join(query) or "none"
@@ -306,14 +471,16 @@ class Admin:
     async def retry(self, request: Request) -> Response:
         job_id = self._job_id(request)
         await control.retry(self.redis, job_id)
-        log.info("admin: retried %s", job_id)
+        await self._audit(request, "retry", job_id)
+        log.info("admin: %s retried %s", _who(request), job_id)
         return _json(JobAction(job_id, "queued"))
 
     async def cancel(self, request: Request) -> Response:
         job_id = self._job_id(request)
         stream_config = self.config.stream(keys.stream_of_job(job_id))
         outcome = await control.cancel(self.redis, job_id, stream_config)
-        log.info("admin: cancel %s: %s", job_id, outcome)
+        await self._audit(request, "cancel", job_id, detail=outcome)
+        log.info("admin: %s cancelled %s: %s", _who(request), job_id, outcome)
         return _json(JobAction(job_id, outcome))
 
     async def dead(self, request: Request) -> Response:
@@ -359,13 +526,16 @@ class Admin:
         ids = None if everything else body.ids
         assert not isinstance(ids, msgspec.UnsetType)
         replayed, skipped = await control.replay(self.redis, stream, ids)
-        log.info("admin: replayed %d dead letters of %s (%d skipped)", replayed, stream, skipped)
+        detail = f"{replayed} replayed, {skipped} skipped" + ("" if ids is None else " (by id)")
+        await self._audit_stream(request, "replay", stream, detail)
+        log.info("admin: %s replayed dead letters of %s: %s", _who(request), stream, detail)
         return _json(Replayed(replayed, skipped))
 
     async def purge_dead(self, request: Request) -> Response:
         stream = await self._stream(request)
         purged = await control.purge_dead(self.redis, stream)
-        log.info("admin: purged %d dead letters of %s", purged, stream)
+        await self._audit_stream(request, "purge-dead", stream, f"{purged} purged")
+        log.info("admin: %s purged %d dead letters of %s", _who(request), purged, stream)
         return _json(Purged(purged))
 
     async def purge_finished(self, request: Request) -> Response:
@@ -377,7 +547,9 @@ class Admin:
         purged = await control.purge_finished(
             self.redis, stream, older_than=older_than, states=tuple(body.states)
         )
-        log.info("admin: purged %d finished job records of %s", purged, stream)
+        detail = f"{purged} purged ({', '.join(body.states)}, older than {older_than:g} s)"
+        await self._audit_stream(request, "purge-finished", stream, detail)
+        log.info("admin: %s purged finished records of %s: %s", _who(request), stream, detail)
         return _json(Purged(purged))
 
     async def workers(self, request: Request) -> Response:
@@ -392,6 +564,151 @@ class Admin:
         platform, account = request.path_params["platform"], request.path_params["account"]
         report = await tokens.account_status(self.redis, self.config, platform, account)
         return _json(report)
+
+    # -- who did what: the audit events ----------------------------------------------------
+
+    async def _audit(
+        self,
+        request: Request,
+        action: str,
+        job_id: str,
+        *,
+        detail: str = "",
+        account: str = "",
+    ) -> None:
+        """An ``admin`` event in the job's stream (its partition)."""
+        await scripts.append_audit(
+            self.redis,
+            keys.stream_of_job(job_id),
+            by=_who(request),
+            action=action,
+            target=job_id,
+            job_id=job_id,
+            account=account,
+            detail=detail,
+        )
+
+    async def _audit_stream(self, request: Request, action: str, stream: str, detail: str) -> None:
+        """An ``admin`` event for an action on a whole stream, in its first partition's events
+        (a stream's events are read over its partitions together)."""
+        parts = await stats.partitions_of(self.redis, stream, self.config)
+        await scripts.append_audit(
+            self.redis, parts[0], by=_who(request), action=action, target=stream, detail=detail
+        )
+
+    # -- the dashboard's reads ---------------------------------------------------------------
+
+    async def me(self, request: Request) -> Response:
+        caller: AdminToken = request.state.caller
+        return _json(Me(name=caller.name, role=caller.role))
+
+    async def series(self, request: Request) -> Response:
+        stream = await self._stream(request)
+        minutes = _whole(request.query_params.get("minutes"), "minutes", 60, series.MAX_MINUTES)
+        parts = await stats.partitions_of(self.redis, stream, self.config)
+        return _json(await series.read(self.redis, stream, parts, minutes))
+
+    async def accounts(self, request: Request) -> Response:
+        stream = await self._stream(request)
+        query = request.query_params
+        limit = _whole(query.get("limit"), "limit", 100, tokens.MAX_ACCOUNTS_PAGE)
+        account = query.get("account")
+        if account is not None:
+            account = _account(account)
+        parts = await stats.partitions_of(self.redis, stream, self.config)
+        page = await tokens.stream_accounts(
+            self.redis,
+            self.config,
+            keys.base_stream(stream),
+            parts,
+            cursor=query.get("cursor") or None,
+            limit=limit,
+            account=account,
+        )
+        return _json(page)
+
+    # -- the dashboard's writes --------------------------------------------------------------
+
+    async def _account_streams(self, platform: str) -> list[str]:
+        """What ``{platform}`` names in an account action: a known stream (its partitions),
+        else a platform (every stream its publisher posts to, as the GET reports pauses)."""
+        try:
+            stream = await stats.known_stream(self.redis, self.config, platform)
+        except (StreamNotFound, ConfigError):
+            pass
+        else:
+            return await stats.partitions_of(self.redis, stream, self.config)
+        if platform in PLATFORM_NAMES:
+            found = await tokens.platform_streams(self.redis, self.config, platform)
+            if found:
+                return found
+        raise _BadRequest(f"no stream or platform {platform[:64]!r} with jobs", 404)
+
+    async def pause_account(self, request: Request) -> Response:
+        platform, account = request.path_params["platform"], request.path_params["account"]
+        account = _account(account)
+        body = await _body(request, PauseRequest, optional=True)
+        reason = body.reason or "paused by an operator"
+        streams = await self._account_streams(platform)
+        for part in streams:
+            await limiter.pause_account(self.redis, part, account, reason)
+            await scripts.append_audit(
+                self.redis,
+                part,
+                by=_who(request),
+                action="pause-account",
+                target=f"{platform}/{account}",
+                account=account,
+                detail=reason,
+            )
+        log.info("admin: %s paused %s on %s", _who(request), account, ", ".join(streams))
+        return _json(AccountAction(account=account, streams=streams, paused=True, released=0))
+
+    async def resume_account(self, request: Request) -> Response:
+        platform, account = request.path_params["platform"], request.path_params["account"]
+        account = _account(account)
+        streams = await self._account_streams(platform)
+        released = 0
+        for part in streams:
+            was_paused, count = await limiter.resume_account(self.redis, part, account)
+            released += count
+            # Recorded even when it changed nothing: who tried is part of the trail.
+            await scripts.append_audit(
+                self.redis,
+                part,
+                by=_who(request),
+                action="resume-account",
+                target=f"{platform}/{account}",
+                account=account,
+                detail=f"{count} released" if was_paused else "was not paused",
+            )
+        log.info("admin: %s resumed %s (%d released)", _who(request), account, released)
+        return _json(
+            AccountAction(account=account, streams=streams, paused=False, released=released)
+        )
+
+    async def reschedule(self, request: Request) -> Response:
+        job_id = self._job_id(request)
+        body = await _body(request, RescheduleRequest)
+        given = body.run_at
+        due = round(given) if isinstance(given, float) else _time_ms(given, "run_at")
+        assert due is not None
+        # A time in the past makes the job due at once, as at enqueue; one before 1970 (or past
+        # what a datetime holds, by its offset) is held to those ends rather than refused.
+        due = min(max(due, 0), MAX_TIME_MS)
+        moved = await control.reschedule(
+            self.redis, job_id, run_at=datetime.fromtimestamp(due / 1000, tz=UTC)
+        )
+        await self._audit(request, "reschedule", job_id, detail=f"run_at {moved}")
+        log.info("admin: %s rescheduled %s to %d", _who(request), job_id, moved)
+        return _json(await control.job_info(self.redis, job_id))
+
+    async def promote(self, request: Request) -> Response:
+        job_id = self._job_id(request)
+        due = await control.promote(self.redis, job_id)
+        await self._audit(request, "promote", job_id, detail=f"run_at {due}")
+        log.info("admin: %s promoted %s", _who(request), job_id)
+        return _json(await control.job_info(self.redis, job_id))
 
     def routes(self) -> list[BaseRoute]:
         only: tuple[str, ...] = ("stream",)
@@ -409,6 +726,13 @@ class Admin:
             ("/api/streams/{stream}/dead/purge", self.purge_dead, "POST", ()),
             ("/api/streams/{stream}/finished/purge", self.purge_finished, "POST", ()),
             ("/api/accounts/{platform}/{account}", self.account, "GET", ()),
+            ("/api/me", self.me, "GET", ()),
+            ("/api/streams/{stream}/series", self.series, "GET", ("minutes",)),
+            ("/api/streams/{stream}/accounts", self.accounts, "GET", ACCOUNTS_QUERY),
+            ("/api/accounts/{platform}/{account}/pause", self.pause_account, "POST", ()),
+            ("/api/accounts/{platform}/{account}/resume", self.resume_account, "POST", ()),
+            ("/api/jobs/{job_id}/reschedule", self.reschedule, "POST", ()),
+            ("/api/jobs/{job_id}/promote", self.promote, "POST", ()),
         ]
         return [
             Route("/api/openapi.json", _openapi, methods=["GET"]),
@@ -416,13 +740,34 @@ class Admin:
                 Route(path, self.authorized(fn, query), methods=[method])
                 for path, fn, method, query in api
             ),
-            Route("/", _index, methods=["GET"]),
-            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            Route("/", self.index, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=self.static), name="static"),
         ]
 
 
 _FLOW_ID: Final = re.compile(r"flow:[0-9a-f-]{1,64}")
 JOBS_QUERY: Final = ("state", "account", "key", "since", "until", "limit", "cursor")
+ACCOUNTS_QUERY: Final = ("cursor", "limit", "account")
+
+
+def _who(request: Request) -> str:
+    caller: AdminToken = request.state.caller
+    return caller.name
+
+
+def _account(account: str) -> str:
+    try:
+        return keys.check_account(account)
+    except ValueError as exc:
+        raise _BadRequest(str(exc)) from None
+
+
+def _whole(text: str | None, name: str, default: int, most: int) -> int:
+    if text is None:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= most:
+        raise _BadRequest(f"{name} must be a whole number from 1 to {most}, not {text[:20]!r}")
+    return int(text)
 
 
 def _time_ms(text: str | None, name: str) -> int | None:
@@ -456,10 +801,6 @@ PAGE_HEADERS: Final = {
 }
 
 
-async def _index(request: Request) -> Response:
-    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
-
-
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (no route, wrong method, body too large) as JSON too."""
     assert isinstance(exc, HTTPException)
@@ -474,8 +815,21 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return _error(500, "internal error (see the server's log)")
 
 
-def create_app(redis: Redis, token: str, config: Config | None = None) -> Starlette:
-    admin = Admin(redis, token, config or Config())
+def create_app(
+    redis: Redis,
+    token: str | Sequence[AdminToken],
+    config: Config | None = None,
+    *,
+    static: Path = STATIC,
+) -> Starlette:
+    """The app; ``token`` is every token it takes, or one string: a read-write "admin".
+    ``static``: the dashboard's files (another version's, for `python -m bench dashboard`)."""
+    admin_tokens = (
+        [AdminToken("admin", "read-write", token.encode())]
+        if isinstance(token, str)
+        else list(token)
+    )
+    admin = Admin(redis, admin_tokens, config or Config(), static)
     return Starlette(
         routes=admin.routes(),
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
@@ -502,6 +856,12 @@ def openapi_document() -> dict[str, Any]:
         workers.WorkersView,
         flows.FlowInfo,
         ErrorBody,
+        Me,
+        series.Series,
+        tokens.StreamAccounts,
+        PauseRequest,
+        AccountAction,
+        RescheduleRequest,
     ]
     _, schemas = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
 
@@ -736,8 +1096,130 @@ def openapi_document() -> dict[str, Any]:
             ],
         )
     }
+    account_path = [
+        {
+            "name": "platform",
+            "in": "path",
+            "required": True,
+            "description": "A stream (the account is paused on its partitions) or a platform "
+            "(on every stream its publisher posts to)",
+            "schema": {"type": "string", "pattern": f"^{STREAM_PATTERN}$"},
+        },
+        {
+            "name": "account",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[ -~]+$"},
+        },
+    ]
+    read_only = {"403": answer("The token is read-only", "ErrorBody")}
+    paths["/api/me"] = {
+        "get": operation("The bearer token's name and role", "Me", []),
+    }
+    paths["/api/streams/{stream}/series"] = {
+        "get": operation(
+            "A stream's last minutes, oldest first: runs done, failed (retried + dead), "
+            "retried, depth and p99 lateness per minute, kept by its workers for 24 h",
+            "Series",
+            [
+                stream,
+                {
+                    "name": "minutes",
+                    "in": "query",
+                    "required": False,
+                    "description": "How many minutes, the one under way included (60)",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": series.MAX_MINUTES},
+                },
+            ],
+            responses=missing,
+        )
+    }
+    paths["/api/streams/{stream}/accounts"] = {
+        "get": operation(
+            "A page of a stream's accounts (paused, holding jobs, or with a stored token; or "
+            "the one named), by name: pause, reason, reauth_required, windows used",
+            "StreamAccounts",
+            [
+                stream,
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "required": False,
+                    "description": "The previous page's `next_cursor`",
+                    "schema": {"type": "string", "maxLength": 200},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": tokens.MAX_ACCOUNTS_PAGE,
+                    },
+                },
+                {
+                    "name": "account",
+                    "in": "query",
+                    "required": False,
+                    "description": "Only this account, listed or not",
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 200,
+                        "pattern": "^[ -~]+$",
+                    },
+                },
+            ],
+            responses=missing,
+        )
+    }
+    paths["/api/accounts/{platform}/{account}/pause"] = {
+        "post": operation(
+            "Hold an account's jobs (no attempts used) until resumed, as `streamq account pause`",
+            "AccountAction",
+            account_path,
+            requestBody=body("PauseRequest", required=False),
+            responses={**read_only, "404": answer("No such stream or platform", "ErrorBody")},
+        )
+    }
+    paths["/api/accounts/{platform}/{account}/resume"] = {
+        "post": operation(
+            "Run a paused account's jobs again, as `streamq account resume`",
+            "AccountAction",
+            account_path,
+            responses={**read_only, "404": answer("No such stream or platform", "ErrorBody")},
+        )
+    }
+    paths["/api/jobs/{job_id}/reschedule"] = {
+        "post": operation(
+            "Move a scheduled or retrying job to another due time; answers the job",
+            "JobInfo",
+            [job_id],
+            requestBody=body("RescheduleRequest"),
+            responses={
+                **missing,
+                **read_only,
+                "409": answer("The job is not scheduled or retrying", "ErrorBody"),
+            },
+        )
+    }
+    paths["/api/jobs/{job_id}/promote"] = {
+        "post": operation(
+            "Run a scheduled or retrying job now; answers the job",
+            "JobInfo",
+            [job_id],
+            responses={
+                **missing,
+                **read_only,
+                "409": answer("The job is not scheduled or retrying", "ErrorBody"),
+            },
+        )
+    }
     for path, methods in paths.items():
-        for op in methods.values():
+        for method, op in methods.items():
+            if method == "post":
+                op["responses"].setdefault("403", read_only["403"])
             op["security"] = [{"bearer": []}]
             op["operationId"] = _operation_id(path, op)
     return {

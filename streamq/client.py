@@ -350,6 +350,10 @@ class Queue:
         """Move a scheduled or retrying job; returns its new due time in ms since the epoch."""
         return await control.reschedule(self.redis, job_id, run_at=run_at, delay=delay)
 
+    async def promote(self, job_id: str) -> int:
+        """Run a scheduled or retrying job now; returns its new due time (the server's now)."""
+        return await control.promote(self.redis, job_id)
+
     async def retry(self, job_id: str) -> None:
         """Run a dead, cancelled or expired job again, attempts reset."""
         await control.retry(self.redis, job_id)

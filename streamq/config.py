@@ -14,7 +14,7 @@
     expire_after = "6h"
     job_timeout = "10m"
     retention = "7d"
-    partitions = 1                              # >1 splits the stream (see the README)
+    partitions = 1                              # >1 splits the stream (docs: Redis Cluster)
 
     [streams.instagram.health]                  # what `streamq health` checks (defaults shown)
     expected_workers = 4                        # default: unset, workers are not counted
@@ -153,8 +153,11 @@ EVENT_TYPES = (
     "flow.failed",
     "flow.partially_done",
     "flow.cancelled",
+    "admin",
 )
-"""Every lifecycle event type (streamq.events); ``account.reauth_required`` is an account's,
+"""Every lifecycle event type (streamq.events); ``admin`` is an operator's action through the
+admin API (who: the token's name; the action; its target), in the stream it touched;
+``account.reauth_required`` is an account's,
 written by the token store's keeper when a refresh is refused (its ``job`` is the job that
 found out); ``flow.<state>`` a flow's end (its ``job`` is the flow's id, its ``result`` each
 step's final state, by name), in the stream of its first step (streamq.flows)."""
@@ -337,7 +340,7 @@ class PlatformConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     """Seconds to wait for the platform's answer to one request."""
     lookup: bool | None = None
     """Before sending again a post an earlier run may have sent, read the account's recent
-    posts to find it where no checkpoint can tell (default on; see the README's "Publish
+    posts to find it where no checkpoint can tell (default on; see the docs' "Publish
     once"). Off: at least once on those platforms, and no read permission needed."""
     token_url: str | None = None
     """Where token refreshes go, when not the platform's own endpoint."""

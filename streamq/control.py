@@ -301,6 +301,20 @@ async def _queued_envelope(redis: Redis, stream: str, job_id: str) -> bytes | No
     return raw
 
 
+PROMOTABLE = ("scheduled", "retrying")
+
+
+async def promote(redis: Redis, job_id: str) -> int:
+    """Run a scheduled or retrying job now: it becomes due at the server's present time (a
+    reschedule to now, so workers are woken and its due index follows); returns that time.
+    Raises InvalidJobState for a job in any other state."""
+    _, record = await _record(redis, job_id)
+    state = record[b"state"].decode()
+    if state not in PROMOTABLE:
+        raise InvalidJobState(f"job {job_id} is {state}: only scheduled or retrying jobs run now")
+    return await reschedule(redis, job_id, delay=0)
+
+
 async def retry(redis: Redis, job_id: str) -> None:
     """Run a dead, cancelled or expired job again now, with its attempts reset."""
     stream, record = await _record(redis, job_id)

@@ -5,7 +5,8 @@ meta hash, where every script that appends reads them.
 Every change of a job's state appends one event in the same script as the change, so an
 event is there exactly when its change happened: ``queued``, ``scheduled``, ``started``,
 ``retried``, ``done`` (with the result), ``dead`` (with the reason), ``cancelled``, ``expired``,
-``rate-limited`` and ``paused``. A ``started`` event is written together with the run's outcome
+``rate-limited`` and ``paused``; an operator's action through the admin API appends
+``admin`` (who, what, to what). A ``started`` event is written together with the run's outcome
 (a start is not a step on the server), with the time the handler started.
 
 Two ways to read them:
@@ -62,6 +63,15 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     """``done``: what the handler returned."""
     error: str | None = None
     """``retried``, ``dead``, ``paused``: why."""
+    by: str | None = None
+    """``admin``: the name of the admin token that acted (never the token)."""
+    action: str | None = None
+    """``admin``: retry, cancel, reschedule, promote, replay, purge-dead, purge-finished,
+    pause-account or resume-account."""
+    target: str | None = None
+    """``admin``: the job id, stream, or '<platform>/<account>' acted on."""
+    detail: str | None = None
+    """``admin``: what came of it, or its argument (a new due time, a reason)."""
 
     @property
     def at(self) -> datetime:
@@ -87,6 +97,10 @@ def from_entry(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Even
         run_at_ms=None if run_at is None else int(run_at),
         result=None if result is None else orjson.loads(result),
         error=text(b"error"),
+        by=text(b"by"),
+        action=text(b"action"),
+        target=text(b"target"),
+        detail=text(b"detail"),
     )
 
 

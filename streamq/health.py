@@ -28,7 +28,7 @@ import msgspec
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from streamq import connection, keys, scripts, server, stats
+from streamq import connection, keys, scripts, series, server, stats
 from streamq.config import Config
 from streamq.errors import StreamqError
 from streamq.metrics import LATENESS_BUCKETS, WorkerMetrics
@@ -74,15 +74,26 @@ async def report_loop(
     now_ms: Callable[[], int],
     interval: float = REPORT_SECONDS,
 ) -> None:
-    """Every ``interval``: add a counts sample (if due) and this worker's lateness summary."""
+    """Every ``interval``: add a counts sample (if due), this worker's lateness summary, and
+    its part of the minute's series (streamq.series)."""
     window = max(2, round(LATENESS_WINDOW_SECONDS / interval) + 1)
     history: deque[list[int]] = deque(maxlen=window)
     rounds = 0
     while True:
         history.append(worker_metrics.lateness_counts())
         recent = [new - old for new, old in zip(history[-1], history[0], strict=True)]
+        before = history[-2] if len(history) > 1 else [0] * len(history[-1])
+        since_last = [new - old for new, old in zip(history[-1], before, strict=True)]
         try:
-            await report(redis, stream, consumer, recent, now_ms(), tidy=rounds % window == 0)
+            await report(
+                redis,
+                stream,
+                consumer,
+                recent,
+                now_ms(),
+                tidy=rounds % window == 0,
+                since_last=since_last,
+            )
         except (*connection.TRANSIENT_ERRORS, redis_errors.ResponseError) as exc:
             log.debug("could not record health signals: %s", exc)
         rounds += 1
@@ -90,10 +101,19 @@ async def report_loop(
 
 
 async def report(
-    redis: Redis, stream: str, consumer: str, recent: list[int], now: int, *, tidy: bool = False
+    redis: Redis,
+    stream: str,
+    consumer: str,
+    recent: list[int],
+    now: int,
+    *,
+    tidy: bool = False,
+    since_last: list[int] | None = None,
 ) -> None:
     """Add a counts sample if one is due, and record ``consumer``'s lateness summary from
-    ``recent`` (lateness bucket counts over its last minute); ``tidy`` drops stale summaries."""
+    ``recent`` (lateness bucket counts over its last minute); ``tidy`` drops stale summaries.
+    The minute's series gets the counts (first report of the minute) and ``since_last``, the
+    lateness buckets since this worker's previous report."""
     await scripts.sample_counts(
         redis,
         stream,
@@ -106,6 +126,7 @@ async def report(
         pipe.hset(lateness, consumer, msgspec.json.encode(summary))
         pipe.pexpire(lateness, round(LATENESS_KEPT_SECONDS * 1000))
         await pipe.execute()
+    await series.record(redis, stream, now, since_last or [])
     if tidy:  # summaries of workers gone for good (they never remove their own)
         summaries = await _summaries(redis, stream)
         stale = [name for name, s in summaries.items() if now - s.at > LATENESS_KEPT_SECONDS * 1e3]

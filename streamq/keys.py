@@ -34,6 +34,8 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:workers:gone             stream, capped: jobs reclaimed from a consumer, and the
                                          consumers dropped from the group once they owned none
     streamq:{S}:samples                  sorted set: timestamped copies of the counts (health, top)
+    streamq:{S}:series:<minute ms>       hash, 25 h: the counts and depth at the minute's start and
+                                         its lateness histogram (the dashboard's charts)
     streamq:{S}:flows:outbox             sorted set: '<job id> <flow id> <step>' of the
                                          stream's flow steps that ended, by finish ms, until
                                          their flow is told
@@ -67,7 +69,7 @@ of jobs a script finds by id are built inside the scripts from ``script_prefix``
 only known once a job is read), by the functions of one include, ``lua/include/stream_keys.lua``;
 they share the stream's hash tag, so they live in the same slot. ``tests/test_keys.py`` holds
 each of those functions to the one here, checks no script builds a name anywhere else, and
-holds the README's data-layout table to this module.
+holds the docs' data-layout table (docs/concepts.md) to this module.
 """
 
 from __future__ import annotations
@@ -213,6 +215,12 @@ def workers_gone(stream: str) -> str:
 
 def samples(stream: str) -> str:
     return f"{stream_prefix(stream)}:samples"
+
+
+def series(stream: str, minute_ms: int) -> str:
+    """One minute of the stream's time series (streamq.series): a key per minute, so it expires
+    on its own after a day and the series stays bounded without any trimming."""
+    return f"{stream_prefix(stream)}:series:{minute_ms}"
 
 
 def control(stream: str) -> str:

@@ -655,6 +655,46 @@ async def sample_counts(redis: Redis, stream: str, *, every_ms: int, keep_ms: in
     return bool(reply)
 
 
+async def record_minute(
+    redis: Redis, stream: str, *, minute_ms: int, keep_ms: int, lateness: Sequence[int]
+) -> bool:
+    """Add to the stream's series for the minute starting at ``minute_ms``: the counts and
+    depth if no call of that minute copied them yet, and ``lateness`` (bucket counts seen since
+    the caller's last call). True when this call copied the counts."""
+    buckets: list[EncodableArg] = []
+    for index, count in enumerate(lateness):
+        if count:
+            buckets += [index, count]
+    reply = await _run(
+        redis,
+        "record_minute",
+        [keys.counts(stream), keys.series(stream, minute_ms), *keys.lanes(stream)],
+        [keep_ms, keys.GROUP, *buckets],
+    )
+    return bool(reply)
+
+
+async def append_audit(
+    redis: Redis,
+    stream: str,
+    *,
+    by: str,
+    action: str,
+    target: str,
+    job_id: str = "",
+    account: str = "",
+    detail: str = "",
+) -> None:
+    """Append an ``admin`` event to the stream's events: who (a token's name, never its
+    value) did which action to what."""
+    await _run(
+        redis,
+        "append_audit",
+        _keys(stream, keys.events, keys.meta),
+        [by, action, target, job_id, account, detail],
+    )
+
+
 async def renew_leadership(redis: Redis, lock: str, token: str, *, ttl_ms: int) -> bool:
     """Extend the autoscaler's leadership ``lock`` if ``token`` still holds it."""
     return bool(await _run(redis, "renew_leadership", [lock], [token, ttl_ms]))

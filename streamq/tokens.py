@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from redis.asyncio import Redis
 
-from streamq import keys, limiter, platforms, stats
+from streamq import channel, keys, limiter, platforms, stats
 from streamq.config import Config
 from streamq.errors import ConfigError
 from streamq.platforms.credentials import CredentialsProvider, Secret
@@ -185,3 +185,175 @@ async def account_status(
 
 def _secret(value: str | Secret) -> Secret:
     return value if isinstance(value, Secret) else Secret(value)
+
+
+# -- the accounts of a stream (the dashboard's accounts page) -------------------------------
+
+MAX_ACCOUNTS_PAGE = 500
+
+
+class AccountWindow(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    """The limit as a person reads it: '50 per 24h'."""
+    used: int
+    """Starts within the window now."""
+    limit: int
+    period_ms: int
+
+
+class StreamAccount(msgspec.Struct, frozen=True, kw_only=True):
+    account: str
+    paused: bool
+    reason: str | None
+    """Why it is paused (null when it is not)."""
+    paused_until_ms: int | None
+    """null: until resumed (or not paused)."""
+    reauth_required: bool
+    """Paused until a person signs the account in again (its token was refused)."""
+    parked: int
+    """Its jobs held while it is paused."""
+    windows: list[AccountWindow]
+    """Its own rate-limit windows, used against their limits."""
+
+
+class StreamAccounts(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /api/streams/{stream}/accounts``: a page of the stream's known accounts."""
+
+    stream: str
+    accounts: list[StreamAccount]
+    platform_windows: list[AccountWindow]
+    """The stream's platform-wide windows (every account's starts together)."""
+    next_cursor: str | None
+    """Pass as ``cursor`` for the next page; null on the last page."""
+
+
+def _window_name(count: int, window_ms: int) -> str:
+    seconds = window_ms / 1000
+    if seconds % 3600 == 0:
+        span = f"{seconds / 3600:g}h"
+    elif seconds % 60 == 0:
+        span = f"{seconds / 60:g}m"
+    else:
+        span = f"{seconds:g}s"
+    return f"{count} per {span}"
+
+
+async def known_accounts(redis: Redis, config: Config, stream: str, parts: list[str]) -> set[str]:
+    """The accounts streamq can name for a stream without scanning the keyspace: those paused
+    (or once paused) on it, those with jobs held behind the platform's plan, and those with a
+    token stored for the platform its publisher posts to. An account that only ever ran
+    within its limits is in none of these; ask for it by name."""
+    found: set[str] = set()
+    async with redis.pipeline(transaction=False) as pipe:
+        for part in parts:
+            pipe.hkeys(keys.paused(part))
+            pipe.zrange(keys.holding(part), 0, -1)
+        replies: list[Any] = await pipe.execute()
+    for index in range(0, len(replies), 2):
+        found |= {f.decode().removeprefix("a:") for f in replies[index] if f.startswith(b"a:")}
+        found |= {a.decode() for a in replies[index + 1]}
+    try:
+        platform = platforms.publisher_for(stream, config.stream(stream))
+    except Exception:  # a stream whose config names no valid publisher has no tokens
+        platform = None
+    if platform is not None:
+        members: Any = await redis.smembers(keys.TOKEN_REGISTRY)
+        prefix = f"{platform}:"
+        found |= {m.decode().removeprefix(prefix) for m in members if m.decode().startswith(prefix)}
+    return found
+
+
+async def stream_accounts(
+    redis: Redis,
+    config: Config,
+    stream: str,
+    parts: list[str],
+    *,
+    cursor: str | None = None,
+    limit: int = 100,
+    account: str | None = None,
+) -> StreamAccounts:
+    """A page of ``stream``'s accounts (``known_accounts``, or only ``account``), by name,
+    after ``cursor``; each with its pause and its windows' use, summed over ``parts``."""
+    names = (
+        {limiter.check_account(account)}
+        if account
+        else await known_accounts(redis, config, stream, parts)
+    )
+    ordered = sorted(n for n in names if cursor is None or n > cursor)
+    page, more = ordered[:limit], len(ordered) > limit
+    limits = limiter.limits_for(stream, config.stream(stream).limits)
+    now = await channel.server_ms(redis)
+    async with redis.pipeline(transaction=False) as pipe:
+        for part in parts:
+            for _, window_ms in limits.platform:
+                pipe.zcount(keys.rate_log(part), f"({now - window_ms}", "+inf")
+        for name in page:
+            field = keys.pause_field(name)
+            for part in parts:
+                pipe.hget(keys.paused(part), field)
+                pipe.hget(keys.pause_reasons(part), field)
+                pipe.zcard(keys.parked(part, name))
+                for _, window_ms in limits.account:
+                    pipe.zcount(keys.rate_log(part, name), f"({now - window_ms}", "+inf")
+        replies: list[Any] = await pipe.execute()
+    position = 0
+
+    def take() -> Any:
+        nonlocal position
+        position += 1
+        return replies[position - 1]
+
+    platform_used = [0] * len(limits.platform)
+    for _ in parts:
+        for w in range(len(limits.platform)):
+            platform_used[w] += int(take())
+    rows = []
+    for name in page:
+        paused, reason, until, parked = False, None, None, 0
+        used = [0] * len(limits.account)
+        for _ in parts:
+            raw_until, raw_reason, raw_parked = take(), take(), take()
+            parked += int(raw_parked)
+            for w in range(len(limits.account)):
+                used[w] += int(take())
+            if raw_until is None:
+                continue
+            ends = int(raw_until)
+            if ends == -1 or ends > now:
+                paused = True
+                until = None if ends == -1 else max(until or 0, ends)
+                reason = None if raw_reason is None else raw_reason.decode()
+        rows.append(
+            StreamAccount(
+                account=name,
+                paused=paused,
+                reason=reason,
+                paused_until_ms=until,
+                reauth_required=paused and reason == REAUTH_REQUIRED,
+                parked=parked,
+                windows=[
+                    AccountWindow(
+                        name=_window_name(count, window_ms),
+                        used=used[w],
+                        limit=count,
+                        period_ms=window_ms,
+                    )
+                    for w, (count, window_ms) in enumerate(limits.account)
+                ],
+            )
+        )
+    return StreamAccounts(
+        stream=stream,
+        accounts=rows,
+        platform_windows=[
+            AccountWindow(
+                name=_window_name(count, window_ms),
+                used=platform_used[w],
+                limit=count,
+                period_ms=window_ms,
+            )
+            for w, (count, window_ms) in enumerate(limits.platform)
+        ],
+        next_cursor=page[-1] if more and page else None,
+    )

@@ -45,7 +45,7 @@ GONE_READ: Final = 200
 """How many of the latest gone-log records a view reads per stream."""
 
 
-class WorkerCard(msgspec.Struct, kw_only=True):
+class WorkerCard(msgspec.Struct, kw_only=True, omit_defaults=True):
     consumer: str
     host: str
     pid: int
@@ -59,6 +59,8 @@ class WorkerCard(msgspec.Struct, kw_only=True):
     """Runs that raised or timed out (each retried or dead-lettered), since it started."""
     holding: list[str]
     """Ids of the jobs it holds now: running, or read ahead and waiting for a free slot."""
+    uptime_ms: int | None = None
+    """In a view: since it started, by the server's clock (not written on the card)."""
 
 
 class Reclaim(msgspec.Struct, kw_only=True):
@@ -81,6 +83,8 @@ class GoneWorker(msgspec.Struct, kw_only=True):
 class WorkersView(msgspec.Struct, kw_only=True):
     live: list[WorkerCard]
     gone: list[GoneWorker]
+    server_time_ms: int | None = None
+    """The server's clock when read: ages and uptimes are counted from it."""
 
 
 def consumer_name() -> str:
@@ -156,6 +160,7 @@ async def view(redis: Redis, streams: Sequence[str], now_ms: int) -> WorkersView
             found = _decode_card(raw)
             name = name_raw.decode()
             if found is not None and now_ms - found.heartbeat_at_ms <= SILENT_AFTER_MS:
+                found.uptime_ms = max(0, now_ms - found.started_at_ms)
                 live.append(found)
             else:
                 by_name[name] = GoneWorker(
@@ -188,7 +193,7 @@ async def view(redis: Redis, streams: Sequence[str], now_ms: int) -> WorkersView
         gone += [g for name, g in by_name.items() if name not in live_names]
     live.sort(key=lambda c: (c.streams, c.consumer))
     gone.sort(key=lambda g: -(g.dropped_at_ms or (g.card.heartbeat_at_ms if g.card else 0)))
-    return WorkersView(live=live, gone=gone)
+    return WorkersView(live=live, gone=gone, server_time_ms=now_ms)
 
 
 async def of_streams(redis: Redis, config: Config, streams: Sequence[str] | None) -> WorkersView:

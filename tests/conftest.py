@@ -210,15 +210,26 @@ def spawn_worker(*args: str, env: dict[str, str] | None = None) -> subprocess.Po
 
 
 ADMIN_TOKEN = f"test-{uuid.uuid4().hex}"
+"""Read-write, named "admin" (the single token of STREAMQ_ADMIN_TOKEN)."""
+VIEWER_TOKEN = f"viewer-{uuid.uuid4().hex}"
+"""Read-only, named "viewer": the default admin server takes both."""
 
 
 class AdminServer:
     """``streamq admin``'s app served by uvicorn in a thread of the test process, on a free
     loopback port, with its own event loop and Redis client."""
 
-    def __init__(self, redis_url: str, token: str = ADMIN_TOKEN) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        token: str = ADMIN_TOKEN,
+        viewer_token: str | None = VIEWER_TOKEN,
+    ) -> None:
         self.redis_url = redis_url
         self.token = token
+        self.tokens = [admin.AdminToken("admin", "read-write", token.encode())]
+        if viewer_token is not None:
+            self.tokens.append(admin.AdminToken("viewer", "read-only", viewer_token.encode()))
         self.sock = admin.bind("127.0.0.1", 0)
         self.url = admin.url_of(self.sock)
         self._server: admin.Server | None = None
@@ -234,7 +245,7 @@ class AdminServer:
     async def _serve(self) -> None:
         client = connection.client(self.redis_url)
         try:
-            self._server = admin.server(admin.create_app(client, self.token))
+            self._server = admin.server(admin.create_app(client, self.tokens))
             await self._server.serve(sockets=[self.sock])
         finally:
             await client.aclose()

@@ -1,4 +1,4 @@
-"""The command-line examples of the README (and of ``docs/*.md``, once there are docs), read
+"""The command-line examples of the README and of the docs' pages (``docs/**/*.md``), read
 from the documents themselves so that the tests and the docs cannot drift apart.
 
 An example is a fenced ```` ```console ```` block. A line starting with ``$ `` is a command
@@ -93,7 +93,53 @@ def blocks(path: Path) -> list[Block]:
 
 
 def documents(root: Path) -> list[Path]:
-    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    return all_documents(root)
+
+
+def all_documents(root: Path) -> list[Path]:
+    """The README and every page of the docs' source."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
+OPENING = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)(.*)$")
+TITLE = re.compile(r'title="([^"]*)"')
+
+
+@dataclass
+class Fence:
+    """One fenced code block of a document, as tests/test_examples.py judges it."""
+
+    document: Path
+    line: int
+    language: str
+    title: str | None
+    body: str
+
+    @property
+    def source(self) -> str:
+        return f"{self.document.name}:{self.line}"
+
+
+def fences(path: Path) -> list[Fence]:
+    """Every fenced block of one Markdown file (indented ones in lists too), in order."""
+    found: list[Fence] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    index = 0
+    while index < len(lines):
+        opening = OPENING.match(lines[index])
+        if opening is None:
+            index += 1
+            continue
+        indent, marker, language, rest = opening.groups()
+        title = TITLE.search(rest)
+        body: list[str] = []
+        end = index + 1
+        while end < len(lines) and lines[end].strip() != marker:
+            body.append(lines[end].removeprefix(indent))
+            end += 1
+        found.append(Fence(path, index + 1, language, title[1] if title else None, "\n".join(body)))
+        index = end + 1
+    return found
 
 
 def prepared(command: str, ids: dict[str, str], now: datetime | None = None) -> str:

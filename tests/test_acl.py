@@ -1,6 +1,6 @@
 """Producers, workers and the autoscaler run under exactly the least-privilege ACL users the
-README gives (streamq.acl.ROLES), on each engine and a cluster, and nothing more is allowed to
-them."""
+docs give (docs/security.md; streamq.acl.ROLES), on each engine and a cluster, and nothing more
+is allowed to them."""
 
 from __future__ import annotations
 
@@ -147,10 +147,10 @@ def test_the_roles_allow_nothing_beyond_streamqs_keys(server: LocalServer) -> No
     worker.close()
 
 
-def test_the_readme_gives_exactly_these_rules() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_give_exactly_these_rules() -> None:
+    page = (ROOT / "docs" / "security.md").read_text()
     given = {}
-    for line in readme.splitlines():
+    for line in page.splitlines():
         if line.startswith("ACL SETUSER streamq-"):
             user, _, rules = line.removeprefix("ACL SETUSER streamq-").partition(
                 " reset on >PASSWORD "

@@ -23,7 +23,7 @@ from streamq import admin, keys
 from streamq.errors import Fail
 from streamq.job import Job
 from streamq.worker import Worker
-from tests.conftest import ADMIN_TOKEN, ROOT, AdminServer, run_cli
+from tests.conftest import ADMIN_TOKEN, ROOT, VIEWER_TOKEN, AdminServer, run_cli
 from tests.test_worker import FAST
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
@@ -74,6 +74,13 @@ ROUTES = [
     ("POST", "/api/streams/s/dead/purge"),
     ("POST", "/api/streams/s/finished/purge"),
     ("GET", "/api/accounts/x/acme"),
+    ("GET", "/api/me"),
+    ("GET", "/api/streams/s/series"),
+    ("GET", "/api/streams/s/accounts"),
+    ("POST", "/api/accounts/x/acme/pause"),
+    ("POST", "/api/accounts/x/acme/resume"),
+    ("POST", "/api/jobs/s:x/reschedule"),
+    ("POST", "/api/jobs/s:x/promote"),
 ]
 
 
@@ -319,14 +326,15 @@ async def test_purge_finished_and_outcome_counts(
 
 
 def test_admin_refuses_to_start_without_a_token(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != admin.TOKEN_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in (admin.TOKEN_ENV, admin.TOKENS_ENV)}
     no_token = subprocess.run(
         [sys.executable, "-m", "streamq", "admin", "--port", "0"],
         capture_output=True, text=True, timeout=30, cwd=ROOT, env=env,
     )  # fmt: skip
     assert no_token.returncode == 2  # a usage error: the command needs a token
     assert no_token.stderr == (
-        "streamq: error: no admin token: set STREAMQ_ADMIN_TOKEN or pass --token-file PATH\n"
+        "streamq: error: no admin token: set STREAMQ_ADMIN_TOKEN or STREAMQ_ADMIN_TOKENS, or "
+        "pass --token-file PATH or --tokens-file PATH\n"
     )
     empty = tmp_path / "token"
     empty.write_text("\n")
@@ -438,4 +446,7 @@ async def test_tokens_are_compared_in_constant_time(
     wrong = await http.get("/api/stats", headers={"Authorization": "Bearer " + "x" * 40})
     right = await http.get("/api/stats")
     assert (wrong.status_code, right.status_code) == (401, 200)
-    assert compared == [(b"x" * 40, ADMIN_TOKEN.encode()), (ADMIN_TOKEN.encode(),) * 2]
+    # Every token is compared, the one that matches and the others alike.
+    wrong_given, right_given = b"x" * 40, ADMIN_TOKEN.encode()
+    tokens = [ADMIN_TOKEN.encode(), VIEWER_TOKEN.encode()]
+    assert compared == [(wrong_given, t) for t in tokens] + [(right_given, t) for t in tokens]

@@ -41,6 +41,7 @@ def test_help_lists_every_scenario() -> None:
         "peers",
         "cluster",
         "listing",
+        "dashboard",
     ):
         assert scenario in done.stdout
 
@@ -49,6 +50,20 @@ def test_unknown_engine_is_one_line_and_exit_1() -> None:
     done = bench("throughput", "--jobs", "10", "--engines", "nope", "--json", "--no-charts")
     assert done.returncode == 1
     assert "unknown engine 'nope'" in done.stderr
+
+
+def test_tiny_dashboard_run_times_every_call_the_overview_makes() -> None:
+    done = bench(
+        "dashboard", "--jobs", "200", "--engines", "valkey", "--no-browser", "--json",
+        "--no-charts",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    assert report["failed"] == []
+    [api] = report["sections"]
+    calls = {row["call"] for row in api["rows"]}
+    assert {"GET /api/me", "GET /api/stats", "GET /api/streams/S/series?minutes=60"} <= calls
+    assert all(row["jobs"] == 200 and row["bytes"] > 0 for row in api["rows"])
 
 
 def test_tiny_throughput_run_as_json() -> None:

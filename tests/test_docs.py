@@ -10,6 +10,7 @@ import importlib.util
 import inspect
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -208,3 +209,80 @@ def test_the_admin_reference_has_every_route_parameter_and_schema() -> None:
                 assert f"| `{parameter['name']}` | {parameter['in']} |" in page, parameter
     for name in document["components"]["schemas"]:
         assert f"### {name} {{#schema-{name.lower()}}}" in page, name
+
+
+def test_the_events_reference_has_every_type_and_field() -> None:
+    page = HOOKS.events_reference()
+    for name in config.EVENT_TYPES:
+        assert f"| `{name}` |" in page, name
+    for field in msgspec.structs.fields(streamq.Event):
+        assert f"| `{field.name}` |" in page, field.name
+    assert "its stream's events: resume after it" in page  # a field's docstring
+
+
+def test_an_event_type_without_a_meaning_fails_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "EVENT_TYPES", (*config.EVENT_TYPES, "invented"))
+    with pytest.raises(ValueError, match="invented"):
+        HOOKS.events_reference()
+
+
+def test_the_performance_page_is_bench_results_itself() -> None:
+    """Figures are not retyped: the page holds every recorded run of bench/RESULTS.md, each
+    section one level down under the page's own title."""
+    page = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    assert HOOKS.BENCH_RESULTS in page
+    results = (ROOT / "bench" / "RESULTS.md").read_text(encoding="utf-8")
+    included = HOOKS.bench_results()
+    runs = [line for line in results.splitlines() if line.startswith("## ")]
+    assert len(runs) >= 10
+    for heading in runs:
+        assert f"#{heading}\n" in included, heading
+    assert "\n# " not in f"\n{included}"
+
+
+def test_the_built_in_limits_table_is_the_code_s() -> None:
+    from streamq import limiter
+
+    page = (ROOT / "docs" / "rate-limits.md").read_text(encoding="utf-8")
+    assert HOOKS.BUILTIN_LIMITS in page
+    table = HOOKS.builtin_limits()
+    for name in limiter.DEFAULT_LIMITS:
+        assert f"\n| {name} | " in table, name
+    assert "| x | account 100 / 15m, platform 10,000 / 24h | X API v2" in table
+
+
+METRIC_LITERAL = re.compile(r"""["'](streamq_[a-z0-9_]+)["']""")
+DOC_METRICS = re.compile(r"^\s*\| (`streamq_[^|]+)\|", re.MULTILINE)
+
+
+def documented_metrics(*pages: str) -> set[str]:
+    """The metrics of the pages' tables: `streamq_stream_length`, `_pending` in one cell
+    means streamq_stream_length and streamq_stream_pending; a full name stands for itself."""
+    found: set[str] = set()
+    for page in pages:
+        text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+        for first_cell in DOC_METRICS.findall(text):
+            names = re.findall(r"`([^`]+)`", first_cell)
+            prefix = "_".join(names[0].split("_")[:2]) + "_"
+            found.add(names[0])
+            found.update(
+                name if name.startswith("streamq_") else prefix + name.lstrip("_")
+                for name in names[1:]
+            )
+    return found
+
+
+def test_the_metrics_tables_name_every_metric_and_no_other() -> None:
+    """The Prometheus metrics as the docs list them (monitoring, autoscaling) are the ones the
+    code registers: a metric added, renamed or dropped fails here until the docs say so."""
+    sources = [*(ROOT / "streamq").rglob("*.py"), *(ROOT / "autoscaler").glob("*.py")]
+    registered = {
+        name
+        for path in sources
+        for name in METRIC_LITERAL.findall(path.read_text(encoding="utf-8"))
+    }
+    from streamq import metrics
+
+    registered |= {f"streamq_stream_{name}" for name, _ in metrics._STREAM_GAUGES}
+    assert len(registered) >= 20
+    assert documented_metrics("monitoring.md", "autoscaling.md") == registered

@@ -338,7 +338,7 @@ async def test_admin_api_lists_jobs_and_answers_bad_input_with_400(
             answer = await http.get(path, params=query)
             assert answer.status_code == 400, (query, answer.text)
             assert message in answer.json()["error"]
-        # An unknown stream is the one rule's answer for every route (README): 404, one line.
+        # An unknown stream is the one rule's answer for every route (docs): 404, one line.
         unknown = await http.get(f"/api/streams/{stream}x/jobs", params={"state": "queued"})
         assert unknown.status_code == 404
         assert unknown.json() == {

@@ -1,4 +1,4 @@
-"""The order the README promises: an account's jobs start in enqueue order within a lane, on every
+"""The order the docs promise: an account's jobs start in enqueue order within a lane, on every
 path a job can wait on (pauses, platform and account limits, bulk enqueues sharing a
 millisecond), and no job read ahead starts while a higher lane has held a ready job for longer
 than one fetch round trip."""

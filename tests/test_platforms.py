@@ -248,7 +248,7 @@ async def test_without_lookup_x_and_linkedin_refuse_the_resend_as_a_duplicate(
 async def test_without_lookup_a_lost_answer_can_post_twice(
     redis_url: str, stream: str, platform: str
 ) -> None:
-    """What the README says of real platforms that cannot be asked: at least once."""
+    """What the docs say of real platforms that cannot be asked: at least once."""
     async for rig in open_rig(redis_url, stream, platform, lookup=False):
         rig.sim.add_fault(Fault(kind="lost_answer", platform=platform))
         job_id = await rig.q.enqueue(stream, rig.post(), account="acme")

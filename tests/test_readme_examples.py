@@ -1,5 +1,5 @@
-"""Every ```console example of the README (and docs/*.md) runs as written, against a server
-of its own: see tests/doc_examples.py for the conventions."""
+"""Every ```console example of the README and the docs (docs/**/*.md) runs as written, against
+a server of its own: see tests/doc_examples.py for the conventions."""
 
 from __future__ import annotations
 

@@ -5,12 +5,11 @@ The receiver is a threaded http.server on a free loopback port. Deliveries run e
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import importlib.util
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -26,7 +25,7 @@ from streamq.handler import Hooks
 from streamq.job import Job
 from streamq.webhooks import Deliveries, delivery_stream
 from streamq.worker import Worker
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 from tests.test_events import options
 from tests.test_lifecycle import Running, state
 from tests.test_worker import poll
@@ -36,11 +35,21 @@ pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 SECRET = "whsec-test-0123456789"
 
 
-def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """What a receiver does with a delivery (the README's snippet)."""
-    signed = f"{headers['Streamq-Timestamp']}.".encode() + body
-    expected = "v1=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, headers["Streamq-Signature"])
+def load_verify() -> Callable[[str, dict[str, str], bytes], bool]:
+    """The receiver's check exactly as the docs show it (examples/webhook_verify.py), so the
+    snippet a reader copies is the one held to real deliveries here."""
+    spec = importlib.util.spec_from_file_location(
+        "webhook_verify", ROOT / "examples" / "webhook_verify.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    check: Callable[[str, dict[str, str], bytes], bool] = module.verify
+    return check
+
+
+verify = load_verify()
 
 
 class Receiver:

@@ -76,9 +76,15 @@ async def test_keys_left_behind_after_a_workload(redis: Redis, stream: str) -> N
     # lateness summaries in 10 minutes.
     stays = {keys.counts(stream), keys.meta(stream), keys.events(stream)}
     signals = {keys.samples(stream), keys.lateness(stream)}
+    # The dashboard's series: a key per minute a worker reported in, gone after 25 h (this
+    # short run reports at most once or twice: it may stop before, or straddle a minute's end).
+    minutes = {k for k in left if k.startswith(keys.stream_prefix(stream) + ":series:")}
+    assert len(minutes) <= 2
+    for minute in minutes:
+        assert 24 * 3600 < await redis.ttl(minute) <= 25 * 3600
     # The listing's index of done jobs lives as long as the records it points to.
     finished = keys.finished(stream, "done")
-    assert left - records == {*keys.lanes(stream), *stays, *signals, finished}
+    assert left - records - minutes == {*keys.lanes(stream), *stays, *signals, finished}
     assert 3000 < await redis.ttl(finished) <= 3600
     assert await redis.xlen(keys.events(stream)) == 4 * 3  # queued, started, done
     assert 0 < await redis.ttl(keys.samples(stream)) <= 3600

@@ -58,6 +58,8 @@ async def test_a_live_worker_shows_its_card_and_the_jobs_it_holds(
         assert (card.concurrency, card.holding, card.done) == (3, [job_id], 0)
         now = await channel.server_ms(redis)
         assert card.started_at_ms <= card.heartbeat_at_ms <= now
+        assert found.server_time_ms is not None
+        assert card.uptime_ms == found.server_time_ms - card.started_at_ms  # the dashboard's
         cli = await anyio.to_thread.run_sync(
             lambda: run_cli("workers", "--stream", stream, "--json", "--redis-url", redis_url)
         )

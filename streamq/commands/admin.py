@@ -15,18 +15,24 @@ def register(commands: Any) -> None:
     admin.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     admin.add_argument("--port", type=port, default=8080, help="port (8080; 0: any free port)")
     admin.add_argument(
-        "--token-file", help="file holding the bearer token (default: $STREAMQ_ADMIN_TOKEN)"
+        "--token-file",
+        help="file holding one read-write bearer token, named admin (or $STREAMQ_ADMIN_TOKEN)",
+    )
+    admin.add_argument(
+        "--tokens-file",
+        help="TOML file of named tokens: [tokens.NAME] token = ... role = read-only|read-write "
+        "(or $STREAMQ_ADMIN_TOKENS: NAME:ROLE:TOKEN,...)",
     )
 
 
 async def run(args: argparse.Namespace, config: Config) -> int:
     from streamq import admin
 
-    token = admin.load_token(args.token_file)
+    admin_tokens = admin.load_tokens(args.token_file, args.tokens_file)
     sock = admin.bind(args.host, args.port)
     with sock:
         async with Queue(args.redis_url, config=config) as q:
-            app = admin.create_app(q.redis, token, config)
+            app = admin.create_app(q.redis, admin_tokens, config)
             print(f"streamq admin: serving {admin.url_of(sock)}", flush=True)
             await admin.serve(app, sock)
     return 0

@@ -50,6 +50,12 @@ async def run(args: argparse.Namespace, config: Config) -> int:
 
 
 def event_line(event: Any) -> str:
+    if event.type == "admin":  # an operator's action: who did what to what
+        parts = [when_text(event.at_ms), event.stream, "admin", f"{event.by}: {event.action}"]
+        parts.append(event.target or "-")
+        if event.detail:
+            parts.append(f"({event.detail})")
+        return "  ".join(parts)
     parts = [
         when_text(event.at_ms),
         event.stream,

@@ -64,7 +64,7 @@ class PlatformSettings(msgspec.Struct, frozen=True, kw_only=True):
     lookup: bool = True
     """Before sending again a post an earlier run may have sent, read the account's recent
     posts to find it, where no checkpoint can tell (facebook, x, linkedin; tiktok and
-    instagram in some steps; see the README's "Publish once"). Off: those platforms are at
+    instagram in some steps; see the docs' "Publish once"). Off: those platforms are at
     least once after a lost answer (the reads need the account's read permission)."""
     poll_interval: float = 1.0
     """Between two checks of a container or upload the platform is still processing."""

@@ -5,7 +5,7 @@ its own clock into the server's with an offset it measures, so skew must change 
 job starts before it is due by the server's clock, a retry waits its delay, nothing expires
 early and nothing is reclaimed from a live worker. Handlers stamp starts with the server's
 TIME. A jump of the *server's* clock cannot be made here (it is the machine's clock, shared by
-every test); the README says what one would do.
+every test); docs/reliability.md says what one would do.
 """
 
 from __future__ import annotations

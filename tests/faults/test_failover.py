@@ -1,5 +1,5 @@
 """A cluster master SIGKILLed mid-run: its replica is promoted, and workers and producers carry
-on without a restart. Figures print at the end (``pytest -s``) and are in the README.
+on without a restart. Figures print at the end (``pytest -s``) and are in docs/cluster.md.
 
 Redis replicates asynchronously: a write the master acknowledged but had not yet sent to its
 replica is gone after the promotion. The test kills the master once its replica has caught up

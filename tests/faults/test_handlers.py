@@ -1,6 +1,6 @@
 """Handlers that misbehave, in real worker processes, each ending with its figures: jobs lost
 (must be 0) and jobs run twice. A handler that hangs, one that blocks the event loop, one that
-crashes the process; ``pytest -s tests/faults`` prints the figures, recorded in the README.
+crashes the process; ``pytest -s tests/faults`` prints the figures, recorded in docs/reliability.md.
 
 Every job but the misbehaving one is an ordinary job that must finish exactly as usual.
 """

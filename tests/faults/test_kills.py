@@ -5,7 +5,7 @@ SIGKILL under ``appendfsync always`` restarts with every write it acknowledged. 
 ``everysec`` it can restart without its last writes, up to EVERYSEC_WINDOW seconds of them,
 when the disk was slow: lost deliveries and acknowledgements make jobs run again, and jobs
 enqueued in that window are lost; the tests measure both. Figures print at the end
-of each test (``pytest -s`` shows them) and are recorded in the README's Reliability section.
+of each test (``pytest -s`` shows them) and are recorded in docs/reliability.md.
 Runs are recorded in the shared test server, never in the server the test kills.
 """
 

@@ -172,7 +172,7 @@ def test_the_cli_enqueue_through_a_dead_link_fails_in_one_line(
     server: LocalServer, stream: str, tmp_path: Any, fault: str, exit_code: int
 ) -> None:
     """A refused connection is a runtime failure (1); a server that never answers, a timeout
-    (3), as the README's exit codes say."""
+    (3), as the exit codes say (docs/command-line.md)."""
     config = tmp_path / "streamq.toml"
     config.write_text('socket_timeout = "6s"\n')
     with FaultProxy("127.0.0.1", server.port) as proxy:
