@@ -30,9 +30,10 @@ ROLES: Final = {
     # Apps that enqueue and steer jobs and read stats and events; also `streamq admin`.
     "producer": f"{_COMMON} {_READ_STREAMS} {_JOBS} +hkeys +hvals +scan",
     # `streamq consume`, and `streamq autoscale --target local` (its workers share its URL).
-    # +set +pttl: the token store's refresh lease (lease_token.lua).
+    # +set +pttl: the token store's refresh lease (lease_token.lua); +hexists: the health
+    # report's per-minute series (record_minute.lua).
     "worker": f"{_COMMON} {_READ_STREAMS} {_JOBS} "
-    "+xautoclaim +xclaim +xgroup|createconsumer +xgroup|delconsumer +set +pttl",
+    "+xautoclaim +xclaim +xgroup|createconsumer +xgroup|delconsumer +set +pttl +hexists",
     # `streamq autoscale --target kubernetes`: it reads figures and holds its leader lock.
     "autoscaler": f"{_COMMON} {_READ_STREAMS} "
     "+set +get +incr +incrby +pexpire +del +hmget +hget +zcount +zcard +smembers +sismember",

@@ -237,9 +237,12 @@ class Promoter:
         """Promote everything due within ``ahead_ms``; returns when the next waiting job is
         due (server ms)."""
         ahead_ms = max(self.ahead_ms, PROMOTE_AHEAD_MS)
+        floor = 0
         while True:
-            # The script decides by TIME; this only picks.
-            horizon = self.clock.now_ms() + ahead_ms + 1000
+            # The script decides by TIME; this only picks. The local estimate of the server's
+            # clock runs behind by a slow reply's latency (``saw`` sets it when the answer
+            # arrives), so once the script has named a head that is due, pick up to it.
+            horizon = max(self.clock.now_ms() + ahead_ms + 1000, floor)
             candidates: Any = await self.redis.zrangebyscore(
                 self._delayed, "-inf", horizon, start=0, num=PROMOTE_BATCH
             )
@@ -257,8 +260,9 @@ class Promoter:
             head = done.next_due_ms
             if head is None:
                 return None
-            if head > done.now_ms + ahead_ms or not ids:
+            if head > done.now_ms + ahead_ms or (not ids and horizon >= head):
                 return head
+            floor = head
 
 
 # -- recurring jobs -----------------------------------------------------------------------------

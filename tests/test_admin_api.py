@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -437,15 +436,6 @@ async def test_a_workers_health_report_feeds_the_series(redis: Redis, stream: st
     got = await series.read(redis, stream, parts, 2)
     [copied] = [p for p in got.points if p.sampled]
     assert copied.lateness_p99_ms == round(LATENESS_BUCKETS[-1] * 1000)
-
-
-def test_the_docs_tokens_file_example_is_one_streamq_admin_reads(tmp_path: Path) -> None:
-    page = (ROOT / "docs" / "admin-api.md").read_text()
-    [example] = re.findall(r"```toml\n(.*?)```", textwrap.dedent(page), re.DOTALL)
-    file = tmp_path / "tokens.toml"
-    file.write_text(textwrap.dedent(example))
-    found = admin.tokens_from_file(file)
-    assert [(t.name, t.role) for t in found] == [("ops", "read-write"), ("support", "read-only")]
 
 
 async def test_a_partitioned_streams_series_sums_its_partitions(redis: Redis, stream: str) -> None:

@@ -83,8 +83,8 @@ async def test_a_job_promoted_ahead_is_queued_and_its_due_time_kept(
     )
     assert promotion.promoted == 1
     assert promotion.now_ms < due
-    record: Any = await redis.hmget(keys.job(stream, job_id), "state", "run_at")
-    assert record == [b"queued", str(due).encode()]
+    info = await control.job_info(redis, job_id)
+    assert (info.state, info.run_at_ms) == ("queued", due)
     # Without the lead it stays where it is.
     later = await Producer(redis).enqueue(stream, "y", options=at(due))
     assert (await scripts.promote_due(redis, stream, [later], retention_ms=60_000)).promoted == 0
