@@ -116,8 +116,9 @@ def worker(
     visibility: float,
     log: Any,
     tree: Path = ROOT,
+    probe_url: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    env = {**probe_env(url, run, ids=True), "BENCH_SLEEP_S": str(sleep_s)}
+    env = {**probe_env(probe_url or url, run, ids=True), "BENCH_SLEEP_S": str(sleep_s)}
     env["PYTHONPATH"] = str(tree)
     command = [
         sys.executable, "-m", "streamq", "consume", "--redis-url", url, "--stream", stream,
@@ -194,34 +195,39 @@ def one_run(
 
 
 def restart_run(
-    binary: Path, args: argparse.Namespace, ui: UI, label: str, tree: Path
+    probed: LocalServer, args: argparse.Namespace, ui: UI, label: str, tree: Path
 ) -> dict[str, Any]:
-    """Two workers under load, the server SIGKILLed and restarted after ``args.downtime``."""
+    """Two workers under load, the server SIGKILLed and restarted after ``args.downtime``;
+    the handlers record their runs in ``probed``, a server the fault does not touch."""
     run = uuid.uuid4().hex[:10]
     stream = f"restart-{run}"
     visibility = 5.0
     n = 1000 if args.quick else 3000
     fsync = ["--appendfsync", "always"]
-    with LocalServer(binary, persistence=True, extra_args=fsync) as srv:
+    probe = sync_redis.Redis.from_url(probed.url)
+    with LocalServer(probed.binary, persistence=True, extra_args=fsync) as srv:
         client = sync_redis.Redis.from_url(srv.url)
         anyio.run(enqueue, srv.url, stream, n, backend_options=UVLOOP)
         log_path = ROOT / "bench" / "results" / "logs" / f"{stream}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
-            pool = [worker(srv.url, stream, run, 0.2, 50, visibility, log, tree) for _ in range(2)]
+            pool = [
+                worker(srv.url, stream, run, 0.2, 50, visibility, log, tree, probed.url)
+                for _ in range(2)
+            ]
             try:
-                poll("a third done", lambda: read_probe(client, run).done >= n // 3, 120)
+                poll("a third done", lambda: read_probe(probe, run).done >= n // 3, 120)
                 summary: Any = client.xpending(keys.lane(stream, "normal"), keys.GROUP)
                 running = int(summary["pending"])
                 srv.kill()
                 time.sleep(args.downtime)  # the fault: the server down
                 srv.restart()
                 with ui.step(f"{label}: after a server restart", n) as advance:
-                    done = wait_for_done(client, run, n, 300, advance)
+                    done = wait_for_done(probe, run, n, 300, advance)
             finally:
                 for process in pool:
                     stop_process(process)
-        reading = read_probe(client, run)
+    reading = read_probe(probe, run)
     return {
         "jobs": n,
         "visibility timeout s": visibility,
@@ -270,7 +276,7 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
                 if args.restart:
                     for tree in trees:
                         code = describe(tree, args.before)
-                        row = restart_run(srv.binary, args, ui, f"{label}, {code}", tree)
+                        row = restart_run(srv, args, ui, f"{label}, {code}", tree)
                         restarts.rows.append({"engine": label, "code": code, **row})
     section.notes.append(
         "target (issue 22): all in-flight jobs of the killed worker done within 3 s with the "
