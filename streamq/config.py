@@ -7,6 +7,7 @@
     handler = "mypkg.handlers:publish"          # module:function, an async def
     concurrency = 32
     visibility_timeout = "60s"
+    liveness_timeout = "2s"                     # a silent worker's jobs are taken over after it
     max_deliveries = 5
     grace = "30s"
     max_attempts = 5
@@ -270,6 +271,11 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     visibility_timeout: float = 60.0
     """How long a job's entry may stay idle (its worker no longer refreshing its claim) before
     another worker reclaims it."""
+    liveness_timeout: float = 2.0
+    """How long a worker's heartbeat thread may go without beating before the worker counts as
+    dead and a live worker takes its jobs over at once, without waiting for the visibility
+    timeout (docs/recovery.md). The thread beats four times within it, and keeps beating while
+    a handler blocks the event loop, up to the job timeout."""
     max_deliveries: int = 5
     """Runs of one entry cut short (its handler started and never finished: its worker died)
     before it is dead-lettered, instead of crash-looping workers."""
@@ -312,6 +318,8 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             raise ConfigError(f"prefetch must be from 0 to {MAX_CONCURRENCY}")
         if self.visibility_timeout < 1:
             raise ConfigError("visibility_timeout must be at least 1s")
+        if not 0.5 <= self.liveness_timeout <= 3600:
+            raise ConfigError("liveness_timeout must be from 0.5s to 1h")
         if self.max_deliveries < 1:
             raise ConfigError("max_deliveries must be at least 1")
         if not 1 <= self.max_payload_bytes <= MAX_PAYLOAD_BYTES:
@@ -371,7 +379,14 @@ class TokensConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             raise ConfigError("tokens.lease, tokens.wait and tokens.sweep must be positive")
 
 
-_DURATION_FIELDS = ("visibility_timeout", "grace", "expire_after", "job_timeout", "retention")
+_DURATION_FIELDS = (
+    "visibility_timeout",
+    "liveness_timeout",
+    "grace",
+    "expire_after",
+    "job_timeout",
+    "retention",
+)
 _BACKOFF_DURATIONS = ("base", "max")
 _LIMIT_DURATIONS = ("per", "min_interval")
 _AUTOSCALE_DURATIONS = (

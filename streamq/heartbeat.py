@@ -1,4 +1,16 @@
-"""The worker's claims kept fresh from a thread, when its event loop cannot do it.
+"""The worker's heartbeat: a thread that says the worker is alive, and keeps its claims fresh
+when its event loop cannot.
+
+Liveness. Every quarter of the liveness timeout (``liveness_timeout``, 2 s) the thread beats
+(beat.lua): the consumer counts as alive until now + the liveness timeout, by the server's
+clock, in the stream's liveness hash. It beats from a thread of its own so that a handler that
+blocks the loop does not make its worker look dead; a killed, frozen or cut-off process stops
+beating, and once its deadline passes a live worker takes its entries over at once
+(streamq.reclaim, reclaim_lapsed.lua) and fences it, so that if it was only frozen its late
+outcomes for those entries are dropped (finish_jobs.lua). Each beat sends the server's run id,
+read by INFO on the same connection just before: a new run id (the server restarted, or a
+replica took over) starts a new epoch, within which the time the server was down counts neither
+as a lapsed heartbeat nor as idle time (see epoch.lua).
 
 A handler that blocks the event loop (``time.sleep`` or CPU-bound work inside ``async def``)
 stops every task of the worker: the refresher would miss its turn, the claims would go idle
@@ -11,13 +23,14 @@ here, to run them twice. So a daemon thread watches the loop:
            stall in the metrics, and refreshes the claims through its own synchronous
            connection until the loop runs again
 
-It refreshes (refresh_pending.lua) the entries the loop holds and the finished ones it has not
-acknowledged (a copy taken under the GIL), which this consumer still owns, and the entries
+Claims. It refreshes (refresh_pending.lua) the entries the loop holds and the finished ones it
+has not acknowledged (a copy taken under the GIL), which this consumer still owns, and the entries
 delivered to it since the stall began: a blocking read the loop had sent receives entries it
 has not looked at yet. An older entry the loop does not know is not kept: its read's reply
 was lost (a dropped connection), and another worker must reclaim it. The thread gives up once a
 stall outlasts the job timeout: a loop blocked that long will not finish its jobs, and other
-workers should have them. It stops with the worker.
+workers should have them; it stops beating then too, so they take them over at once. It stops
+with the worker.
 """
 
 from __future__ import annotations
@@ -49,6 +62,13 @@ STALLS: Final = prometheus_client.Counter(
 )
 
 
+def gap_ms(liveness_ms: int) -> int:
+    """No heartbeat from any worker for this long starts a new epoch (epoch.lua): half the
+    liveness timeout, two missed beats of a worker: a restart that lasted longer is seen by
+    the gap even by a script that runs before any beat has brought the new run id."""
+    return liveness_ms // 2
+
+
 class Heartbeat:
     def __init__(
         self,
@@ -60,6 +80,7 @@ class Heartbeat:
         *,
         visibility_timeout: float,
         give_up_after: float | None,
+        liveness_timeout: float = 2.0,
         stall_after: float | None = None,
     ) -> None:
         self._async_client = redis
@@ -75,6 +96,12 @@ class Heartbeat:
         default = max(0.5, min(2.0, visibility_timeout / 4))
         self.stall_after = stall_after if stall_after is not None else default
         self.check_every = self.stall_after / 4
+        self.liveness_ms = int(liveness_timeout * 1000)
+        self.beat_every = liveness_timeout / 4
+        self.epoch_since: int | None = None
+        """When the server's current epoch began (server ms), as the latest beat saw it."""
+        self.beats = 0
+        """Beats that reached the server."""
         self._give_up_after = give_up_after
         self._ticked = time.monotonic()
         self._stop = threading.Event()
@@ -111,9 +138,14 @@ class Heartbeat:
         stall_began: float | None = None
         refreshed = 0.0
         gave_up = False
-        while not self._stop.wait(self.check_every):
+        beaten = time.monotonic()
+        self._beat()
+        while not self._stop.wait(min(self.check_every, self.beat_every)):
             now = time.monotonic()
             quiet = now - self._ticked
+            if not gave_up and now - beaten >= self.beat_every:
+                beaten = now
+                self._beat()
             if quiet < self.stall_after:
                 if stall_began is not None:
                     lasted = self._ticked - stall_began
@@ -153,12 +185,44 @@ class Heartbeat:
                 refreshed = now
                 self._refresh(now - stall_began)
 
-    def _refresh(self, stalled: float) -> None:
+    def _connection(self) -> sync_redis.Redis:
         if self._client is None:
             self._client = connection.sync_twin(self._async_client, self._lanes[0])
+        return self._client
+
+    def _beat(self) -> None:
+        client = self._connection()
+        try:
+            # The run id and the beat on one connection (the twin holds one). Only a restart
+            # falling between the two lets a beat carry the previous run id to the next server
+            # (the client retries on a new connection); the gap (epoch.lua) still sees a restart
+            # that lasted longer than gap_ms, and the next beat brings the new run id.
+            run_id = str(client.info("server")["run_id"])
+            _, since = scripts.beat(
+                client,
+                self._stream,
+                self._consumer,
+                liveness_ms=self.liveness_ms,
+                run_id=run_id,
+                gap_ms=gap_ms(self.liveness_ms),
+            )
+        except (redis_errors.RedisError, OSError) as exc:
+            log.warning("heartbeat could not beat, will try again: %s", exc)
+            return
+        if self.epoch_since is not None and since != self.epoch_since:
+            log.warning(
+                "the server's epoch changed (a restart, a failover or a gap in the heartbeats): "
+                "no worker is taken for dead, nor any claim for idle, for the time before it",
+                extra={"stream": self._stream, "consumer": self._consumer},
+            )
+        self.epoch_since = since
+        self.beats += 1
+
+    def _refresh(self, stalled: float) -> None:
+        client = self._connection()
         try:
             scripts.refresh_pending(
-                self._client,
+                client,
                 self._stream,
                 self._consumer,
                 self._held(),

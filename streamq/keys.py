@@ -33,6 +33,13 @@ of one platform's keys live in one Redis Cluster slot and a Lua script may touch
     streamq:{S}:workers                  hash: consumer -> its card, rewritten every heartbeat
     streamq:{S}:workers:gone             stream, capped: jobs reclaimed from a consumer, and the
                                          consumers dropped from the group once they owned none
+    streamq:{S}:liveness                 hash: 'alive:<C>' -> until when (server ms) consumer C
+                                         counts as alive, written by its heartbeat thread;
+                                         'fenced:<C>' -> when C's entries were taken from it for
+                                         a lapsed heartbeat; 'epoch:run', 'epoch:since',
+                                         'epoch:beat' -> the server's run id, when the current
+                                         epoch began (a restart, or a gap in the heartbeats) and
+                                         the latest heartbeat (streamq.heartbeat)
     streamq:{S}:samples                  sorted set: timestamped copies of the counts (health, top)
     streamq:{S}:series:<minute ms>       hash, 25 h: the counts and depth at the minute's start and
                                          its lateness histogram (the dashboard's charts)
@@ -211,6 +218,12 @@ def workers(stream: str) -> str:
 def workers_gone(stream: str) -> str:
     """What reclaim_jobs took from which consumer, and the consumers it dropped."""
     return f"{stream_prefix(stream)}:workers:gone"
+
+
+def liveness(stream: str) -> str:
+    """Which consumers are alive by their heartbeat threads, which lost their entries to a
+    lapsed heartbeat (the fence), and the server's epoch (streamq.heartbeat)."""
+    return f"{stream_prefix(stream)}:liveness"
 
 
 def samples(stream: str) -> str:

@@ -1,6 +1,9 @@
 """A worker's claims on its consumer group: taking over entries of consumers that died,
 keeping its own fresh, and leaving the group when it stops.
 
+    lapsed_loop                   entries of consumers whose heartbeat lapsed (dead, frozen
+                                  or cut off: streamq.heartbeat) are claimed at once, whatever
+                                  their idle time, and those consumers fenced
     reclaim_loop / reclaim_once   entries idle past the visibility timeout (their consumer
                                   crashed or stalled) are claimed and enter through the
                                   fetcher's ``accept``, which counts their deliveries
@@ -23,6 +26,7 @@ from redis import exceptions as redis_errors
 from streamq import scripts
 from streamq.connection import TRANSIENT_ERRORS
 from streamq.fetcher import Fetcher, lane_gone
+from streamq.heartbeat import gap_ms
 
 log = logging.getLogger("streamq.worker")  # the worker's logger: this module serves it
 
@@ -57,30 +61,69 @@ class Reclaimer:
                     raise
             await anyio.sleep(period)
 
-    async def reclaim_once(self) -> int:
-        """Claim entries idle past the visibility timeout; returns how many were taken."""
+    async def lapsed_loop(self) -> None:
+        # Eight looks per liveness timeout: a dead worker's jobs move within about 1.1 of it.
+        period = self.options.liveness_timeout / 8
+        while True:
+            try:
+                await self.reclaim_lapsed()
+            except TRANSIENT_ERRORS as exc:
+                log.debug("reclaim of lapsed workers failed, will try again: %s", exc)
+            except redis_errors.ResponseError as exc:
+                if not lane_gone(exc):
+                    raise
+            await anyio.sleep(period)
+
+    def _room(self) -> int:
+        return max(0, self.options.concurrency + self.fetcher.prefetch - self.buffers.claimed)
+
+    async def reclaim_lapsed(self) -> int:
+        """Claim the entries of consumers whose heartbeat lapsed; returns how many were taken."""
         if self.stop_event.is_set():
             return 0
-        room = max(0, self.options.concurrency + self.fetcher.prefetch - self.buffers.claimed)
+        room = self._room()
+        if not room:
+            return 0
+        liveness_ms = int(self.options.liveness_timeout * 1000)
+        reply = await scripts.reclaim_lapsed(
+            self.redis,
+            self.stream,
+            self.consumer,
+            count=room,
+            liveness_ms=liveness_ms,
+            gap_ms=gap_ms(liveness_ms),
+        )
+        return await self._accept(reply, "entries of a worker whose heartbeat lapsed")
+
+    async def reclaim_once(self) -> int:
+        """Claim the entries of workers whose heartbeat lapsed, then entries idle past the
+        visibility timeout; returns how many were taken."""
+        found = await self.reclaim_lapsed()
+        if self.stop_event.is_set():
+            return found
         reply = await scripts.reclaim_jobs(
             self.redis,
             self.stream,
             self.consumer,
             min_idle_ms=int(self.options.visibility_timeout * 1000),
-            count=room,
+            count=self._room(),
             cursors=self._cursors,
+            gap_ms=gap_ms(int(self.options.liveness_timeout * 1000)),
         )
-        found = 0
         for lane, claimed in enumerate(reply):
             self._cursors[lane] = claimed.cursor
+        return found + await self._accept(reply, "idle entries")
+
+    async def _accept(self, reply: list[scripts.Reclaimed], what: str) -> int:
+        found = 0
+        for lane, claimed in enumerate(reply):
             if self.stop_event.is_set() and claimed.entries:
                 # Stopped while the claim was on the wire: they stay pending, and another
                 # worker reclaims them once the visibility timeout passes.
                 continue
             if claimed.entries:
-                log.info(
-                    "reclaimed %d idle %s entries", len(claimed.entries), self.fetcher.lanes[lane]
-                )
+                lane_name = self.fetcher.lanes[lane]
+                log.info("reclaimed %d %s (%s)", len(claimed.entries), what, lane_name)
                 found += await self.fetcher.accept(lane, claimed.entries, claimed.deliveries)
         self.counts.reclaimed += found
         return found

@@ -523,20 +523,67 @@ async def reclaim_jobs(
     min_idle_ms: int,
     count: int,
     cursors: Sequence[str],
+    gap_ms: int,
 ) -> list[Reclaimed]:
     """Claim for ``consumer`` up to ``count`` entries idle ``min_idle_ms``, highest lane first,
     and drop from the group the other consumers idle that long that own nothing (logged in
-    ``workers_gone`` with what was taken from them)."""
+    ``workers_gone`` with what was taken from them). Idle time counts from the server's epoch
+    at the earliest (``gap_ms``: see ``beat``)."""
     reply = await _run(
         redis,
         "reclaim_jobs",
-        _keys(stream, keys.lanes, keys.workers, keys.workers_gone),
-        [keys.GROUP, consumer, min_idle_ms, count, *cursors, GONE_KEPT],
+        _keys(stream, keys.lanes, keys.workers, keys.workers_gone, keys.liveness),
+        [keys.GROUP, consumer, min_idle_ms, count, *cursors, GONE_KEPT, gap_ms],
     )
+    return _reclaimed(reply)
+
+
+def _reclaimed(reply: Any) -> list[Reclaimed]:
     return [
         Reclaimed(codec.text(cursor), entries, [int(d) for d in deliveries])
         for cursor, entries, deliveries in reply
     ]
+
+
+async def reclaim_lapsed(
+    redis: Redis,
+    stream: str,
+    consumer: str,
+    *,
+    count: int,
+    liveness_ms: int,
+    gap_ms: int,
+) -> list[Reclaimed]:
+    """Claim for ``consumer`` up to ``count`` entries of the consumers whose heartbeat lapsed
+    (their ``beat`` deadline passed), whatever their idle time, and fence those consumers (see
+    finish_jobs); nothing within ``liveness_ms`` of a new epoch, nor while ``consumer``'s own
+    deadline has passed."""
+    reply = await _run(
+        redis,
+        "reclaim_lapsed",
+        _keys(stream, keys.lanes, keys.liveness, keys.workers_gone),
+        [keys.GROUP, consumer, count, liveness_ms, gap_ms, GONE_KEPT],
+    )
+    return _reclaimed(reply)
+
+
+def beat(
+    client: sync_redis.Redis,
+    stream: str,
+    consumer: str,
+    *,
+    liveness_ms: int,
+    run_id: str,
+    gap_ms: int,
+) -> tuple[int, int]:
+    """From the heartbeat's thread: ``consumer`` is alive for ``liveness_ms`` more; ``run_id``
+    (the server's, read on the same connection) or a gap of ``gap_ms`` in every worker's
+    heartbeats starts a new epoch. Returns (now, when the epoch began), server ms."""
+    script_keys = _keys(stream, keys.liveness)
+    now, since = _evalsha_sync(
+        client, load("beat"), (script_keys, [consumer, liveness_ms, run_id, gap_ms])
+    )
+    return int(now), int(since)
 
 
 async def refresh_claims(
@@ -589,7 +636,7 @@ async def retire_consumer(redis: Redis, stream: str, consumer: str) -> int:
         await _run(
             redis,
             "retire_consumer",
-            _keys(stream, keys.lanes, keys.workers),
+            _keys(stream, keys.lanes, keys.workers, keys.liveness),
             [keys.GROUP, consumer],
         )
     )

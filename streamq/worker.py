@@ -3,12 +3,14 @@
     fetcher ──► ready buffer ──► N consumers ──► ack batcher ──► XACK + XDEL (one script call)
        ▲                                              │
        └──────────── room to fetch more ◄─────────────┘
-    reclaimer   takes over entries idle past the visibility timeout (crashed consumers)
+    reclaimer   takes over the entries of workers whose heartbeat lapsed, at once, and entries
+                idle past the visibility timeout (crashed consumers)
     refresher   keeps the claims of jobs this worker holds fresh, so nobody takes them over
     promoter    moves due scheduled jobs and retries onto the lanes (streamq.scheduler)
     listener    hears cancellations, platform pauses and wake-ups (streamq.channel)
     watchdog    cancels handlers that run past their job timeout; stamps the heartbeat
-    heartbeat   a thread, not a task: keeps the claims fresh while a handler blocks the loop
+    heartbeat   a thread, not a task: says the worker is alive (even while a handler blocks the
+                loop), and keeps the claims fresh while one does
 
 This module keeps the loop and the consumers; each part around them is a module of its own:
 reading and the read-ahead (streamq.fetcher), what the worker holds per lane
@@ -162,6 +164,7 @@ class Worker:
             self._running_now,
             visibility_timeout=self.options.visibility_timeout,
             give_up_after=self.options.job_timeout,
+            liveness_timeout=self.options.liveness_timeout,
         )
         self.starts = Starts(redis, self.stream, self._retrying)
         self.promoter = scheduler.Promoter(
@@ -225,6 +228,7 @@ class Worker:
                 background.start_soon(self.starts.run)
                 background.start_soon(self.reclaimer.refresh_loop)
                 background.start_soon(self.reclaimer.reclaim_loop)
+                background.start_soon(self.reclaimer.lapsed_loop)
                 background.start_soon(self.control.run)
                 background.start_soon(self.promoter.run)
                 background.start_soon(self.flow_outbox.run)

@@ -38,7 +38,8 @@ async def _redis() -> Redis:
 async def record(job: Job) -> str:
     """Count a run of the job, note which process ran it, then take a little time.
 
-    A payload {"fail_first": true} raises on the first attempt (the job is retried).
+    A payload {"fail_first": true} raises on the first attempt (the job is retried), and so does
+    every run in a process started with ``STREAMQ_TEST_RAISE=1``.
     """
     prefix = os.environ.get("STREAMQ_TEST_RECORD", "rec")
     async with (await _redis()).pipeline(transaction=False) as pipe:
@@ -48,6 +49,8 @@ async def record(job: Job) -> str:
     await anyio.sleep(float(os.environ.get("STREAMQ_TEST_JOB_SECONDS", "0.002")))
     if isinstance(job.payload, dict) and job.payload.get("fail_first") and job.attempt == 1:
         raise RuntimeError("first attempt fails")
+    if os.environ.get("STREAMQ_TEST_RAISE") == "1":
+        raise RuntimeError("this process's runs fail")
     await (await _redis()).hincrby(f"{prefix}:succeeded", job.id, 1)
     return job.id
 

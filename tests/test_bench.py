@@ -97,6 +97,17 @@ def test_tiny_recovery_loses_nothing() -> None:
     assert row["recovered in s"] is not None
 
 
+def test_tiny_recovery_runs_a_git_refs_code_beside_this_tree() -> None:
+    done = bench(
+        "recovery", "--in-flight", "20", "--visibility-timeout", "1", "--before", "HEAD",
+        "--engines", "valkey", "--json", "--no-charts",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["sections"][0]["rows"]
+    assert [row["code"].split()[0] for row in rows] == ["HEAD", "this"]
+    assert all(row["lost"] == 0 and row["recovered in s"] is not None for row in rows)
+
+
 def test_tiny_listing_run_pages_every_case_and_times_both_sides() -> None:
     done = bench(
         "listing", "--jobs", "2000", "--accounts", "20", "--ties", "500", "--hot-jobs", "200",

@@ -224,6 +224,11 @@ def test_bad_config_is_one_line(valkey_url: str, stream: str, tmp_path: Path) ->
         "consume", "--config", str(config), "--redis-url", valkey_url, "--stream", stream
     )
     one_line_error(result, f"[streams.{stream}] concurrency: must be a whole number")
+    config.write_text(f'[streams.{stream}]\nliveness_timeout = "100ms"\n')
+    result = invoke(
+        "consume", "--config", str(config), "--redis-url", valkey_url, "--stream", stream
+    )
+    one_line_error(result, "liveness_timeout must be from 0.5s to 1h")
     config.write_text("[streams\n")
     result = invoke("stats", "--config", str(config), "--redis-url", valkey_url)
     one_line_error(result, "not valid TOML")

@@ -31,7 +31,8 @@ def valkey() -> Iterator[LocalServer]:
 
 
 STREAM_FIELDS = [
-    "handler", "publisher", "concurrency", "prefetch", "visibility_timeout", "max_deliveries",
+    "handler", "publisher", "concurrency", "prefetch", "visibility_timeout", "liveness_timeout",
+    "max_deliveries",
     "grace", "max_attempts", "backoff", "expire_after", "job_timeout", "retention",
     "max_payload_bytes", "limits", "autoscale", "events", "webhooks", "hooks", "health",
 ]  # fmt: skip

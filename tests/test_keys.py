@@ -43,6 +43,7 @@ def documented() -> dict[str, str]:
         keys.lateness(S): "lateness",
         keys.workers(S): "workers",
         keys.workers_gone(S): "workers_gone",
+        keys.liveness(S): "liveness",
         keys.flow_outbox(S): "flow_outbox",
         keys.flows_told(S): "flows_told",
         keys.flow("flow:<F>"): "flow",
@@ -100,6 +101,7 @@ def test_every_name_a_script_builds_is_one_keys_py_builds() -> None:
         "holding_key": keys.holding(S),
         "finished_key": keys.finished(S, A),
         "flow_outbox_key": keys.flow_outbox(S),
+        "liveness_key": keys.liveness(S),
     }
     # The one name of two parts (a lane and an account).
     assert keys.order(S, "high", A) == keys.script_prefix(S) + "order:high:" + A

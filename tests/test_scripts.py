@@ -169,7 +169,7 @@ async def test_claims_reclaim_refresh_release_and_retire(
     first, second = await read(redis, stream, "gone")
     await redis.script_flush()
     claims = await scripts.reclaim_jobs(
-        redis, stream, "c2", min_idle_ms=0, count=1, cursors=["0-0"] * 3
+        redis, stream, "c2", min_idle_ms=0, count=1, cursors=["0-0"] * 3, gap_ms=1000
     )
     assert [len(lane.entries) for lane in claims] == [0, 1, 0]
     assert claims[1].deliveries == [2]

@@ -71,10 +71,12 @@ async def test_keys_left_behind_after_a_workload(redis: Redis, stream: str) -> N
     left = {k.decode() async for k in redis.scan_iter(match=f"*{{{stream}}}*")}
     records = {k for k in left if ":job:" in k}
     # Empty lanes keep their consumer group, dedup keys are freed, finished records expire
-    # after the retention period, and the counters, the settings and the capped events stay.
+    # after the retention period, and the counters, the settings and the capped events stay,
+    # and so does the liveness hash with only the server's epoch in it (a worker that stops
+    # cleanly removes its own fields).
     # The health signals expire by themselves: the counts samples within the hour, the
     # lateness summaries in 10 minutes.
-    stays = {keys.counts(stream), keys.meta(stream), keys.events(stream)}
+    stays = {keys.counts(stream), keys.meta(stream), keys.events(stream), keys.liveness(stream)}
     signals = {keys.samples(stream), keys.lateness(stream)}
     # The dashboard's series: a key per minute a worker reported in, gone after 25 h (this
     # short run reports at most once or twice: it may stop before, or straddle a minute's end).
@@ -96,6 +98,8 @@ async def test_keys_left_behind_after_a_workload(redis: Redis, stream: str) -> N
     for lane in keys.lanes(stream):
         assert await redis.ttl(lane) == -1
     assert await redis.hget(keys.counts(stream), "done") == b"4"
+    liveness: Any = await redis.hkeys(keys.liveness(stream))
+    assert sorted(liveness) == [b"epoch:beat", b"epoch:run", b"epoch:since"]
     # A finished job's key is free again.
     assert await producer.enqueue(stream, 9, key="a") not in {None, ""}
     assert await redis.xlen(keys.lane(stream, "normal")) == 1

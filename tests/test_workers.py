@@ -120,13 +120,17 @@ async def test_a_consumer_that_owns_entries_is_never_dropped(redis: Redis, strea
     held = await read(redis, stream, "holder")
     await redis.xgroup_createconsumer(keys.lane(stream, "high"), keys.GROUP, "empty")
     # A heartbeat-only reclaim (nothing claimed) by another consumer, every idle time passed.
-    await scripts.reclaim_jobs(redis, stream, "live", min_idle_ms=0, count=0, cursors=["0-0"] * 3)
+    await scripts.reclaim_jobs(
+        redis, stream, "live", min_idle_ms=0, count=0, cursors=["0-0"] * 3, gap_ms=1000
+    )
     # "empty" owned nothing and went; "live" is listed too where a claim of nothing adds it.
     assert await group_consumers(redis, stream) - {"live"} == {"holder"}
     pending: Any = await redis.xpending(keys.lane(stream, "normal"), keys.GROUP)
     assert pending["pending"] == len(held) == 2
     # Once its entries are taken over it owns nothing, and goes.
-    await scripts.reclaim_jobs(redis, stream, "live", min_idle_ms=0, count=5, cursors=["0-0"] * 3)
+    await scripts.reclaim_jobs(
+        redis, stream, "live", min_idle_ms=0, count=5, cursors=["0-0"] * 3, gap_ms=1000
+    )
     assert await group_consumers(redis, stream) == {"live"}
     pending = await redis.xpending(keys.lane(stream, "normal"), keys.GROUP)
     assert pending["pending"] == 2

@@ -41,6 +41,9 @@ another took the entry over and finished it; or the server restarted from an AOF
 the delivery): it is dropped, so a late retry cannot run a finished job again, and its entry is
 left in its lane, where a restarted server's next reader runs it. A done outcome for a job
 whose record already says done is stale too, so a run is counted, and its events written, once.
+A worker fenced ('fenced:<C>' in the liveness hash: reclaim_lapsed took entries from it when its
+heartbeat lapsed) has every outcome, done included, for an entry another consumer owns now
+dropped as stale, and that entry is neither acknowledged nor deleted: it is the new owner's.
 The counts hash also sums `ran` (outcomes of runs) and `busy_ms` (their handler time).
 Every outcome appends its event: 'started' (at the time the handler started: a start is not a
 step on the server, so its event is written with the outcome), then 'done', 'retried',
@@ -83,18 +86,34 @@ local keep = nil -- per lane, the entries of stale outcomes: not acknowledged, n
 local accounts = {} -- read with a done job's state, so its event costs no second read
 local envelopes = {} -- of done jobs, read from their entries before those are deleted
 local LANE_OF = { high = 1, normal = 2, low = 3 }
+-- The fence (reclaim_lapsed): a worker whose entries were taken over because its heartbeat
+-- lapsed may have been frozen, not dead. Its outcome for an entry another consumer owns now is
+-- stale whatever it is: the entry is the new owner's to finish. One read per batch otherwise.
+local fenced = worker ~= '' and redis.call('HEXISTS', liveness_key(prefix), 'fenced:' .. worker)
+  == 1
+local function taken_over(lane, entry)
+  local p = redis.call('XPENDING', KEYS[lane], group, entry, entry, 1)[1]
+  return p and p[2] ~= worker
+end
+local function keep_entry(lane, entry)
+  keep = keep or { {}, {}, {} }
+  keep[lane][entry] = true
+end
 for i, o in ipairs(outcomes) do
   if o[1] ~= 'd' then
     local lane, entry = o[#o - 1], o[#o]
-    if not redis.call('XPENDING', KEYS[lane], group, entry, entry, 1)[1] then
+    local p = redis.call('XPENDING', KEYS[lane], group, entry, entry, 1)[1]
+    if not p or (fenced and p[2] ~= worker) then
       stale[i] = true
-      keep = keep or { {}, {}, {} }
-      keep[lane][entry] = true
+      keep_entry(lane, entry)
     end
   else
     local f = redis.call('HMGET', KEYS[10 + i], 'state', 'account', 'entry', 'priority')
     accounts[i] = f[2]
-    if f[1] == 'done' then
+    if fenced and f[3] and taken_over(LANE_OF[f[4]] or 2, f[3]) then
+      stale[i] = true
+      keep_entry(LANE_OF[f[4]] or 2, f[3])
+    elseif f[1] == 'done' then
       -- Another worker took the entry over and finished it first: its run is the one on
       -- record, so this late one writes neither a second outcome nor a second event.
       stale[i] = true

@@ -4,12 +4,14 @@ consumers that are gone from the group.
 KEYS[1..3]  lane streams, highest priority first
 KEYS[4]     workers: hash, consumer -> its card (JSON, see streamq.workers)
 KEYS[5]     workers gone: stream, capped: what was reclaimed from whom, and who was dropped
+KEYS[6]     liveness: hash (see streamq.keys and beat.lua)
 ARGV[1]     consumer group
 ARGV[2]     consumer name (the new owner)
 ARGV[3]     minimum idle time in ms (the visibility timeout)
 ARGV[4]     how many entries at most, over all lanes (0 claims nothing: a heartbeat only)
 ARGV[5..7]  the XAUTOCLAIM cursor of each lane ('0-0' to start over)
 ARGV[8]     about how many records the gone log keeps
+ARGV[9]     gap, ms (see epoch.lua)
 
 The budget is spent from the highest lane down, so a busy worker never takes more than it can
 run. With none left it still touches the group (a claim that can match nothing), which keeps
@@ -19,15 +21,26 @@ ids, space-separated), at }. Then every other consumer idle for the minimum idle
 no entry on any lane is deleted from every lane's group, its card removed and logged: { kind
 'gone', consumer, card, at }. XGROUP DELCONSUMER drops a consumer's pending entries, so one
 that still owns any stays until they are reclaimed. A worker that was only stalled loses
-nothing: it owned nothing, and its next read adds it to the group again.
+nothing: it owned nothing, and its next read adds it to the group again. A consumer dropped
+loses its liveness fields ('alive:<C>', 'fenced:<C>').
+Idle time counts from the start of the server's epoch at the earliest (epoch.lua): within the
+minimum idle time of a restart, or of a gap in every worker's heartbeats, nothing is claimed and
+nobody is dropped, since every entry looks idle for the time the server was down.
 Returns one item per lane: { next cursor, entries, delivery counts }, where entries is
 XAUTOCLAIM's list of {entry id, fields} and delivery counts[i] is how many times entries[i] has
 now been delivered (this claim included), so the caller can dead-letter crash loops.
 ]]
 -- @include "server_now.lua"
+-- @include "epoch.lua"
 local group, consumer, min_idle = ARGV[1], ARGV[2], ARGV[3]
 local budget = tonumber(ARGV[4])
-local workers, gone, keep = KEYS[4], KEYS[5], ARGV[8]
+local workers, gone, keep, liveness = KEYS[4], KEYS[5], ARGV[8], KEYS[6]
+local now = server_now_ms()
+local since = epoch_since(liveness, now, tonumber(ARGV[9]))
+local settled = not since or now - since >= tonumber(min_idle)
+if not settled then
+  budget = 0
+end
 local out = {}
 local taken, owners = {}, {}
 for l = 1, 3 do
@@ -74,7 +87,6 @@ for l = 1, 3 do
   out[l] = { reply[1], entries, deliveries }
 end
 
-local now = server_now_ms()
 for _, from in ipairs(owners) do
   redis.call('XADD', gone, 'MAXLEN', '~', keep, '*', 'kind', 'reclaimed', 'from', from,
     'by', consumer, 'jobs', table.concat(taken[from], ' '), 'at', now)
@@ -91,7 +103,7 @@ local function owns_nothing(name)
 end
 
 local looked = { [consumer] = true }
-for l = 1, 3 do
+for l = 1, settled and 3 or 0 do
   local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[l], group)
   if ok then
     for _, flat in ipairs(consumers) do
@@ -108,6 +120,7 @@ for l = 1, 3 do
           end
           local card = redis.call('HGET', workers, name) or ''
           redis.call('HDEL', workers, name)
+          redis.call('HDEL', liveness, 'alive:' .. name, 'fenced:' .. name)
           redis.call('XADD', gone, 'MAXLEN', '~', keep, '*', 'kind', 'gone', 'consumer', name,
             'card', card, 'at', now)
         end

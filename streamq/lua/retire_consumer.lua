@@ -2,12 +2,15 @@
 
 KEYS[1..3]  lane streams
 KEYS[4]     workers: hash, consumer -> its card
+KEYS[5]     liveness: hash (see streamq.keys and beat.lua)
 ARGV[1]     consumer group
 ARGV[2]     consumer name
 
 Deleting a consumer drops its pending entries from the group, which would strand them; so a
 lane where it still owns entries keeps it. Its card goes once it is gone from every lane (a
-worker that stopped is no longer listed). Returns the number of lanes it was removed from.
+worker that stopped is no longer listed), and its liveness fields with it. One that still owns
+entries keeps its 'alive:<C>' deadline: its heartbeat has stopped, so the deadline passes and
+a live worker takes them over at once (reclaim_lapsed). Returns the number of lanes it was removed from.
 ]]
 local group, consumer = ARGV[1], ARGV[2]
 local removed = 0
@@ -20,5 +23,6 @@ for l = 1, 3 do
 end
 if removed == 3 then
   redis.call('HDEL', KEYS[4], consumer)
+  redis.call('HDEL', KEYS[5], 'alive:' .. consumer, 'fenced:' .. consumer)
 end
 return removed

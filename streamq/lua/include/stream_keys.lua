@@ -17,6 +17,7 @@ local function held_key(prefix, account) return prefix .. 'held:' .. account end
 local function holding_key(prefix) return prefix .. 'holding' end
 local function due_key(prefix, account) return prefix .. 'due:' .. account end
 local function flow_outbox_key(prefix) return prefix .. 'flows:outbox' end
+local function liveness_key(prefix) return prefix .. 'liveness' end
 local function finished_key(prefix, state) return prefix .. 'finished:' .. state end
 local function order_key(prefix, lane, account)
   return prefix .. 'order:' .. lane .. ':' .. account
