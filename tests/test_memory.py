@@ -82,7 +82,9 @@ async def test_one_scheduled_job_costs_its_record_and_its_delayed_member(
     job_id = await producer.enqueue(stream, PAYLOAD, options=JobOptions(delay=3600))
     record = await used_by(redis, [keys.job(stream, job_id)])
     member = await used_by(redis, [keys.delayed(stream)]) - delayed_before
-    assert record + member <= 410, (record, member)
+    # 450, not the 400 measured: the allocator rounds each listpack up to a size class, so a
+    # few bytes more in a random id or a time can cost a step (seen once under load).
+    assert record + member <= 450, (record, member)
 
 
 async def _run_all(
