@@ -4,9 +4,10 @@ keeping its own fresh, and leaving the group when it stops.
     lapsed_loop                   entries of consumers whose heartbeat lapsed (dead, frozen
                                   or cut off: streamq.heartbeat) are claimed at once, whatever
                                   their idle time, and those consumers fenced
-    reclaim_loop / reclaim_once   entries idle past the visibility timeout (their consumer
+    reclaim_loop                  entries idle past the visibility timeout (their consumer
                                   crashed or stalled) are claimed and enter through the
                                   fetcher's ``accept``, which counts their deliveries
+    reclaim_once                  both, once: a burst worker's look for what is left
     refresh_loop                  the claims of the jobs this worker holds are renewed every
                                   third of the visibility timeout, so nobody takes them over
     retire                        the consumer leaves the group once its entries are settled
@@ -18,6 +19,7 @@ Between a handler that blocks the event loop and these loops stands the heartbea
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import anyio
@@ -50,25 +52,32 @@ class Reclaimer:
         self._cursors: list[str] = ["0-0"] * len(fetcher.lanes)
 
     async def reclaim_loop(self) -> None:
-        period = min(HEARTBEAT_SECONDS, self.options.visibility_timeout / 4)
-        while True:
-            try:
-                await self.reclaim_once()
-            except TRANSIENT_ERRORS as exc:
-                log.warning("reclaim failed, will try again: %s", exc)
-            except redis_errors.ResponseError as exc:
-                if not lane_gone(exc):
-                    raise
-            await anyio.sleep(period)
+        await self._repeat(
+            self.reclaim_idle,
+            min(HEARTBEAT_SECONDS, self.options.visibility_timeout / 4),
+            "reclaim",
+            logging.WARNING,
+        )
 
     async def lapsed_loop(self) -> None:
         # Eight looks per liveness timeout: a dead worker's jobs move within about 1.1 of it.
-        period = self.options.liveness_timeout / 8
+        await self._repeat(
+            self.reclaim_lapsed,
+            self.options.liveness_timeout / 8,
+            "reclaim of lapsed workers",
+            logging.DEBUG,
+        )
+
+    async def _repeat(
+        self, step: Callable[[], Awaitable[int]], period: float, what: str, level: int
+    ) -> None:
+        """``step`` every ``period`` seconds for the worker's life: a lost connection is tried
+        again next time, a lane deleted under it (the stream purged) is no error."""
         while True:
             try:
-                await self.reclaim_lapsed()
+                await step()
             except TRANSIENT_ERRORS as exc:
-                log.debug("reclaim of lapsed workers failed, will try again: %s", exc)
+                log.log(level, "%s failed, will try again: %s", what, exc)
             except redis_errors.ResponseError as exc:
                 if not lane_gone(exc):
                     raise
@@ -95,12 +104,11 @@ class Reclaimer:
         )
         return await self._accept(reply, "entries of a worker whose heartbeat lapsed")
 
-    async def reclaim_once(self) -> int:
-        """Claim the entries of workers whose heartbeat lapsed, then entries idle past the
-        visibility timeout; returns how many were taken."""
-        found = await self.reclaim_lapsed()
+    async def reclaim_idle(self) -> int:
+        """Claim entries idle past the visibility timeout (and drop the consumers gone from
+        the group); returns how many were taken."""
         if self.stop_event.is_set():
-            return found
+            return 0
         reply = await scripts.reclaim_jobs(
             self.redis,
             self.stream,
@@ -112,14 +120,19 @@ class Reclaimer:
         )
         for lane, claimed in enumerate(reply):
             self._cursors[lane] = claimed.cursor
-        return found + await self._accept(reply, "idle entries")
+        return await self._accept(reply, "idle entries")
+
+    async def reclaim_once(self) -> int:
+        """Both, once (a burst worker's last look before it stops): the entries of workers
+        whose heartbeat lapsed, then entries idle past the visibility timeout."""
+        return await self.reclaim_lapsed() + await self.reclaim_idle()
 
     async def _accept(self, reply: list[scripts.Reclaimed], what: str) -> int:
         found = 0
         for lane, claimed in enumerate(reply):
             if self.stop_event.is_set() and claimed.entries:
                 # Stopped while the claim was on the wire: they stay pending, and another
-                # worker reclaims them once the visibility timeout passes.
+                # worker takes them once this one's heartbeat lapses.
                 continue
             if claimed.entries:
                 lane_name = self.fetcher.lanes[lane]
