@@ -91,9 +91,10 @@ local LANE_OF = { high = 1, normal = 2, low = 3 }
 -- stale whatever it is: the entry is the new owner's to finish. One read per batch otherwise.
 local fenced = worker ~= '' and redis.call('HEXISTS', liveness_key(prefix), 'fenced:' .. worker)
   == 1
-local function taken_over(lane, entry)
+-- Who owns an entry in the group's pending list now (nil: it is acknowledged, or gone).
+local function owner(lane, entry)
   local p = redis.call('XPENDING', KEYS[lane], group, entry, entry, 1)[1]
-  return p and p[2] ~= worker
+  return p and p[2]
 end
 local function keep_entry(lane, entry)
   keep = keep or { {}, {}, {} }
@@ -102,24 +103,26 @@ end
 for i, o in ipairs(outcomes) do
   if o[1] ~= 'd' then
     local lane, entry = o[#o - 1], o[#o]
-    local p = redis.call('XPENDING', KEYS[lane], group, entry, entry, 1)[1]
-    if not p or (fenced and p[2] ~= worker) then
+    local who = owner(lane, entry)
+    if not who or (fenced and who ~= worker) then
       stale[i] = true
       keep_entry(lane, entry)
     end
   else
     local f = redis.call('HMGET', KEYS[10 + i], 'state', 'account', 'entry', 'priority')
     accounts[i] = f[2]
-    if fenced and f[3] and taken_over(LANE_OF[f[4]] or 2, f[3]) then
+    local lane = LANE_OF[f[4]] or 2
+    local who = fenced and f[3] and owner(lane, f[3])
+    if who and who ~= worker then
       stale[i] = true
-      keep_entry(LANE_OF[f[4]] or 2, f[3])
+      keep_entry(lane, f[3])
     elseif f[1] == 'done' then
       -- Another worker took the entry over and finished it first: its run is the one on
       -- record, so this late one writes neither a second outcome nor a second event.
       stale[i] = true
     elseif f[3] then
       -- The envelope lives in the lane entry, deleted below: the record keeps the payload.
-      local found = redis.call('XRANGE', KEYS[LANE_OF[f[4]] or 2], f[3], f[3])
+      local found = redis.call('XRANGE', KEYS[lane], f[3], f[3])
       if found[1] and found[1][2][1] == 'j' then
         envelopes[i] = found[1][2][2]
       end

@@ -32,6 +32,7 @@ now been delivered (this claim included), so the caller can dead-letter crash lo
 ]]
 -- @include "server_now.lua"
 -- @include "epoch.lua"
+-- @include "reclaimed_log.lua"
 local group, consumer, min_idle = ARGV[1], ARGV[2], ARGV[3]
 local budget = tonumber(ARGV[4])
 local workers, gone, keep, liveness = KEYS[4], KEYS[5], ARGV[8], KEYS[6]
@@ -57,19 +58,11 @@ for l = 1, 3 do
       'COUNT', budget)
     for _, entry in ipairs(reply[2]) do
       local from = owner_of[entry[1]] or '?'
-      local job = entry[1]
-      local fields = entry[2]
-      if fields[1] == 'j' then
-        local ok, envelope = pcall(cjson.decode, fields[2])
-        if ok and type(envelope) == 'table' and type(envelope.id) == 'string' then
-          job = envelope.id
-        end
-      end
       if not taken[from] then
         taken[from] = {}
         owners[#owners + 1] = from
       end
-      table.insert(taken[from], job)
+      table.insert(taken[from], job_of_entry(entry))
     end
   else
     -- An idle time no entry can have: claims nothing, refreshes the consumer's seen-time.
@@ -88,8 +81,7 @@ for l = 1, 3 do
 end
 
 for _, from in ipairs(owners) do
-  redis.call('XADD', gone, 'MAXLEN', '~', keep, '*', 'kind', 'reclaimed', 'from', from,
-    'by', consumer, 'jobs', table.concat(taken[from], ' '), 'at', now)
+  log_reclaimed(gone, keep, from, consumer, taken[from], now)
 end
 
 local function owns_nothing(name)

@@ -32,6 +32,7 @@ Returns one item per lane: { '0-0', entries, delivery counts }, as reclaim_jobs 
 ]]
 -- @include "server_now.lua"
 -- @include "epoch.lua"
+-- @include "reclaimed_log.lua"
 local group, consumer = ARGV[1], ARGV[2]
 local budget, grace, gap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local liveness, gone, keep = KEYS[4], KEYS[5], ARGV[6]
@@ -44,17 +45,6 @@ end
 local own = tonumber(redis.call('HGET', liveness, 'alive:' .. consumer))
 if not own or own < now then
   return out
-end
-
-local function job_of(entry)
-  local fields = entry[2]
-  if fields[1] == 'j' then
-    local ok, envelope = pcall(cjson.decode, fields[2])
-    if ok and type(envelope) == 'table' and type(envelope.id) == 'string' then
-      return envelope.id
-    end
-  end
-  return entry[1]
 end
 
 local seen = redis.call('HGETALL', liveness)
@@ -81,7 +71,7 @@ for i = 1, #seen, 2 do
               if type(entry) == 'table' and entry[2] then
                 lane[2][#lane[2] + 1] = entry
                 lane[3][#lane[3] + 1] = deliveries[entry[1]]
-                jobs[#jobs + 1] = job_of(entry)
+                jobs[#jobs + 1] = job_of_entry(entry)
               end
             end
           end
@@ -94,8 +84,7 @@ for i = 1, #seen, 2 do
     end
     if #jobs > 0 then
       redis.call('HSET', liveness, 'fenced:' .. name, now)
-      redis.call('XADD', gone, 'MAXLEN', '~', keep, '*', 'kind', 'reclaimed', 'from', name,
-        'by', consumer, 'jobs', table.concat(jobs, ' '), 'at', now, 'why', 'heartbeat lapsed')
+      log_reclaimed(gone, keep, name, consumer, jobs, now, 'heartbeat lapsed')
     end
     if not owns then
       redis.call('HDEL', liveness, 'alive:' .. name)

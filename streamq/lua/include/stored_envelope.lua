@@ -6,8 +6,8 @@
 -- their entries, and go back to a lane from there). An envelope is JSON whose first field is always the id (msgspec
 -- writes fields in order, streamq.codec.Envelope), so a stored one without it starts
 -- '{"payload":', never '{"id":'. Ids hold no character JSON escapes (streamq.keys), so the
--- prefix is the id as it is. streamq.codec.stored_envelope / entry_envelope are the same
--- functions for Python readers.
+-- prefix is the id as it is. streamq.codec.entry_envelope is entry_envelope for Python
+-- readers (codec.record_envelope decodes through it); Python never writes a stored one.
 local ID_FIELD = '{"id":"'
 local function stored_envelope(id, envelope)
   local head = ID_FIELD .. id .. '",'
