@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis as sync_redis
@@ -19,6 +20,14 @@ from streamq import keys
 from tests.conftest import run_cli, spawn_worker
 
 LONG = os.environ.get("STREAMQ_FAULTS_LONG") == "1"
+
+
+def poll(what: str, check: Callable[[], bool], within: float = 60.0) -> None:
+    """Wait until ``check()`` holds, failing with ``what`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {within:.0f}s"
+        time.sleep(0.02)
 
 
 def enqueue(url: str, stream: str, jobs: int) -> set[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import redis as sync_redis
 
 from streamq import keys
 from tests.conftest import run_cli, spawn_worker, sync_client
+from tests.faults.fleet import poll
 from tests.observing import Lines
 
 GOOD_JOBS = 300
@@ -92,13 +93,6 @@ def counts(record: sync_redis.Redis, stream: str, what: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
-def wait_until(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def figures(record: sync_redis.Redis, stream: str, good: list[str]) -> tuple[int, int]:
     """(good jobs lost, good jobs that succeeded more than once)."""
     succeeded = counts(record, stream, "succeeded")
@@ -120,8 +114,8 @@ def test_a_handler_that_hangs_is_timed_out_retried_then_dead_and_others_keep_flo
     workers = Workers(redis_url, stream, config, "--job-timeout", "1s", "--concurrency", "4")
     lines = workers.start()
     try:
-        wait_until(lambda: state_of(record, stream, hanging)[0] == "dead", 60, "never dead")
-        wait_until(lambda: len(counts(record, stream, "succeeded")) == GOOD_JOBS, 60, "stuck")
+        poll("never dead", lambda: state_of(record, stream, hanging)[0] == "dead", 60)
+        poll("stuck", lambda: len(counts(record, stream, "succeeded")) == GOOD_JOBS, 60)
     finally:
         workers.stop()
     lost, twice = figures(record, stream, good)
@@ -147,14 +141,14 @@ def test_a_handler_blocking_the_event_loop_keeps_its_claim_and_the_stall_is_repo
     workers = Workers(redis_url, stream, config, "--visibility-timeout", "2s")
     first = workers.start()
     [blocking] = enqueue(redis_url, stream, [{"block": 6.0}])
-    wait_until(lambda: blocking in counts(record, stream, "runs"), 20, "never started")
+    poll("never started", lambda: blocking in counts(record, stream, "runs"), 20)
     second = workers.start()
     good = enqueue(redis_url, stream, [{"n": i} for i in range(GOOD_JOBS)])
     try:
         stall = first.wait_for("event loop stalled for", timeout=10)
-        wait_until(lambda: blocking in counts(record, stream, "succeeded"), 30, "never done")
+        poll("never done", lambda: blocking in counts(record, stream, "succeeded"), 30)
         first.wait_for("event loop ran again after a stall of", timeout=10)
-        wait_until(lambda: len(counts(record, stream, "succeeded")) == GOOD_JOBS + 1, 60, "stuck")
+        poll("stuck", lambda: len(counts(record, stream, "succeeded")) == GOOD_JOBS + 1, 60)
     finally:
         workers.stop()
     lost, twice = figures(record, stream, [*good, blocking])

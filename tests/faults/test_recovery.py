@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,7 +26,7 @@ import redis as sync_redis
 from streamq import keys
 from streamq.server import LocalServer
 from tests.conftest import run_cli
-from tests.faults.fleet import finish, worker
+from tests.faults.fleet import finish, poll, worker
 
 LONG_VISIBILITY = "600s"
 """Far beyond every deadline here: a job taken over within one was taken by its heartbeat."""
@@ -57,13 +56,6 @@ def spawn(
         "--visibility-timeout", visibility, "--concurrency", str(concurrency), "--prefetch", "0",
         env=env,
     )  # fmt: skip
-
-
-def poll(what: str, check: Callable[[], bool], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {within:.0f}s"
-        time.sleep(0.02)
 
 
 def consumer_of(client: sync_redis.Redis, stream: str, pid: int) -> str | None:
