@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -78,6 +79,9 @@ log = logging.getLogger("streamq.worker")
 
 WATCHDOG_SECONDS: Final = 0.25
 """How often running jobs are checked against their timeout (and so its precision)."""
+HEARD_CANCELS_KEPT: Final = 1000
+"""Cancellations remembered by job id: they are rare, and a job is on its way to a slot for
+milliseconds."""
 
 
 class WorkerOptions(StreamConfig, frozen=True, kw_only=True):
@@ -125,6 +129,9 @@ class Worker:
         self._closing = False
         self._stop_event = anyio.Event()
         self._slots = [_Slot() for _ in range(self.options.concurrency)]
+        # Cancellations heard lately, by job id: one can arrive while its job is between the
+        # read and a slot (decoded, or its start on the wire), where cancel_local finds nothing.
+        self._heard_cancels: OrderedDict[str, None] = OrderedDict()
         retention_ms = round(self.options.retention * 1000)
         self._retrying = Retrying(log, self._stop_event)
         self.buffers = LaneBuffers()
@@ -400,6 +407,7 @@ class Worker:
         monotonic = time.monotonic
         fresh_until = fetcher.fresh_until  # changed in place
         durations = self.metrics.durations  # drained in place, once per acknowledged batch
+        heard_cancels = self._heard_cancels
         while True:
             for lane_jobs in ready:
                 if lane_jobs:
@@ -437,6 +445,8 @@ class Worker:
             # or with the next call when one is on the wire (streamq.starts).
             await starts.start(job)
             slot.job = job
+            if heard_cancels and job.id in heard_cancels:
+                job.cancelled = True  # heard while it was on its way here
             began = monotonic()
             if timeout is not None:
                 slot.deadline = began + timeout
@@ -484,6 +494,9 @@ class Worker:
     def cancel_local(self, job_id: str) -> None:
         """Flag a job this worker holds as cancelled (a cancellation arrived on the control
         stream): it will not start if it has not, and a running handler sees job.cancelled."""
+        self._heard_cancels[job_id] = None
+        if len(self._heard_cancels) > HEARD_CANCELS_KEPT:
+            self._heard_cancels.popitem(last=False)
         for lane_jobs in self.buffers.ready:
             for job in lane_jobs:
                 if job.id == job_id:

@@ -197,6 +197,26 @@ async def test_cancel_a_running_job_flags_it_and_it_is_not_retried(
         assert saw_cancel == [True]
 
 
+async def test_a_cancellation_heard_before_its_job_reaches_a_slot_still_reaches_the_handler(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    # The control stream can tell a worker about a job it has read but not yet put anywhere
+    # cancel_local looks (decoded, or its start on the wire): the worker must remember it.
+    async with streamq.connect(redis_url) as q:
+        job_id = await q.enqueue(stream, "long")
+        saw_cancel: list[bool] = []
+
+        async def handler(job: Job) -> None:
+            saw_cancel.append(job.cancelled)
+            raise RuntimeError("stopped early")  # would normally be retried
+
+        worker = Worker(redis, stream, handler, options())
+        worker.cancel_local(job_id)  # heard while the job was nowhere in this worker
+        async with Running(worker):
+            await poll(lambda: _is(q, job_id, "cancelled"))
+        assert saw_cancel == [True]
+
+
 async def test_reschedule_and_replace_a_scheduled_post(
     redis_url: str, redis: Redis, stream: str
 ) -> None:
