@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
@@ -272,3 +273,11 @@ class AdminServer:
 def admin_server(server: LocalServer | LocalCluster) -> Iterator[AdminServer]:
     with AdminServer(server.url) as running:
         yield running
+
+
+@pytest.fixture
+async def http(admin_server: AdminServer) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the module's admin server, with the read-write token."""
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(base_url=admin_server.url, headers=headers, timeout=10) as client:
+        yield client

@@ -37,12 +37,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-async def http(admin_server: AdminServer) -> Any:
-    async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH, timeout=10) as client:
-        yield client
-
-
 async def fail_on_bad(job: Job) -> None:
     if job.payload == "bad":
         raise Fail("platform said no")

@@ -27,7 +27,7 @@ from streamq.errors import ConfigError
 from streamq.metrics import LATENESS_BUCKETS
 from streamq.tokenstore import REAUTH_REQUIRED
 from streamq.worker import Worker
-from tests.conftest import ADMIN_TOKEN, ROOT, VIEWER_TOKEN, AdminServer, run_cli
+from tests.conftest import ADMIN_TOKEN, ROOT, VIEWER_TOKEN, run_cli
 from tests.test_admin import error_of, fail_on_bad
 from tests.test_worker import FAST, options
 
@@ -41,12 +41,6 @@ VIEWER = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
 def anyio_backend() -> str:
     """The client's event loop does not matter here: the server runs on its own."""
     return "asyncio"
-
-
-@pytest.fixture
-async def http(admin_server: AdminServer) -> Any:
-    async with httpx.AsyncClient(base_url=admin_server.url, headers=AUTH, timeout=10) as client:
-        yield client
 
 
 async def audit_events(redis: Redis, stream: str) -> list[events.Event]:
