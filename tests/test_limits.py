@@ -378,8 +378,11 @@ async def test_accounts_take_turns_when_the_platform_limit_binds(
             states = {(await q.job(job_id)).state for job_id in hog if job_id not in started}
             report = await q.limits(stream, "hog")
             worker.stop()
-    # Behind at most one of the hog's jobs per turn, not behind its 38 waiting ones (~10 s).
-    assert max(started[job_id] for job_id in small) - enqueued < 1.2
+    # Behind at most one of the hog's jobs per turn, not behind its 38 waiting ones: counted,
+    # not timed (a loaded machine slows every turn alike).
+    last_small = max(started[job_id] for job_id in small)
+    hog_between = [job_id for job_id in hog if enqueued < started.get(job_id, -1) < last_small]
+    assert len(hog_between) <= 3, len(hog_between)
     assert "held" in states
     assert report.waiting_platform <= 3
 
