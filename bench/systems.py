@@ -81,6 +81,17 @@ PEERS: tuple[Peer, ...] = (
 )
 
 
+BULLMQ = Peer(
+    "bullmq",
+    ("bullmq==2.26.0",),
+    ("bullmq", "redis"),
+    "Queue.addBulk in batches of 10,000 with opts delay (an hour); Worker concurrency 100, "
+    "default job options (completed jobs kept)",
+    scenarios=("backlog",),
+)
+"""BullMQ's Python client: the backlog bench's peer (issue 28 compares bytes per job)."""
+
+
 def peer_driver(peer: Peer) -> Driver:
     python = PEERS_DIR / peer.name / "bin" / "python"
     return Driver(peer.name, str(python), f"bench.peers.drivers.{peer.name}_peer")

@@ -24,6 +24,7 @@ from typing import Any
 from bench.common import ROOT, BenchError, Section, engine_label, servers
 from bench.report import UI
 from bench.scenarios.listing import commit_tree
+from bench.systems import BULLMQ, PEERS_DIR, ensure_venv
 from streamq.config import parse_duration
 
 COLUMNS = [
@@ -63,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="commit to run beside this tree (default: the branch point of issue 28)",
     )
     parser.add_argument("--pairs", type=int, default=1, help="alternated rounds of the sides")
+    parser.add_argument(
+        "--no-bullmq", action="store_true", help="leave out BullMQ's side (its own virtualenv)"
+    )
 
 
 def probe(
@@ -94,6 +98,32 @@ def probe(
     return found
 
 
+def probe_bullmq(engine_binary: str | None, args: argparse.Namespace, jobs: int) -> dict[str, Any]:
+    """The same backlog through BullMQ's Python client, on a fresh server of its own."""
+    from streamq.server import LocalServer
+
+    python = PEERS_DIR / BULLMQ.name / "bin" / "python"
+    srv = LocalServer(engine_binary).start()
+    try:
+        marks = ",".join(str(n) for n in (100_000, 1_000_000) if n <= jobs)
+        drain = args.drain_jobs or (20_000 if args.quick else 100_000)
+        done = subprocess.run(
+            [
+                str(python), "-m", "bench.peers.drivers.bullmq_backlog", srv.url, str(jobs), marks,
+                str(drain),
+            ],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True, text=True, timeout=7200,
+        )  # fmt: skip
+    finally:
+        srv.stop()
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"backlog: BullMQ's run failed: {last}")
+    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
 def run(args: argparse.Namespace, ui: UI) -> list[Section]:
     jobs = args.jobs or (100_000 if args.quick else 1_000_000)
     section = Section(
@@ -102,11 +132,18 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
     with tempfile.TemporaryDirectory() as scratch:
         short, before = commit_tree(args.before, Path(scratch))
         sides = [(f"before ({short})", before), ("this tree", ROOT)]
+        bullmq = None
+        if not args.no_bullmq:
+            versions = ensure_venv(BULLMQ, ui)
+            bullmq = f"BullMQ {versions['bullmq']}"
         with servers(args.engines) as started:
             # The servers only name the engines; each run gets a fresh one of its own.
             engines = [(engine, engine_label(engine, srv), srv.binary) for engine, srv in started]
         for engine, label, binary in engines:
-            with ui.step(f"{label}: {args.pairs} alternated rounds", args.pairs * 2) as advance:
+            per_round = 2 if bullmq is None else 3
+            with ui.step(
+                f"{label}: {args.pairs} alternated rounds", args.pairs * per_round
+            ) as advance:
                 for round_ in range(args.pairs):
                     order = sides if round_ % 2 == 0 else sides[::-1]
                     for side, tree in order:
@@ -121,8 +158,18 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
                             "finished fields": found["finished fields"],
                         })  # fmt: skip
                         advance(len(section.rows))
+                    if bullmq is not None:
+                        found = probe_bullmq(
+                            None if engine == "valkey" else str(binary), args, jobs
+                        )
+                        section.rows.append({
+                            "engine": label, "side": bullmq, "round": round_ + 1, "jobs": jobs,
+                            "B/job at 100k": found.get("bytes/job at 100000"),
+                            "B/job": found["bytes/job"], "B/job no events": found["bytes/job"],
+                            **{c: found.get(c) for c in FIGURES[3:]},
+                        })  # fmt: skip
             if args.pairs > 1:
-                for side, _ in sides:
+                for side in [s for s, _ in sides] + ([bullmq] if bullmq else []):
                     mine = [r for r in section.rows if r["engine"] == label and r["side"] == side]
                     section.rows.append({
                         "engine": label, "side": side, "round": "median", "jobs": jobs,
@@ -135,6 +182,8 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
         "events: without it. server us/job: INFO commandstats, every command's time summed "
         "over the phase. ms: median of 5, as this process sees them. late: start minus "
         "due of 1,000 jobs due at one instant, server clock. finished record: MEMORY USAGE "
-        "of one done record, retention 1 h"
+        "of one done record, retention 1 h. BullMQ: the same payload through Queue.addBulk "
+        "(delay an hour), its default options (completed jobs kept); it has no events "
+        "stream, and the columns it has no counterpart for are empty"
     )
     return [section]
