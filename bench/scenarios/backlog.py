@@ -69,21 +69,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def probe(
-    tree: Path, engine_binary: str | None, args: argparse.Namespace, jobs: int
+def on_fresh_server(
+    engine_binary: str | None, command: list[str], tree: Path, who: str
 ) -> dict[str, Any]:
+    """Run ``command`` followed by a fresh server's URL (``{url}`` in it), with ``tree`` as
+    its working directory and import path; returns the JSON line it prints last."""
     from streamq.server import LocalServer
 
     srv = LocalServer(engine_binary).start()
     try:
-        marks = ",".join(str(n) for n in (100_000, 1_000_000) if n <= jobs)
-        horizon = parse_duration(args.horizon) if args.horizon != "0" else 0.0
-        drain = args.drain_jobs or (20_000 if args.quick else 100_000)
         done = subprocess.run(
-            [
-                sys.executable, str(ROOT / "bench" / "backlog_probe.py"), srv.url, str(jobs),
-                marks, str(horizon), str(args.due_jobs), str(drain),
-            ],
+            [srv.url if part == "{url}" else part for part in command],
             cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
             capture_output=True, text=True, timeout=7200,
         )  # fmt: skip
@@ -91,8 +87,27 @@ def probe(
         srv.stop()
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"backlog: the run in {tree} failed: {last}")
+        raise BenchError(f"backlog: {who}'s run failed: {last}")
     found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def sizes(args: argparse.Namespace, jobs: int) -> tuple[str, str]:
+    """The checkpoints (comma-separated job counts) and the number of jobs drained."""
+    marks = ",".join(str(n) for n in (100_000, 1_000_000) if n <= jobs)
+    return marks, str(args.drain_jobs or (20_000 if args.quick else 100_000))
+
+
+def probe(
+    tree: Path, engine_binary: str | None, args: argparse.Namespace, jobs: int
+) -> dict[str, Any]:
+    marks, drain = sizes(args, jobs)
+    horizon = parse_duration(args.horizon) if args.horizon != "0" else 0.0
+    command = [
+        sys.executable, str(ROOT / "bench" / "backlog_probe.py"), "{url}", str(jobs), marks,
+        str(horizon), str(args.due_jobs), drain,
+    ]  # fmt: skip
+    found = on_fresh_server(engine_binary, command, tree, str(tree))
     if Path(found["streamq"]).resolve() != tree.resolve():
         raise BenchError(f"backlog: the run meant for {tree} imported {found['streamq']}")
     return found
@@ -100,28 +115,10 @@ def probe(
 
 def probe_bullmq(engine_binary: str | None, args: argparse.Namespace, jobs: int) -> dict[str, Any]:
     """The same backlog through BullMQ's Python client, on a fresh server of its own."""
-    from streamq.server import LocalServer
-
+    marks, drain = sizes(args, jobs)
     python = PEERS_DIR / BULLMQ.name / "bin" / "python"
-    srv = LocalServer(engine_binary).start()
-    try:
-        marks = ",".join(str(n) for n in (100_000, 1_000_000) if n <= jobs)
-        drain = args.drain_jobs or (20_000 if args.quick else 100_000)
-        done = subprocess.run(
-            [
-                str(python), "-m", "bench.peers.drivers.bullmq_backlog", srv.url, str(jobs), marks,
-                str(drain),
-            ],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True, text=True, timeout=7200,
-        )  # fmt: skip
-    finally:
-        srv.stop()
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"backlog: BullMQ's run failed: {last}")
-    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return found
+    command = [str(python), "-m", "bench.peers.drivers.bullmq_backlog", "{url}", str(jobs), marks]
+    return on_fresh_server(engine_binary, [*command, drain], ROOT, "BullMQ")
 
 
 def run(args: argparse.Namespace, ui: UI) -> list[Section]:
