@@ -67,7 +67,7 @@ from streamq.acks import AckBatcher, Batch
 from streamq.buffers import LaneBuffers
 from streamq.config import StreamConfig
 from streamq.connection import TRANSIENT_ERRORS, Retrying
-from streamq.fetcher import Fetcher, lane_gone
+from streamq.fetcher import MAX_PREFETCH, Fetcher, lane_gone
 from streamq.handler import Handler, Hooks, call_hooks
 from streamq.heartbeat import Heartbeat
 from streamq.job import Job
@@ -230,6 +230,7 @@ class Worker:
                         signals.stop_gracefully, [self], background.cancel_scope, log
                     )
                 background.start_soon(self.fetcher.unblock_on_stop)
+                background.start_soon(self.fetcher.release_when_due)
                 background.start_soon(self.acks.run)
                 background.start_soon(self.starts.run)
                 background.start_soon(self.reclaimer.refresh_loop)
@@ -319,8 +320,13 @@ class Worker:
             if held_ms:
                 await self._wait_out_platform_pause(held_ms)
                 continue
-            held = self.claimed
+            held = self.claimed - fetcher.waiting_room
             capacity = self.options.concurrency + fetcher.prefetch
+            if fetcher.waiting_room and not fetcher.rate_limited:
+                # Jobs promoted ahead of their due time are being read: read them in the
+                # largest chunks, so all of a burst is here, held, by its due time. (Not
+                # under rate limits: there a job read is admitted, its start logged, at once.)
+                capacity = self.options.concurrency + MAX_PREFETCH
             room = capacity - held
             if room < max(1, capacity // 4) and held:
                 await fetcher.wait_for_room(self.options.block_seconds)
