@@ -65,9 +65,6 @@ CHECK_FIRST: Final = 100
 CHECK_BATCH: Final = 1000
 """Jobs asked about at once: after a wait, the first CHECK_FIRST in a call of their own, so
 they go on soon, beside a call for the rest."""
-MAX_WAITING: Final = 10_000
-"""Jobs held for their due time take no read-ahead room, up to this many: all the jobs due at
-one instant that were promoted ahead can be read before it, and start at the worker's pace."""
 
 
 @dataclass(eq=False)
@@ -125,8 +122,9 @@ class Fetcher:
         self._waiting_changed = anyio.Event()
         self._releasing = 0  # check_due calls and hand-ons in flight
         self._refreshed = 0  # the due time the clock was last read again for
-        self._reading: tuple[float, float] | None = None
-        """The server's clock as check_due last answered (ms), and time.monotonic() then."""
+        self._reading: tuple[float, float, float] | None = None
+        """What check_due's answers tell of the server's clock (_read_clock): at least the
+        first (ms) at time.monotonic() the second, at most the spread (the third, ms) later."""
 
     # -- the reader's connection ----------------------------------------------------------------
 
@@ -351,13 +349,24 @@ class Fetcher:
 
     # -- jobs read before their due time --------------------------------------------------------
 
-    def _read_clock(self, server_us: int) -> None:
-        """Keep the reading that puts the server's clock latest: each is a lower bound (read
-        before its answer came back), and the one that came back quickest is the closest."""
-        reading = (server_us / 1000, time.monotonic())
-        floor = self._server_floor_ms()
-        if floor is None or reading[0] > floor:
-            self._reading = reading
+    def _read_clock(self, server_us: int, sent: float, seen: float) -> None:
+        """Narrow what is known of the server's clock with a reading of it: TIME as read by a
+        call sent at ``sent`` and answered by ``seen`` (time.monotonic()). The server's clock
+        is at least the reading plus the time since ``seen`` (a lower bound: what waits are
+        planned from), and at most the reading plus the time since ``sent``; the spread between
+        the two is wide when the answer was seen late (the event loop or the process stalled),
+        and release_when_due then reads again rather than wait from it. Kept: the latest lower
+        bound and the earliest upper bound of the readings, unless a reading contradicts them
+        (the server's clock was set), when it alone counts."""
+        now = time.monotonic()
+        low = server_us / 1000 + (now - seen) * 1000
+        high = server_us / 1000 + (now - sent) * 1000
+        known = self._server_floor_ms()
+        if known is not None and self._reading is not None:
+            known_high = known + self._reading[2]
+            if low <= known_high and high >= known:
+                low, high = max(low, known), min(high, known_high)
+        self._reading = (low, now, high - low)
 
     def _server_floor_ms(self) -> float | None:
         """The server's clock now, from check_due's last answer: never ahead of it (the answer
@@ -365,7 +374,7 @@ class Fetcher:
         None when there is no recent reading."""
         if self._reading is None:
             return None
-        server_ms, at = self._reading
+        server_ms, at, _ = self._reading
         elapsed = time.monotonic() - at
         return None if elapsed > READING_MAX_SECONDS else server_ms + elapsed * 1000
 
@@ -431,9 +440,16 @@ class Fetcher:
             if floor is not None and self._waiting[0][0] > floor:
                 waited = True
                 due, wait_ms = self._waiting[0][0], self._waiting[0][0] - floor
-                if wait_ms > 2 * REFRESH_BEFORE_MS and self._refreshed != due:
+                spread = self._reading[2] if self._reading is not None else 0.0
+                # A reading with a wide spread may lag the server's clock by as much: a wait
+                # planned from it could end that much late. Read again instead, planned from
+                # the other end (the earliest the due time may have come), until a reading
+                # is close.
+                unsure = spread > REFRESH_BEFORE_MS
+                if (wait_ms > 2 * REFRESH_BEFORE_MS and self._refreshed != due) or unsure:
                     # Read the clock again shortly before: a second reading is often closer.
-                    with anyio.move_on_after((wait_ms - REFRESH_BEFORE_MS) / 1000) as timer:
+                    lead_ms = REFRESH_BEFORE_MS + (spread if unsure else 0.0)
+                    with anyio.move_on_after(max(0.0, wait_ms - lead_ms) / 1000) as timer:
                         await changed.wait()
                     if timer.cancelled_caught:
                         self._refreshed = due
@@ -477,9 +493,15 @@ class Fetcher:
             pairs = [
                 (job.id, due, job._entry, keys.LANES[lane]) for due, _, lane, job, *_ in chunks[i]
             ]
-            answers[i] = await self.retrying(
+            sent = time.monotonic()
+            answer = await self.retrying(
                 "check due", lambda: scripts.check_due(self.redis, self.stream, pairs)
             )
+            # The reading is noted as soon as it is seen: noted after the hand-on of the
+            # chunk before (or anything else the loop did meanwhile), it would lag by that.
+            assert answer is not None  # unbounded retries
+            self._read_clock(answer.now_us, sent, time.monotonic())
+            answers[i] = answer
             answered[i].set()
 
         async with anyio.create_task_group() as calls:
@@ -499,7 +521,6 @@ class Fetcher:
     async def _hand_on(
         self, asked: list[tuple[int, int, int, Job, int | None, Any]], answer: scripts.DueCheck
     ) -> None:
-        self._read_clock(answer.now_us)
         going: list[list[tuple[Job, int | None, Any]]] = [[] for _ in keys.LANES]
         for waiting, verdict in zip(asked, answer.verdicts, strict=True):
             _, _, lane, job, count, entry = waiting
@@ -533,9 +554,18 @@ class Fetcher:
         await anyio.lowlevel.checkpoint()
 
     @property
+    def hold_limit(self) -> int:
+        """How many jobs held for their due time take no read-ahead room: as many as the
+        read-ahead may grow to (MAX_PREFETCH when it adapts, else the prefetch given), plus a
+        job per slot. Past it they count as read ahead, so one worker does not take a whole
+        burst (or the tail of a run's retries) into its hands while others sit idle."""
+        ceiling = MAX_PREFETCH if self.adaptive else self.prefetch
+        return self.options.concurrency + ceiling
+
+    @property
     def waiting_room(self) -> int:
         """Claimed entries that take no read-ahead room: held for their due time."""
-        return min(len(self._waiting), MAX_WAITING)
+        return min(len(self._waiting), self.hold_limit)
 
     def waiting_jobs(self) -> list[list[Job]]:
         """Take the jobs held for their due time, per lane (the worker hands them back at a

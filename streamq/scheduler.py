@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -191,6 +192,9 @@ class Promoter:
         self._delayed = keys.delayed(stream)
         self.ahead_ms = PROMOTE_AHEAD_MS
         """How far ahead the next burst is promoted (see lead_for)."""
+        self._unsure_ms = 0.0
+        """How long the last promote_due call took: the clock's offset was taken as its answer
+        was seen, so the server's clock may be up to this much later than ``clock`` says."""
 
     def wake(self) -> None:
         """Re-plan now (e.g. a recurring job finished and its next occurrence can be added)."""
@@ -220,7 +224,9 @@ class Promoter:
                     self.ahead_ms = await self.lead_for(next_due)
                 except TRANSIENT_ERRORS:
                     self.ahead_ms = PROMOTE_AHEAD_MS
-                ahead = next_due - self.ahead_ms
+                # Planned from the latest the server's clock may be: a wake a little early
+                # promotes a little more ahead; a late one would make the burst late.
+                ahead = next_due - self.ahead_ms - self._unsure_ms
                 wait = min(wait, max(0.0, (ahead - self.clock.now_ms()) / 1000))
             with anyio.move_on_after(wait):
                 await self._wake.wait()
@@ -247,6 +253,7 @@ class Promoter:
                 self._delayed, "-inf", horizon, start=0, num=PROMOTE_BATCH
             )
             ids = [c.decode() for c in candidates]
+            sent = time.monotonic()
             done = await scripts.promote_due(
                 self.redis,
                 self.stream,
@@ -255,6 +262,7 @@ class Promoter:
                 ahead_ms=ahead_ms,
             )
             self.clock.saw(done.now_ms)
+            self._unsure_ms = (time.monotonic() - sent) * 1000
             self.promoted += done.promoted
             self.expired += done.expired
             head = done.next_due_ms

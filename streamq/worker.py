@@ -67,7 +67,7 @@ from streamq.acks import AckBatcher, Batch
 from streamq.buffers import LaneBuffers
 from streamq.config import StreamConfig
 from streamq.connection import TRANSIENT_ERRORS, Retrying
-from streamq.fetcher import MAX_PREFETCH, Fetcher, lane_gone
+from streamq.fetcher import Fetcher, lane_gone
 from streamq.handler import Handler, Hooks, call_hooks
 from streamq.heartbeat import Heartbeat
 from streamq.job import Job
@@ -320,13 +320,11 @@ class Worker:
             if held_ms:
                 await self._wait_out_platform_pause(held_ms)
                 continue
+            # Jobs held for their due time take no room, up to fetcher.hold_limit: a worker
+            # reads a burst promoted ahead (streamq.scheduler) in read-ahead-sized reads, and
+            # the read-ahead grows while its consumers wait (adapt), as for any backlog.
             held = self.claimed - fetcher.waiting_room
             capacity = self.options.concurrency + fetcher.prefetch
-            if fetcher.waiting_room and not fetcher.rate_limited:
-                # Jobs promoted ahead of their due time are being read: read them in the
-                # largest chunks, so all of a burst is here, held, by its due time. (Not
-                # under rate limits: there a job read is admitted, its start logged, at once.)
-                capacity = self.options.concurrency + MAX_PREFETCH
             room = capacity - held
             if room < max(1, capacity // 4) and held:
                 await fetcher.wait_for_room(self.options.block_seconds)

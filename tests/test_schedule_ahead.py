@@ -6,6 +6,7 @@ early, and a cancel or a reschedule sent while it waits must be seen."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -232,3 +233,80 @@ async def test_a_stopping_worker_hands_back_the_jobs_it_held(redis: Redis, strea
         second.stop()
     assert starts[0][0] == job_id
     assert starts[0][1] >= due
+
+
+async def held_by(redis: Redis, stream: str, consumer: str) -> int:
+    """Entries of the normal lane delivered to ``consumer`` and not acknowledged."""
+    summary: Any = await redis.xpending(keys.lane(stream, "normal"), keys.GROUP)
+    return sum(int(c["pending"]) for c in summary["consumers"] if c["name"] == consumer.encode())
+
+
+@pytest.mark.anyio
+async def test_a_worker_holds_no_more_of_a_burst_than_its_read_ahead(
+    redis: Redis, stream: str
+) -> None:
+    # The reverted first version let one worker take every job promoted ahead: the tail of a
+    # run (its retries) then ran on one worker while the others sat idle (tests/faults/
+    # test_network.py on Redis 7). Held ahead: at most the read-ahead's ceiling (hold_limit)
+    # without taking room, and the room of its read-ahead beyond.
+    due = await channel.server_ms(redis) + 3_000
+    ids = await Producer(redis).enqueue_many(stream, list(range(100)), options=at(due))
+    starts: dict[str, tuple[str, int]] = {}
+
+    def handler_of(name: str) -> Any:
+        async def handler(job: Job) -> None:
+            starts[job.id] = (name, await channel.server_ms(redis))
+
+        return handler
+
+    first = Worker(redis, stream, handler_of("first"), options(concurrency=4, prefetch=4))
+    second = Worker(redis, stream, handler_of("second"), options(concurrency=4, prefetch=4))
+    most = first.fetcher.hold_limit + 4 + 4
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first.run)
+        await poll(lambda: pending(redis, stream), within=5)
+        tg.start_soon(second.run)
+        # The second worker finds jobs of the burst left on the lane for it.
+        await poll(lambda: held_by(redis, stream, second.fetcher.consumer), within=5)
+        assert await held_by(redis, stream, first.fetcher.consumer) <= most
+        assert not starts
+        await poll(lambda: len(starts) == len(ids), within=20)
+        first.stop()
+        second.stop()
+    assert {name for name, _ in starts.values()} == {"first", "second"}
+    assert all(started >= due for _, started in starts.values())
+
+
+def test_a_reading_of_the_server_clock_seen_late_is_known_to_be_unsure() -> None:
+    """check_due's answers bound the server's clock from both sides: a reading seen long after
+    its call was sent (a stalled loop) has a wide spread, and release_when_due reads again
+    rather than plan a wait from it (such a wait ended up to 1.3 s late in the reverted first
+    version); a close reading narrows it; one that contradicts (the server's clock was set
+    back) replaces it."""
+
+    async def handler(job: Job) -> None:
+        pass
+
+    # No call is made: the readings are handed to it as check_due would.
+    fetcher = Worker(Redis(), "s", handler, options()).fetcher
+    now = time.monotonic()
+    fetcher._read_clock(1_000_000_000, sent=now - 0.3, seen=now)
+    assert fetcher._reading is not None
+    assert fetcher._reading[2] >= 299  # the server's clock may be 300 ms past the reading
+    floor = fetcher._server_floor_ms()
+    assert floor is not None
+    assert floor >= 1_000_000
+    # A close reading, 200 ms later by the server's clock: the floor moves up, the spread
+    # shrinks to what both allow.
+    now = time.monotonic()
+    fetcher._read_clock(1_000_200_000, sent=now - 0.001, seen=now)
+    assert fetcher._reading[2] <= 1.5
+    floor = fetcher._server_floor_ms()
+    assert floor is not None
+    assert floor >= 1_000_200
+    # The server's clock set back an hour: the new reading alone counts.
+    now = time.monotonic()
+    fetcher._read_clock(1_000_200_000 - 3_600_000_000, sent=now - 0.001, seen=now)
+    floor = fetcher._server_floor_ms()
+    assert floor is not None
+    assert floor < 1_000_200 - 3_500_000
