@@ -122,6 +122,7 @@ class Fetcher:
         self._waiting_changed = anyio.Event()
         self._releasing = 0  # check_due calls and hand-ons in flight
         self._refreshed = 0  # the due time the clock was last read again for
+        self._held_all = False  # the last jobs accepted were all held for their due time
         self._reading: tuple[float, float, float] | None = None
         """What check_due's answers tell of the server's clock (_read_clock): at least the
         first (ms) at time.monotonic() the second, at most the spread (the third, ms) later."""
@@ -420,6 +421,7 @@ class Fetcher:
             heapq.heappush(self._waiting, (due, self._waited, lane, job, count, raw[job._entry]))
         if len(go) < len(jobs):
             self._waiting_changed.set()
+        self._held_all = not go
         return go
 
     async def release_when_due(self) -> None:
@@ -561,6 +563,14 @@ class Fetcher:
         burst (or the tail of a run's retries) into its hands while others sit idle."""
         ceiling = MAX_PREFETCH if self.adaptive else self.prefetch
         return self.options.concurrency + ceiling
+
+    @property
+    def hold_room(self) -> int:
+        """How many more jobs may be read at once while a burst promoted ahead is being read
+        (the last jobs read were all held): what is left of hold_limit. Then the rest of the
+        burst comes in one read, not in read-ahead-sized ones; a read that brings a job due
+        now ends it, so due jobs are still read no more than the read-ahead at a time."""
+        return max(0, self.hold_limit - len(self._waiting)) if self._held_all else 0
 
     @property
     def waiting_room(self) -> int:

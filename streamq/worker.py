@@ -320,12 +320,12 @@ class Worker:
             if held_ms:
                 await self._wait_out_platform_pause(held_ms)
                 continue
-            # Jobs held for their due time take no room, up to fetcher.hold_limit: a worker
-            # reads a burst promoted ahead (streamq.scheduler) in read-ahead-sized reads, and
-            # the read-ahead grows while its consumers wait (adapt), as for any backlog.
+            # Jobs held for their due time take no room, up to fetcher.hold_limit; while a
+            # burst promoted ahead (streamq.scheduler) is being read, the rest of that limit
+            # is read at once (hold_room), so the burst is here, held, by its due time.
             held = self.claimed - fetcher.waiting_room
             capacity = self.options.concurrency + fetcher.prefetch
-            room = capacity - held
+            room = max(capacity - held, fetcher.hold_room)
             if room < max(1, capacity // 4) and held:
                 await fetcher.wait_for_room(self.options.block_seconds)
                 continue
