@@ -401,6 +401,11 @@ def pack_entry_ids(entry_ids: Sequence[bytes]) -> bytes:
     return _msgpack_encode([entry_id.decode() for entry_id in entry_ids])
 
 
+def pack_due_checks(rows: Sequence[tuple[int, bytes, str]]) -> bytes:
+    """(due ms, entry id, lane) per job, as check_due.lua takes them: one msgpack array."""
+    return _msgpack_encode([(due, entry.decode(), lane) for due, entry, lane in rows])
+
+
 def envelope_text(envelope: Envelope) -> str:
     """An envelope as a row carries it: str, because the server's cmsgpack reads msgpack str
     values but not bin."""

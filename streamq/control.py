@@ -264,7 +264,8 @@ async def reschedule(
     run_at: datetime | None = None,
     delay: timedelta | float | str | None = None,
 ) -> int:
-    """Move a scheduled or retrying job to a new due time; returns it (ms since the epoch)."""
+    """Move a scheduled or retrying job to a new due time; returns it (ms since the epoch).
+    A queued job not due yet (promoted ahead of its due time: docs/timing.md) moves too."""
     stream = _stream_of(job_id)
     if run_at is None and delay is None:
         raise InvalidJobState("reschedule needs run_at or delay")
@@ -273,6 +274,8 @@ async def reschedule(
     record_key = keys.job(stream, job_id)
     for _ in range(5):
         raw: Any = await redis.hget(record_key, "env")
+        if raw is None:
+            raw = await _queued_envelope(redis, stream, job_id)
         if raw is None:
             state: Any = await redis.hget(record_key, "state")
             if state is None:
@@ -287,6 +290,21 @@ async def reschedule(
             continue
         return due
     raise InvalidJobState(f"job {job_id} kept changing while being rescheduled: try again")
+
+
+async def _queued_envelope(redis: Redis, stream: str, job_id: str) -> bytes | None:
+    """The envelope of a queued job, from its entry (a queued job's record has none); None
+    when the job is not queued. reschedule_job decides whether it may still move."""
+    fields: Any = await redis.hmget(keys.job(stream, job_id), "state", "entry", "priority")
+    state, entry, priority = fields
+    if state != b"queued" or entry is None or priority not in (None, b"high", b"normal", b"low"):
+        return None
+    lane = keys.lane(stream, "normal" if priority is None else priority.decode())
+    found: Any = await redis.xrange(lane, entry, entry)
+    if not found or b"j" not in found[0][1]:
+        return None
+    raw: bytes = found[0][1][b"j"]
+    return raw
 
 
 PROMOTABLE = ("scheduled", "retrying")

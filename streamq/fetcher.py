@@ -11,6 +11,9 @@ and the news of the lanes above a job read ahead.
     may_start(lane)        whether a job of ``lane`` read ahead may start without a look above
     look_above(lane)       reads the lanes above ``lane``, so jobs that came there since the
                            read-ahead start first
+    release_when_due()     holds the jobs read before their due time (the promoter moves jobs
+                           onto the lanes a little ahead, streamq.scheduler) and hands them on
+                           once check_due, by the server's clock, says they are due
 
 The loop that decides when to read (room, burst mode, failures) is the worker's.
 """
@@ -18,6 +21,7 @@ The loop that decides when to read (room, burst mode, failures) is the worker's.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import math
 import time
@@ -26,6 +30,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
@@ -43,6 +48,23 @@ LANE_NEWS_SECONDS: Final = 0.02
 """How old the news that a higher lane is empty may be when a job of a lower lane starts from
 the read-ahead; older news is checked first (one read of those lanes), so a job read ahead
 never starts while a higher lane has held a job for longer than this plus one round trip."""
+CHECK_WINDOW_MS: Final = 1000
+"""A job read by a blocking read or reclaimed, whose due time is less than this before the
+server's time as last read here (or any, when none was read in the last READING_MAX_SECONDS),
+waits for check_due: it may have been promoted ahead of its due time, and read before it."""
+READING_MAX_SECONDS: Final = 30.0
+"""How long a reading of the server's clock (check_due's answer, timed with time.monotonic())
+stands in for it: it only plans when to ask, and clocks drift apart by well under a ms in this."""
+REFRESH_BEFORE_MS: Final = 10.0
+"""A job held for longer than twice this has the server's clock read again this long before it
+is due, to plan the last stretch from the closer of two readings."""
+TIMER_SLACK_MS: Final = 1.0
+"""How much earlier than planned the release timer is set; it yields the rest of the way (an
+event loop's timers have ms resolution and fire late, never early)."""
+CHECK_FIRST: Final = 100
+CHECK_BATCH: Final = 1000
+"""Jobs asked about at once: after a wait, the first CHECK_FIRST in a call of their own, so
+they go on soon, beside a call for the rest."""
 
 
 @dataclass(eq=False)
@@ -93,6 +115,17 @@ class Fetcher:
         # interrupts that read by its client id. Replies stay raw (no dict per entry).
         self._own_reader: Redis | None = None
         self._reader_id: int | None = None
+        # Jobs read before their due time, earliest first: (due ms, order read, lane, job,
+        # deliveries or None, raw entry). Their entries are held (buffers.held) meanwhile.
+        self._waiting: list[tuple[int, int, int, Job, int | None, Any]] = []
+        self._waited = 0
+        self._waiting_changed = anyio.Event()
+        self._releasing = 0  # check_due calls and hand-ons in flight
+        self._refreshed = 0  # the due time the clock was last read again for
+        self._held_all = False  # the last jobs accepted were all held for their due time
+        self._reading: tuple[float, float, float] | None = None
+        """What check_due's answers tell of the server's clock (_read_clock): at least the
+        first (ms) at time.monotonic() the second, at most the spread (the third, ms) later."""
 
     # -- the reader's connection ----------------------------------------------------------------
 
@@ -160,6 +193,7 @@ class Fetcher:
             if found >= count:
                 break
             sent = time.monotonic()
+            floor = self._server_floor_ms()
             reply = await self._reader.execute_command(  # type: ignore[no-untyped-call]
                 "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count - found,
                 "STREAMS", key, ">",
@@ -172,7 +206,7 @@ class Fetcher:
                 starved = starved or (
                     not any(buffers.ready) and 2 * buffers.idle >= self.options.concurrency
                 )
-                found += await self.accept(lane, reply[0][1])
+                found += await self.accept(lane, reply[0][1], read_floor=floor)
         return found, starved
 
     async def blocking_fetch(self, count: int, block_seconds: float) -> None:
@@ -222,7 +256,10 @@ class Fetcher:
         buffers.room_event = None
 
     async def release_ready(self) -> None:
-        """Hand back jobs fetched but never started, so a stop does not delay them."""
+        """Hand back jobs fetched but never started, so a stop does not delay them (those held
+        for their due time too: they are back on their lane, still promoted ahead)."""
+        for lane, waiting in enumerate(self.waiting_jobs()):
+            self.buffers.ready[lane].extend(waiting)
         for lane, lane_jobs in enumerate(self.buffers.ready):
             ids = [job._entry for job in lane_jobs]
             pairs = [(job._entry, job.id) for job in lane_jobs]
@@ -244,11 +281,17 @@ class Fetcher:
     # -- turning entries into jobs --------------------------------------------------------------
 
     async def accept(
-        self, lane: int, entries: list[Any], deliveries: list[int] | None = None
+        self,
+        lane: int,
+        entries: list[Any],
+        deliveries: list[int] | None = None,
+        *,
+        read_floor: float | None = None,
     ) -> int:
         """Turn raw entries into jobs on the ready buffer; dead-letter what cannot run.
         ``deliveries``: how often each was delivered, for entries reclaimed from a consumer
-        that died."""
+        that died. ``read_floor``: the server's clock, never ahead of it, as the read that
+        brought them was sent (_server_floor_ms), when known."""
         priority = keys.LANES[lane]
         held = self.buffers.held[lane]
         stream = self.stream
@@ -268,6 +311,20 @@ class Fetcher:
                 rejects.append((entry_id, reason, None))
                 continue
             jobs.append(Job(stream, priority, env, lane, entry_id, _redis=self.redis))
+        if jobs:
+            jobs = self._hold_early(lane, jobs, deliveries, entries, read_floor)
+        await self._take(lane, jobs, deliveries, entries, rejects)
+        return len(entries)
+
+    async def _take(
+        self,
+        lane: int,
+        jobs: list[Job],
+        deliveries: list[int] | None,
+        entries: list[Any],
+        rejects: list[tuple[bytes, str, codec.Envelope | None]],
+    ) -> None:
+        """The rest of accept, for jobs that may go on now."""
         if jobs:
             jobs = await self._read_records(jobs, deliveries, entries, rejects)
         if rejects:
@@ -290,7 +347,244 @@ class Fetcher:
                 self.settle_pauses()
         if jobs:
             self.buffers.add(lane, jobs)
-        return len(entries)
+
+    # -- jobs read before their due time --------------------------------------------------------
+
+    def _read_clock(self, server_us: int, sent: float, seen: float) -> None:
+        """Narrow what is known of the server's clock with a reading of it: TIME as read by a
+        call sent at ``sent`` and answered by ``seen`` (time.monotonic()). The server's clock
+        is at least the reading plus the time since ``seen`` (a lower bound: what waits are
+        planned from), and at most the reading plus the time since ``sent``; the spread between
+        the two is wide when the answer was seen late (the event loop or the process stalled),
+        and release_when_due then reads again rather than wait from it. Kept: the latest lower
+        bound and the earliest upper bound of the readings, unless a reading contradicts them
+        (the server's clock was set), when it alone counts."""
+        now = time.monotonic()
+        low = server_us / 1000 + (now - seen) * 1000
+        high = server_us / 1000 + (now - sent) * 1000
+        known = self._server_floor_ms()
+        if known is not None and self._reading is not None:
+            known_high = known + self._reading[2]
+            if low <= known_high and high >= known:
+                low, high = max(low, known), min(high, known_high)
+        self._reading = (low, now, high - low)
+
+    def _server_floor_ms(self) -> float | None:
+        """The server's clock now, from check_due's last answer: never ahead of it (the answer
+        was read before it came back), so a wait planned from it ends at or after the due time;
+        None when there is no recent reading."""
+        if self._reading is None:
+            return None
+        server_ms, at, _ = self._reading
+        elapsed = time.monotonic() - at
+        return None if elapsed > READING_MAX_SECONDS else server_ms + elapsed * 1000
+
+    def _hold_early(
+        self,
+        lane: int,
+        jobs: list[Job],
+        deliveries: list[int] | None,
+        entries: list[Any],
+        read_floor: float | None,
+    ) -> list[Job]:
+        """Set aside the jobs that may have been read before their due time; returns the others.
+
+        A job goes on at once when the read that brought it was sent once it was due by the
+        server's clock (``read_floor``): a cancel or a reschedule before its due time would
+        have deleted its entry, unread. Without that knowledge (a blocking read, a reclaim), it
+        goes on at once only if it was due CHECK_WINDOW_MS before the server's time now. Every
+        other job goes through check_due, the only judge of "due" (and of a cancel or a
+        reschedule that landed while it waited).
+        """
+        if read_floor is not None:
+            early = read_floor
+        else:
+            floor = self._server_floor_ms()
+            early = -math.inf if floor is None else floor - CHECK_WINDOW_MS
+        go: list[Job] = []
+        delivered = (
+            None
+            if deliveries is None
+            else {entry[0]: count for entry, count in zip(entries, deliveries, strict=True)}
+        )
+        raw = {entry[0]: entry for entry in entries}
+        # While jobs wait (or are being handed on), a due one read now queues behind them, so
+        # the jobs of an account due at the same time start in the order of their entries.
+        behind = bool(self._waiting) or self._releasing > 0
+        for job in jobs:
+            due = job.envelope.run_at_ms
+            if due is None or (due <= early and not behind):
+                go.append(job)
+                continue
+            self._waited += 1
+            count = None if delivered is None else delivered[job._entry]
+            heapq.heappush(self._waiting, (due, self._waited, lane, job, count, raw[job._entry]))
+        if len(go) < len(jobs):
+            self._waiting_changed.set()
+        self._held_all = not go
+        return go
+
+    async def release_when_due(self) -> None:
+        """Hand the jobs read before their due time on as they become due, until cancelled.
+
+        A local timer, planned from check_due's last reading of the server's clock, says when
+        to ask; check_due's answer says whether a job may go: nothing starts before it comes
+        back, so no job starts before its due time by the server's clock.
+        """
+        waited = True
+        while True:
+            changed = self._waiting_changed = anyio.Event()
+            if not self._waiting:
+                waited = True
+                await changed.wait()
+                continue
+            floor = self._server_floor_ms()
+            if floor is not None and self._waiting[0][0] > floor:
+                waited = True
+                due, wait_ms = self._waiting[0][0], self._waiting[0][0] - floor
+                spread = self._reading[2] if self._reading is not None else 0.0
+                # A reading with a wide spread may lag the server's clock by as much: a wait
+                # planned from it could end that much late. Read again instead, planned from
+                # the other end (the earliest the due time may have come), until a reading
+                # is close.
+                unsure = spread > REFRESH_BEFORE_MS
+                if (wait_ms > 2 * REFRESH_BEFORE_MS and self._refreshed != due) or unsure:
+                    # Read the clock again shortly before: a second reading is often closer.
+                    lead_ms = REFRESH_BEFORE_MS + (spread if unsure else 0.0)
+                    with anyio.move_on_after(max(0.0, wait_ms - lead_ms) / 1000) as timer:
+                        await changed.wait()
+                    if timer.cancelled_caught:
+                        self._refreshed = due
+                        await self._release_due(None, 1)
+                    continue
+                if wait_ms <= TIMER_SLACK_MS:
+                    # The event loop's timers fire up to a ms late: the last stretch is
+                    # yields, not a timer.
+                    await anyio.lowlevel.checkpoint()
+                    continue
+                with anyio.move_on_after((wait_ms - TIMER_SLACK_MS) / 1000):
+                    await changed.wait()
+                continue
+            await self._release_due(floor, CHECK_FIRST if waited else CHECK_BATCH)
+            waited = False
+
+    async def _release_due(self, floor: float | None, first: int) -> None:
+        self._releasing += 1
+        try:
+            await self._check_and_hand_on(floor, first)
+        finally:
+            self._releasing -= 1
+
+    async def _check_and_hand_on(self, floor: float | None, first: int) -> None:
+        """Ask check_due about the earliest held jobs due by ``floor`` (all of them, as far as
+        CHECK_BATCH; ``first`` when there is no reading yet) and hand on those it calls due.
+        The first ``first`` are asked alone, beside the rest, so they go on while the rest are
+        checked. (Every job asked is due by ``floor``, a lower bound of the server's clock,
+        so the calls cannot answer "not due" for one and "due" for a later one.)"""
+        asked: list[tuple[int, int, int, Job, int | None, Any]] = []
+        limit = first if floor is None else CHECK_BATCH
+        while self._waiting and len(asked) < limit:
+            if floor is not None and self._waiting[0][0] > floor:
+                break
+            asked.append(heapq.heappop(self._waiting))
+        chunks = [asked[:first], asked[first:]] if len(asked) > first else [asked]
+        answers: list[scripts.DueCheck | None] = [None] * len(chunks)
+        answered = [anyio.Event() for _ in chunks]
+
+        async def check(i: int) -> None:
+            pairs = [
+                (job.id, due, job._entry, keys.LANES[lane]) for due, _, lane, job, *_ in chunks[i]
+            ]
+            sent = time.monotonic()
+            answer = await self.retrying(
+                "check due", lambda: scripts.check_due(self.redis, self.stream, pairs)
+            )
+            # The reading is noted as soon as it is seen: noted after the hand-on of the
+            # chunk before (or anything else the loop did meanwhile), it would lag by that.
+            assert answer is not None  # unbounded retries
+            self._read_clock(answer.now_us, sent, time.monotonic())
+            answers[i] = answer
+            answered[i].set()
+
+        async with anyio.create_task_group() as calls:
+            # Jobs of a lower lane read long ago would each wait for a look at the lanes above
+            # (look_above) before they start: take it now, beside the check, not after it.
+            lowest = max(lane for _, _, lane, _, _, _ in asked)
+            if lowest and self.higher_lanes_unknown(lowest, LANE_NEWS_SECONDS / 2):
+                calls.start_soon(self.look_above, lowest)
+            for i in range(len(chunks)):
+                calls.start_soon(check, i)
+            for i, chunk in enumerate(chunks):
+                await answered[i].wait()
+                answer = answers[i]
+                assert answer is not None  # unbounded retries
+                await self._hand_on(chunk, answer)
+
+    async def _hand_on(
+        self, asked: list[tuple[int, int, int, Job, int | None, Any]], answer: scripts.DueCheck
+    ) -> None:
+        going: list[list[tuple[Job, int | None, Any]]] = [[] for _ in keys.LANES]
+        for waiting, verdict in zip(asked, answer.verdicts, strict=True):
+            _, _, lane, job, count, entry = waiting
+            if verdict == scripts.DUE_WAIT:
+                heapq.heappush(self._waiting, waiting)
+            elif verdict == scripts.DUE_GONE:
+                # Moved back by reschedule_job; check_due acknowledged and deleted the entry.
+                self.buffers.let_go(job)
+            else:
+                job.cancelled = verdict == scripts.DUE_CANCELLED
+                going[lane].append((job, count, entry))
+        for lane, due in enumerate(going):
+            if not due:
+                continue
+            # Read entries and reclaimed ones (with their deliveries) go on apart, as they came.
+            read = [(job, entry) for job, count, entry in due if count is None]
+            if read:
+                await self._take(lane, [j for j, _ in read], None, [e for _, e in read], [])
+            taken = [(job, count, entry) for job, count, entry in due if count is not None]
+            if taken:
+                await self._take(
+                    lane,
+                    [job for job, _, _ in taken],
+                    [count for _, count, _ in taken if count is not None],
+                    [entry for _, _, entry in taken],
+                    [],
+                )
+        # Let the consumers take the jobs handed on and start them before anything else is
+        # built and sent: one turn to take a job, one through starts.start's yield.
+        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
+
+    @property
+    def hold_limit(self) -> int:
+        """How many jobs held for their due time take no read-ahead room: as many as the
+        read-ahead may grow to (MAX_PREFETCH when it adapts, else the prefetch given), plus a
+        job per slot. Past it they count as read ahead, so one worker does not take a whole
+        burst (or the tail of a run's retries) into its hands while others sit idle."""
+        ceiling = MAX_PREFETCH if self.adaptive else self.prefetch
+        return self.options.concurrency + ceiling
+
+    @property
+    def hold_room(self) -> int:
+        """How many more jobs may be read at once while a burst promoted ahead is being read
+        (the last jobs read were all held): what is left of hold_limit. Then the rest of the
+        burst comes in one read, not in read-ahead-sized ones; a read that brings a job due
+        now ends it, so due jobs are still read no more than the read-ahead at a time."""
+        return max(0, self.hold_limit - len(self._waiting)) if self._held_all else 0
+
+    @property
+    def waiting_room(self) -> int:
+        """Claimed entries that take no read-ahead room: held for their due time."""
+        return min(len(self._waiting), self.hold_limit)
+
+    def waiting_jobs(self) -> list[list[Job]]:
+        """Take the jobs held for their due time, per lane (the worker hands them back at a
+        stop, as it does the read-ahead)."""
+        by_lane: list[list[Job]] = [[] for _ in keys.LANES]
+        for _, _, lane, job, _, _ in sorted(self._waiting):
+            by_lane[lane].append(job)
+        self._waiting.clear()
+        return by_lane
 
     def settle_pauses(self) -> None:
         """Park the jobs already read of accounts whose pause is now in force."""
@@ -455,6 +749,7 @@ class Fetcher:
             count = max(1, self.free_consumers())
             for higher in range(lane):
                 sent = time.monotonic()
+                floor = self._server_floor_ms()
                 reply: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
                     "XREADGROUP", "GROUP", keys.GROUP, self.consumer, "COUNT", count,
                     "STREAMS", self.lanes[higher], ">",
@@ -464,7 +759,7 @@ class Fetcher:
                     self._empty_at[higher] = sent
                     self._news()
                 if entries:
-                    await self.accept(higher, entries)
+                    await self.accept(higher, entries, read_floor=floor)
         except redis_errors.ResponseError as exc:
             if isinstance(exc, TRANSIENT_ERRORS) or lane_gone(exc):
                 # The fetcher meets the same trouble and deals with it; meanwhile the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -150,10 +151,22 @@ def next_fire_ms(expression: str, tz_name: str, after_ms: int) -> int:
 PROMOTE_BATCH = 500
 MAX_SLEEP_SECONDS = 5.0
 """A promoter re-checks at least this often, whatever it was told."""
+PROMOTE_AHEAD_MS = 100
+"""Jobs are promoted this long before they are due: the promotion's work (and the worker's
+read) is done by the due time, and the worker that reads such a job holds it until check_due
+says, by the server's clock, that it is due (streamq.fetcher; docs/timing.md). Long enough to
+promote a thousand jobs due at one instant; short, because a worker holds the jobs it read
+meanwhile. A larger burst is promoted earlier still (PROMOTE_MS_PER_JOB)."""
+PROMOTE_MS_PER_JOB = 0.03
+"""What promoting one job costs, about (30 µs: promote_due.lua on the shared 2-core machine of
+bench/RESULTS.md, with other work on it): a burst of n jobs due within PROMOTE_AHEAD_MS of the
+next one starts being promoted n times this ahead, so it is promoted by its due time."""
+MAX_PROMOTE_AHEAD_MS = 1000
+"""The most ahead a burst is promoted, however large."""
 
 
 class Promoter:
-    """Moves due jobs onto their lanes, sleeping until the next one is due.
+    """Moves due jobs onto their lanes, sleeping until PROMOTE_AHEAD_MS before the next one.
 
     Every worker runs one: there is no scheduler process to lose, and the promotion script
     makes sure each job moves once however many promoters race. Sleeps are local timers (a
@@ -177,6 +190,11 @@ class Promoter:
         self.expired = 0
         self._wake = anyio.Event()
         self._delayed = keys.delayed(stream)
+        self.ahead_ms = PROMOTE_AHEAD_MS
+        """How far ahead the next burst is promoted (see lead_for)."""
+        self._unsure_ms = 0.0
+        """How long the last promote_due call took: the clock's offset was taken as its answer
+        was seen, so the server's clock may be up to this much later than ``clock`` says."""
 
     def wake(self) -> None:
         """Re-plan now (e.g. a recurring job finished and its next occurrence can be added)."""
@@ -202,33 +220,55 @@ class Promoter:
             failures = 0
             wait = MAX_SLEEP_SECONDS
             if next_due is not None:
-                wait = min(wait, max(0.0, (next_due - self.clock.now_ms()) / 1000))
+                try:
+                    self.ahead_ms = await self.lead_for(next_due)
+                except TRANSIENT_ERRORS:
+                    self.ahead_ms = PROMOTE_AHEAD_MS
+                # Planned from the latest the server's clock may be: a wake a little early
+                # promotes a little more ahead; a late one would make the burst late.
+                ahead = next_due - self.ahead_ms - self._unsure_ms
+                wait = min(wait, max(0.0, (ahead - self.clock.now_ms()) / 1000))
             with anyio.move_on_after(wait):
                 await self._wake.wait()
             self._wake = anyio.Event()
 
+    async def lead_for(self, next_due: int) -> int:
+        """How far ahead of ``next_due`` to start promoting: PROMOTE_AHEAD_MS, or more for a
+        burst (the jobs due within PROMOTE_AHEAD_MS of it), up to MAX_PROMOTE_AHEAD_MS."""
+        burst = int(await self.redis.zcount(self._delayed, "-inf", next_due + PROMOTE_AHEAD_MS))
+        longer = min(MAX_PROMOTE_AHEAD_MS, round(burst * PROMOTE_MS_PER_JOB))
+        return max(PROMOTE_AHEAD_MS, longer)
+
     async def promote_due(self) -> int | None:
-        """Promote everything due now; returns when the next waiting job is due (server ms)."""
+        """Promote everything due within ``ahead_ms``; returns when the next waiting job is
+        due (server ms)."""
+        ahead_ms = max(self.ahead_ms, PROMOTE_AHEAD_MS)
         floor = 0
         while True:
             # The script decides by TIME; this only picks. The local estimate of the server's
             # clock runs behind by a slow reply's latency (``saw`` sets it when the answer
             # arrives), so once the script has named a head that is due, pick up to it.
-            horizon = max(self.clock.now_ms() + 1000, floor)
+            horizon = max(self.clock.now_ms() + ahead_ms + 1000, floor)
             candidates: Any = await self.redis.zrangebyscore(
                 self._delayed, "-inf", horizon, start=0, num=PROMOTE_BATCH
             )
             ids = [c.decode() for c in candidates]
+            sent = time.monotonic()
             done = await scripts.promote_due(
-                self.redis, self.stream, ids, retention_ms=self.retention_ms
+                self.redis,
+                self.stream,
+                ids,
+                retention_ms=self.retention_ms,
+                ahead_ms=ahead_ms,
             )
             self.clock.saw(done.now_ms)
+            self._unsure_ms = (time.monotonic() - sent) * 1000
             self.promoted += done.promoted
             self.expired += done.expired
             head = done.next_due_ms
             if head is None:
                 return None
-            if head > done.now_ms or (not ids and horizon >= head):
+            if head > done.now_ms + ahead_ms or (not ids and horizon >= head):
                 return head
             floor = head
 

@@ -324,9 +324,10 @@ class Promotion:
 
 
 async def promote_due(
-    redis: Redis, stream: str, job_ids: Sequence[str], *, retention_ms: int
+    redis: Redis, stream: str, job_ids: Sequence[str], *, retention_ms: int, ahead_ms: int = 0
 ) -> Promotion:
-    """Move the due ones of ``job_ids`` (the earliest of the delayed set) onto their lanes."""
+    """Move the due ones of ``job_ids`` (the earliest of the delayed set) onto their lanes;
+    with ``ahead_ms``, also those due within that long (a worker holds them until due)."""
     reply = await _run(
         redis,
         "promote_due",
@@ -336,10 +337,45 @@ async def promote_due(
             ),
             *[keys.job(stream, job_id) for job_id in job_ids],
         ],
-        [retention_ms, keys.script_prefix(stream), *job_ids],
+        [retention_ms, keys.script_prefix(stream), ahead_ms, *job_ids],
     )
     promoted, expired, now, head = (int(value) for value in reply)
     return Promotion(promoted, expired, now, None if head < 0 else head)
+
+
+DUE_WAIT: Final = 0
+"""check_due's verdict: not due yet by the server's clock."""
+DUE_RUN: Final = 1
+DUE_CANCELLED: Final = 2
+"""Due, but cancelled while it waited: it ends as cancelled without running."""
+DUE_GONE: Final = 3
+"""Taken back to the delayed set (rescheduled) while it waited: no longer this worker's."""
+
+
+@dataclass(frozen=True, slots=True)
+class DueCheck:
+    """check_due's answer."""
+
+    now_us: int
+    """The server's clock (TIME) as the verdicts were given, in µs."""
+    verdicts: list[int]
+
+
+async def check_due(
+    redis: Redis, stream: str, jobs: Sequence[tuple[str, int, bytes, keys.Priority]]
+) -> DueCheck:
+    """Whether each of ``jobs`` (job id, due ms, entry id, lane) read ahead of its due time may
+    start now, by the server's clock (see check_due.lua)."""
+    record_prefix = keys.job(stream, "")
+    rows = codec.pack_due_checks([(due, entry, lane) for _, due, entry, lane in jobs])
+    reply = await _run(
+        redis,
+        "check_due",
+        [record_prefix + job_id for job_id, _, _, _ in jobs],
+        [keys.script_prefix(stream), keys.GROUP, rows],
+    )
+    now, verdicts = reply
+    return DueCheck(int(now), [int(v) for v in verdicts])
 
 
 async def cancel_job(
@@ -378,8 +414,9 @@ async def cancel_job(
 async def reschedule_job(
     redis: Redis, job_id: str, *, due_ms: int, envelope: bytes, read: bytes | str
 ) -> None:
-    """Move a scheduled or retrying job to ``due_ms`` (``envelope``: the one ``read`` from its
-    record, re-encoded with that due time). Raises JobNotFound; RecordChanged when the record
+    """Move a scheduled or retrying job, or a queued one not due yet (promoted ahead), to
+    ``due_ms`` (``envelope``: the one ``read`` from its record or queued entry, re-encoded with
+    that due time). Raises JobNotFound; RecordChanged when the record
     changed since it was read; InvalidJobState when the job is not scheduled."""
     stream = keys.stream_of_job(job_id)
     state = await _run(
@@ -387,9 +424,9 @@ async def reschedule_job(
         "reschedule_job",
         [
             keys.job(stream, job_id),
-            *_keys(stream, keys.delayed, keys.control, keys.events, keys.meta),
+            *_keys(stream, keys.delayed, keys.control, keys.events, keys.meta, keys.counts),
         ],
-        [job_id, due_ms, envelope, read, keys.script_prefix(stream)],
+        [job_id, due_ms, envelope, read, keys.script_prefix(stream), keys.GROUP],
     )
     if state is None:
         raise script_error("missing", f"no job {job_id!r}")

@@ -230,6 +230,7 @@ class Worker:
                         signals.stop_gracefully, [self], background.cancel_scope, log
                     )
                 background.start_soon(self.fetcher.unblock_on_stop)
+                background.start_soon(self.fetcher.release_when_due)
                 background.start_soon(self.acks.run)
                 background.start_soon(self.starts.run)
                 background.start_soon(self.reclaimer.refresh_loop)
@@ -319,9 +320,12 @@ class Worker:
             if held_ms:
                 await self._wait_out_platform_pause(held_ms)
                 continue
-            held = self.claimed
+            # Jobs held for their due time take no room, up to fetcher.hold_limit; while a
+            # burst promoted ahead (streamq.scheduler) is being read, the rest of that limit
+            # is read at once (hold_room), so the burst is here, held, by its due time.
+            held = self.claimed - fetcher.waiting_room
             capacity = self.options.concurrency + fetcher.prefetch
-            room = capacity - held
+            room = max(capacity - held, fetcher.hold_room)
             if room < max(1, capacity // 4) and held:
                 await fetcher.wait_for_room(self.options.block_seconds)
                 continue

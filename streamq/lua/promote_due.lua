@@ -9,10 +9,14 @@ KEYS[8]     stream settings (the events' cap)
 KEYS[9..]   record keys of the candidate jobs, in ARGV order
 ARGV[1]     retention of finished records, ms
 ARGV[2]     key prefix of the stream, 'streamq:{S}:'
-ARGV[3..]   candidate job ids (the earliest members of the delayed set, read just before)
+ARGV[3]     how far ahead of its due time a job is promoted, ms (0: only when due)
+ARGV[4..]   candidate job ids (the earliest members of the delayed set, read just before)
 
-A candidate is promoted only if it is still in the delayed set and due by TIME; it leaves the
-set in the same step, so however many workers promote at once, each job moves exactly once.
+A candidate is promoted only if it is still in the delayed set and due by TIME plus ARGV[3]; it
+leaves the set in the same step, so however many workers promote at once, each job moves exactly
+once. A job promoted ahead is 'queued' with its due time in its envelope ('r'): a worker that
+reads it holds it until check_due.lua, by TIME, says it is due (streamq.fetcher), so promoting
+early moves the work of promotion before the due time, never the start.
 A job whose record holds expire_after and that is later than that past its due time is not
 run: it ends as expired (a step of a flow, whose record holds 'flow', joins the stream's flow
 outbox then, so its flow is told).
@@ -32,7 +36,7 @@ Returns { promoted, expired, server now ms, due ms of the next waiting job or -1
 -- @include "stored_envelope.lua"
 local delayed, dedup, counts = KEYS[1], KEYS[5], KEYS[6]
 local lanes = { high = KEYS[2], normal = KEYS[3], low = KEYS[4] }
-local retention, prefix = ARGV[1], ARGV[2]
+local retention, prefix, ahead = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local events = KEYS[7]
 local event_settings = events_settings(KEYS[8])
 local now = server_now_ms()
@@ -43,7 +47,7 @@ local STALE_MS = 60000
 local function check_held(marker)
   local account = string.sub(marker, 7)
   local turns = turns_key(prefix, account)
-  redis.call('ZREMRANGEBYSCORE', turns, '-inf', now - STALE_MS)
+  redis.call('ZREMRANGEBYSCORE', turns, '-inf', now + ahead - STALE_MS)
   if redis.call('ZCARD', turns) == 0 then
     release_held(prefix, account)
   end
@@ -52,14 +56,16 @@ local function check_held(marker)
   end
 end
 
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local id = ARGV[i]
   local due = redis.call('ZSCORE', delayed, id)
-  if due and tonumber(due) <= now and string.sub(id, 1, 6) == '@held:' then
+  -- (A marker is looked at up to ARGV[3] early too: it is a 60 s safety net, and a head the
+  -- promoter may not take would have it come back at once until it is due.)
+  if due and tonumber(due) <= now + ahead and string.sub(id, 1, 6) == '@held:' then
     redis.call('ZREM', delayed, id)
     check_held(id)
-  elseif due and tonumber(due) <= now then
-    local record = KEYS[6 + i]
+  elseif due and tonumber(due) <= now + ahead then
+    local record = KEYS[5 + i]
     redis.call('ZREM', delayed, id)
     local f = redis.call('HMGET', record, 'state', 'env', 'priority', 'expire_after', 'key',
       'account', 'attempt', 'flow')
