@@ -11,10 +11,11 @@ before the listings: ``connect``, ``enqueue_many(accounts=, delay=)``, ``keys.co
 Enqueues JOBS jobs scheduled two seconds ahead, each for one of ACCOUNTS accounts (what writes
 the per-account due index), then starts PROCESSES ``streamq consume`` workers with a no-op
 handler (found in HANDLER_DIR), which promote them (out of the index) and finish them (into
-the finished index). Prints one JSON line: enqueue jobs/s, and drain jobs/s from the first
-job done to the last (the workers' start-up is not counted); and the server's time per job in
-each phase (INFO commandstats, every command's usec summed: less swayed by a busy machine than
-the rates, though a server that loses its core mid-command counts that too).
+the finished index). Prints one JSON line: enqueue jobs/s, and drain jobs/s from the last
+poll that saw no job done to the last job done (the workers' start-up is not counted); and the
+server's time per job in each phase (INFO commandstats, every command's usec summed: less
+swayed by a busy machine than the rates, though a server that loses its core mid-command
+counts that too).
 """
 
 from __future__ import annotations
@@ -65,12 +66,16 @@ def drain(url: str, stream: str, jobs: int, processes: int, handler_dir: str) ->
     ]
     try:
         first = last = None
+        polled = time.perf_counter()
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             done = int(client.hget(keys.counts(stream), "done") or 0)
             now = time.perf_counter()
             if done and first is None:
-                first = (now, done)
+                # From the poll before, which saw none done: a small run can be all done
+                # between two polls.
+                first = (polled, 0)
+            polled = now
             if done >= jobs:
                 last = now
                 break

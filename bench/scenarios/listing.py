@@ -346,7 +346,8 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
     if sides:
         hot.notes.append(
             "each side its own copy (git archive) run by bench/listing_hot_path.py, alternated "
-            "on the same server; drain jobs/s from the first job done to the last"
+            "on the same server; drain jobs/s from the last poll (every 10 ms) that saw no job "
+            "done to the last job done"
         )
         sections.append(hot)
     return sections
