@@ -142,6 +142,30 @@ async def test_a_consumer_that_owns_entries_is_never_dropped(redis: Redis, strea
     assert sorted(gone[1][1][b"jobs"].decode().split()) == sorted(job.id for job in held)
 
 
+async def test_an_idle_consumer_whose_heartbeat_is_ahead_is_not_dropped(
+    redis: Redis, stream: str
+) -> None:
+    # An empty stream leaves a live worker idle (before Redis 7.2, only a delivering read
+    # resets a consumer's idle time): its heartbeat, not its idleness, says whether it is gone.
+    for lane in keys.LANES:
+        await redis.xgroup_create(keys.lane(stream, lane), keys.GROUP, id="0", mkstream=True)
+    await redis.xgroup_createconsumer(keys.lane(stream, "normal"), keys.GROUP, "quiet")
+    now = await channel.server_ms(redis)
+    await redis.hset(keys.liveness(stream), "alive:quiet", now + 60_000)
+
+    async def reclaim() -> None:
+        await scripts.reclaim_jobs(
+            redis, stream, "live", min_idle_ms=0, count=0, cursors=["0-0"] * 3, gap_ms=1000
+        )
+
+    await reclaim()
+    assert "quiet" in await group_consumers(redis, stream)
+    await redis.hset(keys.liveness(stream), "alive:quiet", now - 1)  # its heartbeat stopped
+    await reclaim()
+    assert "quiet" not in await group_consumers(redis, stream)
+    assert not await redis.hexists(keys.liveness(stream), "alive:quiet")
+
+
 async def test_an_unknown_stream_is_an_error_in_every_interface(
     redis_url: str, admin_server: AdminServer, stream: str
 ) -> None:

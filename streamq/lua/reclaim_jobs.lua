@@ -18,8 +18,9 @@ run. With none left it still touches the group (a claim that can match nothing),
 it counted as alive.
 Entries taken over are logged per previous owner: { kind 'reclaimed', from, by, jobs (the job
 ids, space-separated), at }. Then every other consumer idle for the minimum idle time that owns
-no entry on any lane is deleted from every lane's group, its card removed and logged: { kind
-'gone', consumer, card, at }. XGROUP DELCONSUMER drops a consumer's pending entries, so one
+no entry on any lane, and whose heartbeat deadline ('alive:<C>') is not still ahead, is
+deleted from every lane's group, its card removed and logged: { kind 'gone', consumer, card,
+at }. XGROUP DELCONSUMER drops a consumer's pending entries, so one
 that still owns any stays until they are reclaimed. A worker that was only stalled loses
 nothing: it owned nothing, and its next read adds it to the group again. A consumer dropped
 loses its liveness fields ('alive:<C>', 'fenced:<C>').
@@ -94,6 +95,14 @@ local function owns_nothing(name)
   return true
 end
 
+-- A consumer whose heartbeat says it is alive stays, however idle: an empty stream leaves a
+-- live worker idle (Redis before 7.2 counts only reads that delivered), and dropping it would
+-- log a live worker as gone.
+local function beating(name)
+  local deadline = redis.call('HGET', liveness, 'alive:' .. name)
+  return deadline and tonumber(deadline) > now
+end
+
 local looked = { [consumer] = true }
 for l = 1, settled and 3 or 0 do
   local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[l], group)
@@ -106,7 +115,7 @@ for l = 1, settled and 3 or 0 do
       local name = info['name']
       if not looked[name] then
         looked[name] = true
-        if info['idle'] >= tonumber(min_idle) and owns_nothing(name) then
+        if info['idle'] >= tonumber(min_idle) and not beating(name) and owns_nothing(name) then
           for m = 1, 3 do
             pcall(redis.call, 'XGROUP', 'DELCONSUMER', KEYS[m], group, name)
           end
