@@ -74,8 +74,10 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     """
 
     id: JobId
-    payload: Any
     enqueued_at_ms: Millis = msgspec.field(name="t")
+    """Written before the payload so that a scheduled job's record can drop it by prefix (it is
+    the time in the job's id: lua/include/stored_envelope.lua). Readers take any order."""
+    payload: Any
     attempt: Count = msgspec.field(default=1, name="a")
     key: Key | None = msgspec.field(default=None, name="k")
     version: Count = msgspec.field(default=FORMAT_VERSION, name="v")
@@ -179,14 +181,26 @@ def decode(raw: bytes) -> Envelope:
 
 
 _ID_FIELD: Final = b'{"id":"'
+_SCHEDULED: Final = b"~"
+_FIRST_RUN_END: Final = b',"f":true}'
+
+
+def _created_ms(job_id: str) -> int:
+    """The creation time an id spells (``<stream>:<ms hex>-<counter+random hex>``)."""
+    return int(job_id.rpartition(":")[2].partition("-")[0], 16)
 
 
 def entry_envelope(raw: bytes, job_id: str) -> bytes:
-    """A record's ``env`` as an entry carries it: a scheduled job's record keeps its envelope
-    without the id its key names (lua/include/stored_envelope.lua, the same function for the
-    scripts), other records and earlier versions' keep it whole."""
+    """A record's ``env`` as an entry carries it (lua/include/stored_envelope.lua has the same
+    function for the scripts). Three forms: a new scheduled job's record keeps ``~`` and the
+    envelope between ``"payload":`` and ``,"f":true}`` (its id and enqueue time are its key's
+    id, its first-run flag is that of every job enqueued); a done job's record, and earlier
+    versions' scheduled ones, the envelope without the id; other records the whole envelope."""
     if raw.startswith(_ID_FIELD):
         return raw
+    if raw.startswith(_SCHEDULED):
+        head = b'{"id":"%s","t":%d,"payload":' % (job_id.encode(), _created_ms(job_id))
+        return head + raw[1:] + _FIRST_RUN_END
     return _ID_FIELD + job_id.encode() + b'",' + raw[1:]
 
 

@@ -91,7 +91,7 @@ for job, fields in ipairs(jobs) do
       -- them once, there (streamq.control.from_record reads them from it), and keeps the
       -- envelope without the id its key names. Each byte of a waiting job's record is memory
       -- the whole backlog pays (docs/capacity.md).
-      redis.call('HSET', record, 'state', 'scheduled', 'env', stored_envelope(id, envelope))
+      redis.call('HSET', record, 'state', 'scheduled', 'env', scheduled_envelope(id, envelope))
       earliest = math.min(earliest, due)
       emit_event(events, event_settings, 'scheduled', id, now, 1, key, fields[5], { 'run_at', due })
     else
