@@ -164,6 +164,11 @@ found out); ``flow.<state>`` a flow's end (its ``job`` is the flow's id, its ``r
 step's final state, by name), in the stream of its first step (streamq.flows)."""
 
 
+DEFAULT_EVENTS_SKIP = ("started",)
+"""Written with the run's outcome anyway, a ``started`` event tells nothing the outcome's
+``started_at`` does not; it cost the drain path an XADD a job (bench/RESULTS.md, issue 22)."""
+
+
 class EventsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The stream's lifecycle events (streamq:{S}:events): on by default, capped by length and
     by age."""
@@ -173,16 +178,23 @@ class EventsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     """About this many events are kept (trimmed a node at a time, so a few more)."""
     max_age: float | None = 7 * 86400.0
     """Events older than this are trimmed; None keeps them until max_len."""
-    skip: tuple[str, ...] = ()
+    skip: tuple[str, ...] | None = None
     """Event types not recorded, e.g. ("started", "queued") to spare the server two writes
-    a job."""
+    a job. None (the default) records all but ``started``, unless a webhook of the stream asks
+    for it: every run's final event carries ``started_at`` instead, so a run costs one event
+    (``skipped``). Set it, even to [], to choose."""
 
     def __post_init__(self) -> None:
         if self.max_len < 1:
             raise ConfigError("events.max_len must be at least 1")
-        unknown = set(self.skip) - set(EVENT_TYPES)
+        unknown = set(self.skip or ()) - set(EVENT_TYPES)
         if unknown:
             raise ConfigError(f"events.skip: unknown event type(s) {', '.join(sorted(unknown))}")
+
+    @property
+    def skipped(self) -> tuple[str, ...]:
+        """The types not recorded: ``skip``, or the default's."""
+        return DEFAULT_EVENTS_SKIP if self.skip is None else self.skip
 
     @property
     def cap(self) -> int:
@@ -326,6 +338,11 @@ class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             raise ConfigError(f"max_payload_bytes must be from 1 to {MAX_PAYLOAD_BYTES}")
         if self.max_attempts > MAX_ATTEMPTS or self.max_deliveries > MAX_ATTEMPTS:
             raise ConfigError(f"max_attempts and max_deliveries must be at most {MAX_ATTEMPTS}")
+        if self.events.skip is None and any("started" in hook.events for hook in self.webhooks):
+            # A webhook asked for started events: the default that spares them does not apply.
+            msgspec.structs.force_setattr(
+                self, "events", msgspec.structs.replace(self.events, skip=())
+            )
 
     def partition_share(self, partitions: int) -> Self:
         """One partition's settings when a process reads ``partitions`` of them: an equal

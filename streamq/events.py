@@ -55,6 +55,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     at_ms: int
     """When it happened, by the server's clock (for ``started``: when the handler started)."""
     attempt: int
+    started_at_ms: int | None = None
+    """The final event of a run (done, retried, dead, ...): when its handler started."""
     key: str | None = None
     account: str | None = None
     run_at_ms: int | None = None
@@ -85,6 +87,7 @@ def from_entry(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Even
 
     result = fields.get(b"result")
     run_at = fields.get(b"run_at")
+    started_at = fields.get(b"started_at")
     return Event(
         id=entry_id.decode(),
         stream=stream,
@@ -92,6 +95,7 @@ def from_entry(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Even
         job=fields[b"job"].decode(),
         at_ms=int(fields[b"at"]),
         attempt=int(fields.get(b"attempt", b"1")),
+        started_at_ms=None if started_at is None else int(started_at),
         key=text(b"key"),
         account=text(b"account"),
         run_at_ms=None if run_at is None else int(run_at),
@@ -139,7 +143,7 @@ async def publish_settings(redis: Redis, stream: str, settings: EventsConfig) ->
         mapping={
             "events_cap": settings.cap,
             "events_age_ms": settings.max_age_ms,
-            "events_skip": ",".join(settings.skip),
+            "events_skip": ",".join(settings.skipped),
         },
     )
 

@@ -143,7 +143,7 @@ class Waiters:
             skip = set((raw[1] or b"").decode().split(","))
             return int(raw[0]) == 0 or bool(skip & FINAL_EVENTS)
         events = self._config.stream(stream).events
-        return events.cap == 0 or bool(set(events.skip) & FINAL_EVENTS)
+        return events.cap == 0 or bool(set(events.skipped) & FINAL_EVENTS)
 
     async def _read(self, stream: str, reader: _Reader) -> None:
         events_key = keys.events(stream)

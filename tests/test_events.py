@@ -49,7 +49,9 @@ async def test_a_workload_produces_exactly_the_expected_events_in_order_per_job(
         bad = await q.enqueue(stream, "bad", max_attempts=2)
         later = await q.enqueue(stream, "later", delay="1h")
         await q.cancel(later)
-        async with Running(Worker(redis, stream, handler, options(burst=False))):
+        # skip = [] asks for every type: `started` too, which the default spares.
+        every_type = options(burst=False, events=EventsConfig(skip=()))
+        async with Running(Worker(redis, stream, handler, every_type)):
             for job_id, final in ((ok, "done"), (flaky, "done"), (bad, "dead")):
                 await poll(lambda job_id=job_id, final=final: _is(q, job_id, final))
     by_job: dict[str, list[events.Event]] = defaultdict(list)
@@ -75,6 +77,7 @@ async def test_a_workload_produces_exactly_the_expected_events_in_order_per_job(
     assert "bad attempt 2" in (by_job[bad][-1].error or "")
     started, finished = by_job[ok][1], by_job[ok][2]
     assert started.at_ms <= finished.at_ms  # started carries the time the handler started
+    assert finished.started_at_ms == started.at_ms  # and so does the run's final event
     assert by_job[later][0].run_at_ms is not None
 
 
@@ -170,6 +173,40 @@ async def test_the_streams_settings_reach_every_writer(
     assert msgspec.to_builtins(EventsConfig())["max_len"] == _lua_default_cap()
 
 
+async def test_by_default_a_run_writes_one_event_that_carries_its_start(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    async def handler(job: Job) -> None:
+        if job.attempt == 1:
+            raise RuntimeError("once")
+
+    await Worker(redis, stream, handler, options()).run()  # publishes the settings
+    async with streamq.connect(redis_url) as q:
+        job_id = await q.enqueue(stream, "x")
+        async with Running(Worker(redis, stream, handler, options(burst=False))):
+            await poll(lambda: _is(q, job_id, "done"))
+    story = await every_event(redis, stream)
+    assert [(ev.type, ev.attempt) for ev in story] == [
+        ("queued", 1), ("retried", 1), ("queued", 2), ("done", 2)
+    ]  # fmt: skip
+    for ended in (story[1], story[3]):
+        assert ended.started_at_ms is not None
+        assert ended.started_at_ms <= ended.at_ms
+    assert story[0].started_at_ms is None
+    record = await redis.hget(keys.job(stream, job_id), "started_at")
+    assert story[3].started_at_ms == int(record or 0)
+
+
+def test_a_webhook_that_asks_for_started_events_gets_them() -> None:
+    from streamq.config import StreamConfig, Webhook
+
+    assert EventsConfig().skipped == ("started",)
+    hook = Webhook(url="https://app.example/hook", events=("started", "done"))
+    assert StreamConfig(webhooks=(hook,)).events.skipped == ()
+    chosen = StreamConfig(webhooks=(hook,), events=EventsConfig(skip=("queued",)))
+    assert chosen.events.skipped == ("queued",)
+
+
 async def test_skipped_types_are_not_recorded(redis_url: str, redis: Redis, stream: str) -> None:
     async def handler(job: Job) -> None:
         return None
@@ -224,7 +261,7 @@ async def test_a_late_second_done_writes_no_second_event_nor_count(
     late = codec.Done(job_id, "", 1, 1, '"twice"')  # a stalled worker's done, after the takeover
     await finish_late(redis, stream, job_id, entry_id, late)
     kinds = [ev.type for ev in await every_event(redis, stream)]
-    assert kinds == ["queued", "started", "done"]
+    assert kinds == ["queued", "done"]
     assert await redis.hget(keys.counts(stream), "done") == b"1"
     assert await redis.hget(keys.job(stream, job_id), "result") == b'"once"'
 

@@ -46,8 +46,10 @@ heartbeat lapsed) has every outcome, done included, for an entry another consume
 dropped as stale, and that entry is neither acknowledged nor deleted: it is the new owner's.
 The counts hash also sums `ran` (outcomes of runs) and `busy_ms` (their handler time).
 Every outcome appends its event: 'started' (at the time the handler started: a start is not a
-step on the server, so its event is written with the outcome), then 'done', 'retried',
-'rate-limited', 'paused', 'dead', 'expired' or 'cancelled'. A stale outcome writes none.
+step on the server, so its event is written with the outcome; skipped by default), then 'done',
+'retried', 'rate-limited', 'paused', 'dead', 'expired' or 'cancelled', which carries the run's
+'started_at' when it ran: one event a run, where nobody asked for 'started'. A stale outcome
+writes none.
 A retry or deferral joins its account's due index with the delayed set; a job that ends done,
 cancelled or expired joins the finished index of that state.
 A run that did not end done (retried, rate-limited, paused, dead, cancelled while running) is
@@ -158,10 +160,15 @@ local head = delayed_head_ms(delayed)
 local earliest = math.huge
 local tally = {}
 
--- The job whose outcome is being written, for its events.
-local job_id, job_key, job_attempt, job_account
+-- The job whose outcome is being written, for its events; job_started: its run's start, or nil
+-- (not run: expired, cancelled before it ran).
+local job_id, job_key, job_attempt, job_account, job_started
 
 local function event(kind, extra)
+  if job_started then
+    extra = extra or {}
+    extra[#extra + 1], extra[#extra + 2] = 'started_at', job_started
+  end
   emit_event(events, event_settings, kind, job_id, now, job_attempt, job_key, job_account, extra)
 end
 
@@ -204,7 +211,7 @@ for i, o in ipairs(outcomes) do
     code = 'c'
   end
   -- Events name the attempt they are about: a retry's outcome carries the next one's number.
-  job_id, job_key, job_account = id, key, nil
+  job_id, job_key, job_account, job_started = id, key, nil, nil
   job_attempt = o[1] == 'r' and attempt - 1 or attempt
   if event_settings.cap > 0 and code ~= 'stale' then
     job_account = accounts[i]
@@ -213,7 +220,8 @@ for i, o in ipairs(outcomes) do
     end
     if started > 0 then
       -- The start is the worker's estimate of the server's clock: never after the outcome.
-      emit_event(events, event_settings, 'started', id, math.min(started, now), job_attempt, key,
+      job_started = math.min(started, now)
+      emit_event(events, event_settings, 'started', id, job_started, job_attempt, key,
         job_account)
     end
   end

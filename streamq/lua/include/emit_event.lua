@@ -7,7 +7,8 @@
 local function events_settings(meta)
   local s = redis.call('HMGET', meta, 'events_cap', 'events_age_ms', 'events_skip')
   local skip = {}
-  for kind in string.gmatch(s[3] or '', '[^,]+') do
+  -- No settings published yet: EventsConfig's default skip (DEFAULT_EVENTS_SKIP).
+  for kind in string.gmatch(s[3] or 'started', '[^,]+') do
     skip[kind] = true
   end
   return { cap = tonumber(s[1] or '100000'), age = tonumber(s[2] or '604800000'), skip = skip }
