@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from streamq import codec, connection, keys, limiter, scripts
+from streamq import channel, codec, connection, keys, limiter, scripts
 from streamq.errors import SCRIPT_CODES, InvalidJobState, JobNotFound, RecordChanged
 from streamq.job import Job
 
@@ -160,6 +160,27 @@ async def test_finish_dead_letter_and_purge(redis: Redis, stream: str) -> None:
     records = [keys.job(stream, done.id), keys.job(stream, failed.id)]
     assert await scripts.purge_records(redis, records, keep_ms=0, states=["done"]) == 1
     assert not await redis.exists(keys.job(stream, done.id))
+
+
+async def test_a_start_after_the_outcome_is_clamped_alike_in_record_and_event(
+    redis: Redis, stream: str
+) -> None:
+    # A worker's estimate of the server's clock may lead it: the start it sends can be later
+    # than the server's now. The record, the run history and the event must agree on one start.
+    await add(redis, stream, 1)
+    (job,) = await read(redis, stream)
+    ahead = await channel.server_ms(redis) + 600_000
+    acked = await scripts.finish_jobs(
+        redis, stream, [[], [job._entry], []], [codec.Done(job.id, "", 1, ahead, "")],
+        retention_ms=60_000,
+    )  # fmt: skip
+    assert acked == 1
+    record: Any = await redis.hmget(keys.job(stream, job.id), "started_at", "finished_at")
+    started, finished = (int(v) for v in record)
+    assert started == finished < ahead
+    events: Any = await redis.xrange(keys.events(stream))
+    [(_, fields)] = [e for e in events if e[1][b"type"] == b"done"]
+    assert int(fields[b"started_at"]) == started
 
 
 async def test_claims_reclaim_refresh_release_and_retire(

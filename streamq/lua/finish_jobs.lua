@@ -203,7 +203,11 @@ end
 
 for i, o in ipairs(outcomes) do
   local record = KEYS[10 + i]
-  local code, id, key, attempt, started = o[1], o[2], o[3], o[4], o[5]
+  local code, id, key, attempt = o[1], o[2], o[3], o[4]
+  -- The start is the worker's estimate of the server's clock: never after the outcome. Clamped
+  -- once, so the record, the run's history and the events give the same start.
+  local started = math.min(o[5], now)
+  o[5] = started
   if stale[i] then
     code = 'stale'
   end
@@ -219,10 +223,8 @@ for i, o in ipairs(outcomes) do
       job_account = redis.call('HGET', record, 'account')
     end
     if started > 0 then
-      -- The start is the worker's estimate of the server's clock: never after the outcome.
-      job_started = math.min(started, now)
-      emit_event(events, event_settings, 'started', id, job_started, job_attempt, key,
-        job_account)
+      job_started = started
+      emit_event(events, event_settings, 'started', id, started, job_attempt, key, job_account)
     end
   end
   if started > 0 and code ~= 'stale' then
