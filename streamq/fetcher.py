@@ -402,12 +402,7 @@ class Fetcher:
             floor = self._server_floor_ms()
             early = -math.inf if floor is None else floor - CHECK_WINDOW_MS
         go: list[Job] = []
-        delivered = (
-            None
-            if deliveries is None
-            else {entry[0]: count for entry, count in zip(entries, deliveries, strict=True)}
-        )
-        raw = {entry[0]: entry for entry in entries}
+        held: list[tuple[int, Job]] = []
         # While jobs wait (or are being handed on), a due one read now queues behind them, so
         # the jobs of an account due at the same time start in the order of their entries.
         behind = bool(self._waiting) or self._releasing > 0
@@ -415,13 +410,22 @@ class Fetcher:
             due = job.envelope.run_at_ms
             if due is None or (due <= early and not behind):
                 go.append(job)
-                continue
+            else:
+                held.append((due, job))
+        self._held_all = not go
+        if not held:  # the common case (a job due now, read now): no lookups built
+            return go
+        delivered = (
+            None
+            if deliveries is None
+            else {entry[0]: count for entry, count in zip(entries, deliveries, strict=True)}
+        )
+        raw = {entry[0]: entry for entry in entries}
+        for due, job in held:
             self._waited += 1
             count = None if delivered is None else delivered[job._entry]
             heapq.heappush(self._waiting, (due, self._waited, lane, job, count, raw[job._entry]))
-        if len(go) < len(jobs):
-            self._waiting_changed.set()
-        self._held_all = not go
+        self._waiting_changed.set()
         return go
 
     async def release_when_due(self) -> None:
