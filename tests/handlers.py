@@ -98,7 +98,12 @@ async def stamp(job: Job) -> None:
     if payload.get("revoked") and not await redis.hexists(f"{prefix}:revoked", job.id):
         await redis.hset(f"{prefix}:revoked", job.id, started)
         raise Fail("token revoked", pause_account=True)
-    line = json.dumps({"id": job.id, "account": job.account, "t": started, "a": job.attempt})
+    # The limiter's own start time (the server's clock at admission; 0 on a stream without
+    # limits): exact, where `t` also carries this process's scheduling delay after admission.
+    admitted = job._admitted_ms / 1000
+    line = json.dumps(
+        {"id": job.id, "account": job.account, "t": started, "a": job.attempt, "admitted": admitted}
+    )
     await redis.rpush(f"{prefix}:starts", line)
 
 
