@@ -87,15 +87,25 @@ class AckBatcher:
 
     async def _record_batch(self, batch: Batch, in_flight: anyio.Semaphore) -> None:
         self.in_flight.append(batch)
+        # Starts still queued (streamq.starts) go with their outcomes: taken once, here, so a
+        # retried call carries them again.
+        folded = ""
+        for job, _ in batch:
+            if job._start_queued:
+                folded = "".join("1" if job._start_queued else "0" for job, _ in batch)
+                for job, _ in batch:
+                    job._start_queued = False
+                break
         try:
-            await self.retrying("ack", lambda: self._record(batch))
+            await self.retrying("ack", lambda: self._record(batch, folded))
         finally:
             self.in_flight.remove(batch)
             in_flight.release()
         await self.on_recorded(batch)
 
-    async def _record(self, batch: Batch) -> None:
-        """Acknowledge a batch and record each job's outcome: one script call."""
+    async def _record(self, batch: Batch, folded: str = "") -> None:
+        """Acknowledge a batch and record each job's outcome: one script call. ``folded``:
+        which of them carry their run's start (scripts.finish_jobs)."""
         ids: list[list[bytes]] = [[] for _ in keys.LANES]
         rows: list[codec.Outcome] = []
         flow_steps: list[str] = []
@@ -112,4 +122,5 @@ class AckBatcher:
             retention_ms=self.retention_ms,
             consumer=self.consumer,
             flow_steps=flow_steps,
+            folded=folded,
         )

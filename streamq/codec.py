@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -185,6 +186,10 @@ _SCHEDULED: Final = b"~"
 _FIRST_RUN_END: Final = b',"f":true}'
 
 
+_ID_TIME: Final = re.compile(r":[0-9a-fA-F]+-[0-9a-fA-F]+\Z")
+"""lua/include/stored_envelope.lua's id_ms_text pattern."""
+
+
 def _created_ms(job_id: str) -> int:
     """The creation time an id spells (``<stream>:<ms hex>-<counter+random hex>``)."""
     return int(job_id.rpartition(":")[2].partition("-")[0], 16)
@@ -204,6 +209,27 @@ def entry_envelope(raw: bytes, job_id: str) -> bytes:
     return _ID_FIELD + job_id.encode() + b'",' + raw[1:]
 
 
+def stored_envelope(raw: bytes, job_id: str) -> bytes:
+    """An entry's envelope ``raw`` as a done job's record keeps it (the worker sends it with
+    the outcome, so finish_jobs reads no entry): the shortest form :func:`entry_envelope` gives
+    back exactly, ``~`` and the payload for a job on its first entry, else the envelope
+    without the id its record's key names; ``raw`` itself when neither reads back. b'' for
+    b'' (finish_jobs then reads the entry)."""
+    id_head = b'{"id":"' + job_id.encode() + b'",'
+    if not raw.startswith(id_head):
+        return raw
+    if (
+        raw.endswith(_FIRST_RUN_END)
+        and raw.startswith(b'"t":', len(id_head))
+        and _ID_TIME.search(job_id)  # an id the scripts' entry_envelope can read a time from
+    ):
+        short = _SCHEDULED + raw.partition(b',"payload":')[2][: -len(_FIRST_RUN_END)]
+        if entry_envelope(short, job_id) == raw:
+            return short
+    stored = b"{" + raw[len(id_head) :]
+    return stored if entry_envelope(stored, job_id) == raw else raw
+
+
 def record_envelope(raw: bytes, job_id: str) -> Envelope:
     """Decode a record's ``env`` (either form, see :func:`entry_envelope`); raises msgspec
     errors if it is not ours."""
@@ -216,6 +242,11 @@ class UnknownEntry(ValueError):
 
 def decode_fields(fields: list[bytes] | dict[bytes, bytes]) -> Envelope:
     """Decode a raw entry (a flat field/value list or a dict); raises UnknownEntry."""
+    return decode_entry(fields)[0]
+
+
+def decode_entry(fields: list[bytes] | dict[bytes, bytes]) -> tuple[Envelope, bytes]:
+    """:func:`decode_fields`, with the envelope's text as the entry holds it."""
     if isinstance(fields, dict):
         if len(fields) != 1 or ENTRY_FIELD not in fields:
             raise UnknownEntry(f"foreign entry with fields {_field_names(list(fields))}")
@@ -230,7 +261,7 @@ def decode_fields(fields: list[bytes] | dict[bytes, bytes]) -> Envelope:
         raise UnknownEntry(f"undecodable entry: {exc}") from None
     if envelope.version > FORMAT_VERSION:
         raise UnknownEntry(f"entry format v{envelope.version} is newer than this worker's")
-    return envelope
+    return envelope, raw
 
 
 def _field_names(names: list[bytes]) -> str:
@@ -285,6 +316,9 @@ class Outcome(msgspec.Struct, array_like=True, gc=False):
 class Done(Outcome, tag="d"):
     result: str
     """The handler's return value as JSON, '' for None."""
+    envelope: str = ""
+    """The entry's envelope as the done record keeps it (:func:`stored_envelope`); '' and
+    finish_jobs reads it from the entry."""
 
 
 class _Later(Outcome):
