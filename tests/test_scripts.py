@@ -179,6 +179,28 @@ async def test_a_done_record_keeps_the_envelope_its_worker_sends(redis: Redis, s
     assert codec.record_envelope(raw, copied.id) == copied.envelope
 
 
+async def test_a_batch_of_more_than_500_outcomes_indexes_every_finished_job(
+    redis: Redis, stream: str
+) -> None:
+    # The finished indexes take a batch's jobs in one ZADD per 500 (unpack's bound).
+    ids = await add(redis, stream, 1203)
+    jobs: list[Job] = []
+    for lane in keys.lanes(stream):
+        await redis.xgroup_create(lane, keys.GROUP, id="0", mkstream=True)
+    while len(jobs) < len(ids):
+        reply: Any = await redis.xreadgroup(
+            keys.GROUP, "c1", {keys.lane(stream, "normal"): ">"}, count=1000
+        )
+        jobs += [Job(stream, "normal", codec.decode_fields(f), 1, e) for e, f in reply[0][1]]
+    cancelled = jobs.pop()
+    outcomes: list[codec.Outcome] = [codec.Done(job.id, "", 1, 5, "") for job in jobs]
+    outcomes.append(codec.Cancelled(cancelled.id, "", 1, 0, "{}", 2, cancelled._entry.decode()))
+    entries = [[], [job._entry for job in [*jobs, cancelled]], []]
+    assert await scripts.finish_jobs(redis, stream, entries, outcomes, retention_ms=60_000) == 1203
+    assert await redis.zcard(keys.finished(stream, "done")) == 1202
+    assert await redis.zrange(keys.finished(stream, "cancelled"), 0, -1) == [cancelled.id.encode()]
+
+
 async def test_a_start_folded_into_a_stale_outcome_is_counted_on_its_entry(
     redis: Redis, stream: str
 ) -> None:

@@ -222,12 +222,18 @@ local function remember_run(record, o, code, n)
   redis.call('HSET', record, 'attempts', cjson.encode(runs))
 end
 
+local ended = {} -- per listed state, the ids that ended in it: indexed in one ZADD each
 local function finish(record, id, key, state)
   redis.call('PEXPIRE', record, retention)
   free_dedup_key(dedup, key, id)
   tally[state] = (tally[state] or 0) + 1
   if listed[state] then
-    index_finished(prefix, state, id, now)
+    local ids = ended[state]
+    if not ids then
+      ids = {}
+      ended[state] = ids
+    end
+    ids[#ids + 1] = id
   end
 end
 
@@ -340,6 +346,7 @@ end
 for state, n in pairs(tally) do
   redis.call('HINCRBY', counts, state, n)
   if listed[state] then
+    index_finished_all(prefix, state, ended[state], now)
     trim_finished(prefix, state, now, retention)
   end
 end
