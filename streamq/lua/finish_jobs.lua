@@ -65,6 +65,8 @@ A done job's record also keeps its envelope (`env`, as the worker sends it: the 
 streamq.codec.entry_envelope reads back, '~' and the payload for a job on its first entry;
 from an older caller, copied from its entry before the entry is deleted, without the id its
 key names: stored_envelope.lua), so its payload can be shown while the record is retained.
+A done record drops the run count start_jobs kept ('runs', 'run_entry': the budget of an
+entry now gone; 'run_entry' repeated 'entry'), so every done record has one shape.
 A folded start (ARGV[11]) counts nothing for an outcome recorded here: its entry is
 acknowledged and deleted, and the runs start_jobs counts are those of a live entry (the
 delivery budget of a reclaimed one). A stale outcome's entry lives on, another consumer's or
@@ -99,6 +101,7 @@ local keep = nil -- per lane, the entries of stale outcomes: not acknowledged, n
 local accounts = {} -- read with a done job's state, so its event costs no second read
 local envelopes = {} -- of done jobs, as their records keep them
 local stale_entries = {} -- of stale done outcomes, for a folded start
+local counted = {} -- done outcomes whose record counts runs (start_jobs): dropped when done
 local LANE_OF = { high = 1, normal = 2, low = 3 }
 -- The fence (reclaim_lapsed): a worker whose entries were taken over because its heartbeat
 -- lapsed may have been frozen, not dead. Its outcome for an entry another consumer owns now is
@@ -123,8 +126,9 @@ for i, o in ipairs(outcomes) do
       keep_entry(lane, entry)
     end
   else
-    local f = redis.call('HMGET', KEYS[10 + i], 'state', 'account', 'entry', 'priority')
+    local f = redis.call('HMGET', KEYS[10 + i], 'state', 'account', 'entry', 'priority', 'runs')
     accounts[i] = f[2]
+    counted[i] = f[5] ~= false
     local lane = LANE_OF[f[4]] or 2
     local who = fenced and f[3] and owner(lane, f[3])
     if who and who ~= worker then
@@ -286,6 +290,9 @@ for i, o in ipairs(outcomes) do
       fields[#fields + 1], fields[#fields + 2] = 'env', envelopes[i]
     end
     redis.call('HSET', record, unpack(fields))
+    if counted[i] then
+      redis.call('HDEL', record, 'runs', 'run_entry')
+    end
     finish(record, id, key, 'done')
     event('done', { 'result', o[6] })
   elseif code == 'r' or code == 'l' then
