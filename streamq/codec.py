@@ -186,8 +186,9 @@ _SCHEDULED: Final = b"~"
 _FIRST_RUN_END: Final = b',"f":true}'
 
 
-_ID_TIME: Final = re.compile(r":[0-9a-fA-F]+-[0-9a-fA-F]+\Z")
-"""lua/include/stored_envelope.lua's id_ms_text pattern."""
+_ID_TIME: Final = re.compile(r":([0-9a-fA-F]+)-[0-9a-fA-F]+\Z")
+"""lua/include/stored_envelope.lua's id_ms_text pattern: the time an id spells (the part
+after its last ':', as _created_ms reads it)."""
 
 
 def _created_ms(job_id: str) -> int:
@@ -209,25 +210,23 @@ def entry_envelope(raw: bytes, job_id: str) -> bytes:
     return _ID_FIELD + job_id.encode() + b'",' + raw[1:]
 
 
-def stored_envelope(raw: bytes, job_id: str) -> bytes:
+def stored_envelope(raw: bytes, job_id: str, enqueued_at_ms: int) -> bytes:
     """An entry's envelope ``raw`` as a done job's record keeps it (the worker sends it with
-    the outcome, so finish_jobs reads no entry): the shortest form :func:`entry_envelope` gives
-    back exactly, ``~`` and the payload for a job on its first entry, else the envelope
-    without the id its record's key names; ``raw`` itself when neither reads back. b'' for
-    b'' (finish_jobs then reads the entry)."""
+    the outcome, so finish_jobs reads no entry), in a form :func:`entry_envelope` gives back
+    exactly: ``~`` and the payload for a job on its first entry (``enqueued_at_ms`` its
+    envelope's, the time its id spells), else the envelope without the id its record's key
+    names; ``raw`` itself when it does not start with that id. On every done job's path: a few
+    byte comparisons, no parse."""
     id_head = b'{"id":"' + job_id.encode() + b'",'
     if not raw.startswith(id_head):
         return raw
-    if (
-        raw.endswith(_FIRST_RUN_END)
-        and raw.startswith(b'"t":', len(id_head))
-        and _ID_TIME.search(job_id)  # an id the scripts' entry_envelope can read a time from
-    ):
-        short = _SCHEDULED + raw.partition(b',"payload":')[2][: -len(_FIRST_RUN_END)]
-        if entry_envelope(short, job_id) == raw:
-            return short
-    stored = b"{" + raw[len(id_head) :]
-    return stored if entry_envelope(stored, job_id) == raw else raw
+    if raw.endswith(_FIRST_RUN_END):
+        head = b'%s"t":%d,"payload":' % (id_head, enqueued_at_ms)
+        # The id must spell the time, in a shape the scripts' entry_envelope reads too.
+        spelled = _ID_TIME.search(job_id)
+        if spelled and int(spelled[1], 16) == enqueued_at_ms and raw.startswith(head):
+            return _SCHEDULED + raw[len(head) : -len(_FIRST_RUN_END)]
+    return b"{" + raw[len(id_head) :]
 
 
 def record_envelope(raw: bytes, job_id: str) -> Envelope:

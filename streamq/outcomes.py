@@ -68,7 +68,7 @@ def done(job: Job, started_ms: int, value: Any) -> Done:
     if env.verify is not None and isinstance(value, dict):
         value = {**value, "recovered": True}  # found by the lookup, not sent by this run
     result = "" if value is None else _result_encoder.encode(value).decode()
-    stored = stored_envelope(job._raw, env.id).decode() if job._raw else ""
+    stored = stored_envelope(job._raw, env.id, env.enqueued_at_ms).decode() if job._raw else ""
     return Done(env.id, env.key or "", env.attempt, started_ms, result, stored)
 
 

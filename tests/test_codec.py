@@ -174,7 +174,7 @@ def test_a_done_records_envelope_reads_back_as_its_entrys(
         attempt=attempt, first_run=first_run,
     )  # fmt: skip
     raw = codec.encode(env)
-    stored = codec.stored_envelope(raw, job_id)
+    stored = codec.stored_envelope(raw, job_id, env.enqueued_at_ms)
     assert codec.entry_envelope(stored, job_id) == raw
     assert job_id.encode() not in stored
     if first_run and attempt == 1 and not id_tail:
@@ -184,5 +184,5 @@ def test_a_done_records_envelope_reads_back_as_its_entrys(
 
 def test_a_done_records_envelope_of_another_shape_is_kept_whole() -> None:
     raw = b'{"payload":1,"id":"s:1","t":5}'  # written by hand, fields in another order
-    assert codec.stored_envelope(raw, "s:1") == raw
-    assert codec.stored_envelope(b"", "s:1") == b""
+    assert codec.stored_envelope(raw, "s:1", 5) == raw
+    assert codec.stored_envelope(b"", "s:1", 5) == b""
