@@ -55,6 +55,9 @@ class AckBatcher:
         self._done = anyio.Event()
 
     def finish(self, job: Job, outcome: codec.Outcome) -> None:
+        if job._start_queued:  # not sent yet: it goes with the outcome (streamq.starts)
+            job._start_queued = False
+            job._start_folded = True
         self.finished.append((job, outcome))
         if self.event is not None:
             self.event.set()
@@ -87,14 +90,11 @@ class AckBatcher:
 
     async def _record_batch(self, batch: Batch, in_flight: anyio.Semaphore) -> None:
         self.in_flight.append(batch)
-        # Starts still queued (streamq.starts) go with their outcomes: taken once, here, so a
-        # retried call carries them again.
+        # Starts that were still queued when their outcomes came go with them.
         folded = ""
         for job, _ in batch:
-            if job._start_queued:
-                folded = "".join("1" if job._start_queued else "0" for job, _ in batch)
-                for job, _ in batch:
-                    job._start_queued = False
+            if job._start_folded:
+                folded = "".join("1" if job._start_folded else "0" for job, _ in batch)
                 break
         try:
             await self.retrying("ack", lambda: self._record(batch, folded))

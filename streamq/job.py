@@ -89,8 +89,10 @@ class Job(msgspec.Struct):
     """The entry's envelope as read (its ``j`` value): a done job's record keeps it
     (codec.stored_envelope), sent with the outcome instead of read back from the entry."""
     _start_queued: bool = False
-    """Its run's start is queued in streamq.starts, not yet sent: an outcome recorded before
-    it is sent carries the start instead (the start is folded into finish_jobs)."""
+    """Its run's start is queued in streamq.starts, not yet sent."""
+    _start_folded: bool = False
+    """Its outcome came while its start was queued, and took it: the start goes with the
+    outcome's finish_jobs call instead (streamq.acks)."""
 
     @property
     def id(self) -> str:

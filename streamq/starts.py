@@ -11,12 +11,13 @@ early, so an entry that never ran is never charged a run. (Waiting for the reply
 start would cost a round trip per job: short jobs ran several times slower in a first try,
 2026-12-04.)
 
-A job whose outcome is sent while its start is still queued (a short handler that finished
+A job whose outcome comes while its start is still queued (a short handler that finished
 while a call was on the wire) has its start folded into the outcome's finish_jobs call instead
 (streamq.acks): recorded in the same atomic step as the outcome, or not at all when the worker
-dies first, like a start still queued. An outcome recorded there ends its entry, whose run
-count no longer matters; a stale one (the entry is another consumer's now) has the run counted
-there as here. Short jobs under load send almost no start_jobs calls.
+dies first, like a start still queued (its handler finished: a run that kills its worker never
+has an outcome, so its start is always sent on its own). An outcome recorded there ends its
+entry, whose run count no longer matters; a stale one (the entry is another consumer's now) has
+the run counted there as here. Short jobs under load send fewer start_jobs calls.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Starts:
             batch, self._queued = self._queued, []
             pairs = []
             for job in batch:
-                if job._start_queued:  # else its outcome took it (streamq.acks)
+                if job._start_queued:  # else its outcome took it (streamq.acks.finish)
                     job._start_queued = False
                     pairs.append((job.id, job._entry))
             if not pairs:

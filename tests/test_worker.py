@@ -477,7 +477,9 @@ async def test_a_start_still_queued_at_its_outcome_goes_with_the_outcome(
     sent._start_queued = False
     await scripts.start_jobs(redis, stream, [(sent.id, sent._entry)])
     assert await redis.hget(keys.job(stream, sent.id), "runs") == b"1"
-    batch: acks.Batch = [(job, outcomes.done(job, 5, None)) for job in (folded, sent)]
+    for job in (folded, sent):
+        batcher.finish(job, outcomes.done(job, 5, None))
+    batch, batcher.finished = batcher.finished, []
     await batcher._record_batch(batch, anyio.Semaphore(0))
     await queue.flush()
     assert calls == []  # nothing left to send: the one start queued went with its outcome
