@@ -55,6 +55,9 @@ class AckBatcher:
         self._done = anyio.Event()
 
     def finish(self, job: Job, outcome: codec.Outcome) -> None:
+        if job._start_queued:  # not sent yet: it goes with the outcome (streamq.starts)
+            job._start_queued = False
+            job._start_folded = True
         self.finished.append((job, outcome))
         if self.event is not None:
             self.event.set()
@@ -87,15 +90,22 @@ class AckBatcher:
 
     async def _record_batch(self, batch: Batch, in_flight: anyio.Semaphore) -> None:
         self.in_flight.append(batch)
+        # Starts that were still queued when their outcomes came go with them.
+        folded = ""
+        for job, _ in batch:
+            if job._start_folded:
+                folded = "".join("1" if job._start_folded else "0" for job, _ in batch)
+                break
         try:
-            await self.retrying("ack", lambda: self._record(batch))
+            await self.retrying("ack", lambda: self._record(batch, folded))
         finally:
             self.in_flight.remove(batch)
             in_flight.release()
         await self.on_recorded(batch)
 
-    async def _record(self, batch: Batch) -> None:
-        """Acknowledge a batch and record each job's outcome: one script call."""
+    async def _record(self, batch: Batch, folded: str = "") -> None:
+        """Acknowledge a batch and record each job's outcome: one script call. ``folded``:
+        which of them carry their run's start (scripts.finish_jobs)."""
         ids: list[list[bytes]] = [[] for _ in keys.LANES]
         rows: list[codec.Outcome] = []
         flow_steps: list[str] = []
@@ -112,4 +122,5 @@ class AckBatcher:
             retention_ms=self.retention_ms,
             consumer=self.consumer,
             flow_steps=flow_steps,
+            folded=folded,
         )

@@ -300,7 +300,7 @@ class Fetcher:
         for entry_id, fields in entries:
             held.add(entry_id)
             try:
-                env = codec.decode_fields(fields)
+                env, raw = codec.decode_entry(fields)
             except codec.UnknownEntry as exc:
                 rejects.append((entry_id, str(exc), None))
                 continue
@@ -310,7 +310,7 @@ class Fetcher:
                 reason = f"job id {env.id[:100]!r} does not belong to stream {stream!r}"
                 rejects.append((entry_id, reason, None))
                 continue
-            jobs.append(Job(stream, priority, env, lane, entry_id, _redis=self.redis))
+            jobs.append(Job(stream, priority, env, lane, entry_id, _redis=self.redis, _raw=raw))
         if jobs:
             jobs = self._hold_early(lane, jobs, deliveries, entries, read_floor)
         await self._take(lane, jobs, deliveries, entries, rejects)

@@ -85,6 +85,14 @@ class Job(msgspec.Struct):
     """The mark as read when this run started (earlier runs')."""
     _mark_ms: int | None = None
     """The mark as this run knows it now (earlier runs', or this run's may_send)."""
+    _raw: bytes = b""
+    """The entry's envelope as read (its ``j`` value): a done job's record keeps it
+    (codec.stored_envelope), sent with the outcome instead of read back from the entry."""
+    _start_queued: bool = False
+    """Its run's start is queued in streamq.starts, not yet sent."""
+    _start_folded: bool = False
+    """Its outcome came while its start was queued, and took it: the start goes with the
+    outcome's finish_jobs call instead (streamq.acks)."""
 
     @property
     def id(self) -> str:

@@ -45,6 +45,7 @@ from streamq.codec import (
     Retried,
     delivered,
     envelope_text,
+    stored_envelope,
 )
 from streamq.config import StreamConfig
 from streamq.errors import Fail, NotPublished, RateLimited, Retry
@@ -67,7 +68,8 @@ def done(job: Job, started_ms: int, value: Any) -> Done:
     if env.verify is not None and isinstance(value, dict):
         value = {**value, "recovered": True}  # found by the lookup, not sent by this run
     result = "" if value is None else _result_encoder.encode(value).decode()
-    return Done(env.id, env.key or "", env.attempt, started_ms, result)
+    stored = stored_envelope(job._raw, env.id, env.enqueued_at_ms).decode() if job._raw else ""
+    return Done(env.id, env.key or "", env.attempt, started_ms, result, stored)
 
 
 def expired(job: Job) -> Expired:

@@ -232,10 +232,13 @@ async def finish_jobs(
     retention_ms: int,
     consumer: str = "",
     flow_steps: Sequence[str] = (),
+    folded: str = "",
 ) -> int:
     """Acknowledge a batch (``entries``: the entry ids of each lane) and record each job's
     outcome, run by ``consumer``; returns how many entries were acknowledged. ``flow_steps``:
-    the outbox members of the batch's flow steps (streamq.flows.outbox_member)."""
+    the outbox members of the batch's flow steps (streamq.flows.outbox_member). ``folded``:
+    '' or a '0'/'1' per outcome, '1' where the run's start was never sent (start_jobs): this
+    call takes it (streamq.starts)."""
     record_prefix = keys.job(stream, "")
     reply = await _run(
         redis,
@@ -263,6 +266,7 @@ async def finish_jobs(
             consumer,
             ATTEMPTS_KEPT,
             "\n".join(flow_steps),
+            folded,
         ],
     )
     return int(reply)

@@ -10,6 +10,14 @@ within that one round trip may leave its last runs uncounted: they are counted l
 early, so an entry that never ran is never charged a run. (Waiting for the reply before every
 start would cost a round trip per job: short jobs ran several times slower in a first try,
 2026-12-04.)
+
+A job whose outcome comes while its start is still queued (a short handler that finished
+while a call was on the wire) has its start folded into the outcome's finish_jobs call instead
+(streamq.acks): recorded in the same atomic step as the outcome, or not at all when the worker
+dies first, like a start still queued (its handler finished: a run that kills its worker never
+has an outcome, so its start is always sent on its own). An outcome recorded there ends its
+entry, whose run count no longer matters; a stale one (the entry is another consumer's now) has
+the run counted there as here. Short jobs under load send fewer start_jobs calls.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ class Starts:
         it on the wire before the handler starts. Every job yields, whether or not a call is on
         the wire: consumers that yielded unequally would start their handlers out of the order
         they took their jobs (an account's thread out of order; tests/test_order.py)."""
+        job._start_queued = True
         self._queued.append(job)
         self._wake.set()
         await anyio.lowlevel.checkpoint()
@@ -57,7 +66,13 @@ class Starts:
     async def flush(self) -> None:
         while self._queued:
             batch, self._queued = self._queued, []
-            pairs = [(job.id, job._entry) for job in batch]
+            pairs = []
+            for job in batch:
+                if job._start_queued:  # else its outcome took it (streamq.acks.finish)
+                    job._start_queued = False
+                    pairs.append((job.id, job._entry))
+            if not pairs:
+                continue
             await self._retrying(
                 "count runs", functools.partial(scripts.start_jobs, self.redis, self.stream, pairs)
             )

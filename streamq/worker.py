@@ -466,6 +466,9 @@ class Worker:
                 slot.job = None
                 # Inlined acks.finish: this is the path every successful job takes. (The ack
                 # loop swaps the list out, so it must be looked up each time.)
+                if job._start_queued:
+                    job._start_queued = False
+                    job._start_folded = True
                 acks.finished.append((job, outcomes.done(job, started, result)))
                 if acks.event is not None:
                     acks.event.set()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -154,3 +155,34 @@ def test_job_ids_of_one_millisecond_sort_in_the_order_they_were_made() -> None:
     assert later > made[-1]
     # Ids written by the previous version (<ms hex 11>-<random hex 12>) sort by time alike.
     assert f"instagram:{1_699_999_999_999:011x}-ffffffffffff" < made[0]
+
+
+@given(
+    payload=json_values,
+    attempt=st.integers(1, 3),
+    first_run=st.booleans(),
+    id_tail=st.sampled_from(["", "x", "-1", ":zz-1"]),
+)
+def test_a_done_records_envelope_reads_back_as_its_entrys(
+    payload: Any, attempt: int, first_run: bool, id_tail: str
+) -> None:
+    """What the worker sends for a done record (codec.stored_envelope) is read back by every
+    reader (codec.entry_envelope) as the entry's envelope exactly, whatever the id's shape."""
+    job_id = codec.new_job_id("s") + id_tail
+    env = codec.Envelope(
+        id=job_id, payload=payload, enqueued_at_ms=codec._created_ms(codec.new_job_id("s")),
+        attempt=attempt, first_run=first_run,
+    )  # fmt: skip
+    raw = codec.encode(env)
+    stored = codec.stored_envelope(raw, job_id, env.enqueued_at_ms)
+    assert codec.entry_envelope(stored, job_id) == raw
+    assert job_id.encode() not in stored
+    if first_run and attempt == 1 and not id_tail:
+        # A new job's first entry: the payload alone, as a scheduled record keeps it.
+        assert stored == b"~" + msgspec.json.encode(payload)
+
+
+def test_a_done_records_envelope_of_another_shape_is_kept_whole() -> None:
+    raw = b'{"payload":1,"id":"s:1","t":5}'  # written by hand, fields in another order
+    assert codec.stored_envelope(raw, "s:1", 5) == raw
+    assert codec.stored_envelope(b"", "s:1", 5) == b""

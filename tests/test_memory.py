@@ -231,19 +231,47 @@ async def test_a_done_record_keeps_its_payload_without_repeating_its_id(
     redis_url: str, redis: Redis, stream: str
 ) -> None:
     """A done job's record keeps its envelope for the job's detail (its payload), without the
-    id its key names: with a tiny payload the record then fits Valkey's compact encoding
-    (listpack), 336 bytes against 712 before (issue 28 asks for 150)."""
+    id its key names, and for a job on its first entry without its enqueue time and first-run
+    flag either ('~' and the payload, as the worker sends it: codec.stored_envelope): with a
+    tiny payload the record fits the compact encoding (listpack), and it keeps no run count
+    (finish_jobs drops it): MEMORY USAGE 272 bytes on Valkey 8.1 (336 with the envelope less the
+    id and the run count, 712 before; issue 28 asks for 150)."""
     stream = f"m{stream[-6:]}"  # a name of fixed length: it is spelled in the record's key
     [job_id] = await Producer(redis).enqueue_many(stream, [PAYLOAD])
     # A consumer name of fixed length: the record keeps it (the host name would vary).
     await _run_all(redis_url, redis, stream, [job_id], consumer="worker-1")
     record: Any = await redis.hgetall(keys.job(stream, job_id))
     assert job_id.encode() not in record[b"env"]
+    assert record[b"env"] == b"~" + msgspec.json.encode(PAYLOAD)
     assert b"enqueued_at" not in record  # the envelope's 't', and the entry id's time
     info = await job_info(redis, job_id)
     assert (info.state, info.payload, info.result) == ("done", PAYLOAD, {"n": 1})
-    assert info.enqueued_at_ms is not None
-    assert int(await redis.memory_usage(keys.job(stream, job_id), samples=0) or 0) <= 400
+    assert info.enqueued_at_ms == codec._created_ms(job_id)
+    assert await redis.object("encoding", keys.job(stream, job_id)) == b"listpack"
+    assert b"runs" not in record
+    assert b"run_entry" not in record
+    assert int(await redis.memory_usage(keys.job(stream, job_id), samples=0) or 0) <= 288
+
+
+async def test_a_done_record_of_the_previous_form_reads_as_before(
+    redis: Redis, stream: str
+) -> None:
+    """A done record as finish_jobs wrote it before the worker sent its envelope: the entry's
+    envelope less the id, run counts beside it. Readers (codec.entry_envelope) take both."""
+    now = codec.now_ms()
+    job_id = codec.new_job_id(stream)
+    envelope = codec.Envelope(id=job_id, payload=PAYLOAD, enqueued_at_ms=now, first_run=True)
+    raw = codec.encode(envelope)
+    head = b'{"id":"' + job_id.encode() + b'",'
+    await redis.hset(
+        keys.job(stream, job_id),
+        mapping={
+            "state": "done", "entry": "1-0", "run_entry": "1-0", "runs": 1, "started_at": now,
+            "finished_at": now + 1, "worker": "w", "env": b"{" + raw[len(head):],
+        },
+    )  # fmt: skip
+    info = await job_info(redis, job_id)
+    assert (info.state, info.payload, info.enqueued_at_ms) == ("done", PAYLOAD, now)
 
 
 async def test_a_scheduled_job_reaches_its_handler_with_the_envelope_it_was_enqueued_with(

@@ -130,7 +130,7 @@ def test_rows_are_as_compact_as_the_tuples_the_scripts_read() -> None:
     env = '{"id":"s:1"}'
     e = "1-0"
     pairs: list[tuple[codec.Outcome | codec.EnqueueRow | codec.AdmitRow, tuple[object, ...]]] = [
-        (codec.Done("i", "k", 1, 5, ""), ("d", "i", "k", 1, 5, "")),
+        (codec.Done("i", "k", 1, 5, "", "~1"), ("d", "i", "k", 1, 5, "", "~1")),
         (codec.Retried("i", "", 2, 5, env, 50, "e", "", 2, e), ("r", "i", "", 2, 5, env, 50, "e", "", 2, e)),  # noqa: E501
         (codec.Deferred("i", "", 1, 0, env, 9, "r", "h", 1, e), ("l", "i", "", 1, 0, env, 9, "r", "h", 1, e)),  # noqa: E501
         (codec.Parked("i", "", 1, 5, env, "r", "a", 7, 3, e), ("p", "i", "", 1, 5, env, "r", "a", 7, 3, e)),  # noqa: E501

@@ -162,6 +162,78 @@ async def test_finish_dead_letter_and_purge(redis: Redis, stream: str) -> None:
     assert not await redis.exists(keys.job(stream, done.id))
 
 
+async def test_a_done_record_keeps_the_envelope_its_worker_sends(redis: Redis, stream: str) -> None:
+    # The worker sends the entry's envelope as the record keeps it (no XRANGE on the server);
+    # a row without one (an older caller) has it copied from the entry.
+    await add(redis, stream, 2)
+    sent, copied = await read(redis, stream)
+    await redis.script_flush()
+    outcomes = [
+        codec.Done(sent.id, "", 1, 5, "", '~{"sent":1}'),
+        codec.Done(copied.id, "", 1, 5, ""),
+    ]
+    entries = [[], [sent._entry, copied._entry], []]
+    assert await scripts.finish_jobs(redis, stream, entries, outcomes, retention_ms=60_000) == 2
+    assert await redis.hget(keys.job(stream, sent.id), "env") == b'~{"sent":1}'
+    raw: Any = await redis.hget(keys.job(stream, copied.id), "env")
+    assert codec.record_envelope(raw, copied.id) == copied.envelope
+
+
+async def test_a_batch_of_more_than_500_outcomes_indexes_every_finished_job(
+    redis: Redis, stream: str
+) -> None:
+    # The finished indexes take a batch's jobs in one ZADD per 500 (unpack's bound).
+    ids = await add(redis, stream, 1203)
+    jobs: list[Job] = []
+    for lane in keys.lanes(stream):
+        await redis.xgroup_create(lane, keys.GROUP, id="0", mkstream=True)
+    while len(jobs) < len(ids):
+        reply: Any = await redis.xreadgroup(
+            keys.GROUP, "c1", {keys.lane(stream, "normal"): ">"}, count=1000
+        )
+        jobs += [Job(stream, "normal", codec.decode_fields(f), 1, e) for e, f in reply[0][1]]
+    cancelled = jobs.pop()
+    outcomes: list[codec.Outcome] = [codec.Done(job.id, "", 1, 5, "") for job in jobs]
+    outcomes.append(codec.Cancelled(cancelled.id, "", 1, 0, "{}", 2, cancelled._entry.decode()))
+    entries = [[], [job._entry for job in [*jobs, cancelled]], []]
+    assert await scripts.finish_jobs(redis, stream, entries, outcomes, retention_ms=60_000) == 1203
+    assert await redis.zcard(keys.finished(stream, "done")) == 1202
+    assert await redis.zrange(keys.finished(stream, "cancelled"), 0, -1) == [cancelled.id.encode()]
+
+
+async def test_a_start_folded_into_a_stale_outcome_is_counted_on_its_entry(
+    redis: Redis, stream: str
+) -> None:
+    # A worker fenced after its heartbeat lapsed, its entries taken over by c2, sends outcomes
+    # carrying starts it never sent (streamq.starts): the entries live on, c2's, so those runs
+    # count against them (max_deliveries); an outcome recorded counts none (its entry is gone).
+    await add(redis, stream, 3)
+    done, retried, recorded = await read(redis, stream)
+    lane = keys.lane(stream, "normal")
+    await redis.xclaim(lane, keys.GROUP, "c2", 0, [done._entry, retried._entry])
+    await redis.hset(keys.liveness(stream), "fenced:c1", 1)
+    await redis.script_flush()
+    outcomes = [
+        codec.Done(done.id, "", 1, 5, ""),
+        codec.Retried(retried.id, "", 2, 5, "{}", 10, "e", "", 2, retried._entry.decode()),
+        codec.Done(recorded.id, "", 1, 5, ""),
+    ]
+    entries = [[], [done._entry, retried._entry, recorded._entry], []]
+    acked = await scripts.finish_jobs(
+        redis, stream, entries, outcomes, retention_ms=60_000, consumer="c1", folded="111"
+    )
+    assert acked == 1
+    for job in (done, retried):
+        record: Any = await redis.hmget(keys.job(stream, job.id), "state", "runs", "run_entry")
+        assert record == [b"queued", b"1", job._entry]
+    record = await redis.hmget(keys.job(stream, recorded.id), "state", "runs")
+    assert record == [b"done", None]
+    # A start that reaches the server after its outcome (sent on another connection) counts
+    # for an entry that outcome deleted: nothing.
+    assert await scripts.start_jobs(redis, stream, [(recorded.id, recorded._entry)]) == 0
+    assert await redis.hget(keys.job(stream, recorded.id), "runs") is None
+
+
 async def test_a_start_after_the_outcome_is_clamped_alike_in_record_and_event(
     redis: Redis, stream: str
 ) -> None:

@@ -434,3 +434,61 @@ async def test_a_failing_call_the_worker_must_finish_backs_off_between_tries() -
     gaps = [later - earlier for earlier, later in itertools.pairwise(tried)]
     assert len(tried) == 4
     assert all(gap >= retry_delay(n) * 0.9 for n, gap in enumerate(gaps, 1)), gaps
+
+
+async def test_a_start_still_queued_at_its_outcome_goes_with_the_outcome(
+    redis: Redis, stream: str
+) -> None:
+    """streamq.starts: a job that finishes while its start is still queued (a call was on the
+    wire) has the start folded into its outcome's finish_jobs call, and start_jobs is not sent
+    for it; a start sent first counts the run as before."""
+    from streamq import acks, codec, outcomes, starts
+
+    await Producer(redis).enqueue_many(stream, [{"n": 1}, {"n": 2}])
+    for lane in keys.lanes(stream):
+        await redis.xgroup_create(lane, keys.GROUP, id="0", mkstream=True)
+    reply: Any = await redis.xreadgroup(keys.GROUP, "c1", {keys.lane(stream, "normal"): ">"})
+    folded, sent = (
+        Job(stream, "normal", *codec.decode_entry(fields)[:1], 1, entry, _raw=fields[b"j"])
+        for entry, fields in reply[0][1]
+    )
+
+    async def retrying(what: str, call: Any) -> Any:
+        return await call()
+
+    async def recorded(batch: Any) -> None:
+        pass
+
+    queue = starts.Starts(redis, stream, retrying)
+    await queue.start(folded)
+    await queue.start(sent)
+    calls: list[str] = []
+
+    async def on_command(what: str, call: Any) -> Any:
+        calls.append(what)
+        return await call()
+
+    queue._retrying = on_command
+    batcher = acks.AckBatcher(
+        redis, stream, consumer="c1", retention_ms=60_000,
+        retrying=Retrying(logging.getLogger("test"), anyio.Event()), on_recorded=recorded,
+    )  # fmt: skip
+    # The start of `sent` goes on the wire before its outcome; `folded`'s outcome goes first.
+    sent._start_queued = False
+    await scripts.start_jobs(redis, stream, [(sent.id, sent._entry)])
+    assert await redis.hget(keys.job(stream, sent.id), "runs") == b"1"
+    for job in (folded, sent):
+        batcher.finish(job, outcomes.done(job, 5, None))
+    batch, batcher.finished = batcher.finished, []
+    await batcher._record_batch(batch, anyio.Semaphore(0))
+    await queue.flush()
+    assert calls == []  # nothing left to send: the one start queued went with its outcome
+    assert not folded._start_queued
+    for job in (folded, sent):
+        record: Any = await redis.hgetall(keys.job(stream, job.id))
+        assert record[b"state"] == b"done"
+        assert codec.record_envelope(record[b"env"], job.id) == job.envelope
+        # A done record has no use for the run count: the folded start wrote none, and the
+        # one counted before is dropped (finish_jobs), so every done record has one shape.
+        assert b"runs" not in record
+        assert b"run_entry" not in record

@@ -14,7 +14,9 @@ ARGV[2..4]  for each lane, the entry ids of the batch joined by single spaces ('
 ARGV[5]     retention of finished records, ms
 ARGV[6]     the outcomes, msgpack: an array of
               { code, job id, dedup key or '', attempt, started ms, a, b, c }
-            code 'd' done       a = result as JSON ('' for none)
+            code 'd' done       a = result as JSON ('' for none), b = the entry's envelope as
+                                the record keeps it (streamq.codec.stored_envelope; '' or
+                                left out: it is read from the entry)
                  'r' retry      a = envelope of the next attempt, b = delay ms, c = error,
                                 d = the traceback's last frames
                  'l' deferred   a = envelope (attempt unchanged), b = delay ms, c = reason,
@@ -30,6 +32,9 @@ ARGV[8]     the worker's consumer name (recorded with each run)
 ARGV[9]     how many failed runs a record's attempts history keeps (the latest)
 ARGV[10]    '' or, for the batch's jobs that are steps of a flow, their outbox members
             '<job id> <flow id> <step>' joined by newlines (streamq.flows)
+ARGV[11]    '' (or left out) or one character per outcome, '1' where the run's start was
+            still queued in the worker when the outcome was sent (streamq.starts): folded into
+            this call instead of a start_jobs call of its own
 
 Acknowledging, deleting the entries and rescheduling happen together, so a crash can neither
 lose a retry nor run a finished job again. The ids of a lane travel as one argument and the
@@ -56,9 +61,16 @@ A run that did not end done (retried, rate-limited, paused, dead, cancelled whil
 appended to the record's `attempts`: a JSON array of { n, worker, started_ms, finished_ms,
 outcome, error, trace }, the latest ARGV[9] kept. A done run writes only `worker` beside its
 started_at and finished_at (the hot path: no read, no JSON); readers add it to the history.
-A done job's record also keeps its envelope (`env`, copied from its entry before the entry is
-deleted, without the id its key names: stored_envelope.lua), so its payload can be shown
-while the record is retained.
+A done job's record also keeps its envelope (`env`, as the worker sends it: the shortest form
+streamq.codec.entry_envelope reads back, '~' and the payload for a job on its first entry;
+from an older caller, copied from its entry before the entry is deleted, without the id its
+key names: stored_envelope.lua), so its payload can be shown while the record is retained.
+A done record drops the run count start_jobs kept ('runs', 'run_entry': the budget of an
+entry now gone; 'run_entry' repeated 'entry'), so every done record has one shape.
+A folded start (ARGV[11]) counts nothing for an outcome recorded here: its entry is
+acknowledged and deleted, and the runs start_jobs counts are those of a live entry (the
+delivery budget of a reclaimed one). A stale outcome's entry lives on, another consumer's or
+left in its lane: its folded start is counted as start_jobs would have (count_run.lua).
 A flow step whose job ends here (done, dead, expired, cancelled) joins the stream's flow
 outbox in this same step, so a worker dying before its flow is told loses nothing: the outbox
 is drained idempotently (streamq.flows). Jobs of no flow pay one comparison per batch.
@@ -73,6 +85,7 @@ Returns the number of entries acknowledged.
 -- @include "emit_event.lua"
 -- @include "release_held.lua"
 -- @include "stored_envelope.lua"
+-- @include "count_run.lua"
 local record_key = job_key -- the include's: the name job_key is a local further down
 local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, retention, prefix = ARGV[1], ARGV[5], ARGV[7]
@@ -86,7 +99,9 @@ local stale = {}
 local NONE = {}
 local keep = nil -- per lane, the entries of stale outcomes: not acknowledged, not deleted
 local accounts = {} -- read with a done job's state, so its event costs no second read
-local envelopes = {} -- of done jobs, read from their entries before those are deleted
+local envelopes = {} -- of done jobs, as their records keep them
+local stale_entries = {} -- of stale done outcomes, for a folded start
+local counted = {} -- done outcomes whose record counts runs (start_jobs): dropped when done
 local LANE_OF = { high = 1, normal = 2, low = 3 }
 -- The fence (reclaim_lapsed): a worker whose entries were taken over because its heartbeat
 -- lapsed may have been frozen, not dead. Its outcome for an entry another consumer owns now is
@@ -111,22 +126,41 @@ for i, o in ipairs(outcomes) do
       keep_entry(lane, entry)
     end
   else
-    local f = redis.call('HMGET', KEYS[10 + i], 'state', 'account', 'entry', 'priority')
+    local f = redis.call('HMGET', KEYS[10 + i], 'state', 'account', 'entry', 'priority', 'runs')
     accounts[i] = f[2]
+    counted[i] = f[5] ~= false
     local lane = LANE_OF[f[4]] or 2
     local who = fenced and f[3] and owner(lane, f[3])
     if who and who ~= worker then
       stale[i] = true
+      stale_entries[i] = f[3]
       keep_entry(lane, f[3])
     elseif f[1] == 'done' then
       -- Another worker took the entry over and finished it first: its run is the one on
       -- record, so this late one writes neither a second outcome nor a second event.
       stale[i] = true
+      stale_entries[i] = f[3]
     elseif f[3] then
-      -- The envelope lives in the lane entry, deleted below: the record keeps the payload.
-      local found = redis.call('XRANGE', KEYS[lane], f[3], f[3])
-      if found[1] and found[1][2][1] == 'j' then
-        envelopes[i] = found[1][2][2]
+      if o[7] and o[7] ~= '' then
+        envelopes[i] = o[7]
+      else
+        -- The envelope lives in the lane entry, deleted below: the record keeps the payload.
+        local found = redis.call('XRANGE', KEYS[lane], f[3], f[3])
+        if found[1] and found[1][2][1] == 'j' then
+          envelopes[i] = stored_envelope(o[2], found[1][2][2])
+        end
+      end
+    end
+  end
+end
+
+local folded = ARGV[11] or ''
+if folded ~= '' then
+  for i in pairs(stale) do
+    if string.byte(folded, i) == 49 then -- '1'
+      local entry = outcomes[i][1] == 'd' and stale_entries[i] or outcomes[i][#outcomes[i]]
+      if entry then
+        count_run(KEYS[10 + i], entry)
       end
     end
   end
@@ -192,12 +226,18 @@ local function remember_run(record, o, code, n)
   redis.call('HSET', record, 'attempts', cjson.encode(runs))
 end
 
+local ended = {} -- per listed state, the ids that ended in it: indexed in one ZADD each
 local function finish(record, id, key, state)
   redis.call('PEXPIRE', record, retention)
   free_dedup_key(dedup, key, id)
   tally[state] = (tally[state] or 0) + 1
   if listed[state] then
-    index_finished(prefix, state, id, now)
+    local ids = ended[state]
+    if not ids then
+      ids = {}
+      ended[state] = ids
+    end
+    ids[#ids + 1] = id
   end
 end
 
@@ -247,9 +287,12 @@ for i, o in ipairs(outcomes) do
       fields[#fields + 1], fields[#fields + 2] = 'result', o[6]
     end
     if envelopes[i] then
-      fields[#fields + 1], fields[#fields + 2] = 'env', stored_envelope(id, envelopes[i])
+      fields[#fields + 1], fields[#fields + 2] = 'env', envelopes[i]
     end
     redis.call('HSET', record, unpack(fields))
+    if counted[i] then
+      redis.call('HDEL', record, 'runs', 'run_entry')
+    end
     finish(record, id, key, 'done')
     event('done', { 'result', o[6] })
   elseif code == 'r' or code == 'l' then
@@ -310,6 +353,7 @@ end
 for state, n in pairs(tally) do
   redis.call('HINCRBY', counts, state, n)
   if listed[state] then
+    index_finished_all(prefix, state, ended[state], now)
     trim_finished(prefix, state, now, retention)
   end
 end

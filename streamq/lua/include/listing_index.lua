@@ -18,6 +18,19 @@ end
 local function index_finished(prefix, state, id, now)
   redis.call('ZADD', finished_key(prefix, state), now, id)
 end
+-- index_finished for many jobs that ended at one time: one ZADD per 500 (a batch's outcomes;
+-- unpack() is bounded by the Lua C stack).
+local function index_finished_all(prefix, state, ids, now)
+  local key = finished_key(prefix, state)
+  local args = {}
+  for i, id in ipairs(ids) do
+    args[#args + 1], args[#args + 2] = now, id
+    if #args == 1000 or i == #ids then
+      redis.call('ZADD', key, unpack(args))
+      args = {}
+    end
+  end
+end
 local function trim_finished(prefix, state, now, retention)
   local ended = finished_key(prefix, state)
   redis.call('ZREMRANGEBYSCORE', ended, '-inf', '(' .. (now - tonumber(retention)))
