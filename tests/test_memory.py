@@ -44,6 +44,9 @@ PREVIOUS_LAYOUT = "ec2c9a159314081401b4a0f68880e164aadf3fd7"
 ID_LESS_LAYOUT = "97fd06f80a2f4ced25ef62d9837824046149e7af"
 """The last commit whose scheduled records kept their envelope whole but for the id
 ('{"payload":...,"t":...,"f":true}'), before the '~' form."""
+TILDE_LAYOUT = "73d94dfda048fecf18f911bac29b9b813d555004"
+"""The last commit whose scheduled records kept '~' and the envelope after "payload": (its key
+and account in that text), before the '^' form took them out."""
 
 PAYLOAD = {"n": 1, "text": "a post"}
 
@@ -64,13 +67,20 @@ async def test_a_scheduled_record_holds_no_field_its_envelope_holds(
     record: Any = await redis.hgetall(keys.job(stream, job_id))
     assert set(record) == {b"state", b"env", b"key", b"account"}
     assert job_id.encode() not in record[b"env"]  # its key names it
-    envelope = codec.record_envelope(record[b"env"], job_id)
+    # Nor the key and the account (the record's fields of those names).
+    assert b"post-1" not in record[b"env"]
+    assert b"acme" not in record[b"env"]
+    envelope = codec.record_envelope(record[b"env"], job_id, record[b"key"], record[b"account"])
     # Nor the enqueue time (the id spells it) nor the first-run flag (every new job has it).
-    assert record[b"env"].startswith(b"~")
+    assert record[b"env"].startswith(b"^")
     assert str(envelope.enqueued_at_ms).encode() not in record[b"env"]
     assert b'"f"' not in record[b"env"]
     assert envelope.first_run
     assert envelope.id == job_id
+    assert (envelope.key, envelope.account) == ("post-1", "acme")
+    # So a small post with a key and an account stays a listpack (the '~' form made it a
+    # hash table: its envelope was past hash-max-listpack-value).
+    assert await redis.object("encoding", keys.job(stream, job_id)) == b"listpack"
     info = await job_info(redis, job_id)
     assert (info.enqueued_at_ms, info.run_at_ms) == (envelope.enqueued_at_ms, envelope.run_at_ms)
     assert (info.key, info.account, info.payload) == ("post-1", "acme", PAYLOAD)
@@ -173,7 +183,7 @@ def _previous_release(into: Path, commit: str = PREVIOUS_LAYOUT) -> Path | None:
     return into
 
 
-@pytest.mark.parametrize("layout", [PREVIOUS_LAYOUT, ID_LESS_LAYOUT])
+@pytest.mark.parametrize("layout", [PREVIOUS_LAYOUT, ID_LESS_LAYOUT, TILDE_LAYOUT])
 async def test_a_worker_of_this_version_runs_what_the_previous_release_enqueued(
     redis_url: str, redis: Redis, stream: str, tmp_path: Path, layout: str
 ) -> None:
@@ -215,9 +225,12 @@ async def test_a_worker_of_this_version_runs_what_the_previous_release_enqueued(
     written: Any = await redis.hgetall(keys.job(stream, job_ids[0]))
     if layout == PREVIOUS_LAYOUT:
         assert b"run_at" in written
-    else:
+    elif layout == ID_LESS_LAYOUT:
         assert written[b"env"].startswith(b'{"payload":')
         assert b"run_at" not in written
+    else:
+        assert written[b"env"].startswith(b"~")
+        assert b'"k":"a"' in written[b"env"]
     assert sorted(await _run_all(redis_url, redis, stream, job_ids)) == sorted(job_ids)
     infos = [await job_info(redis, job_id) for job_id in job_ids]
     assert [info.payload for info in infos] == [{"n": 1}, {"n": 2}, {"n": 3}]
@@ -249,23 +262,28 @@ async def test_a_done_record_keeps_its_payload_without_repeating_its_id(
 async def test_a_scheduled_job_reaches_its_handler_with_the_envelope_it_was_enqueued_with(
     redis_url: str, redis: Redis, stream: str
 ) -> None:
-    """The '~' form (lua/include/stored_envelope.lua) drops the id, the enqueue time and the
-    first-run flag, and promotion (Lua) and readers (codec.entry_envelope) put them back: what
-    the handler gets is what was enqueued, through a reschedule too."""
+    """The '^' form (lua/include/stored_envelope.lua) drops the id, the enqueue time, the key,
+    the account and the first-run flag, and promotion (Lua) and readers (codec.entry_envelope)
+    put them back: what the handler gets is what was enqueued, through a reschedule too (which
+    Lua cuts to the '^' form), with a key and an account that JSON escapes."""
     producer = Producer(redis)
+    key, account = 'k "1" \\ /é', 'acme \\"'
     job_id = await producer.enqueue(
-        stream, {"t": 1, "f": True, "text": 'a "post", "t":1,'}, key="k-1", account="acme",
-        options=JobOptions(delay=3600, max_attempts=4),
+        stream, {"t": 1, "f": True, "text": 'a "post", "t":1,"k":"x",'}, key=key,
+        account=account, options=JobOptions(delay=3600, max_attempts=4),
     )  # fmt: skip
-    raw: Any = await redis.hget(keys.job(stream, job_id), "env")
-    enqueued = codec.record_envelope(raw, job_id)
-    assert raw.startswith(b"~")
+    record: Any = await redis.hgetall(keys.job(stream, job_id))
+    raw = record[b"env"]
+    enqueued = codec.record_envelope(raw, job_id, record[b"key"], record[b"account"])
+    assert raw.startswith(b"^")
     assert enqueued.first_run
     assert enqueued.id == job_id
+    assert (enqueued.key, enqueued.account) == (key, account)
     async with streamq.connect(redis_url) as q:
         await q.reschedule(job_id, delay=0.2)
-    raw = await redis.hget(keys.job(stream, job_id), "env")
-    assert raw.startswith(b"~")
+        assert (await q.job(job_id)).key == key
+    rescheduled: Any = await redis.hget(keys.job(stream, job_id), "env")
+    assert rescheduled.startswith(b"^")
     seen: list[codec.Envelope] = []
 
     async def handler(job: streamq.Job) -> None:
