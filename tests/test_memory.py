@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,24 @@ async def test_a_scheduled_job_reaches_its_handler_with_the_envelope_it_was_enqu
     assert enqueued.run_at_ms is not None
     assert ran.run_at_ms < enqueued.run_at_ms
     assert msgspec.structs.replace(ran, run_at_ms=enqueued.run_at_ms) == enqueued
+
+
+async def test_a_job_sent_in_the_record_form_but_already_due_goes_onto_its_lane_whole(
+    redis: Redis, stream: str
+) -> None:
+    """A job with a due time is sent in the '^' form (codec.scheduled_form); one due already by
+    the server's clock goes straight onto its lane, and enqueue_jobs.lua puts its envelope back
+    whole there: id, enqueue time, key, account and first-run flag."""
+    due = (datetime.now(UTC) - timedelta(seconds=5)).replace(microsecond=0)
+    job_id = await Producer(redis).enqueue(
+        stream, PAYLOAD, key='k "1"', account="acme", options=JobOptions(run_at=due)
+    )
+    record: Any = await redis.hgetall(keys.job(stream, job_id))
+    assert record[b"state"] == b"queued"
+    [(_, fields)] = await redis.xrange(keys.lane(stream, "normal"))
+    envelope = codec.decode_fields(fields)
+    assert (envelope.id, envelope.key, envelope.account) == (job_id, 'k "1"', "acme")
+    assert envelope.first_run
+    assert envelope.payload == PAYLOAD
+    assert envelope.run_at_ms == int(due.timestamp() * 1000)
+    assert envelope.enqueued_at_ms == int(job_id.rpartition(":")[2].partition("-")[0], 16)

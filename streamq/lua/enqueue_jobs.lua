@@ -98,7 +98,10 @@ for job, fields in ipairs(jobs) do
       earliest = math.min(earliest, due)
       emit_event(events, event_settings, 'scheduled', id, now, 1, key, fields[5], { 'run_at', due })
     else
-      local entry = redis.call('XADD', lane, '*', 'j', entry_envelope(id, envelope, key, fields[5]))
+      if string.byte(envelope) ~= 123 then -- not '{': sent in the record's form, put back whole
+        envelope = entry_envelope(id, envelope, key, fields[5])
+      end
+      local entry = redis.call('XADD', lane, '*', 'j', envelope)
       -- The enqueue time is the entry's (its id is the server's ms) and the envelope's. A due
       -- time already past (a recurring occurrence fired late) is kept: the envelope leaves the
       -- record with the entry, and the scheduler reads it back (scheduler._due_ms).
