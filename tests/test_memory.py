@@ -314,7 +314,8 @@ async def test_a_job_sent_in_the_record_form_but_already_due_goes_onto_its_lane_
     )
     record: Any = await redis.hgetall(keys.job(stream, job_id))
     assert record[b"state"] == b"queued"
-    [(_, fields)] = await redis.xrange(keys.lane(stream, "normal"))
+    entries: Any = await redis.xrange(keys.lane(stream, "normal"))
+    [(_, fields)] = entries
     envelope = codec.decode_fields(fields)
     assert (envelope.id, envelope.key, envelope.account) == (job_id, 'k "1"', "acme")
     assert envelope.first_run
