@@ -193,14 +193,22 @@ def _created_ms(job_id: str) -> int:
     return int(job_id.rpartition(":")[2].partition("-")[0], 16)
 
 
+def _json_text(value: str | bytes) -> bytes:
+    """A key or an account as JSON text, escaped as lua/include/stored_envelope.lua's
+    json_text does it: only '"' and '\\' (both are printable: streamq.keys.check_key). One
+    holding anything the encoder escapes otherwise does not match a new envelope's text, so
+    :func:`scheduled_form` leaves that envelope whole."""
+    raw = value.encode() if isinstance(value, str) else value
+    return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
 def _owner_fields(key: str | bytes | None, account: str | bytes | None) -> bytes:
     """What a new job's envelope holds between ``"t":<ms>,`` and ``"payload":``."""
     text = b""
     if key:
-        text = b'"k":' + _encoder.encode(key if isinstance(key, str) else key.decode()) + b","
+        text = b'"k":' + _json_text(key) + b","
     if account:
-        account = account if isinstance(account, str) else account.decode()
-        text += b'"u":' + _encoder.encode(account) + b","
+        text += b'"u":' + _json_text(account) + b","
     return text
 
 
