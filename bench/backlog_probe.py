@@ -6,7 +6,7 @@ Self-contained on purpose (the standard library, redis-py and streamq's public A
 before issue 28: ``connect``, ``enqueue_many(delay=)``, ``job``, ``jobs``, ``reschedule``,
 ``cancel``, ``Worker``), because the older tree has no ``bench`` module of this one.
 
-    python bench/backlog_probe.py URL JOBS CHECKPOINTS HORIZON_S DUE_JOBS DRAIN_JOBS
+    python bench/backlog_probe.py URL JOBS CHECKPOINTS HORIZON_S DUE_JOBS DRAIN_JOBS [OWNED]
 
 On a server of its own (the caller starts one per run), it enqueues JOBS jobs with the tiny
 payload of issue 28, in batches of 10,000, each batch due one step further into HORIZON_S
@@ -15,7 +15,9 @@ CHECKPOINTS (comma-separated job counts) and at the end; times a lookup, a page 
 scheduled listing, a reschedule and a cancel of jobs among them; runs DUE_JOBS jobs due at one
 instant two seconds ahead with the backlog in place (promotion lateness, server clock); then
 drains DRAIN_JOBS jobs enqueued now on a second stream, whose records are kept (retention one
-hour): bytes per finished record. Prints one JSON line.
+hour): bytes per finished record. With OWNED ("owned"), every scheduled job has a dedup key
+(``post-<n>``) and an account (``account-<n // 100>``: 100 posts an account), as a scheduling
+app's posts do. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def settle(client: sync_redis.Redis) -> None:
 
 async def fill(
     q: Any, client: sync_redis.Redis, stream: str, jobs: int, checkpoints: list[int],
-    horizon_s: float, out: dict[str, Any],
+    horizon_s: float, out: dict[str, Any], owned: bool = False,
 ) -> list[str]:  # fmt: skip
     """The backlog; returns some of its ids (every 1,000th)."""
     before = used_memory(client)
@@ -80,7 +82,14 @@ async def fill(
         delay = 3600.0 if horizon_s <= 0 else 600.0 + horizon_s * index / batches
         payloads = [{"n": done + i, "text": PAYLOAD_TEXT} for i in range(size)]
         started = time.perf_counter()
-        ids = await q.enqueue_many(stream, payloads, delay=delay)
+        if owned:
+            numbers = range(done, done + size)
+            ids = await q.enqueue_many(
+                stream, payloads, delay=delay, keys=[f"post-{n}" for n in numbers],
+                accounts=[f"account-{n // 100}" for n in numbers],
+            )  # fmt: skip
+        else:
+            ids = await q.enqueue_many(stream, payloads, delay=delay)
         spent += time.perf_counter() - started
         sample += ids[::1000]
         done += size
@@ -180,12 +189,13 @@ async def drain(
 
 
 async def main(argv: list[str]) -> None:
-    url, jobs, marks, horizon, due_jobs, drain_jobs = argv
+    url, jobs, marks, horizon, due_jobs, drain_jobs = argv[:6]
+    owned = argv[6:] == ["owned"]
     client = sync_redis.Redis.from_url(url)
     out: dict[str, Any] = {"streamq": streamq.__file__.rsplit("/streamq/", 1)[0]}
     checkpoints = [int(m) for m in marks.split(",") if m]
     async with streamq.connect(url) as q:
-        ids = await fill(q, client, "backlog", int(jobs), checkpoints, float(horizon), out)
+        ids = await fill(q, client, "backlog", int(jobs), checkpoints, float(horizon), out, owned)
         await by_id(q, ids, out)
         await due_at_once(url, q, "backlog", int(due_jobs), out)
         await drain(url, q, client, "drained", int(drain_jobs), out)

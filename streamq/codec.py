@@ -67,7 +67,7 @@ def outbox_member(job_id: str, flow: FlowRef) -> str:
     return f"{job_id} {flow.id} {flow.step}"
 
 
-class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, kw_only=True):
     """A job as stored in a stream entry.
 
     Field names are short because they are repeated in every entry; unknown fields are ignored so
@@ -78,9 +78,13 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     enqueued_at_ms: Millis = msgspec.field(name="t")
     """Written before the payload so that a scheduled job's record can drop it by prefix (it is
     the time in the job's id: lua/include/stored_envelope.lua). Readers take any order."""
+    key: Key | None = msgspec.field(default=None, name="k")
+    account: Account | None = msgspec.field(default=None, name="u")
+    """The account that publishes the job: its rate limits and pause apply. The key and the
+    account come before the payload for the same reason as ``t``: a scheduled job's record
+    holds them as fields of its own, and its envelope without them (:func:`scheduled_form`)."""
     payload: Any
     attempt: Count = msgspec.field(default=1, name="a")
-    key: Key | None = msgspec.field(default=None, name="k")
     version: Count = msgspec.field(default=FORMAT_VERSION, name="v")
     run_at_ms: Millis | None = msgspec.field(default=None, name="r")
     """When the job was due (scheduled jobs and retries); None means at enqueue."""
@@ -90,8 +94,6 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     cron: str | None = msgspec.field(default=None, name="c")
     """Name of the recurring schedule this occurrence belongs to."""
     backoff: Backoff | None = msgspec.field(default=None, name="b")
-    account: Account | None = msgspec.field(default=None, name="u")
-    """The account that publishes the job: its rate limits and pause apply."""
     verify: str | None = msgspec.field(default=None, name="y")
     """Set on a verify delivery only: the reason the job would have been dead with, when an
     earlier run may have sent its post (see streamq.job). The handler only looks the post up."""
@@ -183,6 +185,7 @@ def decode(raw: bytes) -> Envelope:
 
 _ID_FIELD: Final = b'{"id":"'
 _SCHEDULED: Final = b"~"
+_KEYED: Final = b"^"
 _FIRST_RUN_END: Final = b',"f":true}'
 
 
@@ -196,14 +199,67 @@ def _created_ms(job_id: str) -> int:
     return int(job_id.rpartition(":")[2].partition("-")[0], 16)
 
 
-def entry_envelope(raw: bytes, job_id: str) -> bytes:
+def _json_text(value: str | bytes) -> bytes:
+    """A key or an account as JSON text, escaped as lua/include/stored_envelope.lua's
+    json_text does it: only '"' and '\\' (both are printable: streamq.keys.check_key). One
+    holding anything the encoder escapes otherwise does not match a new envelope's text, so
+    :func:`scheduled_form` leaves that envelope whole."""
+    raw = value.encode() if isinstance(value, str) else value
+    return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def _owner_fields(key: str | bytes | None, account: str | bytes | None) -> bytes:
+    """What a new job's envelope holds between ``"t":<ms>,`` and ``"payload":``."""
+    text = b""
+    if key:
+        text = b'"k":' + _json_text(key) + b","
+    if account:
+        text += b'"u":' + _json_text(account) + b","
+    return text
+
+
+def scheduled_form(encoded: bytes, envelope: Envelope) -> bytes:
+    """A new job's encoded envelope as its record keeps it while it is scheduled: ``^`` and
+    the text between ``"payload":`` and ``,"f":true}`` (lua/include/stored_envelope.lua, whose
+    scheduled_envelope does the same for envelopes sent whole). The id, the enqueue time (the
+    time the id spells), the key and the account (the record's own fields) and the first-run
+    flag are rebuilt by :func:`entry_envelope`. An envelope of any other shape comes back as
+    it is, for the script to store as before. The producer sends this form so that the server
+    does no string work for it at enqueue."""
+    head = b'{"id":"%s","t":%d,%s"payload":' % (
+        envelope.id.encode(),
+        envelope.enqueued_at_ms,
+        _owner_fields(envelope.key, envelope.account),
+    )
+    if (
+        envelope.first_run
+        and encoded.startswith(head)
+        and encoded.endswith(_FIRST_RUN_END)
+        and _created_ms(envelope.id) == envelope.enqueued_at_ms
+    ):
+        return _KEYED + encoded[len(head) : -len(_FIRST_RUN_END)]
+    return encoded
+
+
+def entry_envelope(
+    raw: bytes, job_id: str, key: bytes | str | None = None, account: bytes | str | None = None
+) -> bytes:
     """A record's ``env`` as an entry carries it (lua/include/stored_envelope.lua has the same
-    function for the scripts). Three forms: a new scheduled job's record keeps ``~`` and the
+    function for the scripts). Four forms: a new scheduled job's record keeps ``^`` and the
     envelope between ``"payload":`` and ``,"f":true}`` (its id and enqueue time are its key's
-    id, its first-run flag is that of every job enqueued); a done job's record, and earlier
-    versions' scheduled ones, the envelope without the id; other records the whole envelope."""
+    id, its key and account the record's ``key`` and ``account``, which the caller passes, its
+    first-run flag that of every job enqueued); the release before kept ``~`` and the same
+    text with the key and account in it; a done job's record, and earlier versions' scheduled
+    ones, the envelope without the id; other records the whole envelope."""
     if raw.startswith(_ID_FIELD):
         return raw
+    if raw.startswith(_KEYED):
+        head = b'{"id":"%s","t":%d,%s"payload":' % (
+            job_id.encode(),
+            _created_ms(job_id),
+            _owner_fields(key, account),
+        )
+        return head + raw[1:] + _FIRST_RUN_END
     if raw.startswith(_SCHEDULED):
         head = b'{"id":"%s","t":%d,"payload":' % (job_id.encode(), _created_ms(job_id))
         return head + raw[1:] + _FIRST_RUN_END
@@ -229,10 +285,12 @@ def stored_envelope(raw: bytes, job_id: str, enqueued_at_ms: int) -> bytes:
     return b"{" + raw[len(id_head) :]
 
 
-def record_envelope(raw: bytes, job_id: str) -> Envelope:
-    """Decode a record's ``env`` (either form, see :func:`entry_envelope`); raises msgspec
-    errors if it is not ours."""
-    return decode(entry_envelope(raw, job_id))
+def record_envelope(
+    raw: bytes, job_id: str, key: bytes | str | None = None, account: bytes | str | None = None
+) -> Envelope:
+    """Decode a record's ``env`` (any form, see :func:`entry_envelope`; ``key`` and ``account``
+    are the record's fields of those names); raises msgspec errors if it is not ours."""
+    return decode(entry_envelope(raw, job_id, key, account))
 
 
 class UnknownEntry(ValueError):

@@ -159,7 +159,9 @@ def from_record(
     decoded: codec.Envelope | None = None
     if envelope_raw is not None:
         try:
-            decoded = codec.record_envelope(envelope_raw, job_id)
+            decoded = codec.record_envelope(
+                envelope_raw, job_id, record.get(b"key"), record.get(b"account")
+            )
         except (msgspec.DecodeError, msgspec.ValidationError):
             decoded = None
     result_raw = record.get(b"result")
@@ -273,7 +275,8 @@ async def reschedule(
     assert due is not None
     record_key = keys.job(stream, job_id)
     for _ in range(5):
-        raw: Any = await redis.hget(record_key, "env")
+        read: Any = await redis.hmget(record_key, ["env", "key", "account"])
+        raw, key, account = read
         if raw is None:
             raw = await _queued_envelope(redis, stream, job_id)
         if raw is None:
@@ -281,7 +284,9 @@ async def reschedule(
             if state is None:
                 raise JobNotFound(f"no job {job_id!r}")
             raise InvalidJobState(f"job {job_id} is {state.decode()}: only scheduled jobs move")
-        envelope = msgspec.structs.replace(codec.record_envelope(raw, job_id), run_at_ms=due)
+        envelope = msgspec.structs.replace(
+            codec.record_envelope(raw, job_id, key, account), run_at_ms=due
+        )
         try:
             await scripts.reschedule_job(
                 redis, job_id, due_ms=due, envelope=codec.encode(envelope), read=raw
@@ -332,7 +337,7 @@ async def retry(redis: Redis, job_id: str) -> None:
     await _revive(
         redis,
         stream,
-        codec.record_envelope(record[b"env"], job_id),
+        codec.record_envelope(record[b"env"], job_id, record.get(b"key"), record.get(b"account")),
         record.get(b"priority", b"normal").decode(),
         record.get(b"dead_entry", b"").decode(),
     )

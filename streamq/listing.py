@@ -436,7 +436,7 @@ def _info(item: _Item, record: dict[str, bytes | None], state: str) -> JobInfo |
     envelope = None
     if raw is not None:
         try:
-            envelope = codec.record_envelope(raw, item.job_id)
+            envelope = codec.record_envelope(raw, item.job_id, record["key"], record["account"])
         except (msgspec.DecodeError, msgspec.ValidationError):
             envelope = None
     result = record["result"]

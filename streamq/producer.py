@@ -418,6 +418,7 @@ def _encode(
     due = template.run_at_ms or 0
     replace = msgspec.structs.replace
     encode = codec.encode_new
+    scheduled = codec.scheduled_form
     for index, payload in enumerate(payloads):
         job_id = codec.new_job_id(stream, template.enqueued_at_ms)
         key = job_keys[index] if job_keys is not None else None
@@ -436,6 +437,10 @@ def _encode(
                 f"payload {first + index + 1} is {len(encoded)} bytes encoded, over the "
                 f"stream's max_payload_bytes of {max_bytes}"
             )
+        if due:
+            # A job with a due time goes in the form its record keeps while scheduled, so the
+            # script does no string work for it (codec.scheduled_form).
+            encoded = scheduled(encoded, envelope)
         # str, not bytes: the server's cmsgpack reads msgpack str but not bin.
         if account is None:
             jobs.append(codec.EnqueueRow(job_id, key or "", encoded.decode(), due))

@@ -357,11 +357,13 @@ async def _due_ms(redis: Redis, stream: str, job_id: str) -> int | None:
     """When a just-added occurrence is due: its record's run_at (a record written before
     enqueue_jobs stopped repeating it, or a due time in the past), else its waiting envelope's;
     None when it waits in no record (then this call did not add it)."""
-    read: Any = await redis.hmget(keys.job(stream, job_id), ["run_at", "env"])
-    run_at, envelope = read
+    read: Any = await redis.hmget(keys.job(stream, job_id), ["run_at", "env", "key", "account"])
+    run_at, envelope, key, account = read
     if run_at is not None:
         return int(run_at)
-    return None if envelope is None else codec.record_envelope(envelope, job_id).run_at_ms
+    if envelope is None:
+        return None
+    return codec.record_envelope(envelope, job_id, key, account).run_at_ms
 
 
 async def remove_recurring(redis: Redis, stream: str, name: str) -> str | None:

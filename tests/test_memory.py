@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ PREVIOUS_LAYOUT = "ec2c9a159314081401b4a0f68880e164aadf3fd7"
 ID_LESS_LAYOUT = "97fd06f80a2f4ced25ef62d9837824046149e7af"
 """The last commit whose scheduled records kept their envelope whole but for the id
 ('{"payload":...,"t":...,"f":true}'), before the '~' form."""
+TILDE_LAYOUT = "73d94dfda048fecf18f911bac29b9b813d555004"
+"""The last commit whose scheduled records kept '~' and the envelope after "payload": (its key
+and account in that text), before the '^' form took them out."""
 
 PAYLOAD = {"n": 1, "text": "a post"}
 
@@ -64,13 +68,20 @@ async def test_a_scheduled_record_holds_no_field_its_envelope_holds(
     record: Any = await redis.hgetall(keys.job(stream, job_id))
     assert set(record) == {b"state", b"env", b"key", b"account"}
     assert job_id.encode() not in record[b"env"]  # its key names it
-    envelope = codec.record_envelope(record[b"env"], job_id)
+    # Nor the key and the account (the record's fields of those names).
+    assert b"post-1" not in record[b"env"]
+    assert b"acme" not in record[b"env"]
+    envelope = codec.record_envelope(record[b"env"], job_id, record[b"key"], record[b"account"])
     # Nor the enqueue time (the id spells it) nor the first-run flag (every new job has it).
-    assert record[b"env"].startswith(b"~")
+    assert record[b"env"].startswith(b"^")
     assert str(envelope.enqueued_at_ms).encode() not in record[b"env"]
     assert b'"f"' not in record[b"env"]
     assert envelope.first_run
     assert envelope.id == job_id
+    assert (envelope.key, envelope.account) == ("post-1", "acme")
+    # So a small post with a key and an account stays a listpack (the '~' form made it a
+    # hash table: its envelope was past hash-max-listpack-value).
+    assert await redis.object("encoding", keys.job(stream, job_id)) == b"listpack"
     info = await job_info(redis, job_id)
     assert (info.enqueued_at_ms, info.run_at_ms) == (envelope.enqueued_at_ms, envelope.run_at_ms)
     assert (info.key, info.account, info.payload) == ("post-1", "acme", PAYLOAD)
@@ -173,7 +184,7 @@ def _previous_release(into: Path, commit: str = PREVIOUS_LAYOUT) -> Path | None:
     return into
 
 
-@pytest.mark.parametrize("layout", [PREVIOUS_LAYOUT, ID_LESS_LAYOUT])
+@pytest.mark.parametrize("layout", [PREVIOUS_LAYOUT, ID_LESS_LAYOUT, TILDE_LAYOUT])
 async def test_a_worker_of_this_version_runs_what_the_previous_release_enqueued(
     redis_url: str, redis: Redis, stream: str, tmp_path: Path, layout: str
 ) -> None:
@@ -215,9 +226,12 @@ async def test_a_worker_of_this_version_runs_what_the_previous_release_enqueued(
     written: Any = await redis.hgetall(keys.job(stream, job_ids[0]))
     if layout == PREVIOUS_LAYOUT:
         assert b"run_at" in written
-    else:
+    elif layout == ID_LESS_LAYOUT:
         assert written[b"env"].startswith(b'{"payload":')
         assert b"run_at" not in written
+    else:
+        assert written[b"env"].startswith(b"~")
+        assert b'"k":"a"' in written[b"env"]
     assert sorted(await _run_all(redis_url, redis, stream, job_ids)) == sorted(job_ids)
     infos = [await job_info(redis, job_id) for job_id in job_ids]
     assert [info.payload for info in infos] == [{"n": 1}, {"n": 2}, {"n": 3}]
@@ -277,23 +291,28 @@ async def test_a_done_record_of_the_previous_form_reads_as_before(
 async def test_a_scheduled_job_reaches_its_handler_with_the_envelope_it_was_enqueued_with(
     redis_url: str, redis: Redis, stream: str
 ) -> None:
-    """The '~' form (lua/include/stored_envelope.lua) drops the id, the enqueue time and the
-    first-run flag, and promotion (Lua) and readers (codec.entry_envelope) put them back: what
-    the handler gets is what was enqueued, through a reschedule too."""
+    """The '^' form (lua/include/stored_envelope.lua) drops the id, the enqueue time, the key,
+    the account and the first-run flag, and promotion (Lua) and readers (codec.entry_envelope)
+    put them back: what the handler gets is what was enqueued, through a reschedule too (which
+    Lua cuts to the '^' form), with a key and an account that JSON escapes."""
     producer = Producer(redis)
+    key, account = 'k "1" \\ /é', 'acme \\"'
     job_id = await producer.enqueue(
-        stream, {"t": 1, "f": True, "text": 'a "post", "t":1,'}, key="k-1", account="acme",
-        options=JobOptions(delay=3600, max_attempts=4),
+        stream, {"t": 1, "f": True, "text": 'a "post", "t":1,"k":"x",'}, key=key,
+        account=account, options=JobOptions(delay=3600, max_attempts=4),
     )  # fmt: skip
-    raw: Any = await redis.hget(keys.job(stream, job_id), "env")
-    enqueued = codec.record_envelope(raw, job_id)
-    assert raw.startswith(b"~")
+    record: Any = await redis.hgetall(keys.job(stream, job_id))
+    raw = record[b"env"]
+    enqueued = codec.record_envelope(raw, job_id, record[b"key"], record[b"account"])
+    assert raw.startswith(b"^")
     assert enqueued.first_run
     assert enqueued.id == job_id
+    assert (enqueued.key, enqueued.account) == (key, account)
     async with streamq.connect(redis_url) as q:
         await q.reschedule(job_id, delay=0.2)
-    raw = await redis.hget(keys.job(stream, job_id), "env")
-    assert raw.startswith(b"~")
+        assert (await q.job(job_id)).key == key
+    rescheduled: Any = await redis.hget(keys.job(stream, job_id), "env")
+    assert rescheduled.startswith(b"^")
     seen: list[codec.Envelope] = []
 
     async def handler(job: streamq.Job) -> None:
@@ -309,3 +328,25 @@ async def test_a_scheduled_job_reaches_its_handler_with_the_envelope_it_was_enqu
     assert enqueued.run_at_ms is not None
     assert ran.run_at_ms < enqueued.run_at_ms
     assert msgspec.structs.replace(ran, run_at_ms=enqueued.run_at_ms) == enqueued
+
+
+async def test_a_job_sent_in_the_record_form_but_already_due_goes_onto_its_lane_whole(
+    redis: Redis, stream: str
+) -> None:
+    """A job with a due time is sent in the '^' form (codec.scheduled_form); one due already by
+    the server's clock goes straight onto its lane, and enqueue_jobs.lua puts its envelope back
+    whole there: id, enqueue time, key, account and first-run flag."""
+    due = (datetime.now(UTC) - timedelta(seconds=5)).replace(microsecond=0)
+    job_id = await Producer(redis).enqueue(
+        stream, PAYLOAD, key='k "1"', account="acme", options=JobOptions(run_at=due)
+    )
+    record: Any = await redis.hgetall(keys.job(stream, job_id))
+    assert record[b"state"] == b"queued"
+    entries: Any = await redis.xrange(keys.lane(stream, "normal"))
+    [(_, fields)] = entries
+    envelope = codec.decode_fields(fields)
+    assert (envelope.id, envelope.key, envelope.account) == (job_id, 'k "1"', "acme")
+    assert envelope.first_run
+    assert envelope.payload == PAYLOAD
+    assert envelope.run_at_ms == int(due.timestamp() * 1000)
+    assert envelope.enqueued_at_ms == int(job_id.rpartition(":")[2].partition("-")[0], 16)

@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pairs", type=int, default=1, help="alternated rounds of the sides")
     parser.add_argument(
+        "--owned",
+        action="store_true",
+        help="every scheduled job with a dedup key and an account (100 jobs an account)",
+    )
+    parser.add_argument(
         "--no-bullmq", action="store_true", help="leave out BullMQ's side (its own virtualenv)"
     )
 
@@ -105,7 +110,7 @@ def probe(
     horizon = parse_duration(args.horizon) if args.horizon != "0" else 0.0
     command = [
         sys.executable, str(ROOT / "bench" / "backlog_probe.py"), "{url}", str(jobs), marks,
-        str(horizon), str(args.due_jobs), drain,
+        str(horizon), str(args.due_jobs), drain, *(["owned"] if args.owned else []),
     ]  # fmt: skip
     found = on_fresh_server(engine_binary, command, tree, str(tree))
     if Path(found["streamq"]).resolve() != tree.resolve():
@@ -123,8 +128,11 @@ def probe_bullmq(engine_binary: str | None, args: argparse.Namespace, jobs: int)
 
 def run(args: argparse.Namespace, ui: UI) -> list[Section]:
     jobs = args.jobs or (100_000 if args.quick else 1_000_000)
+    owned = ", each with a key and an account" if args.owned else ""
     section = Section(
-        "backlog", f"backlog: {jobs:,} scheduled jobs, this tree against {args.before}", COLUMNS
+        "backlog",
+        f"backlog: {jobs:,} scheduled jobs{owned}, this tree against {args.before}",
+        COLUMNS,
     )
     with tempfile.TemporaryDirectory() as scratch:
         short, before = commit_tree(args.before, Path(scratch))

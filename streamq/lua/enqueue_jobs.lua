@@ -15,7 +15,9 @@ ARGV[3]     '' or, for an occurrence of a recurring schedule, its name: the job 
             reconciler working from a stale view cannot add an occurrence twice
 ARGV[4]     the jobs, msgpack: an array of { job id, dedup key ('' for none), envelope,
             due ms (0 = now) [, account] }, one per record key; one argument instead of four per job
-            because packing arguments is most of a producer's work
+            because packing arguments is most of a producer's work. A job with a due time may
+            come in the form its record keeps ('^', stored_envelope.lua: the producer cuts it,
+            streamq.codec.scheduled_form), and is put back whole if it goes onto a lane
 ARGV[5]     key prefix of the stream, 'streamq:{S}:' (an account's due index is built from it)
 
 A job due later than the server's clock (TIME) waits in the delayed set with its envelope in
@@ -91,10 +93,14 @@ for job, fields in ipairs(jobs) do
       -- them once, there (streamq.control.from_record reads them from it), and keeps the
       -- envelope without the id its key names. Each byte of a waiting job's record is memory
       -- the whole backlog pays (docs/capacity.md).
-      redis.call('HSET', record, 'state', 'scheduled', 'env', scheduled_envelope(id, envelope))
+      redis.call('HSET', record, 'state', 'scheduled', 'env',
+        scheduled_envelope(id, envelope, key, fields[5]))
       earliest = math.min(earliest, due)
       emit_event(events, event_settings, 'scheduled', id, now, 1, key, fields[5], { 'run_at', due })
     else
+      if string.byte(envelope) ~= 123 then -- not '{': sent in the record's form, put back whole
+        envelope = entry_envelope(id, envelope, key, fields[5])
+      end
       local entry = redis.call('XADD', lane, '*', 'j', envelope)
       -- The enqueue time is the entry's (its id is the server's ms) and the envelope's. A due
       -- time already past (a recurring occurrence fired late) is kept: the envelope leaves the

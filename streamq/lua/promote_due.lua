@@ -90,7 +90,7 @@ for i = 4, #ARGV do
         end
       else
         local entry = redis.call('XADD', lanes[f[3]] or lanes.normal, '*', 'j',
-          entry_envelope(id, f[2]))
+          entry_envelope(id, f[2], f[5], f[6]))
         redis.call('HSET', record, 'state', 'queued', 'entry', entry)
         redis.call('HDEL', record, 'env')
         promoted = promoted + 1

@@ -33,7 +33,7 @@ local state = redis.call('HGET', record, 'state')
 if redis.call('HGET', dedup, key) ~= id or state ~= 'scheduled' then
   return 0
 end
-redis.call('HSET', record, 'env', scheduled_envelope(id, envelope))
+redis.call('HSET', record, 'env', scheduled_envelope(id, envelope, key, ARGV[6]))
 local was = redis.call('HGET', record, 'account')
 forget_waiting(ARGV[5], id, was)
 unindex_due(ARGV[5], was, id)

@@ -77,7 +77,7 @@ if f[1] then
   redis.call('ZADD', due_key(ARGV[5], f[1]), 'XX', due, id)
 end
 forget_waiting(ARGV[5], id, f[1])
-redis.call('HSET', record, 'run_at', due, 'env', scheduled_envelope(id, ARGV[3]))
+redis.call('HSET', record, 'run_at', due, 'env', scheduled_envelope(id, ARGV[3], f[3], f[1]))
 emit_event(KEYS[4], events_settings(KEYS[5]), 'scheduled', id, server_now_ms(), f[2], f[3], f[1],
   { 'run_at', due })
 if tonumber(due) < head then
