@@ -22,6 +22,8 @@ from streamq.connection import Retrying
 from streamq.job import Job
 
 ACKS_IN_FLIGHT: Final = 2
+GIVE_WAY_POLL_SECONDS: Final = 0.002
+"""How often the batcher looks again while it gives way (see ``give_way``)."""
 
 Batch = list[tuple[Job, codec.Outcome]]
 
@@ -36,6 +38,7 @@ class AckBatcher:
         retention_ms: int,
         retrying: Retrying,
         on_recorded: Callable[[Batch], Awaitable[None]],
+        give_way: Callable[[], bool] | None = None,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -45,6 +48,10 @@ class AckBatcher:
         self.retrying = retrying
         self.on_recorded = on_recorded
         """Called after each batch is recorded (counts, hooks, pauses in force)."""
+        self.give_way = give_way
+        """While it says so, nothing is sent: jobs of a burst due at one instant are starting
+        (streamq.fetcher.Fetcher.burst_starting, which bounds how long), and building a
+        batch would take the loop from them. Finished jobs keep collecting meanwhile."""
         self.finished: Batch = []
         """Jobs finished and not yet on the wire (swapped out whole by each call)."""
         self.in_flight: list[Batch] = []
@@ -70,6 +77,9 @@ class AckBatcher:
                     event = self.event = anyio.Event()
                     await event.wait()
                     self.event = None
+                    continue
+                if self.give_way is not None and not self._closed and self.give_way():
+                    await anyio.sleep(GIVE_WAY_POLL_SECONDS)
                     continue
                 await in_flight.acquire()
                 batch, self.finished = self.finished, []
