@@ -24,6 +24,9 @@ from streamq.job import Job
 ACKS_IN_FLIGHT: Final = 2
 GIVE_WAY_POLL_SECONDS: Final = 0.002
 """How often the batcher looks again while it gives way (see ``give_way``)."""
+GIVE_WAY_MAX_SECONDS: Final = 0.2
+"""The longest it gives way before it sends a batch anyway (jobs due in a steady stream are
+handed on one after another: what has finished goes out at least this often)."""
 
 Batch = list[tuple[Job, codec.Outcome]]
 
@@ -69,6 +72,7 @@ class AckBatcher:
     async def run(self) -> None:
         # Batches are disjoint, so the order in which calls land does not matter.
         in_flight = anyio.Semaphore(ACKS_IN_FLIGHT)
+        gave_way_since: float | None = None
         async with anyio.create_task_group() as calls:
             while True:
                 if not self.finished:
@@ -79,8 +83,12 @@ class AckBatcher:
                     self.event = None
                     continue
                 if self.give_way is not None and not self._closed and self.give_way():
-                    await anyio.sleep(GIVE_WAY_POLL_SECONDS)
-                    continue
+                    now = anyio.current_time()
+                    gave_way_since = now if gave_way_since is None else gave_way_since
+                    if now - gave_way_since < GIVE_WAY_MAX_SECONDS:
+                        await anyio.sleep(GIVE_WAY_POLL_SECONDS)
+                        continue
+                gave_way_since = None
                 await in_flight.acquire()
                 batch, self.finished = self.finished, []
                 calls.start_soon(self._record_batch, batch, in_flight)
