@@ -397,3 +397,26 @@ def test_check_due_rows_packed_apart_join_into_one_array(count: int) -> None:
     assert len(joined) == count
     if count:
         assert joined[-1] == [f"s:{count - 1}", count - 1, f"1-{count - 1}", "normal"]
+
+
+@pytest.mark.anyio
+async def test_acks_that_give_way_to_a_burst_still_go_out(redis: Redis, stream: str) -> None:
+    # While a released burst starts, acknowledgements give way (Fetcher.burst_starting), for
+    # acks.GIVE_WAY_MAX_SECONDS at most: told to give way for ever, they still go out.
+    ids = await Producer(redis).enqueue_many(stream, list(range(20)))
+
+    async def handler(job: Job) -> None:
+        pass
+
+    worker = Worker(redis, stream, handler, options())
+    worker.acks.give_way = lambda: True
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+
+        async def all_done() -> bool:
+            states = [await redis.hget(keys.job(stream, job_id), "state") for job_id in ids]
+            return states == [b"done"] * len(ids)
+
+        await poll(all_done, within=10)
+        worker.stop()
+    assert await pending(redis, stream) == 0
