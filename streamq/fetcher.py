@@ -535,7 +535,7 @@ class Fetcher:
 
         async def check(i: int) -> None:
             async with calls_free:
-                rows = [row for *_, row in chunks[i]]
+                rows = [waiting_job[6] for waiting_job in chunks[i]]
                 sent = time.monotonic()
                 answer = await self.retrying(
                     "check due", lambda: scripts.check_due_rows(self.redis, self.stream, rows)
@@ -574,14 +574,21 @@ class Fetcher:
                 await answered[i].wait()
                 answer = answers[i]
                 assert answer is not None  # unbounded retries
-                if i == 0 and floor is None:
-                    now = self._server_floor_ms()
-                    if now is not None and waiting and waiting[0][0] <= now:
-                        cut = bisect.bisect_right(waiting, now, key=_due_of)
-                        more = waiting[:cut]
-                        del waiting[:cut]
-                        ask(more, first)
-                await self._hand_on(chunks[i], answer)
+                now = self._server_floor_ms() if i == 0 and floor is None else None
+                if now is None or not waiting or waiting[0][0] > now:
+                    await self._hand_on(chunks[i], answer)
+                elif scripts.DUE_WAIT in answer.verdicts:
+                    # Some of the first were not due: the rest, due later, wait for the next
+                    # reading, so that none of them goes before one due earlier.
+                    await self._hand_on(chunks[i], answer)
+                else:
+                    cut = bisect.bisect_right(waiting, now, key=_due_of)
+                    more = waiting[:cut]
+                    del waiting[:cut]
+                    # The first go on before the rest are asked about: their consumers take
+                    # them and start them while the calls for the rest are built and sent.
+                    await self._hand_on(chunks[i], answer)
+                    ask(more, first)
                 i += 1
 
     async def _hand_on(
