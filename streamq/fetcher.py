@@ -528,6 +528,8 @@ class Fetcher:
             cut = bisect.bisect_right(waiting, floor, key=_due_of)
         asked = waiting[:cut]
         del waiting[:cut]
+        if not asked:  # handed back meanwhile (a stop: waiting_jobs)
+            return
         chunks: list[list[tuple[int, int, int, Job, int | None, Any, bytes]]] = []
         answers: list[scripts.DueCheck | None] = []
         answered: list[anyio.Event] = []

@@ -420,3 +420,17 @@ async def test_acks_that_give_way_to_a_burst_still_go_out(redis: Redis, stream: 
         await poll(all_done, within=10)
         worker.stop()
     assert await pending(redis, stream) == 0
+
+
+@pytest.mark.anyio
+async def test_a_release_planned_for_jobs_handed_back_meanwhile_asks_nothing() -> None:
+    """The clock's refresh is planned for the first held job; a stop may hand every held job
+    back (waiting_jobs) before it fires: then there is nothing to ask (the lifecycle model
+    caught it failing on an empty batch)."""
+
+    async def handler(job: Job) -> None:
+        pass
+
+    fetcher = Worker(Redis(), "s", handler, options()).fetcher  # no call is made
+    await fetcher._release_due(None, 1)
+    await fetcher._release_due(1.0, 32)
