@@ -599,8 +599,10 @@ class Fetcher:
         answer: scripts.DueCheck,
     ) -> None:
         going: list[list[tuple[Job, int | None, Any]]] = [[] for _ in keys.LANES]
-        # Acknowledgements give way while these jobs start (burst_starting).
-        self._burst_until = time.monotonic() + ACKS_WAIT_SECONDS
+        if len(asked) >= CHECK_FIRST:
+            # A burst: acknowledgements give way while these jobs start (burst_starting). Jobs
+            # due one by one (a steady stream) do not hold them back.
+            self._burst_until = time.monotonic() + ACKS_WAIT_SECONDS
         for waiting, verdict in zip(asked, answer.verdicts, strict=True):
             _, _, lane, job, count, entry, _ = waiting
             if verdict == scripts.DUE_WAIT:
@@ -663,9 +665,10 @@ class Fetcher:
         return max(0, self.hold_limit - len(self._waiting)) if self._held_all else 0
 
     def burst_starting(self) -> bool:
-        """Whether jobs held for their due time are being checked or were just handed on and
-        wait for a consumer: acknowledgements give way to their starts meanwhile, for
-        ACKS_WAIT_SECONDS at most after the last hand-on."""
+        """Whether a burst of jobs held for their due time (CHECK_FIRST or more asked about in
+        one call) is being checked or was just handed on and waits for a consumer:
+        acknowledgements give way to their starts meanwhile, for ACKS_WAIT_SECONDS at most
+        after the last such hand-on."""
         if time.monotonic() >= self._burst_until:
             return False
         return self._releasing > 0 or any(self.buffers.ready)
