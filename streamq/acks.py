@@ -22,6 +22,11 @@ from streamq.connection import Retrying
 from streamq.job import Job
 
 ACKS_IN_FLIGHT: Final = 2
+GIVE_WAY_POLL_SECONDS: Final = 0.002
+"""How often the batcher looks again while it gives way (see ``give_way``)."""
+GIVE_WAY_MAX_SECONDS: Final = 0.2
+"""The longest it gives way before it sends a batch anyway (jobs due in a steady stream are
+handed on one after another: what has finished goes out at least this often)."""
 
 Batch = list[tuple[Job, codec.Outcome]]
 
@@ -36,6 +41,7 @@ class AckBatcher:
         retention_ms: int,
         retrying: Retrying,
         on_recorded: Callable[[Batch], Awaitable[None]],
+        give_way: Callable[[], bool] | None = None,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -45,6 +51,10 @@ class AckBatcher:
         self.retrying = retrying
         self.on_recorded = on_recorded
         """Called after each batch is recorded (counts, hooks, pauses in force)."""
+        self.give_way = give_way
+        """While it says so, nothing is sent: jobs of a burst due at one instant are starting
+        (streamq.fetcher.Fetcher.burst_starting, which bounds how long), and building a
+        batch would take the loop from them. Finished jobs keep collecting meanwhile."""
         self.finished: Batch = []
         """Jobs finished and not yet on the wire (swapped out whole by each call)."""
         self.in_flight: list[Batch] = []
@@ -65,6 +75,7 @@ class AckBatcher:
     async def run(self) -> None:
         # Batches are disjoint, so the order in which calls land does not matter.
         in_flight = anyio.Semaphore(ACKS_IN_FLIGHT)
+        gave_way_since: float | None = None
         async with anyio.create_task_group() as calls:
             while True:
                 if not self.finished:
@@ -74,6 +85,13 @@ class AckBatcher:
                     await event.wait()
                     self.event = None
                     continue
+                if self.give_way is not None and not self._closed and self.give_way():
+                    now = anyio.current_time()
+                    gave_way_since = now if gave_way_since is None else gave_way_since
+                    if now - gave_way_since < GIVE_WAY_MAX_SECONDS:
+                        await anyio.sleep(GIVE_WAY_POLL_SECONDS)
+                        continue
+                gave_way_since = None
                 await in_flight.acquire()
                 batch, self.finished = self.finished, []
                 calls.start_soon(self._record_batch, batch, in_flight)

@@ -506,9 +506,23 @@ def pack_entry_ids(entry_ids: Sequence[bytes]) -> bytes:
     return _msgpack_encode([entry_id.decode() for entry_id in entry_ids])
 
 
-def pack_due_checks(rows: Sequence[tuple[int, bytes, str]]) -> bytes:
-    """(due ms, entry id, lane) per job, as check_due.lua takes them: one msgpack array."""
-    return _msgpack_encode([(due, entry.decode(), lane) for due, entry, lane in rows])
+def pack_due_check(job_id: str, due_ms: int, entry: bytes, lane: str) -> bytes:
+    """One job's row of check_due.lua's argument, packed on its own (msgpack): a worker packs
+    it as it holds the job, before the due time, and joins the rows then (join_due_checks)."""
+    return _msgpack_encode((job_id, due_ms, entry.decode(), lane))
+
+
+def join_due_checks(rows: Sequence[bytes]) -> bytes:
+    """Rows packed by pack_due_check, as check_due.lua takes them: one msgpack array (its
+    header, then the rows as they are: nothing is packed again)."""
+    count = len(rows)
+    if count < 16:
+        header = bytes((0x90 | count,))
+    elif count <= 0xFFFF:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    return header + b"".join(rows)
 
 
 def envelope_text(envelope: Envelope) -> str:

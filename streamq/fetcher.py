@@ -20,8 +20,8 @@ The loop that decides when to read (room, burst mode, failures) is the worker's.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-import heapq
 import logging
 import math
 import time
@@ -61,10 +61,23 @@ is due, to plan the last stretch from the closer of two readings."""
 TIMER_SLACK_MS: Final = 1.0
 """How much earlier than planned the release timer is set; it yields the rest of the way (an
 event loop's timers have ms resolution and fire late, never early)."""
-CHECK_FIRST: Final = 100
+CHECK_FIRST: Final = 32
 CHECK_BATCH: Final = 1000
-"""Jobs asked about at once: after a wait, the first CHECK_FIRST in a call of their own, so
-they go on soon, beside a call for the rest."""
+"""Jobs asked about in one check_due call: after a wait, the first CHECK_FIRST in a call of
+their own, so they go on soon; the rest in calls twice the size of the one before, up to
+CHECK_BATCH, all sent at once, each handed on as its answer comes: the server answers each
+call while the jobs of the calls before it start (it spends a few µs a job on a check, the
+worker more on a start)."""
+CHECK_CALLS: Final = 16
+"""check_due calls in flight at most (each holds a connection while it waits)."""
+HOLD_BURST: Final = 10_000
+"""How many jobs of a burst promoted ahead one worker alone may hold for their due time (a
+fleet of n live workers: this over n each, and never less than hold_limit's floor): then a
+burst of that size is read, decoded and checked for its due time before it, and what is left
+at the due time is the check's answer and the jobs' own cost (docs/timing.md)."""
+ACKS_WAIT_SECONDS: Final = 0.2
+"""How long acknowledgements may wait, at most, while the jobs of a burst just handed on start
+(Fetcher.burst_starting): the starts go first, the records of the jobs done follow."""
 
 
 @dataclass(eq=False)
@@ -85,6 +98,8 @@ class Fetcher:
     free_consumers: Callable[[], int]
     stop_event: anyio.Event
     rate_limited: bool
+    live_workers: Callable[[], int | None] = lambda: None
+    """How many workers of the stream are alive (their heartbeats), when known."""
 
     def __post_init__(self) -> None:
         stream, options = self.stream, self.options
@@ -115,9 +130,13 @@ class Fetcher:
         # interrupts that read by its client id. Replies stay raw (no dict per entry).
         self._own_reader: Redis | None = None
         self._reader_id: int | None = None
-        # Jobs read before their due time, earliest first: (due ms, order read, lane, job,
-        # deliveries or None, raw entry). Their entries are held (buffers.held) meanwhile.
-        self._waiting: list[tuple[int, int, int, Job, int | None, Any]] = []
+        # Jobs read before their due time, sorted, earliest first: (due ms, order read, lane,
+        # job, deliveries or None, raw entry, its check_due row packed). Their entries are held
+        # (buffers.held) meanwhile. A sorted list, not a heap: jobs come in the order of their
+        # due times, almost always (appended), and a burst due at once leaves in one slice
+        # (popping 10,000 from a heap took the loop ~10 ms at the due time).
+        self._waiting: list[tuple[int, int, int, Job, int | None, Any, bytes]] = []
+        self._burst_until = 0.0  # time.monotonic() until which acks give way to a burst
         self._waited = 0
         self._waiting_changed = anyio.Event()
         self._releasing = 0  # check_due calls and hand-ons in flight
@@ -421,10 +440,13 @@ class Fetcher:
             else {entry[0]: count for entry, count in zip(entries, deliveries, strict=True)}
         )
         raw = {entry[0]: entry for entry in entries}
+        priority = keys.LANES[lane]
         for due, job in held:
             self._waited += 1
             count = None if delivered is None else delivered[job._entry]
-            heapq.heappush(self._waiting, (due, self._waited, lane, job, count, raw[job._entry]))
+            # Packed now, before the due time: the call at the due time only joins the rows.
+            row = codec.pack_due_check(job.id, due, job._entry, priority)
+            self._wait((due, self._waited, lane, job, count, raw[job._entry], row))
         self._waiting_changed.set()
         return go
 
@@ -461,13 +483,22 @@ class Fetcher:
                         self._refreshed = due
                         await self._release_due(None, 1)
                     continue
-                if wait_ms <= TIMER_SLACK_MS:
+                # The server's clock is somewhere in [floor, floor + spread]: the due time may
+                # come as early as the late end says.
+                soonest_ms = wait_ms - spread
+                if soonest_ms > TIMER_SLACK_MS:
+                    with anyio.move_on_after((soonest_ms - TIMER_SLACK_MS) / 1000):
+                        await changed.wait()
+                    continue
+                if soonest_ms > 0:
                     # The event loop's timers fire up to a ms late: the last stretch is
                     # yields, not a timer.
                     await anyio.lowlevel.checkpoint()
                     continue
-                with anyio.move_on_after((wait_ms - TIMER_SLACK_MS) / 1000):
-                    await changed.wait()
+                # It may be due now, and surely is within the spread: ask about the first few
+                # (check_due judges), rather than wait out the spread for all. Their answer is
+                # a closer reading: the rest go on by it, or the wait is planned again from it.
+                await self._release_due(None, CHECK_FIRST)
                 continue
             await self._release_due(floor, CHECK_FIRST if waited else CHECK_BATCH)
             waited = False
@@ -480,58 +511,102 @@ class Fetcher:
             self._releasing -= 1
 
     async def _check_and_hand_on(self, floor: float | None, first: int) -> None:
-        """Ask check_due about the earliest held jobs due by ``floor`` (all of them, as far as
-        CHECK_BATCH; ``first`` when there is no reading yet) and hand on those it calls due.
-        The first ``first`` are asked alone, beside the rest, so they go on while the rest are
-        checked. (Every job asked is due by ``floor``, a lower bound of the server's clock,
-        so the calls cannot answer "not due" for one and "due" for a later one.)"""
-        asked: list[tuple[int, int, int, Job, int | None, Any]] = []
-        limit = first if floor is None else CHECK_BATCH
-        while self._waiting and len(asked) < limit:
-            if floor is not None and self._waiting[0][0] > floor:
-                break
-            asked.append(heapq.heappop(self._waiting))
-        chunks = [asked[:first], asked[first:]] if len(asked) > first else [asked]
-        answers: list[scripts.DueCheck | None] = [None] * len(chunks)
-        answered = [anyio.Event() for _ in chunks]
+        """Ask check_due about the held jobs due by ``floor`` (all of them) and hand on those it
+        calls due. The first ``first`` are asked in a call of their own, the rest in calls
+        growing to CHECK_BATCH, all sent at once (their rows were packed as the jobs were
+        held), and each call's jobs go on as its answer comes, in order. (Every job asked is
+        due by ``floor``, a lower bound of the server's clock, so the calls cannot answer "not
+        due" for one and "due" for a later one.)
+
+        Without ``floor`` (no reading says the due time has surely come), the first ``first``
+        are asked alone: their answer is a close reading, and the jobs due by it are asked
+        at once, before the first go on."""
+        waiting = self._waiting
+        if floor is None:
+            cut = min(first, len(waiting))
+        else:
+            cut = bisect.bisect_right(waiting, floor, key=_due_of)
+        asked = waiting[:cut]
+        del waiting[:cut]
+        if not asked:  # handed back meanwhile (a stop: waiting_jobs)
+            return
+        chunks: list[list[tuple[int, int, int, Job, int | None, Any, bytes]]] = []
+        answers: list[scripts.DueCheck | None] = []
+        answered: list[anyio.Event] = []
+        calls_free = anyio.Semaphore(CHECK_CALLS)
 
         async def check(i: int) -> None:
-            pairs = [
-                (job.id, due, job._entry, keys.LANES[lane]) for due, _, lane, job, *_ in chunks[i]
-            ]
-            sent = time.monotonic()
-            answer = await self.retrying(
-                "check due", lambda: scripts.check_due(self.redis, self.stream, pairs)
-            )
-            # The reading is noted as soon as it is seen: noted after the hand-on of the
-            # chunk before (or anything else the loop did meanwhile), it would lag by that.
-            assert answer is not None  # unbounded retries
-            self._read_clock(answer.now_us, sent, time.monotonic())
+            async with calls_free:
+                rows = [waiting_job[6] for waiting_job in chunks[i]]
+                sent = time.monotonic()
+                answer = await self.retrying(
+                    "check due", lambda: scripts.check_due_rows(self.redis, self.stream, rows)
+                )
+                # The reading is noted as soon as it is seen: noted after the hand-on of the
+                # chunk before (or anything else the loop did meanwhile), it would lag by that.
+                assert answer is not None  # unbounded retries
+                self._read_clock(answer.now_us, sent, time.monotonic())
             answers[i] = answer
             answered[i].set()
+
+        def ask(more: list[tuple[int, int, int, Job, int | None, Any, bytes]], size: int) -> None:
+            start = 0
+            while start < len(more):
+                size = min(2 * size, CHECK_BATCH)
+                chunks.append(more[start : start + size])
+                start += size
+            while len(answers) < len(chunks):
+                answers.append(None)
+                answered.append(anyio.Event())
+                calls.start_soon(check, len(answers) - 1)
 
         async with anyio.create_task_group() as calls:
             # Jobs of a lower lane read long ago would each wait for a look at the lanes above
             # (look_above) before they start: take it now, beside the check, not after it.
-            lowest = max(lane for _, _, lane, _, _, _ in asked)
+            lowest = max(waiting_job[2] for waiting_job in asked)
             if lowest and self.higher_lanes_unknown(lowest, LANE_NEWS_SECONDS / 2):
                 calls.start_soon(self.look_above, lowest)
-            for i in range(len(chunks)):
-                calls.start_soon(check, i)
-            for i, chunk in enumerate(chunks):
+            chunks.append(asked[:first])
+            answers.append(None)
+            answered.append(anyio.Event())
+            calls.start_soon(check, 0)
+            ask(asked[first:], first)
+            i = 0
+            while i < len(chunks):
                 await answered[i].wait()
                 answer = answers[i]
                 assert answer is not None  # unbounded retries
-                await self._hand_on(chunk, answer)
+                now = self._server_floor_ms() if i == 0 and floor is None else None
+                if now is None or not waiting or waiting[0][0] > now:
+                    await self._hand_on(chunks[i], answer)
+                elif scripts.DUE_WAIT in answer.verdicts:
+                    # Some of the first were not due: the rest, due later, wait for the next
+                    # reading, so that none of them goes before one due earlier.
+                    await self._hand_on(chunks[i], answer)
+                else:
+                    cut = bisect.bisect_right(waiting, now, key=_due_of)
+                    more = waiting[:cut]
+                    del waiting[:cut]
+                    # The first go on before the rest are asked about: their consumers take
+                    # them and start them while the calls for the rest are built and sent.
+                    await self._hand_on(chunks[i], answer)
+                    ask(more, first)
+                i += 1
 
     async def _hand_on(
-        self, asked: list[tuple[int, int, int, Job, int | None, Any]], answer: scripts.DueCheck
+        self,
+        asked: list[tuple[int, int, int, Job, int | None, Any, bytes]],
+        answer: scripts.DueCheck,
     ) -> None:
         going: list[list[tuple[Job, int | None, Any]]] = [[] for _ in keys.LANES]
+        if len(asked) >= CHECK_FIRST:
+            # A burst: acknowledgements give way while these jobs start (burst_starting). Jobs
+            # due one by one (a steady stream) do not hold them back.
+            self._burst_until = time.monotonic() + ACKS_WAIT_SECONDS
         for waiting, verdict in zip(asked, answer.verdicts, strict=True):
-            _, _, lane, job, count, entry = waiting
+            _, _, lane, job, count, entry, _ = waiting
             if verdict == scripts.DUE_WAIT:
-                heapq.heappush(self._waiting, waiting)
+                self._wait(waiting)
             elif verdict == scripts.DUE_GONE:
                 # Moved back by reschedule_job; check_due acknowledged and deleted the entry.
                 self.buffers.let_go(job)
@@ -559,14 +634,27 @@ class Fetcher:
         await anyio.lowlevel.checkpoint()
         await anyio.lowlevel.checkpoint()
 
+    def _wait(self, waiting: tuple[int, int, int, Job, int | None, Any, bytes]) -> None:
+        """Hold a job for its due time, in order (due time, then order read)."""
+        held = self._waiting
+        if not held or held[-1][:2] <= waiting[:2]:
+            held.append(waiting)
+        else:
+            bisect.insort(held, waiting, key=_order_of)
+
     @property
     def hold_limit(self) -> int:
         """How many jobs held for their due time take no read-ahead room: as many as the
         read-ahead may grow to (MAX_PREFETCH when it adapts, else the prefetch given), plus a
-        job per slot. Past it they count as read ahead, so one worker does not take a whole
-        burst (or the tail of a run's retries) into its hands while others sit idle."""
+        job per slot; and when the read-ahead adapts, up to HOLD_BURST shared by the live
+        workers (their heartbeats say how many), so one worker alone holds a whole burst of
+        that size ahead of its due time while a fleet shares it. Past it they count as read
+        ahead, so one worker does not take a whole burst (or the tail of a run's retries) into
+        its hands while others sit idle."""
         ceiling = MAX_PREFETCH if self.adaptive else self.prefetch
-        return self.options.concurrency + ceiling
+        floor = self.options.concurrency + ceiling
+        live = self.live_workers() if self.adaptive else None
+        return floor if live is None else max(floor, HOLD_BURST // max(1, live))
 
     @property
     def hold_room(self) -> int:
@@ -575,6 +663,15 @@ class Fetcher:
         burst comes in one read, not in read-ahead-sized ones; a read that brings a job due
         now ends it, so due jobs are still read no more than the read-ahead at a time."""
         return max(0, self.hold_limit - len(self._waiting)) if self._held_all else 0
+
+    def burst_starting(self) -> bool:
+        """Whether a burst of jobs held for their due time (CHECK_FIRST or more asked about in
+        one call) is being checked or was just handed on and waits for a consumer:
+        acknowledgements give way to their starts meanwhile, for ACKS_WAIT_SECONDS at most
+        after the last such hand-on."""
+        if time.monotonic() >= self._burst_until:
+            return False
+        return self._releasing > 0 or any(self.buffers.ready)
 
     @property
     def waiting_room(self) -> int:
@@ -585,7 +682,7 @@ class Fetcher:
         """Take the jobs held for their due time, per lane (the worker hands them back at a
         stop, as it does the read-ahead)."""
         by_lane: list[list[Job]] = [[] for _ in keys.LANES]
-        for _, _, lane, job, _, _ in sorted(self._waiting):
+        for _, _, lane, job, *_ in self._waiting:
             by_lane[lane].append(job)
         self._waiting.clear()
         return by_lane
@@ -780,6 +877,15 @@ class Fetcher:
         finally:
             self._looking = None
             looking.set()
+
+
+def _due_of(waiting: tuple[Any, ...]) -> int:
+    due: int = waiting[0]
+    return due
+
+
+def _order_of(waiting: tuple[Any, ...]) -> tuple[int, int]:
+    return waiting[0], waiting[1]
 
 
 def lane_gone(exc: redis_errors.ResponseError) -> bool:

@@ -102,6 +102,8 @@ class Heartbeat:
         """When the server's current epoch began (server ms), as the latest beat saw it."""
         self.beats = 0
         """Beats that reached the server."""
+        self.live_workers: int | None = None
+        """How many workers of the stream were alive at the latest beat (this one too)."""
         self._give_up_after = give_up_after
         self._ticked = time.monotonic()
         self._stop = threading.Event()
@@ -198,7 +200,7 @@ class Heartbeat:
             # (the client retries on a new connection); the gap (epoch.lua) still sees a restart
             # that lasted longer than gap_ms, and the next beat brings the new run id.
             run_id = str(client.info("server")["run_id"])
-            _, since = scripts.beat(
+            _, since, live = scripts.beat(
                 client,
                 self._stream,
                 self._consumer,
@@ -216,6 +218,7 @@ class Heartbeat:
                 extra={"stream": self._stream, "consumer": self._consumer},
             )
         self.epoch_since = since
+        self.live_workers = live
         self.beats += 1
 
     def _refresh(self, stalled: float) -> None:

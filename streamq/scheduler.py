@@ -157,10 +157,12 @@ read) is done by the due time, and the worker that reads such a job holds it unt
 says, by the server's clock, that it is due (streamq.fetcher; docs/timing.md). Long enough to
 promote a thousand jobs due at one instant; short, because a worker holds the jobs it read
 meanwhile. A larger burst is promoted earlier still (PROMOTE_MS_PER_JOB)."""
-PROMOTE_MS_PER_JOB = 0.03
-"""What promoting one job costs, about (30 µs: promote_due.lua on the shared 2-core machine of
-bench/RESULTS.md, with other work on it): a burst of n jobs due within PROMOTE_AHEAD_MS of the
-next one starts being promoted n times this ahead, so it is promoted by its due time."""
+PROMOTE_MS_PER_JOB = 0.05
+"""What promoting one job and reading it ahead cost, about (30 µs: promote_due.lua on the
+shared 2-core machine of bench/RESULTS.md, with other work on it; 10–20 µs more: the worker
+reads it, decodes it and packs its check_due row, which trails the promotion): a burst of n
+jobs due within PROMOTE_AHEAD_MS of the next one starts being promoted n times this ahead, so
+it is promoted and held by its due time."""
 MAX_PROMOTE_AHEAD_MS = 1000
 """The most ahead a burst is promoted, however large."""
 

@@ -370,16 +370,21 @@ async def check_due(
 ) -> DueCheck:
     """Whether each of ``jobs`` (job id, due ms, entry id, lane) read ahead of its due time may
     start now, by the server's clock (see check_due.lua)."""
-    record_prefix = keys.job(stream, "")
-    rows = codec.pack_due_checks([(due, entry, lane) for _, due, entry, lane in jobs])
+    rows = [codec.pack_due_check(job_id, due, entry, lane) for job_id, due, entry, lane in jobs]
+    return await check_due_rows(redis, stream, rows)
+
+
+async def check_due_rows(redis: Redis, stream: str, rows: Sequence[bytes]) -> DueCheck:
+    """check_due of jobs whose rows were packed ahead (codec.pack_due_check): the call at the
+    due time packs nothing per job."""
     reply = await _run(
         redis,
         "check_due",
-        [record_prefix + job_id for job_id, _, _, _ in jobs],
-        [keys.script_prefix(stream), keys.GROUP, rows],
+        [keys.lane(stream, "high")],
+        [keys.script_prefix(stream), keys.GROUP, codec.join_due_checks(rows)],
     )
     now, verdicts = reply
-    return DueCheck(int(now), [int(v) for v in verdicts])
+    return DueCheck(int(now), verdicts)
 
 
 async def cancel_job(
@@ -579,15 +584,16 @@ def beat(
     liveness_ms: int,
     run_id: str,
     gap_ms: int,
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """From the heartbeat's thread: ``consumer`` is alive for ``liveness_ms`` more; ``run_id``
     (the server's, read on the same connection) or a gap of ``gap_ms`` in every worker's
-    heartbeats starts a new epoch. Returns (now, when the epoch began), server ms."""
+    heartbeats starts a new epoch. Returns (now, when the epoch began) in server ms, and how
+    many consumers of the stream are alive now."""
     script_keys = _keys(stream, keys.liveness)
-    now, since = _evalsha_sync(
+    now, since, live = _evalsha_sync(
         client, load("beat"), (script_keys, [consumer, liveness_ms, run_id, gap_ms])
     )
-    return int(now), int(since)
+    return int(now), int(since), int(live)
 
 
 async def refresh_claims(

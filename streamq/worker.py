@@ -145,6 +145,7 @@ class Worker:
             retention_ms=retention_ms,
             retrying=self._retrying,
             on_recorded=self._recorded,
+            give_way=lambda: self.fetcher.burst_starting(),
         )
         self.fetcher = Fetcher(
             redis,
@@ -161,6 +162,7 @@ class Worker:
             free_consumers=lambda: sum(slot.job is None for slot in self._slots),
             stop_event=self._stop_event,
             rate_limited=limits.any,
+            live_workers=lambda: self.heartbeat.live_workers,
         )
         self.reclaimer = Reclaimer(self.fetcher)
         self.heartbeat = Heartbeat(

@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from streamq import channel, control, keys, scheduler, scripts
+from streamq import channel, codec, control, fetcher, keys, scheduler, scripts
 from streamq.job import Job
 from streamq.producer import JobOptions, Producer
 from streamq.worker import Worker
@@ -310,3 +311,126 @@ def test_a_reading_of_the_server_clock_seen_late_is_known_to_be_unsure() -> None
     floor = fetcher._server_floor_ms()
     assert floor is not None
     assert floor < 1_000_200 - 3_500_000
+
+
+@pytest.mark.anyio
+async def test_a_worker_alone_holds_a_whole_burst_ahead_of_its_due_time(
+    redis: Redis, stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The read-ahead's ceiling shrunk so that the burst is larger than the hold limit's floor
+    # (concurrency + ceiling): a worker alone (its heartbeat says so) holds up to HOLD_BURST of
+    # a burst promoted ahead, so it is all read, decoded and packed for check_due before it is
+    # due; before HOLD_BURST it held the floor and read the rest after the due time.
+    monkeypatch.setattr(fetcher, "MAX_PREFETCH", 8)
+    due = await channel.server_ms(redis) + 3_000
+    ids = await Producer(redis).enqueue_many(stream, list(range(100)), options=at(due))
+    starts: dict[str, int] = {}
+
+    async def handler(job: Job) -> None:
+        starts[job.id] = await channel.server_ms(redis)
+
+    worker = Worker(redis, stream, handler, options(concurrency=4))
+    assert worker.fetcher.adaptive
+    floor = 4 + 8
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await poll(lambda: worker.heartbeat.live_workers == 1, within=5)
+        assert worker.fetcher.hold_limit == fetcher.HOLD_BURST > floor
+
+        async def all_held() -> bool:
+            return await held_by(redis, stream, worker.fetcher.consumer) == len(ids)
+
+        await poll(all_held, within=5)
+        assert not starts
+        await poll(lambda: len(starts) == len(ids), within=20)
+        worker.stop()
+    assert all(started >= due for started in starts.values())
+
+
+@pytest.mark.anyio
+async def test_live_workers_share_a_burst(
+    redis: Redis, stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two live workers: each holds at most HOLD_BURST / 2 of a burst (and its read-ahead's
+    # room: 30 + 4 + 8 at most), so whichever reads first leaves the other its share of 70.
+    monkeypatch.setattr(fetcher, "MAX_PREFETCH", 8)
+    monkeypatch.setattr(fetcher, "HOLD_BURST", 60)
+    starts: dict[str, tuple[str, int]] = {}
+
+    def handler_of(name: str) -> Any:
+        async def handler(job: Job) -> None:
+            starts[job.id] = (name, await channel.server_ms(redis))
+
+        return handler
+
+    first = Worker(redis, stream, handler_of("first"), options(concurrency=4))
+    second = Worker(redis, stream, handler_of("second"), options(concurrency=4))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first.run)
+        tg.start_soon(second.run)
+        await poll(
+            lambda: first.heartbeat.live_workers == second.heartbeat.live_workers == 2, within=5
+        )
+        assert first.fetcher.hold_limit == 30
+        due = await channel.server_ms(redis) + 3_000
+        ids = await Producer(redis).enqueue_many(stream, list(range(70)), options=at(due))
+
+        async def all_read() -> bool:
+            return await pending(redis, stream) == len(ids)
+
+        await poll(all_read, within=5)
+        for worker in (first, second):
+            # Its share, plus at most its read-ahead's room (concurrency + prefetch).
+            assert await held_by(redis, stream, worker.fetcher.consumer) <= 30 + 4 + 8
+        assert not starts
+        await poll(lambda: len(starts) == len(ids), within=20)
+        first.stop()
+        second.stop()
+    assert {name for name, _ in starts.values()} == {"first", "second"}
+    assert all(started >= due for _, started in starts.values())
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 65_535, 65_536])
+def test_check_due_rows_packed_apart_join_into_one_array(count: int) -> None:
+    rows = [codec.pack_due_check(f"s:{i}", i, b"1-%d" % i, "normal") for i in range(count)]
+    joined = msgspec.msgpack.decode(codec.join_due_checks(rows))
+    assert len(joined) == count
+    if count:
+        assert joined[-1] == [f"s:{count - 1}", count - 1, f"1-{count - 1}", "normal"]
+
+
+@pytest.mark.anyio
+async def test_acks_that_give_way_to_a_burst_still_go_out(redis: Redis, stream: str) -> None:
+    # While a released burst starts, acknowledgements give way (Fetcher.burst_starting), for
+    # acks.GIVE_WAY_MAX_SECONDS at most: told to give way for ever, they still go out.
+    ids = await Producer(redis).enqueue_many(stream, list(range(20)))
+
+    async def handler(job: Job) -> None:
+        pass
+
+    worker = Worker(redis, stream, handler, options())
+    worker.acks.give_way = lambda: True
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+
+        async def all_done() -> bool:
+            states = [await redis.hget(keys.job(stream, job_id), "state") for job_id in ids]
+            return states == [b"done"] * len(ids)
+
+        await poll(all_done, within=10)
+        worker.stop()
+    assert await pending(redis, stream) == 0
+
+
+@pytest.mark.anyio
+async def test_a_release_planned_for_jobs_handed_back_meanwhile_asks_nothing() -> None:
+    """The clock's refresh is planned for the first held job; a stop may hand every held job
+    back (waiting_jobs) before it fires: then there is nothing to ask (the lifecycle model
+    caught it failing on an empty batch)."""
+
+    async def handler(job: Job) -> None:
+        pass
+
+    fetcher = Worker(Redis(), "s", handler, options()).fetcher  # no call is made
+    await fetcher._release_due(None, 1)
+    await fetcher._release_due(1.0, 32)

@@ -12,7 +12,8 @@ was): 'epoch:since' is set to now. Until a whole liveness timeout has passed sin
 reclaim_lapsed takes nothing (each live worker has had time to beat again, its entry having
 lapsed through no fault of its own), and reclaim_jobs counts idle time only from 'epoch:since'
 (the time the server was down is not time a worker failed to refresh its claims).
-Returns { now, epoch since } (server ms).
+Returns { now, epoch since (server ms), how many consumers are alive now (this one too) }: the
+worker shares a burst promoted ahead with the others by it (streamq.fetcher.HOLD_BURST).
 ]]
 -- @include "server_now.lua"
 -- @include "epoch.lua"
@@ -25,4 +26,11 @@ if not since or redis.call('HGET', liveness, 'epoch:run') ~= run then
   redis.call('HSET', liveness, 'epoch:run', run, 'epoch:since', since)
 end
 redis.call('HSET', liveness, 'epoch:beat', now, 'alive:' .. consumer, now + timeout)
-return { now, since }
+local fields = redis.call('HGETALL', liveness)
+local live = 0
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 6) == 'alive:' and tonumber(fields[i + 1]) > now then
+    live = live + 1
+  end
+end
+return { now, since, live }

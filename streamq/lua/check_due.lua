@@ -1,10 +1,12 @@
 --[[ check_due: whether jobs a worker read ahead of their due time may start now.
 
-KEYS[1..]  the record of each job
+KEYS[1]    the stream's high lane (it only routes the call to the stream's slot: each job's
+           record, in that slot too, is named from the prefix)
 ARGV[1]    key prefix of the stream, 'streamq:{S}:'
 ARGV[2]    consumer group
-ARGV[3]    msgpack: per job, in KEYS order, { due time ms (its envelope's 'r'), entry id, lane
-           (high, normal, low) } (one argument: a worker sends this for every job it held)
+ARGV[3]    msgpack: per job, { job id, due time ms (its envelope's 'r'), entry id, lane (high,
+           normal, low) } (one argument, packed before the due time: a worker sends this for
+           every job it held, and at the due time it only joins the rows it packed then)
 
 promote_due.lua promotes a job a little before it is due; the worker that reads it holds it and
 asks here, when its local timer says the time has come, before the job goes any further. The
@@ -25,11 +27,11 @@ local rows = cmsgpack.unpack(ARGV[3])
 local time = redis.call('TIME')
 local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local verdicts = {}
-for i = 1, #KEYS do
+for i = 1, #rows do
   local verdict = 0
-  local due, entry, lane = rows[i][1], rows[i][2], rows[i][3]
+  local id, due, entry, lane = rows[i][1], rows[i][2], rows[i][3], rows[i][4]
   if tonumber(due) * 1000 <= now_us then
-    local f = redis.call('HMGET', KEYS[i], 'state', 'cancel', 'entry')
+    local f = redis.call('HMGET', job_key(prefix, id), 'state', 'cancel', 'entry')
     if f[1] == 'scheduled' or f[1] == 'retrying' or (f[1] == 'queued' and f[3] ~= entry) then
       redis.call('XACK', lane_key(prefix, lane), group, entry)
       redis.call('XDEL', lane_key(prefix, lane), entry)
