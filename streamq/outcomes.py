@@ -68,7 +68,14 @@ def done(job: Job, started_ms: int, value: Any) -> Done:
     if env.verify is not None and isinstance(value, dict):
         value = {**value, "recovered": True}  # found by the lookup, not sent by this run
     result = "" if value is None else _result_encoder.encode(value).decode()
-    stored = stored_envelope(job._raw, env.id, env.enqueued_at_ms).decode() if job._raw else ""
+    stored = ""
+    if job._raw:
+        try:
+            stored = stored_envelope(job._raw, env.id, env.enqueued_at_ms).decode()
+        except UnicodeDecodeError:
+            # Bytes not UTF-8 in a field the decoder skipped (another writer's entry): a
+            # msgpack str cannot carry them, so finish_jobs reads the entry, as it did before.
+            stored = ""
     return Done(env.id, env.key or "", env.attempt, started_ms, result, stored)
 
 
