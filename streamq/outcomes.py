@@ -62,12 +62,28 @@ def _next_text(env: Envelope) -> str:
     return envelope_text(delivered(env))
 
 
+def _result_text(job: Job, value: Any) -> str:
+    """``value`` as JSON; a value JSON cannot hold (a container holding itself, or one whose
+    repr raises) becomes a note saying so: the handler ran, so its job is still done (a
+    retry would post again), and the worker goes on."""
+    try:
+        return _result_encoder.encode(value).decode()
+    except Exception as error:  # whatever the value's own repr raises, too
+        note = f"the handler's result is not JSON: {type(error).__name__}"
+        env = job.envelope
+        log.warning(
+            "job %s: %s; recorded as a note", env.id, note,
+            extra=logs.job(env.id, job.stream, env.attempt),
+        )  # fmt: skip
+        return _result_encoder.encode({"unrecorded": note}).decode()
+
+
 def done(job: Job, started_ms: int, value: Any) -> Done:
     """The handler returned ``value`` (stored as JSON; '' for None)."""
     env = job.envelope
     if env.verify is not None and isinstance(value, dict):
         value = {**value, "recovered": True}  # found by the lookup, not sent by this run
-    result = "" if value is None else _result_encoder.encode(value).decode()
+    result = "" if value is None else _result_text(job, value)
     stored = ""
     if job._raw:
         try:

@@ -522,3 +522,32 @@ async def test_an_entry_with_a_field_of_bytes_not_utf8_it_does_not_know_runs_and
     assert await redis.xlen(keys.lane(stream, "normal")) == 0
     info = await job_info(redis, job_id)
     assert (info.state, info.payload) == ("done", {"n": 1})
+
+
+async def test_a_result_json_cannot_hold_ends_done_with_a_note_and_the_worker_goes_on(
+    redis: Redis, stream: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handler ran (a post may be out), so its job is done, never run again; the result
+    it returned, which JSON cannot hold (a list holding itself), is recorded as a note, and
+    the worker goes on to the next job."""
+    from streamq.control import job_info
+
+    first, second = await Producer(redis).enqueue_many(stream, [1, 2])
+    ran: list[Any] = []
+
+    async def handler(job: Job) -> Any:
+        ran.append(job.payload)
+        if job.payload == 1:
+            loop: list[Any] = []
+            loop.append(loop)
+            return loop
+        return "fine"
+
+    counts = await Worker(redis, stream, handler, FAST).run()
+    assert sorted(ran) == [1, 2]
+    assert counts.completed == 2
+    info = await job_info(redis, first)
+    assert info.state == "done"
+    assert info.result == {"unrecorded": "the handler's result is not JSON: RecursionError"}
+    assert (await job_info(redis, second)).result == "fine"
+    assert "result is not JSON" in caplog.text
