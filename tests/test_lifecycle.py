@@ -363,7 +363,9 @@ async def test_a_replayed_job_is_due_from_its_replay_not_its_enqueue(
     redis_url: str, redis: Redis, stream: str
 ) -> None:
     async with streamq.connect(redis_url) as q:
-        job_id = await q.enqueue(stream, "x", expire_after=1.0)
+        # 3 s: a run later than that after its replay would expire it rightly (a loaded
+        # cluster in CI once took over 1 s from the replay to the run).
+        job_id = await q.enqueue(stream, "x", expire_after=3.0)
         healthy = False
 
         async def handler(job: Job) -> None:
@@ -372,7 +374,7 @@ async def test_a_replayed_job_is_due_from_its_replay_not_its_enqueue(
 
         async with Running(Worker(redis, stream, handler, options())):
             await poll(lambda: _is(q, job_id, "dead"))
-            await anyio.sleep(1.2)  # longer ago than expire_after
+            await anyio.sleep(3.2)  # its enqueue longer ago than expire_after
             healthy = True
             assert await q.replay(stream) == 1
             await poll(lambda: _is(q, job_id, "done"))
