@@ -168,9 +168,10 @@ def test_a_done_records_envelope_reads_back_as_its_entrys(
 ) -> None:
     """What the worker sends for a done record (codec.stored_envelope) is read back by every
     reader (codec.entry_envelope) as the entry's envelope exactly, whatever the id's shape."""
-    job_id = codec.new_job_id("s") + id_tail
+    made = codec.new_job_id("s")
+    job_id = made + id_tail
     env = codec.Envelope(
-        id=job_id, payload=payload, enqueued_at_ms=codec._created_ms(codec.new_job_id("s")),
+        id=job_id, payload=payload, enqueued_at_ms=codec._created_ms(made),
         attempt=attempt, first_run=first_run,
     )  # fmt: skip
     raw = codec.encode(env)
