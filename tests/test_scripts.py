@@ -230,7 +230,7 @@ async def test_a_start_folded_into_a_stale_outcome_is_counted_on_its_entry(
     assert record == [b"done", None]
     # A start that reaches the server after its outcome (sent on another connection) counts
     # for an entry that outcome deleted: nothing.
-    assert await scripts.start_jobs(redis, stream, [(recorded.id, recorded._entry)]) == 0
+    assert await scripts.start_jobs(redis, stream, [recorded.id], [recorded._entry]) == 0
     assert await redis.hget(keys.job(stream, recorded.id), "runs") is None
 
 
