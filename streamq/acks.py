@@ -112,7 +112,7 @@ class AckBatcher:
         folded = ""
         for job, _ in batch:
             if job._start_folded:
-                folded = "".join("1" if job._start_folded else "0" for job, _ in batch)
+                folded = "".join(["1" if job._start_folded else "0" for job, _ in batch])
                 break
         try:
             await self.retrying("ack", lambda: self._record(batch, folded))

@@ -501,9 +501,9 @@ def pack_rows(rows: Sequence[Outcome | EnqueueRow | AdmitRow]) -> bytes:
     return _msgpack_encode(rows)
 
 
-def pack_entry_ids(entry_ids: Sequence[bytes]) -> bytes:
-    """Entry ids as one msgpack array argument (of str: the server's cmsgpack reads no bin)."""
-    return _msgpack_encode([entry_id.decode() for entry_id in entry_ids])
+def pack_job_ids(job_ids: Sequence[str]) -> bytes:
+    """Job ids as one msgpack array argument (start_jobs)."""
+    return _msgpack_encode(job_ids)
 
 
 def pack_due_check(job_id: str, due_ms: int, entry: bytes, lane: str) -> bytes:

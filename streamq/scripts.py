@@ -239,24 +239,20 @@ async def finish_jobs(
     the outbox members of the batch's flow steps (streamq.flows.outbox_member). ``folded``:
     '' or a '0'/'1' per outcome, '1' where the run's start was never sent (start_jobs): this
     call takes it (streamq.starts)."""
-    record_prefix = keys.job(stream, "")
     reply = await _run(
         redis,
         "finish_jobs",
-        [
-            *_keys(
-                stream,
-                keys.lanes,
-                keys.dedup,
-                keys.delayed,
-                keys.dead,
-                keys.counts,
-                keys.control,
-                keys.events,
-                keys.meta,
-            ),
-            *[record_prefix + outcome.id for outcome in outcomes],
-        ],
+        _keys(
+            stream,
+            keys.lanes,
+            keys.dedup,
+            keys.delayed,
+            keys.dead,
+            keys.counts,
+            keys.control,
+            keys.events,
+            keys.meta,
+        ),
         [
             keys.GROUP,
             *[b" ".join(lane_ids) for lane_ids in entries],
@@ -820,13 +816,19 @@ async def mark_sent(redis: Redis, job_id: str, *, sent: bool) -> int | None:
     return reply or None
 
 
-async def start_jobs(redis: Redis, stream: str, jobs: Sequence[tuple[str, bytes]]) -> int:
-    """Count a run of each of ``jobs`` ((job id, entry id) pairs) whose handler started;
-    returns how many were counted (a job without a record is not)."""
-    record_prefix = keys.job(stream, "")
-    entries = codec.pack_entry_ids([entry for _, entry in jobs])
+async def start_jobs(
+    redis: Redis, stream: str, job_ids: Sequence[str], entries: Sequence[bytes]
+) -> int:
+    """Count a run of each of ``job_ids`` whose handler started, delivered from ``entries``
+    (the entry id of each, in order); returns how many were counted (a job without a record is
+    not). One key routes the call and three arguments carry the batch: the ids packed in one
+    msgpack array, the entries joined, so no job costs an argument of its own."""
+    assert len(job_ids) == len(entries), "one entry id per job"
     reply = await _run(
-        redis, "start_jobs", [record_prefix + job_id for job_id, _ in jobs], [entries]
+        redis,
+        "start_jobs",
+        [keys.lane(stream, "high")],
+        [keys.script_prefix(stream), codec.pack_job_ids(job_ids), b" ".join(entries)],
     )
     return int(reply)
 

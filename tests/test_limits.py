@@ -639,7 +639,7 @@ async def test_a_reclaimed_job_keeps_its_crash_count_when_held_back(
         # A worker that read it, started its handler (the run is counted) and died.
         read: Any = await redis.xreadgroup(keys.GROUP, "crashed", {lane: ">"}, count=1)
         entry = read[0][1][0][0]
-        await scripts.start_jobs(redis, stream, [(job_id, entry)])
+        await scripts.start_jobs(redis, stream, [job_id], [entry])
         await q.pause_account("a", stream)
         progress = Progress()
 

@@ -170,7 +170,7 @@ async def ghost_runs(
         if delivery:
             await redis.xclaim(lane, keys.GROUP, f"ghost-{delivery}", 0, [entry_id])
         if delivery < runs:
-            await scripts.start_jobs(redis, stream, [(job_id, entry_id)])
+            await scripts.start_jobs(redis, stream, [job_id], [entry_id])
             if may_send and delivery == 0:
                 await scripts.mark_sent(redis, job_id, sent=True)
     # Idle for a minute, without counting another delivery (JUSTID).

@@ -179,6 +179,37 @@ async def test_a_done_record_keeps_the_envelope_its_worker_sends(redis: Redis, s
     assert codec.record_envelope(raw, copied.id) == copied.envelope
 
 
+async def test_start_and_finish_send_no_key_a_job(redis: Redis, stream: str) -> None:
+    # Each job's record is named in the script from the stream's prefix and the job's id: a
+    # call for 40 jobs sends the keys a call for one does (start_jobs one, finish_jobs ten), as
+    # the server's slowlog shows each EVALSHA's arguments; every record is still found.
+    if connection.is_cluster_client(redis):
+        pytest.skip("the slowlog is per node; the cluster runs these calls in the other tests")
+    await add(redis, stream, 40)
+    jobs = await read(redis, stream)
+    assert len(jobs) == 40
+    settings = ("slowlog-log-slower-than", "slowlog-max-len")
+    before: Any = await redis.config_get("slowlog-*")
+    await redis.config_set("slowlog-log-slower-than", 0)
+    await redis.config_set("slowlog-max-len", 4096)  # the scripts' own commands are logged too
+    try:
+        await redis.slowlog_reset()
+        ids, entries = [job.id for job in jobs], [job._entry for job in jobs]
+        assert await scripts.start_jobs(redis, stream, ids, entries) == 40
+        outcomes = [codec.Done(job.id, "", 1, 5, "") for job in jobs]
+        lanes = [[], entries, []]
+        assert await scripts.finish_jobs(redis, stream, lanes, outcomes, retention_ms=60_000) == 40
+        log: Any = await redis.slowlog_get(4096)
+    finally:
+        for setting in settings:
+            await redis.config_set(setting, before[setting])
+    numkeys = [
+        entry["command"].split()[2] for entry in log if entry["command"].startswith(b"EVALSHA ")
+    ]
+    assert set(numkeys) == {b"1", b"10"}  # twice each where the server answered NOSCRIPT first
+    assert {await state(redis, stream, job_id) for job_id in ids} == {"done"}
+
+
 async def test_a_batch_of_more_than_500_outcomes_indexes_every_finished_job(
     redis: Redis, stream: str
 ) -> None:
@@ -230,7 +261,7 @@ async def test_a_start_folded_into_a_stale_outcome_is_counted_on_its_entry(
     assert record == [b"done", None]
     # A start that reaches the server after its outcome (sent on another connection) counts
     # for an entry that outcome deleted: nothing.
-    assert await scripts.start_jobs(redis, stream, [(recorded.id, recorded._entry)]) == 0
+    assert await scripts.start_jobs(redis, stream, [recorded.id], [recorded._entry]) == 0
     assert await redis.hget(keys.job(stream, recorded.id), "runs") is None
 
 

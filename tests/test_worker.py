@@ -196,10 +196,10 @@ async def test_crash_loops_end_in_dead_letters_after_max_deliveries(
     await redis.xgroup_create(lane, keys.GROUP, id="0", mkstream=True)
     [(entry_id, _)] = await entries(redis, lane)
     await redis.xreadgroup(keys.GROUP, "ghost", {lane: ">"})
-    await scripts.start_jobs(redis, stream, [(job_id, entry_id)])
+    await scripts.start_jobs(redis, stream, [job_id], [entry_id])
     for _ in range(2):  # two more runs in crashing consumers: three so far
         await redis.xclaim(lane, keys.GROUP, "ghost", 0, [entry_id])
-        await scripts.start_jobs(redis, stream, [(job_id, entry_id)])
+        await scripts.start_jobs(redis, stream, [job_id], [entry_id])
     ran: list[str] = []
 
     async def handler(job: Job) -> None:
@@ -475,7 +475,7 @@ async def test_a_start_still_queued_at_its_outcome_goes_with_the_outcome(
     )  # fmt: skip
     # The start of `sent` goes on the wire before its outcome; `folded`'s outcome goes first.
     sent._start_queued = False
-    await scripts.start_jobs(redis, stream, [(sent.id, sent._entry)])
+    await scripts.start_jobs(redis, stream, [sent.id], [sent._entry])
     assert await redis.hget(keys.job(stream, sent.id), "runs") == b"1"
     for job in (folded, sent):
         batcher.finish(job, outcomes.done(job, 5, None))

@@ -8,7 +8,8 @@ KEYS[7]     counts hash
 KEYS[8]     control stream
 KEYS[9]     events stream
 KEYS[10]    stream settings (the events' cap and age)
-KEYS[11..]  one record key per outcome, in the order of the outcomes
+            (each outcome's record is named from ARGV[7] and its job id, and is in this slot
+            too: the worker sends no key a job)
 ARGV[1]     consumer group
 ARGV[2..4]  for each lane, the entry ids of the batch joined by single spaces ('' for none)
 ARGV[5]     retention of finished records, ms
@@ -27,7 +28,8 @@ ARGV[6]     the outcomes, msgpack: an array of
                  'e' expired    a = envelope (not run: it came due too long ago)
                  'c' cancelled  a = envelope
             every outcome but 'd' ends with { lane index (1-3), entry id }
-ARGV[7]     key prefix of the stream, 'streamq:{S}:' (per-account keys are built from it)
+ARGV[7]     key prefix of the stream, 'streamq:{S}:' (records and per-account keys are built
+            from it)
 ARGV[8]     the worker's consumer name (recorded with each run)
 ARGV[9]     how many failed runs a record's attempts history keeps (the latest)
 ARGV[10]    '' or, for the batch's jobs that are steps of a flow, their outbox members
@@ -95,6 +97,10 @@ local events = KEYS[9]
 local event_settings = events_settings(KEYS[10])
 local acked = 0
 local outcomes = cmsgpack.unpack(ARGV[6])
+local records = {} -- each outcome's record key, named once
+for i, o in ipairs(outcomes) do
+  records[i] = record_key(prefix, o[2])
+end
 local stale = {}
 local NONE = {}
 local keep = nil -- per lane, the entries of stale outcomes: not acknowledged, not deleted
@@ -126,7 +132,7 @@ for i, o in ipairs(outcomes) do
       keep_entry(lane, entry)
     end
   else
-    local f = redis.call('HMGET', KEYS[10 + i], 'state', 'account', 'entry', 'priority', 'runs')
+    local f = redis.call('HMGET', records[i], 'state', 'account', 'entry', 'priority', 'runs')
     accounts[i] = f[2]
     counted[i] = f[5] ~= false
     local lane = LANE_OF[f[4]] or 2
@@ -160,7 +166,7 @@ if folded ~= '' then
     if string.byte(folded, i) == 49 then -- '1'
       local entry = outcomes[i][1] == 'd' and stale_entries[i] or outcomes[i][#outcomes[i]]
       if entry then
-        count_run(KEYS[10 + i], entry)
+        count_run(records[i], entry)
       end
     end
   end
@@ -242,7 +248,7 @@ local function finish(record, id, key, state)
 end
 
 for i, o in ipairs(outcomes) do
-  local record = KEYS[10 + i]
+  local record = records[i]
   local code, id, key, attempt = o[1], o[2], o[3], o[4]
   -- The start is the worker's estimate of the server's clock: never after the outcome. Clamped
   -- once, so the record, the run's history and the events give the same start.

@@ -1,8 +1,12 @@
 --[[ start_jobs: count the run of each job whose handler has started.
 
-KEYS[1..n]  the record of each job started
-ARGV[1]     msgpack: an array of the entry each job was delivered from, in KEYS order (one
-            argument, not n: the worker sends this call for every job it runs)
+KEYS[1]     the stream's high lane (it only routes the call to the stream's slot: each job's
+            record, in that slot too, is named from the prefix)
+ARGV[1]     key prefix of the stream, 'streamq:{S}:'
+ARGV[2]     msgpack: an array of the ids of the jobs started
+ARGV[3]     the entry each job was delivered from, in ARGV[2]'s order, joined by single spaces
+            (three arguments, not one a job: the worker sends this call for every job it runs,
+            and joins and packs them in C)
 
 A run is counted per entry ('runs', with 'run_entry' naming the entry it counts for: a retry, a
 deferral or a replay comes back as a new entry and starts from 1 again). Runs, not deliveries,
@@ -14,10 +18,13 @@ A start still queued when its job's outcome is sent is not sent here: finish_job
 (ARGV[11] there), and counts it only where the outcome is stale (the entry lives on).
 Returns how many runs were counted (the jobs that have a record not done).
 ]]
+-- @include "stream_keys.lua"
 -- @include "count_run.lua"
-local entries = cmsgpack.unpack(ARGV[1])
-local counted = 0
-for i, record in ipairs(KEYS) do
-  counted = counted + count_run(record, entries[i])
+local prefix = ARGV[1]
+local ids = cmsgpack.unpack(ARGV[2])
+local counted, i = 0, 0
+for entry in string.gmatch(ARGV[3], '%S+') do
+  i = i + 1
+  counted = counted + count_run(job_key(prefix, ids[i]), entry)
 end
 return counted
