@@ -26,6 +26,15 @@ schema = schemathesis.openapi.from_dict(admin.openapi_document())
 def test_the_api_keeps_to_its_openapi_document(
     case: Case[APIOperation[Any, Any, Any, Any]], admin_server: AdminServer
 ) -> None:
-    case.call_and_validate(
-        base_url=admin_server.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    )
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    response = case.call(base_url=admin_server.url, headers=headers)
+    if response.status_code == 400 and response.content == HTTP_LAYER_REFUSAL:
+        # A request malformed at the HTTP layer (schemathesis once sent an empty
+        # Content-Length header) is refused by the HTTP server before the API sees it, in
+        # its own plain-text form: not an answer of the API's to hold to its document.
+        return
+    case.validate_response(response, headers=headers)
+
+
+HTTP_LAYER_REFUSAL = b"Invalid HTTP request received."
+"""What uvicorn (h11) answers, with a 400, to a request it cannot parse."""
