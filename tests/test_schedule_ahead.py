@@ -270,10 +270,18 @@ async def test_a_worker_holds_no_more_of_a_burst_than_its_read_ahead(
         # The second worker finds jobs of the burst left on the lane for it.
         await poll(lambda: held_by(redis, stream, second.fetcher.consumer), within=5)
         assert await held_by(redis, stream, first.fetcher.consumer) <= most
-        assert not starts
-        await poll(lambda: len(starts) == len(ids), within=20)
-        first.stop()
-        second.stop()
+        await both_run_the_burst(first, second, starts, len(ids), due)
+
+
+async def both_run_the_burst(
+    first: Worker, second: Worker, starts: dict[str, tuple[str, int]], count: int, due: int
+) -> None:
+    """None has started yet (the burst is due later); then all start, on both workers, none
+    before its due time; the workers are stopped."""
+    assert not starts
+    await poll(lambda: len(starts) == count, within=20)
+    first.stop()
+    second.stop()
     assert {name for name, _ in starts.values()} == {"first", "second"}
     assert all(started >= due for _, started in starts.values())
 
@@ -382,12 +390,7 @@ async def test_live_workers_share_a_burst(
         for worker in (first, second):
             # Its share, plus at most its read-ahead's room (concurrency + prefetch).
             assert await held_by(redis, stream, worker.fetcher.consumer) <= 30 + 4 + 8
-        assert not starts
-        await poll(lambda: len(starts) == len(ids), within=20)
-        first.stop()
-        second.stop()
-    assert {name for name, _ in starts.values()} == {"first", "second"}
-    assert all(started >= due for _, started in starts.values())
+        await both_run_the_burst(first, second, starts, len(ids), due)
 
 
 @pytest.mark.parametrize("count", [0, 1, 15, 16, 65_535, 65_536])
