@@ -88,7 +88,6 @@ Returns the number of entries acknowledged.
 -- @include "release_held.lua"
 -- @include "stored_envelope.lua"
 -- @include "count_run.lua"
-local record_key = job_key -- the include's: the name job_key is a local further down
 local dedup, delayed, dead, counts, control = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, retention, prefix = ARGV[1], ARGV[5], ARGV[7]
 local worker, attempts_kept = ARGV[8], tonumber(ARGV[9])
@@ -99,7 +98,7 @@ local acked = 0
 local outcomes = cmsgpack.unpack(ARGV[6])
 local records = {} -- each outcome's record key, named once
 for i, o in ipairs(outcomes) do
-  records[i] = record_key(prefix, o[2])
+  records[i] = job_key(prefix, o[2])
 end
 local stale = {}
 local NONE = {}
@@ -202,14 +201,14 @@ local tally = {}
 
 -- The job whose outcome is being written, for its events; job_started: its run's start, or nil
 -- (not run: expired, cancelled before it ran).
-local job_id, job_key, job_attempt, job_account, job_started
+local job_id, job_dedup_key, job_attempt, job_account, job_started
 
 local function event(kind, extra)
   if job_started then
     extra = extra or {}
     extra[#extra + 1], extra[#extra + 2] = 'started_at', job_started
   end
-  emit_event(events, event_settings, kind, job_id, now, job_attempt, job_key, job_account, extra)
+  emit_event(events, event_settings, kind, job_id, now, job_attempt, job_dedup_key, job_account, extra)
 end
 
 local listed = { done = true, cancelled = true, expired = true }
@@ -261,7 +260,7 @@ for i, o in ipairs(outcomes) do
     code = 'c'
   end
   -- Events name the attempt they are about: a retry's outcome carries the next one's number.
-  job_id, job_key, job_account, job_started = id, key, nil, nil
+  job_id, job_dedup_key, job_account, job_started = id, key, nil, nil
   job_attempt = o[1] == 'r' and attempt - 1 or attempt
   if event_settings.cap > 0 and code ~= 'stale' then
     job_account = accounts[i]
@@ -371,7 +370,7 @@ if ARGV[10] ~= '' then
   local ENDED = { done = true, dead = true, expired = true, cancelled = true }
   for member in string.gmatch(ARGV[10], '[^\n]+') do
     local id = string.match(member, '^%S+')
-    if ENDED[redis.call('HGET', record_key(prefix, id), 'state')] then
+    if ENDED[redis.call('HGET', job_key(prefix, id), 'state')] then
       redis.call('ZADD', outbox, 'NX', now, member)
     end
   end
