@@ -218,6 +218,12 @@ def _owner_fields(key: str | bytes | None, account: str | bytes | None) -> bytes
     return text
 
 
+def _head(job_id: str, enqueued_at_ms: int, owner: bytes = b"") -> bytes:
+    """A new job's envelope text up to its payload: the id, the enqueue time, then ``owner``
+    (:func:`_owner_fields`), as Envelope writes them; what the stored forms drop."""
+    return b'{"id":"%s","t":%d,%s"payload":' % (job_id.encode(), enqueued_at_ms, owner)
+
+
 def scheduled_form(encoded: bytes, envelope: Envelope) -> bytes:
     """A new job's encoded envelope as its record keeps it while it is scheduled: ``^`` and
     the text between ``"payload":`` and ``,"f":true}`` (lua/include/stored_envelope.lua, whose
@@ -226,11 +232,8 @@ def scheduled_form(encoded: bytes, envelope: Envelope) -> bytes:
     flag are rebuilt by :func:`entry_envelope`. An envelope of any other shape comes back as
     it is, for the script to store as before. The producer sends this form so that the server
     does no string work for it at enqueue."""
-    head = b'{"id":"%s","t":%d,%s"payload":' % (
-        envelope.id.encode(),
-        envelope.enqueued_at_ms,
-        _owner_fields(envelope.key, envelope.account),
-    )
+    owner = _owner_fields(envelope.key, envelope.account)
+    head = _head(envelope.id, envelope.enqueued_at_ms, owner)
     if (
         envelope.first_run
         and encoded.startswith(head)
@@ -254,15 +257,10 @@ def entry_envelope(
     if raw.startswith(_ID_FIELD):
         return raw
     if raw.startswith(_KEYED):
-        head = b'{"id":"%s","t":%d,%s"payload":' % (
-            job_id.encode(),
-            _created_ms(job_id),
-            _owner_fields(key, account),
-        )
-        return head + raw[1:] + _FIRST_RUN_END
+        owner = _owner_fields(key, account)
+        return _head(job_id, _created_ms(job_id), owner) + raw[1:] + _FIRST_RUN_END
     if raw.startswith(_SCHEDULED):
-        head = b'{"id":"%s","t":%d,"payload":' % (job_id.encode(), _created_ms(job_id))
-        return head + raw[1:] + _FIRST_RUN_END
+        return _head(job_id, _created_ms(job_id)) + raw[1:] + _FIRST_RUN_END
     return _ID_FIELD + job_id.encode() + b'",' + raw[1:]
 
 
@@ -273,11 +271,11 @@ def stored_envelope(raw: bytes, job_id: str, enqueued_at_ms: int) -> bytes:
     envelope's, the time its id spells), else the envelope without the id its record's key
     names; ``raw`` itself when it does not start with that id. On every done job's path: a few
     byte comparisons, no parse."""
-    id_head = b'{"id":"' + job_id.encode() + b'",'
+    id_head = _ID_FIELD + job_id.encode() + b'",'
     if not raw.startswith(id_head):
         return raw
     if raw.endswith(_FIRST_RUN_END):
-        head = b'%s"t":%d,"payload":' % (id_head, enqueued_at_ms)
+        head = _head(job_id, enqueued_at_ms)
         # The id must spell the time, in a shape the scripts' entry_envelope reads too.
         spelled = _ID_TIME.search(job_id)
         if spelled and int(spelled[1], 16) == enqueued_at_ms and raw.startswith(head):
