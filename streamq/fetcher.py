@@ -75,9 +75,15 @@ HOLD_BURST: Final = 10_000
 fleet of n live workers: this over n each, and never less than hold_limit's floor): then a
 burst of that size is read, decoded and checked for its due time before it, and what is left
 at the due time is the check's answer and the jobs' own cost (docs/timing.md)."""
-ACKS_WAIT_SECONDS: Final = 0.2
-"""How long acknowledgements may wait, at most, while the jobs of a burst just handed on start
-(Fetcher.burst_starting): the starts go first, the records of the jobs done follow."""
+BURST_STARTING_SECONDS: Final = 0.2
+"""How long after a burst's hand-on it counts as starting (Fetcher.burst_starting), while
+its jobs wait for consumers: acknowledgements give way meanwhile, the starts go first. However
+long bursts follow each other, acks send anyway after streamq.acks.GIVE_WAY_MAX_SECONDS."""
+
+
+Waiting = tuple[int, int, int, Job, int | None, Any, bytes]
+"""A job held for its due time: (due ms, order read, lane, job, deliveries or None, raw
+entry, its check_due row packed)."""
 
 
 @dataclass(eq=False)
@@ -135,7 +141,7 @@ class Fetcher:
         # (buffers.held) meanwhile. A sorted list, not a heap: jobs come in the order of their
         # due times, almost always (appended), and a burst due at once leaves in one slice
         # (popping 10,000 from a heap took the loop ~10 ms at the due time).
-        self._waiting: list[tuple[int, int, int, Job, int | None, Any, bytes]] = []
+        self._waiting: list[Waiting] = []
         self._burst_until = 0.0  # time.monotonic() until which acks give way to a burst
         self._waited = 0
         self._waiting_changed = anyio.Event()
@@ -530,7 +536,7 @@ class Fetcher:
         del waiting[:cut]
         if not asked:  # handed back meanwhile (a stop: waiting_jobs)
             return
-        chunks: list[list[tuple[int, int, int, Job, int | None, Any, bytes]]] = []
+        chunks: list[list[Waiting]] = []
         answers: list[scripts.DueCheck | None] = []
         answered: list[anyio.Event] = []
         calls_free = anyio.Semaphore(CHECK_CALLS)
@@ -549,7 +555,7 @@ class Fetcher:
             answers[i] = answer
             answered[i].set()
 
-        def ask(more: list[tuple[int, int, int, Job, int | None, Any, bytes]], size: int) -> None:
+        def ask(more: list[Waiting], size: int) -> None:
             start = 0
             while start < len(more):
                 size = min(2 * size, CHECK_BATCH)
@@ -595,14 +601,14 @@ class Fetcher:
 
     async def _hand_on(
         self,
-        asked: list[tuple[int, int, int, Job, int | None, Any, bytes]],
+        asked: list[Waiting],
         answer: scripts.DueCheck,
     ) -> None:
         going: list[list[tuple[Job, int | None, Any]]] = [[] for _ in keys.LANES]
         if len(asked) >= CHECK_FIRST:
             # A burst: acknowledgements give way while these jobs start (burst_starting). Jobs
             # due one by one (a steady stream) do not hold them back.
-            self._burst_until = time.monotonic() + ACKS_WAIT_SECONDS
+            self._burst_until = time.monotonic() + BURST_STARTING_SECONDS
         for waiting, verdict in zip(asked, answer.verdicts, strict=True):
             _, _, lane, job, count, entry, _ = waiting
             if verdict == scripts.DUE_WAIT:
@@ -634,7 +640,7 @@ class Fetcher:
         await anyio.lowlevel.checkpoint()
         await anyio.lowlevel.checkpoint()
 
-    def _wait(self, waiting: tuple[int, int, int, Job, int | None, Any, bytes]) -> None:
+    def _wait(self, waiting: Waiting) -> None:
         """Hold a job for its due time, in order (due time, then order read)."""
         held = self._waiting
         if not held or held[-1][:2] <= waiting[:2]:
@@ -667,7 +673,7 @@ class Fetcher:
     def burst_starting(self) -> bool:
         """Whether a burst of jobs held for their due time (CHECK_FIRST or more asked about in
         one call) is being checked or was just handed on and waits for a consumer:
-        acknowledgements give way to their starts meanwhile, for ACKS_WAIT_SECONDS at most
+        acknowledgements give way to their starts meanwhile, for BURST_STARTING_SECONDS at most
         after the last such hand-on."""
         if time.monotonic() >= self._burst_until:
             return False
