@@ -5,8 +5,10 @@ streamq needs at run time (its Lua scripts, the dashboard's assets, py.typed): `
 
 from __future__ import annotations
 
+import email.parser
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -103,6 +105,41 @@ def test_the_wheel_and_sdist_pass_twine_check_and_carry_the_version(dist: Path) 
         timeout=60,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_wheel_says_its_version_pythons_and_where_its_docs_and_changes_are(
+    dist: Path,
+) -> None:
+    """The metadata a team's tools read: the version, the Pythons supported (the ones noxfile.py
+    and the suite test, no more), typed, and the project's URLs."""
+    import noxfile
+
+    (wheel,) = dist.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        [name] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = email.parser.Parser().parsestr(archive.read(name).decode())
+    assert metadata["Version"] == streamq.__version__
+    assert metadata["Requires-Python"] == ">=3.11"
+    classifiers = metadata.get_all("Classifier") or []
+    supported = sorted(c.rsplit(" :: ", 1)[1] for c in classifiers if re.fullmatch(
+        r"Programming Language :: Python :: 3\.\d+", c))  # fmt: skip
+    assert supported == sorted(["3.11", *noxfile.PYTHONS])
+    assert "Typing :: Typed" in classifiers
+    urls = dict(u.split(", ", 1) for u in metadata.get_all("Project-URL") or [])
+    assert {"Homepage", "Documentation", "Changelog", "Issues"} <= set(urls)
+
+
+def test_the_changelog_follows_keep_a_changelog() -> None:
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert text.startswith("# Changelog\n")
+    assert "https://keepachangelog.com/" in text
+    releases = re.findall(r"^## (.+)$", text, re.MULTILINE)
+    assert releases[0] == "[Unreleased]"
+    for release in releases[1:]:
+        assert re.fullmatch(r"\[\d+\.\d+\.\d+\] - \d{4}-\d{2}-\d{2}", release), release
+    assert f"## [{streamq.__version__}] - " in text
+    kinds = set(re.findall(r"^### (.+)$", text, re.MULTILINE))
+    assert kinds <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}, kinds
 
 
 def test_the_wheel_ships_every_script_asset_and_py_typed(installed: Installed) -> None:
