@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 import yaml
+from markdown.extensions.toc import slugify  # type: ignore[import-untyped]  # the toc anchors
 from mkdocs.commands.build import build
 from mkdocs.config import load_config
 from mkdocs.exceptions import Abort
@@ -332,7 +333,6 @@ NEWCOMER_TOPICS = {
 
 def headings_anchors(page: Path) -> set[str]:
     """The anchors the toc extension gives the page's headings (outside code fences)."""
-    from markdown.extensions.toc import slugify  # type: ignore[import-untyped]  # the toc anchors
 
     found: set[str] = set()
     fence = False
@@ -386,3 +386,31 @@ def test_the_layout_names_every_module_and_only_modules_that_exist() -> None:
         for module in tree.glob("*.py"):
             if module.name != "__init__.py":
                 assert module.name in named, f"the Layout leaves out {module}"
+
+
+RUN_LINK = re.compile(r"\]\(performance\.md#(\d[^)]*)\)")
+"""A link to one recorded run: its anchor starts with its date."""
+
+
+def test_figures_cited_on_other_pages_link_the_recorded_run_they_come_from() -> None:
+    """A page that quotes a measured figure links the dated run of bench/RESULTS.md it comes
+    from (a section of the performance page, with its machine and load), so a reader can check
+    it and a run renamed or dropped fails here and in the strict build."""
+
+    runs = {
+        slugify(line[3:].replace("`", ""), "-")
+        for line in (ROOT / "bench" / "RESULTS.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("## ")
+    }
+    linked = 0
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        if page.name in ("performance.md", "development.md"):
+            continue
+        text = page.read_text(encoding="utf-8")
+        anchors = RUN_LINK.findall(text)
+        for anchor in anchors:
+            assert anchor in runs, (page.name, anchor)
+        linked += len(anchors)
+        if "bench/RESULTS.md" in text:
+            assert anchors, f"{page.name} cites bench/RESULTS.md without linking the run"
+    assert linked >= 10
