@@ -164,6 +164,7 @@ def test_the_installed_demo_loses_nothing_and_posts_nothing_twice(installed: Ins
     assert result.returncode == 0, result.stderr + result.stdout
     summary = json.loads(result.stdout)
     assert summary["lost"] == 0
+    assert summary["unfinished"] == 0
     assert summary["duplicates"] == 0
     assert summary["published"] >= 200
     assert summary["dead"] > 0  # the posts that break the content policy
