@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from streamq.client import Queue
 from streamq.config import Config, StreamConfig
 from streamq.job import Job
-from streamq.platforms.base import LIST_PAGES
 from streamq.platforms.client import Session
 from streamq.server import LocalServer
 from streamq.simulator import Fault, FaultKind, SimOptions, SimPost, Simulator, Step
@@ -129,21 +129,26 @@ async def test_replaying_a_dead_facebook_job_whose_post_exists_does_not_post_it_
             assert done.result == {"platform": platform, "post_id": post.id, "recovered": True}
 
 
-async def test_a_lookup_that_cannot_reach_the_first_send_does_not_send_again(
-    redis_url: str, stream: str
-) -> None:
-    # TikTok's init answer is lost (no publish id), and before the job runs again the account
-    # posts more videos than a lookup reads (LIST_PAGES pages): the lookup cannot tell whether
-    # the post landed. Sending again could post twice; the job ends dead, its mark kept.
+OLD_LIST_PAGES = 10
+"""The pages a lookup read before the fix below (commit 3df992e's LIST_PAGES)."""
+
+
+async def _tiktok_lookup_after_others_posted(
+    redis_url: str, stream: str, others: int, list_pages: int | None = None
+) -> tuple[Any, int]:
+    """A TikTok job whose init answer is lost (no publish id), and before its next run the
+    account posts ``others`` more videos: the job as it ends, and its posts on the platform."""
     platform = "tiktok"
     sim = Simulator(SimOptions(processing=0.05))
     async with sim.serve() as url:
         config = Config(streams={stream: StreamConfig(publisher=platform, limits=())})
-        settings = {platform: settings_for(platform, url)}
+        settings = settings_for(platform, url)
+        if list_pages is not None:
+            settings = msgspec.structs.replace(settings, list_pages=list_pages)
         tokens = credentials({platform: new_token(platform)})
         async with (
             Queue(redis_url, config=config) as q,
-            Session(config, credentials=tokens, settings=settings) as session,
+            Session(config, credentials=tokens, settings={platform: settings}) as session,
         ):
             sim.add_fault(Fault(kind="drop", platform=platform))
             publisher = session.publisher(platform)
@@ -158,7 +163,7 @@ async def test_a_lookup_that_cannot_reach_the_first_send_does_not_send_again(
                     if runs == 1:
                         [first] = sim.posts_for(job.id)
                         later = first.at_ms + 1
-                        for n in range(LIST_PAGES * 20 + 1):
+                        for n in range(others):
                             sim.posts.append(
                                 SimPost(
                                     platform, f"9{n:018}", None, first.user, f"other {n}", later + n
@@ -171,9 +176,35 @@ async def test_a_lookup_that_cannot_reach_the_first_send_does_not_send_again(
                 tasks.start_soon(worker.run)
                 await poll(lambda: worker.counts.dead_lettered + worker.counts.completed, 20)
                 worker.stop()
-            info = await q.job(job_id)
-            assert info.state == "dead", info.result
-            assert info.error is not None
-            assert "cannot tell whether it landed" in info.error
-            assert "a post may exist" in info.error
-            assert len(sim.posts_for(job_id)) == 1  # not sent again
+            return await q.job(job_id), len(sim.posts_for(job_id))
+
+
+async def test_a_lookup_reads_back_to_the_first_send_however_many_posts_came_since(
+    redis_url: str, stream: str
+) -> None:
+    # The dead-while-posted job of `python -m bench publish-kills --accounts 1`: TikTok's
+    # init answer lost, and the job's next run came after the account had posted more videos
+    # than the lookup used to read (10 pages of 20). It ended dead beside its post; the
+    # lookup now reads back until it reaches the first send, and finds it.
+    info, posts = await _tiktok_lookup_after_others_posted(
+        redis_url, stream, OLD_LIST_PAGES * 20 + 1
+    )
+    assert info.state == "done", info.error
+    assert posts == 1
+    assert info.result is not None
+    assert info.result["recovered"] is True
+
+
+async def test_a_lookup_that_cannot_reach_the_first_send_does_not_send_again(
+    redis_url: str, stream: str
+) -> None:
+    # A listing that goes on past its bound (``list_pages``; LIST_PAGES is 1,000 pages, far
+    # more than a real account posts between a send and its lookup, so set small here): the
+    # lookup cannot tell whether the post landed. Sending again could post twice; the job
+    # ends dead, its mark kept.
+    info, posts = await _tiktok_lookup_after_others_posted(redis_url, stream, 2 * 20 + 1, 2)
+    assert info.state == "dead", info.result
+    assert info.error is not None
+    assert "cannot tell whether it landed" in info.error
+    assert "a post may exist" in info.error
+    assert posts == 1  # not sent again
