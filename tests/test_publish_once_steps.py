@@ -91,6 +91,8 @@ async def test_an_answer_lost_at_any_step_still_makes_exactly_one_post(
             [post] = sim.posts_for(job_id)  # exactly one post, not none and not two
             assert info.result is not None
             assert info.result["post_id"] == post.id
+            # Found with the platform's own API, not the simulator's lookup by marker.
+            assert sim.summary()["key_lookups"] == 0
 
 
 @pytest.mark.parametrize("revive", ["dead replay", "job retry"])
