@@ -18,6 +18,7 @@ import pytest
 from streamq.client import Queue
 from streamq.config import Config, StreamConfig
 from streamq.job import Job
+from streamq.outcomes import VERIFY_RUNS
 from streamq.platforms.client import Session
 from streamq.server import LocalServer
 from streamq.simulator import Fault, FaultKind, SimOptions, SimPost, Simulator, Step
@@ -100,7 +101,7 @@ async def test_replaying_a_dead_facebook_job_whose_post_exists_does_not_post_it_
     redis_url: str, stream: str, revive: str
 ) -> None:
     # The replay hole as the issue tells it: max_attempts = 1, the request timed out after
-    # Facebook took the post, and the verify run's listing failed too, so the job is dead.
+    # Facebook took the post, and the verify runs' listings failed too, so the job is dead.
     # Replaying it resets its attempts, not its "may have been sent" mark: it looks first.
     platform = "facebook"
     sim = Simulator(SimOptions(processing=0.05))
@@ -113,7 +114,9 @@ async def test_replaying_a_dead_facebook_job_whose_post_exists_does_not_post_it_
             Session(config, credentials=tokens, settings=settings) as session,
         ):
             sim.add_fault(Fault(kind="hang", platform=platform, seconds=1.0))
-            sim.add_fault(Fault(kind="transient", platform=platform, step="lookup"))
+            sim.add_fault(
+                Fault(kind="transient", platform=platform, step="lookup", times=VERIFY_RUNS)
+            )
             job_id = await q.enqueue(
                 stream, post_for(platform, url, "replayed"), account="a", max_attempts=1
             )
