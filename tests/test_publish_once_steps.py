@@ -134,6 +134,49 @@ async def test_replaying_a_dead_facebook_job_whose_post_exists_does_not_post_it_
             assert done.result == {"platform": platform, "post_id": post.id, "recovered": True}
 
 
+PLATFORMS = sorted({platform for platform, _ in STEPS})
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+async def test_replaying_a_dead_job_whose_lookups_failed_finds_its_post_on_every_platform(
+    redis_url: str, stream: str, platform: str
+) -> None:
+    # Per platform, the replay hole: max_attempts = 1, the answer to the request that makes
+    # the post lost after the platform took it, then every lookup failing (the status of a
+    # container, session or publish id, and the listings) for all the verify runs: the job
+    # ends dead saying a post may exist. The lookups answer again; replaying it finds the
+    # post with the platform's own API and posts nothing more.
+    sim = Simulator(SimOptions(processing=0.05))
+    async with sim.serve() as url:
+        config = Config(streams={stream: StreamConfig(publisher=platform, limits=())})
+        settings = {platform: settings_for(platform, url)}
+        tokens = credentials({platform: new_token(platform)})
+        async with (
+            Queue(redis_url, config=config) as q,
+            Session(config, credentials=tokens, settings=settings) as session,
+        ):
+            sim.add_fault(Fault(kind="lost_answer", platform=platform, step="publish"))
+            # What a later run asks first: YouTube its upload session's status; Instagram the
+            # container's (which answers PUBLISHED), then the user's media for the post's id;
+            # the others the account's posts (TikTok too: the lost answer held the publish id).
+            asked: Step = "status" if platform == "youtube" else "lookup"
+            sim.add_fault(Fault(kind="transient", platform=platform, step=asked, times=0))
+            job_id = await q.enqueue(
+                stream, post_for(platform, url, "replayed"), account="a", max_attempts=1
+            )
+            [dead] = await run_publisher_until(q, session, stream, platform, [job_id], ("dead",))
+            assert dead.error is not None
+            assert "a post may exist" in dead.error, dead.error
+            assert len(sim.posts_for(job_id)) == 1
+            sim.clear_faults()
+            assert await q.replay_dead(stream) == (1, 0)
+            [done] = await run_publisher_until(q, session, stream, platform, [job_id], ("done",))
+            [post] = sim.posts_for(job_id)  # still the one post
+            assert done.result is not None
+            assert (done.result["post_id"], done.result["recovered"]) == (post.id, True)
+            assert sim.summary()["key_lookups"] == 0
+
+
 OLD_LIST_PAGES = 10
 """The pages a lookup read before the fix below (commit 3df992e's LIST_PAGES)."""
 
