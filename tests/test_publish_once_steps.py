@@ -182,10 +182,16 @@ OLD_LIST_PAGES = 10
 
 
 async def _tiktok_lookup_after_others_posted(
-    redis_url: str, stream: str, others: int, list_pages: int | None = None
+    redis_url: str,
+    stream: str,
+    others: int,
+    list_pages: int | None = None,
+    *,
+    at_the_same_ms: int = 0,
 ) -> tuple[Any, int]:
     """A TikTok job whose init answer is lost (no publish id), and before its next run the
-    account posts ``others`` more videos: the job as it ends, and its posts on the platform."""
+    account posts ``others`` more videos (the first ``at_the_same_ms`` of them in the same
+    millisecond as the job's): the job as it ends, and its posts on the platform."""
     platform = "tiktok"
     sim = Simulator(SimOptions(processing=0.05))
     async with sim.serve() as url:
@@ -210,11 +216,11 @@ async def _tiktok_lookup_after_others_posted(
                 finally:
                     if runs == 1:
                         [first] = sim.posts_for(job.id)
-                        later = first.at_ms + 1
                         for n in range(others):
+                            at_ms = first.at_ms + max(0, n - at_the_same_ms + 1)
                             sim.posts.append(
                                 SimPost(
-                                    platform, f"9{n:018}", None, first.user, f"other {n}", later + n
+                                    platform, f"9{n:018}", None, first.user, f"other {n}", at_ms
                                 )
                             )
 
@@ -237,6 +243,21 @@ async def test_a_lookup_reads_back_to_the_first_send_however_many_posts_came_sin
     info, posts = await _tiktok_lookup_after_others_posted(
         redis_url, stream, OLD_LIST_PAGES * 20 + 1
     )
+    assert info.state == "done", info.error
+    assert posts == 1
+    assert info.result is not None
+    assert info.result["recovered"] is True
+
+
+async def test_a_lookup_reads_the_posts_made_in_the_same_millisecond_as_a_pages_last(
+    redis_url: str, stream: str
+) -> None:
+    # TikTok's video list pages by time: the next page holds the videos created before the
+    # cursor (the last one shown, in ms). Another video made in the same millisecond as the
+    # job's, shown last on the first page, left the job's out of the next: the lookup did not
+    # find it and the job posted twice (bench publish-kills --accounts 1, where a burst of
+    # inits is taken in one millisecond). 19 newer videos and one in the job's millisecond.
+    info, posts = await _tiktok_lookup_after_others_posted(redis_url, stream, 20, at_the_same_ms=1)
     assert info.state == "done", info.error
     assert posts == 1
     assert info.result is not None

@@ -140,7 +140,11 @@ class TikTokPublisher(Publisher):
                 isinstance(t, int) and t * 1000 < since for t in times
             ):
                 return None
-            body["cursor"] = data.get("cursor")
+            cursor = data.get("cursor")
+            # The cursor is a time (ms): the next page holds the videos created before it, so
+            # another video of the last one's millisecond would be skipped. A millisecond later
+            # shows that millisecond again (a video seen twice is matched twice, harmlessly).
+            body["cursor"] = cursor + 1 if isinstance(cursor, int) else cursor
         raise self.listing_too_long()
 
     async def _wait_until_published(
