@@ -59,8 +59,8 @@ class Plan:
     timeout: float = 1.0
     """The publishers' request timeout; slow answers come after twice that."""
     accounts: int = 10
-    """Accounts per platform: a real account does not post 150 times in a minute, and a lookup
-    reads only so many pages of one account's posts (LIST_PAGES)."""
+    """Accounts per platform: a real account does not post 150 times in a minute; with one, a
+    lookup reads back through a few hundred of the account's posts (``--accounts 1``)."""
     seed: int = 29
     limit: float = 600.0
     """Seconds before the run is abandoned (jobs then count as not final)."""
