@@ -97,6 +97,10 @@ class Envelope(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, 
     verify: str | None = msgspec.field(default=None, name="y")
     """Set on a verify delivery only: the reason the job would have been dead with, when an
     earlier run may have sent its post (see streamq.job). The handler only looks the post up."""
+    lookups_failed: int = msgspec.field(default=0, name="yf")
+    """On a verify delivery: how many verify runs before it had their lookup fail (a timeout, a
+    5xx, a dropped answer); up to VERIFY_RUNS, a failed lookup is tried again, not taken for
+    an answer (streamq.outcomes)."""
     flow: FlowRef | None = msgspec.field(default=None, name="fl")
     """Set on a step of a flow only (streamq.flows)."""
     first_run: bool = msgspec.field(default=False, name="f")

@@ -353,7 +353,7 @@ async def _revive(
     # Not a first run (first_run off): the run reads the checkpoints and the mark earlier runs
     # left in the record.
     fresh = msgspec.structs.replace(
-        envelope, attempt=1, run_at_ms=now, verify=None, first_run=False
+        envelope, attempt=1, run_at_ms=now, verify=None, lookups_failed=0, first_run=False
     )
     lane: keys.Priority = "normal"
     for known in keys.LANES:

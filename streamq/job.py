@@ -34,9 +34,12 @@ entry, which a retry or a replay replaces) keeps what a run needs to know:
     delivery budget ran out after crashes). The handler must not send; it looks the post up
     and returns its result when found (the job ends done, a dict result gets ``"recovered":
     true``), or raises :class:`streamq.errors.NotPublished` when not (the job ends dead with
-    its earlier reason). Any other exception ends it dead with that reason plus "a post may
-    exist: its lookup failed (...)"; a verify run whose worker dies (VERIFY_RUNS times, see
-    streamq.outcomes) ends it dead with "a post may exist: its lookup did not finish". The mark
+    its earlier reason). :class:`streamq.errors.Fail` (the lookup answered that it cannot
+    tell) ends it dead with that reason plus "a post may exist: its lookup failed (...)"; any
+    other exception (the lookup got no answer: a timeout, a 5xx) is looked up again after the
+    backoff, and ends it dead so only after VERIFY_RUNS lookups; a verify run whose worker dies
+    (VERIFY_RUNS times, see streamq.outcomes) ends it dead with "a post may exist: its lookup
+    did not finish". The mark
     stays set either way, so ``dead replay`` and ``job retry`` look before they send.
 
 Storage (the record ``streamq:{S}:job:<id>``): ``checkpoints`` (a JSON object, name -> value,

@@ -14,7 +14,9 @@ comes back (a :class:`~streamq.codec.Parked` from a handler means "pause the acc
 
     a verify run (job.verify_only) that returned   Done, the result marked recovered
                        raised NotPublished         Dead, with the reason it had before
-                       raised anything else        Dead, the reason saying a post may exist
+                       raised Fail                 Dead, the reason saying a post may exist
+                       raised anything else        a verify run again (the lookup failed:
+                                                   up to VERIFY_RUNS), then Dead as Fail
 
 A job whose "may have been sent" mark is set (streamq.job) is never recorded dead without a
 lookup first: where it would end dead, it runs once more with ``job.verify_only``, the reason
@@ -197,6 +199,8 @@ def failure(
         return parked(job, exc.reason, started_ms)
     error = describe(exc)
     if env.verify is not None:
+        if not isinstance(exc, Fail | NotPublished) and env.lookups_failed + 1 < VERIFY_RUNS:
+            return verify_again(job, exc, options, started_ms=started_ms, now_ms=now_ms)
         return verified_dead(job, exc, started_ms)
     allowed = env.max_attempts or options.max_attempts
     if isinstance(exc, Fail) or env.attempt >= allowed:
@@ -286,6 +290,41 @@ def verify(
     )
 
 
+def verify_again(
+    job: Job, exc: BaseException, options: StreamConfig, *, started_ms: int, now_ms: int
+) -> Retried:
+    """A verify run whose lookup failed without an answer (a timeout, a 5xx): that says
+    nothing of the post, so it is asked again after the backoff, not recorded dead beside a
+    post that may well exist (up to VERIFY_RUNS lookups)."""
+    env = job.envelope
+    delay_ms = round(scheduler.backoff_seconds(env.backoff or options.backoff, env.attempt) * 1000)
+    again = msgspec.structs.replace(
+        env,
+        attempt=env.attempt + 1,
+        run_at_ms=now_ms + delay_ms,
+        lookups_failed=env.lookups_failed + 1,
+    )
+    log.info(
+        "job %s: its lookup failed (%s); looking again in %.1fs",
+        env.id,
+        describe(exc),
+        delay_ms / 1000,
+        extra=logs.job(env.id, job.stream, env.attempt),
+    )
+    return Retried(
+        env.id,
+        env.key or "",
+        env.attempt + 1,
+        started_ms,
+        _next_text(again),
+        delay_ms,
+        f"{env.verify}; {MAY_EXIST}: its lookup failed ({describe(exc)}), looking again",
+        last_frames(exc),
+        job._lane + 1,
+        job._entry.decode(),
+    )
+
+
 MAY_EXIST: Final = "a post may exist"
 """In the reason of a job recorded dead whose lookup could not tell: replaying it looks first."""
 
@@ -304,7 +343,7 @@ def verified_dead(job: Job, exc: BaseException, started_ms: int) -> Dead:
         "job %s is dead: %s", env.id, reason, extra=logs.job(env.id, job.stream, env.attempt)
     )
     # Dead letters are replayed as ordinary runs (they look first: the mark is in the record).
-    plain = msgspec.structs.replace(env, verify=None)
+    plain = msgspec.structs.replace(env, verify=None, lookups_failed=0)
     return Dead(
         env.id,
         env.key or "",
@@ -319,8 +358,9 @@ def verified_dead(job: Job, exc: BaseException, started_ms: int) -> Dead:
 
 
 VERIFY_RUNS: Final = 3
-"""Verify runs a job whose worker keeps dying gets before it is recorded dead saying a post may
-exist (a lookup that itself kills its worker must not loop forever)."""
+"""Verify runs a job whose worker keeps dying, or whose lookup keeps failing without an answer,
+gets before it is recorded dead saying a post may exist (a lookup that itself kills its worker,
+or a listing down for good, must not loop forever)."""
 
 
 def reclaimed(

@@ -260,6 +260,9 @@ class _Counts:
     token_errors: int = 0
     lookups: int = 0
     found: int = 0
+    key_lookups: int = 0
+    """Asks of ``_sim/lookup`` (by the client's marker, which no real platform offers: no
+    publisher may use it, so a run against the simulator cannot rely on it)."""
     by_kind: Counter[str] = field(default_factory=Counter)
 
 
@@ -364,6 +367,7 @@ class Simulator:
             "token_errors": counts.token_errors,
             "lookups": counts.lookups,
             "found_by_lookup": counts.found,
+            "key_lookups": counts.key_lookups,
             **self.oauth.summary(),
         }
 
@@ -996,6 +1000,7 @@ class Simulator:
         ctx = await self._open(request, platform, "lookup")
         self._gate(ctx, "")
         self.counts.lookups += 1
+        self.counts.key_lookups += 1
         key = request.query_params.get("key")
         found = [p for p in list(self.posts) if p.platform == platform and p.key == key]
         if not found:

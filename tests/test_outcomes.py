@@ -188,12 +188,38 @@ def test_a_verify_run_ends_done_recovered_or_dead_with_its_reason() -> None:
     assert isinstance(dead, codec.Dead)
     assert dead.reason == "gave up after 3 attempts: ValueError: timed out"
     assert codec.decode(dead.envelope.encode()).verify is None  # replayed as an ordinary run
-    failed = outcomes.failure(verifying, ValueError("502"), OPTIONS, started_ms=5, now_ms=NOW)
+    # A lookup that failed without an answer (a 502) says nothing of the post: looked up again,
+    # up to VERIFY_RUNS lookups; then dead, saying a post may exist.
+    for failed_before in range(outcomes.VERIFY_RUNS - 1):
+        looking = job(
+            attempt=4 + failed_before,
+            verify="gave up after 3 attempts: ValueError: timed out",
+            lookups_failed=failed_before,
+        )
+        again = outcomes.failure(looking, ValueError("502"), OPTIONS, started_ms=5, now_ms=NOW)
+        assert isinstance(again, codec.Retried)
+        next_run = codec.decode(again.envelope.encode())
+        assert (next_run.verify, next_run.lookups_failed) == (
+            looking.envelope.verify,
+            failed_before + 1,
+        )
+        assert next_run.attempt == looking.attempt + 1
+    last = job(
+        attempt=4 + outcomes.VERIFY_RUNS - 1,
+        verify="gave up after 3 attempts: ValueError: timed out",
+        lookups_failed=outcomes.VERIFY_RUNS - 1,
+    )
+    failed = outcomes.failure(last, ValueError("502"), OPTIONS, started_ms=5, now_ms=NOW)
     assert isinstance(failed, codec.Dead)
     assert failed.reason == (
         "gave up after 3 attempts: ValueError: timed out; a post may exist: its lookup failed "
         "(ValueError: 502)"
     )
+    replayed_as = codec.decode(failed.envelope.encode())
+    assert (replayed_as.verify, replayed_as.lookups_failed) == (None, 0)
+    # A lookup that answered it cannot tell (Fail: a listing past its bound) is not asked again.
+    told = outcomes.failure(verifying, Fail("cannot tell"), OPTIONS, started_ms=5, now_ms=NOW)
+    assert isinstance(told, codec.Dead)
 
 
 def test_a_reclaimed_job_spends_its_budget_on_runs_not_deliveries() -> None:

@@ -28,4 +28,5 @@ def test_posts_under_worker_kills_and_lost_answers_are_each_published_once(
     assert figures.lost == 0, row
     assert figures.dead_posted == 0, row
     assert figures.replay_added == 0, row
+    assert figures.sim["key_lookups"] == 0, row  # no publisher asks the simulator's _sim/lookup
     assert figures.sim["posts"] == 150 - figures.dead + figures.duplicates, row

@@ -17,6 +17,7 @@ from streamq import codec, control, keys, scripts
 from streamq.config import Backoff
 from streamq.errors import Fail, NotPublished, RateLimited
 from streamq.job import Job
+from streamq.outcomes import VERIFY_RUNS
 from streamq.producer import JobOptions, Producer
 from streamq.worker import Worker, WorkerOptions
 from tests.conftest import entries
@@ -109,9 +110,9 @@ async def test_replaying_a_dead_job_whose_post_may_exist_does_not_post_again(
     redis: Redis, stream: str, revive: str
 ) -> None:
     # The replay hole: max_attempts = 1, the request timed out after the post was taken, and
-    # the verify run's lookup failed too: the job is dead, saying its post may exist. A replay
+    # the verify runs' lookups failed too: the job is dead, saying its post may exist. A replay
     # resets the attempts, but not the mark: the replayed run looks first, and finds it.
-    platform = Platform(lookups_fail=1)
+    platform = Platform(lookups_fail=VERIFY_RUNS)
     job_id = await Producer(redis).enqueue(stream, {"text": "hello"})
     worker = Worker(redis, stream, platform.publish, options(burst=False, max_attempts=1))
     await run_until(worker, lambda: worker.counts.dead_lettered == 1)
@@ -121,7 +122,7 @@ async def test_replaying_a_dead_job_whose_post_may_exist_does_not_post_again(
         "gave up after 1 attempts: RuntimeError: timed out after the post was taken; a post "
         "may exist: its lookup failed (RuntimeError: listing unavailable)"
     )
-    assert platform.lookups == [True]
+    assert platform.lookups == [True] * VERIFY_RUNS
     if revive == "dead replay":
         assert await control.replay(redis, stream) == (1, 0)
     else:
@@ -129,7 +130,7 @@ async def test_replaying_a_dead_job_whose_post_may_exist_does_not_post_again(
     worker = Worker(redis, stream, platform.publish, options(max_attempts=1))
     await worker.run()
     assert platform.posts == [job_id]
-    assert platform.lookups == [True, False]
+    assert platform.lookups == [True] * VERIFY_RUNS + [False]
     done = await record(redis, stream, job_id)
     assert (done["state"], done["attempt"]) == ("done", "1")
     assert msgspec.json.decode(done["result"]) == {"post_id": "p0", "found": True}
@@ -153,6 +154,25 @@ async def test_a_verify_run_that_finds_the_post_records_the_job_done_not_dead(
         "recovered": True,
     }
     assert await redis.xlen(keys.dead(stream)) == 0
+
+
+@pytest.mark.parametrize("fails", [1, VERIFY_RUNS - 1])
+async def test_a_verify_run_whose_lookup_fails_looks_again_not_dead_beside_its_post(
+    redis: Redis, stream: str, fails: int
+) -> None:
+    # max_attempts = 1 and the answer lost after the post was taken: a verify run. Its lookup
+    # fails without an answer (a 5xx, a timeout of the status or listing request): that says
+    # nothing of the post, so the job looks again rather than end dead beside its post.
+    platform = Platform(lookups_fail=fails)
+    job_id = await Producer(redis).enqueue(stream, {"text": "hello"})
+    worker = Worker(redis, stream, platform.publish, options(burst=False, max_attempts=1))
+    await run_until(worker, lambda: worker.counts.completed + worker.counts.dead_lettered == 1)
+    assert worker.counts.dead_lettered == 0
+    assert platform.posts == [job_id]
+    assert platform.lookups == [True] * (fails + 1)
+    done = await record(redis, stream, job_id)
+    assert done["state"] == "done"
+    assert msgspec.json.decode(done["result"])["recovered"] is True
 
 
 async def ghost_runs(

@@ -72,6 +72,7 @@ def test_simulate_serves_posts_faults_and_its_record_over_http(
         assert [(p["platform"], p["key"], p["text"]) for p in posts] == [("x", "k1", "hello")]
         summary = http.get("/_sim/summary").json()
         assert (summary["posts"], summary["duplicates"], summary["rate_limited"]) == (1, 0, 1)
+        assert summary["key_lookups"] == 2  # the two asks of _sim/lookup above
     process.send_signal(signal.SIGTERM)
     assert process.wait(10) == 0
 

@@ -59,8 +59,8 @@ class Plan:
     timeout: float = 1.0
     """The publishers' request timeout; slow answers come after twice that."""
     accounts: int = 10
-    """Accounts per platform: a real account does not post 150 times in a minute, and a lookup
-    reads only so many pages of one account's posts (LIST_PAGES)."""
+    """Accounts per platform: a real account does not post 150 times in a minute; with one, a
+    lookup reads back through a few hundred of the account's posts (``--accounts 1``)."""
     seed: int = 29
     limit: float = 600.0
     """Seconds before the run is abandoned (jobs then count as not final)."""
@@ -83,6 +83,9 @@ class Figures:
     """Per job posted more than once: its platform, record and posts (to diagnose)."""
     dead_why: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per job recorded dead: its platform, whether its post exists, and its record's error."""
+    replay_twice: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per job that had a post and got another after the run's end (the replay, or a request
+    still on its way): its platform, record and posts (to diagnose)."""
 
     def row(self) -> dict[str, Any]:
         return {
@@ -288,6 +291,7 @@ def run_kills(redis_url: str, plan: Plan) -> Figures:
         figures.sim = dict(sim.summary())
         # Every dead letter again, run to the end without kills: a job whose post exists must
         # not post again.
+        dead_before = {job_id for job_id, state in states.items() if state == b"dead"}
         figures.replayed = anyio.run(replay)
         if figures.replayed:
             _, states = _drive(workers, client, jobs, plan, 0, rng)
@@ -295,6 +299,16 @@ def run_kills(redis_url: str, plan: Plan) -> Figures:
         figures.replay_added = sum(
             len(sim.posts_for(job_id)) - n for job_id, n in posts.items() if n
         )
+        for job_id, n in posts.items():
+            if n and len(sim.posts_for(job_id)) > n:
+                platform, stream = jobs[job_id]
+                saved = client.hgetall(keys.job(stream, job_id))  # type: ignore[assignment]
+                figures.replay_twice[job_id] = {
+                    "platform": platform,
+                    "dead before": job_id in dead_before,
+                    "record": {k.decode(): v.decode() for k, v in saved.items()},
+                    "posts": [msgspec.to_builtins(post) for post in sim.posts_for(job_id)],
+                }
         client.close()
     return figures
 
@@ -324,6 +338,7 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
                 **figures.row(),
                 "twice": figures.twice,
                 "dead why": figures.dead_why,
+                "replay twice": figures.replay_twice,
             }
             section.rows.append(row)
     return [section]

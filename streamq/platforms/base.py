@@ -47,8 +47,12 @@ slow run holds it); then the account pauses as without a store."""
 CLOCK_SLACK_MS: Final = 120_000
 """A listing looks this much earlier than the first send: the platform's clock and the
 server's may disagree by that much."""
-LIST_PAGES: Final = 10
-"""Pages of an account's posts a lookup reads at most (a page is 20-100 posts)."""
+LIST_PAGES: Final = 1_000
+"""Pages of an account's posts a lookup reads at most (a page is 20-100 posts). A lookup reads
+back until it reaches the first send, however many posts the account made since: a post it
+stops short of may exist, and the job could only end dead beside it. This bound is against a
+listing that never ends (a cursor that does not move), far past what a real account posts
+between a send and its lookup (TikTok: 20,000 videos)."""
 
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=2048)]
 """A media or link URL the platform fetches."""
@@ -70,6 +74,8 @@ class PlatformSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Between two checks of a container or upload the platform is still processing."""
     ready_timeout: float = 300.0
     """How long to wait for the platform to finish processing media before retrying later."""
+    list_pages: int = LIST_PAGES
+    """Pages of the account's posts a lookup reads at most before it gives up (LIST_PAGES)."""
     token_url: str | None = None
     """Where token refreshes go (None: the platform's own, streamq.platforms.refresh)."""
 
@@ -224,12 +230,13 @@ class Publisher:
         raise NotImplementedError
 
     def listing_too_long(self) -> Fail:
-        """What a lookup raises when it read LIST_PAGES pages of the account's posts without
+        """What a lookup raises when it read ``list_pages`` pages of the account's posts without
         reaching the first send: it cannot tell whether that send landed, and sending again
         could post twice. The engine verifies, then records the job dead with its mark kept
         (a replay looks again)."""
         return Fail(
-            f"{self.name}: lookup: the account posted more than {LIST_PAGES} pages since the "
+            f"{self.name}: lookup: the account posted more than {self.settings.list_pages} "
+            "pages since the "
             "first send; cannot tell whether it landed, so not sent again"
         )
 

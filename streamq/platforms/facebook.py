@@ -17,7 +17,7 @@ from typing import Annotated, Any, ClassVar, Final
 import msgspec
 
 from streamq.platforms import outcomes
-from streamq.platforms.base import LIST_PAGES, Found, HttpUrl, PostBase, Publisher, Sending
+from streamq.platforms.base import Found, HttpUrl, PostBase, Publisher, Sending
 from streamq.platforms.credentials import Credentials
 from streamq.platforms.outcomes import Reply
 
@@ -53,7 +53,7 @@ async def graph_listing(
 ) -> AsyncIterator[dict[str, Any]]:
     """The items of a Graph API edge (a Page's feed, a user's media, a media's comments) since
     the job's first send, newest first, page after page (Facebook and Instagram). Raises
-    ``listing_too_long`` when LIST_PAGES pages did not reach the end: a lookup that stopped
+    ``listing_too_long`` when ``list_pages`` pages did not reach the end: a lookup that stopped
     there cannot tell whether the send landed."""
     url: str | None = publisher.url(f"{publisher.settings.api_version}/{path}")
     params: dict[str, Any] | None = {
@@ -61,7 +61,7 @@ async def graph_listing(
         "fields": fields,
         "limit": 100,
     }
-    for _ in range(LIST_PAGES):
+    for _ in range(publisher.settings.list_pages):
         if not url:
             return
         reply = await publisher.call("GET", url, creds, params=params)

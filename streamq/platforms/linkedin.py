@@ -21,7 +21,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 import msgspec
 
 from streamq.platforms import outcomes
-from streamq.platforms.base import LIST_PAGES, Found, HttpUrl, PostBase, Publisher, Sending
+from streamq.platforms.base import Found, HttpUrl, PostBase, Publisher, Sending
 from streamq.platforms.credentials import Credentials
 from streamq.platforms.outcomes import Reply
 
@@ -94,7 +94,7 @@ class LinkedInPublisher(Publisher):
             return self.unlisted(sending)
         since = sending.listed_since_ms()
         start, count = 0, 50
-        for _ in range(LIST_PAGES):
+        for _ in range(self.settings.list_pages):
             params = {"q": "author", "author": creds.user_id, "sortBy": "CREATED",
                       "start": start, "count": count}  # fmt: skip
             headers = self._headers()

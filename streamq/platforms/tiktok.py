@@ -25,7 +25,7 @@ import msgspec
 
 from streamq.errors import Fail
 from streamq.platforms import outcomes
-from streamq.platforms.base import LIST_PAGES, Found, HttpUrl, PostBase, Publisher, Sending
+from streamq.platforms.base import Found, HttpUrl, PostBase, Publisher, Sending
 from streamq.platforms.credentials import Credentials
 from streamq.platforms.outcomes import Reply
 
@@ -121,7 +121,7 @@ class TikTokPublisher(Publisher):
             return None  # nothing to tell it from the user's other videos
         since = sending.listed_since_ms()
         body: dict[str, Any] = {"max_count": 20}
-        for _ in range(LIST_PAGES):
+        for _ in range(self.settings.list_pages):
             reply = await self.call(
                 "POST",
                 f"{self.settings.api_version}/video/list/",
@@ -140,7 +140,11 @@ class TikTokPublisher(Publisher):
                 isinstance(t, int) and t * 1000 < since for t in times
             ):
                 return None
-            body["cursor"] = data.get("cursor")
+            cursor = data.get("cursor")
+            # The cursor is a time (ms): the next page holds the videos created before it, so
+            # another video of the last one's millisecond would be skipped. A millisecond later
+            # shows that millisecond again (a video seen twice is matched twice, harmlessly).
+            body["cursor"] = cursor + 1 if isinstance(cursor, int) else cursor
         raise self.listing_too_long()
 
     async def _wait_until_published(

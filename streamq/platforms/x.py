@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar, Final
 import msgspec
 
 from streamq.platforms import outcomes
-from streamq.platforms.base import LIST_PAGES, Found, PostBase, Publisher, Sending
+from streamq.platforms.base import Found, PostBase, Publisher, Sending
 from streamq.platforms.credentials import Credentials
 from streamq.platforms.outcomes import Reply
 
@@ -111,7 +111,7 @@ class XPublisher(Publisher):
         }
         wanted = _comparable(post.text)
         media = set(post.media_ids or ())
-        for _ in range(LIST_PAGES):
+        for _ in range(self.settings.list_pages):
             reply = await self.call("GET", f"{version}/users/{user}/tweets", creds, params=params)
             body = reply.body if isinstance(reply.body, dict) else {}
             for item in body.get("data") or []:
