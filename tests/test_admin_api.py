@@ -246,6 +246,51 @@ async def test_reschedule_and_promote_move_the_job_and_say_who(
     assert ADMIN_TOKEN not in str(audit)
 
 
+async def test_a_jobs_events_are_its_timeline_with_who_acted_found_in_a_bounded_read(
+    http: httpx.AsyncClient, redis: Redis, redis_url: str, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        job_id = await q.enqueue(stream, "later", delay=3600, account="acme")
+        others = await q.enqueue_many(stream, ["a", "b", "c"])
+    target = {"run_at": 4102444800000}
+    assert (await http.post(f"/api/jobs/{job_id}/reschedule", json=target)).status_code == 200
+    assert (await http.post(f"/api/jobs/{job_id}/cancel")).json()["outcome"] == "cancelled"
+
+    answer = await http.get(f"/api/jobs/{job_id}/events")
+    assert answer.status_code == 200, answer.text
+    found = answer.json()
+    assert (found["job"], found["complete"]) == (job_id, True)
+    timeline = [(e["type"], e["action"], e["by"]) for e in found["events"]]
+    assert timeline == [
+        ("scheduled", None, None),
+        ("scheduled", None, None),
+        ("admin", "reschedule", "admin"),
+        ("cancelled", None, None),
+        ("admin", "cancel", "admin"),
+    ]
+    assert {e["job"] for e in found["events"]} == {job_id}  # not the others' queued events
+    assert found["events"][1]["run_at_ms"] == 4102444800000
+    at = [e["at_ms"] for e in found["events"]]
+    assert at == sorted(at)
+    assert found["scanned"] >= len(others) + len(timeline)
+    assert ADMIN_TOKEN not in answer.text
+
+    # The read is bounded: stopped short of the job's first events, it says so.
+    async with streamq.connect(redis_url) as q:
+        await q.enqueue_many(stream, ["d", "e", "f"])
+    info_ms = (await http.get(f"/api/jobs/{job_id}")).json()["enqueued_at_ms"]
+    short = await events.of_job(redis, job_id, info_ms, most=4)
+    assert (short.scanned, short.complete) == (4, False)
+    assert [e.type for e in short.events] == ["admin"]  # the newest of its own: the cancel
+    whole = await events.of_job(redis, job_id, info_ms, most=found["scanned"] + 3)
+    assert (whole.scanned, whole.complete) == (found["scanned"] + 3, True)  # none left: complete
+    assert len(whole.events) == len(timeline)
+
+    missing = await http.get(f"/api/jobs/{stream}:nope/events")
+    assert missing.status_code == 404
+    assert (await http.get(f"/api/jobs/{job_id}/events", headers=VIEWER)).status_code == 200
+
+
 async def test_existing_writes_are_audited_too(
     http: httpx.AsyncClient, redis: Redis, redis_url: str, stream: str
 ) -> None:

@@ -32,7 +32,7 @@ from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 from redis.exceptions import ResponseError
 
 import streamq
-from streamq import admin, channel, connection, keys, tokens, workers
+from streamq import admin, channel, connection, events, keys, tokens, workers
 from streamq.config import Config
 from streamq.errors import Fail
 from streamq.job import Job
@@ -157,6 +157,16 @@ def fail_jobs(
         return ids
 
     return on_server(redis_url, run)
+
+
+def admin_actions(redis_url: str, stream: str) -> list[tuple[str | None, str | None, str | None]]:
+    """Who did what to what, by the stream's ``admin`` events on the server."""
+
+    async def read(q: streamq.Queue) -> list[tuple[str | None, str | None, str | None]]:
+        found = events.follow(q.redis, [stream], wait=False, types=["admin"])
+        return [(e.by, e.action, e.target) async for e in found]
+
+    return on_server(redis_url, read)
 
 
 def later(minutes: float) -> datetime:
@@ -316,8 +326,10 @@ def test_cancel_asks_first_and_then_cancels_the_job(
     expect(page.locator("#message")).to_have_text(f"{job_id}: cancelled")
     expect(page.locator("#job-state")).to_have_text("cancelled")
     assert state_of(redis_url, job_id) == "cancelled"
+    assert admin_actions(redis_url, stream) == [("admin", "cancel", job_id)]  # the token's name
     expect(page.locator("#cancel-job")).to_have_count(0)
     expect(page.locator("#retry-job")).to_be_visible()
+    expect(page.locator('#timeline li[data-event="cancel by admin"]')).to_contain_text("cancelled")
 
 
 @needs("/api/jobs/{job_id}/reschedule")
@@ -335,6 +347,11 @@ def test_reschedule_takes_a_wall_time_in_the_chosen_zone(
     run_at_ms = on_server(redis_url, lambda q: q.job(job_id)).run_at_ms
     assert run_at_ms == round(wall.timestamp() * 1000)
     assert state_of(redis_url, job_id) == "scheduled"
+    assert admin_actions(redis_url, stream) == [("admin", "reschedule", job_id)]
+    # The page drawn again after the action: its timeline holds the job's events, who acted.
+    expect(page.locator("#timeline li strong")).to_have_text(
+        ["scheduled", "scheduled", "reschedule by admin"]
+    )
 
 
 @needs("/api/jobs/{job_id}/promote")
@@ -373,6 +390,51 @@ def test_a_dead_jobs_page_shows_its_attempts_and_retries_it(
     confirm(page)
     expect(page.locator("#message")).to_have_text(f"{job_id}: queued")
     assert state_of(redis_url, job_id) == "queued"
+
+
+def test_a_jobs_page_shows_its_options_result_traceback_and_replays_its_dead_letter(
+    page: Page, admin_server: AdminServer, redis_url: str, stream: str
+) -> None:
+    async def run(q: streamq.Queue) -> tuple[str, str]:
+        posted = await q.enqueue(
+            stream, {"text": "hi"}, key="k-1", max_attempts=4, expire_after="2h", job_timeout=30
+        )
+        broken = await q.enqueue(stream, {"text": "boom"}, max_attempts=1)
+
+        async def handler(job: Job) -> dict[str, str]:
+            if job.payload["text"] == "boom":
+                raise RuntimeError("the platform broke")
+            return {"post_id": "p-1"}
+
+        await Worker(q.redis, stream, handler, FAST).run()
+        return posted, broken
+
+    posted, broken = on_server(redis_url, run)
+    assert (state_of(redis_url, posted), state_of(redis_url, broken)) == ("done", "dead")
+    sign_in(page, admin_server, f"#/jobs/{posted}")
+    expect(page.locator("#result pre")).to_have_text('{\n  "post_id": "p-1"\n}')
+    options_shown = page.locator("#job-options")
+    expect(options_shown.locator('dd[data-field="max attempts"]')).to_have_text("4")
+    expect(options_shown.locator('dd[data-field="expire after"]')).to_have_text("2 h")
+    expect(options_shown.locator('dd[data-field="job timeout"]')).to_have_text("30 s")
+    expect(page.locator("#timeline li strong")).to_have_text(["queued", "started", "done"])
+
+    page.goto(f"{admin_server.url}/#/jobs/{broken}")
+    expect(page.locator("#job-state")).to_have_text("dead")
+    trace = page.locator("#attempts details")
+    expect(trace.locator(".trace")).to_be_hidden()  # folded until asked for
+    trace.locator("summary").click()
+    expect(trace.locator(".trace")).to_contain_text('in handler: raise RuntimeError("the platform')
+    error = page.locator("#attempts .error-text")
+    expect(error).to_contain_text("RuntimeError: the platform broke")
+    expect(page.locator("#timeline li strong").last).to_have_text("dead")
+
+    page.click("#replay-job")
+    expect(page.locator("#confirm-text")).to_contain_text(broken)
+    confirm(page)
+    expect(page.locator("#message")).to_have_text(f"{stream}: 1 queued again")
+    assert state_of(redis_url, broken) == "queued"
+    assert admin_actions(redis_url, stream) == [("admin", "replay", stream)]
 
 
 def test_a_dead_letter_is_retried_from_the_list_and_purge_asks_first(
