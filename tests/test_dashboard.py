@@ -33,8 +33,8 @@ from redis.exceptions import ResponseError
 
 import streamq
 from streamq import admin, channel, connection, events, keys, tokens, workers
-from streamq.config import Config
-from streamq.errors import Fail
+from streamq.config import Config, Limit
+from streamq.errors import Fail, Retry
 from streamq.job import Job
 from streamq.worker import Worker
 from tests.conftest import ROOT, VIEWER_TOKEN, AdminServer
@@ -305,6 +305,114 @@ def test_a_job_list_filters_by_account_pages_and_opens_a_job(
     expect(page.locator('#job-fields dd[data-field="state"]')).to_have_text("scheduled")
     expect(page.locator('#job-fields dd[data-field="account"]')).to_have_text("alice")
     expect(page.locator("#payload pre")).to_have_text('{\n  "n": 0\n}')
+
+
+def jobs_in_every_state(redis_url: str, stream: str) -> dict[str, set[str]]:
+    """At least one job of ``stream`` in each of the ten states a list has, by state."""
+
+    async def handler(job: Job) -> str:
+        match job.payload:
+            case "bad":
+                raise Fail("no good")
+            case "later":
+                raise Retry(after=3600)
+        return "ok"
+
+    async def run(q: streamq.Queue) -> dict[str, set[str]]:
+        done = await q.enqueue(stream, "ok", key="k-done", account="alice")
+        dead = await q.enqueue(stream, "bad")
+        retrying = await q.enqueue(stream, "later")
+        expired = await q.enqueue(stream, "stale", expire_after=0.001)
+        paused = await q.enqueue(stream, "ok", account="carol")
+        await q.pause_account("carol", stream)
+        enqueued_ms = (await q.job(expired)).enqueued_at_ms or 0
+        await poll(lambda: _later_than(q, enqueued_ms + 5))  # its 1 ms are over by the server
+        await Worker(q.redis, stream, handler, FAST).run()
+
+        # The platform allows one run a minute: dave's first runs, his second waits for the
+        # platform (scheduled), his third is held behind it.
+        dave = await q.enqueue_many(stream, ["ok"] * 3, accounts=["dave"] * 3)
+        platform = Limit(scope="platform", max=1, per=60.0)
+        limited = Worker(q.redis, stream, handler, options(burst=False, limits=(platform,)))
+        async with Running(limited):
+            await poll(lambda: _state_is(q, dave[2], "held"))
+
+        scheduled = await q.enqueue(stream, "ok", run_at=later(60))
+        cancelled = await q.enqueue(stream, "ok", run_at=later(60))
+        await q.cancel(cancelled)
+        running = await q.enqueue(stream, "ok")
+        # Delivered to a worker that never finishes it: running, held by "ghost".
+        await q.redis.xreadgroup(keys.GROUP, "ghost", {keys.lane(stream, "normal"): ">"}, count=1)
+        queued = await q.enqueue(stream, "ok")
+        return {
+            "scheduled": {scheduled, dave[1]},
+            "queued": {queued},
+            "running": {running},
+            "retrying": {retrying},
+            "paused": {paused},
+            "held": {dave[2]},
+            "dead": {dead},
+            "done": {done, dave[0]},
+            "cancelled": {cancelled},
+            "expired": {expired},
+        }
+
+    return on_server(redis_url, run)
+
+
+async def _later_than(q: streamq.Queue, ms: int) -> bool:
+    return await channel.server_ms(q.redis) > ms
+
+
+async def _state_is(q: streamq.Queue, job_id: str, state: str) -> bool:
+    return (await q.job(job_id)).state == state
+
+
+def test_every_states_list_is_a_tab_with_its_jobs_and_the_time_that_matters(
+    page: Page, admin_server: AdminServer, redis_url: str, stream: str
+) -> None:
+    by_state = jobs_in_every_state(redis_url, stream)
+    for state, ids in by_state.items():  # the server agrees before the page is asked
+        # A job's own state for a delivered one is "active" (a worker holds it).
+        expected = "active" if state == "running" else state
+        assert {state_of(redis_url, job_id) for job_id in ids} == {expected}, state
+    shown_time = {
+        "scheduled": "due", "retrying": "due", "queued": "enqueued", "paused": "enqueued",
+        "held": "enqueued", "running": "started", "done": "finished", "dead": "finished",
+        "cancelled": "finished", "expired": "finished",
+    }  # fmt: skip
+    sign_in(page, admin_server, f"#/streams/{stream}/jobs?state=queued")
+    tabs = page.locator("nav.tabs a")
+    expect(tabs).to_have_text(list(by_state))
+    rows = page.locator("#jobs tbody tr")
+    for state, ids in by_state.items():
+        tab = page.locator(f'nav.tabs a[data-state="{state}"]')
+        tab.click()
+        expect(page).to_have_url(re.compile(rf"state={state}$"))
+        expect(tab).to_have_attribute("aria-current", "page")
+        expect(rows).to_have_count(len(ids))
+        assert {row.get_attribute("data-job") for row in rows.all()} == ids, state
+        expect(page.locator("#jobs thead th").nth(5)).to_have_text(shown_time[state])
+        # Each row's time, in the viewer's zone, with how far it is from now.
+        for cell in rows.locator("td.time").all():
+            expect(cell).to_have_text(re.compile(r"\d:\d\d:\d\d (AM|PM) \((in |.* ago|now)"))
+
+    page.locator('nav.tabs a[data-state="running"]').click()
+    expect(page.locator('#jobs td[data-label="worker"]')).to_have_text(["ghost"])
+    rows.first.get_by_role("link").click()
+    expect(page.locator("#job-state")).to_have_text("active")
+    page.click("#job-list-link")  # back to the list it is in
+    expect(page).to_have_url(re.compile(r"state=running$"))
+    expect(rows).to_have_count(1)
+    page.locator('nav.tabs a[data-state="done"]').click()
+    page.fill("#filter-key", "k-done")
+    page.click("#filter button[type=submit]")
+    expect(page).to_have_url(re.compile(r"key=k-done"))
+    expect(rows).to_have_count(1)
+    expect(rows.first.locator('td[data-label="key"]')).to_have_text("k-done")
+    page.locator('nav.tabs a[data-state="dead"]').click()  # a tab keeps the filters
+    expect(page).to_have_url(re.compile(r"state=dead&key=k-done|key=k-done.*state=dead"))
+    expect(page.locator("#no-jobs")).to_have_text("No dead jobs match these filters.")
 
 
 # -- one job's actions ----------------------------------------------------------------------

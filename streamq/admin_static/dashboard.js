@@ -546,11 +546,13 @@ async function jobPage(id) {
     api("GET", `/api/jobs/${enc(id)}/events`),
   ]);
   const options = job.options && typeof job.options === "object" ? job.options : {};
+  // A queued job a worker holds is "active" in its record's terms, listed as running.
+  const listed = job.state === "active" ? "running" : job.state;
   const sections = [
     h("h2", {}, "Job ", h("span", { class: "mono" }, job.id), " ",
       h("span", { class: `badge state-${job.state}`, id: "job-state" }, job.state)),
     h("p", { class: "links" },
-      h("a", { href: listHref(job.stream, { state: job.state }) }, `${job.state} jobs of ${job.stream}`)),
+      h("a", { href: listHref(job.stream, { state: listed }), id: "job-list-link" }, `${listed} jobs of ${job.stream}`)),
     fields([
       ["id", job.id], ["stream", job.stream], ["state", job.state], ["attempt", String(job.attempt)],
       ["account", job.account], ["key", job.key],
