@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,10 +33,11 @@ from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 from redis.exceptions import ResponseError
 
 import streamq
-from streamq import admin, channel, connection, events, keys, tokens, workers
+from streamq import admin, channel, connection, events, keys, limiter, tokens, workers
 from streamq.config import Config, Limit
 from streamq.errors import Fail, Retry
 from streamq.job import Job
+from streamq.tokenstore import REAUTH_REQUIRED
 from streamq.worker import Worker
 from tests.conftest import ROOT, VIEWER_TOKEN, AdminServer
 from tests.test_lifecycle import Running
@@ -617,6 +619,19 @@ def test_an_account_is_paused_with_a_reason_and_resumed(
     row.get_by_role("button", name=f"Resume {account}").click()
     expect(row.locator('[data-field="status"]')).to_have_text("active")
     assert on_server(redis_url, status).paused is False
+    assert admin_actions(redis_url, stream)[-2:] == [
+        ("admin", "pause-account", f"{stream}/{account}"),
+        ("admin", "resume-account", f"{stream}/{account}"),
+    ]
+
+    # A refused token paused another account until a person signs it in again.
+    signed_out = f"acct-{uuid.uuid4().hex[:8]}"
+    on_server(
+        redis_url, lambda q: limiter.pause_account(q.redis, stream, signed_out, REAUTH_REQUIRED)
+    )
+    page.goto(f"{admin_server.url}/#/streams/{stream}/accounts?account={signed_out}")
+    flagged = page.locator(f'#accounts tr[data-account="{signed_out}"]')
+    expect(flagged.locator('[data-field="status"]')).to_have_text("sign-in needed")
 
 
 def reclaimed_from_a_dead_worker(redis_url: str, stream: str) -> tuple[str, list[str]]:
@@ -678,6 +693,8 @@ def test_the_workers_page_shows_live_and_silent_workers_with_the_jobs_they_hold(
     expect(live.locator('td[data-label="concurrency"]')).to_have_text("8")
     expect(live.locator('td[data-label="up for"]')).to_have_text(re.compile(r"^2 h( 1 min)?$"))
     expect(live.locator('td[data-label="done"]')).to_have_text("41")
+    expect(live.locator('td[data-label="failed"]')).to_have_text("2")
+    expect(live.locator('td[data-label="host"]')).to_have_text(socket.gethostname())
     expect(page.locator(f'#gone li[data-worker="{stream}-silent"]')).to_contain_text("silent")
     dead = page.locator(f'#gone > li[data-worker="{ghost}"]')
     expect(dead).to_contain_text("removed")
@@ -759,6 +776,30 @@ def test_the_page_is_served_with_a_strict_content_security_policy(
     assert "unsafe-inline" not in policy
 
 
+def test_the_dashboards_files_are_served_as_written_and_name_no_other_site() -> None:
+    """No build step (the three files are the source) and nothing from a CDN: the only URL
+    in them is the SVG namespace, a name and never fetched. No inline script or style either:
+    the CSP would refuse them."""
+    static = Path(admin.__file__).parent / "admin_static"
+    assert sorted(p.name for p in static.iterdir()) == [
+        "dashboard.css",
+        "dashboard.js",
+        "index.html",
+    ]
+    urls = {
+        url
+        for path in static.iterdir()
+        for url in re.findall(r"(?:https?:)?//[\w.-]+\.[a-z]{2,}[^\s\"')]*", path.read_text())
+    }
+    assert urls == {"http://www.w3.org/2000/svg"}
+    html = (static / "index.html").read_text()
+    assert re.findall(r"<script\b[^>]*>", html) == [
+        '<script type="module" src="/static/dashboard.js">'
+    ]
+    assert " style=" not in html
+    assert "<style" not in html
+
+
 def test_a_read_only_token_sees_no_action_buttons(
     page: Page, admin_server: AdminServer, redis_url: str, stream: str
 ) -> None:
@@ -813,6 +854,8 @@ def test_every_page_fits_both_widths_labels_its_controls_and_is_photographed(
     if "/api/streams/{stream}/accounts" in PATHS:
         pages["accounts"] = "#/streams/x/accounts"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
     sign_in(page, admin_server)
     for width in WIDTHS:
         page.set_viewport_size({"width": width, "height": 900})
@@ -833,6 +876,10 @@ def test_every_page_fits_both_widths_labels_its_controls_and_is_photographed(
             assert unlabelled == [], f"{name}: controls without a label: {unlabelled}"
             page.screenshot(path=str(SCREENSHOTS / f"{name}-{width}.png"), full_page=True)
     assert len(list(SCREENSHOTS.glob("*.png"))) >= 2 * len(pages)
+    # Nothing fetched from another site (no CDN, no web font): it works offline.
+    elsewhere = [url for url in asked if not url.startswith(f"{admin_server.url}/")]
+    assert asked
+    assert elsewhere == []
 
 
 def test_the_keyboard_alone_opens_a_job_from_a_list_and_backs_out_of_cancelling_it(
