@@ -40,9 +40,11 @@ from streamq.errors import ConfigError
 
 TYPES = EVENT_TYPES
 READ_COUNT = 500
-JOB_SCAN_MOST = 5_000
+JOB_SCAN_MOST = 2_000
 """How many of a stream's latest events ``of_job`` reads at most, looking for one job's: its
-events stream has no index by job, so a job page's timeline costs a bounded read."""
+events stream has no index by job, so a job page's timeline costs a bounded read (5,000 took
+80 ms on a loaded 2-core box, most of it decoding replies; bench/RESULTS.md has this one)."""
+JOB_SCAN_CHUNK = 1_000
 BLOCK_MS = 2000
 ABANDONED_AFTER_MS = 60_000
 """A group member's events unacknowledged this long are taken over by the others."""
@@ -137,7 +139,7 @@ async def of_job(
     lowest = "-" if enqueued_at_ms is None else f"{max(enqueued_at_ms - 1, 0)}-0"
     complete = False
     while scanned < most:
-        count = min(READ_COUNT, most - scanned)
+        count = min(JOB_SCAN_CHUNK, most - scanned)
         entries: Any = await redis.xrevrange(name, upper, lowest, count=count)
         scanned += len(entries)
         for entry_id, fields in entries:
