@@ -108,8 +108,8 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
                 client = sync_redis.Redis.from_url(srv.url)
                 if client.zcard(keys.delayed(stream)) != jobs:
                     raise BenchError(f"dashboard: filled {client.zcard(keys.delayed(stream))} jobs")
-                [first_due] = client.zrange(keys.delayed(stream), 0, 0)
-                job_id = first_due.decode()
+                first_due: Any = client.zrange(keys.delayed(stream), 0, 0)
+                job_id = first_due[0].decode()
                 with _admin(srv.url, static) as url:
                     with ui.step(f"{label}: API calls", 1):
                         for call, (median, p99, size) in _time_calls(url, stream, job_id).items():
