@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 import streamq
 from streamq import admin, channel, events, health, keys, limiter, series, tokens
-from streamq.config import Config, Limit, StreamConfig
+from streamq.config import Backoff, Config, Limit, StreamConfig
 from streamq.errors import ConfigError
 from streamq.metrics import LATENESS_BUCKETS
 from streamq.tokenstore import REAUTH_REQUIRED
@@ -430,13 +430,21 @@ async def test_the_series_counts_each_minutes_runs_depth_and_lateness(
     async with streamq.connect(redis_url) as q:
         await q.enqueue_many(stream, ["ok", "ok", "ok"])
         await q.enqueue(stream, "bad", max_attempts=1)
+        # Fails once and is retried in an hour: a retried run, not a dead one.
+        await q.enqueue(stream, "flaky", max_attempts=2, backoff=Backoff(base=3600, jitter=0))
     now = await channel.server_ms(redis)
     # The minute's first report copies the counts and depth; lateness comes from every report.
     lateness = [0] * (len(LATENESS_BUCKETS) + 1)
     lateness[5] = 10
     assert await series.record(redis, stream, now, lateness)
     assert not await series.record(redis, stream, now, [0, 1])
-    await Worker(redis, stream, fail_on_bad, FAST).run()
+
+    async def handler(job: Any) -> None:
+        if job.payload == "flaky":
+            raise RuntimeError("try again")
+        await fail_on_bad(job)
+
+    await Worker(redis, stream, handler, FAST).run()
     answer = await http.get(f"/api/streams/{stream}/series", params={"minutes": 3})
     assert answer.status_code == 200
     found = answer.json()
@@ -448,8 +456,8 @@ async def test_the_series_counts_each_minutes_runs_depth_and_lateness(
     # The copy is in the minute of `now`, the last or (if a minute began since) the one before.
     [copied] = [p for p in points if p["sampled"]]
     assert copied["t"] == series.minute_of(now)
-    assert (copied["done"], copied["failed"], copied["retried"], copied["dead"]) == (3, 1, 0, 1)
-    assert copied["depth"] == 4
+    assert (copied["done"], copied["failed"], copied["retried"], copied["dead"]) == (3, 2, 1, 1)
+    assert copied["depth"] == 5
     assert copied["lateness_p99_ms"] == round(LATENESS_BUCKETS[5] * 1000)
     for point in points:
         if not point["sampled"]:
