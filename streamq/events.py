@@ -42,8 +42,8 @@ TYPES = EVENT_TYPES
 READ_COUNT = 500
 JOB_SCAN_MOST = 2_000
 """How many of a stream's latest events ``of_job`` reads at most, looking for one job's: its
-events stream has no index by job, so a job page's timeline costs a bounded read (5,000 took
-80 ms on a loaded 2-core box, most of it decoding replies; bench/RESULTS.md has this one)."""
+events stream has no index by job, so a job page's timeline costs a bounded read, most of it
+decoding the replies (``python -m bench dashboard`` times it)."""
 JOB_SCAN_CHUNK = 1_000
 BLOCK_MS = 2000
 ABANDONED_AFTER_MS = 60_000
