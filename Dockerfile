@@ -6,7 +6,7 @@
 # The base image is pinned by digest (python:3.12-slim, linux/amd64 and arm64 index), so a
 # rebuild gets the same system libraries; bump it on purpose with
 #   docker buildx imagetools inspect python:3.12-slim
-# and paste the new index digest into both FROM lines.
+# and paste the new index digest into PYTHON_IMAGE below (both stages are FROM it).
 ARG PYTHON_IMAGE=python:3.12-slim@sha256:78387bc3881b8273120a12ebe6c1ab22b018ccc2c9adf565ae1ac9b536e184ea
 
 # Stage 1: the wheel, built from the sources (every dependency ships manylinux wheels, so no

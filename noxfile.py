@@ -1,7 +1,7 @@
 """The other supported interpreters (3.12, 3.13) run the fast tier: the tests of the typed
 boundary, every Lua script through its Python function, the codec and config, the outcome
 rules and the CLI's parsing, on the Valkey server alone. The full suite runs on 3.11 (the
-README's test command; tests/test_pythons.py runs these sessions from it).
+README's test command; tests/test_interpreters.py runs these sessions from it).
 
 Sessions use uv to make their virtualenvs (seconds, from uv's cache) and never download an
 interpreter: a version that is not installed is skipped (`nox` says so), and the test that

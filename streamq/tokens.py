@@ -58,6 +58,29 @@ async def resume_reauth(q: Queue, platform: str, account: str) -> int:
     return released
 
 
+async def lift_reauth_pauses(
+    redis: Redis, stream: str, platform: str, accounts: Iterable[str]
+) -> int:
+    """Lift ``stream``'s reauth_required pauses of ``accounts`` whose tokens are fresh again;
+    returns jobs sent back.
+
+    A sign-in can land between a refused refresh and the pause it leads to (which the worker
+    records with the job's outcome): put_tokens then finds nothing paused to resume. The
+    worker calls this once such a pause is recorded, so one of the two always sees the other:
+    the put stores tokens before it reads the pauses, the worker records the pause before it
+    reads the tokens."""
+    released = 0
+    for account in accounts:
+        state: Any = await redis.hget(keys.token_record(platform, account), "state")
+        if state is None or state.decode() == REAUTH_REQUIRED:
+            continue  # still waiting for a sign-in (or no tokens at all)
+        reason: Any = await redis.hget(keys.pause_reasons(stream), keys.pause_field(account))
+        if reason is not None and reason.decode() == REAUTH_REQUIRED:
+            _, count = await limiter.resume_account(redis, stream, account)
+            released += count
+    return released
+
+
 async def put_tokens(
     q: Queue, store: TokenStore, platform: str, account: str | None, tokens: TokenSet
 ) -> int:

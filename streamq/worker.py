@@ -59,8 +59,10 @@ from streamq import (
     logs,
     metrics,
     outcomes,
+    platforms,
     scheduler,
     signals,
+    tokens,
     workers,
 )
 from streamq.acks import AckBatcher, Batch
@@ -74,6 +76,7 @@ from streamq.job import Job
 from streamq.metrics import WorkerCounts
 from streamq.reclaim import Reclaimer
 from streamq.starts import Starts
+from streamq.tokenstore import REAUTH_REQUIRED
 
 log = logging.getLogger("streamq.worker")
 
@@ -120,6 +123,9 @@ class Worker:
         self.stream = keys.check_stream_name(stream)
         self.handler = handler
         self.options = options or WorkerOptions()
+        # The platform whose token store this stream's accounts use, if a built-in publisher
+        # runs it (a pause for a new sign-in is checked against it: _lift_reauth_pauses).
+        self._platform = platforms.publisher_for(keys.base_stream(self.stream), self.options)
         self.consumer = consumer or workers.consumer_name()
         self.counts = WorkerCounts()
         self.metrics = metrics.WorkerMetrics(self.stream)
@@ -480,6 +486,22 @@ class Worker:
                 slot.deadline = math.inf
                 buffers.let_go(job)
 
+    async def _lift_reauth_pauses(self, batch: Batch) -> None:
+        """A reauth_required pause just recorded is lifted at once if the account was signed
+        in again meanwhile (streamq.tokens.lift_reauth_pauses says how put_tokens can miss
+        it)."""
+        platform = self._platform
+        accounts = {
+            outcome.account
+            for _, outcome in batch
+            if isinstance(outcome, codec.Parked) and outcome.reason == REAUTH_REQUIRED
+        }
+        if platform is not None and accounts:
+            await self._retrying(
+                "lift reauth pauses",
+                lambda: tokens.lift_reauth_pauses(self.redis, self.stream, platform, accounts),
+            )
+
     def _set_aside(self, job: Job, outcome: codec.Outcome) -> None:
         """A job read will not run here (held back, parked, or too late): record why, give
         back its logged start, and let go of it."""
@@ -551,6 +573,7 @@ class Worker:
             await flows.tell_jobs(self.redis, flow_steps)
         if self.gate.pausing_accounts:
             self.gate.recorded([outcome for _, outcome in batch])
+            await self._lift_reauth_pauses(batch)
         self.fetcher.settle_pauses()
         if recurring:
             self.promoter.wake()  # the next occurrence can be scheduled now

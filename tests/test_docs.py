@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 import yaml
+from markdown.extensions.toc import slugify  # type: ignore[import-untyped]  # the toc anchors
 from mkdocs.commands.build import build
 from mkdocs.config import load_config
 from mkdocs.exceptions import Abort
@@ -286,3 +287,130 @@ def test_the_metrics_tables_name_every_metric_and_no_other() -> None:
     registered |= {f"streamq_stream_{name}" for name, _ in metrics._STREAM_GAUGES}
     assert len(registered) >= 20
     assert documented_metrics("monitoring.md", "autoscaling.md") == registered
+
+
+# -- the pages issue 26 names, each reachable from the home page -----------------------------
+
+NEWCOMER_TOPICS = {
+    "getting started: the demo": "getting-started.md#see-it-work-streamq-demo",
+    "getting started: the two commands": "getting-started.md#two-commands",
+    "concepts: streams, lanes, groups": "concepts.md#streams-lanes-and-groups",
+    "concepts: records": "concepts.md#records",
+    "concepts: the job lifecycle": "concepts.md#a-jobs-life",
+    "scheduling and time zones": "scheduling.md#scheduling-and-time-zones",
+    "retries and dead letters": "scheduling.md#retries-and-dead-letters",
+    "rate limits and accounts": "rate-limits.md",
+    "publishers": "publishers.md",
+    "credentials": "credentials.md",
+    "flows": "flows.md",
+    "events": "events.md#events",
+    "webhooks": "events.md#webhooks",
+    "operations: scaling": "operations.md#scaling",
+    "operations: the autoscaler": "autoscaling.md",
+    "operations: Kubernetes": "kubernetes.md",
+    "operations: Redis Cluster": "cluster.md",
+    "operations: upgrades": "operations.md#upgrades",
+    "operations: backups": "operations.md#backups",
+    "monitoring: metrics": "monitoring.md#prometheus-metrics",
+    "monitoring: health": "monitoring.md#health-as-a-probe",
+    "monitoring: top": "monitoring.md#streamq-top",
+    "monitoring: the dashboard": "dashboard.md",
+    "reliability: what is guaranteed": "reliability.md#what-is-guaranteed",
+    "reliability: the fault table": "reliability.md#faults-and-their-figures",
+    "security: ACL": "security.md#least-privilege-redis-users",
+    "security: TLS": "security.md#tls",
+    "security: secrets": "security.md#secrets",
+    "performance: the recorded runs": "performance.md#recorded-runs",
+    "reference: CLI": "reference/cli.md",
+    "reference: Python API": "reference/python.md",
+    "reference: configuration": "reference/configuration.md",
+    "reference: data layout": "reference/data-layout.md",
+    "reference: events": "reference/events.md",
+    "reference: admin API": "reference/admin-api.md",
+}
+"""Every page (and section) a newcomer looks for, as issue 26 lists them, and where it is."""
+
+
+def headings_anchors(page: Path) -> set[str]:
+    """The anchors the toc extension gives the page's headings (outside code fences)."""
+
+    found: set[str] = set()
+    fence = False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("```"):
+            fence = not fence
+        elif not fence and re.match(r"#{1,6} ", line):
+            title = re.sub(r"\s*\{#[^}]*\}\s*$", "", line.lstrip("#").strip())
+            found.add(slugify(title.replace("`", ""), "-"))
+    return found
+
+
+def test_every_page_a_newcomer_looks_for_exists_and_the_home_page_links_it() -> None:
+    """A page or section renamed or dropped fails here (and the strict build fails on the home
+    page's link to it)."""
+    home = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    generated = set(HOOKS.GENERATED)
+    for topic, target in NEWCOMER_TOPICS.items():
+        assert f"]({target})" in home, topic
+        path, _, anchor = target.partition("#")
+        if path in generated:
+            continue
+        page = ROOT / "docs" / path
+        assert page.is_file(), topic
+        if anchor:
+            assert anchor in headings_anchors(page), topic
+    lifecycle = (ROOT / "docs" / "concepts.md").read_text(encoding="utf-8")
+    diagram = lifecycle.split("## A job's life", 1)[1].split("\n## ", 1)[0]
+    assert "diagram of the job lifecycle" in diagram
+    for state in ("scheduled", "queued", "running", "retrying", "done", "dead", "expired"):
+        assert state in diagram, state
+
+
+def test_the_layout_names_every_module_and_only_modules_that_exist() -> None:
+    """docs/development.md's Layout: every module of streamq/ and autoscaler/ is named there (a
+    new module fails until it is), and every file it names exists (a renamed one fails)."""
+    text = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    layout = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    assert layout.rstrip().endswith("."), "the Layout section ends mid-sentence"
+    named = set(re.findall(r"`([\w/*]+\.(?:py|md))`", layout))
+    trees = [ROOT / "streamq", ROOT / "autoscaler", ROOT / "bench"]
+    for name in named:
+        found = [
+            path
+            for tree in trees
+            for path in (tree.glob(name) if "/" in name else tree.rglob(name))
+        ]
+        found += ROOT.glob(name) if "/" in name else []
+        assert found, f"the Layout names {name}, which does not exist"
+    for tree in trees[:2]:
+        for module in tree.glob("*.py"):
+            if module.name != "__init__.py":
+                assert module.name in named, f"the Layout leaves out {module}"
+
+
+RUN_LINK = re.compile(r"\]\(performance\.md#(\d[^)]*)\)")
+"""A link to one recorded run: its anchor starts with its date."""
+
+
+def test_figures_cited_on_other_pages_link_the_recorded_run_they_come_from() -> None:
+    """A page that quotes a measured figure links the dated run of bench/RESULTS.md it comes
+    from (a section of the performance page, with its machine and load), so a reader can check
+    it and a run renamed or dropped fails here and in the strict build."""
+
+    runs = {
+        slugify(line[3:].replace("`", ""), "-")
+        for line in (ROOT / "bench" / "RESULTS.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("## ")
+    }
+    linked = 0
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        if page.name in ("performance.md", "development.md"):
+            continue
+        text = page.read_text(encoding="utf-8")
+        anchors = RUN_LINK.findall(text)
+        for anchor in anchors:
+            assert anchor in runs, (page.name, anchor)
+        linked += len(anchors)
+        if "bench/RESULTS.md" in text:
+            assert anchors, f"{page.name} cites bench/RESULTS.md without linking the run"
+    assert linked >= 10

@@ -20,6 +20,7 @@ Anything else fails ``test_every_block_is_run_or_says_why_not``.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -32,7 +33,7 @@ from streamq import config
 from streamq.errors import ConfigError
 from streamq.server import LocalServer
 from tests.conftest import ROOT
-from tests.doc_examples import Fence, all_documents, fences
+from tests.doc_examples import Fence, all_documents, blocks, documents, fences
 
 EXAMPLES = ROOT / "examples"
 SCRIPTS = sorted(EXAMPLES.glob("*.py"))
@@ -98,14 +99,29 @@ def test_an_unmarked_block_is_refused(tmp_path: Path) -> None:
     assert [p is None for p in found] == [False, True, False, True, False, False, True, True]
 
 
-def test_every_example_file_is_shown_in_the_docs() -> None:
-    """No example the docs do not show (it would be run, never read)."""
-    words = [word for path in all_documents(ROOT) for word in path.read_text().split()]
-    text = " ".join([*(str(fence.title) for fence in FENCES), *words])
-    for path in [*SCRIPTS, CONFIG_FILE, *(EXAMPLES / "mypkg").glob("*.py")]:
-        if path.name == "__init__.py":
-            continue
-        assert str(path.relative_to(ROOT)) in text, path
+def test_every_example_file_is_one_the_docs_use() -> None:
+    """Every file shipped under examples/ (scripts, the handler module, the configuration, and
+    the data files: post.json, posts.jsonl, flow.json, tokens) is used by the docs as the suite
+    runs them: included into a page (a fence's title), or named by a console command that
+    tests/test_readme_examples.py runs. None is only read, or only run."""
+    commands = " ".join(
+        command.text
+        for path in documents(ROOT)
+        for block in blocks(path)
+        for command in block.commands
+    )
+    titles = " ".join(str(fence.title) for fence in FENCES)
+    shipped = [
+        path
+        for path in sorted(EXAMPLES.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts and path.name != "__init__.py"
+    ]
+    assert {"post.json", "posts.jsonl", "flow.json", "streamq.toml", "handlers.py"} <= {
+        path.name for path in shipped
+    }
+    for path in shipped:
+        name = path.relative_to(ROOT).as_posix()
+        assert name in titles or name in commands, f"{name} is shipped but no page uses it"
 
 
 def test_the_example_configuration_loads() -> None:
@@ -147,3 +163,28 @@ def test_the_example_runs(script: Path, own_server: LocalServer) -> None:
         )
         assert ran.returncode == 0, ran.stdout + ran.stderr
         assert "Traceback" not in ran.stderr, ran.stderr
+
+
+MEASURED = re.compile(
+    r"\d[\d,.]*\s*(?:jobs/s|posts/s|/s\b|ms\b|µs|[KMG]i?B\b|bytes|%|(?:jobs|posts) a second)"
+)
+"""What a measured figure looks like: a rate, a latency, a size, a share."""
+
+
+def test_the_readme_is_the_front_door() -> None:
+    """Issue 26's README: at most ~150 lines; what it is, the demo, the two commands, a taste of
+    the API, where the docs are, the Python versions supported and tested, status and limits;
+    and no measured figure (those live in bench/RESULTS.md, which the docs include)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 150
+    sections = re.findall(r"^## (.+)$", text, re.MULTILINE)
+    for needed in ("See it work", "Two commands", "A taste of the API", "Documentation",
+                   "Python versions", "Container image", "Status and limits"):  # fmt: skip
+        assert needed in sections, needed
+    versions = text.split("\n## Python versions\n", 1)[1].split("\n## ", 1)[0]
+    assert "3.11, 3.12 and 3.13 are supported" in versions
+    assert "full suite runs on 3.11" in versions
+    assert "`noxfile.py`" in versions
+    assert "`streamq demo`" in text
+    assert "`bench/RESULTS.md`" in text
+    assert MEASURED.findall(text) == []

@@ -294,6 +294,27 @@ def test_the_dockerfile_builds_a_wheel_and_runs_only_the_wheel_as_the_charts_use
     assert Path(ROOT / ".dockerignore").exists()
 
 
+def test_the_readme_and_docs_say_how_to_build_and_push_the_image_of_this_version() -> None:
+    """No engine here can build the image: the README says so and, with the Kubernetes page,
+    how to build and push it, tagged with the version the chart runs (a version bump fails
+    here until both say the new one)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["image"]["repository"] == "streamq/streamq"
+    assert values["image"]["tag"] == ""  # the chart's appVersion: the package version
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Container image\n", 1)[1].split("\n## ", 1)[0]
+    assert "No container engine runs here" in section
+    assert "`streamq/streamq:<version>`" in section
+    for page in (section, (ROOT / "docs" / "kubernetes.md").read_text()):
+        built = re.findall(r"docker build -t (\S+):(\S+) \.", page)
+        pushed = re.findall(r"docker push (\S+):(\S+)", page)
+        assert built, page
+        assert built == pushed
+        assert {tag for _, tag in built} == {streamq.__version__}
+        [(repository, _)] = built
+        assert f"--set image.repository={repository}" in page
+
+
 def test_every_pod_has_resource_requests_and_a_memory_limit_by_default() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     for resources in (values["consumer"]["resources"], values["autoscaler"]["resources"]):

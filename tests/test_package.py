@@ -1,13 +1,17 @@
 """The package as a team installs it: the wheel and sdist build and pass `twine check`, and the
-wheel, installed away from the checkout, carries everything streamq needs at run time (its Lua
-scripts, the dashboard's assets, py.typed): the demo runs from it and loses nothing."""
+wheel, installed alone into a fresh virtualenv away from the checkout, carries everything
+streamq needs at run time (its Lua scripts, the dashboard's assets, py.typed): `streamq demo
+--duration 5s`, run by the venv's own `streamq` script, loses nothing."""
 
 from __future__ import annotations
 
+import email.parser
 import json
 import os
+import re
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -16,26 +20,32 @@ import pytest
 import streamq
 from tests.conftest import ROOT
 
-PIP_INSTALL = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
-
 
 class Installed:
-    """The wheel installed into its own directory; `run` runs `python -m streamq` from it,
-    with the checkout neither the working directory nor importable first."""
+    """The wheel installed alone into a fresh virtualenv, away from the checkout: the venv's
+    own ``streamq`` script and interpreter, run from a directory of their own."""
 
-    def __init__(self, wheel: Path, target: Path, home: Path) -> None:
+    def __init__(self, wheel: Path, venv: Path, home: Path) -> None:
         self.wheel = wheel
-        self.target = target
+        self.venv = venv
         self.home = home
 
-    def python(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    @property
+    def site_packages(self) -> Path:
+        [site] = self.venv.glob("lib/python3.*/site-packages")
+        return site
+
+    def run(
+        self, program: str, *args: str, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         return subprocess.run(
-            [sys.executable, *args],
+            [str(self.venv / "bin" / program), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
             cwd=self.home,
-            env={**os.environ, "PYTHONPATH": str(self.target)},
+            env=env,
         )
 
 
@@ -55,16 +65,31 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """A fresh venv holding the wheel (with its ``streamq`` script) and no checkout. Its
+    dependencies are this environment's, appended to its path by a ``.pth`` line so that no
+    index is needed: a directory added that way has its own ``.pth`` files ignored, so the
+    editable install's pointer at the checkout there does not apply."""
     (wheel,) = dist.glob("*.whl")
-    target = tmp_path_factory.mktemp("site")
-    pip = subprocess.run(
-        [*PIP_INSTALL, "--target", str(target), str(wheel)],
+    venv = tmp_path_factory.mktemp("venv")
+    made = subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--clear", str(venv)],
         capture_output=True,
         text=True,
         timeout=120,
     )
+    assert made.returncode == 0, made.stderr
+    fresh = Installed(wheel, venv, tmp_path_factory.mktemp("home"))
+    dependencies = sysconfig.get_paths()["purelib"]
+    (fresh.site_packages / "_test_dependencies.pth").write_text(dependencies + "\n")
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+         "-q", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
     assert pip.returncode == 0, pip.stderr
-    return Installed(wheel, target, tmp_path_factory.mktemp("home"))
+    return fresh
 
 
 def test_the_wheel_and_sdist_pass_twine_check_and_carry_the_version(dist: Path) -> None:
@@ -82,6 +107,41 @@ def test_the_wheel_and_sdist_pass_twine_check_and_carry_the_version(dist: Path) 
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_the_wheel_says_its_version_pythons_and_where_its_docs_and_changes_are(
+    dist: Path,
+) -> None:
+    """The metadata a team's tools read: the version, the Pythons supported (the ones noxfile.py
+    and the suite test, no more), typed, and the project's URLs."""
+    import noxfile
+
+    (wheel,) = dist.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        [name] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = email.parser.Parser().parsestr(archive.read(name).decode())
+    assert metadata["Version"] == streamq.__version__
+    assert metadata["Requires-Python"] == ">=3.11"
+    classifiers = metadata.get_all("Classifier") or []
+    supported = sorted(c.rsplit(" :: ", 1)[1] for c in classifiers if re.fullmatch(
+        r"Programming Language :: Python :: 3\.\d+", c))  # fmt: skip
+    assert supported == sorted(["3.11", *noxfile.PYTHONS])
+    assert "Typing :: Typed" in classifiers
+    urls = dict(u.split(", ", 1) for u in metadata.get_all("Project-URL") or [])
+    assert {"Homepage", "Documentation", "Changelog", "Issues"} <= set(urls)
+
+
+def test_the_changelog_follows_keep_a_changelog() -> None:
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert text.startswith("# Changelog\n")
+    assert "https://keepachangelog.com/" in text
+    releases = re.findall(r"^## (.+)$", text, re.MULTILINE)
+    assert releases[0] == "[Unreleased]"
+    for release in releases[1:]:
+        assert re.fullmatch(r"\[\d+\.\d+\.\d+\] - \d{4}-\d{2}-\d{2}", release), release
+    assert f"## [{streamq.__version__}] - " in text
+    kinds = set(re.findall(r"^### (.+)$", text, re.MULTILINE))
+    assert kinds <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}, kinds
+
+
 def test_the_wheel_ships_every_script_asset_and_py_typed(installed: Installed) -> None:
     with zipfile.ZipFile(installed.wheel) as wheel:
         names = set(wheel.namelist())
@@ -93,17 +153,18 @@ def test_the_wheel_ships_every_script_asset_and_py_typed(installed: Installed) -
         if source.is_file():
             assert source.relative_to(ROOT).as_posix() in names, source
     assert not any(name.startswith("tests/") for name in names)
-    where = installed.python("-c", "import streamq; print(streamq.__file__)")
-    assert where.stdout.strip() == str(installed.target / "streamq" / "__init__.py"), where
+    where = installed.run("python", "-c", "import streamq; print(streamq.__file__)")
+    assert where.stdout.strip() == str(installed.site_packages / "streamq" / "__init__.py"), where
 
 
 @pytest.mark.slow
 def test_the_installed_demo_loses_nothing_and_posts_nothing_twice(installed: Installed) -> None:
     before = set(os.listdir("/tmp"))
-    result = installed.python("-m", "streamq", "demo", "--duration", "4s", "--json", "--seed", "7")
+    result = installed.run("streamq", "demo", "--duration", "5s", "--json", "--seed", "7")
     assert result.returncode == 0, result.stderr + result.stdout
     summary = json.loads(result.stdout)
     assert summary["lost"] == 0
+    assert summary["unfinished"] == 0
     assert summary["duplicates"] == 0
     assert summary["published"] >= 200
     assert summary["dead"] > 0  # the posts that break the content policy

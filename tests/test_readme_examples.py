@@ -161,3 +161,18 @@ def test_the_extractor_reads_commands_outputs_and_continuations(tmp_path: Path) 
     assert '--at "2030-05-07 09:00"' in ran
     real = {"x:19ab5f0c2e1-8d2f0a6b9c41": "x:0000000000a-0000000000b"}
     assert prepared(show.text, real).endswith("x:0000000000a-0000000000b")
+
+
+FIXED_DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b|datetime\(\s*20\d\d\b")
+"""A calendar date written into an example: it would be in the past some day."""
+
+
+def test_no_example_names_a_fixed_date() -> None:
+    """Dates in examples are relative (``--delay``, ``$(date -d tomorrow +%F)``, computed in
+    Python): the runner's move of ``--at`` dates to tomorrow must have nothing to move, and
+    no example file holds a date (but a token's far expiry in the token store's samples)."""
+    for block in BLOCKS:
+        for command in block.commands:
+            assert not FIXED_DATE.search(command.text), (block.source, command.text)
+    for script in sorted((ROOT / "examples").rglob("*.py")):
+        assert not FIXED_DATE.search(script.read_text(encoding="utf-8")), script

@@ -355,6 +355,39 @@ async def test_a_refused_refresh_pauses_the_account_until_fresh_tokens_are_put(r
     assert [(i.state, i.attempt) for i in infos] == [("done", 1), ("done", 1)]
 
 
+async def test_a_sign_in_between_a_refused_refresh_and_its_pause_still_resumes(
+    x_rig: Rig,
+) -> None:
+    """The refresh is refused and recorded (reauth_required), then the user signs in again
+    before the worker has recorded the account's pause: put_tokens finds nothing paused yet.
+    The worker, recording the pause, sees the fresh tokens and lifts it: the post goes out."""
+    from streamq.tokens import put_tokens
+
+    rig, account = x_rig, "acme"
+    await rig.sign_in(account)
+    await age(rig, account, issued_ago_ms=25 * 3600 * 1000, expires_in_ms=-10)
+    rig.sim.oauth.revoke(rig.platform, user_of(rig.platform, account))
+    store = rig.keeper.store
+    mark_reauth = store.mark_reauth
+    resumed_by_put: list[int] = []
+
+    async def mark_then_sign_in(*args: Any, **kwargs: Any) -> int | None:
+        written = await mark_reauth(*args, **kwargs)
+        fresh = tokens_of(rig.sim.oauth.sign_in(rig.platform, user_of(rig.platform, account)))
+        resumed_by_put.append(await put_tokens(rig.q, store, rig.platform, account, fresh))
+        return written
+
+    store.mark_reauth = mark_then_sign_in  # type: ignore[method-assign]
+    job_id = await rig.q.enqueue(
+        rig.stream, post_for(rig.platform, rig.sim.url, "signed in meanwhile"), account=account
+    )
+    [info] = await rig.run([job_id], until=("done", "dead"), limit=15)
+    assert resumed_by_put == [0]  # the pause was not recorded yet when the tokens were put
+    assert info.state == "done", info.error
+    assert (await rig.q.limits(rig.stream, account)).pauses == []
+    assert len(rig.sim.posts_for(job_id)) == 1
+
+
 async def test_an_outage_of_the_token_endpoint_defers_without_an_attempt(rig: Rig) -> None:
     account = "acme"
     await rig.sign_in(account)
