@@ -34,7 +34,7 @@ from redis.exceptions import ResponseError
 
 import streamq
 from streamq import admin, channel, connection, events, keys, limiter, tokens, workers
-from streamq.config import Config, Limit
+from streamq.config import Config, EventsConfig, Limit
 from streamq.errors import Fail, Retry
 from streamq.job import Job
 from streamq.tokenstore import REAUTH_REQUIRED
@@ -545,6 +545,19 @@ def test_a_jobs_page_shows_its_options_result_traceback_and_replays_its_dead_let
     expect(page.locator("#message")).to_have_text(f"{stream}: 1 queued again")
     assert state_of(redis_url, broken) == "queued"
     assert admin_actions(redis_url, stream) == [("admin", "replay", stream)]
+
+
+def test_a_job_whose_events_are_not_kept_shows_what_its_record_tells(
+    page: Page, admin_server: AdminServer, redis_url: str, stream: str
+) -> None:
+    async def enqueue(q: streamq.Queue) -> str:
+        await events.publish_settings(q.redis, stream, EventsConfig(enabled=False))
+        return await q.enqueue(stream, {"n": 1}, run_at=later(60))
+
+    job_id = on_server(redis_url, enqueue)
+    sign_in(page, admin_server, f"#/jobs/{job_id}")
+    expect(page.locator("#timeline li strong")).to_have_text(["enqueued", "due"])
+    expect(page.locator("#timeline-note")).to_contain_text("this is what its record tells")
 
 
 def test_a_dead_letter_is_retried_from_the_list_and_purge_asks_first(
