@@ -42,6 +42,7 @@ from starlette.staticfiles import StaticFiles
 from streamq import (
     __version__,
     control,
+    events,
     flows,
     keys,
     limiter,
@@ -462,6 +463,11 @@ class Admin:
     async def job(self, request: Request) -> Response:
         return _json(await control.job_info(self.redis, self._job_id(request)))
 
+    async def job_events(self, request: Request) -> Response:
+        job_id = self._job_id(request)
+        info = await control.job_info(self.redis, job_id)  # 404 for no such job
+        return _json(await events.of_job(self.redis, job_id, info.enqueued_at_ms))
+
     async def flow(self, request: Request) -> Response:
         flow_id: str = request.path_params["flow_id"]
         if not _FLOW_ID.fullmatch(flow_id):
@@ -717,6 +723,7 @@ class Admin:
             ("/api/outcomes", self.outcomes, "GET", only),
             ("/api/workers", self.workers, "GET", only),
             ("/api/jobs/{job_id}", self.job, "GET", ()),
+            ("/api/jobs/{job_id}/events", self.job_events, "GET", ()),
             ("/api/flows/{flow_id}", self.flow, "GET", ()),
             ("/api/jobs/{job_id}/retry", self.retry, "POST", ()),
             ("/api/jobs/{job_id}/cancel", self.cancel, "POST", ()),
@@ -862,6 +869,7 @@ def openapi_document() -> dict[str, Any]:
         PauseRequest,
         AccountAction,
         RescheduleRequest,
+        events.JobEvents,
     ]
     _, schemas = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
 
@@ -941,6 +949,15 @@ def openapi_document() -> dict[str, Any]:
         },
         "/api/jobs/{job_id}": {
             "get": operation("A job's record and state", "JobInfo", [job_id], responses=missing)
+        },
+        "/api/jobs/{job_id}/events": {
+            "get": operation(
+                "A job's events, oldest first, with who acted for an admin action (its "
+                f"stream's latest {events.JOB_SCAN_MOST:,} events read at most)",
+                "JobEvents",
+                [job_id],
+                responses=missing,
+            )
         },
         "/api/flows/{flow_id}": {
             "get": operation(

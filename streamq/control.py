@@ -14,7 +14,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from streamq import channel, codec, keys, scheduler, scripts
-from streamq.config import StreamConfig
+from streamq.config import Backoff, StreamConfig
 from streamq.errors import ConfigError, InvalidJobState, JobNotFound, RecordChanged
 
 __all__ = ["Attempt", "DeadLetter", "InvalidJobState", "JobInfo", "JobNotFound"]
@@ -41,6 +41,33 @@ class Attempt(msgspec.Struct, kw_only=True):
     """done, retried, rate-limited, paused, dead or cancelled."""
     error: str | None = None
     trace: str | None = None
+
+
+class JobSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What was set for this job at enqueue (or by its flow or cron schedule); a setting left
+    out is the stream's configured default."""
+
+    max_attempts: int | None = None
+    expire_after_ms: int | None = None
+    job_timeout_ms: int | None = None
+    backoff: Backoff | None = None
+    cron: str | None = None
+    """The recurring schedule this run belongs to."""
+    flow: str | None = None
+    """The flow this job is a step of, and the step's name."""
+    step: str | None = None
+
+
+def settings_of(envelope: codec.Envelope) -> JobSettings:
+    return JobSettings(
+        max_attempts=envelope.max_attempts,
+        expire_after_ms=envelope.expire_after_ms,
+        job_timeout_ms=envelope.job_timeout_ms,
+        backoff=envelope.backoff,
+        cron=envelope.cron,
+        flow=None if envelope.flow is None else envelope.flow.id,
+        step=None if envelope.flow is None else envelope.flow.step,
+    )
 
 
 def iso(ms: int | None) -> str | None:
@@ -75,6 +102,8 @@ class JobInfo(msgspec.Struct, kw_only=True):
     """Its runs, oldest first: the latest ``scripts.ATTEMPTS_KEPT`` that did not end done
     (retried, rate-limited, paused, dead, cancelled while running), then the done one. A run
     cut short by a crash is not there (its entry was reclaimed and run again)."""
+    options: JobSettings = msgspec.field(default_factory=JobSettings)
+    """Its own settings from its envelope (none when the envelope is not kept)."""
     enqueued_at: str | None = None
     """The ``*_ms`` times again, as ISO 8601 with the zone (UTC)."""
     run_at: str | None = None
@@ -198,6 +227,7 @@ def from_record(
         consumer=consumer,
         cancel_requested=b"cancel" in record,
         attempts=_attempts(record, state),
+        options=JobSettings() if decoded is None else settings_of(decoded),
         enqueued_at=iso(times["enqueued"]),
         run_at=iso(times["run"]),
         started_at=iso(times["started"]),

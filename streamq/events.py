@@ -40,6 +40,11 @@ from streamq.errors import ConfigError
 
 TYPES = EVENT_TYPES
 READ_COUNT = 500
+JOB_SCAN_MOST = 2_000
+"""How many of a stream's latest events ``of_job`` reads at most, looking for one job's: its
+events stream has no index by job, so a job page's timeline costs a bounded read, most of it
+decoding the replies (``python -m bench dashboard`` times it)."""
+JOB_SCAN_CHUNK = 1_000
 BLOCK_MS = 2000
 ABANDONED_AFTER_MS = 60_000
 """A group member's events unacknowledged this long are taken over by the others."""
@@ -106,6 +111,48 @@ def from_entry(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Even
         target=text(b"target"),
         detail=text(b"detail"),
     )
+
+
+class JobEvents(msgspec.Struct, kw_only=True):
+    job: str
+    events: list[Event]
+    """The job's events, oldest first (as many as are still kept and were read)."""
+    scanned: int
+    """How many of its stream's events were read to find them."""
+    complete: bool
+    """True when every event kept since the job was enqueued was read; false when the read
+    stopped at ``JOB_SCAN_MOST`` (the job's older events may be missing)."""
+
+
+async def of_job(
+    redis: Redis, job_id: str, enqueued_at_ms: int | None, most: int = JOB_SCAN_MOST
+) -> JobEvents:
+    """One job's events, read from its stream's events newest first, back to when it was
+    enqueued or for ``most`` events, whichever comes first."""
+    stream = keys.stream_of_job(job_id)
+    name = keys.events(stream)
+    wanted = job_id.encode()
+    found: list[Event] = []
+    scanned = 0
+    upper: str = "+"
+    # Its enqueue event is written with its record, by the same clock: none can be older.
+    lowest = "-" if enqueued_at_ms is None else f"{max(enqueued_at_ms - 1, 0)}-0"
+    complete = False
+    while scanned < most:
+        count = min(JOB_SCAN_CHUNK, most - scanned)
+        entries: Any = await redis.xrevrange(name, upper, lowest, count=count)
+        scanned += len(entries)
+        for entry_id, fields in entries:
+            if fields.get(b"job") == wanted:
+                found.append(from_entry(stream, entry_id, fields))
+        if len(entries) < count:
+            complete = True
+            break
+        upper = f"({entries[-1][0].decode()}"
+    else:  # stopped at ``most``: complete if nothing older was left
+        complete = not await redis.xrevrange(name, upper, lowest, count=1)
+    found.reverse()
+    return JobEvents(job=job_id, events=found, scanned=scanned, complete=complete)
 
 
 def position(since: str | int | datetime | None, now_ms: int) -> str:

@@ -35,7 +35,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from streamq import codec, keys, scripts
+from streamq import channel, codec, keys, scripts
 from streamq.control import JobInfo
 from streamq.errors import ListingError
 
@@ -93,6 +93,10 @@ class _Item:
     envelope: bytes | None = None
     entry: str | None = None
     consumer: str | None = None
+    delivered_at_ms: int | None = None
+    """Running: when its entry was delivered to the worker holding it (by the server's clock).
+    A start is not written to the record while the handler runs (streamq.starts), so this is
+    the start a running job shows; a worker's read-ahead may hold it a moment before."""
     reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -270,6 +274,8 @@ class _Lane:
             return [], True
         if not pending:
             return [], True
+        # XPENDING tells how long ago each was delivered (by the server's clock), not when.
+        now_ms = await channel.server_ms(self.redis)
         async with self.redis.pipeline(transaction=False) as pipe:
             for row in pending:
                 entry = _text(row["message_id"])
@@ -282,6 +288,7 @@ class _Lane:
             item = self._item(_text(row["message_id"]), rows[0][1])
             if item is not None:
                 item.consumer = _text(row["consumer"])
+                item.delivered_at_ms = now_ms - int(row["time_since_delivered"])
                 items.append(item)
         return items, len(pending) < count
 
@@ -458,7 +465,7 @@ def _info(item: _Item, record: dict[str, bytes | None], state: str) -> JobInfo |
         enqueued_at_ms=_int(record["enqueued_at"])
         or (envelope.enqueued_at_ms if envelope else None),
         run_at_ms=run_at,
-        started_at_ms=_int(record["started_at"]),
+        started_at_ms=_int(record["started_at"]) or item.delivered_at_ms,
         finished_at_ms=_int(record["finished_at"]),
         error=_opt(record["error"]) or item.reason,
         result=None if not result else msgspec.json.decode(result),

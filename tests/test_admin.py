@@ -59,6 +59,7 @@ ROUTES = [
     ("GET", "/api/workers"),
     ("GET", "/api/outcomes"),
     ("GET", "/api/jobs/s:x"),
+    ("GET", "/api/jobs/s:x/events"),
     ("GET", "/api/flows/flow:0-0"),
     ("POST", "/api/jobs/s:x/retry"),
     ("POST", "/api/jobs/s:x/cancel"),

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 import streamq
 from streamq import admin, channel, events, health, keys, limiter, series, tokens
-from streamq.config import Config, Limit, StreamConfig
+from streamq.config import Backoff, Config, Limit, StreamConfig
 from streamq.errors import ConfigError
 from streamq.metrics import LATENESS_BUCKETS
 from streamq.tokenstore import REAUTH_REQUIRED
@@ -246,6 +246,51 @@ async def test_reschedule_and_promote_move_the_job_and_say_who(
     assert ADMIN_TOKEN not in str(audit)
 
 
+async def test_a_jobs_events_are_its_timeline_with_who_acted_found_in_a_bounded_read(
+    http: httpx.AsyncClient, redis: Redis, redis_url: str, stream: str
+) -> None:
+    async with streamq.connect(redis_url) as q:
+        job_id = await q.enqueue(stream, "later", delay=3600, account="acme")
+        others = await q.enqueue_many(stream, ["a", "b", "c"])
+    target = {"run_at": 4102444800000}
+    assert (await http.post(f"/api/jobs/{job_id}/reschedule", json=target)).status_code == 200
+    assert (await http.post(f"/api/jobs/{job_id}/cancel")).json()["outcome"] == "cancelled"
+
+    answer = await http.get(f"/api/jobs/{job_id}/events")
+    assert answer.status_code == 200, answer.text
+    found = answer.json()
+    assert (found["job"], found["complete"]) == (job_id, True)
+    timeline = [(e["type"], e["action"], e["by"]) for e in found["events"]]
+    assert timeline == [
+        ("scheduled", None, None),
+        ("scheduled", None, None),
+        ("admin", "reschedule", "admin"),
+        ("cancelled", None, None),
+        ("admin", "cancel", "admin"),
+    ]
+    assert {e["job"] for e in found["events"]} == {job_id}  # not the others' queued events
+    assert found["events"][1]["run_at_ms"] == 4102444800000
+    at = [e["at_ms"] for e in found["events"]]
+    assert at == sorted(at)
+    assert found["scanned"] >= len(others) + len(timeline)
+    assert ADMIN_TOKEN not in answer.text
+
+    # The read is bounded: stopped short of the job's first events, it says so.
+    async with streamq.connect(redis_url) as q:
+        await q.enqueue_many(stream, ["d", "e", "f"])
+    info_ms = (await http.get(f"/api/jobs/{job_id}")).json()["enqueued_at_ms"]
+    short = await events.of_job(redis, job_id, info_ms, most=4)
+    assert (short.scanned, short.complete) == (4, False)
+    assert [e.type for e in short.events] == ["admin"]  # the newest of its own: the cancel
+    whole = await events.of_job(redis, job_id, info_ms, most=found["scanned"] + 3)
+    assert (whole.scanned, whole.complete) == (found["scanned"] + 3, True)  # none left: complete
+    assert len(whole.events) == len(timeline)
+
+    missing = await http.get(f"/api/jobs/{stream}:nope/events")
+    assert missing.status_code == 404
+    assert (await http.get(f"/api/jobs/{job_id}/events", headers=VIEWER)).status_code == 200
+
+
 async def test_existing_writes_are_audited_too(
     http: httpx.AsyncClient, redis: Redis, redis_url: str, stream: str
 ) -> None:
@@ -385,13 +430,21 @@ async def test_the_series_counts_each_minutes_runs_depth_and_lateness(
     async with streamq.connect(redis_url) as q:
         await q.enqueue_many(stream, ["ok", "ok", "ok"])
         await q.enqueue(stream, "bad", max_attempts=1)
+        # Fails once and is retried in an hour: a retried run, not a dead one.
+        await q.enqueue(stream, "flaky", max_attempts=2, backoff=Backoff(base=3600, jitter=0))
     now = await channel.server_ms(redis)
     # The minute's first report copies the counts and depth; lateness comes from every report.
     lateness = [0] * (len(LATENESS_BUCKETS) + 1)
     lateness[5] = 10
     assert await series.record(redis, stream, now, lateness)
     assert not await series.record(redis, stream, now, [0, 1])
-    await Worker(redis, stream, fail_on_bad, FAST).run()
+
+    async def handler(job: Any) -> None:
+        if job.payload == "flaky":
+            raise RuntimeError("try again")
+        await fail_on_bad(job)
+
+    await Worker(redis, stream, handler, FAST).run()
     answer = await http.get(f"/api/streams/{stream}/series", params={"minutes": 3})
     assert answer.status_code == 200
     found = answer.json()
@@ -403,8 +456,8 @@ async def test_the_series_counts_each_minutes_runs_depth_and_lateness(
     # The copy is in the minute of `now`, the last or (if a minute began since) the one before.
     [copied] = [p for p in points if p["sampled"]]
     assert copied["t"] == series.minute_of(now)
-    assert (copied["done"], copied["failed"], copied["retried"], copied["dead"]) == (3, 1, 0, 1)
-    assert copied["depth"] == 4
+    assert (copied["done"], copied["failed"], copied["retried"], copied["dead"]) == (3, 2, 1, 1)
+    assert copied["depth"] == 5
     assert copied["lateness_p99_ms"] == round(LATENESS_BUCKETS[5] * 1000)
     for point in points:
         if not point["sampled"]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,10 +33,11 @@ from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 from redis.exceptions import ResponseError
 
 import streamq
-from streamq import admin, channel, connection, keys, tokens, workers
-from streamq.config import Config
-from streamq.errors import Fail
+from streamq import admin, channel, connection, events, keys, limiter, tokens, workers
+from streamq.config import Config, EventsConfig, Limit
+from streamq.errors import Fail, Retry
 from streamq.job import Job
+from streamq.tokenstore import REAUTH_REQUIRED
 from streamq.worker import Worker
 from tests.conftest import ROOT, VIEWER_TOKEN, AdminServer
 from tests.test_lifecycle import Running
@@ -157,6 +159,16 @@ def fail_jobs(
         return ids
 
     return on_server(redis_url, run)
+
+
+def admin_actions(redis_url: str, stream: str) -> list[tuple[str | None, str | None, str | None]]:
+    """Who did what to what, by the stream's ``admin`` events on the server."""
+
+    async def read(q: streamq.Queue) -> list[tuple[str | None, str | None, str | None]]:
+        found = events.follow(q.redis, [stream], wait=False, types=["admin"])
+        return [(e.by, e.action, e.target) async for e in found]
+
+    return on_server(redis_url, read)
 
 
 def later(minutes: float) -> datetime:
@@ -297,6 +309,114 @@ def test_a_job_list_filters_by_account_pages_and_opens_a_job(
     expect(page.locator("#payload pre")).to_have_text('{\n  "n": 0\n}')
 
 
+def jobs_in_every_state(redis_url: str, stream: str) -> dict[str, set[str]]:
+    """At least one job of ``stream`` in each of the ten states a list has, by state."""
+
+    async def handler(job: Job) -> str:
+        match job.payload:
+            case "bad":
+                raise Fail("no good")
+            case "later":
+                raise Retry(after=3600)
+        return "ok"
+
+    async def run(q: streamq.Queue) -> dict[str, set[str]]:
+        done = await q.enqueue(stream, "ok", key="k-done", account="alice")
+        dead = await q.enqueue(stream, "bad")
+        retrying = await q.enqueue(stream, "later")
+        expired = await q.enqueue(stream, "stale", expire_after=0.001)
+        paused = await q.enqueue(stream, "ok", account="carol")
+        await q.pause_account("carol", stream)
+        enqueued_ms = (await q.job(expired)).enqueued_at_ms or 0
+        await poll(lambda: _later_than(q, enqueued_ms + 5))  # its 1 ms are over by the server
+        await Worker(q.redis, stream, handler, FAST).run()
+
+        # The platform allows one run a minute: dave's first runs, his second waits for the
+        # platform (scheduled), his third is held behind it.
+        dave = await q.enqueue_many(stream, ["ok"] * 3, accounts=["dave"] * 3)
+        platform = Limit(scope="platform", max=1, per=60.0)
+        limited = Worker(q.redis, stream, handler, options(burst=False, limits=(platform,)))
+        async with Running(limited):
+            await poll(lambda: _state_is(q, dave[2], "held"))
+
+        scheduled = await q.enqueue(stream, "ok", run_at=later(60))
+        cancelled = await q.enqueue(stream, "ok", run_at=later(60))
+        await q.cancel(cancelled)
+        running = await q.enqueue(stream, "ok")
+        # Delivered to a worker that never finishes it: running, held by "ghost".
+        await q.redis.xreadgroup(keys.GROUP, "ghost", {keys.lane(stream, "normal"): ">"}, count=1)
+        queued = await q.enqueue(stream, "ok")
+        return {
+            "scheduled": {scheduled, dave[1]},
+            "queued": {queued},
+            "running": {running},
+            "retrying": {retrying},
+            "paused": {paused},
+            "held": {dave[2]},
+            "dead": {dead},
+            "done": {done, dave[0]},
+            "cancelled": {cancelled},
+            "expired": {expired},
+        }
+
+    return on_server(redis_url, run)
+
+
+async def _later_than(q: streamq.Queue, ms: int) -> bool:
+    return await channel.server_ms(q.redis) > ms
+
+
+async def _state_is(q: streamq.Queue, job_id: str, state: str) -> bool:
+    return (await q.job(job_id)).state == state
+
+
+def test_every_states_list_is_a_tab_with_its_jobs_and_the_time_that_matters(
+    page: Page, admin_server: AdminServer, redis_url: str, stream: str
+) -> None:
+    by_state = jobs_in_every_state(redis_url, stream)
+    for state, ids in by_state.items():  # the server agrees before the page is asked
+        # A job's own state for a delivered one is "active" (a worker holds it).
+        expected = "active" if state == "running" else state
+        assert {state_of(redis_url, job_id) for job_id in ids} == {expected}, state
+    shown_time = {
+        "scheduled": "due", "retrying": "due", "queued": "enqueued", "paused": "enqueued",
+        "held": "enqueued", "running": "started", "done": "finished", "dead": "finished",
+        "cancelled": "finished", "expired": "finished",
+    }  # fmt: skip
+    sign_in(page, admin_server, f"#/streams/{stream}/jobs?state=queued")
+    tabs = page.locator("nav.tabs a")
+    expect(tabs).to_have_text(list(by_state))
+    rows = page.locator("#jobs tbody tr")
+    for state, ids in by_state.items():
+        tab = page.locator(f'nav.tabs a[data-state="{state}"]')
+        tab.click()
+        expect(page).to_have_url(re.compile(rf"state={state}$"))
+        expect(tab).to_have_attribute("aria-current", "page")
+        expect(rows).to_have_count(len(ids))
+        assert {row.get_attribute("data-job") for row in rows.all()} == ids, state
+        expect(page.locator("#jobs thead th").nth(5)).to_have_text(shown_time[state])
+        # Each row's time, in the viewer's zone, with how far it is from now.
+        for cell in rows.locator("td.time").all():
+            expect(cell).to_have_text(re.compile(r"\d:\d\d:\d\d (AM|PM) \((in |.* ago|now)"))
+
+    page.locator('nav.tabs a[data-state="running"]').click()
+    expect(page.locator('#jobs td[data-label="worker"]')).to_have_text(["ghost"])
+    rows.first.get_by_role("link").click()
+    expect(page.locator("#job-state")).to_have_text("active")
+    page.click("#job-list-link")  # back to the list it is in
+    expect(page).to_have_url(re.compile(r"state=running$"))
+    expect(rows).to_have_count(1)
+    page.locator('nav.tabs a[data-state="done"]').click()
+    page.fill("#filter-key", "k-done")
+    page.click("#filter button[type=submit]")
+    expect(page).to_have_url(re.compile(r"key=k-done"))
+    expect(rows).to_have_count(1)
+    expect(rows.first.locator('td[data-label="key"]')).to_have_text("k-done")
+    page.locator('nav.tabs a[data-state="dead"]').click()  # a tab keeps the filters
+    expect(page).to_have_url(re.compile(r"state=dead&key=k-done|key=k-done.*state=dead"))
+    expect(page.locator("#no-jobs")).to_have_text("No dead jobs match these filters.")
+
+
 # -- one job's actions ----------------------------------------------------------------------
 
 
@@ -316,8 +436,10 @@ def test_cancel_asks_first_and_then_cancels_the_job(
     expect(page.locator("#message")).to_have_text(f"{job_id}: cancelled")
     expect(page.locator("#job-state")).to_have_text("cancelled")
     assert state_of(redis_url, job_id) == "cancelled"
+    assert admin_actions(redis_url, stream) == [("admin", "cancel", job_id)]  # the token's name
     expect(page.locator("#cancel-job")).to_have_count(0)
     expect(page.locator("#retry-job")).to_be_visible()
+    expect(page.locator('#timeline li[data-event="cancel by admin"]')).to_contain_text("cancelled")
 
 
 @needs("/api/jobs/{job_id}/reschedule")
@@ -335,6 +457,11 @@ def test_reschedule_takes_a_wall_time_in_the_chosen_zone(
     run_at_ms = on_server(redis_url, lambda q: q.job(job_id)).run_at_ms
     assert run_at_ms == round(wall.timestamp() * 1000)
     assert state_of(redis_url, job_id) == "scheduled"
+    assert admin_actions(redis_url, stream) == [("admin", "reschedule", job_id)]
+    # The page drawn again after the action: its timeline holds the job's events, who acted.
+    expect(page.locator("#timeline li strong")).to_have_text(
+        ["scheduled", "scheduled", "reschedule by admin"]
+    )
 
 
 @needs("/api/jobs/{job_id}/promote")
@@ -373,6 +500,64 @@ def test_a_dead_jobs_page_shows_its_attempts_and_retries_it(
     confirm(page)
     expect(page.locator("#message")).to_have_text(f"{job_id}: queued")
     assert state_of(redis_url, job_id) == "queued"
+
+
+def test_a_jobs_page_shows_its_options_result_traceback_and_replays_its_dead_letter(
+    page: Page, admin_server: AdminServer, redis_url: str, stream: str
+) -> None:
+    async def run(q: streamq.Queue) -> tuple[str, str]:
+        posted = await q.enqueue(
+            stream, {"text": "hi"}, key="k-1", max_attempts=4, expire_after="2h", job_timeout=30
+        )
+        broken = await q.enqueue(stream, {"text": "boom"}, max_attempts=1)
+
+        async def handler(job: Job) -> dict[str, str]:
+            if job.payload["text"] == "boom":
+                raise RuntimeError("the platform broke")
+            return {"post_id": "p-1"}
+
+        await Worker(q.redis, stream, handler, FAST).run()
+        return posted, broken
+
+    posted, broken = on_server(redis_url, run)
+    assert (state_of(redis_url, posted), state_of(redis_url, broken)) == ("done", "dead")
+    sign_in(page, admin_server, f"#/jobs/{posted}")
+    expect(page.locator("#result pre")).to_have_text('{\n  "post_id": "p-1"\n}')
+    options_shown = page.locator("#job-options")
+    expect(options_shown.locator('dd[data-field="max attempts"]')).to_have_text("4")
+    expect(options_shown.locator('dd[data-field="expire after"]')).to_have_text("2 h")
+    expect(options_shown.locator('dd[data-field="job timeout"]')).to_have_text("30 s")
+    expect(page.locator("#timeline li strong")).to_have_text(["queued", "started", "done"])
+
+    page.goto(f"{admin_server.url}/#/jobs/{broken}")
+    expect(page.locator("#job-state")).to_have_text("dead")
+    trace = page.locator("#attempts details")
+    expect(trace.locator(".trace")).to_be_hidden()  # folded until asked for
+    trace.locator("summary").click()
+    expect(trace.locator(".trace")).to_contain_text('in handler: raise RuntimeError("the platform')
+    error = page.locator("#attempts .error-text")
+    expect(error).to_contain_text("RuntimeError: the platform broke")
+    expect(page.locator("#timeline li strong").last).to_have_text("dead")
+
+    page.click("#replay-job")
+    expect(page.locator("#confirm-text")).to_contain_text(broken)
+    confirm(page)
+    expect(page.locator("#message")).to_have_text(f"{stream}: 1 queued again")
+    assert state_of(redis_url, broken) == "queued"
+    assert admin_actions(redis_url, stream) == [("admin", "replay", stream)]
+
+
+def test_a_job_whose_events_are_not_kept_shows_what_its_record_tells(
+    page: Page, admin_server: AdminServer, redis_url: str, stream: str
+) -> None:
+    async def enqueue(q: streamq.Queue) -> str:
+        await events.publish_settings(q.redis, stream, EventsConfig(enabled=False))
+        return await q.enqueue(stream, {"n": 1}, run_at=later(60))
+
+    job_id = on_server(redis_url, enqueue)
+    sign_in(page, admin_server, f"#/jobs/{job_id}")
+    expect(page.locator("#timeline li strong")).to_have_text(["enqueued", "due"])
+    expect(page.locator("#timeline-note")).to_contain_text("this is what its record tells")
 
 
 def test_a_dead_letter_is_retried_from_the_list_and_purge_asks_first(
@@ -447,6 +632,19 @@ def test_an_account_is_paused_with_a_reason_and_resumed(
     row.get_by_role("button", name=f"Resume {account}").click()
     expect(row.locator('[data-field="status"]')).to_have_text("active")
     assert on_server(redis_url, status).paused is False
+    assert admin_actions(redis_url, stream)[-2:] == [
+        ("admin", "pause-account", f"{stream}/{account}"),
+        ("admin", "resume-account", f"{stream}/{account}"),
+    ]
+
+    # A refused token paused another account until a person signs it in again.
+    signed_out = f"acct-{uuid.uuid4().hex[:8]}"
+    on_server(
+        redis_url, lambda q: limiter.pause_account(q.redis, stream, signed_out, REAUTH_REQUIRED)
+    )
+    page.goto(f"{admin_server.url}/#/streams/{stream}/accounts?account={signed_out}")
+    flagged = page.locator(f'#accounts tr[data-account="{signed_out}"]')
+    expect(flagged.locator('[data-field="status"]')).to_have_text("sign-in needed")
 
 
 def reclaimed_from_a_dead_worker(redis_url: str, stream: str) -> tuple[str, list[str]]:
@@ -508,6 +706,8 @@ def test_the_workers_page_shows_live_and_silent_workers_with_the_jobs_they_hold(
     expect(live.locator('td[data-label="concurrency"]')).to_have_text("8")
     expect(live.locator('td[data-label="up for"]')).to_have_text(re.compile(r"^2 h( 1 min)?$"))
     expect(live.locator('td[data-label="done"]')).to_have_text("41")
+    expect(live.locator('td[data-label="failed"]')).to_have_text("2")
+    expect(live.locator('td[data-label="host"]')).to_have_text(socket.gethostname())
     expect(page.locator(f'#gone li[data-worker="{stream}-silent"]')).to_contain_text("silent")
     dead = page.locator(f'#gone > li[data-worker="{ghost}"]')
     expect(dead).to_contain_text("removed")
@@ -589,6 +789,30 @@ def test_the_page_is_served_with_a_strict_content_security_policy(
     assert "unsafe-inline" not in policy
 
 
+def test_the_dashboards_files_are_served_as_written_and_name_no_other_site() -> None:
+    """No build step (the three files are the source) and nothing from a CDN: the only URL
+    in them is the SVG namespace, a name and never fetched. No inline script or style either:
+    the CSP would refuse them."""
+    static = Path(admin.__file__).parent / "admin_static"
+    assert sorted(p.name for p in static.iterdir()) == [
+        "dashboard.css",
+        "dashboard.js",
+        "index.html",
+    ]
+    urls = {
+        url
+        for path in static.iterdir()
+        for url in re.findall(r"(?:https?:)?//[\w.-]+\.[a-z]{2,}[^\s\"')]*", path.read_text())
+    }
+    assert urls == {"http://www.w3.org/2000/svg"}
+    html = (static / "index.html").read_text()
+    assert re.findall(r"<script\b[^>]*>", html) == [
+        '<script type="module" src="/static/dashboard.js">'
+    ]
+    assert " style=" not in html
+    assert "<style" not in html
+
+
 def test_a_read_only_token_sees_no_action_buttons(
     page: Page, admin_server: AdminServer, redis_url: str, stream: str
 ) -> None:
@@ -643,6 +867,8 @@ def test_every_page_fits_both_widths_labels_its_controls_and_is_photographed(
     if "/api/streams/{stream}/accounts" in PATHS:
         pages["accounts"] = "#/streams/x/accounts"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
     sign_in(page, admin_server)
     for width in WIDTHS:
         page.set_viewport_size({"width": width, "height": 900})
@@ -663,6 +889,10 @@ def test_every_page_fits_both_widths_labels_its_controls_and_is_photographed(
             assert unlabelled == [], f"{name}: controls without a label: {unlabelled}"
             page.screenshot(path=str(SCREENSHOTS / f"{name}-{width}.png"), full_page=True)
     assert len(list(SCREENSHOTS.glob("*.png"))) >= 2 * len(pages)
+    # Nothing fetched from another site (no CDN, no web font): it works offline.
+    elsewhere = [url for url in asked if not url.startswith(f"{admin_server.url}/")]
+    assert asked
+    assert elsewhere == []
 
 
 def test_the_keyboard_alone_opens_a_job_from_a_list_and_backs_out_of_cancelling_it(

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import streamq
-from streamq import keys
+from streamq import channel, keys
 from streamq.config import Config, Limit, StreamConfig
 from streamq.errors import Fail, ListingError, StreamNotFound
 from streamq.job import Job
@@ -130,6 +130,11 @@ async def test_running_retrying_dead_done(redis_url: str, stream: str) -> None:
             await started.wait()
             [running] = (await q.jobs(stream, "running")).jobs
             assert (running.id, running.consumer) == (slow, worker.consumer)
+            # No start is written while a handler runs: its delivery, by the server's clock.
+            assert running.enqueued_at_ms is not None
+            assert running.started_at_ms is not None
+            now_ms = await channel.server_ms(q.redis)
+            assert running.enqueued_at_ms <= running.started_at_ms <= now_ms
             flaky = await q.enqueue(stream, "flaky", account="acme")
             bad = await q.enqueue(stream, "bad")
             with anyio.fail_after(10):

@@ -9,8 +9,10 @@ measured against this server.
 
 API: each call the overview page makes (``/api/me``, ``/api/stats``, the stream's
 ``/api/streams/S/series?minutes=60``), and the other pages' first calls (workers, accounts, a
-page of scheduled jobs), over one kept-alive HTTP connection: median and p99 wall time of
-``REPEATS`` calls each, on loopback.
+page of scheduled jobs, the job page's record and events of the job due first: its events
+are long trimmed by the events' cap, so the timeline's read goes its whole bounded length),
+over one kept-alive HTTP connection: median and p99 wall time of ``REPEATS`` calls each, on
+loopback.
 
 Page load: headless Chromium (``/usr/bin/chromium`` via Playwright), a fresh browser context
 per load with the token already in the page's sessionStorage (as after signing in): the time
@@ -106,9 +108,11 @@ def run(args: argparse.Namespace, ui: UI) -> list[Section]:
                 client = sync_redis.Redis.from_url(srv.url)
                 if client.zcard(keys.delayed(stream)) != jobs:
                     raise BenchError(f"dashboard: filled {client.zcard(keys.delayed(stream))} jobs")
+                first_due: Any = client.zrange(keys.delayed(stream), 0, 0)
+                job_id = first_due[0].decode()
                 with _admin(srv.url, static) as url:
                     with ui.step(f"{label}: API calls", 1):
-                        for call, (median, p99, size) in _time_calls(url, stream).items():
+                        for call, (median, p99, size) in _time_calls(url, stream, job_id).items():
                             api.rows.append({"engine": label, "pages": pages, "call": call,
                                              "jobs": jobs, "median ms": round(median, 2),
                                              "p99 ms": round(p99, 2), "bytes": size})  # fmt: skip
@@ -186,7 +190,7 @@ class _admin:
             self.process.wait()
 
 
-def _time_calls(url: str, stream: str) -> dict[str, tuple[float, float, int]]:
+def _time_calls(url: str, stream: str, job_id: str) -> dict[str, tuple[float, float, int]]:
     calls = {
         "GET /api/me": "/api/me",
         "GET /api/stats": "/api/stats",
@@ -196,6 +200,8 @@ def _time_calls(url: str, stream: str) -> dict[str, tuple[float, float, int]]:
         "GET /api/streams/S/jobs?state=scheduled&limit=25": (
             f"/api/streams/{stream}/jobs?state=scheduled&limit=25"
         ),
+        "GET /api/jobs/J (the job due first)": f"/api/jobs/{job_id}",
+        "GET /api/jobs/J/events (its timeline)": f"/api/jobs/{job_id}/events",
         "GET / (the page)": "/",
         "GET /static/dashboard.js": "/static/dashboard.js",
     }

@@ -541,13 +541,18 @@ function fields(list, id) {
 }
 
 async function jobPage(id) {
-  const job = await api("GET", `/api/jobs/${enc(id)}`);
+  const [job, history] = await Promise.all([
+    api("GET", `/api/jobs/${enc(id)}`),
+    api("GET", `/api/jobs/${enc(id)}/events`),
+  ]);
   const options = job.options && typeof job.options === "object" ? job.options : {};
+  // A queued job a worker holds is "active" in its record's terms, listed as running.
+  const listed = job.state === "active" ? "running" : job.state;
   const sections = [
     h("h2", {}, "Job ", h("span", { class: "mono" }, job.id), " ",
       h("span", { class: `badge state-${job.state}`, id: "job-state" }, job.state)),
     h("p", { class: "links" },
-      h("a", { href: listHref(job.stream, { state: job.state }) }, `${job.state} jobs of ${job.stream}`)),
+      h("a", { href: listHref(job.stream, { state: listed }), id: "job-list-link" }, `${listed} jobs of ${job.stream}`)),
     fields([
       ["id", job.id], ["stream", job.stream], ["state", job.state], ["attempt", String(job.attempt)],
       ["account", job.account], ["key", job.key],
@@ -560,12 +565,18 @@ async function jobPage(id) {
     h("section", { "aria-labelledby": "payload-h" }, h("h3", { id: "payload-h" }, "Payload"), h("div", { id: "payload" }, pretty(job.payload))),
     h("section", { "aria-labelledby": "options-h" }, h("h3", { id: "options-h" }, "Options"),
       fields([["priority", job.priority], ["key", job.key], ["account", job.account],
-        ...Object.entries(options).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)])], "job-options")),
+        ...Object.entries(options).map(setting)], "job-options")),
     h("section", { "aria-labelledby": "result-h" }, h("h3", { id: "result-h" }, "Result"), h("div", { id: "result" }, pretty(job.result))),
     h("section", { "aria-labelledby": "attempts-h" }, h("h3", { id: "attempts-h" }, "Attempts"), attemptsList(job.attempts || [])),
-    h("section", { "aria-labelledby": "events-h" }, h("h3", { id: "events-h" }, "Timeline"), timeline(job)),
+    h("section", { "aria-labelledby": "events-h" }, h("h3", { id: "events-h" }, "Timeline"), timeline(job, history)),
   ];
   return sections;
+}
+
+// One of the job's own settings as a row: durations in ms shown as durations.
+function setting([name, value]) {
+  if (name.endsWith("_ms") && typeof value === "number") return [name.slice(0, -3).replaceAll("_", " "), duration(value)];
+  return [name.replaceAll("_", " "), typeof value === "object" ? JSON.stringify(value) : String(value)];
 }
 
 function attemptsList(attempts) {
@@ -579,14 +590,22 @@ function attemptsList(attempts) {
     a.trace ? h("details", {}, h("summary", {}, "Traceback"), h("pre", { class: "trace" }, a.trace)) : null)));
 }
 
-// The job's events when the server sends them; else what its record tells of its history.
-function timeline(job) {
+// The job's events, from its stream's events (admin actions say which token acted); when none
+// are kept any more (trimmed by the events' cap), what its record tells of its history.
+function timeline(job, history) {
   let items;
-  if (Array.isArray(job.events) && job.events.length) {
-    items = job.events.map((e) => [
-      e.at_ms, e.type === "admin" ? `${e.action} by ${e.by}` : e.type,
-      [e.detail, e.error].filter(Boolean).join(" · "),
-    ]);
+  let note = null;
+  if (history.events.length) {
+    // A run's final event carries when its handler started (no "started" event is kept by
+    // default): shown as a step of its own.
+    items = history.events.flatMap((e) => [
+      e.started_at_ms && e.type !== "started" ? [e.started_at_ms, "started", `attempt ${e.attempt}`] : null,
+      [e.at_ms, e.type === "admin" ? `${e.action} by ${e.by}` : e.type,
+        [e.type === "admin" ? e.detail : null, e.error].filter(Boolean).join(" · ")],
+    ].filter(Boolean));
+    if (!history.complete) {
+      note = `Older events not searched: the latest ${history.scanned} events of ${job.stream} were.`;
+    }
   } else {
     items = [[job.enqueued_at_ms, "enqueued", ""]];
     if (job.run_at_ms && job.run_at_ms !== job.enqueued_at_ms) items.push([job.run_at_ms, "due", ""]);
@@ -595,10 +614,16 @@ function timeline(job) {
       if (a.finished_at_ms) items.push([a.finished_at_ms, `attempt ${a.n} ${a.outcome}`, a.error || ""]);
     }
     if (job.finished_at_ms) items.push([job.finished_at_ms, job.state, ""]);
+    note = history.complete
+      ? "No events of this job are kept any more (see the events' cap); this is what its record tells."
+      : `None of the latest ${history.scanned} events of ${job.stream} is this job's; this is what its record tells.`;
   }
   items = items.filter(([at]) => at).sort((a, b) => a[0] - b[0]);
-  return h("ol", { id: "timeline", class: "timeline" }, items.map(([at, what, detail]) =>
-    h("li", {}, when(at), " ", h("strong", {}, what), detail ? ` ${detail}` : "")));
+  return [
+    h("ol", { id: "timeline", class: "timeline" }, items.map(([at, what, detail]) =>
+      h("li", { "data-event": what }, when(at), " ", h("strong", {}, what), detail ? ` ${detail}` : ""))),
+    note ? h("p", { id: "timeline-note", class: "muted" }, note) : null,
+  ];
 }
 
 function jobActions(job) {
