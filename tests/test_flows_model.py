@@ -1,7 +1,8 @@
 """A stateful hypothesis test of flows against a model, on real servers and real workers.
 
 Rules add flows with random DAGs (up to 8 steps on three streams, random `after`, failure
-policies, outcomes and an optional on_complete step), some cancelled before any step runs, and
+policies, outcomes and an optional on_complete step), some cancelled before any step runs, some
+with one first step's job cancelled on its own (the rest moved to now by reschedule_flow), and
 make workers "die" between finishing a step and telling its flow (the worker drops the tell:
 only the outbox and the other workers' sweeps are left). At the end, every flow must have
 ended as the model says:
@@ -68,14 +69,22 @@ def dags(draw: Any) -> list[PlannedStep]:
     return steps
 
 
-def expected(plan: Sequence[PlannedStep], cancelled: bool) -> tuple[dict[str, str], str]:
-    """The model: each step's final state and the flow's."""
+def expected(
+    plan: Sequence[PlannedStep], cancelled: bool, cancelled_steps: frozenset[int] = frozenset()
+) -> tuple[dict[str, str], str]:
+    """The model: each step's final state and the flow's (``cancelled``: the whole flow before
+    any step ran; ``cancelled_steps``: those steps' jobs cancelled on their own before they
+    ran)."""
     states: dict[str, str] = {}
     for i, step in enumerate(plan):
-        stopped = cancelled or any(
-            states[f"s{a}"] == "cancelled"
-            or (states[f"s{a}"] == "failed" and plan[a].policy == "fail_flow")
-            for a in step.after
+        stopped = (
+            cancelled
+            or i in cancelled_steps
+            or any(
+                states[f"s{a}"] == "cancelled"
+                or (states[f"s{a}"] == "failed" and plan[a].policy == "fail_flow")
+                for a in step.after
+            )
         )
         states[f"s{i}"] = "cancelled" if stopped else ("done" if step.succeeds else "failed")
     if cancelled:
@@ -101,7 +110,7 @@ class Flows(RuleBasedStateMachine):
         )
         tag = uuid.uuid4().hex[:8]
         self.streams = [f"fm{tag}-{i}" for i in range(3)]
-        self.flows: dict[str, tuple[list[PlannedStep], bool, bool]] = {}
+        self.flows: dict[str, tuple[list[PlannedStep], bool, bool, frozenset[int]]] = {}
         self.events: list[tuple[str, str, str, Any]] = []  # (flow, step, start|end, seen)
         self.queue = self.portal.call(self._start)
         self.workers = []
@@ -149,7 +158,7 @@ class Flows(RuleBasedStateMachine):
                 self._steps(plan), on_complete=last if with_on_complete else None
             )
         )
-        self.flows[flow.id] = (plan, with_on_complete, False)
+        self.flows[flow.id] = (plan, with_on_complete, False, frozenset())
 
     @rule(plan=dags())
     def add_and_cancel_a_flow(self, plan: list[PlannedStep]) -> None:
@@ -160,7 +169,24 @@ class Flows(RuleBasedStateMachine):
             assert await self.queue.cancel_flow(flow.id) == "cancelled"
             return flow.id
 
-        self.flows[self.portal.call(go)] = (plan, True, True)
+        self.flows[self.portal.call(go)] = (plan, True, True, frozenset())
+
+    @rule(plan=dags(), pick=st.integers(0, 7))
+    def add_a_flow_and_cancel_one_step(self, plan: list[PlannedStep], pick: int) -> None:
+        """One first step's job cancelled on its own (q.cancel) while the flow waits for its
+        run_at, then the rest of the flow moved to now (q.reschedule_flow)."""
+        roots = [i for i, step in enumerate(plan) if not step.after]
+        target = roots[pick % len(roots)]
+
+        async def go() -> str:
+            later = datetime.now(UTC) + timedelta(hours=1)
+            flow = await self.queue.enqueue_flow(self._steps(plan), later)
+            assert await self.queue.cancel(flow.jobs[f"s{target}"]) == "cancelled"
+            moved = await self.queue.reschedule_flow(flow.id, datetime.now(UTC))
+            assert moved == len(roots) - 1
+            return flow.id
+
+        self.flows[self.portal.call(go)] = (plan, False, False, frozenset({target}))
 
     # -- the end --------------------------------------------------------------------------------
 
@@ -197,9 +223,9 @@ class Flows(RuleBasedStateMachine):
                         break
                     await anyio.sleep(0.05)
         told = await self._flow_events()
-        for flow_id, (plan, with_end, cancelled) in self.flows.items():
+        for flow_id, (plan, with_end, cancelled, cancelled_steps) in self.flows.items():
             info = infos[flow_id]
-            states, flow_state = expected(plan, cancelled)
+            states, flow_state = expected(plan, cancelled, cancelled_steps)
             assert info.state == flow_state, (plan, cancelled, info)
             assert told.get(flow_id) == [f"flow.{flow_state}"], (plan, told.get(flow_id))
             got = {name: step.state for name, step in info.steps.items() if name != "end"}
