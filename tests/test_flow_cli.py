@@ -53,6 +53,17 @@ def test_flow_add_show_reschedule_cancel(server: LocalServer, stream: str) -> No
             await client.aclose()
 
     assert anyio.run(upload_state) == b"cancelled"
+    # Run again by hand, the step's job is queued; its flow keeps what it counted, and says so.
+    again = invoke("job", "retry", jobs["upload"], env=env)
+    assert (again.returncode, again.stdout) == (0, "queued\n"), again.stderr
+    assert again.stderr == (
+        f"streamq: note: step 'upload' of flow {flow_id}, which counted it cancelled: the flow "
+        "keeps that outcome (a flow's end is final; see docs/flows.md)\n"
+    )
+    assert json.loads(invoke("flow", "show", flow_id, "--json", env=env).stdout)["state"] == (
+        "cancelled"
+    )
+    assert anyio.run(upload_state) == b"queued"
 
 
 def test_bad_flow_files_are_refused_in_one_line(server: LocalServer, stream: str) -> None:
