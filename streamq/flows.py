@@ -509,6 +509,20 @@ async def cancel_flow(q: Queue, flow_id: str) -> FlowState:
     return (await flow_info(q.redis, flow_id)).state
 
 
+async def counted_outcome(redis: Redis, job_id: str) -> tuple[str, str, str] | None:
+    """For a step of a flow whose outcome the flow has counted: (flow id, step name, that
+    outcome). A retry or replay runs the job again but does not change the flow (a flow's
+    count is final, docs/flows.md); the CLI says so. None for any other job."""
+    member: Any = await redis.hget(keys.job(keys.stream_of_job(job_id), job_id), "flow")
+    if member is None:
+        return None
+    _, flow_id, step = codec.text(member).split(" ")
+    state: Any = await redis.hget(keys.flow(flow_id), f"s:{step}")
+    if state is None or codec.text(state) not in FINAL:
+        return None
+    return flow_id, step, codec.text(state)
+
+
 async def reschedule_flow(q: Queue, flow_id: str, run_at: datetime) -> int:
     """Move every step that has not started and is scheduled; returns how many moved."""
     info = await flow_info(q.redis, flow_id)

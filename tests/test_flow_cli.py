@@ -53,6 +53,17 @@ def test_flow_add_show_reschedule_cancel(server: LocalServer, stream: str) -> No
             await client.aclose()
 
     assert anyio.run(upload_state) == b"cancelled"
+    # Run again by hand, the step's job is queued; its flow keeps what it counted, and says so.
+    again = invoke("job", "retry", jobs["upload"], env=env)
+    assert (again.returncode, again.stdout) == (0, "queued\n"), again.stderr
+    assert again.stderr == (
+        f"streamq: note: step 'upload' of flow {flow_id}, which counted it cancelled: the flow "
+        "keeps that outcome (a flow's end is final; see docs/flows.md)\n"
+    )
+    assert json.loads(invoke("flow", "show", flow_id, "--json", env=env).stdout)["state"] == (
+        "cancelled"
+    )
+    assert anyio.run(upload_state) == b"queued"
 
 
 def test_bad_flow_files_are_refused_in_one_line(server: LocalServer, stream: str) -> None:
@@ -61,15 +72,45 @@ def test_bad_flow_files_are_refused_in_one_line(server: LocalServer, stream: str
         {"name": "a", "stream": stream, "after": ["b"]},
         {"name": "b", "stream": stream, "after": ["a"]},
     ]
+    unknown = [{"name": "a", "stream": stream, "after": ["nope"]}]
+    twice = [{"name": "a", "stream": stream}, {"name": "a", "stream": stream}]
+    refused = [
+        {"name": "a", "stream": stream},
+        {"name": "post", "stream": "instagram", "payload": {"text": "no picture"}},
+    ]
     cases = [
         (json.dumps(cycle), "streamq: error: the steps' 'after' make a cycle: "),
+        (json.dumps(unknown), "streamq: error: step 'a' is after unknown step 'nope'"),
+        (json.dumps(twice), "streamq: error: duplicate step name 'a'"),
+        (json.dumps(refused), "streamq: error: step 'post': instagram post refused: "),
         ('[{"name": "a"}]', "streamq: error: flow file -: Object missing required field"),
         ("{", "streamq: error: flow file - is not valid JSON"),
     ]
+    flows_before = anyio.run(flow_records, server.url)
     for text, message in cases:
         ran = invoke("flow", "add", "--file", "-", input=text, env=env)
         assert ran.returncode == 2, (text, ran.stdout)
         assert ran.stderr.startswith(message), ran.stderr
         assert ran.stderr.count("\n") == 1
+    assert anyio.run(nothing_enqueued, server.url, stream)
+    assert anyio.run(flow_records, server.url) == flows_before
     missing = invoke("flow", "show", "flow:0-0", env=env)
     assert (missing.returncode, missing.stderr) == (1, "streamq: error: no flow 'flow:0-0'\n")
+
+
+async def nothing_enqueued(url: str, stream: str) -> bool:
+    """No lane or schedule of the stream was written for the refused files."""
+    client = connection.client(url)
+    try:
+        return int(await client.exists(*keys.lanes(stream), keys.delayed(stream))) == 0
+    finally:
+        await client.aclose()
+
+
+async def flow_records(url: str) -> int:
+    """How many flow records the server holds (other tests' among them)."""
+    client = connection.client(url)
+    try:
+        return len([key async for key in client.scan_iter(match=keys.flow("*"))])
+    finally:
+        await client.aclose()

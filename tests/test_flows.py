@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 import streamq
-from streamq import channel, flows, keys
+from streamq import channel, codec, flows, keys
 from streamq.errors import ConfigError, Fail, FlowError, FlowNotFound, PayloadError
 from streamq.job import Job
 from streamq.worker import Worker
@@ -429,3 +429,69 @@ async def test_a_bad_outbox_member_does_not_stop_a_worker(
             info = await ended(q, flow.id)
     assert info.state == "done"
     assert await redis.zrange(keys.flow_outbox(stream), 0, -1) == [b"not a member at all"]
+
+
+async def test_a_failed_step_run_again_by_replay_leaves_its_ended_flow_as_it_ended(
+    redis_url: str, redis: Redis, stream: str
+) -> None:
+    """A flow counts each step's outcome once, as a BullMQ parent failed by its child or a
+    Celery chord does: replaying the failed step's dead letter runs its job again (the post
+    can still go out), but the flow stays failed, the steps it cancelled stay unrun, on_complete
+    does not run again, no second end event is written, and nothing is left in the outboxes."""
+    a, b = streams_of(stream, 2)
+    runs: Runs = []
+    steps = [
+        streamq.Step(name="publish", stream=a, payload=1),
+        streamq.Step(name="comment", stream=b, payload=2, after=["publish"]),
+    ]
+    async with streamq.connect(redis_url) as q:
+        flow = await q.enqueue_flow(steps, on_complete=streamq.Step(name="end", stream=b))
+        async with workers(redis, [a, b], recording(runs, fail={"publish"})):
+            before = await ended(q, flow.id)
+            await poll(lambda: sum(step == "end" for _, step, _ in runs) == 1)
+        assert before.state == "failed"
+        assert await q.replay(a, [flow.jobs["publish"]]) == 1
+        async with workers(redis, [a, b], recording(runs)):
+            await poll(lambda: _job_is(q, flow.jobs["publish"], "done"))
+            await poll(lambda: _outbox_is(redis, a, 0))
+        after = await q.flow(flow.id)
+        events = await flow_events(q, [a, b], flow.id)
+    assert [step for _, step, _ in runs] == ["publish", "end", "publish"]
+    assert after.state == "failed"
+    assert {name: step.state for name, step in after.steps.items()} == {
+        "publish": "failed",
+        "comment": "cancelled",
+        "end": "done",
+    }
+    assert after.finished_at_ms == before.finished_at_ms
+    assert [ev.type for ev in events] == ["flow.failed"]
+    assert await redis.zcard(keys.flow_outbox(b)) == 0
+
+
+async def _job_is(q: streamq.Queue, job_id: str, state: str) -> bool:
+    return (await q.job(job_id)).state == state
+
+
+def test_the_names_other_checks_rely_on() -> None:
+    """Issue 24's spellings: Step's fields, enqueue_flow's and cross_post's parameters."""
+    import inspect
+
+    step = streamq.Step(
+        name="a", stream="s", payload=1, after=["b"], on_failure="continue", account="acme"
+    )
+    assert (step.name, step.after, step.on_failure, step.account) == (
+        "a",
+        ["b"],
+        "continue",
+        "acme",
+    )
+    enqueue = inspect.signature(streamq.Queue.enqueue_flow).parameters
+    assert list(enqueue)[:4] == ["self", "steps", "run_at", "on_complete"]
+    assert enqueue["run_at"].default is None
+    assert enqueue["on_complete"].default is None
+    cross = inspect.signature(streamq.Queue.cross_post).parameters
+    assert list(cross)[:3] == ["self", "post", "platforms"]
+    assert {"account", "run_at"} <= set(cross)
+    assert set(streamq.Flow.__struct_fields__) == {"id", "jobs"}
+    assert {"state", "steps"} <= set(streamq.FlowInfo.__struct_fields__)
+    assert {"id", "step", "results"} <= set(codec.FlowRef.__struct_fields__)

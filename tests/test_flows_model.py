@@ -1,10 +1,11 @@
 """A stateful hypothesis test of flows against a model, on real servers and real workers.
 
 Rules add flows with random DAGs (up to 8 steps on three streams, random `after`, failure
-policies, outcomes and an optional on_complete step), some cancelled before any step runs, and
-make workers "die" between finishing a step and telling its flow (the worker drops the tell:
-only the outbox and the other workers' sweeps are left). At the end, every flow must have
-ended as the model says:
+policies, outcomes and an optional on_complete step), some cancelled before any step runs, some
+with one first step's job cancelled on its own (the rest moved to now by reschedule_flow), and
+make workers "die" between finishing a step and telling its flow, or part way through telling
+it (after the outcome is written; after the released steps are enqueued): only the outbox and
+the other workers' sweeps are left. At the end, every flow must have ended as the model says:
   - each step ran at most once, never before every step it is after had finished;
   - dependents of a failed step obey its policy; cancelled steps never ran;
   - a step saw exactly the results of the steps it ran after;
@@ -14,6 +15,7 @@ On Valkey, Redis 7 and the cluster (the three streams and the flows on different
 
 from __future__ import annotations
 
+import contextvars
 import os
 import uuid
 from collections.abc import Sequence
@@ -31,7 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
 import streamq
-from streamq import connection, flows
+from streamq import connection, flows, keys, scripts
 from streamq.errors import Fail
 from streamq.job import Job
 from streamq.worker import Worker, WorkerOptions
@@ -40,6 +42,12 @@ pytestmark = pytest.mark.cluster
 
 OPTIONS = WorkerOptions(visibility_timeout=3.0, block_seconds=0.2, max_attempts=1, concurrency=4)
 POLICIES = ("fail_flow", "continue", "ignore")
+DEATHS = ("before_telling", "after_advance", "before_marking_released")
+"""Where a worker dies while it tells a flow: before it starts (only the outbox member is left);
+right after advance_flow wrote the outcome (before the end event and any release); after the
+released steps were enqueued, before the flow marks them released. Each leaves the outbox
+member for another worker's sweep."""
+DYING: contextvars.ContextVar[str] = contextvars.ContextVar("DYING", default="")
 
 
 class PlannedStep(msgspec.Struct, frozen=True):
@@ -47,7 +55,8 @@ class PlannedStep(msgspec.Struct, frozen=True):
     policy: str
     succeeds: bool
     stream: int
-    dies_before_telling: bool
+    dies: str
+    """Where this step's worker "dies" after recording it: "" (it does not), or one of DEATHS."""
 
 
 @st.composite
@@ -62,20 +71,28 @@ def dags(draw: Any) -> list[PlannedStep]:
                 policy=draw(st.sampled_from(POLICIES)),
                 succeeds=draw(st.booleans().map(lambda b: b or draw(st.booleans()))),
                 stream=draw(st.integers(0, 2)),
-                dies_before_telling=draw(st.booleans()),
+                dies=draw(st.sampled_from(("", *DEATHS))),
             )
         )
     return steps
 
 
-def expected(plan: Sequence[PlannedStep], cancelled: bool) -> tuple[dict[str, str], str]:
-    """The model: each step's final state and the flow's."""
+def expected(
+    plan: Sequence[PlannedStep], cancelled: bool, cancelled_steps: frozenset[int] = frozenset()
+) -> tuple[dict[str, str], str]:
+    """The model: each step's final state and the flow's (``cancelled``: the whole flow before
+    any step ran; ``cancelled_steps``: those steps' jobs cancelled on their own before they
+    ran)."""
     states: dict[str, str] = {}
     for i, step in enumerate(plan):
-        stopped = cancelled or any(
-            states[f"s{a}"] == "cancelled"
-            or (states[f"s{a}"] == "failed" and plan[a].policy == "fail_flow")
-            for a in step.after
+        stopped = (
+            cancelled
+            or i in cancelled_steps
+            or any(
+                states[f"s{a}"] == "cancelled"
+                or (states[f"s{a}"] == "failed" and plan[a].policy == "fail_flow")
+                for a in step.after
+            )
         )
         states[f"s{i}"] = "cancelled" if stopped else ("done" if step.succeeds else "failed")
     if cancelled:
@@ -101,7 +118,7 @@ class Flows(RuleBasedStateMachine):
         )
         tag = uuid.uuid4().hex[:8]
         self.streams = [f"fm{tag}-{i}" for i in range(3)]
-        self.flows: dict[str, tuple[list[PlannedStep], bool, bool]] = {}
+        self.flows: dict[str, tuple[list[PlannedStep], bool, bool, frozenset[int]]] = {}
         self.events: list[tuple[str, str, str, Any]] = []  # (flow, step, start|end, seen)
         self.queue = self.portal.call(self._start)
         self.workers = []
@@ -132,7 +149,7 @@ class Flows(RuleBasedStateMachine):
             flows.Step(
                 name=f"s{i}",
                 stream=self.streams[step.stream],
-                payload={"succeeds": step.succeeds, "dies": step.dies_before_telling},
+                payload={"succeeds": step.succeeds, "dies": step.dies},
                 after=[f"s{a}" for a in step.after],
                 on_failure=step.policy,  # type: ignore[arg-type]
             )
@@ -142,14 +159,14 @@ class Flows(RuleBasedStateMachine):
     @rule(plan=dags(), with_on_complete=st.booleans())
     def add_flow(self, plan: list[PlannedStep], with_on_complete: bool) -> None:
         last = flows.Step(
-            name="end", stream=self.streams[0], payload={"succeeds": True, "dies": False}
+            name="end", stream=self.streams[0], payload={"succeeds": True, "dies": ""}
         )
         flow = self.portal.call(
             lambda: self.queue.enqueue_flow(
                 self._steps(plan), on_complete=last if with_on_complete else None
             )
         )
-        self.flows[flow.id] = (plan, with_on_complete, False)
+        self.flows[flow.id] = (plan, with_on_complete, False, frozenset())
 
     @rule(plan=dags())
     def add_and_cancel_a_flow(self, plan: list[PlannedStep]) -> None:
@@ -160,7 +177,24 @@ class Flows(RuleBasedStateMachine):
             assert await self.queue.cancel_flow(flow.id) == "cancelled"
             return flow.id
 
-        self.flows[self.portal.call(go)] = (plan, True, True)
+        self.flows[self.portal.call(go)] = (plan, True, True, frozenset())
+
+    @rule(plan=dags(), pick=st.integers(0, 7))
+    def add_a_flow_and_cancel_one_step(self, plan: list[PlannedStep], pick: int) -> None:
+        """One first step's job cancelled on its own (q.cancel) while the flow waits for its
+        run_at, then the rest of the flow moved to now (q.reschedule_flow)."""
+        roots = [i for i, step in enumerate(plan) if not step.after]
+        target = roots[pick % len(roots)]
+
+        async def go() -> str:
+            later = datetime.now(UTC) + timedelta(hours=1)
+            flow = await self.queue.enqueue_flow(self._steps(plan), later)
+            assert await self.queue.cancel(flow.jobs[f"s{target}"]) == "cancelled"
+            moved = await self.queue.reschedule_flow(flow.id, datetime.now(UTC))
+            assert moved == len(roots) - 1
+            return flow.id
+
+        self.flows[self.portal.call(go)] = (plan, False, False, frozenset({target}))
 
     # -- the end --------------------------------------------------------------------------------
 
@@ -185,9 +219,12 @@ class Flows(RuleBasedStateMachine):
                     found.setdefault(event.job, []).append(event.type)
         return found
 
+    async def _outboxes_empty(self) -> bool:
+        return not sum([await self.redis.zcard(keys.flow_outbox(s)) for s in self.streams])
+
     async def _check(self) -> None:
         infos: dict[str, flows.FlowInfo] = {}
-        with anyio.fail_after(20):
+        with anyio.fail_after(30):
             for flow_id in self.flows:
                 while True:
                     info = await self.queue.flow(flow_id)
@@ -196,10 +233,16 @@ class Flows(RuleBasedStateMachine):
                         infos[flow_id] = info
                         break
                     await anyio.sleep(0.05)
+            # A flow can end in a tell that died before its end event (after_advance): the
+            # event is written by the sweep that finishes that tell, which empties the outbox.
+            while True:
+                if await self._outboxes_empty():
+                    break
+                await anyio.sleep(0.05)
         told = await self._flow_events()
-        for flow_id, (plan, with_end, cancelled) in self.flows.items():
+        for flow_id, (plan, with_end, cancelled, cancelled_steps) in self.flows.items():
             info = infos[flow_id]
-            states, flow_state = expected(plan, cancelled)
+            states, flow_state = expected(plan, cancelled, cancelled_steps)
             assert info.state == flow_state, (plan, cancelled, info)
             assert told.get(flow_id) == [f"flow.{flow_state}"], (plan, told.get(flow_id))
             got = {name: step.state for name, step in info.steps.items() if name != "end"}
@@ -233,12 +276,33 @@ def machine(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> type[Flows]:
 
     real_tell = flows.tell_jobs
 
-    async def some_die_before_telling(redis: Any, jobs: Sequence[Job]) -> None:
-        """The steps marked so are left to the outbox, as if their worker died right after
-        recording them."""
+    async def some_die_while_telling(redis: Any, jobs: Sequence[Job]) -> None:
+        """The steps marked so are left to the outbox, as if their worker died before telling
+        the flow, or part way through (the script it reaches there raises)."""
         await real_tell(redis, [job for job in jobs if not job.payload.get("dies")])
+        for death in DEATHS[1:]:
+            dying = [job for job in jobs if job.payload.get("dies") == death]
+            if dying:
+                DYING.set(death)
+                try:
+                    await real_tell(redis, dying)
+                finally:
+                    DYING.set("")
 
-    monkeypatch.setattr(flows, "tell_jobs", some_die_before_telling)
+    def dies_at(name: str, deaths: tuple[str, ...]) -> None:
+        real = getattr(scripts, name)
+
+        async def maybe(*args: Any, **kwargs: Any) -> Any:
+            if DYING.get() in deaths:
+                raise RuntimeError(f"the worker died at {name}")
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(scripts, name, maybe)
+
+    dies_at("announce_flow", ("after_advance",))
+    dies_at("enqueue_jobs", ("after_advance",))
+    dies_at("mark_flow_released", DEATHS[1:])
+    monkeypatch.setattr(flows, "tell_jobs", some_die_while_telling)
     monkeypatch.setattr(flows, "OUTBOX_GRACE_MS", 100)
     return OnThisServer
 

@@ -10,6 +10,7 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,6 +22,7 @@ from redis.asyncio import Redis
 import streamq
 from streamq import keys
 from streamq.config import Config, parse_config
+from streamq.errors import Fail
 from streamq.handler import Hooks
 from streamq.job import Job
 from streamq.webhooks import Deliveries, delivery_stream
@@ -135,6 +137,56 @@ async def test_every_event_arrives_signed_and_once_per_successful_delivery(
     assert not verify("another secret", *receiver.accepted[0])
     assert set(receiver.tries.values()) == {3}  # two refusals, then accepted: no extra sends
     assert delivered[0]["result"] == {"ok": delivered[0]["result"]["ok"]}
+
+
+async def test_a_flows_end_reaches_its_webhook_once_with_each_steps_outcome(
+    redis_url: str, redis: Redis, stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flow.done, flow.failed and flow.cancelled, asked for by a webhook of the stream of the
+    flows' first step, are delivered once each, signed, with each step's final state; the
+    steps' own events are not (the hook did not ask for them)."""
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
+    other = f"{stream}-b"
+    wanted = ["flow.done", "flow.failed", "flow.cancelled"]
+    with Receiver() as hook:
+        config = config_for(stream, hook.url, events=wanted, secret_env="TEST_WEBHOOK_SECRET")
+        deliveries = Deliveries(redis, stream, config, "test-consumer")
+
+        async def handler(job: Job) -> Any:
+            if job.payload == "refused":
+                raise Fail("the platform refused it")
+            return {"id": job.payload}
+
+        def steps(first: str) -> list[streamq.Step]:
+            return [
+                streamq.Step(name="publish", stream=stream, payload=first),
+                streamq.Step(name="comment", stream=other, payload="c", after=["publish"]),
+            ]
+
+        async with streamq.connect(redis_url) as q, anyio.create_task_group() as tasks:
+            tasks.start_soon(deliveries.run)
+            done = await q.enqueue_flow(steps("p"))
+            failed = await q.enqueue_flow(steps("refused"))
+            later = datetime.now(UTC) + timedelta(hours=1)
+            cancelled = await q.enqueue_flow(steps("p"), run_at=later)
+            assert await q.cancel_flow(cancelled.id) == "cancelled"
+            async with (
+                Running(Worker(redis, stream, handler, options(burst=False))),
+                Running(Worker(redis, other, handler, options(burst=False))),
+            ):
+                await poll(lambda: len(hook.accepted) == 3, within=30)
+            deliveries.stop()
+    delivered = {json.loads(body)["job"]: json.loads(body) for _, body in hook.accepted}
+    assert {flow: event["type"] for flow, event in delivered.items()} == {
+        done.id: "flow.done",
+        failed.id: "flow.failed",
+        cancelled.id: "flow.cancelled",
+    }
+    assert delivered[done.id]["result"] == {"publish": "done", "comment": "done"}
+    assert delivered[failed.id]["result"] == {"publish": "failed", "comment": "cancelled"}
+    assert delivered[cancelled.id]["result"] == {"publish": "cancelled", "comment": "cancelled"}
+    assert all(verify(SECRET, headers, body) for headers, body in hook.accepted)
+    assert all(n == 1 for n in hook.tries.values())
 
 
 async def test_a_receiver_down_for_good_ends_in_the_dead_letters_and_publishing_goes_on(

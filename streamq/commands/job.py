@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from streamq import channel
+from streamq import channel, flows
 from streamq.client import Queue
 from streamq.commands.common import (
     FAILURE,
@@ -134,7 +135,15 @@ async def cancel_job(args: argparse.Namespace, config: Config) -> int:
 async def retry_job(args: argparse.Namespace, config: Config) -> int:
     async with Queue(args.redis_url, config=config) as q:
         await q.retry(args.id)
+        counted = await flows.counted_outcome(q.redis, args.id)
     print("queued")
+    if counted is not None:
+        flow_id, step, outcome = counted
+        print(
+            f"streamq: note: step {step!r} of flow {flow_id}, which counted it {outcome}: "
+            "the flow keeps that outcome (a flow's end is final; see docs/flows.md)",
+            file=sys.stderr,
+        )
     return 0
 
 
