@@ -55,7 +55,7 @@ import orjson
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from streamq import codec, keys, scripts
+from streamq import codec, control, keys, scripts
 from streamq.connection import TRANSIENT_ERRORS
 from streamq.errors import (
     ConfigError,
@@ -333,7 +333,12 @@ async def drain(redis: Redis, flow_id: str) -> list[str]:
         member = codec.outbox_member(step["job"], envelope.flow)  # type: ignore[arg-type]
         await redis.hset(keys.job(step["stream"], step["job"]), "flow", member)
         released.append(name)
-    await scripts.mark_flow_released(redis, flow_id, released)
+    # A cancel_flow between the read above and this mark made these steps final as
+    # 'cancelled' while their jobs were being enqueued: cancel the jobs, so they do not run.
+    job_of = {step["name"]: step["job"] for step in spec["steps"]}
+    for name in await scripts.mark_flow_released(redis, flow_id, released):
+        with contextlib.suppress(JobNotFound, InvalidJobState):  # ended already
+            await control.cancel(redis, job_of[name])
     return released
 
 

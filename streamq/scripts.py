@@ -873,11 +873,12 @@ async def advance_flow(
     return codec.text(flow_state), bool(ended)
 
 
-async def mark_flow_released(redis: Redis, flow_id: str, steps: Sequence[str]) -> int:
-    """Note that ``steps`` were enqueued; returns how many were still to be."""
+async def mark_flow_released(redis: Redis, flow_id: str, steps: Sequence[str]) -> list[str]:
+    """Note that ``steps`` were enqueued; returns those cancelled with their flow meanwhile."""
     if not steps:
-        return 0
-    return int(await _run(redis, "mark_flow_released", [keys.flow(flow_id)], list(steps)))
+        return []
+    reply = await _run(redis, "mark_flow_released", [keys.flow(flow_id)], list(steps))
+    return [codec.text(name) for name in reply]
 
 
 async def cancel_flow(

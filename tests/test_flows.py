@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 import streamq
-from streamq import channel, codec, flows, keys
+from streamq import channel, codec, flows, keys, scripts
 from streamq.errors import ConfigError, Fail, FlowError, FlowNotFound, PayloadError
 from streamq.job import Job
 from streamq.worker import Worker
@@ -265,6 +265,53 @@ async def test_cancel_flow_cancels_steps_not_started_and_reschedule_moves_schedu
         assert [step for _, step, _ in runs] == ["end"]
         assert info.state == "cancelled"
         assert [ev.type for ev in await flow_events(q, [a, b], flow.id)] == ["flow.cancelled"]
+
+
+async def test_a_cancel_landing_while_a_step_is_being_released_still_stops_it(
+    redis_url: str, redis: Redis, stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cancel_flow runs between a drain's read of a step as 'releasing' and its mark: the
+    flow counts the step cancelled while the drain has just enqueued its job. The drain then
+    cancels that job, as q.cancel would: it never starts, or its handler sees job.cancelled
+    (this one waits for that, and ends the run when it does)."""
+    a, b = streams_of(stream, 2)
+    steps = [
+        streamq.Step(name="first", stream=a),
+        streamq.Step(name="second", stream=b, after=["first"]),
+    ]
+    mark = scripts.mark_flow_released
+
+    async def cancelled_meanwhile(redis: Redis, flow_id: str, names: list[str]) -> list[str]:
+        if "second" in names:
+            await scripts.cancel_flow(redis, flow_id, retention_ms=flows.RETENTION_MS)
+        return await mark(redis, flow_id, names)
+
+    runs: Runs = []
+    record = recording(runs)
+
+    async def handler(job: Job) -> Any:
+        if job.flow is not None and job.flow.step == "second":
+            with contextlib.suppress(TimeoutError):
+                await poll(lambda: job.cancelled, within=5)
+            if job.cancelled:
+                raise Fail("told it was cancelled")
+        return await record(job)
+
+    monkeypatch.setattr(scripts, "mark_flow_released", cancelled_meanwhile)
+    async with streamq.connect(redis_url) as q:
+        flow = await q.enqueue_flow(steps)
+        async with workers(redis, [a, b], handler):
+            info = await ended(q, flow.id)
+            second = flow.jobs["second"]
+            await poll(lambda: _job_state_is(q, second, ("cancelled", "done")))
+        assert (await q.job(second)).state == "cancelled"
+        assert [step for _, step, _ in runs] == ["first"]
+        assert info.state == "cancelled"
+        assert info.steps["second"].state == "cancelled"
+
+
+async def _job_state_is(q: streamq.Queue, job_id: str, states: tuple[str, ...]) -> bool:
+    return (await q.job(job_id)).state in states
 
 
 async def test_a_worker_dying_before_it_tells_the_flow_loses_and_doubles_nothing(
