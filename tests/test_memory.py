@@ -101,11 +101,17 @@ async def test_one_scheduled_job_costs_its_record_and_its_delayed_member(
     producer = Producer(redis)
     await producer.enqueue(stream, {"n": 0, "text": "a post"}, options=JobOptions(delay=3600))
     delayed_before = await used_by(redis, [keys.delayed(stream)])
-    job_id = await producer.enqueue(stream, PAYLOAD, options=JobOptions(delay=3600))
-    record = await used_by(redis, [keys.job(stream, job_id)])
-    member = await used_by(redis, [keys.delayed(stream)]) - delayed_before
+    jobs = 50
+    job_ids = [
+        await producer.enqueue(stream, PAYLOAD, options=JobOptions(delay=3600)) for _ in range(jobs)
+    ]
+    # The mean of many: the same record's MEMORY USAGE is one allocator size class more now
+    # and then (176 bytes for most records on Valkey 8.1, 192 or 208 for ~8 % and ~3 % of
+    # identical ones, measured over 2,000), so a single record may land a step higher.
+    record = await used_by(redis, [keys.job(stream, job_id) for job_id in job_ids]) / jobs
+    member = (await used_by(redis, [keys.delayed(stream)]) - delayed_before) / jobs
     # The compact encoding is the half of the saving that a size cannot show exactly.
-    assert await redis.object("encoding", keys.job(stream, job_id)) == b"listpack"
+    assert await redis.object("encoding", keys.job(stream, job_ids[0])) == b"listpack"
     # 250, not the 224-232 measured: the allocator rounds each listpack up to a size class, so
     # a few bytes more in a random id or a time can cost a step.
     assert record + member <= 250, (record, member)
