@@ -257,9 +257,10 @@ async def test_a_done_record_keeps_its_payload_without_repeating_its_id(
     (finish_jobs drops it): MEMORY USAGE 272 bytes on Valkey 8.1 (336 with the envelope less the
     id and the run count, 712 before; issue 28 asks for 150)."""
     stream = f"m{stream[-6:]}"  # a name of fixed length: it is spelled in the record's key
-    [job_id] = await Producer(redis).enqueue_many(stream, [PAYLOAD])
+    job_ids = await Producer(redis).enqueue_many(stream, [PAYLOAD] * 20)
+    job_id = job_ids[0]
     # A consumer name of fixed length: the record keeps it (the host name would vary).
-    await _run_all(redis_url, redis, stream, [job_id], consumer="worker-1")
+    await _run_all(redis_url, redis, stream, job_ids, consumer="worker-1")
     record: Any = await redis.hgetall(keys.job(stream, job_id))
     assert job_id.encode() not in record[b"env"]
     assert record[b"env"] == b"~" + msgspec.json.encode(PAYLOAD)
@@ -270,7 +271,10 @@ async def test_a_done_record_keeps_its_payload_without_repeating_its_id(
     assert await redis.object("encoding", keys.job(stream, job_id)) == b"listpack"
     assert b"runs" not in record
     assert b"run_entry" not in record
-    assert int(await redis.memory_usage(keys.job(stream, job_id), samples=0) or 0) <= 288
+    # The mean of 20: a record measures one allocator size class more now and then
+    # (test_one_scheduled_job_costs_its_record_and_its_delayed_member says how often).
+    mean = await used_by(redis, [keys.job(stream, done) for done in job_ids]) / len(job_ids)
+    assert mean <= 288, mean
 
 
 async def test_a_done_record_of_the_previous_form_reads_as_before(
