@@ -37,6 +37,14 @@ def test_flow_add_show_reschedule_cancel(server: LocalServer, stream: str) -> No
         "notify": "held",
     }
     assert info["steps"]["publish"]["job"] == jobs["publish"]
+    # A held step's job id is printed above, but its job is only enqueued once released: the
+    # refusal says so, rather than leaving "never enqueued" to puzzle whoever pasted the id.
+    held = invoke("job", "show", jobs["publish"], env=env)
+    assert held.returncode == 1
+    assert held.stderr == (
+        f"streamq: error: no job {jobs['publish']!r} (never enqueued, a flow step not released "
+        "yet, or its record passed retention)\n"
+    )
     moved = invoke("flow", "reschedule", flow_id, "--delay", "2h", env=env)
     assert (moved.returncode, moved.stdout.split(" ")[0]) == (0, "1"), moved.stderr
     text = invoke("flow", "show", flow_id, env=env)
