@@ -776,6 +776,10 @@ def test_a_flows_on_complete_step_is_drawn_last_and_its_then_link_opens_its_job(
     expect(then).to_have_attribute("href", f"#/jobs/{flow.jobs['notify']}")
     then.click()
     expect(page.locator("#view p.error")).to_contain_text("a flow step not released yet")
+    # A step's job page leads back to its flow.
+    page.goto(f"{admin_server.url}/#/jobs/{flow.jobs['upload']}")
+    page.locator("#job-options").get_by_role("link", name=flow.id).click()
+    expect(page.locator("#flow-state")).to_have_text("scheduled")
 
 
 # -- safety: user data is text, a read-only token has no buttons ------------------------------

@@ -573,8 +573,10 @@ async function jobPage(id) {
   return sections;
 }
 
-// One of the job's own settings as a row: durations in ms shown as durations.
+// One of the job's own settings as a row: durations in ms shown as durations; a flow step's
+// flow as a link to the flow's page.
 function setting([name, value]) {
+  if (name === "flow" && typeof value === "string") return [name, h("a", { href: flowHref(value) }, value)];
   if (name.endsWith("_ms") && typeof value === "number") return [name.slice(0, -3).replaceAll("_", " "), duration(value)];
   return [name.replaceAll("_", " "), typeof value === "object" ? JSON.stringify(value) : String(value)];
 }
