@@ -93,6 +93,15 @@ def test_bad_flow_files_are_refused_in_one_line(server: LocalServer, stream: str
         (json.dumps(refused), "streamq: error: step 'post': instagram post refused: "),
         ('[{"name": "a"}]', "streamq: error: flow file -: Object missing required field"),
         ("{", "streamq: error: flow file - is not valid JSON"),
+        # As enqueue refuses them: before the flow's record is written, not a traceback after.
+        (
+            json.dumps([{"name": "a", "stream": stream, "max_attempts": 0}]),
+            "streamq: error: step 'a': max_attempts must be from 1 to ",
+        ),
+        (
+            json.dumps([{"name": "a", "stream": stream, "account": ""}]),
+            "streamq: error: step 'a': invalid account ''",
+        ),
     ]
     flows_before = anyio.run(flow_records, server.url)
     for text, message in cases:
