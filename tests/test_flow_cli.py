@@ -37,6 +37,12 @@ def test_flow_add_show_reschedule_cancel(server: LocalServer, stream: str) -> No
         "notify": "held",
     }
     assert info["steps"]["publish"]["job"] == jobs["publish"]
+    as_json = invoke("flow", "add", "--file", "-", "--json", input=json.dumps(flow), env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    added_json = json.loads(as_json.stdout)
+    assert added_json["id"].startswith("flow:")
+    assert set(added_json["jobs"]) == {"upload", "publish", "notify"}
+    assert invoke("flow", "cancel", added_json["id"], env=env).returncode == 0
     # A held step's job id is printed above, but its job is only enqueued once released: the
     # refusal says so, rather than leaving "never enqueued" to puzzle whoever pasted the id.
     held = invoke("job", "show", jobs["publish"], env=env)
