@@ -4,6 +4,7 @@ refusals with exit 2, and JSON output."""
 from __future__ import annotations
 
 import json
+import time
 
 import anyio
 
@@ -137,3 +138,37 @@ async def flow_records(url: str) -> int:
         return len([key async for key in client.scan_iter(match=keys.flow("*"))])
     finally:
         await client.aclose()
+
+
+def test_cancelling_a_flow_that_ended_is_refused_like_a_finished_job(
+    server: LocalServer, stream: str
+) -> None:
+    env = {"STREAMQ_REDIS_URL": server.url}
+    steps = [{"name": "only", "stream": stream, "payload": "p"}]
+    flow_id = invoke("flow", "add", "--file", "-", input=json.dumps(steps), env=env).stdout.split()[
+        0
+    ]
+    ran = invoke(
+        "consume",
+        "--stream",
+        stream,
+        "--handler",
+        "streamq.examples:print_post",
+        "--burst",
+        env=env,
+    )
+    assert ran.returncode == 0, ran.stderr
+
+    def state() -> str:
+        shown = invoke("flow", "show", flow_id, "--json", env=env)
+        return str(json.loads(shown.stdout)["state"])
+
+    deadline = time.monotonic() + 10
+    while state() != "done":  # the step's end reaches its flow through the outbox
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cancelled = invoke("flow", "cancel", flow_id, env=env)
+    assert (cancelled.returncode, cancelled.stdout) == (1, "")
+    assert cancelled.stderr == (
+        f"streamq: error: flow {flow_id} already ended done: nothing to cancel\n"
+    )

@@ -24,8 +24,11 @@ from streamq.commands.common import (
     when_text,
 )
 from streamq.config import Config
+from streamq.errors import InvalidJobState
 from streamq.flows import Step
 
+ENDED = frozenset({"done", "failed", "partially_done"})
+"""A flow's end states that a cancel cannot change (a cancelled flow cancelled again is)."""
 ID_HELP = "the flow's id, as flow add printed it (flow:...)"
 
 
@@ -137,6 +140,9 @@ async def show_flow(args: argparse.Namespace, config: Config) -> int:
 
 async def cancel_flow(args: argparse.Namespace, config: Config) -> int:
     async with Queue(args.redis_url, config=config) as q:
+        before = (await q.flow(args.id)).state
+        if before in ENDED:  # as job cancel refuses a finished job: exit 1, not "done"
+            raise InvalidJobState(f"flow {args.id} already ended {before}: nothing to cancel")
         print(await q.cancel_flow(args.id))
     return 0
 
