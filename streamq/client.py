@@ -316,6 +316,10 @@ class Queue:
     ) -> flows.Flow:
         """Publish one post to several platforms as one flow (one step per platform, named
         after it): the post is checked for every platform before anything is enqueued."""
+        if isinstance(platforms, str):  # a str is a Sequence[str]: one step per letter
+            raise FlowError(
+                f"cross_post takes a list of platforms, not one string: platforms=[{platforms!r}]"
+            )
         if not platforms:
             raise FlowError("cross_post needs at least one platform")
         steps = [

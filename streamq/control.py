@@ -146,7 +146,10 @@ async def _record(redis: Redis, job_id: str) -> tuple[str, dict[bytes, bytes]]:
     stream = _stream_of(job_id)
     record: Any = await redis.hgetall(keys.job(stream, job_id))
     if not record:
-        raise JobNotFound(f"no job {job_id!r} (never enqueued, or its record passed retention)")
+        raise JobNotFound(
+            f"no job {job_id!r} (never enqueued, a flow step not released yet, "
+            "or its record passed retention)"
+        )
     return stream, record
 
 

@@ -56,6 +56,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from streamq import codec, control, keys, scripts
+from streamq.config import MAX_ATTEMPTS
 from streamq.connection import TRANSIENT_ERRORS
 from streamq.errors import (
     ConfigError,
@@ -203,6 +204,9 @@ async def enqueue_flow(
             priority = check_priority(step.priority)
             if step.account is not None:
                 keys.check_account(step.account)
+            # As enqueue checks it, before the flow's record (and this envelope) is written.
+            if step.max_attempts is not None and not 1 <= step.max_attempts <= MAX_ATTEMPTS:
+                raise ConfigError(f"max_attempts must be from 1 to {MAX_ATTEMPTS}")
             check = q.validator(stream)
             if check is not None:
                 check([step.payload])
@@ -224,8 +228,10 @@ async def enqueue_flow(
                 flow=codec.FlowRef(id=flow_id, step=step.name),
             )
             encoded = codec.encode_new(envelope)
-        except (ConfigError, PayloadError, ValueError) as exc:
+        except (ConfigError, PayloadError) as exc:
             raise type(exc)(f"step {step.name!r}: {exc}") from None
+        except ValueError as exc:  # keys' checks: a ConfigError, as enqueue raises it
+            raise ConfigError(f"step {step.name!r}: {exc}") from None
         max_bytes = q.config.stream(stream).max_payload_bytes
         if len(encoded) > max_bytes:
             raise PayloadError(

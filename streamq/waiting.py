@@ -239,7 +239,8 @@ class Waiters:
         error: BaseException | None = None
         if not record:
             error = JobNotFound(
-                f"no job {job_id!r} (never enqueued, or its record passed retention)"
+                f"no job {job_id!r} (never enqueued, a flow step not released yet, "
+                "or its record passed retention)"
             )
         else:
             state = record.get(b"state", b"").decode()

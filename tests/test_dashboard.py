@@ -751,6 +751,37 @@ def test_a_flow_shows_its_steps_by_depth_linked_to_their_jobs(
     expect(page.locator("#view p.error")).to_have_text("no flow 'flow:0-0'")
 
 
+def test_a_flows_on_complete_step_is_drawn_last_and_its_then_link_opens_its_job(
+    page: Page, admin_server: AdminServer, redis_url: str, stream: str
+) -> None:
+    async def add_flow(q: streamq.Queue) -> streamq.Flow:
+        return await q.enqueue_flow(
+            [
+                streamq.Step(name="upload", stream=stream, payload={"file": "a.mp4"}),
+                streamq.Step(name="publish", stream=stream, after=["upload"]),
+            ],
+            on_complete=streamq.Step(name="notify", stream=f"{stream}-hooks"),
+        )
+
+    flow = on_server(redis_url, add_flow)
+    sign_in(page, admin_server, f"#/flows/{flow.id}")
+    layers = page.locator("#flow-graph > li.layer")
+    # notify runs once every step is final: right of all of them, not beside the first one.
+    expect(layers).to_have_count(3)
+    notify = layers.nth(2).locator('li[data-step="notify"]')
+    expect(notify).to_contain_text("after every step")
+    expect(layers.nth(0).locator("li.step")).to_have_count(1)
+    # The link is notify's job, not a job named "notify" (held, it is not enqueued yet).
+    then = page.locator("#flow-fields").get_by_role("link", name="notify")
+    expect(then).to_have_attribute("href", f"#/jobs/{flow.jobs['notify']}")
+    then.click()
+    expect(page.locator("#view p.error")).to_contain_text("a flow step not released yet")
+    # A step's job page leads back to its flow.
+    page.goto(f"{admin_server.url}/#/jobs/{flow.jobs['upload']}")
+    page.locator("#job-options").get_by_role("link", name=flow.id).click()
+    expect(page.locator("#flow-state")).to_have_text("scheduled")
+
+
 # -- safety: user data is text, a read-only token has no buttons ------------------------------
 
 XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'

@@ -4,6 +4,7 @@ refusals with exit 2, and JSON output."""
 from __future__ import annotations
 
 import json
+import time
 
 import anyio
 
@@ -37,6 +38,20 @@ def test_flow_add_show_reschedule_cancel(server: LocalServer, stream: str) -> No
         "notify": "held",
     }
     assert info["steps"]["publish"]["job"] == jobs["publish"]
+    as_json = invoke("flow", "add", "--file", "-", "--json", input=json.dumps(flow), env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    added_json = json.loads(as_json.stdout)
+    assert added_json["id"].startswith("flow:")
+    assert set(added_json["jobs"]) == {"upload", "publish", "notify"}
+    assert invoke("flow", "cancel", added_json["id"], env=env).returncode == 0
+    # A held step's job id is printed above, but its job is only enqueued once released: the
+    # refusal says so, rather than leaving "never enqueued" to puzzle whoever pasted the id.
+    held = invoke("job", "show", jobs["publish"], env=env)
+    assert held.returncode == 1
+    assert held.stderr == (
+        f"streamq: error: no job {jobs['publish']!r} (never enqueued, a flow step not released "
+        "yet, or its record passed retention)\n"
+    )
     moved = invoke("flow", "reschedule", flow_id, "--delay", "2h", env=env)
     assert (moved.returncode, moved.stdout.split(" ")[0]) == (0, "1"), moved.stderr
     text = invoke("flow", "show", flow_id, env=env)
@@ -85,6 +100,15 @@ def test_bad_flow_files_are_refused_in_one_line(server: LocalServer, stream: str
         (json.dumps(refused), "streamq: error: step 'post': instagram post refused: "),
         ('[{"name": "a"}]', "streamq: error: flow file -: Object missing required field"),
         ("{", "streamq: error: flow file - is not valid JSON"),
+        # As enqueue refuses them: before the flow's record is written, not a traceback after.
+        (
+            json.dumps([{"name": "a", "stream": stream, "max_attempts": 0}]),
+            "streamq: error: step 'a': max_attempts must be from 1 to ",
+        ),
+        (
+            json.dumps([{"name": "a", "stream": stream, "account": ""}]),
+            "streamq: error: step 'a': invalid account ''",
+        ),
     ]
     flows_before = anyio.run(flow_records, server.url)
     for text, message in cases:
@@ -114,3 +138,37 @@ async def flow_records(url: str) -> int:
         return len([key async for key in client.scan_iter(match=keys.flow("*"))])
     finally:
         await client.aclose()
+
+
+def test_cancelling_a_flow_that_ended_is_refused_like_a_finished_job(
+    server: LocalServer, stream: str
+) -> None:
+    env = {"STREAMQ_REDIS_URL": server.url}
+    steps = [{"name": "only", "stream": stream, "payload": "p"}]
+    flow_id = invoke("flow", "add", "--file", "-", input=json.dumps(steps), env=env).stdout.split()[
+        0
+    ]
+    ran = invoke(
+        "consume",
+        "--stream",
+        stream,
+        "--handler",
+        "streamq.examples:print_post",
+        "--burst",
+        env=env,
+    )
+    assert ran.returncode == 0, ran.stderr
+
+    def state() -> str:
+        shown = invoke("flow", "show", flow_id, "--json", env=env)
+        return str(json.loads(shown.stdout)["state"])
+
+    deadline = time.monotonic() + 10
+    while state() != "done":  # the step's end reaches its flow through the outbox
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cancelled = invoke("flow", "cancel", flow_id, env=env)
+    assert (cancelled.returncode, cancelled.stdout) == (1, "")
+    assert cancelled.stderr == (
+        f"streamq: error: flow {flow_id} already ended done: nothing to cancel\n"
+    )

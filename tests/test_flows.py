@@ -462,6 +462,10 @@ async def test_cross_post_checks_the_post_for_every_platform_first(redis_url: st
             await q.cross_post({"text": "hi"}, [])
         with pytest.raises(FlowError, match="duplicate step name 'x'"):
             await q.cross_post({"text": "hi"}, ["x", "x"])
+        # One string is a sequence of one-letter "platforms" (seven streams b, l, u, ...):
+        # refused before anything is enqueued.
+        with pytest.raises(FlowError, match=r"platforms=\['bluesky'\]"):
+            await q.cross_post({"text": "hi"}, "bluesky")
 
 
 async def test_a_bad_outbox_member_does_not_stop_a_worker(

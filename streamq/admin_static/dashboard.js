@@ -573,8 +573,10 @@ async function jobPage(id) {
   return sections;
 }
 
-// One of the job's own settings as a row: durations in ms shown as durations.
+// One of the job's own settings as a row: durations in ms shown as durations; a flow step's
+// flow as a link to the flow's page.
 function setting([name, value]) {
+  if (name === "flow" && typeof value === "string") return [name, h("a", { href: flowHref(value) }, value)];
   if (name.endsWith("_ms") && typeof value === "number") return [name.slice(0, -3).replaceAll("_", " "), duration(value)];
   return [name.replaceAll("_", " "), typeof value === "object" ? JSON.stringify(value) : String(value)];
 }
@@ -852,7 +854,9 @@ async function workersPage() {
 // -- flows --------------------------------------------------------------------------------
 
 // Steps in columns by dependency depth: a step sits one column right of its deepest parent.
-function layers(steps) {
+// The on_complete step names no parent but runs once every other step is final: a column of
+// its own, last.
+function layers(steps, onComplete) {
   const depth = new Map();
   const of = (name, seen = new Set()) => {
     if (depth.has(name)) return depth.get(name);
@@ -864,13 +868,18 @@ function layers(steps) {
     return d;
   };
   const columns = [];
-  for (const name of Object.keys(steps)) (columns[of(name)] ||= []).push(steps[name]);
-  return columns.filter(Boolean);
+  for (const name of Object.keys(steps)) {
+    if (name !== onComplete) (columns[of(name)] ||= []).push(steps[name]);
+  }
+  const drawn = columns.filter(Boolean);
+  if (onComplete && steps[onComplete]) drawn.push([steps[onComplete]]);
+  return drawn;
 }
 
 async function flowPage(id) {
   const flow = await api("GET", `/api/flows/${enc(id)}`);
-  const columns = layers(flow.steps);
+  const columns = layers(flow.steps, flow.on_complete);
+  const last = flow.on_complete ? flow.steps[flow.on_complete] : null;
   const graph = h("ol", { id: "flow-graph", class: "flow-graph", "aria-label": "Steps by dependency depth" },
     columns.map((column, depth) => h("li", { class: "layer" },
       h("span", { class: "visually-hidden" }, `Depth ${depth}: `),
@@ -878,14 +887,15 @@ async function flowPage(id) {
         h("p", { class: "step-name" }, step.name),
         h("p", {}, h("span", { class: `badge state-${step.state}`, "data-field": "state" }, step.state)),
         h("p", {}, jobLink(step.job)),
-        step.after.length ? h("p", { class: "muted" }, `after ${step.after.join(", ")}`) : null,
+        step === last ? h("p", { class: "muted" }, "after every step")
+          : step.after.length ? h("p", { class: "muted" }, `after ${step.after.join(", ")}`) : null,
         step.error ? h("p", { class: "error-text" }, step.error) : null,
         step.result !== null && step.result !== undefined ? h("pre", { class: "json" }, JSON.stringify(step.result)) : null))))));
   return [
     h("h2", {}, "Flow ", h("span", { class: "mono" }, flow.id), " ",
       h("span", { class: `badge state-${flow.state}`, id: "flow-state" }, flow.state)),
     fields([["created", when(flow.created_at_ms)], ["finished", when(flow.finished_at_ms)],
-      ["key", flow.key], ["then", flow.on_complete ? jobLink(flow.on_complete) : null]], "flow-fields"),
+      ["key", flow.key], ["then", last ? h("a", { href: jobHref(last.job), class: "job-link" }, last.name) : null]], "flow-fields"),
     graph,
   ];
 }

@@ -24,8 +24,11 @@ from streamq.commands.common import (
     when_text,
 )
 from streamq.config import Config
+from streamq.errors import InvalidJobState
 from streamq.flows import Step
 
+ENDED = frozenset({"done", "failed", "partially_done"})
+"""A flow's end states that a cancel cannot change (a cancelled flow cancelled again is)."""
 ID_HELP = "the flow's id, as flow add printed it (flow:...)"
 
 
@@ -40,7 +43,12 @@ class FlowFile(msgspec.Struct, forbid_unknown_fields=True):
 
 def register(commands: Any) -> None:
     actions = group(commands, "flow", "add, show or steer a flow of steps across streams")
-    add = command(actions, "add", "add a flow from a JSON file; prints its id", add_flow)
+    add = command(
+        actions,
+        "add",
+        "add a flow from a JSON file; prints its id, then each step's job id",
+        add_flow,
+    )
     add.add_argument(
         "--file",
         required=True,
@@ -48,6 +56,9 @@ def register(commands: Any) -> None:
         '"account", "priority"}, ...], "on_complete": {...}, "key": "..."}; - for stdin',
     )
     add.add_argument("--key", help="dedup key: a flow still running under it is returned")
+    add.add_argument(
+        "--json", action="store_true", help='print {"id": ..., "jobs": {step: job id}}'
+    )
     add_when(add)
     show = command(actions, "show", "a flow's state and each step's", show_flow)
     show.add_argument("id", help=ID_HELP)
@@ -89,6 +100,9 @@ async def add_flow(args: argparse.Namespace, config: Config) -> int:
         flow = await q.enqueue_flow(
             spec.steps, await _due(args, q), spec.on_complete, key=args.key or spec.key
         )
+    if args.json:
+        print_json(flow)
+        return 0
     print(flow.id)
     for name, job_id in flow.jobs.items():
         print(f"{name}\t{job_id}")
@@ -126,6 +140,9 @@ async def show_flow(args: argparse.Namespace, config: Config) -> int:
 
 async def cancel_flow(args: argparse.Namespace, config: Config) -> int:
     async with Queue(args.redis_url, config=config) as q:
+        before = (await q.flow(args.id)).state
+        if before in ENDED:  # as job cancel refuses a finished job: exit 1, not "done"
+            raise InvalidJobState(f"flow {args.id} already ended {before}: nothing to cancel")
         print(await q.cancel_flow(args.id))
     return 0
 
