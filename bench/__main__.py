@@ -47,7 +47,9 @@ SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "publish": (publish, "a built-in publisher against the simulator: rate, lost, twice"),
     "publish-kills": (
         publish_kills,
-        "1,500 posts on six platforms, 30 worker SIGKILLs, lost answers: each published once",
+        "1,500 posts on six platforms, 30 worker SIGKILLs, answers lost, dropped, slow past the "
+        "timeout and 5xx: each published once, none dead beside its post; then every dead "
+        "letter replayed adds no post",
     ),
     "cluster": (cluster, "one server against a 3-master cluster, by partitions of the stream"),
     "listing": (listing, "a page of 100 in 1,000,000 scheduled jobs; the indexes' hot-path cost"),

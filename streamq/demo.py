@@ -611,8 +611,8 @@ def _live_view(
         table.add_row(platform, *map(str, figures), bar)
     table.caption = (
         f"simulator: {sim['requests']} requests, {sim['rate_limited']} answered 429, "
-        f"{sim['transient']} 5xx, {sim['lost_answers']} answers lost after the post was taken "
-        f"({sim['found_by_lookup']} found again by lookup), {sim['comments']} comments, "
+        f"{sim['transient']} 5xx, {sim['lost_answers']} answers lost after the post was taken, "
+        f"{sim['lookups']} lookups, {sim['comments']} comments, "
         f"duplicates {sim['duplicates']}"
     )
     events = Text("\n".join(progress.events[-6:]) or "…", style="dim")
@@ -627,6 +627,7 @@ async def _summarize(
     lost = 0
     unfinished = 0  # still queued when the demo gave up waiting: late, not lost
     ghosts = 0
+    recovered = 0  # done with the post an earlier send made, found by the platform's own API
     posted = {post.key: post for post in simulator.posts if post.key is not None}
     everything = plan.every_post()
     for post in everything:
@@ -637,6 +638,7 @@ async def _summarize(
             result = info.result if isinstance(info.result, dict) else {}
             if at_platform is None or result.get("post_id") != at_platform.id:
                 lost += 1  # recorded as published, but the platform has no such post
+            recovered += result.get("recovered") is True
         elif info.state in ("dead", "expired"):
             ghosts += at_platform is not None  # on the platform, though recorded as not
         else:
@@ -661,6 +663,7 @@ async def _summarize(
                 lost += 1  # recorded as commented, but not on the media the flow published
             else:
                 comments += 1
+                recovered += result.get("recovered") is True
         elif info.state in ("dead", "expired", "cancelled"):
             ghosts += on_platform is not None
         else:
@@ -672,7 +675,7 @@ async def _summarize(
         "scheduled": len(everything),
         "refused_at_enqueue": len(plan.refused),
         "published": states.get("done", 0),
-        "recovered_by_lookup": sim["found_by_lookup"],
+        "recovered_by_lookup": recovered,
         "retried": sum(c.get("retried", 0) for c in counts.values()),
         "rate_limited": sum(c.get("deferred", 0) for c in counts.values()),
         "held_by_limits": sum(c.get("limited", 0) for c in counts.values()),

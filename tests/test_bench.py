@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -157,3 +158,11 @@ def test_violations_counts_windows_over_their_limit() -> None:
     assert day.violations({"tiktok": seven_in_a_second}, factor=60) == 1
     other_accounts = [(f"acct-{i}", i * 10.0) for i in range(20)]
     assert day.violations({"tiktok": other_accounts}, factor=60) == 0
+
+
+def test_the_performance_page_describes_every_scenario() -> None:
+    from bench.__main__ import SCENARIOS
+
+    page = (ROOT / "docs" / "performance.md").read_text()
+    described = set(re.findall(r"^\| `([a-z-]+)` \|", page, re.MULTILINE))
+    assert described == set(SCENARIOS), (set(SCENARIOS) - described, described - set(SCENARIOS))

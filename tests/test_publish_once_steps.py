@@ -277,3 +277,34 @@ async def test_a_lookup_that_cannot_reach_the_first_send_does_not_send_again(
     assert "cannot tell whether it landed" in info.error
     assert "a post may exist" in info.error
     assert posts == 1  # not sent again
+
+
+async def test_a_tiktok_publish_id_no_longer_known_is_looked_for_among_the_videos(
+    redis_url: str, stream: str
+) -> None:
+    # The first run's status poll lost its answer after TikTok took the post; by the next run
+    # TikTok answers the checkpointed publish id as unknown (an error, not FAILED). That says
+    # nothing of the video: the run looks among the user's videos, as after a lost init
+    # answer, and does not send again (it did, making a second post, before the fix).
+    platform = "tiktok"
+    sim = Simulator(SimOptions(processing=0.05))
+    async with sim.serve() as url:
+        config = Config(streams={stream: StreamConfig(publisher=platform, limits=())})
+        settings = {platform: settings_for(platform, url)}
+        tokens = credentials({platform: new_token(platform)})
+        async with (
+            Queue(redis_url, config=config) as q,
+            Session(config, credentials=tokens, settings=settings) as session,
+        ):
+            sim.add_fault(Fault(kind="lost_answer", platform=platform, step="status"))
+            sim.add_fault(Fault(kind="invalid", platform=platform, step="status"))
+            job_id = await q.enqueue(stream, post_for(platform, url, "forgotten"), account="a")
+            [info] = await run_publisher_until(
+                q, session, stream, platform, [job_id], ("done", "dead", "paused", "expired")
+            )
+            assert not sim.faults, "a fault was never reached"
+            assert info.state == "done", info.error
+            [post] = sim.posts_for(job_id)  # exactly one post
+            assert info.result is not None
+            assert (info.result["post_id"], info.result["recovered"]) == (post.id, True)
+            assert sim.summary()["key_lookups"] == 0

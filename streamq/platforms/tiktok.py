@@ -113,8 +113,10 @@ class TikTokPublisher(Publisher):
             except Fail as refused:
                 if refused.pause_account:
                     raise
-                return None  # a publish id TikTok no longer knows: nothing posted with it
-            return None if post_id is None else Found(post_id)  # None: FAILED, nothing posted
+                # A publish id TikTok no longer knows (or will not answer for) says nothing of
+                # the video: look among the user's videos, as after a lost init answer.
+            else:
+                return None if post_id is None else Found(post_id)  # None: FAILED, not posted
         if not self.settings.lookup:
             return self.unlisted(sending)
         if not post.text:
