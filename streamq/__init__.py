@@ -31,7 +31,7 @@ from streamq.flows import Flow, FlowInfo, Step
 from streamq.handler import Hooks
 from streamq.job import Job
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 logging.getLogger("streamq").addHandler(logging.NullHandler())
 
