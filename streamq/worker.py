@@ -85,6 +85,8 @@ WATCHDOG_SECONDS: Final = 0.25
 HEARD_CANCELS_KEPT: Final = 1000
 """Cancellations remembered by job id: they are rare, and a job is on its way to a slot for
 milliseconds."""
+PARKED: Final = codec.OUTCOME_NAMES[codec.Parked]
+"""A batch's tally of parked jobs (their accounts' pauses are checked: _lift_reauth_pauses)."""
 
 
 class WorkerOptions(StreamConfig, frozen=True, kw_only=True):
@@ -489,7 +491,9 @@ class Worker:
     async def _lift_reauth_pauses(self, batch: Batch) -> None:
         """A reauth_required pause just recorded is lifted at once if the account was signed
         in again meanwhile (streamq.tokens.lift_reauth_pauses says how put_tokens can miss
-        it)."""
+        it). Every parked outcome pauses its account again, including those of jobs already
+        read that the worker parks once the first pause is in force, so each batch with one
+        is checked."""
         platform = self._platform
         accounts = {
             outcome.account
@@ -555,7 +559,8 @@ class Worker:
 
     async def _recorded(self, batch: Batch) -> None:
         await self.gate.give_back_starts()
-        self.counts.add(self.metrics.finished(batch))
+        tally = self.metrics.finished(batch)
+        self.counts.add(tally)
         if self.hooks is not None:
             await call_hooks(self.hooks, batch)
         # One pass over the batch for the two rare kinds of job: flow steps and cron occurrences.
@@ -573,6 +578,7 @@ class Worker:
             await flows.tell_jobs(self.redis, flow_steps)
         if self.gate.pausing_accounts:
             self.gate.recorded([outcome for _, outcome in batch])
+        if tally.get(PARKED):  # any parked job may have re-paused an account (see below)
             await self._lift_reauth_pauses(batch)
         self.fetcher.settle_pauses()
         if recurring:

@@ -388,6 +388,45 @@ async def test_a_sign_in_between_a_refused_refresh_and_its_pause_still_resumes(
     assert len(rig.sim.posts_for(job_id)) == 1
 
 
+async def test_jobs_parked_once_the_pause_is_in_force_are_released_when_signed_in_meanwhile(
+    redis_url: str, stream: str
+) -> None:
+    """One worker, one job at a time, an account's five jobs read at once. The first finds its
+    account needing a sign-in (ReauthRequired) just as the user signs in again (a put that
+    finds nothing paused yet); the worker parks it and the four others it has read, and each
+    parked outcome pauses the account. The worker checks every batch with a parked job
+    against the tokens, finds them fresh, and lifts the pause: all five go out."""
+    from streamq.job import Job
+    from streamq.worker import Worker
+    from tests.test_lifecycle import Running, options
+    from tests.test_worker import poll
+
+    account = "acme"
+    ran: list[str] = []
+    async with Queue(redis_url) as q:
+        store = TokenStore(q.redis, KEYRING)
+        job_ids = [await q.enqueue(stream, {"n": n}, account=account) for n in range(5)]
+
+        async def handler(job: Job) -> str:
+            if job.id == job_ids[0] and job.id not in ran:
+                ran.append(job.id)
+                await store.put("x", account, TokenSet(access_token=Secret("fresh")))
+                raise ReauthRequired("refused, and signed in again meanwhile")
+            ran.append(job.id)
+            return "posted"
+
+        worker = Worker(
+            q.redis, stream, handler, options(publisher="x", concurrency=1, prefetch=10)
+        )
+        async with Running(worker):
+            await poll(lambda: all_done(q, job_ids), within=15)
+        assert (await q.limits(stream, account)).pauses == []
+
+
+async def all_done(q: Queue, job_ids: list[str]) -> bool:
+    return [(await q.job(job_id)).state for job_id in job_ids] == ["done"] * len(job_ids)
+
+
 async def test_an_outage_of_the_token_endpoint_defers_without_an_attempt(rig: Rig) -> None:
     account = "acme"
     await rig.sign_in(account)
