@@ -55,8 +55,10 @@ async def test_a_known_workload_is_counted_exactly(redis: Redis, stream: str) ->
             async with anyio.create_task_group() as work:
                 work.start_soon(worker.run)
                 with anyio.fail_after(20):
-                    # The job's state lives in Redis: poll it.
-                    while (await control.job_info(redis, waiting)).state != "active":  # noqa: ASYNC110
+                    # The job's record lives in Redis: poll it until its run is counted, i.e.
+                    # its handler started ('active' alone is also a job read and not yet
+                    # started, which a cancel stops before it runs: never counted as started).
+                    while await redis.hget(keys.job(stream, waiting), "runs") is None:  # noqa: ASYNC110
                         await anyio.sleep(0.01)
                 await control.cancel(redis, waiting)
                 expected = {"done": OK, "retried": FAILING, "dead": FAILING, "expired": 1}
