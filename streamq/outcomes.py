@@ -246,18 +246,7 @@ def failure(
         extra=logs.job(env.id, job.stream, env.attempt),
     )
     again = msgspec.structs.replace(env, attempt=env.attempt + 1, run_at_ms=now_ms + delay_ms)
-    return Retried(
-        env.id,
-        key,
-        env.attempt + 1,
-        started_ms,
-        _next_text(again),
-        delay_ms,
-        error,
-        last_frames(exc),
-        lane,
-        entry,
-    )
+    return _next_attempt(job, again, started_ms, delay_ms, error, last_frames(exc))
 
 
 def verify(
@@ -276,18 +265,8 @@ def verify(
     again = msgspec.structs.replace(
         env, attempt=env.attempt + 1, run_at_ms=now_ms + delay_ms, verify=reason
     )
-    return Retried(
-        env.id,
-        env.key or "",
-        env.attempt + 1,
-        started_ms,
-        _next_text(again),
-        delay_ms,
-        f"{reason}; a post may exist: looking it up before recording the job dead",
-        trace,
-        job._lane + 1,
-        job._entry.decode(),
-    )
+    error = f"{reason}; a post may exist: looking it up before recording the job dead"
+    return _next_attempt(job, again, started_ms, delay_ms, error, trace)
 
 
 def verify_again(
@@ -311,15 +290,23 @@ def verify_again(
         delay_ms / 1000,
         extra=logs.job(env.id, job.stream, env.attempt),
     )
+    error = f"{env.verify}; {MAY_EXIST}: its lookup failed ({describe(exc)}), looking again"
+    return _next_attempt(job, again, started_ms, delay_ms, error, last_frames(exc))
+
+
+def _next_attempt(
+    job: Job, again: Envelope, started_ms: int, delay_ms: int, error: str, trace: str
+) -> Retried:
+    """The run of ``job`` that failed, and its next attempt (``again``) due in ``delay_ms``."""
     return Retried(
-        env.id,
-        env.key or "",
-        env.attempt + 1,
+        again.id,
+        again.key or "",
+        again.attempt,
         started_ms,
         _next_text(again),
         delay_ms,
-        f"{env.verify}; {MAY_EXIST}: its lookup failed ({describe(exc)}), looking again",
-        last_frames(exc),
+        error,
+        trace,
         job._lane + 1,
         job._entry.decode(),
     )
